@@ -1,0 +1,55 @@
+# hasync: everything a fresh Debian 12 machine needs, as root.
+#   make demo   set up, run the failover lab, print the outcome
+#   make test   set up, run every test (unit, security, and lab tests in the VM)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+OUT ?= out
+
+# Debian packages: the lab kernel and QEMU (our host kernel has no ESP), strongSwan with the ha
+# plugin, keepalived, and the tools the lab drives.
+APT_PACKAGES := linux-image-amd64 qemu-system-x86 strongswan-charon strongswan-swanctl \
+	libcharon-extra-plugins libstrongswan-standard-plugins keepalived iproute2 nftables \
+	tcpdump iputils-ping arping kmod udev procps psmisc util-linux busybox-static python3-venv
+
+.PHONY: setup apt venv demo test test-unit test-lab lint clean
+
+setup: apt venv
+
+apt:
+	@missing=$$(for p in $(APT_PACKAGES); do \
+		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; \
+	done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:" $$missing; \
+		if [ "$$(id -u)" != 0 ]; then echo "make setup needs root to install: $$missing" >&2; exit 1; fi; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi
+
+venv: $(VENV)/.stamp
+
+$(VENV)/.stamp: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[lab,test]'
+	touch $@
+
+lint: venv
+	$(BIN)/ruff check hasync tests bench
+
+test: setup lint
+	$(BIN)/python -m pytest -v tests
+
+test-unit: venv
+	$(BIN)/python -m pytest -v -m 'not lab' tests
+
+test-lab: setup
+	$(BIN)/python -m pytest -v -m lab tests
+
+demo: setup
+	@mkdir -p $(OUT)
+	$(BIN)/hasync lab failover --baseline --json $(OUT)/baseline.json
+
+clean:
+	rm -rf $(VENV) $(OUT) *.egg-info

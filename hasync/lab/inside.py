@@ -1,0 +1,45 @@
+"""Entry point inside the lab VM: load the modules, run the scenario, write the result.
+
+Rules: run as `python -m hasync.lab.inside SPEC RESULT`; always writes RESULT (the result,
+or {"error": ...}) and powers the VM off, so the host never waits for a hung guest.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import traceback
+from pathlib import Path
+
+from .failover import run_lab
+from .runner import spec_from_dict
+
+MODULES = ["esp4", "xfrm_user", "xfrm_algo", "gcm", "veth", "bridge", "nf_tables", "nft_nat",
+           "nft_masq", "nft_chain_nat"]
+
+
+def main(argv: list[str]) -> int:
+    """Run the lab inside the VM."""
+    logging.basicConfig(level=logging.INFO, format="[vm %(relativeCreated)7.0f ms] %(message)s",
+                        stream=sys.stdout)
+    spec_path, result_path = Path(argv[0]), Path(argv[1])
+    rc = 1
+    try:
+        subprocess.run(["modprobe", "-a", *MODULES], check=False)
+        spec = spec_from_dict(json.loads(spec_path.read_text()))
+        result = run_lab(spec, result_path.parent)
+        result["runner"] = "vm"
+        rc = 0
+    except BaseException as e:  # the host must always learn why
+        traceback.print_exc()
+        result = {"error": f"{type(e).__name__}: {e}"}
+    result_path.write_text(json.dumps(result, indent=1))
+    sys.stdout.flush()
+    subprocess.run(["poweroff", "-f"], check=False)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

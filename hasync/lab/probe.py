@@ -1,0 +1,426 @@
+# hasync.lab.probe: the lab's traffic probe, sequence-numbered UDP both ways through the tunnel.
+#   python -m hasync.lab.probe server --bind IP:PORT [--name server] --log PATH [common]
+#   python -m hasync.lab.probe client --name c1 --server IP:PORT [--server-name server]
+#                                     --log PATH [common]
+#   common: [--rate 50] [--size 64] [--duration S]
+# Datagram, network byte order: b"HSP1", u8 name length, the sender's name (ascii), u32 seq,
+# f64 send time (time.monotonic()), then zero padding up to --size bytes.
+# Rules:
+# - The client sends from one unconnected UDP socket, so the kernel picks the source address (in
+#   the lab the client's IPsec virtual IP), and receives the server's packets on that socket.
+# - The server remembers each client's latest source address by name (a reconnecting client may
+#   get a new one) and sends to every known client, with a seq counter per client.
+# - Sending follows an absolute schedule, packet i at t0 + i/rate (rate 0: receive only); a
+#   backlog over _MAX_BURST slots (process stalled) is skipped rather than burst out.
+# - A failed send (ENETUNREACH, EPERM... while the tunnel is down) is logged as err, never tx,
+#   and never fatal; its seq is used up, so the receiver sees the hole.
+# - The log is append-only text, one event per line, flushed at least every FLUSH_INTERVAL s:
+#     tx <peer> <seq> <t_sent> | rx <peer> <seq> <t_sent> <t_recv> | err <peer> <errno> <t>
+#   with time.monotonic() times at 6 decimals (the lab's processes share one clock). <peer> is
+#   the other side's name ("-" for a receive error). The log is opened only after the socket is
+#   bound, so a server's log existing means the server is ready.
+# - SIGTERM, SIGINT and --duration end the probe cleanly, with a final flush.
+# - One thread, no busy waiting, light under QEMU TCG: the loop sleeps until the next send or
+#   flush (at most FLUSH_INTERVAL) and then drains the socket, taking t_recv from the kernel's
+#   receive timestamp (CLOCK_REALTIME, mapped onto time.monotonic() at each drain), or from
+#   time.monotonic() at the drain where the kernel gives none.
+# - The analysis functions (parse_log, stream_stats, first_rx_after) are pure; tail_log reads.
+#   stream_stats counts packets sent in [start, end) and, by seq, which of them arrived; its
+#   longest gap is over the receive times in [start, end], the window's edges included.
+
+import argparse
+import contextlib
+import ipaddress
+import itertools
+import math
+import re
+import signal
+import socket
+import struct
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MAGIC = b"HSP1"
+DEFAULT_RATE = 50.0
+DEFAULT_SIZE = 64
+DEFAULT_SERVER_NAME = "server"
+FLUSH_INTERVAL = 0.1
+_MAX_BURST = 5
+_RECV_BATCH = 512
+_RECV_BUFFER = 1 << 20
+_TAIL = struct.Struct("!Id")
+_NAME = re.compile(r"[!-~]{1,255}")
+# Linux (asm-generic) values the socket module lacks: SO_TIMESTAMPNS_OLD (cmsg: two longs of
+# CLOCK_REALTIME) and SO_RCVBUFFORCE (root may exceed net.core.rmem_max).
+_SO_TIMESTAMPNS = 35
+_SO_RCVBUFFORCE = 33
+_TIMESPEC = struct.Struct("@qq")
+
+Address = tuple[str, int] | tuple[str, int, int, int]
+
+
+@dataclass(frozen=True)
+class Datagram:
+    """A decoded probe datagram."""
+
+    name: str
+    seq: int
+    t_sent: float
+
+
+def valid_name(name: str) -> bool:
+    """Whether name is a usable peer name: 1-255 printable ascii characters, no spaces."""
+    return _NAME.fullmatch(name) is not None
+
+
+def encode_datagram(name: str, seq: int, t_sent: float, size: int = DEFAULT_SIZE) -> bytes:
+    """Build a datagram, padded with zeros up to size bytes."""
+    if not valid_name(name):
+        raise ValueError(f"bad probe name {name!r}")
+    raw = name.encode("ascii")
+    body = MAGIC + bytes([len(raw)]) + raw + _TAIL.pack(seq & 0xFFFFFFFF, t_sent)
+    return body + bytes(max(0, size - len(body)))
+
+
+def decode_datagram(data: bytes) -> Datagram | None:
+    """Parse a datagram; None if it is not a well-formed probe datagram."""
+    if len(data) < 5 or data[:4] != MAGIC:
+        return None
+    end = 5 + data[4]
+    if len(data) < end + _TAIL.size:
+        return None
+    name = data[5:end].decode("ascii", "replace")
+    if not valid_name(name):
+        return None
+    seq, t_sent = _TAIL.unpack_from(data, end)
+    return Datagram(name, seq, t_sent)
+
+
+def parse_endpoint(text: str) -> tuple[socket.AddressFamily, tuple[str, int]]:
+    """Parse IP:PORT or [IPv6]:PORT into an address family and a socket address."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"expected IP:PORT, got {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    ip = ipaddress.ip_address(host)
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    return family, (str(ip), int(port))
+
+
+# ---- analysis (pure) ----
+
+
+@dataclass
+class PeerLog:
+    """One peer's events in a probe log."""
+
+    sent: list[tuple[int, float]] = field(default_factory=list)
+    received: list[tuple[int, float, float]] = field(default_factory=list)
+    errors: list[tuple[int, float]] = field(default_factory=list)
+
+
+@dataclass
+class ProbeLog:
+    """A probe log by peer name; lines that do not parse are counted in bad_lines."""
+
+    peers: dict[str, PeerLog] = field(default_factory=dict)
+    bad_lines: int = 0
+
+    def peer(self, name: str) -> PeerLog:
+        """The events of one peer (empty if it never appears)."""
+        return self.peers.get(name) or PeerLog()
+
+    def add_lines(self, lines: Iterable[str]) -> "ProbeLog":
+        """Add log lines (e.g. from tail_log) to this log; return it."""
+        for line in lines:
+            parts = line.split()
+            if parts and not self._add(parts):
+                self.bad_lines += 1
+        return self
+
+    def _add(self, parts: list[str]) -> bool:
+        """Add one split line; False if it is malformed."""
+        kind, n = parts[0], len(parts)
+        try:
+            if kind == "tx" and n == 4:
+                sent = (int(parts[2]), float(parts[3]))
+                self.peers.setdefault(parts[1], PeerLog()).sent.append(sent)
+            elif kind == "rx" and n == 5:
+                received = (int(parts[2]), float(parts[3]), float(parts[4]))
+                self.peers.setdefault(parts[1], PeerLog()).received.append(received)
+            elif kind == "err" and n == 4:
+                error = (int(parts[2]), float(parts[3]))
+                self.peers.setdefault(parts[1], PeerLog()).errors.append(error)
+            else:
+                return False
+        except ValueError:
+            return False
+        return True
+
+
+def parse_log(lines: Iterable[str]) -> ProbeLog:
+    """Parse probe log lines into events per peer."""
+    return ProbeLog().add_lines(lines)
+
+
+@dataclass(frozen=True)
+class StreamStats:
+    """Delivery of one direction of one stream over a time window."""
+
+    sent: int
+    received: int
+    lost: int
+    longest_gap_ms: float
+    resumed_at: float | None
+    last_before: float | None
+
+
+def stream_stats(
+    sent: Sequence[tuple[int, float]],
+    received: Sequence[tuple[int, float, float]],
+    start: float,
+    end: float,
+) -> StreamStats:
+    """Loss and the longest receive gap of a stream over [start, end]."""
+    if end < start:
+        raise ValueError(f"window ends ({end}) before it starts ({start})")
+    window = {seq for seq, t_sent in sent if start <= t_sent < end}
+    got = {seq for seq, _t_sent, _t_recv in received if seq in window}
+    times = sorted(t_recv for _seq, _t_sent, t_recv in received if start <= t_recv <= end)
+    gap, last_before, resumed_at = _longest_gap(times, start, end)
+    lost = len(window) - len(got)
+    return StreamStats(len(window), len(got), lost, gap * 1000.0, resumed_at, last_before)
+
+
+def _longest_gap(
+    times: list[float], start: float, end: float
+) -> tuple[float, float | None, float | None]:
+    """Return (length, time before, time after) of the longest gap; the first one on ties."""
+    if not times:
+        return end - start, None, None
+    best: tuple[float, float | None, float | None] = (times[0] - start, None, times[0])
+    for before, after in itertools.pairwise(times):
+        if after - before > best[0]:
+            best = (after - before, before, after)
+    if end - times[-1] > best[0]:
+        best = (end - times[-1], times[-1], None)
+    return best
+
+
+def first_rx_after(received: Iterable[tuple[int, float, float]], t: float) -> float | None:
+    """The earliest receive time strictly after t, or None."""
+    return min((t_recv for _seq, _t_sent, t_recv in received if t_recv > t), default=None)
+
+
+def tail_log(path: str | Path, offset: int) -> tuple[list[str], int]:
+    """Read the complete lines appended to a log since offset; return them and the new offset."""
+    try:
+        with open(path, "rb") as f:
+            if f.seek(0, 2) < offset:  # the file was replaced: start over
+                offset = 0
+            f.seek(offset)
+            data = f.read()
+    except FileNotFoundError:
+        return [], offset
+    end = data.rfind(b"\n") + 1
+    return data[:end].decode("ascii", "replace").splitlines(), offset + end
+
+
+# ---- runtime ----
+
+
+class _Schedule:
+    """Absolute send schedule: slot i is due at t0 + i / rate."""
+
+    def __init__(self, rate: float, t0: float) -> None:
+        self._period = 1.0 / rate if rate > 0 else None
+        self._t0 = t0
+        self._slot = 0
+
+    def next_at(self) -> float:
+        """When the next slot is due (never with rate 0)."""
+        if self._period is None:
+            return math.inf
+        return self._t0 + self._slot * self._period
+
+    def take_due(self, now: float) -> int:
+        """Consume the slots due by now; return how many to send (a stall's backlog is cut)."""
+        if self._period is None or now < self.next_at():
+            return 0
+        due = int((now - self._t0) / self._period + 1e-9) + 1
+        count, self._slot = due - self._slot, max(due, self._slot + 1)
+        return max(1, min(count, _MAX_BURST))
+
+
+class _Probe:
+    """A probe endpoint: one socket, a send round to every peer, receives, a buffered log."""
+
+    def __init__(self, sock: socket.socket, log_path: str, name: str, size: int) -> None:
+        self.sock = sock
+        self._log = open(log_path, "a", encoding="ascii")  # noqa: SIM115 - closed by close()
+        self._lines: list[str] = []
+        self.next_flush = time.monotonic() + FLUSH_INTERVAL
+        self.peers: dict[str, Address] = {}  # the client's one server, or the known clients
+        self.learn = False  # server: take peers and their latest addresses from what arrives
+        self._seqs: dict[str, int] = {}
+        self._prefix = encode_datagram(name, 0, 0.0, 0)[: -_TAIL.size]
+        self._padding = bytes(max(0, size - len(self._prefix) - _TAIL.size))
+        self.stats = {"tx": 0, "rx": 0, "err": 0, "bad": 0}
+
+    def send_round(self) -> None:
+        """Send the next datagram to each peer; a failure is logged and counted."""
+        for peer, addr in self.peers.items():
+            seq = self._seqs.get(peer, 0)
+            self._seqs[peer] = seq + 1
+            t = time.monotonic()
+            data = self._prefix + _TAIL.pack(seq & 0xFFFFFFFF, t) + self._padding
+            try:
+                self.sock.sendto(data, addr)
+            except OSError as exc:
+                self._lines.append(f"err {peer} {exc.errno or 0} {t:.6f}\n")
+                self.stats["err"] += 1
+            else:
+                self._lines.append(f"tx {peer} {seq} {t:.6f}\n")
+                self.stats["tx"] += 1
+
+    def drain(self) -> None:
+        """Receive everything waiting on the socket (bounded per call)."""
+        now = time.monotonic()
+        realtime_offset = time.time() - now
+        for _ in range(_RECV_BATCH):
+            try:
+                data, ancillary, _flags, addr = self.sock.recvmsg(65535, 64)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self._lines.append(f"err - {exc.errno or 0} {time.monotonic():.6f}\n")
+                self.stats["err"] += 1
+                return
+            t_recv = _kernel_time(ancillary, realtime_offset) or now
+            datagram = decode_datagram(data)
+            if datagram is None:
+                self.stats["bad"] += 1
+                continue
+            name, seq, t_sent = datagram.name, datagram.seq, datagram.t_sent
+            self._lines.append(f"rx {name} {seq} {t_sent:.6f} {t_recv:.6f}\n")
+            self.stats["rx"] += 1
+            if self.learn:
+                self.peers[name] = addr
+
+    def flush(self, now: float) -> None:
+        """Append the buffered lines to the log file."""
+        if self._lines:
+            self._log.write("".join(self._lines))
+            self._log.flush()
+            self._lines.clear()
+        self.next_flush = now + FLUSH_INTERVAL
+
+    def close(self) -> None:
+        """Final flush, then close the log."""
+        self.flush(time.monotonic())
+        self._log.close()
+
+
+def _kernel_time(ancillary: list[tuple[int, int, bytes]], realtime_offset: float) -> float:
+    """The kernel's receive timestamp as a time.monotonic() value, or 0.0 if there is none."""
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(payload) >= 16:
+            sec, nsec = _TIMESPEC.unpack_from(payload)
+            return (sec - realtime_offset) + nsec * 1e-9
+    return 0.0
+
+
+def _setup_socket(sock: socket.socket) -> None:
+    """Non-blocking, kernel receive timestamps, and room for a stall's backlog (best effort)."""
+    sock.setblocking(False)
+    with contextlib.suppress(OSError):  # without: t_recv is time.monotonic() at the drain
+        sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, _RECV_BUFFER)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RECV_BUFFER)
+
+
+def _stop_on_signals() -> list[int]:
+    """Make SIGTERM and SIGINT append to the returned list; the loop stops when it is not empty."""
+    caught: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: caught.append(signum))
+    return caught
+
+
+def _run(probe: _Probe, rate: float, duration: float | None, caught: list[int]) -> None:
+    """The main loop: send on schedule, receive, flush, until stopped."""
+    t0 = time.monotonic()
+    deadline = t0 + duration if duration is not None else math.inf
+    schedule = _Schedule(rate, t0)
+    while not caught:  # a signal's handler returns into the sleep, which is short
+        now = time.monotonic()
+        if now >= deadline:
+            return
+        for _ in range(schedule.take_due(now)):
+            probe.send_round()
+        if now >= probe.next_flush:
+            probe.flush(now)
+        wake = min(schedule.next_at(), probe.next_flush, deadline)
+        time.sleep(min(max(0.0, wake - time.monotonic()), FLUSH_INTERVAL))
+        probe.drain()
+
+
+def _name_arg(text: str) -> str:
+    """argparse type for a peer name."""
+    if not valid_name(text):
+        raise argparse.ArgumentTypeError(f"bad name {text!r}: 1-255 ascii, no spaces")
+    return text
+
+
+def _parser() -> argparse.ArgumentParser:
+    """The command line."""
+    parser = argparse.ArgumentParser(prog="python -m hasync.lab.probe")
+    roles = parser.add_subparsers(dest="role", required=True)
+    client = roles.add_parser("client", help="send to a server and receive its packets")
+    client.add_argument("--name", type=_name_arg, required=True)
+    client.add_argument("--server", type=parse_endpoint, required=True, metavar="IP:PORT")
+    client.add_argument("--server-name", type=_name_arg, default=DEFAULT_SERVER_NAME)
+    server = roles.add_parser("server", help="receive from clients and send to each")
+    server.add_argument("--bind", type=parse_endpoint, required=True, metavar="IP:PORT")
+    server.add_argument("--name", type=_name_arg, default=DEFAULT_SERVER_NAME)
+    for sub in (client, server):
+        sub.add_argument("--rate", type=float, default=DEFAULT_RATE, help="packets/s per peer")
+        sub.add_argument("--size", type=int, default=DEFAULT_SIZE, help="datagram bytes")
+        sub.add_argument("--duration", type=float, default=None, help="seconds, then exit")
+        sub.add_argument("--log", required=True, help="append-only event log")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a probe client or server until a signal or --duration."""
+    args = _parser().parse_args(argv)
+    if args.rate < 0 or args.size < 0:
+        print("probe: --rate and --size must not be negative", file=sys.stderr)
+        return 2
+    caught = _stop_on_signals()
+    family, _addr = args.server if args.role == "client" else args.bind
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        if args.role == "server":
+            sock.bind(args.bind[1])
+        _setup_socket(sock)
+        probe = _Probe(sock, args.log, args.name, args.size)
+        if args.role == "client":
+            probe.peers[args.server_name] = args.server[1]
+        probe.learn = args.role == "server"
+        try:
+            _run(probe, args.rate, args.duration, caught)
+        finally:
+            probe.close()
+    summary = " ".join(f"{key} {value}" for key, value in probe.stats.items())
+    print(f"probe {args.role} {args.name}: {summary}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Where the lab runs: natively when this kernel can hold an ESP SA, otherwise in a VM that
+boots Debian's stock kernel under QEMU/TCG with virtme-ng, sharing this root filesystem.
+
+Rules: the same scenario code runs either way; the VM gets the spec as a JSON file in a
+writable shared directory and leaves its result there; the VM is always stopped (timeout,
+Ctrl-C, error), and nothing is left on the host but the output directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from . import confgen, prereq
+from .scenario import LabSpec
+
+log = logging.getLogger("hasync.lab")
+VM_MEMORY = "3G"
+VM_CPUS = 2
+BOOT_BUDGET_S = 240  # boot, charon start-up and tunnel set-up under TCG, with margin
+
+
+def choose(runner: str) -> str:
+    """Resolve 'auto' to 'native' or 'vm' by probing this kernel for ESP."""
+    if runner != "auto":
+        return runner
+    return "native" if prereq.kernel_has_esp() else "vm"
+
+
+def check(runner: str) -> None:
+    """Raise LabError naming what is missing for `runner`."""
+    prereq.require_root()
+    needs = prereq.COMMON + (prereq.VM if runner == "vm" else ())
+    missing = prereq.missing(needs)
+    if missing:
+        raise prereq.LabError(prereq.describe_missing(missing))
+
+
+def spec_from_dict(d: dict[str, object]) -> LabSpec:
+    """Rebuild a LabSpec from its JSON form."""
+    timers = confgen.LabTimers(**d.pop("timers"))  # type: ignore[arg-type]
+    return LabSpec(**d, timers=timers)  # type: ignore[arg-type]
+
+
+def vm_budget(spec: LabSpec) -> float:
+    """How long the VM may run before it is stopped."""
+    return BOOT_BUDGET_S + spec.failovers * (spec.timeout_s + 90)
+
+
+def run_in_vm(spec: LabSpec, out_dir: Path) -> dict[str, object]:
+    """Boot the VM, run the scenario inside it, and return its result."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spec_path, result_path = out_dir / "lab-spec.json", out_dir / "lab-result.json"
+    spec_path.write_text(json.dumps(asdict(spec)))
+    result_path.unlink(missing_ok=True)
+    inner = (f"cd / && PYTHONDONTWRITEBYTECODE=1 {sys.executable} -m hasync.lab.inside "
+             f"{spec_path} {result_path}")
+    vng = prereq._venv_which("vng") or "vng"
+    argv = [vng, "--run", prereq.kernel_image(), "--disable-kvm", "--memory", VM_MEMORY,
+            "--cpus", str(VM_CPUS), "--rwdir", str(out_dir), "--exec", inner]
+    log.info("booting %s under QEMU/TCG (this kernel has no ESP)", argv[2])
+    _run_vm(argv, vm_budget(spec))
+    if not result_path.exists():
+        raise prereq.LabError(f"the VM ended without a result; see the output above and "
+                              f"{out_dir}/lab-artifacts")
+    result = json.loads(result_path.read_text())
+    if "error" in result:
+        raise prereq.LabError(f"lab failed in the VM: {result['error']}")
+    return result
+
+
+def _run_vm(argv: list[str], budget: float) -> None:
+    """Run vng (stdin closed: vng crashes without one), stopping the VM on timeout or Ctrl-C."""
+    # vng runs virtme-run by name: the virtualenv's bin must be on PATH
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + ":" + os.environ["PATH"]}
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True, env=env)
+    deadline = time.monotonic() + budget
+    try:
+        while proc.poll() is None:
+            if time.monotonic() > deadline:
+                raise prereq.LabError(f"the VM did not finish within {budget:.0f} s; stopped it")
+            time.sleep(0.5)
+    finally:
+        if proc.poll() is None:
+            _kill_group(proc)
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=5)
+            return
+        except subprocess.TimeoutExpired:
+            continue

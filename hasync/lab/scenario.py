@@ -1,0 +1,217 @@
+"""The failover scenario: bring the lab up, run probe streams through every tunnel, fail the
+VRRP master, and measure what each client suffers.
+
+Rules: every number in the result is measured (probe logs, client kernels, a capture on each
+client's link, keepalived's FIFO); times are time.monotonic() in one kernel; teardown runs
+whatever happens. The lab carries no hasync yet: the mode is "baseline" (keepalived alone).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import cluster, confgen, observe, probe, topology
+from .prereq import LabError
+from .procs import Lab
+
+log = logging.getLogger("hasync.lab")
+PROBE_PORT = 7000
+FAULTS = ("kill", "links", "stop")
+
+
+@dataclass(frozen=True)
+class LabSpec:
+    """What to run."""
+
+    mode: str = "baseline"
+    gateways: int = 3
+    clients: int = 3
+    nat_clients: int = 1
+    failovers: int = 1
+    rate: float = 50.0
+    fault: str = "kill"
+    timeout_s: float = 90.0  # per failover: wait this long for every client's traffic
+    settle_s: float = 2.0  # keep measuring this long after the last client resumed
+    timers: confgen.LabTimers = field(default_factory=confgen.LabTimers)
+
+
+@dataclass
+class Run:
+    """A lab run in progress: the lab, its watchers, and where its artifacts go."""
+
+    spec: LabSpec
+    lab: Lab
+    out_dir: Path
+    vrrp: cluster.VrrpWatch = field(default_factory=cluster.VrrpWatch)
+    priorities: dict[str, int] = field(default_factory=dict)
+    wall_offset: float = 0.0  # time.time() - time.monotonic(): maps pcap times to ours
+
+
+def _mount_base() -> Path:
+    """A fresh tmpfs for the lab's runtime (FIFOs and unix sockets need a real filesystem)."""
+    base = Path(tempfile.mkdtemp(prefix="hasync-lab."))
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=700", "tmpfs", str(base)], check=True)
+    return base
+
+
+def bring_up(run: Run) -> None:
+    """Build the network, start every daemon, elect gw1 master and bring every tunnel up."""
+    lab, spec = run.lab, run.spec
+    topology.build(lab.topo, lambda argv: lab.run(None, argv) and None)
+    lab.prepare_dirs()
+    cluster.write_configs(lab, spec.timers)
+    charons = [n.name for n in lab.topo.nodes if n.role in ("gateway", "client")]
+    for n in charons:
+        cluster.start_charon(lab, n)
+    for n in charons:
+        cluster.wait_charon(lab, n)
+        cluster.load_config(lab, n)
+    log.info("charon up on %s", ", ".join(charons))
+    gws = [n.name for n in lab.topo.by_role("gateway")]
+    for i, gw in enumerate(gws):
+        run.priorities[gw] = 200 - 10 * i
+        t0 = time.monotonic()
+        cluster.start_keepalived(lab, gw, run.priorities[gw], spec.timers.advert_int_s, run.vrrp)
+        if i == 0:  # one master first: two nodes starting together were both MASTER briefly
+            run.vrrp.wait_master(t0, 30)
+    if not cluster.holds_vip(lab, gws[0]):
+        raise LabError(f"{gws[0]} is VRRP master but does not hold {topology.PUBLIC_VIP}")
+    clients = [n.name for n in lab.topo.by_role("client")]
+    cluster.initiate(lab, clients)
+    log.info("tunnels up: %s", ", ".join(clients))
+
+
+def start_traffic(run: Run) -> None:
+    """Start the captures on each client's link and the probe streams."""
+    lab, py = run.lab, sys.executable
+    for d in ("probe", "cap"):
+        (lab.base / d).mkdir(exist_ok=True)
+    env = {"PYTHONDONTWRITEBYTECODE": "1"}
+    for c in lab.topo.by_role("client"):
+        lab.spawn(c.name, "tcpdump", ["tcpdump", "-i", "e0", "-n", "-U", "--immediate-mode",
+                                      "-Z", "root", "-s", "128",
+                                      "-w", str(lab.base / "cap" / f"{c.name}.pcap"),
+                                      "esp or udp port 4500"], private_run=False)
+    lab.spawn("srv", "probe", [py, "-m", "hasync.lab.probe", "server", "--bind",
+                               f"0.0.0.0:{PROBE_PORT}", "--rate", str(run.spec.rate), "--log",
+                               str(lab.base / "probe" / "srv.log")], env=env, private_run=False)
+    for c in lab.topo.by_role("client"):
+        lab.spawn(c.name, "probe", [py, "-m", "hasync.lab.probe", "client", "--name", c.name,
+                                    "--server", f"{topology.SERVER_IP}:{PROBE_PORT}", "--rate",
+                                    str(run.spec.rate), "--log",
+                                    str(lab.base / "probe" / f"{c.name}.log")],
+                  env=env, private_run=False)
+    run.wall_offset = time.time() - time.monotonic()
+
+
+def read_probes(run: Run) -> dict[str, probe.ProbeLog]:
+    """Every probe log of the run, by node."""
+    out = {}
+    for f in (run.lab.base / "probe").glob("*.log"):
+        out[f.stem] = probe.parse_log(f.read_text(errors="replace").splitlines())
+    return out
+
+
+def flowing_since(run: Run, t: float) -> set[str]:
+    """Clients with packets sent after `t` received in both directions."""
+    logs, ok = read_probes(run), set()
+    srv = logs.get("srv", probe.ProbeLog())
+    for c in run.lab.topo.by_role("client"):
+        down = logs.get(c.name, probe.ProbeLog()).peer(probe.DEFAULT_SERVER_NAME).received
+        up = srv.peer(c.name).received
+        if any(ts > t for _, ts, _ in down) and any(ts > t for _, ts, _ in up):
+            ok.add(c.name)
+    return ok
+
+
+def wait_flowing(run: Run, t: float, timeout: float) -> set[str]:
+    """Wait until every client flows both ways after `t`; return those that do."""
+    want = {c.name for c in run.lab.topo.by_role("client")}
+    deadline = time.monotonic() + timeout
+    ok: set[str] = set()
+    while time.monotonic() < deadline:
+        ok = flowing_since(run, t)
+        if ok == want:
+            break
+        time.sleep(0.5)
+    return ok
+
+
+def client_state(run: Run, name: str) -> dict[str, object]:
+    """What one client's charon and kernel say now."""
+    lab = run.lab
+    sas = [s for s in observe.list_sas(str(cluster.vici_path(lab, name)))
+           if s.state == "ESTABLISHED"]
+    stat = observe.xfrm_stat(lab, name)
+    states = observe.xfrm_states(lab, name)
+    return {"ike": sas[-1] if sas else None, "seq_errors": stat.get("XfrmInStateSeqError", 0),
+            "sa_replay": {s.spi: s.replay for s in states},
+            "encap": any(s.encap for s in states)}
+
+
+def fail(run: Run, node: str) -> float:
+    """Apply the spec's fault to `node`; return the time it struck."""
+    lab, fault = run.lab, run.spec.fault
+    t = time.monotonic()
+    if fault == "kill":  # a dead machine: every process gone, and its kernel silent too
+        lab.kill_node(node, signal.SIGKILL)
+        _links(lab, node, "down")
+    elif fault == "links":
+        _links(lab, node, "down")
+    else:
+        for what in ("keepalived", "charon"):
+            for n, w, p in lab.procs:
+                if n == node and w == what and p.poll() is None:
+                    os.killpg(p.pid, signal.SIGTERM)
+    return t
+
+
+def _links(lab: Lab, node: str, state: str) -> None:
+    for ifc in lab.topo.node(node).ifaces:
+        lab.run(node, ["ip", "link", "set", ifc.name, state])
+
+
+def restore(run: Run, node: str) -> None:
+    """Bring a failed gateway back as the lowest-priority backup, with an empty charon."""
+    lab = run.lab
+    lab.kill_node(node, signal.SIGKILL)
+    for addr, dev in ((topology.PUBLIC_VIP, "e0"), (topology.PRIVATE_VIP, "e1")):
+        lab.run(node, ["ip", "addr", "del", f"{addr}/24", "dev", dev], check=False)
+    _links(lab, node, "up")
+    cluster.start_charon(lab, node)
+    cluster.wait_charon(lab, node)
+    cluster.load_config(lab, node)
+    run.priorities[node] = min(run.priorities.values()) - 10
+    cluster.start_keepalived(lab, node, run.priorities[node], run.spec.timers.advert_int_s,
+                             run.vrrp)
+    log.info("%s restored as backup (priority %d)", node, run.priorities[node])
+
+
+def artifacts(run: Run) -> None:
+    """Copy logs, probe logs and captures into the output directory."""
+    dest = run.out_dir / "lab-artifacts"
+    shutil.rmtree(dest, ignore_errors=True)
+    for sub in ("log", "probe", "cap"):
+        src = run.lab.base / sub
+        if src.exists():
+            shutil.copytree(src, dest / sub)
+
+
+def kernel_release() -> str:
+    """The running kernel's release."""
+    return platform.release()
+
+
+def spec_dict(spec: LabSpec) -> dict[str, object]:
+    """The spec as JSON-ready data."""
+    return asdict(spec)

@@ -1,0 +1,159 @@
+"""The lab's network: gateways on a public LAN holding a virtual IP, a protected network with a
+server behind them, road-warrior clients on the LAN and behind a NAT router.
+
+Rules: `plan()` is pure (names, addresses, MACs); `build()` turns a plan into namespaces, veth
+pairs and bridges and is the only function here that touches the system. Every name carries
+the plan's prefix so teardown can find everything the lab made. Every interface gets an
+explicit MAC (in the VM, veth pairs otherwise come up with identical ones).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+PUBLIC_VIP = "192.0.2.1"  # the address clients connect to; held by the VRRP master
+PRIVATE_VIP = "10.1.0.1"  # the protected network's gateway address; moves with PUBLIC_VIP
+PROTECTED = "10.1.0.0/24"
+SERVER_IP = "10.1.0.100"
+NAT_OUTSIDE = "192.0.2.200"
+POOL = "10.3.0.0/24"  # clients' virtual IPs
+# The gateways route the pool to an upstream router that is not there: without a CHILD_SA,
+# traffic for a client's virtual IP goes nowhere. (An on-link route would deliver it in clear
+# to the client, whose inbound policy use time then keeps charon's DPD from ever firing.)
+UPSTREAM = "192.0.2.254"
+
+
+@dataclass(frozen=True)
+class Iface:
+    """One interface inside a node: its bridge in the root namespace, MAC and addresses."""
+
+    name: str  # name inside the node's namespace
+    bridge: str  # bridge the other end of the veth pair is enslaved to
+    mac: str
+    addrs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Node:
+    """One namespace of the lab."""
+
+    name: str  # e.g. gw1, c1, nat, srv
+    role: str  # gateway | client | server | nat
+    ifaces: tuple[Iface, ...]
+    routes: tuple[str, ...] = ()  # `ip route add` arguments
+    forward: bool = False
+    behind_nat: bool = False
+
+    @property
+    def address(self) -> str:
+        """The node's first address without prefix length."""
+        return self.ifaces[0].addrs[0].split("/")[0]
+
+
+@dataclass(frozen=True)
+class Topology:
+    """A whole lab network."""
+
+    prefix: str
+    nodes: tuple[Node, ...]
+    bridges: tuple[str, ...]
+    nat_rules: tuple[tuple[str, ...], ...] = field(default=())  # `nft` argument lists
+
+    def ns(self, node: str) -> str:
+        """The network namespace name of `node`."""
+        return f"{self.prefix}-{node}"
+
+    def node(self, name: str) -> Node:
+        """Return the node called `name`."""
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(name)
+
+    def by_role(self, role: str) -> list[Node]:
+        """Return the nodes with `role`, in plan order."""
+        return [n for n in self.nodes if n.role == role]
+
+
+def _mac(node_index: int, if_index: int, peer: bool) -> str:
+    return f"02:48:{node_index:02x}:{if_index:02x}:{int(peer):02x}:01"
+
+
+def plan(gateways: int, clients: int, nat_clients: int = 1, prefix: str = "hl") -> Topology:
+    """Plan a lab with `gateways` gateways and `clients` clients, the last `nat_clients` NAT'd."""
+    if not 2 <= gateways <= 5:
+        raise ValueError(f"gateways must be 2 to 5, not {gateways}")
+    if not 1 <= clients <= 20 or not 0 <= nat_clients <= clients:
+        raise ValueError(f"clients must be 1 to 20 with 0 to {clients} behind NAT")
+    pub, priv, natin = f"{prefix}-pub", f"{prefix}-priv", f"{prefix}-natin"
+    nodes: list[Node] = []
+    for k in range(1, gateways + 1):
+        i = len(nodes)
+        nodes.append(Node(f"gw{k}", "gateway", (
+            Iface("e0", pub, _mac(i, 0, False), (f"192.0.2.{10 + k}/24",)),
+            Iface("e1", priv, _mac(i, 1, False), (f"10.1.0.{10 + k}/24",)),
+        ), routes=(f"{POOL} via {UPSTREAM} dev e0",), forward=True))
+    nodes.append(Node("srv", "server", (
+        Iface("e0", priv, _mac(len(nodes), 0, False), (f"{SERVER_IP}/24",)),),
+        routes=(f"default via {PRIVATE_VIP}",)))
+    if nat_clients:
+        nodes.append(Node("nat", "nat", (
+            Iface("e0", pub, _mac(len(nodes), 0, False), (f"{NAT_OUTSIDE}/24",)),
+            Iface("e1", natin, _mac(len(nodes), 1, False), ("198.51.100.1/24",)),
+        ), forward=True))
+    for c in range(1, clients + 1):
+        behind = c > clients - nat_clients
+        i = len(nodes)
+        if behind:
+            iface = Iface("e0", natin, _mac(i, 0, False), (f"198.51.100.{1 + c}/24",))
+            routes: tuple[str, ...] = ("default via 198.51.100.1",)
+        else:
+            iface = Iface("e0", pub, _mac(i, 0, False), (f"192.0.2.{100 + c}/24",))
+            routes = ()
+        nodes.append(Node(f"c{c}", "client", (iface,), routes=routes, behind_nat=behind))
+    bridges = (pub, priv, natin) if nat_clients else (pub, priv)
+    nat_rules = (("add", "table", "ip", "lab_nat"),
+                 ("add", "chain", "ip", "lab_nat", "post",
+                  "{ type nat hook postrouting priority 100 ; }"),
+                 ("add", "rule", "ip", "lab_nat", "post", "oifname", "e0", "masquerade"))
+    return Topology(prefix, tuple(nodes), bridges, nat_rules if nat_clients else ())
+
+
+Runner = Callable[[list[str]], None]
+
+
+def build(topo: Topology, run: Runner) -> None:
+    """Create bridges, namespaces and veth pairs of `topo` with `run` (which raises on error)."""
+    for br in topo.bridges:
+        run(["ip", "link", "add", br, "type", "bridge"])
+        run(["ip", "link", "set", br, "up"])
+    for idx, node in enumerate(topo.nodes):
+        ns = topo.ns(node.name)
+        run(["ip", "netns", "add", ns])
+        run(["ip", "-n", ns, "link", "set", "lo", "up"])
+        for j, ifc in enumerate(node.ifaces):
+            host = f"{topo.prefix}{idx}-{j}"
+            run(["ip", "link", "add", host, "address", _mac(idx, j, True), "type", "veth",
+                 "peer", "name", ifc.name, "address", ifc.mac, "netns", ns])
+            run(["ip", "link", "set", host, "master", ifc.bridge, "up"])
+            for a in ifc.addrs:
+                run(["ip", "-n", ns, "addr", "add", a, "dev", ifc.name])
+            run(["ip", "-n", ns, "link", "set", ifc.name, "up"])
+        for r in node.routes:
+            run(["ip", "-n", ns, "route", "add", *r.split()])
+        if node.forward:
+            run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+        if node.role == "gateway":
+            # charon's ha plugin talks from 127.0.0.1 to its peer at 127.0.0.2 (hasync)
+            run(["ip", "-n", ns, "addr", "add", "127.0.0.2/8", "dev", "lo"])
+        if node.role == "nat":
+            for rule in topo.nat_rules:
+                run(["ip", "netns", "exec", ns, "nft", *rule])
+
+
+def teardown_commands(topo: Topology) -> list[list[str]]:
+    """Commands that remove what `build` made (each may fail if it was never made)."""
+    cmds = [["ip", "netns", "del", topo.ns(n.name)] for n in topo.nodes]
+    cmds += [["ip", "link", "del", br] for br in topo.bridges]
+    return cmds

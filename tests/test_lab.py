@@ -1,0 +1,82 @@
+"""Lab tests: the baseline failover on real charon, keepalived and kernel XFRM (in the VM when
+this kernel has no ESP). One lab run serves every test in this module.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = [pytest.mark.lab,
+              pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Run `hasync lab failover --baseline` once, as a user would, and load its JSON."""
+    out = tmp_path_factory.mktemp("lab")
+    path = out / "baseline.json"
+    res = subprocess.run([sys.executable, "-m", "hasync", "lab", "failover", "--baseline",
+                          "--json", str(path), "--out", str(out / "artifacts")],
+                         cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                         timeout=900)
+    sys.stdout.write(res.stdout[-6000:])
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert "re-est" in res.stdout  # the table was printed
+    return json.loads(path.read_text())
+
+
+def test_every_tunnel_comes_up_nat_client_encapsulated(baseline: dict[str, Any]) -> None:
+    tunnels = baseline["tunnels"]
+    assert len(tunnels) == 3
+    pool = ipaddress.ip_network("10.3.0.0/24")
+    for t in tunnels:
+        assert t["established"], t
+        assert t["encap"] is t["nat"], t  # UDP encapsulation exactly for the NAT'd client
+        assert t["virtual_ip"] and ipaddress.ip_address(t["virtual_ip"][0]) in pool
+    assert sum(t["nat"] for t in tunnels) == 1
+
+
+def test_probe_stream_flows_both_ways(baseline: dict[str, Any]) -> None:
+    for name, counts in baseline["warmup"].items():
+        assert counts["to_client"] > 20 and counts["from_client"] > 20, name
+
+
+def test_killing_the_master_moves_the_vip(baseline: dict[str, Any]) -> None:
+    (fo,) = baseline["failovers"]
+    assert fo["from"] == "gw1" and fo["to"] in ("gw2", "gw3")
+    assert fo["vip_moved"] is True
+    assert 0 < fo["vrrp_detect_ms"] < 30000
+
+
+def test_result_has_every_field_measured(baseline: dict[str, Any]) -> None:
+    assert baseline["mode"] == "baseline" and baseline["runner"] in ("vm", "native")
+    assert baseline["kernel"] and baseline["advert_int"] > 0
+    (fo,) = baseline["failovers"]
+    assert len(fo["clients"]) == 3
+    for c in fo["clients"]:
+        assert c["ike_spi_before"], c
+        for key in ("outage_ms", "lost_to_client", "lost_from_client", "replay_errors",
+                    "seq_reuse"):
+            assert isinstance(c[key], int | float) and c[key] >= 0, (key, c)
+        assert c["outage_ms"] > 0 and c["sent_to_client"] > 0 and c["sent_from_client"] > 0
+        assert c["esp_to_client"] > 0, c  # the capture on the client's link saw ESP
+        assert c["reestablished"] == (bool(c["ike_spi_after"])
+                                      and c["ike_spi_after"] != c["ike_spi_before"])
+
+
+def test_baseline_never_keeps_a_tunnel_across_failover(baseline: dict[str, Any]) -> None:
+    # Without state sync, gw2 has no SA: a client's traffic can only come back on a new IKE_SA.
+    (fo,) = baseline["failovers"]
+    for c in fo["clients"]:
+        if c["resumed"]:
+            assert c["reestablished"], c
+            assert c["lost_to_client"] > 0 and c["lost_from_client"] > 0, c

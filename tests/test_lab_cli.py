@@ -1,0 +1,83 @@
+"""`hasync lab` refuses clearly when it cannot run: not root, a package missing, bad input.
+
+These run the real command; they need no VM, and they check that nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hasync.lab import prereq
+
+HASYNC = [sys.executable, "-m", "hasync"]
+
+
+def _netns() -> str:
+    return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+
+
+def _run(argv: list[str], env: dict[str, str] | None = None,
+         pre: list[str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*(pre or []), *HASYNC, *argv], capture_output=True, text=True,
+                          env=env, stdin=subprocess.DEVNULL, timeout=60,
+                          cwd=Path(__file__).resolve().parent.parent)
+
+
+def test_missing_lists_packages() -> None:
+    needs = prereq.COMMON + prereq.VM
+    gone = prereq.missing(needs, which=lambda n: None if n == "keepalived" else "/x",
+                          exists=lambda p: "ha.so" not in p)
+    assert [n.what for n in gone] == ["keepalived", "/usr/lib/ipsec/plugins/libstrongswan-ha.so"]
+    msg = prereq.describe_missing(gone)
+    assert "apt-get install keepalived libcharon-extra-plugins" in msg
+
+
+def test_describe_missing_names_pypi_packages() -> None:
+    msg = prereq.describe_missing([prereq.Need("vng", "virtme-ng", "pypi")])
+    assert "pip install virtme-ng" in msg
+
+
+def test_failover_without_a_mode_is_refused() -> None:
+    res = _run(["lab", "failover"])
+    assert res.returncode == 2 and "--baseline" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
+                    reason="needs root to drop to an unprivileged user")
+def test_not_root_says_so_and_leaves_nothing() -> None:
+    before = _netns()
+    res = _run(["lab", "failover", "--baseline"],
+               pre=["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"],
+               env={**os.environ, "HOME": "/tmp"})
+    assert res.returncode == 2, res.stderr
+    assert "needs root" in res.stderr and "Traceback" not in res.stderr
+    assert _netns() == before
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the root check comes before the package check")
+def test_missing_package_is_named_and_nothing_is_left(tmp_path: Path) -> None:
+    # a PATH holding every tool the lab needs but keepalived
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for need in prereq.COMMON + prereq.VM:
+        found = shutil.which(need.what) if need.kind == "command" else None
+        if found and need.what != "keepalived":
+            (bindir / need.what).symlink_to(found)
+    before = _netns()
+    res = _run(["lab", "failover", "--baseline"], env={**os.environ, "PATH": str(bindir)})
+    assert res.returncode == 2, res.stderr
+    assert "keepalived: from Debian package keepalived" in res.stderr
+    assert "apt-get install keepalived" in res.stderr
+    assert _netns() == before
+
+
+def test_bad_sizes_are_refused() -> None:
+    res = _run(["lab", "failover", "--baseline", "--gateways", "9"])
+    assert res.returncode == 2 and "gateways must be 2 to 5" in res.stderr

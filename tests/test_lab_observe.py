@@ -1,0 +1,63 @@
+"""Parsers for what the lab reads off nodes: `ip -s xfrm state`, xfrm_stat, vici list-sas."""
+
+from __future__ import annotations
+
+from hasync.lab import observe
+
+# The layout of iproute2 6.1's `ip -s xfrm state` (keys replaced).
+XFRM = """src 192.0.2.1 dst 192.0.2.101
+\tproto esp spi 0xc836dec0(3358973632) reqid 1(0x00000001) mode tunnel
+\treplay-window 0 seq 0x00000000 flag af-unspec (0x00100000)
+\taead rfc4106(gcm(aes)) 0x00 (288 bits) 128
+\tencap type espinudp sport 4500 dport 4500 addr 0.0.0.0
+\tanti-replay context: seq 0x0, oseq 0x14, bitmap 0x00000000
+\tlifetime config:
+\t  limit: soft (INF)(bytes), hard (INF)(bytes)
+\tlifetime current:
+\t  1680(bytes), 20(packets)
+\tstats:
+\t  replay-window 0 replay 3 failed 1
+src 192.0.2.101 dst 192.0.2.1
+\tproto esp spi 0x00c1a2b3(12689075) reqid 1(0x00000001) mode tunnel
+\treplay-window 0 seq 0x00000000 flag af-unspec esn (0x00100000)
+\taead rfc4106(gcm(aes)) 0x00 (288 bits) 128
+\tanti-replay esn context:
+\t seq-hi 0x1, seq 0x10, oseq-hi 0x0, oseq 0x0
+\t replay_window 128, bitmap-length 4
+\t 00000000 00000000 00000000 0000ffff
+\tstats:
+\t  replay-window 0 replay 0 failed 0
+"""
+
+
+def test_parse_xfrm_states_plain_and_esn() -> None:
+    a, b = observe.parse_xfrm_states(XFRM)
+    assert (a.src, a.dst, a.spi, a.encap) == ("192.0.2.1", "192.0.2.101", 0xC836DEC0, True)
+    assert (a.seq, a.oseq, a.replay, a.failed) == (0, 0x14, 3, 1)
+    assert (b.spi, b.encap, b.seq, b.oseq) == (0x00C1A2B3, False, (1 << 32) | 0x10, 0)
+
+
+def test_parse_xfrm_states_empty_and_garbage() -> None:
+    assert observe.parse_xfrm_states("") == []
+    assert observe.parse_xfrm_states("nonsense\nsrc x\n") == []
+
+
+def test_parse_xfrm_stat() -> None:
+    text = "XfrmInError             \t0\nXfrmInStateSeqError     \t20\nbad line here\n"
+    assert observe.parse_xfrm_stat(text) == {"XfrmInError": 0, "XfrmInStateSeqError": 20}
+
+
+def test_parse_list_sas_keeps_installed_children_only() -> None:
+    # vici.Session decodes keys to str and leaves values as bytes
+    entry = {"home": {
+        "state": b"ESTABLISHED", "initiator-spi": b"ab925c1d2b0527f8",
+        "responder-spi": b"78149feff565ae5d", "local-vips": [b"10.3.0.2"],
+        "child-sas": {
+            "net-1": {"state": b"INSTALLED", "spi-in": b"c836dec0",
+                       "spi-out": b"c7c7a0da", "encap": b"yes"},
+            "net-2": {"state": b"REKEYED", "spi-in": b"01", "spi-out": b"02"},
+        }}}
+    (sa,) = observe.parse_list_sas([entry])  # type: ignore[list-item]
+    assert sa.spis == "ab925c1d2b0527f8_78149feff565ae5d"
+    assert sa.child_spis == (("c836dec0", "c7c7a0da"),)
+    assert sa.encap and sa.local_vips == ("10.3.0.2",) and sa.state == "ESTABLISHED"

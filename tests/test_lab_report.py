@@ -1,0 +1,35 @@
+"""The lab's pure result helpers: sequence-reuse counting and the printed table."""
+
+from __future__ import annotations
+
+from hasync.lab import report
+from hasync.lab.failover import reuse_in_window
+from hasync.lab.pcap import EspPacket
+
+
+def _p(ts: float, spi: int, seq: int, dst: str = "192.0.2.101") -> EspPacket:
+    return EspPacket(ts, "192.0.2.1", dst, spi, seq, False)
+
+
+def test_reuse_counts_only_repeats_inside_the_window() -> None:
+    pkts = (_p(1, 1, 1), _p(2, 1, 2), _p(3, 1, 1), _p(10, 1, 2), _p(11, 2, 1),
+            _p(12, 1, 3, dst="192.0.2.102"), _p(13, 1, 3, dst="192.0.2.102"))
+    assert reuse_in_window(pkts, "192.0.2.101", 0, 100) == 2
+    assert reuse_in_window(pkts, "192.0.2.101", 5, 100) == 1  # the repeat at t=10
+    assert reuse_in_window(pkts, "192.0.2.101", 0, 5) == 1
+    assert reuse_in_window(pkts, "192.0.2.102", 0, 100) == 1
+    assert reuse_in_window((), "192.0.2.101", 0, 100) == 0
+
+
+def test_table_has_a_row_per_client_and_failover() -> None:
+    client = {"name": "c1", "nat": False, "reestablished": True, "resumed": True,
+              "outage_ms": 19291.2, "lost_to_client": 901, "lost_from_client": 964,
+              "replay_errors": 0, "seq_reuse": 0}
+    res = {"mode": "baseline", "runner": "vm", "kernel": "6.1", "advert_int": 0.5,
+           "rate_pps": 50.0,
+           "failovers": [{"from": "gw1", "to": "gw2", "vrrp_detect_ms": 2040.0,
+                          "vip_moved": True, "clients": [client, {**client, "name": "c2"}]}]}
+    text = report.table(res)
+    assert "gw1->gw2: VRRP master after 2040 ms" in text
+    rows = [line for line in text.splitlines() if line.strip().startswith("gw1->gw2 ")]
+    assert len(rows) == 2 and "19291" in rows[0] and "c2" in rows[1]

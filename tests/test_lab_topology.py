@@ -1,0 +1,86 @@
+"""The lab's plan, configuration text and PKI: pure parts, no root needed."""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from hasync.lab import confgen, pki, topology
+
+
+def test_plan_default_has_three_gateways_three_clients_one_nat() -> None:
+    topo = topology.plan(3, 3)
+    assert [n.name for n in topo.by_role("gateway")] == ["gw1", "gw2", "gw3"]
+    clients = topo.by_role("client")
+    assert [c.behind_nat for c in clients] == [False, False, True]
+    assert topo.by_role("nat") and topo.by_role("server")
+    assert clients[2].routes == ("default via 198.51.100.1",)
+
+
+def test_plan_addresses_and_macs_are_unique() -> None:
+    topo = topology.plan(5, 20, nat_clients=4)
+    addrs = [a for n in topo.nodes for i in n.ifaces for a in i.addrs]
+    macs = [i.mac for n in topo.nodes for i in n.ifaces]
+    assert len(addrs) == len(set(addrs))
+    assert len(macs) == len(set(macs))
+    assert all(len(topo.ns(n.name)) <= 15 for n in topo.nodes)
+
+
+def test_plan_without_nat_has_no_nat_router() -> None:
+    topo = topology.plan(2, 2, nat_clients=0)
+    assert not topo.by_role("nat") and not topo.nat_rules
+    assert len(topo.bridges) == 2
+
+
+@pytest.mark.parametrize(("gws", "clients", "nat"), [(1, 3, 1), (6, 3, 1), (3, 0, 0), (3, 2, 3)])
+def test_plan_rejects_out_of_range(gws: int, clients: int, nat: int) -> None:
+    with pytest.raises(ValueError):
+        topology.plan(gws, clients, nat)
+
+
+def test_build_and_teardown_commands_cover_every_node() -> None:
+    topo = topology.plan(2, 2)
+    cmds: list[list[str]] = []
+    topology.build(topo, cmds.append)
+    made = {c[3] for c in cmds if c[:3] == ["ip", "netns", "add"]}
+    removed = {c[3] for c in topology.teardown_commands(topo) if c[:3] == ["ip", "netns", "del"]}
+    assert made == removed == {topo.ns(n.name) for n in topo.nodes}
+    assert any("masquerade" in c for c in cmds)
+    assert ["ip", "-n", "hl-gw1", "addr", "add", "127.0.0.2/8", "dev", "lo"] in cmds
+
+
+def test_strongswan_conf_loads_ha_only_on_gateways() -> None:
+    t = confgen.LabTimers()
+    gw = confgen.strongswan_conf("/l", "/s", t, ha=True)
+    cl = confgen.strongswan_conf("/l", "/s", t, ha=False)
+    assert " ha\n" in gw and "remote = 127.0.0.2" in gw
+    assert " ha\n" not in cl and "plugins { ha" not in cl
+    assert f"retransmit_tries = {t.retransmit_tries}" in cl
+
+
+def test_client_conf_carries_dpd_and_virtual_ip() -> None:
+    text = confgen.swanctl_client("c1", "192.0.2.1", "10.1.0.0/24", confgen.LabTimers())
+    assert "dpd_delay = 10s" in text and "dpd_action = restart" in text
+    assert "vips = 0.0.0.0" in text and f"id = {pki.GATEWAY_ID}" in text
+
+
+def test_keepalived_conf_is_vrrpv3_nopreempt_with_fifo() -> None:
+    text = confgen.keepalived_conf("gw2", 190, 0.5, "/r/f", [("192.0.2.1/24", "e0")], "e0")
+    for want in ("vrrp_version 3", "nopreempt", "priority 190", "advert_int 0.5",
+                 "vrrp_notify_fifo /r/f", "192.0.2.1/24 dev e0"):
+        assert want in text
+
+
+def test_pki_certificates_chain_to_the_ca_and_carry_ids() -> None:
+    now = datetime.datetime.now(datetime.UTC)
+    creds = pki.make_lab_pki(["c1"], now)
+    ca = x509.load_pem_x509_certificate(creds["ca"].cert_pem)
+    for name, want in (("gateway", pki.GATEWAY_ID), ("c1", pki.client_id("c1"))):
+        cert = x509.load_pem_x509_certificate(creds[name].cert_pem)
+        cert.verify_directly_issued_by(ca)
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert san.get_values_for_type(x509.DNSName) == [want]
+        assert isinstance(cert.public_key(), ec.EllipticCurvePublicKey)
