@@ -13,6 +13,9 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .config import DEFAULT_PATH, ConfigError, load_config
+from .control import ControlError
+from .journal.seal import KeyFileError
 from .lab import confgen, report, runner
 from .lab.prereq import LabError
 from .lab.scenario import FAULTS, LabSpec
@@ -23,6 +26,21 @@ def _lab_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     lsub = lab.add_subparsers(dest="lab_cmd", required=True)
     chk = lsub.add_parser("check", help="say which runner the lab would use and what is missing")
     chk.add_argument("--runner", choices=("auto", "vm", "native"), default="auto")
+    cap = lsub.add_parser("capture-ha", help="record golden vectors from charon's ha plugin "
+                          "(lab material: holds the lab's throwaway secrets in clear)")
+    cap.add_argument("--json", type=Path, required=True, help="write the vectors here")
+    cap.add_argument("--runner", choices=("auto", "vm", "native"), default="auto")
+    cap.add_argument("--out", type=Path, default=Path("out/capture"),
+                     help="directory for logs (default out/capture)")
+    mi = lsub.add_parser("mirror", help="hasync on every gateway: check that every backup's "
+                         "charon and kernel mirror the master (one gateway starts late)")
+    mi.add_argument("--gateways", type=int, default=3, help="2 to 5 (default 3)")
+    mi.add_argument("--clients", type=int, default=3, help="road warriors (default 3)")
+    mi.add_argument("--late", type=int, default=1, help="gateways started after the clients")
+    mi.add_argument("--runner", choices=("auto", "vm", "native"), default="auto")
+    mi.add_argument("--json", type=Path, help="write the result here")
+    mi.add_argument("--out", type=Path, default=Path("out/mirror"),
+                    help="directory for logs (default out/mirror)")
     fo = lsub.add_parser("failover", help="bring the lab up and fail the VRRP master over")
     fo.add_argument("--baseline", action="store_true",
                     help="keepalived alone, no state sync (the only mode until the daemon lands)")
@@ -44,13 +62,48 @@ def _lab_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
                     help="directory for logs and captures (default out/lab)")
 
 
+def _daemon_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    for name, text in (("daemon", "run the daemon in the foreground (systemd runs this)"),
+                       ("status", "the cluster as this node sees it"),
+                       ("sas", "the journaled IKE_SAs and CHILD_SAs (never a secret)")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--config", type=Path, default=DEFAULT_PATH,
+                       help=f"configuration file (default {DEFAULT_PATH})")
+        if name != "daemon":
+            p.add_argument("--json", action="store_true", help="print JSON")
+    kg = sub.add_parser("keygen", help="write a new cluster key file (mode 0600)")
+    kg.add_argument("path", type=Path)
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser of `hasync`."""
     p = argparse.ArgumentParser(prog="hasync", description="stateful IPsec failover")
     p.add_argument("--version", action="version", version=f"hasync {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True)
+    _daemon_parsers(sub)
     _lab_parser(sub)
     return p
+
+
+def _daemon_cmd(a: argparse.Namespace) -> int:
+    """`hasync daemon|status|sas|keygen`."""
+    from . import control, views
+    from .journal.seal import generate_key_file
+    if a.cmd == "keygen":
+        generate_key_file(a.path)
+        print(f"wrote {a.path} (mode 0600): copy it to every node of the cluster")
+        return 0
+    cfg = load_config(a.config)
+    if a.cmd == "daemon":
+        from .daemon import run_daemon
+        run_daemon(cfg)
+        return 0
+    result = control.request(cfg.node.control_socket, a.cmd)
+    if a.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print(views.status_text(result) if a.cmd == "status" else views.sas_text(result))
+    return 0
 
 
 def _spec(a: argparse.Namespace) -> LabSpec:
@@ -80,12 +133,59 @@ def lab_failover(a: argparse.Namespace) -> int:
     which = which or runner.choose("auto")
     out = a.out.resolve()
     if which == "vm":
-        result = runner.run_in_vm(spec, out)
+        result = runner.run_in_vm("failover", spec, out, runner.vm_budget(spec))
     else:
         from .lab.failover import run_lab
         result = run_lab(spec, out)
         result["runner"] = "native"
     print(report.table(result))
+    if a.json:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"result written to {a.json}")
+    return 0
+
+
+def lab_capture(a: argparse.Namespace) -> int:
+    """`hasync lab capture-ha`: golden vectors from the real charon's ha plugin."""
+    which = runner.choose(a.runner) if a.runner != "auto" else None
+    runner.check(which or "vm")
+    which = which or runner.choose("auto")
+    out = a.out.resolve()
+    if which == "vm":
+        result = runner.run_in_vm("capture", LabSpec(), out, runner.BOOT_BUDGET_S + 120)
+    else:
+        from .lab.capture import run_capture
+        result = run_capture(out)
+    result["runner"] = which
+    a.json.parent.mkdir(parents=True, exist_ok=True)
+    a.json.write_text(json.dumps(result, indent=1) + "\n")
+    vectors = result["vectors"]
+    assert isinstance(vectors, list)
+    print(f"{len(vectors)} datagrams recorded; written to {a.json}")
+    return 0
+
+
+def lab_mirror(a: argparse.Namespace) -> int:
+    """`hasync lab mirror`."""
+    if not 0 <= a.late < a.gateways - 1:
+        raise LabError("--late must leave the master and one backup starting on time")
+    spec = LabSpec(mode="hasync", gateways=a.gateways, clients=a.clients, late_gateways=a.late)
+    try:
+        from .lab import topology
+        topology.plan(spec.gateways, spec.clients, spec.nat_clients)
+    except ValueError as e:
+        raise LabError(str(e)) from e
+    which = runner.choose(a.runner) if a.runner != "auto" else None
+    runner.check(which or "vm")
+    which = which or runner.choose("auto")
+    if which == "vm":
+        result = runner.run_in_vm("mirror", spec, a.out.resolve(), runner.BOOT_BUDGET_S + 600)
+    else:
+        from .lab.mirrorlab import run_mirror
+        result = run_mirror(spec, a.out.resolve())
+    result["runner"] = which
+    print(report.mirror_table(result))
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps(result, indent=1) + "\n")
@@ -105,9 +205,13 @@ def main(argv: list[str] | None = None) -> int:
     a = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     try:
+        if a.cmd in ("daemon", "status", "sas", "keygen"):
+            return _daemon_cmd(a)
         if a.cmd == "lab":
-            return lab_check(a) if a.lab_cmd == "check" else lab_failover(a)
-    except LabError as e:
+            cmds = {"check": lab_check, "failover": lab_failover, "capture-ha": lab_capture,
+                    "mirror": lab_mirror}
+            return cmds[a.lab_cmd](a)
+    except (LabError, ConfigError, ControlError, KeyFileError) as e:
         print(f"hasync: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -80,3 +81,22 @@ def test_baseline_never_keeps_a_tunnel_across_failover(baseline: dict[str, Any])
         if c["resumed"]:
             assert c["reestablished"], c
             assert c["lost_to_client"] > 0 and c["lost_from_client"] > 0, c
+
+
+def test_ctrl_c_stops_the_lab_and_leaves_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "artifacts"
+    proc = subprocess.Popen([sys.executable, "-m", "hasync", "lab", "failover", "--baseline",
+                             "--out", str(out)], cwd=ROOT, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:  # interrupt once the daemons are running
+        if "charon up" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, rest[-2000:]
+    assert "interrupted" in rest
+    left = subprocess.run(["pgrep", "-f", str(out)], capture_output=True, text=True).stdout
+    assert left == "", f"processes left behind: {left}"
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert "hl-" not in netns

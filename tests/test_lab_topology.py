@@ -70,7 +70,7 @@ def test_client_conf_carries_dpd_and_virtual_ip() -> None:
 def test_keepalived_conf_is_vrrpv3_nopreempt_with_fifo() -> None:
     text = confgen.keepalived_conf("gw2", 190, 0.5, "/r/f", [("192.0.2.1/24", "e0")], "e0")
     for want in ("vrrp_version 3", "nopreempt", "priority 190", "advert_int 0.5",
-                 "vrrp_notify_fifo /r/f", "192.0.2.1/24 dev e0"):
+                 "notify_fifo /r/f", "192.0.2.1/24 dev e0"):
         assert want in text
 
 

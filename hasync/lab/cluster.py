@@ -31,7 +31,7 @@ def vici_path(lab: Lab, node: str) -> Path:
     return lab.run_dir(node) / "charon.vici"
 
 
-def write_configs(lab: Lab, timers: confgen.LabTimers) -> None:
+def write_configs(lab: Lab, timers: confgen.LabTimers, keys_in_log: bool = False) -> None:
     """Write PKI, strongswan.conf and swanctl.conf for every charon of the lab."""
     clients = [n.name for n in lab.topo.by_role("client")]
     creds = pki.make_lab_pki(clients, datetime.datetime.now(datetime.UTC))
@@ -42,7 +42,7 @@ def write_configs(lab: Lab, timers: confgen.LabTimers) -> None:
         gw = node.role == "gateway"
         (etc / "strongswan.conf").write_text(confgen.strongswan_conf(
             str(lab.log_path(node.name, "charon-file")), str(vici_path(lab, node.name)),
-            timers, ha=gw))
+            timers, ha=gw, keys_in_log=keys_in_log and gw))
         (etc / "swanctl-tool.conf").write_text(SWANCTL_TOOL_CONF)
         swan = etc / "swanctl"
         pki.install_swanctl_dir(swan, creds["ca"], creds["gateway" if gw else node.name])
@@ -179,7 +179,7 @@ class VrrpWatch:
 
 
 def start_keepalived(lab: Lab, node: str, priority: int, advert_int: float,
-                     watch: VrrpWatch) -> None:
+                     watch: VrrpWatch, hasync_fifo: Path | None = None) -> None:
     """Write `node`'s keepalived.conf and start keepalived with its FIFO watched."""
     run = lab.run_dir(node)
     fifo = run / "vrrp.fifo"
@@ -187,7 +187,8 @@ def start_keepalived(lab: Lab, node: str, priority: int, advert_int: float,
     conf = lab.etc_dir(node) / "keepalived.conf"
     conf.write_text(confgen.keepalived_conf(
         node, priority, advert_int, str(fifo),
-        [(f"{PUBLIC_VIP}/24", "e0"), (f"{PRIVATE_VIP}/24", "e1")], "e0"))
+        [(f"{PUBLIC_VIP}/24", "e0"), (f"{PRIVATE_VIP}/24", "e1")], "e0",
+        str(hasync_fifo) if hasync_fifo else None))
     lab.spawn(node, "keepalived", ["keepalived", "--dont-fork", "--log-console", "--vrrp",
                                    "-f", str(conf), "-p", str(run / "keepalived.pid"),
                                    "-r", str(run / "vrrp.pid")])

@@ -35,12 +35,17 @@ class LabTimers:
         return asdict(self)
 
 
-def strongswan_conf(log_path: str, vici_socket: str, timers: LabTimers, ha: bool) -> str:
-    """strongswan.conf for one charon; with `ha`, the ha plugin talks to 127.0.0.2:4510."""
+def strongswan_conf(log_path: str, vici_socket: str, timers: LabTimers, ha: bool,
+                    keys_in_log: bool = False) -> str:
+    """strongswan.conf for one charon; with `ha`, the ha plugin talks to 127.0.0.2:4510.
+
+    With `keys_in_log`, charon logs IKE and CHILD key material (level 4): for golden vectors.
+    """
+    levels = "ike = 4\n                chd = 4" if keys_in_log else "ike = 2"
     ha_block = """
-  plugins { ha { local = 127.0.0.1
-                 remote = 127.0.0.2
-                 segment_count = 1 } }""" if ha else ""
+    ha { local = 127.0.0.1
+         remote = 127.0.0.2
+         segment_count = 1 }""" if ha else ""
     return f"""charon {{
   load = {PLUGINS}{' ha' if ha else ''}
   retransmit_tries = {timers.retransmit_tries}
@@ -50,9 +55,11 @@ def strongswan_conf(log_path: str, vici_socket: str, timers: LabTimers, ha: bool
   filelog {{ f {{ path = {log_path}
                 time_format = %H:%M:%S
                 default = 1
-                ike = 2
+                {levels}
                 cfg = 1 }} }}
-  plugins {{ vici {{ socket = unix://{vici_socket} }} }}{ha_block}
+  plugins {{
+    vici {{ socket = unix://{vici_socket} }}{ha_block}
+  }}
 }}
 """
 
@@ -75,6 +82,33 @@ def swanctl_gateway(vip: str, protected: str) -> str:
   }}
 }}
 pools {{ rw_pool {{ addrs = {POOL} }} }}
+"""
+
+
+def hasync_toml(node: str, raft: str, peers: list[str], state_dir: str, key_file: str,
+                control_socket: str, vrrp_fifo: str, vici_socket: str) -> str:
+    """hasync.toml of a lab gateway (charon's ha plugin: local 127.0.0.1, remote 127.0.0.2)."""
+    peer_list = ", ".join(f'"{p}"' for p in peers)
+    return f"""[node]
+name = "{node}"
+state_dir = "{state_dir}"
+control_socket = "{control_socket}"
+
+[cluster]
+name = "lab"
+key_file = "{key_file}"
+bind = "{raft}"
+peers = [{peer_list}]
+
+[charon]
+ha_local = "127.0.0.1:4510"
+ha_remote = "127.0.0.2:4510"
+vici_socket = "{vici_socket}"
+control_fifo = "/var/run/charon.ha"
+
+[keepalived]
+instance = "VI_1"
+notify_fifo = "{vrrp_fifo}"
 """
 
 
@@ -102,13 +136,19 @@ def swanctl_client(name: str, vip: str, protected: str, timers: LabTimers) -> st
 
 
 def keepalived_conf(node: str, priority: int, advert_int: float, fifo: str,
-                    vips: list[tuple[str, str]], lan_if: str) -> str:
-    """keepalived.conf: one VRRPv3 instance holding the public and the protected VIP."""
+                    vips: list[tuple[str, str]], lan_if: str,
+                    hasync_fifo: str | None = None) -> str:
+    """keepalived.conf: one VRRPv3 instance holding the public and the protected VIP.
+
+    The lab reads `notify_fifo`; hasync, when it runs, reads `vrrp_notify_fifo` (keepalived
+    writes every VRRP event to both: keepalived/vrrp/vrrp_notify.c notify_fifo(), 2.2.7).
+    """
     vip_lines = "\n".join(f"    {addr} dev {dev}" for addr, dev in vips)
+    hasync = f"\n  vrrp_notify_fifo {hasync_fifo}" if hasync_fifo else ""
     return f"""global_defs {{
   router_id {node}
   vrrp_version 3
-  vrrp_notify_fifo {fifo}
+  notify_fifo {fifo}{hasync}
   vrrp_garp_master_repeat 3
   vrrp_garp_master_refresh 5
   script_user root

@@ -13,7 +13,9 @@ import sys
 import traceback
 from pathlib import Path
 
+from .capture import run_capture
 from .failover import run_lab
+from .mirrorlab import run_mirror
 from .runner import spec_from_dict
 
 MODULES = ["esp4", "xfrm_user", "xfrm_algo", "gcm", "veth", "bridge", "nf_tables", "nft_nat",
@@ -28,8 +30,13 @@ def main(argv: list[str]) -> int:
     rc = 1
     try:
         subprocess.run(["modprobe", "-a", *MODULES], check=False)
-        spec = spec_from_dict(json.loads(spec_path.read_text()))
-        result = run_lab(spec, result_path.parent)
+        job = json.loads(spec_path.read_text())
+        if job["task"] == "capture":
+            result = run_capture(result_path.parent)
+        elif job["task"] == "mirror":
+            result = run_mirror(spec_from_dict(job["spec"]), result_path.parent)
+        else:
+            result = run_lab(spec_from_dict(job["spec"]), result_path.parent)
         result["runner"] = "vm"
         rc = 0
     except BaseException as e:  # the host must always learn why

@@ -113,12 +113,17 @@ def _version_key(path: str) -> list[int | str]:
 
 # A throwaway SA in a scratch namespace: the kernel either accepts it (esp4 and gcm are
 # there) or answers "Requested type not found" (our hosts: CONFIG_INET_ESP unset).
-_PROBE_SA = ("xfrm state add src 192.0.2.1 dst 192.0.2.2 proto esp spi 0x1000 mode tunnel "
-             "aead rfc4106(gcm(aes)) 0x" + "11" * 20 + " 128").split()
+def _probe_sa(key_bytes: int) -> list[str]:
+    return ("xfrm state add src 192.0.2.1 dst 192.0.2.2 proto esp spi 0x1000 mode tunnel "
+            f"aead rfc4106(gcm(aes)) 0x{'11' * key_bytes} 128").split()
 
 
-def kernel_has_esp() -> bool:
-    """Probe whether the running kernel can install an AES-GCM ESP SA."""
+def kernel_has_esp(key_bytes: int = 20) -> bool:
+    """Probe whether the running kernel can install an AES-GCM ESP SA (key and 4-byte salt).
+
+    The first such SA also instantiates and self-tests the kernel's GCM transform, which
+    under QEMU/TCG takes seconds: the lab calls this once before charon needs it.
+    """
     ns = f"hasync-probe-{uuid.uuid4().hex[:8]}"
     subprocess.run(["modprobe", "-q", "-a", "esp4", "xfrm_user", "gcm"], check=False,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -126,7 +131,8 @@ def kernel_has_esp() -> bool:
     if made.returncode != 0:
         raise LabError(f"cannot create a network namespace: {made.stderr.decode().strip()}")
     try:
-        res = subprocess.run(["ip", "-n", ns, *_PROBE_SA], capture_output=True, check=False)
+        res = subprocess.run(["ip", "-n", ns, *_probe_sa(key_bytes)], capture_output=True,
+                             check=False)
         return res.returncode == 0
     finally:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)

@@ -31,3 +31,20 @@ def table(result: dict[str, object]) -> str:
                                str(c["lost_to_client"]), str(c["lost_from_client"]),
                                str(c["replay_errors"]), str(c["seq_reuse"])]))
     return "\n".join(lines)
+
+
+def mirror_table(result: dict[str, object]) -> str:
+    """Render a mirror result: per gateway, its IKE_SAs by state and its ESP SAs."""
+    lines = [f"mode=hasync scenario=mirror runner={result.get('runner')} "
+             f"kernel={result.get('kernel')} master={result.get('master')} "
+             f"late gateway caught up in {result.get('late_catchup_s')} s"]
+    gws = result.get("gateways", {})
+    assert isinstance(gws, dict)
+    for gw, info in gws.items():
+        states: dict[str, int] = {}
+        for st in info["view"]["ike_sas"].values():
+            states[st] = states.get(st, 0) + 1
+        lines.append(f"  {gw}{' (late)' if info['late'] else ''}: IKE_SAs {states}, "
+                     f"ESP SAs {len(info['view']['xfrm_spis'])}, mirrors master: "
+                     f"{'yes' if info['mirrors_master'] else 'NO'}")
+    return "\n".join(lines)

@@ -54,11 +54,11 @@ def vm_budget(spec: LabSpec) -> float:
     return BOOT_BUDGET_S + spec.failovers * (spec.timeout_s + 90)
 
 
-def run_in_vm(spec: LabSpec, out_dir: Path) -> dict[str, object]:
-    """Boot the VM, run the scenario inside it, and return its result."""
+def run_in_vm(task: str, spec: LabSpec, out_dir: Path, budget: float) -> dict[str, object]:
+    """Boot the VM, run `task` ("failover" or "capture") inside it, and return its result."""
     out_dir.mkdir(parents=True, exist_ok=True)
     spec_path, result_path = out_dir / "lab-spec.json", out_dir / "lab-result.json"
-    spec_path.write_text(json.dumps(asdict(spec)))
+    spec_path.write_text(json.dumps({"task": task, "spec": asdict(spec)}))
     result_path.unlink(missing_ok=True)
     inner = (f"cd / && PYTHONDONTWRITEBYTECODE=1 {sys.executable} -m hasync.lab.inside "
              f"{spec_path} {result_path}")
@@ -66,7 +66,7 @@ def run_in_vm(spec: LabSpec, out_dir: Path) -> dict[str, object]:
     argv = [vng, "--run", prereq.kernel_image(), "--disable-kvm", "--memory", VM_MEMORY,
             "--cpus", str(VM_CPUS), "--rwdir", str(out_dir), "--exec", inner]
     log.info("booting %s under QEMU/TCG (this kernel has no ESP)", argv[2])
-    _run_vm(argv, vm_budget(spec))
+    _run_vm(argv, budget)
     if not result_path.exists():
         raise prereq.LabError(f"the VM ended without a result; see the output above and "
                               f"{out_dir}/lab-artifacts")

@@ -20,7 +20,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import cluster, confgen, observe, probe, topology
+from . import cluster, confgen, hasyncd, observe, prereq, probe, topology
 from .prereq import LabError
 from .procs import Lab
 
@@ -40,6 +40,7 @@ class LabSpec:
     failovers: int = 1
     rate: float = 50.0
     fault: str = "kill"
+    late_gateways: int = 0  # gateways started only after the clients connected
     timeout_s: float = 90.0  # per failover: wait this long for every client's traffic
     settle_s: float = 2.0  # keep measuring this long after the last client resumed
     timers: confgen.LabTimers = field(default_factory=confgen.LabTimers)
@@ -64,31 +65,72 @@ def _mount_base() -> Path:
     return base
 
 
+def gateways(run: Run, late: bool = False) -> list[str]:
+    """The gateways started at bring-up, or (late) those started after the clients."""
+    gws = [n.name for n in run.lab.topo.by_role("gateway")]
+    k = len(gws) - run.spec.late_gateways
+    return gws[k:] if late else gws[:k]
+
+
+def start_gateways(run: Run, gws: list[str]) -> None:
+    """Start hasync (in hasync mode), charon and keepalived on `gws`, in priority order."""
+    lab, spec = run.lab, run.spec
+    if spec.mode == "hasync":
+        for gw in gws:
+            hasyncd.start(lab, gw)
+    for gw in gws:
+        cluster.start_charon(lab, gw)
+    for gw in gws:
+        cluster.wait_charon(lab, gw)
+        cluster.load_config(lab, gw)
+    log.info("charon up on %s", ", ".join(gws))
+    if spec.mode == "hasync":
+        hasyncd.wait_cluster(lab, gws)
+        log.info("hasync cluster formed on %s", ", ".join(gws))
+    for gw in gws:
+        run.priorities[gw] = 200 - 10 * int(gw[2:]) + 10
+        t0 = time.monotonic()
+        cluster.start_keepalived(lab, gw, run.priorities[gw], spec.timers.advert_int_s, run.vrrp,
+                                 hasyncd.vrrp_fifo(lab, gw) if spec.mode == "hasync" else None)
+        if not run.vrrp.events:  # one master first: two starting together were both MASTER
+            run.vrrp.wait_master(t0, 30)
+    log.info("gateways up: %s (%s)", ", ".join(gws), spec.mode)
+
+
 def bring_up(run: Run) -> None:
     """Build the network, start every daemon, elect gw1 master and bring every tunnel up."""
     lab, spec = run.lab, run.spec
+    warm_kernel_crypto()
     topology.build(lab.topo, lambda argv: lab.run(None, argv) and None)
     lab.prepare_dirs()
     cluster.write_configs(lab, spec.timers)
-    charons = [n.name for n in lab.topo.nodes if n.role in ("gateway", "client")]
-    for n in charons:
+    if spec.mode == "hasync":
+        hasyncd.write_configs(lab)
+    clients = [n.name for n in lab.topo.by_role("client")]
+    for n in clients:
         cluster.start_charon(lab, n)
-    for n in charons:
+    start_gateways(run, gateways(run))
+    for n in clients:
         cluster.wait_charon(lab, n)
         cluster.load_config(lab, n)
-    log.info("charon up on %s", ", ".join(charons))
-    gws = [n.name for n in lab.topo.by_role("gateway")]
-    for i, gw in enumerate(gws):
-        run.priorities[gw] = 200 - 10 * i
-        t0 = time.monotonic()
-        cluster.start_keepalived(lab, gw, run.priorities[gw], spec.timers.advert_int_s, run.vrrp)
-        if i == 0:  # one master first: two nodes starting together were both MASTER briefly
-            run.vrrp.wait_master(t0, 30)
+    gws = gateways(run)
     if not cluster.holds_vip(lab, gws[0]):
         raise LabError(f"{gws[0]} is VRRP master but does not hold {topology.PUBLIC_VIP}")
-    clients = [n.name for n in lab.topo.by_role("client")]
     cluster.initiate(lab, clients)
     log.info("tunnels up: %s", ", ".join(clients))
+
+
+def warm_kernel_crypto() -> None:
+    """Instantiate the kernel's AES-GCM ESP transforms before charon installs the first SA.
+
+    Under TCG the first rfc4106(gcm(aes)) SA takes seconds (transform set-up and self-test),
+    long enough for a client to give up on its IKE_AUTH exchange.
+    """
+    t0 = time.monotonic()
+    for key_bytes in (20, 36):  # AES-128 and AES-256 GCM, each with its 4-byte salt
+        if not prereq.kernel_has_esp(key_bytes):
+            raise LabError("this kernel cannot install an AES-GCM ESP SA (esp4, gcm missing?)")
+    log.info("kernel ESP crypto ready after %.1f s", time.monotonic() - t0)
 
 
 def start_traffic(run: Run) -> None:
@@ -188,12 +230,15 @@ def restore(run: Run, node: str) -> None:
     for addr, dev in ((topology.PUBLIC_VIP, "e0"), (topology.PRIVATE_VIP, "e1")):
         lab.run(node, ["ip", "addr", "del", f"{addr}/24", "dev", dev], check=False)
     _links(lab, node, "up")
+    if run.spec.mode == "hasync":
+        hasyncd.start(lab, node)
     cluster.start_charon(lab, node)
     cluster.wait_charon(lab, node)
     cluster.load_config(lab, node)
     run.priorities[node] = min(run.priorities.values()) - 10
     cluster.start_keepalived(lab, node, run.priorities[node], run.spec.timers.advert_int_s,
-                             run.vrrp)
+                             run.vrrp, hasyncd.vrrp_fifo(lab, node)
+                             if run.spec.mode == "hasync" else None)
     log.info("%s restored as backup (priority %d)", node, run.priorities[node])
 
 

@@ -1,0 +1,256 @@
+"""The hasync daemon: the one place that wires configuration, charon's HA link, the Raft
+journal, keepalived's FIFO and the control socket together.
+
+Rules: only this module (and the CLI) reads configuration; every IO source is a thin asyncio
+adapter around a pure part (codec, Batcher, Heartbeat, RoleState, JournalState); callbacks
+from pysyncobj's thread reach the loop only through call_soon_threadsafe; nothing an outside
+party sends can stop the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import errno
+import logging
+import os
+import signal
+import stat
+import time
+from pathlib import Path
+from typing import Any
+
+from .config import Config
+from .control import ControlServer
+from .endpoint import HaEndpoint, open_endpoint
+from .ha import HaMessage, MessageType
+from .journal.seal import Batch, derive_keys, load_cluster_key
+from .mirror import JOURNALED, Batcher, Heartbeat, claimed_segments, status_message
+from .raft import ClusterJournal, RaftTiming
+from .role import Role, RoleState, parse_vrrp_line
+
+log = logging.getLogger("hasync")
+TICK_S = 0.01
+REPLAY_CHUNK = 200  # datagrams per loop turn when replaying the journal into charon
+
+
+class Daemon:
+    """One node's hasync."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.role = RoleState(since=time.monotonic())
+        self.batcher = Batcher(cfg.cluster.batch_max_messages,
+                               cfg.cluster.batch_max_delay_ms / 1000)
+        self.heartbeat = Heartbeat()
+        self.endpoint: HaEndpoint | None = None
+        self.journal: ClusterJournal | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.synced = False  # the journal caught up and charon was given the whole state
+        self.charon_segments: set[int] = set()
+        self.counters: dict[str, int] = {"mirrored": 0, "replays": 0, "fifo_errors": 0}
+        self.started = time.monotonic()
+        self._stop = asyncio.Event()
+
+    # ---- wiring ----
+    async def run(self) -> None:
+        """Run until SIGTERM or SIGINT."""
+        cfg, self.loop = self.cfg, asyncio.get_running_loop()
+        keys = derive_keys(load_cluster_key(cfg.cluster.key_file), cfg.cluster.name)
+        timing = RaftTiming(election_min_s=cfg.cluster.election_timeout_ms / 1000,
+                            election_max_s=cfg.cluster.election_timeout_ms * 2.5 / 1000,
+                            heartbeat_s=cfg.cluster.heartbeat_ms / 1000,
+                            connection_timeout_s=cfg.cluster.connection_timeout_ms / 1000)
+        self.journal = ClusterJournal(cfg.node.name, str(cfg.cluster.bind),
+                                      [str(p) for p in cfg.cluster.peers], cfg.node.state_dir,
+                                      keys, self._applied_threadsafe, timing)
+        self.endpoint = await open_endpoint(cfg.charon.ha_remote.sockaddr,
+                                            cfg.charon.ha_local.sockaddr, self._on_ha)
+        control = ControlServer(cfg.node.control_socket, {"status": self.status,
+                                                          "sas": self.sas})
+        await control.start()
+        fifo = self._open_vrrp_fifo()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, self._stop.set)
+        log.info("hasync %s up: raft %s, peers %s, HA %s <- %s", cfg.node.name, cfg.cluster.bind,
+                 ", ".join(map(str, cfg.cluster.peers)), cfg.charon.ha_remote,
+                 cfg.charon.ha_local)
+        ticker = asyncio.create_task(self._tick_loop())
+        try:
+            await self._stop.wait()
+        finally:
+            ticker.cancel()
+            await control.close()
+            if fifo is not None:
+                self.loop.remove_reader(fifo)
+                os.close(fifo)
+            self.endpoint.transport.close() if self.endpoint.transport else None
+            self.journal.destroy()
+            log.info("hasync %s stopped", cfg.node.name)
+
+    # ---- charon -> journal ----
+    def _on_ha(self, raw: bytes, msg: HaMessage, now: float) -> None:
+        """A datagram from the local charon."""
+        if msg.type in JOURNALED:
+            self.batcher.add(raw, now)
+        elif msg.type in (MessageType.STATUS, MessageType.SEGMENT_TAKE):
+            taken = claimed_segments(msg)
+            self.charon_segments = taken if msg.type == MessageType.STATUS else \
+                self.charon_segments | taken
+            if self.role.mirrors and taken:
+                self._charon_fifo(f"-{min(taken)}")  # a backup's charon must stay passive
+        elif msg.type == MessageType.SEGMENT_DROP:
+            self.charon_segments -= claimed_segments(msg)
+        elif msg.type == MessageType.RESYNC and self.role.mirrors:
+            log.info("charon asked for a resync: replaying the journal")
+            self.synced = False
+
+    def _submit(self, now: float) -> None:
+        batch = self.batcher.next_batch(now)
+        if batch is None or self.journal is None:
+            return
+        loop = self.loop
+        assert loop is not None
+
+        def done(result: Any, error: Any) -> None:
+            loop.call_soon_threadsafe(self._committed, error == 0 or error is None,
+                                      str(error))
+        try:
+            self.journal.submit(batch, done)
+        except Exception:
+            log.exception("sealing a batch failed; dropping it")
+            self.batcher.done(True, now)
+
+    def _committed(self, ok: bool, error: str) -> None:
+        if not ok:
+            log.warning("batch not committed (%s); retrying", error)
+        self.batcher.done(ok, time.monotonic())
+
+    # ---- journal -> charon ----
+    def _applied_threadsafe(self, batch: Batch, applied: list[tuple[bytes, HaMessage]]) -> None:
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self._on_applied, [raw for raw, _ in applied])
+
+    def _on_applied(self, datagrams: list[bytes]) -> None:
+        """Committed datagrams: a synced backup sends them on to its charon."""
+        if self.synced and self.role.mirrors and self.endpoint is not None:
+            for raw in datagrams:
+                self.endpoint.send(raw)
+            self.counters["mirrored"] += len(datagrams)
+
+    async def _replay(self) -> None:
+        """Send charon the whole committed state, in dependency order."""
+        assert self.journal is not None and self.endpoint is not None
+        with self.journal.lock:
+            plan = self.journal.state.replay_plan()
+        for i in range(0, len(plan), REPLAY_CHUNK):
+            for raw in plan[i:i + REPLAY_CHUNK]:
+                self.endpoint.send(raw)
+            await asyncio.sleep(0.005)
+        self.counters["replays"] += 1
+        self.counters["mirrored"] += len(plan)
+        log.info("replayed %d datagrams into charon", len(plan))
+
+    def _caught_up(self) -> bool:
+        assert self.journal is not None
+        st = self.journal.getStatus()
+        return st.get("leader") is not None and st.get("last_applied", 0) >= st.get(
+            "commit_idx", 0) > 0
+
+    # ---- the loop ----
+    async def _tick_loop(self) -> None:
+        while True:
+            now = time.monotonic()
+            self._submit(now)
+            if self.heartbeat.due(self.role.mirrors, now) and self.endpoint is not None:
+                self.endpoint.send(status_message(self.cfg.charon.protocol_version,
+                                                  self.cfg.charon.segments))
+            if self.role.mirrors and not self.synced and self._caught_up():
+                self.synced = True
+                await self._replay()
+            await asyncio.sleep(TICK_S)
+
+    # ---- keepalived ----
+    def _open_vrrp_fifo(self) -> int | None:
+        path = self.cfg.keepalived.notify_fifo
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not path.exists():
+            os.mkfifo(path, 0o600)
+        if not stat.S_ISFIFO(path.stat().st_mode):
+            raise RuntimeError(f"{path} exists and is not a FIFO")
+        fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
+        buf = bytearray()
+
+        def readable() -> None:
+            with contextlib.suppress(BlockingIOError):
+                buf.extend(os.read(fd, 65536))
+            while b"\n" in buf:
+                line, _, rest = bytes(buf).partition(b"\n")
+                buf[:] = rest
+                self._on_vrrp(line.decode(errors="replace"))
+            del buf[:-4096]
+
+        assert self.loop is not None
+        self.loop.add_reader(fd, readable)
+        return fd
+
+    def _on_vrrp(self, line: str) -> None:
+        ev = parse_vrrp_line(line)
+        if ev is None:
+            return
+        before = self.role.role
+        if self.role.on_vrrp(ev, self.cfg.keepalived.instance, time.monotonic()):
+            log.info("VRRP %s: %s -> %s", ev.state, before.value, self.role.role.value)
+            if self.role.role == Role.MASTER:
+                self._charon_fifo(f"+{self.cfg.charon.segments}")
+            else:
+                self.synced = False  # give the charon of a new backup the whole state
+
+    def _charon_fifo(self, command: str) -> None:
+        """Write a command to charon's HA control FIFO (ha_ctl.c: +N, -N, *N)."""
+        try:
+            fd = os.open(self.cfg.charon.control_fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as e:
+            self.counters["fifo_errors"] += 1
+            if e.errno not in (errno.ENXIO, errno.ENOENT):
+                log.warning("charon control FIFO %s: %s", self.cfg.charon.control_fifo, e)
+            return
+        with contextlib.suppress(OSError), os.fdopen(fd, "w") as f:
+            f.write(command + "\n")
+
+    # ---- control socket ----
+    def status(self, args: dict[str, Any]) -> dict[str, Any]:
+        """`hasync status`: this node, its Raft view, the journal and the counters."""
+        assert self.journal is not None and self.endpoint is not None
+        raft = self.journal.status()
+        with self.journal.lock:
+            summaries = self.journal.state.summaries(time.time())
+            anomalies = dict(self.journal.state.anomalies)
+        st = self.journal.getStatus()
+        return {"node": self.cfg.node.name, "cluster": self.cfg.cluster.name,
+                "role": self.role.role.value, "role_since_s": round(time.monotonic()
+                                                                    - self.role.since, 1),
+                "raft": raft, "lag": max(0, (st.get("commit_idx") or 0)
+                                         - (st.get("last_applied") or 0)),
+                "synced": self.synced, "charon_segments": sorted(self.charon_segments),
+                "journal": {"ike_sas": len(summaries),
+                            "child_sas": sum(len(s.children) for s in summaries),
+                            "anomalies": anomalies},
+                "backlog": self.batcher.backlog,
+                "ha": dict(self.endpoint.counters), "raft_apply": dict(self.journal.counters),
+                "counters": dict(self.counters),
+                "uptime_s": round(time.monotonic() - self.started, 1)}
+
+    def sas(self, args: dict[str, Any]) -> dict[str, Any]:
+        """`hasync sas`: the journaled SAs, without any secret."""
+        assert self.journal is not None
+        with self.journal.lock:
+            summaries = self.journal.state.summaries(time.time())
+        return {"ike_sas": [dataclasses.asdict(s) for s in summaries]}
+
+
+def run_daemon(cfg: Config) -> None:
+    """Run the daemon in this process until it is stopped."""
+    Path(cfg.node.state_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+    asyncio.run(Daemon(cfg).run())

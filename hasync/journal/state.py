@@ -1,0 +1,592 @@
+"""Pure model of the journaled cluster state: what a passive charon holds after the HA stream.
+
+Rules: `JournalState.apply()` takes each committed ha message with its raw datagram (`msg ==
+decode(raw)`) in Raft commit order and does what charon's ha plugin does on a passive node
+(strongswan/strongswan 5.9.8, src/libcharon/plugins/ha/ha_dispatcher.c), so that
+`replay_plan()` rebuilds the same IKE_SAs and CHILD_SAs in a fresh charon. Pure and
+deterministic: no sockets, clocks, logging or randomness (time comes only from `ts`).
+`apply()` never raises: input it cannot use is ignored and counted in `anomalies` by reason.
+A state restored from `to_dict()` and fed the rest of a stream equals (by `to_dict()`) one
+fed the whole stream. Raw datagrams are replayed byte for byte, except one synthetic
+IKE_UPDATE per lineage (below). Summaries carry no secret (nonces, DH secrets, SK_d, keys).
+
+Upstream facts (5.9.8) and the model built on them:
+- process_ike_add() derives an IKE_SA's keys from its IKE_ADD alone: on an IKE rekey the old
+  SA's SK_d travels in it (old_skd, alg_old_prf; ha_ike.c ike_keys()), so the old SA is not
+  needed for keys. It is looked up (ike_rekey_id) only to hand over what ike_sa.c
+  inherit_pre()/inherit_post() move: peer config, hosts, identities, virtual IPs, peer
+  addresses, auth data, conditions, extensions and ALL its CHILD_SAs; then it is destroyed
+  at once (if missing, the new SA is created alone). The old SA's IKE_DELETE that follows
+  (ike_rekey() -> ike_updown(old, FALSE)) finds nothing.
+- process_child_add() derives a CHILD_SA's keys from the SK_d of the IKE_SA named in its
+  CHILD_ADD and needs that SA's peer config (find_child_cfg()), hosts and NAT condition: a
+  CHILD_SA created under an IKE_SA since rekeyed replays only under that old SA, which the
+  lineage's next IKE_ADD then hands over. After a rekey, CHILD_DELETE names the current
+  holder (ha_child.c child_state_change()).
+- Hence a lineage: the live IKE_SA last, after the rekeyed ("retired") IKE_SAs it descends
+  from, back to the oldest one a live CHILD_SA was created under; older ones are pruned after
+  every change. What an IKE_SA was handed at its rekey is kept as one synthetic IKE_UPDATE
+  (`inherited`: the old SA's effective process_ike_update() fields, minus remote_addr if the
+  IKE_ADD has its own, which process_ike_add() sets after inheriting), replayed after the
+  IKE_ADD of a lineage's first IKE_SA, whose predecessor a fresh charon lacks; that IKE_ADD
+  is kept without its ike_rekey_id (old_skd stays), so each lineage replays on its own.
+  Messages naming a retired SA are ignored, as on a passive charon.
+- Per IKE_SA: IKE_ADD; its IKE_UPDATEs (all, as ha_cache.c keeps them: sync_vips() in
+  ha_ike.c sends partial ones with only virtual IPs), dropping one once later ones overwrite
+  all it sets; the latest non-zero IKE_MID_INITIATOR and _RESPONDER (process_ike_mid()
+  ignores 0); the latest IKE_IV (IKEv1 only, process_ike_iv()). Per CHILD_SA its CHILD_ADD
+  until its CHILD_DELETE (by inbound SPI, ike_sa.c get_child_sa()).
+- replay_plan(): per lineage in creation order, each IKE_SA oldest first: IKE_ADD,
+  [inherited], IKE_UPDATEs, MIDs and IV (live SA only), then the CHILD_ADDs of the live
+  CHILD_SAs created under it in commit order (ha_cache.c resync() order, then children).
+- IKE_SAs match as in ike_sa_id.c equals() (version, SPIs, role unless IKEv1); deletes with
+  responder SPI 0 match as in ike_sa_manager.c entry_match_by_id(). Refused: a kept message
+  naming an IKE_SA with responder SPI 0, any message with more than one ike_id.
+- Not modeled: what the stream cannot show (configs missing on the node, failed key
+  derivation or kernel installs) and IKEv1 CHILD_SA adoption (adopt_children_job).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .summary import IkeSummary
+
+from hasync.ha import (
+    Attribute,
+    EncodeError,
+    HaMessage,
+    IkeSaId,
+    MalformedMessage,
+    MessageType,
+    decode,
+    encode,
+)
+
+SNAPSHOT_FORMAT = 1
+MAX_UPDATES = 32  # per IKE_SA after compaction; upstream sends 1 to 3
+
+Key = tuple[int, int, int, bool]
+
+# process_ike_update(): attributes that overwrite a field, and lists a message replaces.
+_SET_FIELDS = ("local_id", "remote_id", "local_addr", "remote_addr", "conditions", "config_name")
+_LIST_FIELDS = ("local_vip", "remote_vip", "peer_addr")
+# Attribute order of a synthetic IKE_UPDATE (that of ha_ike.c ike_updown(), VIPs added).
+_SYNTH_ORDER = ("local_id", "remote_id", "remote_eap_id", "local_addr", "remote_addr")
+_SYNTH_ORDER += ("conditions", "extensions", "local_vip", "remote_vip", "config_name", "peer_addr")
+_NOT_JOURNALED = frozenset(
+    {MessageType.SEGMENT_DROP, MessageType.SEGMENT_TAKE, MessageType.STATUS, MessageType.RESYNC}
+)
+_ID_IPV4, _ID_FQDN, _ID_RFC822, _ID_IPV6 = 1, 2, 3, 5  # identification.h id_type_t
+
+
+class StateError(ValueError):
+    """A snapshot given to JournalState.from_dict() has the wrong shape."""
+
+
+def _uint(value: object) -> int | None:
+    """`value` if it is a non-negative int (not bool), else None."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return value if ok else None  # type: ignore[return-value]
+
+
+def _key(value: object) -> Key | None:
+    """The match key of an ike_sa_id (ike_sa_id.c equals(): IKEv1 ignores the role)."""
+    if not isinstance(value, IkeSaId) or not isinstance(value.is_initiator, bool):
+        return None
+    version = _uint(value.ike_version)
+    spi_i, spi_r = _uint(value.initiator_spi), _uint(value.responder_spi)
+    if version is None or spi_i is None or spi_r is None:
+        return None
+    return (version, spi_i, spi_r, value.is_initiator and version != 1)
+
+
+def _single(msg: HaMessage, name: str) -> tuple[bool, Any]:
+    """(ok, value): ok unless `name` occurs more than once; value None if absent."""
+    values = msg.get_all(name)
+    return len(values) <= 1, (values[0] if values else None)
+
+
+def _last_uint(msg: HaMessage, name: str) -> int | None:
+    """The last `name` value as upstream's loops keep it, if it is a non-negative int."""
+    values = msg.get_all(name)
+    return _uint(values[-1]) if values else None
+
+
+@dataclass(slots=True)
+class _Update:
+    """A kept IKE_UPDATE: its datagram, the fields it sets, extension bits, EAP identity."""
+
+    raw: bytes
+    fields: list[str]
+    extensions: int
+    additive: bool
+
+
+@dataclass(slots=True)
+class _Ike:
+    """One IKE_SA of a lineage, live (last) or retired."""
+
+    key: Key
+    add: bytes
+    created: float
+    inherited: bytes | None = None
+    updates: list[_Update] = field(default_factory=list)
+    mid_i: bytes | None = None
+    mid_r: bytes | None = None
+    iv: bytes | None = None
+
+
+@dataclass(slots=True)
+class _Child:
+    """A live CHILD_SA: inbound SPI (wire value), the IKE_SA it was created under, CHILD_ADD."""
+
+    spi: int
+    origin: Key
+    add: bytes
+    created: float
+
+
+@dataclass(slots=True)
+class _Lineage:
+    """A live IKE_SA (last) with the retired IKE_SAs its CHILD_SAs need, and those CHILD_SAs."""
+
+    ikes: list[_Ike]
+    children: list[_Child] = field(default_factory=list)
+
+
+def _update_shape(msg: HaMessage) -> _Update:
+    """What an IKE_UPDATE sets, for compaction (process_ike_update())."""
+    names = [a.name for a in msg.attributes[1:]]
+    fields = sorted({n for n in names if n in _SET_FIELDS or n in _LIST_FIELDS})
+    extensions = 0
+    for value in msg.get_all("extensions"):
+        extensions |= _uint(value) or 0
+    return _Update(b"", fields, extensions & 0xFFFFFFFF, "remote_eap_id" in names)
+
+
+def _compact(updates: list[_Update]) -> list[_Update]:
+    """Drop updates whose every field later ones overwrite (EAP identities accumulate)."""
+    kept: list[_Update] = []
+    later: set[str] = set()
+    later_ext = 0
+    for update in reversed(updates):
+        covered = set(update.fields) <= later and not update.extensions & ~later_ext
+        if update.additive or not covered:
+            kept.append(update)
+        later.update(update.fields)
+        later_ext |= update.extensions
+    return kept[::-1]
+
+
+def _fold_update(state: dict[str, list[Attribute]], msg: HaMessage) -> None:
+    """Apply one IKE_UPDATE's fields to an effective state, as process_ike_update() does."""
+    replaced: set[str] = set()
+    for attr in msg.attributes[1:]:
+        name = attr.name
+        if name in _SET_FIELDS:
+            state[name] = [attr]
+        elif name in _LIST_FIELDS:
+            if name not in replaced:
+                state[name] = []
+                replaced.add(name)
+            state[name].append(attr)
+        elif name == "remote_eap_id":  # add_auth_cfg() appends
+            state.setdefault(name, []).append(attr)
+        elif name == "extensions":  # set_extensions() only enables
+            old = state.get(name, [Attribute(name, 0)])[0].value
+            state[name] = [Attribute(name, old | (_uint(attr.value) or 0))]
+
+
+def _decode(raw: bytes | None) -> HaMessage | None:
+    """Decode a stored datagram, None if absent or undecodable."""
+    if raw is None:
+        return None
+    try:
+        return decode(raw)
+    except MalformedMessage:
+        return None
+
+
+def _effective(ike: _Ike) -> tuple[dict[str, list[Attribute]], bool]:
+    """An IKE_SA's update state: inherited, IKE_ADD's remote_addr, own updates; ok flag."""
+    state: dict[str, list[Attribute]] = {}
+    inherited, add = _decode(ike.inherited), _decode(ike.add)
+    ok = (inherited is not None or ike.inherited is None) and add is not None
+    if inherited is not None:
+        _fold_update(state, inherited)
+    if add is not None and add.get_all("remote_addr"):
+        state["remote_addr"] = [Attribute("remote_addr", add.get_all("remote_addr")[-1])]
+    for update in ike.updates:
+        msg = _decode(update.raw)
+        ok = ok and msg is not None
+        if msg is not None:
+            _fold_update(state, msg)
+    return state, ok
+
+
+class JournalState:
+    """The IKE_SAs and CHILD_SAs a passive charon holds after the committed HA stream."""
+
+    def __init__(self) -> None:
+        self._lineages: dict[Key, _Lineage] = {}  # by live IKE_SA, in creation order
+        self._owner: dict[Key, Key] = {}  # every kept IKE_SA -> the live IKE_SA of its lineage
+        self.anomalies: dict[str, int] = {}
+        self.applied = 0
+        self.last_ts = 0.0
+
+    def _count(self, reason: str) -> None:
+        """Count one ignored input."""
+        self.anomalies[reason] = self.anomalies.get(reason, 0) + 1
+
+    def apply(self, raw: bytes, msg: HaMessage, ts: float) -> None:
+        """Apply one committed ha message; never raises."""
+        self.applied += 1
+        if isinstance(ts, int | float) and not isinstance(ts, bool) and math.isfinite(ts):
+            self.last_ts = float(ts)
+        else:
+            self._count("bad_ts")
+        if (
+            not isinstance(raw, bytes | bytearray)
+            or not isinstance(msg, HaMessage)
+            or not all(isinstance(a, Attribute) for a in msg.attributes)
+            or not isinstance(msg.type, int)
+            or isinstance(msg.type, bool)
+        ):
+            self._count("bad_message")
+            return
+        if msg.type in _NOT_JOURNALED:
+            self._count("not_journaled")
+            return
+        handler = _HANDLERS.get(msg.type)
+        if handler is None:
+            self._count("unknown_type")
+            return
+        handler(self, bytes(raw), msg)
+
+    def _find(self, key: Key, wildcard: bool) -> Key | None:
+        """The kept IKE_SA a lookup finds (ike_sa_manager.c entry_match_by_id())."""
+        if key in self._owner:
+            return key
+        if key[2] != 0 or not wildcard:
+            return None
+        matches = [k for k in self._owner if (k[0], k[1], k[3]) == (key[0], key[1], key[3])]
+        return min(matches) if matches else None
+
+    def _live(self, msg: HaMessage, stored: bool = True) -> tuple[_Lineage, _Ike] | None:
+        """The lineage and live IKE_SA a message names, or None (counted)."""
+        ok, value = _single(msg, "ike_id")
+        key = _key(value) if ok else None
+        update = msg.type == MessageType.IKE_UPDATE  # ike_id must come first
+        if key is None or (update and msg.attributes[0].name != "ike_id"):
+            self._count("bad_ike_id")
+            return None
+        # A datagram kept for replay must name its IKE_SA exactly: with responder SPI 0 it
+        # could match another IKE_SA in a charon holding fewer of them.
+        if stored and key[2] == 0:
+            self._count("zero_responder_spi")
+            return None
+        found = self._find(key, wildcard=not stored)
+        if found is None:
+            self._count("unknown_ike_sa")
+            return None
+        if self._owner[found] != found:
+            self._count("retired_ike_sa")
+            return None
+        lineage = self._lineages[found]
+        return lineage, lineage.ikes[-1]
+
+    def _on_ike_add(self, raw: bytes, msg: HaMessage) -> None:
+        """IKE_ADD: a new IKE_SA, adopting the one it rekeys (process_ike_add())."""
+        ok, ike_id = _single(msg, "ike_id")
+        rekey_ok, rekey_id = _single(msg, "ike_rekey_id")
+        key, old = _key(ike_id), _key(rekey_id)
+        if not ok or key is None or not rekey_ok or (rekey_id is not None and old is None):
+            self._count("bad_ike_id")
+            return
+        if key[2] == 0 or (old is not None and old[2] == 0):
+            self._count("zero_responder_spi")
+            return
+        if key in self._owner:
+            self._count("duplicate_ike_sa")
+            return
+        ike = _Ike(key, raw, self.last_ts)
+        lineage = _Lineage([ike])
+        found = self._find(old, wildcard=False) if old is not None else None
+        if old is not None and (found is None or self._owner[found] != found):
+            self._count("rekey_of_unknown_ike_sa" if found is None else "rekey_of_retired_ike_sa")
+            ike.add = self._strip_rekey(raw)
+        elif found is not None:
+            lineage = self._lineages.pop(found)
+            retired = lineage.ikes[-1]
+            retired.mid_i = retired.mid_r = retired.iv = None
+            ike.inherited = self._inherit(retired, ike_id, msg)
+            lineage.ikes.append(ike)
+        self._lineages[key] = lineage
+        for member in lineage.ikes:
+            self._owner[member.key] = key
+        self._prune(lineage)
+
+    def _inherit(self, old: _Ike, new_id: IkeSaId, add: HaMessage) -> bytes | None:
+        """The synthetic IKE_UPDATE for what `old` hands over (ike_sa.c inherit_pre/post())."""
+        state, ok = _effective(old)
+        if add.get_all("remote_addr"):
+            state.pop("remote_addr", None)
+        attrs = [a for name in _SYNTH_ORDER for a in state.get(name, [])]
+        if not ok:
+            self._count("undecodable_raw")
+        if not attrs:
+            return None
+        try:
+            return encode(
+                HaMessage(
+                    add.version, MessageType.IKE_UPDATE, (Attribute("ike_id", new_id), *attrs)
+                )
+            )
+        except EncodeError:
+            self._count("unencodable_inherit")
+            return None
+
+    def _prune(self, lineage: _Lineage) -> None:
+        """Drop retired IKE_SAs older than the oldest one a live CHILD_SA was created under."""
+        origins = {child.origin for child in lineage.children}
+        pruned = False
+        while len(lineage.ikes) > 1 and lineage.ikes[0].key not in origins:
+            del self._owner[lineage.ikes.pop(0).key]
+            pruned = True
+        if pruned:
+            lineage.ikes[0].add = self._strip_rekey(lineage.ikes[0].add)
+
+    def _strip_rekey(self, raw: bytes) -> bytes:
+        """A lineage's first IKE_ADD without ike_rekey_id, as its predecessor is not replayed."""
+        # old_skd and alg_old_prf stay, so the keys derive the same (keymat_v2.c
+        # derive_ike_keys()); a replay cannot then adopt an unrelated IKE_SA that reuses the
+        # predecessor's SPIs.
+        msg = _decode(raw)
+        if msg is None:
+            self._count("undecodable_raw")
+            return raw
+        kept = tuple(a for a in msg.attributes if a.name != "ike_rekey_id")
+        return encode(HaMessage(msg.version, msg.type, kept))
+
+    def _on_ike_update(self, raw: bytes, msg: HaMessage) -> None:
+        """IKE_UPDATE: fields of the IKE_SA (process_ike_update(): ike_id must come first)."""
+        found = self._live(msg)
+        if found is None:
+            return
+        ike = found[1]
+        update = _update_shape(msg)
+        update.raw = raw
+        updates = _compact([*ike.updates, update])
+        if len(updates) > MAX_UPDATES:
+            self._count("too_many_updates")
+            return
+        ike.updates = updates
+
+    def _on_mid(self, raw: bytes, msg: HaMessage) -> None:
+        """IKE_MID_INITIATOR/RESPONDER: latest message ID (process_ike_mid() skips 0)."""
+        found = self._live(msg)
+        if found is None:
+            return
+        if not _last_uint(msg, "mid"):
+            self._count("zero_mid")
+        elif msg.type == MessageType.IKE_MID_INITIATOR:
+            found[1].mid_i = raw
+        else:
+            found[1].mid_r = raw
+
+    def _on_iv(self, raw: bytes, msg: HaMessage) -> None:
+        """IKE_IV: latest IKEv1 Phase 1 IV (process_ike_iv() ignores it for IKEv2)."""
+        found = self._live(msg)
+        if found is None:
+            return
+        ivs = msg.get_all("iv")
+        if found[1].key[0] != 1:
+            self._count("iv_not_ikev1")
+        elif not ivs or not isinstance(ivs[-1], bytes) or not ivs[-1]:
+            self._count("empty_iv")
+        else:
+            found[1].iv = raw
+
+    def _on_ike_delete(self, raw: bytes, msg: HaMessage) -> None:
+        """IKE_DELETE: the live IKE_SA and its CHILD_SAs go (process_ike_delete())."""
+        found = self._live(msg, stored=False)
+        if found is not None:
+            lineage = self._lineages.pop(found[1].key)
+            for member in lineage.ikes:
+                del self._owner[member.key]
+
+    def _on_child_add(self, raw: bytes, msg: HaMessage) -> None:
+        """CHILD_ADD: a CHILD_SA under the live IKE_SA it names (process_child_add())."""
+        found = self._live(msg)
+        if found is None:
+            return
+        lineage, ike = found
+        spi = _last_uint(msg, "inbound_spi")
+        if spi is None:
+            self._count("bad_child_spi")
+        elif any(child.spi == spi for child in lineage.children):
+            self._count("duplicate_child_sa")  # the kernel refuses the second SA
+        else:
+            lineage.children.append(_Child(spi, ike.key, raw, self.last_ts))
+
+    def _on_child_delete(self, raw: bytes, msg: HaMessage) -> None:
+        """CHILD_DELETE: by inbound SPI, 0 if absent (process_child_delete())."""
+        found = self._live(msg, stored=False)
+        if found is None:
+            return
+        lineage = found[0]
+        spi = _last_uint(msg, "inbound_spi") or 0
+        kept = [child for child in lineage.children if child.spi != spi]
+        if len(kept) == len(lineage.children):
+            self._count("unknown_child_sa")
+            return
+        lineage.children = kept
+        self._prune(lineage)
+
+    def replay_plan(self) -> list[bytes]:
+        """Datagrams that rebuild every live IKE_SA and CHILD_SA in a fresh charon, in order."""
+        plan: list[bytes] = []
+        for lineage in self._lineages.values():
+            for index, ike in enumerate(lineage.ikes):
+                plan.append(ike.add)
+                if index == 0 and ike.inherited is not None:
+                    plan.append(ike.inherited)
+                plan.extend(update.raw for update in ike.updates)
+                plan.extend(m for m in (ike.mid_i, ike.mid_r, ike.iv) if m is not None)
+                plan.extend(c.add for c in lineage.children if c.origin == ike.key)
+        return plan
+
+    def to_dict(self) -> dict[str, Any]:
+        """A msgpack-friendly snapshot (lists, dicts, ints, floats, str, bytes, None)."""
+        return {
+            "format": SNAPSHOT_FORMAT,
+            "applied": self.applied,
+            "last_ts": self.last_ts,
+            "anomalies": dict(sorted(self.anomalies.items())),
+            "lineages": [
+                [[_ike_to_list(i) for i in lin.ikes], [_child_to_list(c) for c in lin.children]]
+                for lin in self._lineages.values()
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> JournalState:
+        """Restore a snapshot made by to_dict(); raise StateError if it is malformed."""
+        state = cls()
+        try:
+            if data["format"] != SNAPSHOT_FORMAT:
+                raise StateError(f"unknown snapshot format {data['format']!r}")
+            state.applied = _check(data["applied"], int)
+            state.last_ts = _check(data["last_ts"], float)
+            anomalies = _check(data["anomalies"], dict)
+            state.anomalies = {_check(k, str): _check(v, int) for k, v in anomalies.items()}
+            for item in _check(data["lineages"], list):
+                ikes, children = _typed(item, (list, list))
+                state._restore(
+                    [_Ike(*_typed(i, _IKE_KINDS)) for i in ikes],
+                    [_Child(*_typed(c, _CHILD_KINDS)) for c in children],
+                )
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, StateError):
+                raise
+            raise StateError(f"malformed snapshot: {exc!r}") from None
+        return state
+
+    def _restore(self, ikes: list[_Ike], children: list[_Child]) -> None:
+        """Add one restored lineage, checking it is consistent."""
+        keys = [ike.key for ike in ikes]
+        if not ikes or len(set(keys)) != len(keys) or any(k in self._owner for k in keys):
+            raise StateError("snapshot lineage empty or with a repeated IKE_SA")
+        if any(child.origin not in keys for child in children):
+            raise StateError("snapshot CHILD_SA created under an IKE_SA not in its lineage")
+        self._lineages[keys[-1]] = _Lineage(ikes, children)
+        self._owner.update(dict.fromkeys(keys, keys[-1]))
+
+    def summaries(self, now: float) -> list[IkeSummary]:
+        """Read-only, secret-free view of every live IKE_SA for `hasync sas`."""
+        from .summary import summarize  # summary.py builds on this module's types
+        return [summarize(lineage, now) for lineage in self._lineages.values()]
+
+
+_HANDLERS: dict[int, Callable[[JournalState, bytes, HaMessage], None]] = {
+    MessageType.IKE_ADD: JournalState._on_ike_add,
+    MessageType.IKE_UPDATE: JournalState._on_ike_update,
+    MessageType.IKE_MID_INITIATOR: JournalState._on_mid,
+    MessageType.IKE_MID_RESPONDER: JournalState._on_mid,
+    MessageType.IKE_IV: JournalState._on_iv,
+    MessageType.IKE_DELETE: JournalState._on_ike_delete,
+    MessageType.CHILD_ADD: JournalState._on_child_add,
+    MessageType.CHILD_DELETE: JournalState._on_child_delete,
+}
+
+
+def _check(value: Any, kind: type) -> Any:
+    """`value` if it is exactly of `kind` (bool is not int), else StateError."""
+    if type(value) is not kind:
+        raise StateError(f"expected {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _typed(value: Any, kinds: tuple[Any, ...]) -> list[Any]:
+    """Check a snapshot list item by item: each kind is a type or a converter."""
+    items = _check(value, list)
+    if len(items) != len(kinds):
+        raise StateError(f"expected {len(kinds)} items, got {len(items)}")
+    return [
+        _check(v, k) if isinstance(k, type) else k(v) for v, k in zip(items, kinds, strict=True)
+    ]
+
+
+def _opt_bytes(value: Any) -> bytes | None:
+    """A snapshot's optional datagram."""
+    return None if value is None else _check(value, bytes)
+
+
+def _key_from(value: Any) -> Key:
+    """A Key from its snapshot list."""
+    version, spi_i, spi_r, initiator = _typed(value, (int, int, int, bool))
+    return (version, spi_i, spi_r, initiator)
+
+
+def _updates_from(value: Any) -> list[_Update]:
+    """Kept IKE_UPDATEs from their snapshot lists."""
+    names = lambda v: [_check(n, str) for n in _check(v, list)]  # noqa: E731
+    return [_Update(*_typed(u, (bytes, names, int, bool))) for u in _check(value, list)]
+
+
+_IKE_KINDS = (
+    _key_from,
+    bytes,
+    float,
+    _opt_bytes,
+    _updates_from,
+    _opt_bytes,
+    _opt_bytes,
+    _opt_bytes,
+)
+_CHILD_KINDS = (int, _key_from, bytes, float)
+
+
+def _ike_to_list(ike: _Ike) -> list[Any]:
+    """Snapshot form of one IKE_SA, in _Ike field order."""
+    updates = [[u.raw, list(u.fields), u.extensions, u.additive] for u in ike.updates]
+    return [
+        list(ike.key),
+        ike.add,
+        ike.created,
+        ike.inherited,
+        updates,
+        ike.mid_i,
+        ike.mid_r,
+        ike.iv,
+    ]
+
+
+def _child_to_list(child: _Child) -> list[Any]:
+    """Snapshot form of one CHILD_SA, in _Child field order."""
+    return [child.spi, list(child.origin), child.add, child.created]

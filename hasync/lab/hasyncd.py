@@ -1,0 +1,114 @@
+"""hasync on the lab's gateways: configuration, start, status, and the check that every backup's
+charon holds what the master's holds.
+
+Rules: the lab runs the real `hasync daemon` in each gateway's namespaces, as systemd would
+run it on a real gateway; Raft runs over the protected network; the lab reads hasync only
+through its control socket, and charon and the kernel only through vici and `ip`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .. import control
+from ..journal.seal import generate_key_file
+from . import cluster, confgen, observe
+from .prereq import LabError
+from .procs import Lab
+
+RAFT_PORT = 7100
+log = logging.getLogger("hasync.lab")
+
+
+def raft_addr(lab: Lab, gw: str) -> str:
+    """A gateway's Raft address: its protected-network address."""
+    return f"{lab.topo.node(gw).ifaces[1].addrs[0].split('/')[0]}:{RAFT_PORT}"
+
+
+def control_socket(lab: Lab, gw: str) -> Path:
+    """A gateway's hasync control socket."""
+    return lab.run_dir(gw) / "hasync.sock"
+
+
+def vrrp_fifo(lab: Lab, gw: str) -> Path:
+    """The FIFO keepalived writes VRRP events to for hasync."""
+    return lab.run_dir(gw) / "hasync-vrrp.fifo"
+
+
+def write_configs(lab: Lab) -> None:
+    """One cluster key for all gateways, and each gateway's hasync.toml."""
+    gws = [n.name for n in lab.topo.by_role("gateway")]
+    key = lab.base / "cluster.key"
+    generate_key_file(key)
+    for gw in gws:
+        etc = lab.etc_dir(gw)
+        shutil.copy(key, etc / "cluster.key")
+        os.chmod(etc / "cluster.key", 0o600)
+        (etc / "hasync.toml").write_text(confgen.hasync_toml(
+            gw, raft_addr(lab, gw), [raft_addr(lab, o) for o in gws if o != gw],
+            str(lab.base / "state" / gw), str(etc / "cluster.key"),
+            str(control_socket(lab, gw)), str(vrrp_fifo(lab, gw)),
+            str(cluster.vici_path(lab, gw))))
+
+
+def start(lab: Lab, gw: str) -> None:
+    """Start hasync on `gw` (in its private /run, where charon's control FIFO lives)."""
+    lab.spawn(gw, "hasync", [sys.executable, "-m", "hasync", "daemon", "--config",
+                             str(lab.etc_dir(gw) / "hasync.toml")],
+              env={"PYTHONDONTWRITEBYTECODE": "1"})
+
+
+def status(lab: Lab, gw: str) -> dict[str, Any] | None:
+    """`hasync status` of `gw`, or None while it does not answer."""
+    try:
+        return control.request(control_socket(lab, gw), "status", timeout=10.0)
+    except control.ControlError:
+        return None
+
+
+def wait_cluster(lab: Lab, gws: list[str], timeout: float = 90) -> None:
+    """Wait until every gateway's hasync answers and names a Raft leader."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sts = [status(lab, gw) for gw in gws]
+        if all(st and st["raft"]["leader"] for st in sts):
+            return
+        time.sleep(0.5)
+    raise LabError(f"hasync on {', '.join(gws)} did not form a Raft cluster within "
+                   f"{timeout:.0f} s; see {lab.base / 'log'}")
+
+
+def charon_view(lab: Lab, gw: str) -> dict[str, Any]:
+    """A gateway's IKE_SAs (vici) and ESP SPIs (kernel)."""
+    sas = observe.list_sas(str(cluster.vici_path(lab, gw)))
+    return {"ike_sas": {s.spis: s.state for s in sas},
+            "child_spis": sorted({spi for s in sas for pair in s.child_spis for spi in pair}),
+            "xfrm_spis": sorted(f"{x.spi:08x}" for x in observe.xfrm_states(lab, gw))}
+
+
+def mirrored(master: dict[str, Any], backup: dict[str, Any]) -> bool:
+    """Whether `backup` holds every IKE_SA of `master` as PASSIVE and all its ESP SPIs."""
+    want = {spis for spis, state in master["ike_sas"].items() if state == "ESTABLISHED"}
+    passive = {spis for spis, state in backup["ike_sas"].items() if state == "PASSIVE"}
+    return bool(want) and want <= passive and set(master["xfrm_spis"]) <= set(
+        backup["xfrm_spis"])
+
+
+def wait_mirrored(lab: Lab, master: str, backups: list[str],
+                  timeout: float = 90) -> dict[str, dict[str, Any]]:
+    """Wait until every backup mirrors `master`; return every gateway's view either way."""
+    t0 = time.monotonic()
+    while True:
+        views = {gw: charon_view(lab, gw) for gw in [master, *backups]}
+        done = [b for b in backups if mirrored(views[master], views[b])]
+        if len(done) == len(backups) or time.monotonic() > t0 + timeout:
+            log.info("%d of %d backups mirror %s after %.1f s", len(done), len(backups), master,
+                     time.monotonic() - t0)
+            return views
+        time.sleep(1.0)

@@ -1,0 +1,51 @@
+"""Text views of the daemon's answers for `hasync status` and `hasync sas`.
+
+Rules: pure (a JSON-ready dict in, text out); they print what the daemon sent and never
+a secret, because the daemon sends none.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def status_text(st: dict[str, Any]) -> str:
+    """Render `hasync status`."""
+    raft, jr = st.get("raft", {}), st.get("journal", {})
+    lines = [
+        f"node {st.get('node')} of cluster {st.get('cluster')}: VRRP role {st.get('role')} "
+        f"for {st.get('role_since_s')} s, charon segments {st.get('charon_segments')}",
+        f"raft: {raft.get('role')} term {raft.get('term')} leader {raft.get('leader')} "
+        f"commit {raft.get('commit_index')} applied {raft.get('applied_index')} "
+        f"lag {st.get('lag')}",
+    ]
+    for peer, state in sorted((raft.get("peers") or {}).items()):
+        lines.append(f"  peer {peer}: {state}")
+    for node, info in sorted((st.get("members") or {}).items()):
+        lines.append(f"  member {node}: VRRP {info.get('role')}")
+    lines.append(f"journal: {jr.get('ike_sas')} IKE_SAs, {jr.get('child_sas')} CHILD_SAs; "
+                 f"synced into charon: {st.get('synced')}; backlog {st.get('backlog')}")
+    ha = st.get("ha", {})
+    drops = {k: v for k, v in ha.items() if k.startswith("dropped")}
+    lines.append(f"HA stream: {ha.get('accepted', 0)} accepted, {ha.get('sent', 0)} sent, "
+                 f"dropped {drops or 0}")
+    if jr.get("anomalies"):
+        lines.append(f"journal anomalies: {jr['anomalies']}")
+    if st.get("raft_apply"):
+        lines.append(f"raft apply: {st['raft_apply']}")
+    return "\n".join(lines)
+
+
+def sas_text(res: dict[str, Any]) -> str:
+    """Render `hasync sas`."""
+    lines = []
+    for ike in res.get("ike_sas", []):
+        lines.append(f"{ike.get('config_name')}: {ike.get('initiator_spi')}_i "
+                     f"{ike.get('responder_spi')}_r {ike.get('local_addr')} <-> "
+                     f"{ike.get('remote_addr')} [{ike.get('remote_id')}] mid i/r "
+                     f"{ike.get('mid_initiator')}/{ike.get('mid_responder')} "
+                     f"age {ike.get('age', 0):.0f} s")
+        for c in ike.get("children", []):
+            lines.append(f"  {c.get('name')}: {c.get('inbound_spi')}_i "
+                         f"{c.get('outbound_spi')}_o age {c.get('age', 0):.0f} s")
+    return "\n".join(lines) or "no journaled IKE_SAs"

@@ -1,0 +1,185 @@
+"""A real hasync cluster on loopback for tests: N `hasync daemon` processes talking Raft over
+TCP, each with a stand-in charon (a UDP socket at its `ha_local`) and its own FIFOs.
+
+Rules: test helper only; every process is killed at close; each node's files live in its
+own directory under the test's tmp_path.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hasync import control
+from hasync.journal.seal import generate_key_file
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_ports(n: int) -> list[int]:
+    """n TCP/UDP ports free on 127.0.0.1 right now."""
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+@dataclass
+class Node:
+    """One daemon and its stand-in charon."""
+
+    name: str
+    dir: Path
+    raft: int
+    ha_remote: int
+    ha_local: int
+    proc: subprocess.Popen[bytes] | None = None
+    charon: socket.socket | None = None
+
+    @property
+    def config(self) -> Path:
+        """The node's hasync.toml."""
+        return self.dir / "hasync.toml"
+
+    @property
+    def sock(self) -> Path:
+        """The node's control socket."""
+        return self.dir / "run" / "control.sock"
+
+
+@dataclass
+class LocalCluster:
+    """N daemons on loopback."""
+
+    base: Path
+    n: int = 3
+    nodes: list[Node] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        key = self.base / "cluster.key"
+        generate_key_file(key)
+        ports = free_ports(3 * self.n)
+        for i in range(self.n):
+            d = self.base / f"n{i + 1}"
+            (d / "run").mkdir(parents=True)
+            shutil.copy(key, d / "cluster.key")
+            os.chmod(d / "cluster.key", 0o600)
+            self.nodes.append(Node(f"n{i + 1}", d, ports[3 * i], ports[3 * i + 1],
+                                   ports[3 * i + 2]))
+        for node in self.nodes:
+            peers = ", ".join(f'"127.0.0.1:{o.raft}"' for o in self.nodes if o is not node)
+            node.config.write_text(f"""[node]
+name = "{node.name}"
+state_dir = "{node.dir / 'state'}"
+control_socket = "{node.sock}"
+[cluster]
+name = "test"
+key_file = "{node.dir / 'cluster.key'}"
+bind = "127.0.0.1:{node.raft}"
+peers = [{peers}]
+[charon]
+ha_local = "127.0.0.1:{node.ha_local}"
+ha_remote = "127.0.0.2:{node.ha_remote}"
+control_fifo = "{node.dir / 'run' / 'charon.ha'}"
+[keepalived]
+notify_fifo = "{node.dir / 'run' / 'vrrp.fifo'}"
+""")
+            node.charon = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            node.charon.bind(("127.0.0.1", node.ha_local))
+            node.charon.settimeout(0.05)
+
+    def start(self, node: Node) -> None:
+        """Start `node`'s daemon."""
+        log = open(node.dir / "daemon.log", "ab")  # noqa: SIM115 - owned by the child
+        node.proc = subprocess.Popen([sys.executable, "-m", "hasync", "daemon", "--config",
+                                      str(node.config)], cwd=ROOT, stdout=log,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        log.close()
+
+    def start_all(self) -> None:
+        """Start every daemon."""
+        for node in self.nodes:
+            self.start(node)
+
+    def kill(self, node: Node, sig: int = signal.SIGKILL) -> None:
+        """Stop `node`'s daemon with `sig` and wait for it."""
+        if node.proc and node.proc.poll() is None:
+            node.proc.send_signal(sig)
+            node.proc.wait(timeout=15)
+
+    def close(self) -> None:
+        """Kill every daemon and close the stand-in charons."""
+        for node in self.nodes:
+            self.kill(node)
+            if node.charon:
+                node.charon.close()
+
+    def status(self, node: Node) -> dict[str, Any] | None:
+        """`hasync status` of `node`, or None while it does not answer."""
+        try:
+            return control.request(node.sock, "status", timeout=3.0)
+        except control.ControlError:
+            return None
+
+    def sas(self, node: Node) -> dict[str, Any]:
+        """`hasync sas` of `node`."""
+        return control.request(node.sock, "sas", timeout=5.0)
+
+    def wait(self, pred: Any, timeout: float = 30.0, what: str = "condition") -> None:
+        """Poll `pred()` until true, or fail naming `what`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if pred():
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+    def leader(self) -> Node | None:
+        """The node every live node names as Raft leader, if they agree."""
+        names = set()
+        for node in self.nodes:
+            if node.proc and node.proc.poll() is None:
+                st = self.status(node)
+                if st is None or not st["raft"]["leader"]:
+                    return None
+                names.add(st["raft"]["leader"])
+        if len(names) != 1:
+            return None
+        port = int(names.pop().rsplit(":", 1)[1])
+        return next(n for n in self.nodes if n.raft == port)
+
+    def vrrp(self, node: Node, state: str) -> None:
+        """Tell `node` what keepalived would: its VRRP state."""
+        with open(node.dir / "run" / "vrrp.fifo", "w") as f:
+            f.write(f'INSTANCE "VI_1" {state} 100\n')
+
+    def feed(self, node: Node, datagrams: list[bytes], pace: float = 0.0) -> None:
+        """Send datagrams from `node`'s stand-in charon to its daemon."""
+        assert node.charon is not None
+        for d in datagrams:
+            node.charon.sendto(d, ("127.0.0.2", node.ha_remote))
+            if pace:
+                time.sleep(pace)
+
+    def drain(self, node: Node) -> list[bytes]:
+        """Everything `node`'s daemon sent to its stand-in charon so far."""
+        assert node.charon is not None
+        out = []
+        while True:
+            try:
+                out.append(node.charon.recv(65535))
+            except TimeoutError:
+                return out

@@ -1,0 +1,139 @@
+"""A 3-process hasync cluster on loopback fed a recorded HA stream: replication, mirroring,
+crashes and restarts, and what must never be seen on disk or on the wire.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import hastream
+from cluster import LocalCluster, Node
+
+N_TUNNELS = 60
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    """Three daemons with a leader elected; n1 is VRRP master, the others backups."""
+    c = LocalCluster(tmp_path)
+    try:
+        c.start_all()
+        c.wait(lambda: c.leader() is not None, 30, "a Raft leader")
+        for n in c.nodes:
+            c.vrrp(n, "MASTER" if n.name == "n1" else "BACKUP")
+        yield c
+    finally:
+        c.close()
+
+
+def _journaled(c: LocalCluster, node: Node) -> set[tuple[int, int]]:
+    return {(int(s["initiator_spi"], 16), int(s["responder_spi"], 16))
+            for s in c.sas(node)["ike_sas"]}
+
+
+def _all_hold(c: LocalCluster, want: set[tuple[int, int]], nodes: list[Node]) -> bool:
+    try:
+        return all(_journaled(c, n) == want for n in nodes)
+    except Exception:
+        return False
+
+
+def test_stream_is_journaled_everywhere_and_mirrored_into_backups(cluster: LocalCluster) -> None:
+    c, s = cluster, hastream.tunnels(N_TUNNELS)
+    c.feed(c.nodes[0], s.datagrams)
+    c.wait(lambda: _all_hold(c, s.ike_spis, c.nodes), 30, "every node journaling the stream")
+    time.sleep(1.0)
+    for backup in c.nodes[1:]:
+        got = set(c.drain(backup))
+        assert set(s.datagrams) <= got, f"{backup.name} charon missed datagrams"
+        st = c.status(backup)
+        assert st is not None and st["role"] == "backup" and st["synced"]
+    master = c.drain(c.nodes[0])
+    assert not set(s.datagrams) & set(master), "the master's own charon was fed its stream"
+    st = c.status(c.nodes[0])
+    assert st is not None and st["journal"]["child_sas"] == N_TUNNELS and st["lag"] == 0
+
+
+def test_leader_crash_follower_restart_and_full_restart_lose_nothing(
+        cluster: LocalCluster) -> None:
+    c, s = cluster, hastream.tunnels(N_TUNNELS)
+    leader = c.leader()
+    assert leader is not None
+    source = next(n for n in c.nodes if n is not leader)  # charon's stream enters a follower
+    half = len(s.datagrams) // 2
+    c.feed(source, s.datagrams[:half], pace=0.001)
+    c.kill(leader)  # kill -9 the Raft leader mid-stream
+    c.feed(source, s.datagrams[half:], pace=0.001)
+    alive = [n for n in c.nodes if n is not leader]
+    c.wait(lambda: _all_hold(c, s.ike_spis, alive), 40, "survivors holding the whole stream")
+    c.start(leader)  # the crashed node comes back and catches up
+    c.wait(lambda: _all_hold(c, s.ike_spis, c.nodes), 40, "the restarted leader catching up")
+    follower = next(n for n in c.nodes if n is not c.leader())
+    c.kill(follower, signal.SIGTERM)
+    c.start(follower)
+    c.wait(lambda: _all_hold(c, s.ike_spis, c.nodes), 40, "a restarted follower")
+    for n in c.nodes:  # the whole cluster down at once, then up from disk alone
+        c.kill(n)
+    c.start_all()
+    c.wait(lambda: _all_hold(c, s.ike_spis, c.nodes), 60, "the whole cluster after restart")
+
+
+def test_no_secret_reaches_disk_or_the_raft_wire(cluster: LocalCluster, tmp_path: Path) -> None:
+    if os.geteuid() != 0 or not shutil.which("tcpdump"):
+        pytest.skip("capturing loopback needs root and tcpdump")
+    c, s = cluster, hastream.tunnels(20)
+    pcap = tmp_path / "raft.pcap"
+    ports = " or ".join(f"port {n.raft}" for n in c.nodes)
+    cap = subprocess.Popen(["tcpdump", "-i", "lo", "-U", "--immediate-mode", "-w", str(pcap),
+                            "-Z", "root", f"tcp and ({ports})"], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    time.sleep(1.0)
+    try:
+        c.feed(c.nodes[0], s.datagrams)
+        c.wait(lambda: _all_hold(c, s.ike_spis, c.nodes), 30, "the stream everywhere")
+        time.sleep(0.5)
+    finally:
+        cap.send_signal(signal.SIGTERM)
+        cap.wait(timeout=10)
+    wire = pcap.read_bytes()
+    assert len(wire) > 10_000, "the capture saw no Raft traffic"
+    files = [p for n in c.nodes for p in (n.dir / "state").rglob("*") if p.is_file()]
+    assert any("journal" in p.name for p in files)
+    for secret in s.secrets:
+        assert secret not in wire, "a nonce or DH secret crossed the Raft port in clear"
+        for p in files:
+            assert secret not in p.read_bytes(), f"a secret is in clear in {p}"
+
+
+def test_garbage_and_strangers_do_not_stop_a_node(cluster: LocalCluster) -> None:
+    c, n1 = cluster, cluster.nodes[0]
+    for node in c.nodes:
+        for size in (1, 100, 5000):
+            with socket.create_connection(("127.0.0.1", node.raft), timeout=2) as sock:
+                sock.sendall(os.urandom(size))
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.connect(str(node.sock))
+            sock.sendall(os.urandom(3000) + b"\n")
+    stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    stranger.bind(("127.0.0.3", 0))
+    s = hastream.tunnels(5)
+    for d in s.datagrams:
+        stranger.sendto(d, ("127.0.0.2", n1.ha_remote))
+    stranger.close()
+    c.feed(n1, s.datagrams[:4])  # one whole tunnel from the real charon
+    time.sleep(0.5)
+    st = c.status(n1)
+    assert st is not None and st["ha"]["dropped:foreign_source"] == len(s.datagrams)
+    first = s.datagrams[0]
+    want = {next((i, r) for i, r in s.ike_spis if first.find(i.to_bytes(8, "big")) >= 0)}
+    c.wait(lambda: _all_hold(c, want, c.nodes), 30, "the one real tunnel everywhere")
+    assert all(n.proc is not None and n.proc.poll() is None for n in c.nodes)
