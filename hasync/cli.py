@@ -120,49 +120,39 @@ def _spec(a: argparse.Namespace) -> LabSpec:
                    fault=a.fault, timeout_s=a.timeout, timers=timers)
 
 
-def lab_failover(a: argparse.Namespace) -> int:
-    """`hasync lab failover`."""
+def _plan_ok(spec: LabSpec) -> None:
     from .lab import topology
-    spec = _spec(a)
     try:
         topology.plan(spec.gateways, spec.clients, spec.nat_clients)
     except ValueError as e:
         raise LabError(str(e)) from e
-    which = runner.choose(a.runner) if a.runner != "auto" else None
-    runner.check(which or "vm")  # root and tools first: probing ESP needs root too
-    which = which or runner.choose("auto")
-    out = a.out.resolve()
-    if which == "vm":
-        result = runner.run_in_vm("failover", spec, out, runner.vm_budget(spec))
-    else:
-        from .lab.failover import run_lab
-        result = run_lab(spec, out)
-        result["runner"] = "native"
+
+
+def _write(result: dict[str, object], path: Path | None) -> None:
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"result written to {path}")
+
+
+def lab_failover(a: argparse.Namespace) -> int:
+    """`hasync lab failover`."""
+    spec = _spec(a)
+    _plan_ok(spec)
+    result = runner.run_task("failover", spec, a.out.resolve(), a.runner, runner.vm_budget(spec))
     print(report.table(result))
-    if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(result, indent=1) + "\n")
-        print(f"result written to {a.json}")
+    _write(result, a.json)
     return 0
 
 
 def lab_capture(a: argparse.Namespace) -> int:
     """`hasync lab capture-ha`: golden vectors from the real charon's ha plugin."""
-    which = runner.choose(a.runner) if a.runner != "auto" else None
-    runner.check(which or "vm")
-    which = which or runner.choose("auto")
-    out = a.out.resolve()
-    if which == "vm":
-        result = runner.run_in_vm("capture", LabSpec(), out, runner.BOOT_BUDGET_S + 120)
-    else:
-        from .lab.capture import run_capture
-        result = run_capture(out)
-    result["runner"] = which
-    a.json.parent.mkdir(parents=True, exist_ok=True)
-    a.json.write_text(json.dumps(result, indent=1) + "\n")
+    result = runner.run_task("capture", LabSpec(), a.out.resolve(), a.runner,
+                             runner.BOOT_BUDGET_S + 120)
     vectors = result["vectors"]
     assert isinstance(vectors, list)
-    print(f"{len(vectors)} datagrams recorded; written to {a.json}")
+    print(f"{len(vectors)} datagrams recorded")
+    _write(result, a.json)
     return 0
 
 
@@ -171,25 +161,11 @@ def lab_mirror(a: argparse.Namespace) -> int:
     if not 0 <= a.late < a.gateways - 1:
         raise LabError("--late must leave the master and one backup starting on time")
     spec = LabSpec(mode="hasync", gateways=a.gateways, clients=a.clients, late_gateways=a.late)
-    try:
-        from .lab import topology
-        topology.plan(spec.gateways, spec.clients, spec.nat_clients)
-    except ValueError as e:
-        raise LabError(str(e)) from e
-    which = runner.choose(a.runner) if a.runner != "auto" else None
-    runner.check(which or "vm")
-    which = which or runner.choose("auto")
-    if which == "vm":
-        result = runner.run_in_vm("mirror", spec, a.out.resolve(), runner.BOOT_BUDGET_S + 600)
-    else:
-        from .lab.mirrorlab import run_mirror
-        result = run_mirror(spec, a.out.resolve())
-    result["runner"] = which
+    _plan_ok(spec)
+    result = runner.run_task("mirror", spec, a.out.resolve(), a.runner,
+                             runner.BOOT_BUDGET_S + 600)
     print(report.mirror_table(result))
-    if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(result, indent=1) + "\n")
-        print(f"result written to {a.json}")
+    _write(result, a.json)
     return 0
 
 

@@ -32,6 +32,7 @@ from .role import Role, RoleState, parse_vrrp_line
 
 log = logging.getLogger("hasync")
 TICK_S = 0.01
+REPORT_S = 2.0  # how often a node tells the cluster its VRRP role and applied index
 REPLAY_CHUNK = 200  # datagrams per loop turn when replaying the journal into charon
 
 
@@ -51,6 +52,7 @@ class Daemon:
         self.charon_segments: set[int] = set()
         self.counters: dict[str, int] = {"mirrored": 0, "replays": 0, "fifo_errors": 0}
         self.started = time.monotonic()
+        self.last_report = 0.0
         self._stop = asyncio.Event()
 
     # ---- wiring ----
@@ -166,10 +168,22 @@ class Daemon:
             if self.heartbeat.due(self.role.mirrors, now) and self.endpoint is not None:
                 self.endpoint.send(status_message(self.cfg.charon.protocol_version,
                                                   self.cfg.charon.segments))
+            if now - self.last_report >= REPORT_S:
+                self._report(now)
             if self.role.mirrors and not self.synced and self._caught_up():
                 self.synced = True
                 await self._replay()
             await asyncio.sleep(TICK_S)
+
+    def _report(self, now: float) -> None:
+        """Replicate this node's VRRP role, Raft role and applied index (a tiny entry)."""
+        assert self.journal is not None
+        self.last_report = now
+        raft = self.journal.status()
+        info = {"vrrp": self.role.role.value, "raft": raft["role"],
+                "applied": raft["applied_index"], "ts": time.time()}
+        with contextlib.suppress(Exception):
+            self.journal.report(info, lambda result, error: None)
 
     # ---- keepalived ----
     def _open_vrrp_fifo(self) -> int | None:
@@ -202,6 +216,7 @@ class Daemon:
         before = self.role.role
         if self.role.on_vrrp(ev, self.cfg.keepalived.instance, time.monotonic()):
             log.info("VRRP %s: %s -> %s", ev.state, before.value, self.role.role.value)
+            self.last_report = 0.0  # tell the cluster at once
             if self.role.role == Role.MASTER:
                 self._charon_fifo(f"+{self.cfg.charon.segments}")
             else:
@@ -225,17 +240,20 @@ class Daemon:
         assert self.journal is not None and self.endpoint is not None
         raft = self.journal.status()
         with self.journal.lock:
-            summaries = self.journal.state.summaries(time.time())
+            ike_sas, child_sas = self.journal.state.counts()
             anomalies = dict(self.journal.state.anomalies)
         st = self.journal.getStatus()
-        return {"node": self.cfg.node.name, "cluster": self.cfg.cluster.name,
+        commit, wall = st.get("commit_idx") or 0, time.time()
+        members = {name: {**m, "lag": max(0, commit - (m.get("applied") or 0)),
+                          "report_age_s": round(wall - m.get("ts", 0), 1)}
+                   for name, m in sorted(self.journal.members.items())}
+        return {"node": self.cfg.node.name, "members": members, "cluster": self.cfg.cluster.name,
                 "role": self.role.role.value, "role_since_s": round(time.monotonic()
                                                                     - self.role.since, 1),
                 "raft": raft, "lag": max(0, (st.get("commit_idx") or 0)
                                          - (st.get("last_applied") or 0)),
                 "synced": self.synced, "charon_segments": sorted(self.charon_segments),
-                "journal": {"ike_sas": len(summaries),
-                            "child_sas": sum(len(s.children) for s in summaries),
+                "journal": {"ike_sas": ike_sas, "child_sas": child_sas,
                             "anomalies": anomalies},
                 "backlog": self.batcher.backlog,
                 "ha": dict(self.endpoint.counters), "raft_apply": dict(self.journal.counters),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -24,6 +25,8 @@ Address = tuple[str, int]
 Handler = Callable[[bytes, HaMessage, float], None]
 LOG_FIRST = 10  # per reason: log the first few drops, then every LOG_EVERY-th
 LOG_EVERY = 1000
+RCVBUF = 8 * 1024 * 1024
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux socket(7)
 
 
 def drop_reason(err: MalformedMessage) -> str:
@@ -95,4 +98,17 @@ async def open_endpoint(bind: Address, charon: Address, handler: Handler) -> HaE
     transport, proto = await loop.create_datagram_endpoint(
         lambda: HaEndpoint(charon, handler), local_addr=bind)
     proto.transport = transport  # connection_made only runs on the loop's next turn
+    _grow_rcvbuf(transport.get_extra_info("socket"))
     return proto
+
+
+def _grow_rcvbuf(sock: socket.socket | None) -> None:
+    """Room for a burst from charon (a resync, a mass rekey) while the loop is busy."""
+    if sock is None:
+        return
+    for opt in (SO_RCVBUFFORCE, socket.SO_RCVBUF):  # FORCE passes rmem_max, as root
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, opt, RCVBUF)
+            return
+        except OSError:
+            continue

@@ -53,6 +53,7 @@ class ClusterJournal(SyncObj):  # type: ignore[misc]
         self.state = JournalState()
         self.counters: Counter[str] = Counter()
         self.on_applied = on_applied
+        self.members: dict[str, dict[str, Any]] = {}  # node -> its last report (no secrets)
         self._sealer = Sealer(keys)
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         conf = SyncObjConf(
@@ -102,6 +103,21 @@ class ClusterJournal(SyncObj):  # type: ignore[misc]
                 self.on_applied(batch, applied)
             except Exception:
                 self.counters["on_applied_error"] += 1
+
+    def report(self, info: dict[str, Any], callback: Callable[[Any, Any], None]) -> None:
+        """Tell every node how this one is doing (VRRP role, applied index); no secrets."""
+        self._member_report(self.node, info, callback=callback)
+
+    @replicated  # type: ignore[misc]
+    def _member_report(self, node: str, info: dict[str, Any]) -> None:
+        """Keep a member's latest report; never raises."""
+        try:
+            if isinstance(node, str) and isinstance(info, dict) and len(info) <= 16:
+                self.members[node[:64]] = dict(info)
+            else:
+                self.counters["member_report_rejected"] += 1
+        except Exception:
+            self.counters["member_report_rejected"] += 1
 
     def _save_snapshot(self, filename: str, raft_data: Any) -> None:
         """pysyncobj serializer: our state and pysyncobj's, pickled, then sealed."""

@@ -21,8 +21,10 @@ def status_text(st: dict[str, Any]) -> str:
     ]
     for peer, state in sorted((raft.get("peers") or {}).items()):
         lines.append(f"  peer {peer}: {state}")
-    for node, info in sorted((st.get("members") or {}).items()):
-        lines.append(f"  member {node}: VRRP {info.get('role')}")
+    for node, m in sorted((st.get("members") or {}).items()):
+        lines.append(f"  member {node}: VRRP {m.get('vrrp')}, raft {m.get('raft')}, applied "
+                     f"{m.get('applied')} (lag {m.get('lag')}), reported {m.get('report_age_s')}"
+                     f" s ago")
     lines.append(f"journal: {jr.get('ike_sas')} IKE_SAs, {jr.get('child_sas')} CHILD_SAs; "
                  f"synced into charon: {st.get('synced')}; backlog {st.get('backlog')}")
     ha = st.get("ha", {})

@@ -4,6 +4,7 @@ crashes and restarts, and what must never be seen on disk or on the wire.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -15,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from hasync.lab.loopback import LocalCluster, Node
+
 import hastream
-from cluster import LocalCluster, Node
 
 N_TUNNELS = 60
 
@@ -61,6 +63,14 @@ def test_stream_is_journaled_everywhere_and_mirrored_into_backups(cluster: Local
     assert not set(s.datagrams) & set(master), "the master's own charon was fed its stream"
     st = c.status(c.nodes[0])
     assert st is not None and st["journal"]["child_sas"] == N_TUNNELS and st["lag"] == 0
+    def members_known() -> bool:
+        st = c.status(c.nodes[1])
+        return st is not None and {k: m["vrrp"] for k, m in st["members"].items()} == {
+            "n1": "master", "n2": "backup", "n3": "backup"}
+    c.wait(members_known, 15, "every node's VRRP role in a backup's status")
+    shown = json.dumps([c.sas(n) for n in c.nodes] + [c.status(n) for n in c.nodes])
+    for secret in s.secrets:  # `hasync sas` and `hasync status` never show a secret
+        assert secret.hex() not in shown and secret.hex().upper() not in shown
 
 
 def test_leader_crash_follower_restart_and_full_restart_lose_nothing(

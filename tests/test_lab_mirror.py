@@ -60,3 +60,6 @@ def test_hasync_status_shows_the_cluster_on_every_node(mirror: dict[str, Any]) -
         assert st["synced"] if gw != "gw1" else st["charon_segments"] == [1], gw
         assert f"node {gw} of cluster lab" in text and "peer 10.1.0." in text, gw
         assert not any(k.startswith("dropped:") for k in st["ha"]), gw
+        roles = {name: m["vrrp"] for name, m in st["members"].items()}
+        assert roles == {"gw1": "master", "gw2": "backup", "gw3": "backup"}, gw
+        assert "member gw1: VRRP master" in text, gw

@@ -507,6 +507,10 @@ class JournalState:
         self._lineages[keys[-1]] = _Lineage(ikes, children)
         self._owner.update(dict.fromkeys(keys, keys[-1]))
 
+    def counts(self) -> tuple[int, int]:
+        """(live IKE_SAs, live CHILD_SAs), without building summaries."""
+        return len(self._lineages), sum(len(x.children) for x in self._lineages.values())
+
     def summaries(self, now: float) -> list[IkeSummary]:
         """Read-only, secret-free view of every live IKE_SA for `hasync sas`."""
         from .summary import summarize  # summary.py builds on this module's types

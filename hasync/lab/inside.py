@@ -13,10 +13,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from .capture import run_capture
-from .failover import run_lab
-from .mirrorlab import run_mirror
-from .runner import spec_from_dict
+from .runner import run_native, spec_from_dict
 
 MODULES = ["esp4", "xfrm_user", "xfrm_algo", "gcm", "veth", "bridge", "nf_tables", "nft_nat",
            "nft_masq", "nft_chain_nat"]
@@ -31,12 +28,7 @@ def main(argv: list[str]) -> int:
     try:
         subprocess.run(["modprobe", "-a", *MODULES], check=False)
         job = json.loads(spec_path.read_text())
-        if job["task"] == "capture":
-            result = run_capture(result_path.parent)
-        elif job["task"] == "mirror":
-            result = run_mirror(spec_from_dict(job["spec"]), result_path.parent)
-        else:
-            result = run_lab(spec_from_dict(job["spec"]), result_path.parent)
+        result = run_native(job["task"], spec_from_dict(job["spec"]), result_path.parent)
         result["runner"] = "vm"
         rc = 0
     except BaseException as e:  # the host must always learn why

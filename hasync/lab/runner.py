@@ -49,6 +49,30 @@ def spec_from_dict(d: dict[str, object]) -> LabSpec:
     return LabSpec(**d, timers=timers)  # type: ignore[arg-type]
 
 
+def run_native(task: str, spec: LabSpec, out_dir: Path) -> dict[str, object]:
+    """Run `task` (failover, mirror, capture) on this kernel."""
+    from .capture import run_capture
+    from .failover import run_lab
+    from .mirrorlab import run_mirror
+    if task == "capture":
+        return run_capture(out_dir)
+    return (run_mirror if task == "mirror" else run_lab)(spec, out_dir)
+
+
+def run_task(task: str, spec: LabSpec, out_dir: Path, runner: str,
+             budget: float) -> dict[str, object]:
+    """Check what the runner needs, run `task` natively or in the VM, say which ran."""
+    which = choose(runner) if runner != "auto" else None
+    check(which or "vm")  # root and tools first: probing ESP needs root too
+    which = which or choose("auto")
+    if which == "vm":
+        result = run_in_vm(task, spec, out_dir, budget)
+    else:
+        result = run_native(task, spec, out_dir)
+    result["runner"] = which
+    return result
+
+
 def vm_budget(spec: LabSpec) -> float:
     """How long the VM may run before it is stopped."""
     return BOOT_BUDGET_S + spec.failovers * (spec.timeout_s + 90)

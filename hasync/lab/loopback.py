@@ -1,8 +1,9 @@
-"""A real hasync cluster on loopback for tests: N `hasync daemon` processes talking Raft over
-TCP, each with a stand-in charon (a UDP socket at its `ha_local`) and its own FIFOs.
+"""A real hasync cluster on loopback, for tests and benchmarks: N `hasync daemon` processes
+talking Raft over TCP, each with a stand-in charon (a UDP socket at its `ha_local`).
 
-Rules: test helper only; every process is killed at close; each node's files live in its
-own directory under the test's tmp_path.
+Rules: every process is killed at close; each node's files live in its own directory under
+`base`; the stand-in charon only sends and receives datagrams, it is no charon (the lab's
+scenarios use the real one).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 from hasync import control
 from hasync.journal.seal import generate_key_file
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 def free_ports(n: int) -> list[int]:
@@ -67,6 +68,7 @@ class LocalCluster:
     base: Path
     n: int = 3
     nodes: list[Node] = field(default_factory=list)
+    extra: str = ""  # more [cluster] settings, e.g. "batch_max_messages = 256"
 
     def __post_init__(self) -> None:
         key = self.base / "cluster.key"
@@ -90,6 +92,7 @@ name = "test"
 key_file = "{node.dir / 'cluster.key'}"
 bind = "127.0.0.1:{node.raft}"
 peers = [{peers}]
+{self.extra}
 [charon]
 ha_local = "127.0.0.1:{node.ha_local}"
 ha_remote = "127.0.0.2:{node.ha_remote}"
