@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import shutil
 import signal
 import statistics
@@ -50,22 +52,27 @@ def journaled(c: LocalCluster, node: Node) -> tuple[int, bool]:
     return (st["journal"]["ike_sas"], st["synced"]) if st else (-1, False)
 
 
-def feed_saturated(c: LocalCluster, master: Node, datagrams: list[bytes], want: int) -> float:
-    """Send as fast as the master accepts; return seconds until every node journaled `want`."""
+def feed_saturated(c: LocalCluster, master: Node, datagrams: list[bytes], want: int,
+                   window: int = 4000) -> float:
+    """Keep the master busy: at most `window` datagrams sent and not yet read by hasync (its
+    socket buffer holds about that many; a real charon never bursts more), checked every
+    0.1 s; return the seconds until every node journaled `want` tunnels."""
     def accepted() -> int:
         st = c.status(master)
         return st["ha"].get("accepted", 0) if st else 0
 
-    t0, sent, window, acc0 = time.monotonic(), 0, 20000, accepted()
+    t0, sent, acc0 = time.monotonic(), 0, accepted()
     while sent < len(datagrams):
-        room = window - (sent - (accepted() - acc0))  # keep the master's socket from overflowing
+        room = window - (sent - (accepted() - acc0))
         if room > 0:
             c.feed(master, datagrams[sent:sent + room])
-            sent += min(room, len(datagrams) - sent)
-        else:
-            time.sleep(0.01)
+            sent = min(sent + room, len(datagrams))
+        time.sleep(0.1)
+    deadline = time.monotonic() + 900
     while not all(journaled(c, n)[0] >= want for n in c.nodes):
-        time.sleep(0.05)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the cluster did not journal {want} tunnels within 900 s")
+        time.sleep(0.2)
     return time.monotonic() - t0
 
 
@@ -108,7 +115,10 @@ def catchup(c: LocalCluster, node: Node, want: int) -> float:
     shutil.rmtree(node.dir / "state")
     t0 = time.monotonic()
     c.start(node)
+    deadline = t0 + 600
     while journaled(c, node) != (want, True):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{node.name} did not catch up within 600 s")
         time.sleep(0.05)
     return time.monotonic() - t0
 
@@ -117,7 +127,9 @@ def run(tunnels: int) -> dict[str, Any]:
     """The whole benchmark; returns the results."""
     base = Path(tempfile.mkdtemp(prefix="hasync-bench."))
     c = LocalCluster(base)
-    out: dict[str, Any] = {"nodes": 3, "tunnels": tunnels, "targets": TARGETS}
+    out: dict[str, Any] = {"nodes": 3, "tunnels": tunnels, "targets": TARGETS,
+                           "machine": {"cpus": os.cpu_count(),
+                                       "python": platform.python_version()}}
     try:
         c.start_all()
         c.wait(lambda: c.leader() is not None, 60, "a Raft leader")

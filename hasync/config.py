@@ -88,7 +88,7 @@ class ClusterConfig:
     election_timeout_ms: int = 1000
     connection_timeout_ms: int = 3500
     connection_retry_ms: int = 1000
-    batch_max_messages: int = 64
+    batch_max_messages: int = 256
     batch_max_delay_ms: int = 5
 
 
@@ -263,7 +263,7 @@ SCHEMA: dict[str, tuple[type, dict[str, Check]]] = {
         "election_timeout_ms": _integer(50, 60_000),
         "connection_timeout_ms": _integer(100, 600_000),
         "connection_retry_ms": _integer(100, 600_000),
-        "batch_max_messages": _integer(1, 4096),
+        "batch_max_messages": _integer(1, 512),  # seal.MAX_ITEMS
         "batch_max_delay_ms": _integer(0, 1000),
     }),
     "charon": (CharonConfig, {

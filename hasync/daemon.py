@@ -50,7 +50,10 @@ class Daemon:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.synced = False  # the journal caught up and charon was given the whole state
         self.charon_segments: set[int] = set()
-        self.counters: dict[str, int] = {"mirrored": 0, "replays": 0, "fifo_errors": 0}
+        self.counters: dict[str, int] = {"mirrored": 0, "replays": 0, "fifo_errors": 0,
+                                         "batches": 0, "batch_messages": 0}
+        self.submitted_at = 0.0
+        self.commit_ms = 0.0  # moving average of batch commit latency
         self.started = time.monotonic()
         self.last_report = 0.0
         self._stop = asyncio.Event()
@@ -96,6 +99,8 @@ class Daemon:
         """A datagram from the local charon."""
         if msg.type in JOURNALED:
             self.batcher.add(raw, now)
+            if len(self.batcher.pending) >= self.batcher.max_messages:
+                self._submit(now)  # a full batch goes at once, not at the next tick
         elif msg.type in (MessageType.STATUS, MessageType.SEGMENT_TAKE):
             taken = claimed_segments(msg)
             self.charon_segments = taken if msg.type == MessageType.STATUS else \
@@ -118,6 +123,7 @@ class Daemon:
         def done(result: Any, error: Any) -> None:
             loop.call_soon_threadsafe(self._committed, error == 0 or error is None,
                                       str(error))
+        self.submitted_at = now
         try:
             self.journal.submit(batch, done)
         except Exception:
@@ -125,9 +131,15 @@ class Daemon:
             self.batcher.done(True, now)
 
     def _committed(self, ok: bool, error: str) -> None:
+        now = time.monotonic()
         if not ok:
             log.warning("batch not committed (%s); retrying", error)
-        self.batcher.done(ok, time.monotonic())
+        else:
+            self.counters["batches"] += 1
+            self.counters["batch_messages"] += len(self.batcher.in_flight or ())
+            self.commit_ms += 0.1 * ((now - self.submitted_at) * 1000 - self.commit_ms)
+        self.batcher.done(ok, now)
+        self._submit(now)  # what queued meanwhile goes at once
 
     # ---- journal -> charon ----
     def _applied_threadsafe(self, batch: Batch, applied: list[tuple[bytes, HaMessage]]) -> None:
@@ -255,7 +267,7 @@ class Daemon:
                 "synced": self.synced, "charon_segments": sorted(self.charon_segments),
                 "journal": {"ike_sas": ike_sas, "child_sas": child_sas,
                             "anomalies": anomalies},
-                "backlog": self.batcher.backlog,
+                "backlog": self.batcher.backlog, "commit_ms": round(self.commit_ms, 2),
                 "ha": dict(self.endpoint.counters), "raft_apply": dict(self.journal.counters),
                 "counters": dict(self.counters),
                 "uptime_s": round(time.monotonic() - self.started, 1)}

@@ -26,7 +26,7 @@ HEARTBEAT_S = 1.0  # charon's own heartbeat_delay; its timeout is 2.1 s
 class Batcher:
     """Collects journaled datagrams into batches: full, or `max_delay` after the first."""
 
-    max_messages: int = 64
+    max_messages: int = 256
     max_delay: float = 0.005
     pending: list[bytes] = field(default_factory=list)
     first_at: float | None = None

@@ -77,7 +77,7 @@ def test_defaults() -> None:
     assert config.node.control_socket == Path("/run/hasync/control.sock")
     assert config.cluster.name == "hasync"
     assert config.cluster.key_file == Path("/etc/hasync/cluster.key")
-    assert (config.cluster.batch_max_messages, config.cluster.batch_max_delay_ms) == (64, 5)
+    assert (config.cluster.batch_max_messages, config.cluster.batch_max_delay_ms) == (256, 5)
     assert str(config.charon.ha_local) == "127.0.0.1:4510"
     assert config.charon.ha_remote.sockaddr == ("127.0.0.2", 4510)
     assert config.charon.vici_socket == Path("/var/run/charon.vici")
