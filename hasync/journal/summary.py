@@ -13,7 +13,7 @@ from typing import Any
 
 from hasync.ha import Attribute, Host, Identification, child_spi
 
-from .state import (
+from .model import (
     _ID_FQDN,
     _ID_IPV4,
     _ID_IPV6,
