@@ -112,3 +112,19 @@ def wait_mirrored(lab: Lab, master: str, backups: list[str],
                      time.monotonic() - t0)
             return views
         time.sleep(1.0)
+
+
+def wait_members(lab: Lab, gws: list[str], master: str, timeout: float = 30) -> bool:
+    """Wait until every gateway's `hasync status` lists every member in its VRRP role.
+
+    Members report every 2 s through Raft, so a role keepalived just set shows everywhere
+    a moment later.
+    """
+    want = {gw: "master" if gw == master else "backup" for gw in gws}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sts = [status(lab, gw) for gw in gws]
+        if all(st and {k: m["vrrp"] for k, m in st["members"].items()} == want for st in sts):
+            return True
+        time.sleep(0.5)
+    return False

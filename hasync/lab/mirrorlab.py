@@ -42,6 +42,7 @@ def run_mirror(spec: LabSpec, out_dir: Path) -> dict[str, object]:
             start_gateways(run, late)
         views = hasyncd.wait_mirrored(run.lab, master, early[1:] + late)
         caught_up = time.monotonic() - t_late
+        hasyncd.wait_members(run.lab, early + late, master)
         gws = {}
         for gw in early + late:
             gws[gw] = {"late": gw in late, "view": views[gw],
