@@ -5,20 +5,15 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from pathlib import Path
 
 from hasync.endpoint import HaEndpoint, open_endpoint
 from hasync.ha import HaMessage
 
-VECTORS = Path(__file__).parent / "data" / "ha" / "v3_smoke.txt"
+from hastream import golden
 
 
 def _vectors() -> list[bytes]:
-    out = []
-    for line in VECTORS.read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            out.append(bytes.fromhex(line.split()[-1]))
-    return out
+    return list(golden().values())
 
 
 def _udp(port: int = 0, host: str = "127.0.0.1") -> socket.socket:

@@ -36,21 +36,13 @@ from hasync.ha import (
 )
 from hasync.ha.attrs import KIND_BY_NAME, Kind
 
+from hastream import golden
+
 DATA = Path(__file__).parent / "data" / "ha"
 HA_SOURCES = sorted((Path(__file__).parent.parent / "hasync" / "ha").glob("*.py"))
 
 
-def load_vectors(name: str) -> dict[str, bytes]:
-    """Read a `name hex` golden file, skipping comments."""
-    vectors = {}
-    for line in (DATA / name).read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            key, hexdata = line.split()
-            vectors[key] = bytes.fromhex(hexdata)
-    return vectors
-
-
-V3 = load_vectors("v3_smoke.txt")
+V3 = golden()
 IKE_ID = IkeSaId(2, 0xAB925C1D2B0527F8, 0x78149FEFF565AE5D, is_initiator=False)
 NONCE_I = bytes.fromhex("c788307b2f57408abed2f821e4997f1ff5ac642eb880f97f3c35ab5ef07c4cd3")
 NONCE_R = bytes.fromhex("c4a0a04188a1c558edb9534667caacdff5b5cd73e7ba951bf10a8d080bf94221")

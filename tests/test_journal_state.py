@@ -35,23 +35,15 @@ from hasync.ha import (
 from hasync.journal.state import JournalState, StateError
 from hasync.journal.summary import ChildSummary, IkeSummary
 
+from hastream import golden
+
 T = MessageType
 V = 3
 DATA = Path(__file__).parent / "data" / "ha"
 GW, CLIENT = IPv4Address("192.0.2.1"), IPv4Address("192.0.2.100")
 
 
-def load_vectors(name: str) -> dict[str, bytes]:
-    """Read a `name hex` golden file, skipping comments."""
-    vectors = {}
-    for line in (DATA / name).read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            key, hexdata = line.split()
-            vectors[key] = bytes.fromhex(hexdata)
-    return vectors
-
-
-GOLDEN = load_vectors("v3_smoke.txt")
+GOLDEN = golden()
 
 
 def sid(n: int, version: int = 2, initiator: bool = False) -> IkeSaId:
