@@ -54,8 +54,11 @@ def run_native(task: str, spec: LabSpec, out_dir: Path) -> dict[str, object]:
     from .capture import run_capture
     from .failover import run_lab
     from .mirrorlab import run_mirror
+    from .xfrmlab import run_xfrm_check
     if task == "capture":
         return run_capture(out_dir)
+    if task == "xfrm-check":
+        return run_xfrm_check(spec, out_dir)
     return (run_mirror if task == "mirror" else run_lab)(spec, out_dir)
 
 
