@@ -5,7 +5,6 @@ this kernel has no ESP). One lab run serves every test in this module.
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import signal
 import subprocess
@@ -15,24 +14,18 @@ from typing import Any
 
 import pytest
 
+from labrun import ROOT, run_lab
+
 pytestmark = [pytest.mark.lab,
               pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")]
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def baseline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Run `hasync lab failover --baseline` once, as a user would, and load its JSON."""
-    out = tmp_path_factory.mktemp("lab")
-    path = out / "baseline.json"
-    res = subprocess.run([sys.executable, "-m", "hasync", "lab", "failover", "--baseline",
-                          "--json", str(path), "--out", str(out / "artifacts")],
-                         cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                         timeout=900)
-    sys.stdout.write(res.stdout[-6000:])
-    assert res.returncode == 0, res.stderr[-4000:]
-    assert "re-est" in res.stdout  # the table was printed
-    return json.loads(path.read_text())
+    result, stdout = run_lab(tmp_path_factory, "baseline", ["failover", "--baseline"], 900)
+    assert "re-est" in stdout  # the table was printed
+    return result
 
 
 def test_every_tunnel_comes_up_nat_client_encapsulated(baseline: dict[str, Any]) -> None:

@@ -4,31 +4,21 @@ them; real charon, keepalived and kernel XFRM (in the VM when this kernel has no
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from labrun import run_lab
+
 pytestmark = [pytest.mark.lab,
               pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")]
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def mirror(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Run `hasync lab mirror` once, as a user would, and load its JSON."""
-    out = tmp_path_factory.mktemp("mirror")
-    path = out / "mirror.json"
-    res = subprocess.run([sys.executable, "-m", "hasync", "lab", "mirror", "--json", str(path),
-                          "--out", str(out / "artifacts")], cwd=ROOT, stdin=subprocess.DEVNULL,
-                         capture_output=True, text=True, timeout=1200)
-    sys.stdout.write(res.stdout[-6000:])
-    assert res.returncode == 0, res.stderr[-4000:]
-    return json.loads(path.read_text())
+    return run_lab(tmp_path_factory, "mirror", ["mirror"], 1200)[0]
 
 
 def test_backups_hold_the_masters_sas_passive_with_its_spis(mirror: dict[str, Any]) -> None:

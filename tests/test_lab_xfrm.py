@@ -5,31 +5,21 @@ outbound sequence number forward, and the clients keep receiving, above the jump
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from labrun import run_lab
+
 pytestmark = [pytest.mark.lab,
               pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")]
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def check(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Run `hasync lab xfrm-check` once and load its JSON."""
-    out = tmp_path_factory.mktemp("xfrm")
-    path = out / "xfrm.json"
-    res = subprocess.run([sys.executable, "-m", "hasync", "lab", "xfrm-check", "--json",
-                          str(path), "--out", str(out / "artifacts")], cwd=ROOT,
-                         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=900)
-    sys.stdout.write(res.stdout[-4000:])
-    assert res.returncode == 0, res.stderr[-4000:]
-    return json.loads(path.read_text())
+    return run_lab(tmp_path_factory, "xfrm", ["xfrm-check"], 900)[0]
 
 
 def test_getae_reads_and_newae_jumps_every_outbound_sa(check: dict[str, Any]) -> None:

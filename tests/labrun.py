@@ -1,0 +1,30 @@
+"""Running a `hasync lab` command from a lab test, as a user would: one subprocess, its JSON
+result loaded, its output shown when the test fails.
+
+Rules: test helper only; the command must exit 0 and write the JSON it was asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_lab(tmp_path_factory: pytest.TempPathFactory, name: str, args: list[str],
+            timeout: float) -> tuple[dict[str, Any], str]:
+    """Run `hasync lab ARGS --json ... --out ...`; return its JSON result and its stdout."""
+    out = tmp_path_factory.mktemp(name)
+    path = out / f"{name}.json"
+    res = subprocess.run([sys.executable, "-m", "hasync", "lab", *args, "--json", str(path),
+                          "--out", str(out / "artifacts")], cwd=ROOT, stdin=subprocess.DEVNULL,
+                         capture_output=True, text=True, timeout=timeout)
+    sys.stdout.write(res.stdout[-6000:])
+    assert res.returncode == 0, res.stderr[-4000:]
+    return json.loads(path.read_text()), res.stdout
