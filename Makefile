@@ -1,5 +1,5 @@
 # hasync: everything a fresh Debian 12 machine needs, as root.
-#   make demo   set up, run the failover lab, print the outcome
+#   make demo   set up, run the failover lab (baseline, then hasync), compare the outcomes
 #   make test   set up, run every test (unit, security, and lab tests in the VM)
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -32,7 +32,7 @@ venv: $(VENV)/.stamp
 $(VENV)/.stamp: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[lab,test]'
+	$(BIN)/pip install -q -e '.[lab,test,bench]'
 	touch $@
 
 lint: venv
@@ -49,7 +49,9 @@ test-lab: setup
 
 demo: setup
 	@mkdir -p $(OUT)
-	$(BIN)/hasync lab failover --baseline --json $(OUT)/baseline.json
+	$(BIN)/hasync lab failover --baseline --json $(OUT)/baseline.json --out $(OUT)/lab-baseline
+	$(BIN)/hasync lab failover --json $(OUT)/hasync.json --out $(OUT)/lab-hasync
+	$(BIN)/hasync lab compare $(OUT)/baseline.json $(OUT)/hasync.json
 
 clean:
 	rm -rf $(VENV) $(OUT) *.egg-info

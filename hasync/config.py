@@ -74,6 +74,7 @@ class NodeConfig:
     name: str
     state_dir: Path = Path("/var/lib/hasync")
     control_socket: Path = Path("/run/hasync/control.sock")
+    health_file: Path = Path("/run/hasync/health")  # the verdict keepalived's check reads
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +114,21 @@ class KeepalivedConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TakeoverConfig:
+    """[takeover]: the sequence guard's reserves and the promotion's bounded wait
+    (docs/takeover.md derives the defaults)."""
+
+    reserve_floor: int = 768
+    reserve_horizon_ms: int = 800
+    takeover_floor: int = 576
+    takeover_horizon_ms: int = 1000
+    no_quorum_reserve: int = 1 << 22
+    barrier_timeout_ms: int = 10000
+    tick_ms: int = 100
+    ha_timeout_ms: int = 3000
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration; `source` is the file it came from."""
 
@@ -120,6 +136,7 @@ class Config:
     cluster: ClusterConfig
     charon: CharonConfig = field(default_factory=CharonConfig)
     keepalived: KeepalivedConfig = field(default_factory=KeepalivedConfig)
+    takeover: TakeoverConfig = field(default_factory=TakeoverConfig)
     source: str = str(DEFAULT_PATH)
 
 
@@ -256,6 +273,7 @@ Check = Callable[[Any], Any]
 SCHEMA: dict[str, tuple[type, dict[str, Check]]] = {
     "node": (NodeConfig, {
         "name": _name, "state_dir": _path, "control_socket": _socket_path,
+        "health_file": _path,
     }),
     "cluster": (ClusterConfig, {
         "name": _name, "key_file": _path, "bind": _address, "peers": _peers,
@@ -272,6 +290,16 @@ SCHEMA: dict[str, tuple[type, dict[str, Check]]] = {
         "protocol_version": _version,
     }),
     "keepalived": (KeepalivedConfig, {"instance": _instance, "notify_fifo": _path}),
+    "takeover": (TakeoverConfig, {
+        "reserve_floor": _integer(64, 1 << 30),
+        "reserve_horizon_ms": _integer(100, 60_000),
+        "takeover_floor": _integer(16, 1 << 30),
+        "takeover_horizon_ms": _integer(100, 60_000),
+        "no_quorum_reserve": _integer(1 << 10, 1 << 31),
+        "barrier_timeout_ms": _integer(100, 60_000),
+        "tick_ms": _integer(20, 1000),
+        "ha_timeout_ms": _integer(1100, 60_000),  # charon's heartbeat is every 1 s
+    }),
 }
 
 
@@ -307,6 +335,14 @@ def _cross_check(config: Config) -> None:
     if cluster.election_timeout_ms < 3 * cluster.heartbeat_ms:
         raise _Invalid(f"must be at least 3 x cluster.heartbeat_ms ({cluster.heartbeat_ms}), "
                        f"got {cluster.election_timeout_ms}", "cluster.election_timeout_ms")
+    if cluster.connection_timeout_ms < cluster.election_timeout_ms * 2.5:
+        raise _Invalid(f"must be at least 2.5 x cluster.election_timeout_ms "
+                       f"({cluster.election_timeout_ms}): pysyncobj requires it, got "
+                       f"{cluster.connection_timeout_ms}", "cluster.connection_timeout_ms")
+    if config.takeover.tick_ms * 4 > config.takeover.reserve_horizon_ms:
+        raise _Invalid(f"must be at most a quarter of takeover.reserve_horizon_ms "
+                       f"({config.takeover.reserve_horizon_ms}), got {config.takeover.tick_ms}",
+                       "takeover.tick_ms")
     if charon.ha_remote == charon.ha_local:
         raise _Invalid(f"must differ from charon.ha_local ({charon.ha_local})", "charon.ha_remote")
     if charon.ha_remote.host.version != charon.ha_local.host.version:
@@ -341,6 +377,7 @@ def parse_config(text: str, source: str = "<string>") -> Config:
             cluster=_section(data, "cluster"),
             charon=_section(data, "charon"),
             keepalived=_section(data, "keepalived"),
+            takeover=_section(data, "takeover"),
             source=source,
         )
         _cross_check(config)

@@ -21,17 +21,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import vicicheck
 from .config import Config
 from .control import ControlServer
 from .endpoint import HaEndpoint, open_endpoint
 from .ha import HaMessage, MessageType
+from .health import verdict
 from .journal.seal import Batch, derive_keys, load_cluster_key
 from .mirror import JOURNALED, Batcher, Heartbeat, claimed_segments, status_message
 from .raft import ClusterJournal, RaftTiming
 from .role import Role, RoleState, parse_vrrp_line
+from .seqguard import Reserve
+from .takeover import SeqSync
 
 log = logging.getLogger("hasync")
-TICK_S = 0.01
+TICK_S = 0.1  # the loop's idle tick (heartbeats, reports); a queued batch wakes it earlier
 REPORT_S = 2.0  # how often a node tells the cluster its VRRP role and applied index
 REPLAY_CHUNK = 200  # datagrams per loop turn when replaying the journal into charon
 
@@ -56,7 +60,13 @@ class Daemon:
         self.commit_ms = 0.0  # moving average of batch commit latency
         self.started = time.monotonic()
         self.last_report = 0.0
+        self.ha_rx: float | None = None  # when the local charon last sent a datagram
+        self.raft_joined = False  # caught up with the journal at least once since start
+        self.seq: SeqSync | None = None
+        self.healthy: tuple[bool, list[str]] = (False, ["not checked yet"])
+        self.promotion: asyncio.Task[Any] | None = None
         self._stop = asyncio.Event()
+        self._wake = asyncio.Event()  # a batch has become due: the tick loop should run
 
     # ---- wiring ----
     async def run(self) -> None:
@@ -70,10 +80,16 @@ class Daemon:
         self.journal = ClusterJournal(cfg.node.name, str(cfg.cluster.bind),
                                       [str(p) for p in cfg.cluster.peers], cfg.node.state_dir,
                                       keys, self._applied_threadsafe, timing)
+        t = cfg.takeover
+        self.seq = SeqSync(cfg.node.name, self.journal, Reserve(
+            floor=t.reserve_floor, horizon_s=t.reserve_horizon_ms / 1000,
+            takeover_floor=t.takeover_floor, takeover_horizon_s=t.takeover_horizon_ms / 1000,
+            no_quorum=t.no_quorum_reserve), self._activate, t.barrier_timeout_ms / 1000)
         self.endpoint = await open_endpoint(cfg.charon.ha_remote.sockaddr,
                                             cfg.charon.ha_local.sockaddr, self._on_ha)
         control = ControlServer(cfg.node.control_socket, {"status": self.status,
-                                                          "sas": self.sas})
+                                                          "sas": self.sas,
+                                                          "health": self.health})
         await control.start()
         fifo = self._open_vrrp_fifo()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -82,10 +98,17 @@ class Daemon:
                  ", ".join(map(str, cfg.cluster.peers)), cfg.charon.ha_remote,
                  cfg.charon.ha_local)
         ticker = asyncio.create_task(self._tick_loop())
+        guard = asyncio.create_task(self._seq_loop())
+        health = asyncio.create_task(self._health_loop())
         try:
             await self._stop.wait()
         finally:
             ticker.cancel()
+            guard.cancel()
+            health.cancel()
+            self.seq.close()
+            with contextlib.suppress(OSError):
+                cfg.node.health_file.unlink()
             await control.close()
             if fifo is not None:
                 self.loop.remove_reader(fifo)
@@ -97,7 +120,10 @@ class Daemon:
     # ---- charon -> journal ----
     def _on_ha(self, raw: bytes, msg: HaMessage, now: float) -> None:
         """A datagram from the local charon."""
+        self.ha_rx = now
         if msg.type in JOURNALED:
+            if not self.batcher.pending:
+                self._wake.set()  # the loop sleeps until the batch's delay has passed
             self.batcher.add(raw, now)
             if len(self.batcher.pending) >= self.batcher.max_messages:
                 self._submit(now)  # a full batch goes at once, not at the next tick
@@ -182,10 +208,59 @@ class Daemon:
                                                   self.cfg.charon.segments))
             if now - self.last_report >= REPORT_S:
                 self._report(now)
+            if not self.raft_joined and self._caught_up():
+                self.raft_joined = True
             if self.role.mirrors and not self.synced and self._caught_up():
                 self.synced = True
                 await self._replay()
-            await asyncio.sleep(TICK_S)
+            await self._sleep()
+
+    async def _sleep(self) -> None:
+        """Until the next tick, or until the pending batch is due (_on_ha wakes the loop)."""
+        wake = self.batcher.wake_at()
+        delay = TICK_S if wake is None else min(TICK_S, max(0.0, wake - time.monotonic()))
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), delay)
+
+    async def _seq_loop(self) -> None:
+        """The sequence guard: marks on the master, targets everywhere else."""
+        assert self.seq is not None
+        period = self.cfg.takeover.tick_ms / 1000
+        while True:
+            promoting = self.promotion is not None and not self.promotion.done()
+            if not promoting:
+                with contextlib.suppress(Exception):
+                    await self.seq.tick(master=self.role.role == Role.MASTER)
+            await asyncio.sleep(period)
+
+    async def _health_loop(self) -> None:
+        """Every second: the `hasync health` verdict, written where keepalived's check reads it.
+
+        keepalived runs its track_script every second; a Python start per run costs 0.15 s on
+        hardware and seconds under emulation, so the daemon judges (same `verdict()` as the
+        command) and deploy/hasync-health-check only reads the file and its age: a dead or hung
+        daemon stops refreshing it (docs/decisions.md, Health).
+        """
+        loop = asyncio.get_running_loop()
+        path = self.cfg.node.health_file
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+        while True:
+            vici_ok, vici_error = await loop.run_in_executor(
+                None, vicicheck.check, self.cfg.charon.vici_socket, 2.0)
+            healthy, reasons = verdict(self.health({}), vici_ok, vici_error)
+            if (healthy, reasons) != self.healthy:
+                log.log(logging.INFO if healthy else logging.WARNING, "health: %s",
+                        "ok" if healthy else "; ".join(reasons))
+            self.healthy = (healthy, reasons)
+            line = f"{'ok' if healthy else 'fail'} {int(time.time())} {'; '.join(reasons)}"
+            try:
+                tmp = path.with_name(path.name + ".tmp")
+                tmp.write_text(line.strip() + "\n")
+                os.replace(tmp, path)
+            except OSError as e:
+                log.warning("cannot write %s: %s", path, e)
+            await asyncio.sleep(1.0)
 
     def _report(self, now: float) -> None:
         """Replicate this node's VRRP role, Raft role and applied index (a tiny entry)."""
@@ -229,10 +304,19 @@ class Daemon:
         if self.role.on_vrrp(ev, self.cfg.keepalived.instance, time.monotonic()):
             log.info("VRRP %s: %s -> %s", ev.state, before.value, self.role.role.value)
             self.last_report = 0.0  # tell the cluster at once
-            if self.role.role == Role.MASTER:
-                self._charon_fifo(f"+{self.cfg.charon.segments}")
-            else:
-                self.synced = False  # give the charon of a new backup the whole state
+            if self.role.role == Role.MASTER and self.seq is not None:
+                self.promotion = asyncio.ensure_future(self.seq.promote())
+            elif before == Role.MASTER:  # charon keeps its SAs, passive again; no replay
+                if self.promotion is not None:
+                    self.promotion.cancel()
+                for n in range(1, self.cfg.charon.segments + 1):
+                    self._charon_fifo(f"-{n}")
+
+    def _activate(self) -> None:
+        """Activate every segment in charon (the last step of a promotion)."""
+        if self.role.role == Role.MASTER:
+            for n in range(1, self.cfg.charon.segments + 1):
+                self._charon_fifo(f"+{n}")
 
     def _charon_fifo(self, command: str) -> None:
         """Write a command to charon's HA control FIFO (ha_ctl.c: +N, -N, *N)."""
@@ -270,7 +354,19 @@ class Daemon:
                 "backlog": self.batcher.backlog, "commit_ms": round(self.commit_ms, 2),
                 "ha": dict(self.endpoint.counters), "raft_apply": dict(self.journal.counters),
                 "counters": dict(self.counters),
+                "takeover": self.seq.status() if self.seq is not None else None,
+                "health": {"healthy": self.healthy[0], "reasons": self.healthy[1]},
                 "uptime_s": round(time.monotonic() - self.started, 1)}
+
+    def health(self, args: dict[str, Any]) -> dict[str, Any]:
+        """`hasync health`: what this daemon knows (charon's vici is checked by the CLI)."""
+        assert self.journal is not None
+        now = time.monotonic()
+        leader = self.journal.status()["leader"]
+        return {"node": self.cfg.node.name, "role": self.role.role.value,
+                "ha_rx_age_s": None if self.ha_rx is None else round(now - self.ha_rx, 2),
+                "ha_timeout_s": self.cfg.takeover.ha_timeout_ms / 1000,
+                "raft_joined": self.raft_joined, "raft_leader": leader}
 
     def sas(self, args: dict[str, Any]) -> dict[str, Any]:
         """`hasync sas`: the journaled SAs, without any secret."""

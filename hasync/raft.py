@@ -23,10 +23,11 @@ from typing import Any
 
 from .ha import HaMessage, MalformedMessage, decode
 from .journal.seal import Batch, EntryError, Keys, Sealer, SealError, pack_batch, unpack_batch
+from .journal.seqlog import SeqEntry, SeqLog, pack_seq, unpack_seq
 from .journal.state import JournalState
 from .syncobj_compat import SyncObj, SyncObjConf, replicated
 
-SNAPSHOT_FORMAT = 1
+SNAPSHOT_FORMAT = 2
 Applied = Callable[[Batch, list[tuple[bytes, HaMessage]]], None]
 
 
@@ -51,6 +52,7 @@ class ClusterJournal(SyncObj):  # type: ignore[misc]
         self.node = node
         self.lock = threading.RLock()
         self.state = JournalState()
+        self.seqs = SeqLog()
         self.counters: Counter[str] = Counter()
         self.on_applied = on_applied
         self.members: dict[str, dict[str, Any]] = {}  # node -> its last report (no secrets)
@@ -104,6 +106,38 @@ class ClusterJournal(SyncObj):  # type: ignore[misc]
             except Exception:
                 self.counters["on_applied_error"] += 1
 
+    def submit_seq(self, entry: SeqEntry, callback: Callable[[Any, Any], None]) -> None:
+        """Seal replay-state records and hand them to Raft (like `submit`)."""
+        self._apply_seq(self._sealer.seal(pack_seq(entry)), callback=callback)
+
+    @replicated  # type: ignore[misc]
+    def _apply_seq(self, sealed: bytes) -> None:
+        """Apply one committed replay-state entry; never raises."""
+        try:
+            entry = unpack_seq(self._sealer.open(sealed))
+        except (SealError, EntryError) as e:
+            self.counters[f"seq_rejected:{type(e).__name__}"] += 1
+            return
+        except Exception:
+            self.counters["seq_rejected:other"] += 1
+            return
+        try:
+            with self.lock:
+                self.seqs.apply(entry)
+            self.counters["seq_entries_applied"] += 1
+        except Exception:
+            self.counters["seq_apply_error"] += 1
+
+    def barrier(self, callback: Callable[[Any, Any], None]) -> None:
+        """Commit an empty entry; when `callback` runs without error, this node has applied
+        everything committed before it (Raft log order)."""
+        self._barrier(callback=callback)
+
+    @replicated  # type: ignore[misc]
+    def _barrier(self) -> None:
+        """Nothing to apply: the entry only orders the log."""
+        self.counters["barriers_applied"] += 1
+
     def report(self, info: dict[str, Any], callback: Callable[[Any, Any], None]) -> None:
         """Tell every node how this one is doing (VRRP role, applied index); no secrets."""
         self._member_report(self.node, info, callback=callback)
@@ -122,7 +156,8 @@ class ClusterJournal(SyncObj):  # type: ignore[misc]
     def _save_snapshot(self, filename: str, raft_data: Any) -> None:
         """pysyncobj serializer: our state and pysyncobj's, pickled, then sealed."""
         with self.lock:
-            blob = pickle.dumps((SNAPSHOT_FORMAT, self.state.to_dict(), raft_data))
+            blob = pickle.dumps((SNAPSHOT_FORMAT, self.state.to_dict(), self.seqs.to_dict(),
+                                 raft_data))
         sealed = _seal_large(self._sealer, blob)
         fd = os.open(filename, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as f:
@@ -134,11 +169,14 @@ class ClusterJournal(SyncObj):  # type: ignore[misc]
         """pysyncobj deserializer: open the sealed snapshot, restore our state."""
         with open(filename, "rb") as f:
             blob = _open_large(self._sealer, f.read())
-        fmt, state, raft_data = pickle.loads(blob)  # authenticated: only the cluster wrote it
-        if fmt != SNAPSHOT_FORMAT:
-            raise ValueError(f"{filename}: snapshot format {fmt}, expected {SNAPSHOT_FORMAT}")
+        loaded = pickle.loads(blob)  # authenticated: only the cluster wrote it
+        if loaded[0] != SNAPSHOT_FORMAT:
+            raise ValueError(f"{filename}: snapshot format {loaded[0]}, expected "
+                             f"{SNAPSHOT_FORMAT}")
+        _, state, seqs, raft_data = loaded
         with self.lock:
             self.state = JournalState.from_dict(state)
+            self.seqs = SeqLog.from_dict(seqs)
         return raft_data
 
     def status(self) -> dict[str, Any]:

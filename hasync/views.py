@@ -31,11 +31,36 @@ def status_text(st: dict[str, Any]) -> str:
     drops = {k: v for k, v in ha.items() if k.startswith("dropped")}
     lines.append(f"HA stream: {ha.get('accepted', 0)} accepted, {ha.get('sent', 0)} sent, "
                  f"dropped {drops or 0}")
+    lines += _takeover_lines(st.get("takeover"), st.get("health"))
     if jr.get("anomalies"):
         lines.append(f"journal anomalies: {jr['anomalies']}")
     if st.get("raft_apply"):
         lines.append(f"raft apply: {st['raft_apply']}")
     return "\n".join(lines)
+
+
+def _takeover_lines(tk: dict[str, Any] | None, health: dict[str, Any] | None) -> list[str]:
+    """The sequence guard, the last promotion and the health verdict."""
+    lines = []
+    if health:
+        lines.append("health: " + ("ok" if health.get("healthy") else
+                                   "FAILING: " + "; ".join(health.get("reasons") or [])))
+    if not tk:
+        return lines
+    tr, lp = tk.get("tracker") or {}, tk.get("last_promotion")
+    lines.append(f"sequence guard: {tk.get('records')} SA records, {tr.get('tracked')} SAs "
+                 f"tracked, {tr.get('renewals')} marks journaled, {tr.get('violations')} "
+                 f"violations (max overrun {tr.get('max_overrun')})")
+    if lp:
+        quorum = "with a Raft majority" if lp.get("quorum") else (
+            f"WITHOUT a Raft majority: +{lp.get('extra_reserve')} on every jump")
+        lines.append(f"last promotion {quorum}: barrier {lp.get('wait_ms')} ms, XFRM "
+                     f"{lp.get('xfrm_ms')} ms ({lp.get('writes')} of {lp.get('sas')} SAs "
+                     f"written, largest jump {lp.get('max_jump')}), charon activated in "
+                     f"{lp.get('activate_ms')} ms, {lp.get('total_ms')} ms in all")
+        for err in lp.get("errors") or []:
+            lines.append(f"  promotion error: {err}")
+    return lines
 
 
 def sas_text(res: dict[str, Any]) -> str:

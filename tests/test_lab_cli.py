@@ -43,9 +43,9 @@ def test_describe_missing_names_pypi_packages() -> None:
     assert "pip install virtme-ng" in msg
 
 
-def test_failover_without_a_mode_is_refused() -> None:
-    res = _run(["lab", "failover"])
-    assert res.returncode == 2 and "--baseline" in res.stderr
+def test_an_unknown_fault_is_refused() -> None:
+    res = _run(["lab", "failover", "--fault", "meteor"])
+    assert res.returncode == 2 and "charon" in res.stderr  # argparse lists the faults
     assert "Traceback" not in res.stderr
 
 

@@ -19,11 +19,16 @@ from hasync.lab.pcap import (
     LINKTYPE_RAW,
     MAGIC_NSEC,
     MAGIC_USEC,
+    NON_ESP_MARKER,
     EspPacket,
+    IkePacket,
     PcapError,
+    SeqJump,
     SpiSummary,
+    ike_sa_inits,
     parse_pcap,
     read_pcap,
+    seq_jumps,
     seq_reuse,
     spi_summary,
 )
@@ -34,6 +39,14 @@ A, B = "192.0.2.1", "198.51.100.7"
 def esp(spi: int, seq: int, body: bytes = b"\xaa" * 24) -> bytes:
     """An ESP header and some ciphertext."""
     return struct.pack("!II", spi, seq) + body
+
+
+def ike(exchange: int = 35, flags: int = 0x08, msgid: int = 1, ispi: int = 0x1111,
+        rspi: int = 0x2222, body: bytes = b"\x00" * 8, version: int = 0x20) -> bytes:
+    """An IKEv2 header (next payload SK) and some encrypted body."""
+    head = struct.pack("!QQBBBBII", ispi, rspi, 46, version, exchange, flags, msgid,
+                       28 + len(body))
+    return head + body
 
 
 def udp(payload: bytes, sport: int = 4500, dport: int = 4500) -> bytes:
@@ -110,7 +123,7 @@ def mixed_frames() -> list[bytes]:
     return [
         ether(ipv4(50, esp(0x1001, 1))),
         ether(ipv4(17, udp(esp(0x2002, 7)), src=B, dst=A)),
-        ether(ipv4(17, udp(b"\x00\x00\x00\x00" + b"ike" * 20))),
+        ether(ipv4(17, udp(NON_ESP_MARKER + ike()))),
         ether(ipv4(17, udp(b"\xff"))),
         ether(ipv4(17, udp(esp(0x3003, 1), 5353, 5353))),
         ether(ipv4(6, b"\x00" * 20)),
@@ -124,7 +137,8 @@ def test_plain_and_natt_esp_with_skips() -> None:
         EspPacket(1000.0, A, B, 0x1001, 1, False),
         EspPacket(1000.25, B, A, 0x2002, 7, True),
     )
-    assert (capture.frames, capture.ike, capture.keepalives) == (7, 1, 1)
+    assert capture.ike == (IkePacket(1000.5, A, B, 4500, 4500, 0x1111, 0x2222, 35, 0x08, 1),)
+    assert (capture.frames, capture.keepalives) == (7, 1)
     assert (capture.other, capture.short, capture.incomplete_tail) == (3, 0, False)
 
 
@@ -167,6 +181,69 @@ def test_keepalive_padding_and_short_ike() -> None:
     frames = [ether(ipv4(17, udp(b"\xff"), src=B, dst=A)), ether(ipv4(17, udp(b"\x00\x00")))]
     capture = parse_pcap(pcap(frames))
     assert (capture.keepalives, capture.short, capture.packets) == (1, 1, ())
+
+
+def test_ike_on_port_500_and_behind_the_non_esp_marker() -> None:
+    frames = [
+        ether(ipv4(17, udp(ike(34, 0x08, 0, rspi=0), 500, 500))),
+        ether(ipv4(17, udp(ike(34, 0x20, 0), 500, 500), src=B, dst=A)),
+        ether(ipv4(17, udp(NON_ESP_MARKER + ike(35, 0x08, 1), 4500, 4500))),
+        ether(ipv4(17, udp(NON_ESP_MARKER + ike(37, 0x28, 2), 4500, 33000), src=B, dst=A)),
+        ether(ipv4(17, udp(esp(0x2002, 7)))),
+        ether(ipv4(17, udp(b"\xff"))),
+    ]
+    capture = parse_pcap(pcap(frames))
+    assert [(p.sport, p.dport, p.exchange, p.flags, p.msgid, p.rspi) for p in capture.ike] == [
+        (500, 500, 34, 0x08, 0, 0),
+        (500, 500, 34, 0x20, 0, 0x2222),
+        (4500, 4500, 35, 0x08, 1, 0x2222),
+        (4500, 33000, 37, 0x28, 2, 0x2222),
+    ]
+    assert [(p.src, p.dst, p.ts) for p in capture.ike][1] == (B, A, 1000.25)
+    assert [p.spi for p in capture.packets] == [0x2002]
+    assert (capture.keepalives, capture.short, capture.other) == (1, 0, 0)
+
+
+def test_truncated_ike_headers_are_short_not_packets() -> None:
+    whole500 = ether(ipv4(17, udp(ike(34, 0x08, 0), 500, 500)))
+    whole4500 = ether(ipv4(17, udp(NON_ESP_MARKER + ike(35), 4500, 4500)))
+    # Ethernet 14 + IPv4 20 + UDP 8 = 42; the IKE header ends at 70 (74 behind the marker)
+    frames = [whole500[:69], whole500[:43], whole4500[:73], whole4500[:47],
+              ether(ipv4(17, udp(ike(34)[:20], 500, 500))),  # the UDP length says 20 bytes
+              ether(ipv4(17, udp(NON_ESP_MARKER + ike(34)[:27])))]
+    capture = parse_pcap(pcap(frames))
+    assert (capture.ike, capture.packets, capture.short, capture.other) == ((), (), 6, 0)
+    kept = parse_pcap(pcap([whole500, whole4500], snaplen=74))  # cut after the headers
+    assert [p.exchange for p in kept.ike] == [34, 35]
+
+
+def test_ike_that_is_not_ikev2_is_other() -> None:
+    frames = [ether(ipv4(17, udp(ike(version=0x10), 500, 500))),
+              ether(ipv4(17, udp(NON_ESP_MARKER + b"\x00" * 40))),  # version 0, length 0
+              ether(ipv4(17, udp(ike(34), 501, 502)))]
+    capture = parse_pcap(pcap(frames))
+    assert (capture.ike, capture.other, capture.short) == ((), 3, 0)
+
+
+def test_ike_over_ipv6() -> None:
+    (p,) = parse_pcap(pcap([ether(ipv6(17, udp(ike(34), 500, 500)), 0x86DD)])).ike
+    assert (p.src, p.dst, p.exchange) == ("2001:db8::1", "2001:db8::2", 34)
+
+
+def ike_packet(ts: float, exchange: int = 34, flags: int = 0x08, src: str = A) -> IkePacket:
+    """A synthetic IkePacket from src to B."""
+    return IkePacket(ts, src, B, 500, 500, 1, 0, exchange, flags, 0)
+
+
+def test_ike_sa_inits_counts_requests_in_the_window() -> None:
+    packets = [ike_packet(1.0), ike_packet(1.5, flags=0x20), ike_packet(2.0),
+               ike_packet(3.0, exchange=35), ike_packet(4.0, src="203.0.113.9"),
+               ike_packet(5.0)]
+    assert ike_sa_inits(packets, 0.0, 10.0) == 4
+    assert ike_sa_inits(packets, 1.0, 5.0) == 3  # start included, end excluded
+    assert ike_sa_inits(packets, 0.0, 10.0, initiator=A) == 3
+    assert ike_sa_inits(packets, 0.0, 10.0, initiator=B) == 0
+    assert ike_sa_inits([], 0.0, 10.0) == 0
 
 
 def test_later_fragments_are_not_esp() -> None:
@@ -274,6 +351,37 @@ def test_spi_summary() -> None:
     assert set(spi_summary(packets, None)) == {1, 2, 9}
 
 
+def test_seq_jumps_per_spi_across_the_fault() -> None:
+    packets = [
+        packet(1, 100, ts=7.0),
+        packet(1, 101, ts=9.5),
+        packet(2, 50, ts=9.9),
+        packet(1, 102, ts=9.99),
+        packet(3, 7, ts=9.0),  # only before: no jump
+        packet(1, 100_103, ts=12.0),
+        packet(2, 48, ts=10.0),  # at t_kill counts as after: reused numbers
+        packet(1, 100_200, ts=11.0),  # the first after, though listed later
+        packet(2, 60, ts=13.0),
+        packet(4, 1, ts=11.0),  # only after: no jump
+        packet(1, 103, dst=A, ts=10.5),  # another destination
+    ]
+    assert seq_jumps(packets, B, 10.0) == [
+        SeqJump(1, 102, 100_200, 100_097, 2, 1.0),
+        SeqJump(2, 50, 48, -3, 1, 0.5),
+    ]
+    wide = seq_jumps(packets, B, 10.0, rate_window_s=4.0)
+    assert [(j.spi, j.packets_2s, j.rate_pps) for j in wide] == [(1, 3, 0.75), (2, 1, 0.25)]
+    assert seq_jumps(packets, A, 10.0) == []
+    assert seq_jumps([], B, 10.0) == []
+
+
+def test_seq_jumps_last_before_is_the_highest_and_window_must_be_positive() -> None:
+    packets = [packet(1, 9, ts=1.0), packet(1, 5, ts=2.0), packet(1, 10, ts=3.0)]
+    assert seq_jumps(packets, B, 2.5) == [SeqJump(1, 9, 10, 0, 2, 1.0)]
+    with pytest.raises(ValueError, match="rate_window_s"):
+        seq_jumps(packets, B, 2.5, rate_window_s=0)
+
+
 def test_read_pcap(tmp_path: Path) -> None:
     path = tmp_path / "x.pcap"
     path.write_bytes(pcap(mixed_frames()))
@@ -295,7 +403,7 @@ def test_tcpdump_capture(tmp_path: Path, interface: str) -> None:
         while b"listening" not in (line := proc.stderr.readline()):
             assert line, "tcpdump exited before listening"
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            for payload in (esp(0x1234, 1), b"\xff", b"\x00" * 40, esp(0x1234, 2)):
+            for payload in (esp(0x1234, 1), b"\xff", NON_ESP_MARKER + ike(), esp(0x1234, 2)):
                 sock.sendto(payload, ("127.0.0.1", port))
                 time.sleep(0.05)
         time.sleep(0.3)
@@ -315,4 +423,4 @@ def test_tcpdump_capture(tmp_path: Path, interface: str) -> None:
         (0x1234, 2, True, "127.0.0.1"),
     }
     assert capture.keepalives >= 1
-    assert capture.ike >= 1
+    assert (0x1111, 0x2222, 35) in {(p.ispi, p.rspi, p.exchange) for p in capture.ike}

@@ -54,6 +54,8 @@ def write_configs(lab: Lab, timers: confgen.LabTimers, keys_in_log: bool = False
 def start_charon(lab: Lab, node: str) -> None:
     """Start charon on `node` (returns at once; see wait_charon)."""
     vici_path(lab, node).unlink(missing_ok=True)
+    # a charon killed with -9 leaves its pid file, and a new one refuses to start beside it
+    (lab.run_dir(node) / "charon.pid").unlink(missing_ok=True)
     lab.spawn(node, "charon", [CHARON],
               env={"STRONGSWAN_CONF": str(lab.etc_dir(node) / "strongswan.conf")})
 
@@ -179,7 +181,8 @@ class VrrpWatch:
 
 
 def start_keepalived(lab: Lab, node: str, priority: int, advert_int: float,
-                     watch: VrrpWatch, hasync_fifo: Path | None = None) -> None:
+                     watch: VrrpWatch, hasync_fifo: Path | None = None,
+                     health_cmd: str | None = None) -> None:
     """Write `node`'s keepalived.conf and start keepalived with its FIFO watched."""
     run = lab.run_dir(node)
     fifo = run / "vrrp.fifo"
@@ -188,7 +191,7 @@ def start_keepalived(lab: Lab, node: str, priority: int, advert_int: float,
     conf.write_text(confgen.keepalived_conf(
         node, priority, advert_int, str(fifo),
         [(f"{PUBLIC_VIP}/24", "e0"), (f"{PRIVATE_VIP}/24", "e1")], "e0",
-        str(hasync_fifo) if hasync_fifo else None))
+        str(hasync_fifo) if hasync_fifo else None, health_cmd))
     lab.spawn(node, "keepalived", ["keepalived", "--dont-fork", "--log-console", "--vrrp",
                                    "-f", str(conf), "-p", str(run / "keepalived.pid"),
                                    "-r", str(run / "vrrp.pid")])

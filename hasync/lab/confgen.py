@@ -17,6 +17,8 @@ PLUGINS = ("random nonce openssl pem pkcs1 pkcs8 x509 constraints pubkey kdf "
            "kernel-netlink socket-default vici")
 IKE_PROPOSAL = "aes256-sha256-ecp256"
 ESP_PROPOSAL = "aes256gcm16-ecp256"
+ESN_CLIENTS = ("c2",)  # these clients ask for 64-bit extended sequence numbers (RFC 4303 2.2.1)
+GATEWAY_ESP = "aes256gcm16-ecp256-esn-noesn"  # a gateway accepts either
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ def swanctl_gateway(vip: str, protected: str) -> str:
     remote {{ auth = pubkey
              cacerts = ca.pem }}
     children {{ net {{ local_ts = {protected}
-                     esp_proposals = {ESP_PROPOSAL} }} }}
+                     esp_proposals = {GATEWAY_ESP} }} }}
   }}
 }}
 pools {{ rw_pool {{ addrs = {POOL} }} }}
@@ -86,19 +88,24 @@ pools {{ rw_pool {{ addrs = {POOL} }} }}
 
 
 def hasync_toml(node: str, raft: str, peers: list[str], state_dir: str, key_file: str,
-                control_socket: str, vrrp_fifo: str, vici_socket: str) -> str:
+                control_socket: str, vrrp_fifo: str, vici_socket: str,
+                health_file: str = "/run/hasync/health") -> str:
     """hasync.toml of a lab gateway (charon's ha plugin: local 127.0.0.1, remote 127.0.0.2)."""
     peer_list = ", ".join(f'"{p}"' for p in peers)
     return f"""[node]
 name = "{node}"
 state_dir = "{state_dir}"
 control_socket = "{control_socket}"
+health_file = "{health_file}"
 
 [cluster]
 name = "lab"
 key_file = "{key_file}"
 bind = "{raft}"
 peers = [{peer_list}]
+heartbeat_ms = {LAB_RAFT[0]}
+election_timeout_ms = {LAB_RAFT[1]}
+connection_timeout_ms = {LAB_RAFT[2]}
 
 [charon]
 ha_local = "127.0.0.1:4510"
@@ -109,6 +116,9 @@ control_fifo = "/var/run/charon.ha"
 [keepalived]
 instance = "VI_1"
 notify_fifo = "{vrrp_fifo}"
+
+[takeover]
+tick_ms = {LAB_TICK_MS}
 """
 
 
@@ -128,23 +138,62 @@ def swanctl_client(name: str, vip: str, protected: str, timers: LabTimers) -> st
     remote {{ auth = pubkey
              id = {GATEWAY_ID} }}
     children {{ net {{ remote_ts = {protected}
-                     esp_proposals = {ESP_PROPOSAL}
+                     esp_proposals = {ESP_PROPOSAL}{"-esn" if name in ESN_CLIENTS else ""}
                      dpd_action = {timers.dpd_action} }} }}
   }}
 }}
 """
 
 
+# The same check as deploy/keepalived-hasync.conf: every second; FAULT (the VIP given up) after
+# 2 failures or runs over 3 s; back after 2 successes; no weight, so a failure means FAULT, not
+# a lower priority. keepalived runs the command without a shell and needs its first word to be
+# an absolute path; with enable_script_security it disables (ignores) a root script if the file
+# or any directory above it is writable by a non-root user, so the lab's
+# `{sys.executable} -m hasync health ...` needs an interpreter path only root can write.
+# keepalived's vrrp_script timing (interval, timeout, fall, rise), as deploy/ sets it.
+HEALTH_TIMING = (1, 3, 2, 2)
+# Under QEMU/TCG six charons, three hasyncs and the probes share two emulated CPUs: a check
+# can wait seconds for a CPU, so the lab allows 5 s per run and 3 failures in a row.
+LAB_HEALTH_TIMING = (1, 5, 3, 2)
+LAB_HEALTH_MAX_AGE_S = 6  # the verdict's age the lab's check accepts (deploy/: 3 s)
+LAB_RAFT = (200, 2000, 6000)  # heartbeat, election, connection timeout (ms): emulated CPUs
+#                               stall for a second at times, and elections must not flap then
+LAB_TICK_MS = 200  # the sequence guard's tick in the lab (default 100 ms; 200 is the most
+#                    the default reserve horizon allows), to spare the emulated CPUs
+
+
+def health_check(health_cmd: str | None,
+                 timing: tuple[int, int, int, int] = HEALTH_TIMING) -> tuple[str, str]:
+    """(vrrp_script block, track_script lines) running `health_cmd`, or two empty strings."""
+    if health_cmd is None:
+        return "", ""
+    if not health_cmd.startswith("/") or any(c in health_cmd for c in '"\n'):
+        raise ValueError(f"health_cmd must start with an absolute path and hold no '\"' "
+                         f"or newline: {health_cmd!r}")
+    script = f"""vrrp_script chk_hasync {{
+  script "{health_cmd}"
+  interval {timing[0]}
+  timeout {timing[1]}
+  fall {timing[2]}
+  rise {timing[3]}
+}}
+"""
+    return script, "  track_script {\n    chk_hasync\n  }\n"
+
+
 def keepalived_conf(node: str, priority: int, advert_int: float, fifo: str,
                     vips: list[tuple[str, str]], lan_if: str,
-                    hasync_fifo: str | None = None) -> str:
+                    hasync_fifo: str | None = None, health_cmd: str | None = None) -> str:
     """keepalived.conf: one VRRPv3 instance holding the public and the protected VIP.
 
     The lab reads `notify_fifo`; hasync, when it runs, reads `vrrp_notify_fifo` (keepalived
     writes every VRRP event to both: keepalived/vrrp/vrrp_notify.c notify_fifo(), 2.2.7).
+    With `health_cmd`, the instance tracks it (`health_check`).
     """
     vip_lines = "\n".join(f"    {addr} dev {dev}" for addr, dev in vips)
     hasync = f"\n  vrrp_notify_fifo {hasync_fifo}" if hasync_fifo else ""
+    script, track = health_check(health_cmd, LAB_HEALTH_TIMING)
     return f"""global_defs {{
   router_id {node}
   vrrp_version 3
@@ -154,7 +203,7 @@ def keepalived_conf(node: str, priority: int, advert_int: float, fifo: str,
   script_user root
   enable_script_security
 }}
-vrrp_instance VI_1 {{
+{script}vrrp_instance VI_1 {{
   state BACKUP
   nopreempt
   interface {lan_if}
@@ -164,5 +213,5 @@ vrrp_instance VI_1 {{
   virtual_ipaddress {{
 {vip_lines}
   }}
-}}
+{track}}}
 """

@@ -6,13 +6,18 @@ whose clients never recover is a result, not an error; any error still tears the
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
+import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
 
-from . import cluster, pcap, probe, topology
+from ..seqguard import Reserve
+from . import aftercheck, cluster, confgen, hasyncd, pcap, probe, topology
 from .prereq import LabError
 from .procs import Lab
 from .scenario import (
@@ -33,6 +38,7 @@ from .scenario import (
 
 log = logging.getLogger("hasync.lab")
 LOSS_GRACE_S = 1.0  # packets sent this close to the end of a window may still be in flight
+SKIP_FLOOR = Reserve().bound(0)  # docs/takeover.md: what a failover may skip at low rates
 
 
 def reuse_in_window(packets: tuple[pcap.EspPacket, ...], dst: str, start: float,
@@ -75,10 +81,13 @@ def _client_result(run: Run, name: str, before: dict[str, object], after: dict[s
     spi_a = ike_a.spis if ike_a else ""  # type: ignore[attr-defined]
     sa_b, sa_a = before["sa_replay"], after["sa_replay"]
     assert isinstance(sa_b, dict) and isinstance(sa_a, dict)
+    kill_wall, end_wall = t_kill + run.wall_offset, t_end + run.wall_offset
+    inits = pcap.ike_sa_inits(cap.ike, kill_wall, end_wall, initiator=node.address)
+    jumps = pcap.seq_jumps(cap.packets, node.address, kill_wall)
     return {
         "name": name, "nat": node.behind_nat, "encap": after["encap"],
-        "ike_spi_before": spi_b, "ike_spi_after": spi_a,
-        "reestablished": bool(spi_a) and spi_a != spi_b,
+        "ike_spi_before": spi_b, "ike_spi_after": spi_a, "ike_sa_init": inits,
+        "reestablished": (bool(spi_a) and spi_a != spi_b) or inits > 0,
         "resumed": gap_to.resumed_at is not None and gap_from.resumed_at is not None,
         "outage_ms": round(max(gap_to.longest_gap_ms, gap_from.longest_gap_ms), 1),
         "outage_to_client_ms": round(gap_to.longest_gap_ms, 1),
@@ -89,6 +98,10 @@ def _client_result(run: Run, name: str, before: dict[str, object], after: dict[s
         "replay_errors_sa": sum(v - sa_b.get(k, 0) for k, v in sa_a.items()),
         "seq_reuse": reuse_in_window(cap.packets, node.address, wall_start,
                                      t_end + run.wall_offset),
+        "seq_jumps": [dataclasses.asdict(j) for j in jumps],
+        "seq_skipped": max((j.seq_skipped for j in jumps), default=None),
+        "rate_pps": max((j.rate_pps for j in jumps), default=None),
+        "seq_skip_ok": all(0 <= j.seq_skipped <= max(j.packets_2s, SKIP_FLOOR) for j in jumps),
         "esp_to_client": sum(1 for p in cap.packets if p.dst == node.address
                              and wall_start <= p.ts < t_end + run.wall_offset),
     }
@@ -109,7 +122,11 @@ def one_failover(run: Run, master: str, wall_start: float) -> dict[str, object]:
     time.sleep(spec.settle_s)
     t_end = time.monotonic()
     after = {c: client_state(run, c) for c in clients}
-    return {"from": master, "to": ev.node, "fault": spec.fault,
+    promotion = None
+    if spec.mode == "hasync":
+        st = hasyncd.status(lab, ev.node)
+        promotion = (st or {}).get("takeover", {}).get("last_promotion")
+    return {"from": master, "to": ev.node, "fault": spec.fault, "promotion": promotion,
             "vrrp_detect_ms": round((ev.t - t_kill) * 1000, 1), "vip_moved": vip,
             "window_s": round(t_end - t_kill, 2),
             "clients": [_client_result(run, c, before[c], after[c], (t_kill, t_end, wall_start))
@@ -146,12 +163,15 @@ def run_failovers(run: Run) -> dict[str, object]:
     tunnels = _tunnels(run)
     start_traffic(run)
     want = {c.name for c in lab.topo.by_role("client")}
-    flowing = wait_flowing(run, time.monotonic(), 60)
+    flowing = wait_flowing(run, time.monotonic(), 150)  # Python starts slowly under TCG
     if flowing != want:
         raise LabError(f"probe traffic does not flow for {sorted(want - flowing)}")
+    master, wall = lab.topo.by_role("gateway")[0].name, 0.0
+    before: dict[str, object] = {}
+    if spec.mode == "hasync":
+        before = _before_failovers(run, master)
     time.sleep(2.0)
     warmup = _received_so_far(run)
-    master, wall = lab.topo.by_role("gateway")[0].name, 0.0
     fos = []
     for k in range(spec.failovers):
         fo = one_failover(run, master, wall)
@@ -161,10 +181,51 @@ def run_failovers(run: Run) -> dict[str, object]:
             restore(run, master)
             time.sleep(2.0)
         master = str(fo["to"])
-    return {"mode": spec.mode, "kernel": kernel_release(), "advert_int": spec.timers.advert_int_s,
+    after = _after_failovers(run) if spec.mode == "hasync" else {}
+    gws = [g.name for g in lab.topo.by_role("gateway")]
+    final = {gw: hasyncd.status(lab, gw) for gw in gws} if spec.mode == "hasync" else {}
+    names = {c.name for c in lab.topo.by_role("client")}
+    return {"mode": spec.mode, "before_failovers": before, "after_failovers": after,
+            "final_status": final, "esn_clients": sorted(names & set(confgen.ESN_CLIENTS)),
+            "kernel": kernel_release(), "advert_int": spec.timers.advert_int_s,
             "timers": spec.timers.as_dict(), "rate_pps": spec.rate, "spec": spec_dict(spec),
             "gateways": [g.name for g in lab.topo.by_role("gateway")], "tunnels": tunnels,
             "warmup": warmup, "failovers": fos, "duration_s": round(time.monotonic() - t0, 1)}
+
+
+def _before_failovers(run: Run, master: str) -> dict[str, object]:
+    """Rekey one CHILD_SA (so a failover meets a rekeyed SA) and wait for every backup."""
+    lab = run.lab
+    first = lab.topo.by_role("client")[0].name
+    rekey = aftercheck.child_rekey(lab, first)
+    backups = [g.name for g in lab.topo.by_role("gateway") if g.name != master]
+    views = hasyncd.wait_mirrored(lab, master, backups)
+    return {"child_rekey": {first: rekey},
+            "mirrored": all(hasyncd.mirrored(views[master], views[b]) for b in backups)}
+
+
+def _after_failovers(run: Run) -> dict[str, object]:
+    """Against the last master: each client rekeys its IKE_SA and CHILD_SA, then runs DPD."""
+    lab, timers = run.lab, run.spec.timers
+    clients = [c.name for c in lab.topo.by_role("client")]
+    out: dict[str, dict[str, object]] = {c: {"ike_rekey": aftercheck.ike_rekey(lab, c)}
+                                         for c in clients}
+    for c in clients:
+        out[c]["child_rekey"] = aftercheck.child_rekey(lab, c)
+    offsets = {c: aftercheck.log_offset(lab, c) for c in clients}
+    stop_probes(run)  # DPD runs only after dpd_delay without inbound traffic
+    for c in clients:
+        out[c]["dpd"] = aftercheck.dpd(lab, c, timers.dpd_delay_s, timers.dpd_delay_s + 30,
+                                       offset=offsets[c])
+    return out
+
+
+def stop_probes(run: Run) -> None:
+    """Stop every probe stream (captures keep running)."""
+    for _, what, p in run.lab.procs:
+        if what == "probe" and p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGTERM)
 
 
 def run_lab(spec: LabSpec, out_dir: Path) -> dict[str, object]:
@@ -182,6 +243,9 @@ def run_lab(spec: LabSpec, out_dir: Path) -> dict[str, object]:
 def teardown(run: Run) -> None:
     """Stop every process, keep the artifacts, remove namespaces, bridges and the tmpfs."""
     try:
+        with contextlib.suppress(Exception):  # who used the CPU, for the artifacts
+            (run.lab.base / "log" / "ps.txt").write_text(run.lab.run(None, [
+                "ps", "-eo", "pid,cputime,etime,comm,args", "--sort=-cputime"], check=False))
         run.lab.stop_all()
         run.vrrp.close()
         artifacts(run)

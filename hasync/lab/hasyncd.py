@@ -54,7 +54,7 @@ def write_configs(lab: Lab) -> None:
             gw, raft_addr(lab, gw), [raft_addr(lab, o) for o in gws if o != gw],
             str(lab.base / "state" / gw), str(etc / "cluster.key"),
             str(control_socket(lab, gw)), str(vrrp_fifo(lab, gw)),
-            str(cluster.vici_path(lab, gw))))
+            str(cluster.vici_path(lab, gw)), str(health_file(lab, gw))))
 
 
 def start(lab: Lab, gw: str) -> None:
@@ -62,6 +62,30 @@ def start(lab: Lab, gw: str) -> None:
     lab.spawn(gw, "hasync", [sys.executable, "-m", "hasync", "daemon", "--config",
                              str(lab.etc_dir(gw) / "hasync.toml")],
               env={"PYTHONDONTWRITEBYTECODE": "1"})
+
+
+HEALTH_CHECK = Path(__file__).resolve().parents[2] / "deploy" / "hasync-health-check"
+
+
+def health_file(lab: Lab, gw: str) -> Path:
+    """Where `gw`'s hasync writes its health verdict."""
+    return lab.run_dir(gw) / "hasync.health"
+
+
+def health_cmd(lab: Lab, gw: str) -> str:
+    """The command keepalived's track_script runs on `gw` (as deploy/ configures it)."""
+    return f"/bin/sh {HEALTH_CHECK} {health_file(lab, gw)} {confgen.LAB_HEALTH_MAX_AGE_S}"
+
+
+def wait_synced(lab: Lab, gw: str, timeout: float = 180) -> None:
+    """Wait until `gw`'s hasync has caught up and replayed the journal into its charon."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        st = status(lab, gw)
+        if st and st["synced"] and st["lag"] == 0:
+            return
+        time.sleep(0.5)
+    raise LabError(f"hasync on {gw} did not sync within {timeout:.0f} s")
 
 
 def status(lab: Lab, gw: str) -> dict[str, Any] | None:

@@ -87,6 +87,7 @@ class LocalCluster:
 name = "{node.name}"
 state_dir = "{node.dir / 'state'}"
 control_socket = "{node.sock}"
+health_file = "{node.dir / 'run' / 'health'}"
 [cluster]
 name = "test"
 key_file = "{node.dir / 'cluster.key'}"

@@ -1,15 +1,21 @@
-# hasync.lab.pcap: ESP packets out of a classic libpcap capture, for the lab's replay checks.
+# hasync.lab.pcap: ESP and IKE packets out of a classic libpcap capture, for the lab's checks.
 # Rules: parsing is pure (bytes in, frozen dataclasses out); only read_pcap touches the file
 # system. Both byte orders and the usec and nsec magics are read; link types are Ethernet (with
 # VLAN tags), Linux cooked SLL and SLL2, and raw IP. ESP is IP protocol 50, or UDP with port 4500
-# on either side (NAT-T, RFC 3948), where a lone 0xff byte is a NAT-keepalive and a payload
-# starting with four zero bytes is IKE (the non-ESP marker); both are skipped. A frame that
-# cannot be ESP is skipped and counted, never fatal; a frame that may be ESP but is cut before
-# the 8 header bytes (SPI, sequence number) counts as short. Lengths come from the IP and UDP
-# headers, never the frame, so Ethernet padding is ignored. Later IP fragments are skipped.
+# on either side (NAT-T, RFC 3948), where a lone 0xff byte is a NAT-keepalive (skipped) and a
+# payload starting with four zero bytes (the non-ESP marker) is IKE. IKE is also UDP with port
+# 500 on either side and no marker (port 4500 wins when both appear). An IKE packet is its
+# 28-byte IKEv2 header (RFC 7296 3.1): major version 2 and a length of at least 28, else the
+# frame is other. A frame that cannot be ESP or IKE is skipped and counted, never fatal; a frame
+# that may be ESP but is cut before the 8 header bytes (SPI, sequence number), or may be IKE but
+# is cut inside the 28-byte header, counts as short. Lengths come from the IP and UDP headers,
+# never the frame, so Ethernet padding is ignored. Later IP fragments are skipped (a fragmented
+# IKE message is seen through its first fragment).
 # A broken file header raises PcapError (a ValueError) with the byte offset; so does a record
 # whose length is absurd. A file that ends inside a record (tcpdump still writing) is not an
 # error: the reading stops there and the capture says so.
+# Analysis (seq_reuse, spi_summary, seq_jumps, ike_sa_inits) is pure; times are the capture's
+# own (wall clock), the caller maps them.
 
 import socket
 import struct
@@ -37,9 +43,19 @@ LINKTYPES = frozenset(
     }
 )
 NATT_PORT = 4500
+IKE_PORT = 500
 IPPROTO_UDP = 17
 IPPROTO_ESP = 50
 ESP_HEADER_LEN = 8
+IKE_HEADER_LEN = 28
+NON_ESP_MARKER = b"\x00\x00\x00\x00"
+# IKEv2 exchange types and header flags (RFC 7296 3.1)
+IKE_SA_INIT = 34
+IKE_AUTH = 35
+CREATE_CHILD_SA = 36
+INFORMATIONAL = 37
+FLAG_INITIATOR = 0x08
+FLAG_RESPONSE = 0x20
 
 _GLOBAL_HEADER_LEN = 24
 _RECORD_HEADER_LEN = 16
@@ -51,15 +67,15 @@ _ETH_VLAN_TAGS = frozenset({0x8100, 0x88A8, 0x9100})
 _IPV6_EXT_HEADERS = frozenset({0, 43, 44, 60})
 _IPV6_FRAGMENT = 44
 
-# Verdicts for frames that are not an EspPacket.
+# Verdicts for frames that are neither an EspPacket nor an IkePacket.
 SHORT = "short"
 KEEPALIVE = "keepalive"
-IKE = "ike"
 OTHER = "other"
 
 _U16 = struct.Struct("!H")
 _ESP = struct.Struct("!II")
 _UDP = struct.Struct("!HHH")
+_IKE = struct.Struct("!QQBBBBII")
 
 
 class PcapError(ValueError):
@@ -83,8 +99,27 @@ class EspPacket:
 
 
 @dataclass(frozen=True)
+class IkePacket:
+    """One IKEv2 packet: capture time, addresses, UDP ports and its IKE header's fields."""
+
+    ts: float
+    src: str
+    dst: str
+    sport: int
+    dport: int
+    ispi: int
+    rspi: int
+    exchange: int  # IKE_SA_INIT, IKE_AUTH, CREATE_CHILD_SA, INFORMATIONAL, ...
+    flags: int  # FLAG_INITIATOR (0x08), FLAG_RESPONSE (0x20)
+    msgid: int
+
+
+Decoded = EspPacket | IkePacket | str  # a packet, or the reason the frame was skipped
+
+
+@dataclass(frozen=True)
 class PcapCapture:
-    """The ESP packets of a capture and counts of the frames skipped, by reason."""
+    """The ESP and IKE packets of a capture and counts of the frames skipped, by reason."""
 
     linktype: int
     nanosecond: bool
@@ -93,9 +128,21 @@ class PcapCapture:
     frames: int
     short: int
     keepalives: int
-    ike: int
     other: int
     incomplete_tail: bool
+    ike: tuple[IkePacket, ...] = ()
+
+
+@dataclass(frozen=True)
+class SeqJump:
+    """One SPI's sequence numbers across a fault: last before, first after, and the rate."""
+
+    spi: int
+    last_before: int  # highest sequence number seen before the fault
+    first_after: int  # sequence number of the first packet (by time) at or after the fault
+    seq_skipped: int  # first_after - last_before - 1; negative: numbers used again
+    packets_2s: int  # packets of the SPI in the rate window before the fault
+    rate_pps: float  # packets_2s / the window
 
 
 @dataclass(frozen=True)
@@ -143,12 +190,13 @@ def parse_header(data: bytes) -> PcapHeader:
 
 
 def parse_pcap(data: bytes) -> PcapCapture:
-    """Extract the ESP packets of a classic pcap file held in memory."""
+    """Extract the ESP and IKE packets of a classic pcap file held in memory."""
     header = parse_header(data)
     record = struct.Struct(header.endian + "IIII")
     scale = 1e-9 if header.nanosecond else 1e-6
     max_len = max(header.snaplen, _MAX_RECORD_LEN)
     packets: list[EspPacket] = []
+    ike: list[IkePacket] = []
     skipped: Counter[str] = Counter()
     frames, off, incomplete = 0, _GLOBAL_HEADER_LEN, False
     while off < len(data):
@@ -166,6 +214,8 @@ def parse_pcap(data: bytes) -> PcapCapture:
         verdict = decode_frame(header.linktype, data[body : body + incl_len], sec + frac * scale)
         if isinstance(verdict, EspPacket):
             packets.append(verdict)
+        elif isinstance(verdict, IkePacket):
+            ike.append(verdict)
         else:
             skipped[verdict] += 1
         off = body + incl_len
@@ -177,19 +227,19 @@ def parse_pcap(data: bytes) -> PcapCapture:
         frames=frames,
         short=skipped[SHORT],
         keepalives=skipped[KEEPALIVE],
-        ike=skipped[IKE],
         other=skipped[OTHER],
         incomplete_tail=incomplete,
+        ike=tuple(ike),
     )
 
 
 def read_pcap(path: str | Path) -> PcapCapture:
-    """Read a capture file and extract its ESP packets."""
+    """Read a capture file and extract its ESP and IKE packets."""
     return parse_pcap(Path(path).read_bytes())
 
 
-def decode_frame(linktype: int, frame: bytes, ts: float) -> EspPacket | str:
-    """Decode one captured frame: an EspPacket, or the reason it was skipped."""
+def decode_frame(linktype: int, frame: bytes, ts: float) -> Decoded:
+    """Decode one captured frame: an EspPacket, an IkePacket, or the reason it was skipped."""
     link = _network_start(linktype, frame)
     if isinstance(link, str):
         return link
@@ -225,7 +275,7 @@ def _network_start(linktype: int, frame: bytes) -> tuple[int, int] | str:
     return {4: _ETH_P_IP, 6: _ETH_P_IPV6}.get(version, 0), 0
 
 
-def _ipv4(frame: bytes, off: int, ts: float) -> EspPacket | str:
+def _ipv4(frame: bytes, off: int, ts: float) -> Decoded:
     """Decode an IPv4 packet starting at off."""
     if len(frame) < off + 20:
         return SHORT
@@ -244,7 +294,7 @@ def _ipv4(frame: bytes, off: int, ts: float) -> EspPacket | str:
     return _transport(frame[off + ihl : end], frame[off + 9], src, dst, ts)
 
 
-def _ipv6(frame: bytes, off: int, ts: float) -> EspPacket | str:
+def _ipv6(frame: bytes, off: int, ts: float) -> Decoded:
     """Decode an IPv6 packet starting at off, walking the common extension headers."""
     if len(frame) < off + 40:
         return SHORT
@@ -270,8 +320,8 @@ def _ipv6(frame: bytes, off: int, ts: float) -> EspPacket | str:
     return _transport(frame[pos:end], next_header, src, dst, ts)
 
 
-def _transport(payload: bytes, proto: int, src: str, dst: str, ts: float) -> EspPacket | str:
-    """Decode the IP payload: plain ESP, or UDP port 4500 carrying ESP, IKE or a keepalive."""
+def _transport(payload: bytes, proto: int, src: str, dst: str, ts: float) -> Decoded:
+    """Decode the IP payload: plain ESP, UDP 500 carrying IKE, or UDP 4500 (see _natt)."""
     if proto == IPPROTO_ESP:
         return _esp(payload, src, dst, ts, udp_encap=False)
     if proto != IPPROTO_UDP:
@@ -279,18 +329,37 @@ def _transport(payload: bytes, proto: int, src: str, dst: str, ts: float) -> Esp
     if len(payload) < 8:
         return SHORT
     sport, dport, udp_len = _UDP.unpack_from(payload)
-    if NATT_PORT not in (sport, dport):
-        return OTHER
     data = payload[8:udp_len] if udp_len >= 8 else payload[8:]
+    if NATT_PORT in (sport, dport):
+        return _natt(data, udp_len, (src, dst, sport, dport), ts)
+    if IKE_PORT in (sport, dport):
+        return _ike(data, (src, dst, sport, dport), ts)
+    return OTHER
+
+
+def _natt(data: bytes, udp_len: int, flow: tuple[str, str, int, int], ts: float) -> Decoded:
+    """Decode a UDP 4500 payload: a NAT-keepalive, IKE after the non-ESP marker, or ESP."""
     if udp_len == 9:
         if data == b"\xff":
             return KEEPALIVE
         return SHORT if not data else OTHER
     if len(data) < 4:
         return SHORT
-    if data[:4] == b"\x00\x00\x00\x00":
-        return IKE
-    return _esp(data, src, dst, ts, udp_encap=True)
+    if data[:4] == NON_ESP_MARKER:
+        return _ike(data[4:], flow, ts)
+    return _esp(data, flow[0], flow[1], ts, udp_encap=True)
+
+
+def _ike(data: bytes, flow: tuple[str, str, int, int], ts: float) -> IkePacket | str:
+    """Read an IKEv2 header; flow is (src, dst, sport, dport)."""
+    if len(data) < IKE_HEADER_LEN:
+        return SHORT
+    ispi, rspi, _next, version, exchange, flags, msgid, length = _IKE.unpack_from(data)
+    if version >> 4 != 2 or length < IKE_HEADER_LEN:
+        return OTHER
+    src, dst, sport, dport = flow
+    return IkePacket(ts=ts, src=src, dst=dst, sport=sport, dport=dport, ispi=ispi, rspi=rspi,
+                     exchange=exchange, flags=flags, msgid=msgid)
 
 
 def _esp(data: bytes, src: str, dst: str, ts: float, *, udp_encap: bool) -> EspPacket | str:
@@ -319,3 +388,33 @@ def spi_summary(packets: Iterable[EspPacket], dst: str | None = None) -> dict[in
         else:
             out[p.spi] = replace(seen, last_seq=p.seq, count=seen.count + 1, last_ts=p.ts)
     return out
+
+
+def seq_jumps(packets: Iterable[EspPacket], dst: str, t_kill: float, *,
+              rate_window_s: float = 2.0) -> list[SeqJump]:
+    """Per SPI to dst seen before and at/after t_kill: its sequence-number jump across it."""
+    if rate_window_s <= 0:
+        raise ValueError(f"rate_window_s must be positive, not {rate_window_s}")
+    last_before: dict[int, int] = {}
+    first_after: dict[int, int] = {}
+    recent: Counter[int] = Counter()
+    order: dict[int, None] = {}  # SPIs in order of first appearance (by time)
+    for p in sorted((p for p in packets if p.dst == dst), key=lambda p: p.ts):
+        order.setdefault(p.spi, None)
+        if p.ts < t_kill:
+            last_before[p.spi] = max(p.seq, last_before.get(p.spi, p.seq))
+            if p.ts >= t_kill - rate_window_s:
+                recent[p.spi] += 1
+        else:
+            first_after.setdefault(p.spi, p.seq)
+    return [SeqJump(spi, last_before[spi], first_after[spi],
+                    first_after[spi] - last_before[spi] - 1, recent[spi],
+                    recent[spi] / rate_window_s)
+            for spi in order if spi in last_before and spi in first_after]
+
+
+def ike_sa_inits(ike: Iterable[IkePacket], start: float, end: float, *,
+                 initiator: str | None = None) -> int:
+    """IKE_SA_INIT request packets in [start, end) (retransmissions count), from initiator."""
+    return sum(1 for p in ike if p.exchange == IKE_SA_INIT and not p.flags & FLAG_RESPONSE
+               and start <= p.ts < end and (initiator is None or p.src == initiator))

@@ -3,7 +3,8 @@ VRRP master, and measure what each client suffers.
 
 Rules: every number in the result is measured (probe logs, client kernels, a capture on each
 client's link, keepalived's FIFO); times are time.monotonic() in one kernel; teardown runs
-whatever happens. The lab carries no hasync yet: the mode is "baseline" (keepalived alone).
+whatever happens. The mode is "baseline" (keepalived alone) or "hasync" (hasync on every
+gateway, keepalived tracking `hasync health`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from .procs import Lab
 
 log = logging.getLogger("hasync.lab")
 PROBE_PORT = 7000
-FAULTS = ("kill", "links", "stop")
+FAULTS = ("kill", "links", "stop", "charon")
 
 
 @dataclass(frozen=True)
@@ -90,8 +91,7 @@ def start_gateways(run: Run, gws: list[str]) -> None:
     for gw in gws:
         run.priorities[gw] = 200 - 10 * int(gw[2:]) + 10
         t0 = time.monotonic()
-        cluster.start_keepalived(lab, gw, run.priorities[gw], spec.timers.advert_int_s, run.vrrp,
-                                 hasyncd.vrrp_fifo(lab, gw) if spec.mode == "hasync" else None)
+        _keepalived(run, gw)
         if not run.vrrp.events:  # one master first: two starting together were both MASTER
             run.vrrp.wait_master(t0, 30)
     log.info("gateways up: %s (%s)", ", ".join(gws), spec.mode)
@@ -143,7 +143,7 @@ def start_traffic(run: Run) -> None:
         lab.spawn(c.name, "tcpdump", ["tcpdump", "-i", "e0", "-n", "-U", "--immediate-mode",
                                       "-Z", "root", "-s", "128",
                                       "-w", str(lab.base / "cap" / f"{c.name}.pcap"),
-                                      "esp or udp port 4500"], private_run=False)
+                                      "esp or udp port 4500 or udp port 500"], private_run=False)
     lab.spawn("srv", "probe", [py, "-m", "hasync.lab.probe", "server", "--bind",
                                f"0.0.0.0:{PROBE_PORT}", "--rate", str(run.spec.rate), "--log",
                                str(lab.base / "probe" / "srv.log")], env=env, private_run=False)
@@ -205,9 +205,13 @@ def fail(run: Run, node: str) -> float:
     """Apply the spec's fault to `node`; return the time it struck."""
     lab, fault = run.lab, run.spec.fault
     t = time.monotonic()
-    if fault == "kill":  # a dead machine: every process gone, and its kernel silent too
-        lab.kill_node(node, signal.SIGKILL)
+    if fault == "kill":  # a dead machine: its kernel silent at once, every process gone
         _links(lab, node, "down")
+        lab.kill_node(node, signal.SIGKILL)
+    elif fault == "charon":  # charon dies; keepalived (tracking hasync health) and hasync stay
+        for n, w, p in lab.procs:
+            if n == node and w == "charon" and p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
     elif fault == "links":
         _links(lab, node, "down")
     else:
@@ -236,10 +240,18 @@ def restore(run: Run, node: str) -> None:
     cluster.wait_charon(lab, node)
     cluster.load_config(lab, node)
     run.priorities[node] = min(run.priorities.values()) - 10
-    cluster.start_keepalived(lab, node, run.priorities[node], run.spec.timers.advert_int_s,
-                             run.vrrp, hasyncd.vrrp_fifo(lab, node)
-                             if run.spec.mode == "hasync" else None)
+    _keepalived(run, node)
+    if run.spec.mode == "hasync":
+        hasyncd.wait_synced(lab, node)
     log.info("%s restored as backup (priority %d)", node, run.priorities[node])
+
+
+def _keepalived(run: Run, gw: str) -> None:
+    """Start keepalived on `gw`; in hasync mode it feeds hasync and tracks `hasync health`."""
+    hasync = run.spec.mode == "hasync"
+    cluster.start_keepalived(run.lab, gw, run.priorities[gw], run.spec.timers.advert_int_s,
+                             run.vrrp, hasyncd.vrrp_fifo(run.lab, gw) if hasync else None,
+                             hasyncd.health_cmd(run.lab, gw) if hasync else None)
 
 
 def artifacts(run: Run) -> None:

@@ -1,0 +1,282 @@
+#!/usr/bin/env python3
+"""Failover benchmark: keepalived alone (baseline) against hasync, on the lab, at N tunnels.
+
+For each tunnel count and mode, one lab run with K failovers (`hasync.lab.runner.run_task`,
+natively or in the VM). Saves every raw number (the full lab results too) and a summary to
+--json, prints a table, draws three PNGs into --plots (outage CDF, one failover's timeline,
+promotion time against N) and, with --markdown, rewrites the results section of a document.
+
+Usage: .venv/bin/python bench/failover.py [--tunnels 10,100,1000] [--repeats 5] [--rate 50]
+           [--json PATH] [--plots DIR] [--runner auto|vm|native] [--from-json PATH]
+           [--markdown docs/benchmarks.md]
+--from-json re-makes the summary, table, plots (and markdown) from a saved JSON, no lab.
+
+Rules: the lab runs one at a time (one VM); a failed lab run is recorded with its error and
+the others still run; the JSON is rewritten after every lab run, so an interrupted benchmark
+keeps what it measured; the numbers come from failover_stats (pure; nearest-rank
+percentiles), the pictures from failover_plots; progress goes to stderr, results to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import failover_stats as stats  # noqa: E402
+
+DEFAULT_JSON = ROOT / "bench" / "results" / "failover.json"
+DEFAULT_PLOTS = ROOT / "bench" / "results"
+LAB_OUT = ROOT / "out" / "bench-failover"  # per lab run: spec, result, daemon logs, captures
+BEGIN, END = "<!-- results -->", "<!-- /results -->"
+COLUMNS = (("mode", 8), ("N", 5), ("fo", 3), ("samples", 7), ("outage p50", 10),
+           ("p99", 8), ("re-est", 6), ("reuse", 5), ("max skip", 8), ("promo p50", 9),
+           ("promo max", 9), ("vrrp p50", 8), ("mdown", 6))
+Doc = dict[str, Any]
+
+
+def _cell(v: object) -> str:
+    """A number as a cell: ms below 100 with one decimal, others whole; '-' for missing."""
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.1f}" if abs(v) < 100 else f"{v:.0f}"
+    return str(v)
+
+
+def row_cells(g: Doc) -> list[str]:
+    """The table cells of one summary group (mode, tunnel count)."""
+    promo = g["promotion_total_ms"] or {}
+    return [g["mode"], str(g["tunnels"]), str(g["failovers"]), str(g["samples"]),
+            _cell(g["outage_ms"]["median"]), _cell(g["outage_ms"]["p99"]),
+            _cell(g["reestablished"]), _cell(g["seq_reuse"]), _cell(g["seq_skipped_max"]),
+            _cell(promo.get("median")), _cell(promo.get("max")),
+            _cell(g["vrrp_detect_ms"]["median"]), _cell(g["master_down_ms"]["max"])]
+
+
+def _verdict(ok: bool | None) -> str:
+    return {True: "pass", False: "FAIL", None: "n/a"}[ok]
+
+
+def check_lines(summary: Doc) -> list[str]:
+    """One line per check, then the promotion fit."""
+    lines = [f"{_verdict(c['pass']):>4}  {c['mode']}"
+             f"{'' if c['tunnels'] is None else ' N=' + str(c['tunnels'])}: {c['name']} "
+             f"(value {_cell(c['value'])}, limit {_cell(c['limit'])})"
+             for c in summary["checks"]["items"]]
+    sc = summary["promotion_scaling"]
+    fit = sc.get("fit")
+    if fit:
+        lines.append(f"promotion fit: {fit['intercept_ms']:.1f} ms + "
+                     f"{fit['slope_ms_per_tunnel']:.4f} ms/tunnel x N (r^2 {fit['r2']:.2f}, "
+                     f"{fit['points']} failovers); growth exponent {_cell(sc['exponent'])}")
+    lines.append(f"overall: {'pass' if summary['checks']['pass'] else 'FAIL'}")
+    return lines
+
+
+def conditions_line(c: Doc) -> str:
+    """Under what the numbers were made, on one line."""
+    m = c.get("machine") or {}
+    vm = m.get("vm")
+    where = f"VM {vm['cpus']} vCPUs, {vm['memory']} under QEMU/TCG on " if vm and \
+        c.get("runner") == "vm" else ""
+    return (f"runner {_cell(c.get('runner'))}, kernel {_cell(c.get('kernel'))}, advert_int "
+            f"{_cell(c.get('advert_int_s'))} s, rate {_cell(c.get('rate_pps'))} pkt/s each way, "
+            f"{_cell(c.get('failovers_per_run'))} failovers per lab run, fault "
+            f"{_cell(c.get('fault'))}; machine: {where}{m.get('cpus', '?')} CPUs "
+            f"({m.get('cpu_model', '?')}), {m.get('memory', '?')}, {m.get('platform', '?')}")
+
+
+def table(summary: Doc) -> str:
+    """The printed table: conditions, one row per mode and tunnel count, the checks."""
+    lines = [conditions_line(summary["conditions"]),
+             "  ".join(name.rjust(w) for name, w in COLUMNS)]
+    for g in summary["groups"]:
+        cells = row_cells(g)
+        lines.append("  ".join(v.rjust(w) for v, (_, w) in zip(cells, COLUMNS, strict=True))
+                     + (f"  error: {g['error']}" if g["error"] else ""))
+    lines.append("times in ms; outage over every tunnel of every failover, nearest-rank p99")
+    return "\n".join(lines + check_lines(summary))
+
+
+MD_HEADER = ("mode", "tunnels", "failovers", "tunnel failovers", "outage median (ms)",
+             "outage p99 (ms)", "re-established", "seq reuse", "max seq skipped",
+             "promotion median (ms)", "promotion max (ms)", "VRRP detect median (ms)",
+             "master-down (ms)")
+
+
+def render_markdown(summary: Doc, plots: str = "../bench/results") -> str:
+    """The results section of docs/benchmarks.md: conditions, table, checks, plots."""
+    lines = [f"Conditions: {conditions_line(summary['conditions'])}.", "",
+             "| " + " | ".join(MD_HEADER) + " |", "|" + " --- |" * len(MD_HEADER)]
+    lines += ["| " + " | ".join(row_cells(g)) + " |" for g in summary["groups"]]
+    errors = [f"- {g['mode']} N={g['tunnels']}: lab run failed: {g['error']}"
+              for g in summary["groups"] if g["error"]]
+    lines += ["", "Percentiles are nearest-rank over every tunnel of every failover of a row;"
+              " master-down is the largest of the row's failovers.", *errors, "",
+              "Checks:", ""]
+    lines += [f"- {line}" for line in check_lines(summary)]
+    lines += ["", f"![outage CDF, baseline vs hasync]({plots}/failover_outage_cdf.png)",
+              f"![one failover, probe gaps per tunnel]({plots}/failover_timeline.png)",
+              f"![promotion time against tunnel count]({plots}/failover_promotion.png)"]
+    return "\n".join(lines)
+
+
+def replace_results(text: str, block: str) -> str:
+    """`text` with what lies between the results markers replaced by `block`."""
+    start, end = text.find(BEGIN), text.find(END)
+    if start < 0 or end < start:
+        raise ValueError(f"no {BEGIN} ... {END} markers")
+    return text[:start + len(BEGIN)] + "\n" + block.rstrip("\n") + "\n" + text[end:]
+
+
+def progress_line(done: int, total: int, now: str, elapsed_s: float, width: int = 20) -> str:
+    """`[####......] 3/8 hasync N=100  elapsed 12m04s  ETA 16m05s` (ETA: mean run so far)."""
+    bar = "#" * (width * done // total) + "." * (width - width * done // total)
+    eta = _dur(elapsed_s / done * (total - done)) if done else "?"
+    return f"[{bar}] {done}/{total} {now}  elapsed {_dur(elapsed_s)}  ETA {eta}"
+
+
+def _dur(s: float) -> str:
+    h, rest = divmod(int(s), 3600)
+    return f"{h}h{rest // 60:02d}m" if h else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def machine_info() -> Doc:
+    """The host: CPUs, CPU model, memory, platform, Python (and the VM's size)."""
+    model, mem = "?", "?"
+    for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            mem = f"{int(line.split()[1]) / 2**20:.0f} GiB"
+    from hasync.lab import runner
+    return {"cpus": os.cpu_count(), "cpu_model": model, "memory": mem,
+            "platform": platform.platform(), "python": platform.python_version(),
+            "vm": {"cpus": runner.VM_CPUS, "memory": runner.VM_MEMORY}}
+
+
+def lab_spec(mode: str, tunnels: int, repeats: int, rate: float) -> Any:
+    """The LabSpec of one lab run; SystemExit when LabSpec has no `tunnels` field yet."""
+    from hasync.lab.scenario import LabSpec
+    if "tunnels" not in {f.name for f in dataclasses.fields(LabSpec)}:
+        raise SystemExit("hasync.lab.scenario.LabSpec has no `tunnels` field: this lab cannot "
+                         "spread N tunnels over its clients yet, so the benchmark cannot run")
+    return dataclasses.replace(LabSpec(mode=mode, failovers=repeats, rate=rate),
+                               tunnels=tunnels)
+
+
+def preflight(which: str) -> None:
+    """Root and the runner's tools, as run_task checks them first; SystemExit if missing."""
+    from hasync.lab import prereq, runner
+    try:
+        runner.check(which if which != "auto" else "vm")
+    except prereq.LabError as e:
+        raise SystemExit(f"the lab cannot run here: {e}") from e
+
+
+def one_run(mode: str, n: int, a: argparse.Namespace) -> Doc:
+    """One lab run; a failure is recorded, not raised (Ctrl-C still stops everything)."""
+    from hasync.lab import runner
+    spec = lab_spec(mode, n, a.repeats, a.rate)
+    t0 = time.monotonic()
+    try:
+        res, err = runner.run_task("failover", spec, LAB_OUT / f"{mode}-n{n}", a.runner,
+                                   runner.vm_budget(spec)), None
+    except Exception as e:  # a failed run is a result; the others still run
+        res, err = None, f"{type(e).__name__}: {e}"
+    return {"mode": mode, "tunnels": n, "elapsed_s": round(time.monotonic() - t0, 1),
+            "error": err, "result": res}
+
+
+def run_all(a: argparse.Namespace) -> Doc:
+    """Every lab run, saving the document after each; returns the final document."""
+    plan = [(mode, n) for n in a.tunnels for mode in stats.MODES]
+    lab_spec(*plan[0], a.repeats, a.rate)  # no `tunnels` field: fail before any boot
+    preflight(a.runner)
+    params = {"tunnels": a.tunnels, "repeats": a.repeats, "rate_pps": a.rate,
+              "runner": a.runner}
+    machine, runs, t0 = machine_info(), [], time.monotonic()
+    extra = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    doc = stats.document(params, machine, runs, extra)
+    for k, (mode, n) in enumerate(plan):
+        print(progress_line(k, len(plan), f"{mode} N={n}", time.monotonic() - t0),
+              file=sys.stderr, flush=True)
+        runs.append(one_run(mode, n, a))
+        extra["duration_s"] = round(time.monotonic() - t0, 1)
+        doc = stats.document(params, machine, runs, extra)
+        save_json(doc, a.json)
+    print(progress_line(len(plan), len(plan), "done", time.monotonic() - t0),
+          file=sys.stderr, flush=True)
+    return doc
+
+
+def save_json(doc: Doc, path: Path) -> None:
+    """Write the document (atomically: a reader never sees half of it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def redo(saved: Doc) -> Doc:
+    """A saved document with its records and summary made anew from its raw runs."""
+    extra = {k: saved[k] for k in ("started", "duration_s") if k in saved}
+    return stats.document(saved.get("params", {}), saved.get("machine", {}),
+                          saved.get("runs", []), extra)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line."""
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    ap.add_argument("--tunnels", default="10,100,1000",
+                    type=lambda s: sorted({int(x) for x in s.split(",") if x.strip()}),
+                    help="tunnel counts, comma-separated (default 10,100,1000)")
+    ap.add_argument("--repeats", type=int, default=5, help="failovers per lab run")
+    ap.add_argument("--rate", type=float, default=50.0, help="probe packets/s each way")
+    ap.add_argument("--json", type=Path, default=DEFAULT_JSON, help="write the results here")
+    ap.add_argument("--plots", type=Path, default=DEFAULT_PLOTS, help="write the PNGs here")
+    ap.add_argument("--runner", choices=("auto", "vm", "native"), default="auto")
+    ap.add_argument("--from-json", type=Path, help="no lab: redo the outputs from this JSON")
+    ap.add_argument("--markdown", type=Path, help="rewrite this document's results section")
+    a = ap.parse_args(argv)
+    if not a.tunnels or min(a.tunnels) < 1 or a.repeats < 1:
+        ap.error("--tunnels needs counts of 1 or more, --repeats 1 or more")
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run (or reload), save, print, plot, and optionally rewrite the markdown."""
+    a = parse_args(argv)
+    if a.from_json:
+        doc = redo(json.loads(a.from_json.read_text()))
+    else:
+        import logging
+        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+        doc = run_all(a)
+    save_json(doc, a.json)
+    print(table(doc["summary"]))
+    import failover_plots
+    for p in failover_plots.plot_all(doc, a.plots):
+        print(f"plot: {p}")
+    print(f"written to {a.json}")
+    if a.markdown:
+        rel = os.path.relpath(a.plots.resolve(), a.markdown.resolve().parent)
+        text = replace_results(a.markdown.read_text(), render_markdown(doc["summary"], rel))
+        a.markdown.write_text(text)
+        print(f"results section of {a.markdown} rewritten")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""`hasync health`'s verdict: is this node fit to hold the VIP?
+
+Rules: pure (no IO, no clock; imports only math and typing), so that the command keepalived
+runs every second stays cheap; the daemon's answer to the control command "health" is
+untrusted input: a missing or mistyped field is a failed check with its reason, never an
+exception; one short reason per failed check, in a fixed order (vici, control, HA stream,
+Raft); a lost Raft majority is not a failed check (docs/decisions.md, Health).
+
+The daemon's answer:
+    {"node": str, "role": "joining|backup|master|fault", "ha_rx_age_s": float | None,
+     "ha_timeout_s": float, "raft_joined": bool, "raft_leader": str | None}
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def _seconds(value: Any) -> float | None:
+    """`value` as a finite, non-negative number of seconds, or None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if not math.isfinite(value) or value < 0:
+        return None
+    return float(value)
+
+
+def _ha_reason(resp: dict[str, Any]) -> str | None:
+    """Why the local charon's HA stream is unhealthy, or None."""
+    limit = _seconds(resp.get("ha_timeout_s"))
+    if limit is None:
+        return "hasync's health answer has no valid ha_timeout_s"
+    age = resp.get("ha_rx_age_s")
+    if age is None:
+        return "no HA datagram from charon since hasync started"
+    seconds = _seconds(age)
+    if seconds is None:
+        return "hasync's health answer has no valid ha_rx_age_s"
+    if seconds > limit:
+        return f"no HA datagram from charon for {seconds:.1f} s (limit {limit:.1f} s)"
+    return None
+
+
+def verdict(resp: dict[str, Any] | None, vici_ok: bool, vici_error: str | None, *,
+            control_error: str | None = None) -> tuple[bool, list[str]]:
+    """(healthy, reasons) from the daemon's "health" answer and the vici check."""
+    reasons: list[str] = []
+    if not vici_ok:
+        reasons.append(f"charon does not answer over vici ({vici_error or 'no reason given'})")
+    if not isinstance(resp, dict):
+        detail = f": {control_error}" if control_error else ""
+        reasons.append(f"hasync does not answer on its control socket{detail}")
+        return False, reasons
+    ha = _ha_reason(resp)
+    if ha is not None:
+        reasons.append(ha)
+    # raft_leader is not looked at: a lone survivor without a majority must keep the VIP.
+    if resp.get("raft_joined") is not True:
+        reasons.append("not yet caught up with the Raft journal")
+    return not reasons, reasons

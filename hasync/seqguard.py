@@ -1,0 +1,238 @@
+"""The sequence-number guard: journaled outbound marks and inbound replay state per ESP SA, and
+the replay-state writes that keep a new master from ever reusing an outbound (SPI, seq).
+
+Rules: pure (no IO, no clocks: `now` is monotonic seconds passed in); the argument that makes
+the writes safe is docs/takeover.md, and every constant here is named there. In short:
+- the master journals, per SA, a mark M ahead of its kernel's oseq by `Reserve.ahead(rate)`
+  (rate: the SA's peak outbound rate over the last RATE_WINDOW_S) and renews it, through Raft,
+  once fewer than half of that reserve is left; a kernel oseq past the node's own committed
+  mark is counted as a violation (the assumption behind the bound failed);
+- every other node keeps each SA's kernel oseq at M + `Reserve.takeover(rate)`, so whatever it
+  sends once it holds the VIP, before its own first mark commits, lies above anything the old
+  master can have sent, and M + takeover covers what a new master sends before it journals;
+- inbound replay state (seq, bitmap) is journaled at least every `inbound_interval_s` while it
+  moves and restored forward only, so packets the old master accepted stay rejected;
+- a promotion without a Raft majority adds `no_quorum` to every target;
+- counters only move forward; a non-ESN target past 2^32 - 1 is clamped there, which stops the
+  SA (the kernel refuses to wrap) instead of reusing a number.
+The kernel semantics are torvalds/linux net/xfrm/xfrm_replay.c (xfrm_replay_overflow*: the
+next packet carries oseq + 1).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+SaKey = tuple[str, int, int]  # (destination address, SPI, IPPROTO_*): how XFRM names an SA
+U32_MAX = 0xFFFFFFFF
+U64_MAX = 0xFFFFFFFFFFFFFFFF
+RATE_WINDOW_S = 3.0  # peak rate over this window sizes the reserve
+RACE_MARGIN = 64  # an outbound write lands at least this far past the oseq just read
+RACE_S = 0.1  # and at least this long at the journaled rate (NEWAE is not compare-and-set)
+PRUNE_AFTER_S = 60.0  # a record whose SA left the master's kernel this long ago is dropped
+
+
+@dataclass(frozen=True, slots=True)
+class Reserve:
+    """How far ahead marks and takeover targets lie (docs/takeover.md derives each value)."""
+
+    floor: int = 768  # packets: mark ahead of oseq at least this much
+    horizon_s: float = 0.8  # and at least this long at the SA's peak rate
+    takeover_floor: int = 576  # a backup's target lies this far past the mark at least
+    takeover_horizon_s: float = 1.0  # and at least this long at the journaled rate
+    no_quorum: int = 1 << 22  # added to every target of a promotion without a majority
+    inbound_interval_s: float = 0.5  # journal moving inbound state at least this often
+
+    def ahead(self, rate: float) -> int:
+        """How far ahead of the kernel's oseq the master puts its mark."""
+        return max(self.floor, math.ceil(rate * self.horizon_s))
+
+    def takeover(self, rate: float) -> int:
+        """How far past the journaled mark a new master starts."""
+        return max(self.takeover_floor, math.ceil(rate * self.takeover_horizon_s))
+
+    def bound(self, rate: float) -> int:
+        """The most a failover can skip on an SA at `rate`: ahead + takeover."""
+        return self.ahead(rate) + self.takeover(rate)
+
+
+@dataclass(frozen=True, slots=True)
+class KernelSa:
+    """One SA's replay state as the kernel reports it (64-bit counters for ESN SAs)."""
+
+    key: SaKey
+    esn: bool
+    oseq: int
+    seq: int
+    bitmap: tuple[int, ...]  # non-ESN: (bitmap,); ESN: the bmp words
+    window: int  # replay window in packets
+    reqid: int = 0  # charon keeps a CHILD_SA's reqid across rekeys
+
+
+@dataclass(frozen=True, slots=True)
+class SeqRecord:
+    """What the journal holds per SA; no key material."""
+
+    key: SaKey
+    mark: int  # outbound: `node` sends nothing above this before a higher mark commits
+    seq: int  # inbound: highest sequence number accepted when journaled
+    bitmap: tuple[int, ...]
+    rate: float  # peak outbound packets/s the mark was sized from
+    node: str  # the master that journaled it
+    ts: float  # wall-clock time of journaling (shown in status, used for pruning)
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """One replay-state write: set the SA to these counters."""
+
+    sa: KernelSa
+    oseq: int
+    seq: int
+    bitmap: tuple[int, ...]
+
+    @property
+    def jump(self) -> int:
+        """How far the outbound counter moves."""
+        return self.oseq - self.sa.oseq
+
+
+class RateMeter:
+    """Peak rate of one counter over the last RATE_WINDOW_S (samples from successive ticks)."""
+
+    def __init__(self) -> None:
+        self.samples: deque[tuple[float, int]] = deque()
+
+    def update(self, now: float, value: int) -> float:
+        """Add a sample; return the peak rate between successive samples in the window."""
+        if self.samples and value < self.samples[-1][1]:
+            self.samples.clear()  # the counter was reset (a new SA under the same key)
+        self.samples.append((now, value))
+        while len(self.samples) > 2 and now - self.samples[1][0] > RATE_WINDOW_S:
+            self.samples.popleft()
+        peak = 0.0
+        for (t0, v0), (t1, v1) in zip(self.samples, list(self.samples)[1:], strict=False):
+            if t1 > t0:
+                peak = max(peak, (v1 - v0) / (t1 - t0))
+        return peak
+
+
+@dataclass
+class TrackerStats:
+    """What the master's tracker has done since it started (shown by `hasync status`)."""
+
+    renewals: int = 0
+    inbound_updates: int = 0
+    violations: int = 0
+    max_overrun: int = 0  # the largest oseq - own committed mark seen (0 if never)
+    tracked: int = 0
+
+
+@dataclass
+class SeqTracker:
+    """The master's side: decides which SA records to journal next (one tick at a time)."""
+
+    node: str
+    reserve: Reserve = field(default_factory=Reserve)
+    meters: dict[SaKey, RateMeter] = field(default_factory=dict)
+    inbound_at: dict[SaKey, float] = field(default_factory=dict)
+    lineage: dict[tuple[int, str], tuple[float, float]] = field(default_factory=dict)
+    stats: TrackerStats = field(default_factory=TrackerStats)
+
+    def observe(self, sas: Iterable[KernelSa], committed: Mapping[SaKey, SeqRecord],
+                now: float, wall: float) -> tuple[list[SeqRecord], list[SaKey]]:
+        """Records to journal now, and keys to forget (SAs long gone from the kernel)."""
+        out: list[SeqRecord] = []
+        seen: set[SaKey] = set()
+        for sa in sas:
+            seen.add(sa.key)
+            rate = self._rate(sa, now)
+            rec = self._one(sa, committed.get(sa.key), rate, now, wall)
+            if rec is not None:
+                out.append(rec)
+        for key in [k for k in self.meters if k not in seen]:
+            del self.meters[key]
+            self.inbound_at.pop(key, None)
+        for lin in [k for k, (t, _) in self.lineage.items() if now - t > 2 * RATE_WINDOW_S]:
+            del self.lineage[lin]
+        gone = [k for k, r in committed.items() if k not in seen and wall - r.ts > PRUNE_AFTER_S]
+        self.stats.tracked = len(seen)
+        return out, gone
+
+    def submitted(self, records: Iterable[SeqRecord], now: float) -> None:
+        """Note records handed to the journal (observe() returned them)."""
+        for rec in records:
+            self.stats.renewals += 1
+            if rec.seq:
+                self.stats.inbound_updates += 1
+                self.inbound_at[rec.key] = now
+
+    def _rate(self, sa: KernelSa, now: float) -> float:
+        """The SA's peak rate; a new SA starts from its predecessor's (same reqid and peer),
+        since a rekeyed CHILD_SA carries the old one's traffic from its first packet."""
+        rate = self.meters.setdefault(sa.key, RateMeter()).update(now, sa.oseq)
+        lineage = (sa.reqid, sa.key[0])
+        t, inherited = self.lineage.get(lineage, (now, 0.0))
+        if now - t > RATE_WINDOW_S:
+            inherited = 0.0
+        if sa.reqid:
+            self.lineage[lineage] = (now, rate) if rate >= inherited else (t, inherited)
+        return max(rate, inherited)
+
+    def _one(self, sa: KernelSa, rec: SeqRecord | None, rate: float, now: float,
+             wall: float) -> SeqRecord | None:
+        """The record to journal for one SA, or None if the committed one still holds."""
+        ahead = self.reserve.ahead(rate)
+        own = rec is not None and rec.node == self.node
+        if own and rec is not None and sa.oseq > rec.mark:
+            self.stats.violations += 1
+            self.stats.max_overrun = max(self.stats.max_overrun, sa.oseq - rec.mark)
+        out_due = sa.oseq > 0 and (not own or rec is None or rec.mark - sa.oseq < ahead // 2)
+        in_due = sa.seq > 0 and (rec is None or (sa.seq > rec.seq and (
+            sa.seq - rec.seq >= ahead // 2
+            or now - self.inbound_at.get(sa.key, -math.inf) >= self.reserve.inbound_interval_s)))
+        if rec is None and sa.oseq == 0 and sa.seq == 0:
+            out_due = True  # journal every SA at once: its rate and its existence
+        if not (out_due or in_due):
+            return None
+        mark = rec.mark if own and rec is not None else 0
+        if out_due:
+            mark = max(mark, sa.oseq + ahead)
+        seq, bitmap = (sa.seq, sa.bitmap) if rec is None or sa.seq >= rec.seq else (
+            rec.seq, rec.bitmap)
+        return SeqRecord(sa.key, mark, seq, bitmap, round(rate, 1), self.node, wall)
+
+
+def _fit(bitmap: tuple[int, ...], sa: KernelSa) -> tuple[int, ...]:
+    """A journaled bitmap shaped like the kernel SA's (zeros if the shapes differ)."""
+    if len(bitmap) == len(sa.bitmap):
+        return bitmap
+    return (0,) * len(sa.bitmap)
+
+
+def target_oseq(sa: KernelSa, rec: SeqRecord | None, reserve: Reserve, extra: int = 0) -> int:
+    """The outbound counter a non-master keeps (and a new master starts from) for `sa`."""
+    mark, rate = (rec.mark, rec.rate) if rec is not None else (0, 0.0)
+    target = mark + reserve.takeover(rate) + extra
+    return min(target, U64_MAX if sa.esn else U32_MAX)
+
+
+def plan_writes(sas: Iterable[KernelSa], records: Mapping[SaKey, SeqRecord],
+                reserve: Reserve, extra: int = 0) -> list[Write]:
+    """Writes that move every SA's counters up to the journal's targets; never down."""
+    writes = []
+    for sa in sas:
+        rec = records.get(sa.key)
+        oseq = max(sa.oseq, target_oseq(sa, rec, reserve, extra))
+        if oseq > sa.oseq:  # the kernel may send between our read and this write
+            margin = max(RACE_MARGIN, math.ceil((rec.rate if rec else 0.0) * RACE_S))
+            oseq = min(max(oseq, sa.oseq + margin), U64_MAX if sa.esn else U32_MAX)
+        seq, bitmap = sa.seq, sa.bitmap
+        if rec is not None and rec.seq > sa.seq:
+            seq, bitmap = rec.seq, _fit(rec.bitmap, sa)
+        if oseq != sa.oseq or seq != sa.seq:
+            writes.append(Write(sa, oseq, seq, bitmap))
+    return writes

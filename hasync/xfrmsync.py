@@ -1,0 +1,82 @@
+"""The kernel side of the sequence guard: read every SA's replay state, write the guard's plans.
+
+Rules: a thin blocking adapter over `hasync.xfrm.socket.XfrmSocket`, run by the daemon on one
+worker thread (the socket is used by one thread at a time); conversions between the kernel's
+structs and `seqguard.KernelSa` are pure functions; a failed write is reported with the SA and
+the kernel's error and never stops the other writes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .seqguard import KernelSa, Write
+from .xfrm.errors import XfrmError
+from .xfrm.model import SaInfo
+from .xfrm.socket import XfrmSocket
+from .xfrm.structs import ReplayStateEsn
+
+
+def kernel_sa(info: SaInfo) -> KernelSa | None:
+    """The guard's view of one dumped SA; None if the kernel gave no replay state."""
+    key = (str(info.id.daddr), info.id.spi, info.id.proto)
+    if info.replay_esn is not None:
+        r = info.replay_esn
+        return KernelSa(key, True, r.oseq64, r.seq64, tuple(r.bmp), r.replay_window,
+                        info.reqid)
+    if info.replay is not None:
+        r1 = info.replay
+        return KernelSa(key, False, r1.oseq, r1.seq, (r1.bitmap,), info.replay_window,
+                        info.reqid)
+    return None
+
+
+def esn_state(w: Write) -> ReplayStateEsn:
+    """The XFRMA_REPLAY_ESN_VAL that sets an ESN SA to `w`'s counters."""
+    return ReplayStateEsn(bmp_len=len(w.bitmap), oseq=w.oseq & 0xFFFFFFFF, seq=w.seq & 0xFFFFFFFF,
+                          oseq_hi=w.oseq >> 32, seq_hi=w.seq >> 32, replay_window=w.sa.window,
+                          bmp=tuple(w.bitmap))
+
+
+@dataclass
+class WriteResult:
+    """What a batch of writes did."""
+
+    done: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+class KernelSas:
+    """One XFRM socket for the daemon's worker thread."""
+
+    def __init__(self) -> None:
+        self.sock = XfrmSocket(timeout=2.0)
+
+    def close(self) -> None:
+        """Close the socket."""
+        self.sock.close()
+
+    def snapshot(self) -> list[KernelSa]:
+        """Every ESP/AH SA of this namespace with its replay state."""
+        out = []
+        for info in self.sock.dump_sas():
+            sa = kernel_sa(info)
+            if sa is not None:
+                out.append(sa)
+        return out
+
+    def write(self, writes: list[Write]) -> WriteResult:
+        """Apply every write (NEWAE + NLM_F_REPLACE); errors are collected, not raised."""
+        res = WriteResult()
+        for w in writes:
+            daddr, spi, proto = w.sa.key
+            try:
+                if w.sa.esn:
+                    self.sock.set_replay_esn(daddr, spi, proto, state=esn_state(w))
+                else:
+                    self.sock.set_replay(daddr, spi, proto, seq=w.seq, oseq=w.oseq,
+                                         bitmap=w.bitmap[0] if w.bitmap else 0)
+                res.done += 1
+            except XfrmError as e:
+                res.errors.append(str(e))
+        return res

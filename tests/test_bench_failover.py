@@ -1,0 +1,191 @@
+"""bench/failover.py without a lab: summary numbers, checks, markdown, and --from-json outputs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+import failover  # noqa: E402
+import failover_stats as stats  # noqa: E402
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _tunnel(name: str, outage: float, reest: bool = False, reuse: int = 0,
+            skip: int | None = None) -> dict[str, Any]:
+    return {"name": name, "nat": False, "outage_ms": outage, "lost_to_client": int(outage / 20),
+            "lost_from_client": int(outage / 20), "reestablished": reest, "resumed": True,
+            "replay_errors": 0, "seq_reuse": reuse, "seq_skipped": skip,
+            "gaps_ms": [[-5.0, outage - 5.0]]}
+
+
+def _result(mode: str, n: int, outages: list[list[float]], promo_ms: float = 0.0,
+            with_master_down: bool = True, **tunnel: Any) -> dict[str, Any]:
+    """A lab result: one failover per row of `outages`, one tunnel per value."""
+    fos = []
+    for k, row in enumerate(outages):
+        fo: dict[str, Any] = {
+            "from": "gw1", "to": "gw2", "fault": "kill", "vrrp_detect_ms": 1600.0 + k,
+            "vip_moved": True,
+            "clients": [_tunnel(f"c{i + 1}", o, **tunnel) for i, o in enumerate(row)],
+            "promotion": None if mode == "baseline" else
+            {"quorum": True, "wait_ms": promo_ms / 2, "xfrm_ms": promo_ms / 4,
+             "activate_ms": promo_ms / 4, "total_ms": promo_ms}}
+        if with_master_down:
+            fo["master_down_ms"] = 1628.9
+        fos.append(fo)
+    return {"mode": mode, "runner": "vm", "kernel": "6.1.0-test", "advert_int": 0.5,
+            "rate_pps": 50.0, "spec": {"fault": "kill", "tunnels": n}, "failovers": fos}
+
+
+def _runs() -> list[dict[str, Any]]:
+    """Two modes at N=3 and N=30 (only 3 tunnels reported at 30: it is a synthetic result)."""
+    return [
+        {"mode": "baseline", "tunnels": 3, "error": None, "result": _result(
+            "baseline", 3, [[19000, 19100, 19200], [18000, 18100, 18200]], reest=True)},
+        {"mode": "hasync", "tunnels": 3, "error": None, "result": _result(
+            "hasync", 3, [[1700, 1720, 1740], [1650, 1660, 1800]], 30.0, skip=400)},
+        {"mode": "baseline", "tunnels": 30, "error": None, "result": _result(
+            "baseline", 30, [[19500, 19600, 19700]], with_master_down=False, reest=True)},
+        {"mode": "hasync", "tunnels": 30, "error": None, "result": _result(
+            "hasync", 30, [[1700, 1750, 2600], [1690, 1710, 1730]], 240.0, skip=900)},
+    ]
+
+
+def _group(summary: dict[str, Any], mode: str, n: int) -> dict[str, Any]:
+    return next(g for g in summary["groups"] if g["mode"] == mode and g["tunnels"] == n)
+
+
+def test_nearest_rank_percentile_is_a_measured_value() -> None:
+    vals = [float(v) for v in range(1, 101)]
+    assert stats.nearest_rank(vals, 99) == 99.0
+    assert stats.nearest_rank(vals, 50) == 50.0
+    assert stats.nearest_rank([5.0, 1.0, 3.0], 99) == 5.0
+    assert stats.nearest_rank([7.0], 0) == 7.0
+    assert stats.nearest_rank([], 99) is None
+
+
+def test_master_down_interval() -> None:
+    assert stats.master_down_ms(0.5, 190) == pytest.approx(1628.9, abs=0.05)
+    assert stats.master_down_ms(1.0, 255) == pytest.approx(3003.9, abs=0.05)
+
+
+def test_summary_numbers_per_mode_and_tunnel_count() -> None:
+    s = stats.summarize(_runs())
+    assert [(g["mode"], g["tunnels"]) for g in s["groups"]] == [
+        ("baseline", 3), ("hasync", 3), ("baseline", 30), ("hasync", 30)]
+    h30 = _group(s, "hasync", 30)
+    assert h30["failovers"] == 2 and h30["samples"] == 6
+    assert h30["outage_ms"] == {"median": 1720.0, "p99": 2600.0, "max": 2600.0}
+    assert h30["reestablished"] == 0 and h30["seq_reuse"] == 0 and h30["seq_skipped_max"] == 900
+    assert h30["promotion_total_ms"] == {"median": 240.0, "max": 240.0}
+    assert h30["promotion_phases_median_ms"] == {"wait_ms": 120.0, "xfrm_ms": 60.0,
+                                                 "activate_ms": 60.0}
+    assert h30["vrrp_detect_ms"]["median"] == 1600.5
+    assert h30["master_down_ms"]["max"] == 1628.9 and h30["master_down_source"] == ["lab"]
+    b3 = _group(s, "baseline", 3)
+    assert b3["reestablished"] == 6 and b3["promotion_total_ms"] is None
+    assert b3["outage_ms"]["median"] == 18600.0 and b3["seq_skipped_max"] is None
+    assert b3["lost_to_client"] == sum(int(o / 20) for o in
+                                       (19000, 19100, 19200, 18000, 18100, 18200))
+
+
+def test_master_down_falls_back_to_advert_int_and_says_so() -> None:
+    b30 = _group(stats.summarize(_runs()), "baseline", 30)
+    assert b30["master_down_ms"]["max"] == stats.master_down_ms(0.5, 190)
+    assert "priority 190 assumed" in b30["master_down_source"][0]
+
+
+def test_checks_pass_and_fail() -> None:
+    s = stats.summarize(_runs())
+    by = {(c["name"], c["tunnels"]): c for c in s["checks"]["items"]}
+    assert by[("no re-establishment", 3)]["pass"] is True
+    assert by[("no sequence-number reuse", 30)]["pass"] is True
+    p99 = by[("p99 outage <= 1.5 x master-down", 3)]
+    assert p99["pass"] is True and p99["limit"] == pytest.approx(2443.35, abs=0.1)
+    assert by[("p99 outage <= 1.5 x master-down", 30)]["pass"] is False  # 2600 > 2443.4
+    assert not any(c["mode"] == "baseline" for c in s["checks"]["items"])
+    assert s["checks"]["pass"] is False
+
+
+def test_promotion_scaling_fit_and_linear_check() -> None:
+    sc = stats.summarize(_runs())["promotion_scaling"]
+    assert sc["fit"]["slope_ms_per_tunnel"] == pytest.approx(210 / 27)
+    assert sc["fit"]["intercept_ms"] == pytest.approx(30 - 3 * 210 / 27)
+    assert sc["fit"]["r2"] == pytest.approx(1.0)
+    assert sc["ratio"] == pytest.approx((240 / 30) / (30 / 3))  # 0.8: sublinear
+    assert sc["pass"] is True and sc["exponent"] == pytest.approx(0.903, abs=0.001)
+    quad = _runs()
+    quad[3]["result"] = _result("hasync", 30, [[1700]], 3000.0)  # 10x N, 100x time
+    sc = stats.summarize(quad)["promotion_scaling"]
+    assert sc["ratio"] == pytest.approx(10.0) and sc["pass"] is False
+
+
+def test_missing_fields_and_failed_runs_give_no_verdict() -> None:
+    runs = _runs()[:2]
+    for fo in runs[1]["result"]["failovers"]:
+        for c in fo["clients"]:
+            del c["gaps_ms"], c["seq_reuse"]
+    runs.append({"mode": "hasync", "tunnels": 30, "error": "LabError: boom", "result": None})
+    s = stats.summarize(runs)
+    assert all(t["gaps_ms"] == [] for r in stats.run_records(runs[1]) for t in r["clients"])
+    by = {(c["name"], c["tunnels"]): c["pass"] for c in s["checks"]["items"]}
+    assert by[("no sequence-number reuse", 3)] is None
+    assert by[("no re-establishment", 30)] is None
+    assert by[("promotion grows at most linearly", None)] is None
+    assert _group(s, "hasync", 30)["error"] == "LabError: boom"
+    assert s["checks"]["pass"] is False
+
+
+def test_markdown_rendering_and_section_replacement() -> None:
+    s = stats.summarize(_runs(), {"cpus": 2, "cpu_model": "Test CPU", "memory": "24 GiB",
+                                  "platform": "Linux-test", "vm": {"cpus": 2, "memory": "3G"}})
+    md = failover.render_markdown(s)
+    rows = [line for line in md.splitlines() if line.startswith("| hasync |")]
+    assert len(rows) == 2 and rows[1].startswith("| hasync | 30 | 2 | 6 | 1720 | 2600 | 0 | 0 |")
+    assert "runner vm" in md and "kernel 6.1.0-test" in md and "advert_int 0.5 s" in md
+    assert "VM 2 vCPUs, 3G" in md and "Test CPU" in md
+    assert "FAIL  hasync N=30: p99 outage" in md
+    assert "](../bench/results/failover_outage_cdf.png)" in md
+    doc = f"intro\n{failover.BEGIN}\nold table\n{failover.END}\nafter\n"
+    new = failover.replace_results(doc, md)
+    assert "old table" not in new and new.startswith("intro\n") and new.endswith("after\n")
+    assert failover.replace_results(new, md) == new
+    with pytest.raises(ValueError):
+        failover.replace_results("no markers", md)
+
+
+def test_progress_line() -> None:
+    line = failover.progress_line(2, 8, "hasync N=100", 600.0)
+    assert line == "[#####...............] 2/8 hasync N=100  elapsed 10m00s  ETA 30m00s"
+    assert "ETA ?" in failover.progress_line(0, 8, "baseline N=10", 3.0)
+
+
+def test_from_json_writes_json_plots_and_markdown(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    saved = tmp_path / "in.json"
+    saved.write_text(json.dumps({"params": {"tunnels": [3, 30]}, "machine": {"cpus": 2},
+                                 "runs": _runs()}))
+    doc = tmp_path / "docs" / "benchmarks.md"
+    doc.parent.mkdir()
+    doc.write_text(f"# B\n{failover.BEGIN}\n{failover.END}\n")
+    out, plots = tmp_path / "out.json", tmp_path / "plots"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "failover.py"), "--from-json",
+                           str(saved), "--json", str(out), "--plots", str(plots),
+                           "--markdown", str(doc)], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "overall: FAIL" in proc.stdout
+    res = json.loads(out.read_text())
+    assert len(res["runs"]) == 4 and len(res["records"]) == 7
+    assert res["runs"][1]["result"]["failovers"][0]["clients"][0]["gaps_ms"] == [[-5.0, 1695.0]]
+    for name in ("failover_outage_cdf.png", "failover_timeline.png", "failover_promotion.png"):
+        data = (plots / name).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 1000
+        assert f"](../plots/{name})" in doc.read_text()

@@ -1,0 +1,344 @@
+"""`hasync health`: the verdict table, the command against fake daemons, keepalived's config."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from vici.protocol import Message, Packet
+
+from hasync import cli
+from hasync.control import ControlServer
+from hasync.health import verdict
+from hasync.lab import confgen
+
+ROOT = Path(__file__).resolve().parent.parent
+
+GOOD: dict[str, Any] = {"node": "gw1", "role": "master", "ha_rx_age_s": 0.4,
+                        "ha_timeout_s": 3.0, "raft_joined": True, "raft_leader": "gw2"}
+VICI_DOWN = "charon does not answer over vici (/run/charon.vici: No such file or directory)"
+NO_CONTROL = "hasync does not answer on its control socket"
+STALE = "no HA datagram from charon for 5.2 s (limit 3.0 s)"
+NEVER = "no HA datagram from charon since hasync started"
+NOT_JOINED = "not yet caught up with the Raft journal"
+
+
+def _resp(**changes: Any) -> dict[str, Any]:
+    return {**GOOD, **changes}
+
+
+# --- verdict ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("resp", "vici_ok", "reasons"), [
+    (GOOD, True, []),
+    (_resp(ha_rx_age_s=3.0), True, []),  # the limit itself is still healthy
+    (_resp(ha_rx_age_s=0), True, []),
+    (_resp(raft_leader=None, role="backup"), True, []),  # lost majority, joined once: healthy
+    (GOOD, False, [VICI_DOWN]),
+    (None, True, [NO_CONTROL]),
+    (None, False, [VICI_DOWN, NO_CONTROL]),
+    (_resp(ha_rx_age_s=5.2), True, [STALE]),
+    (_resp(ha_rx_age_s=None), True, [NEVER]),
+    (_resp(raft_joined=False), True, [NOT_JOINED]),
+    (_resp(ha_rx_age_s=5.2, raft_joined=False, raft_leader=None), False,
+     [VICI_DOWN, STALE, NOT_JOINED]),
+])
+def test_verdict_table(resp: dict[str, Any] | None, vici_ok: bool, reasons: list[str]) -> None:
+    error = None if vici_ok else "/run/charon.vici: No such file or directory"
+    assert verdict(resp, vici_ok, error) == (not reasons, reasons)
+
+
+@pytest.mark.parametrize(("changes", "reason"), [
+    ({"ha_timeout_s": None}, "hasync's health answer has no valid ha_timeout_s"),
+    ({"ha_timeout_s": "3"}, "hasync's health answer has no valid ha_timeout_s"),
+    ({"ha_rx_age_s": "0.1"}, "hasync's health answer has no valid ha_rx_age_s"),
+    ({"ha_rx_age_s": True}, "hasync's health answer has no valid ha_rx_age_s"),
+    ({"ha_rx_age_s": math.nan}, "hasync's health answer has no valid ha_rx_age_s"),
+    ({"ha_rx_age_s": -1.0}, "hasync's health answer has no valid ha_rx_age_s"),
+    ({"raft_joined": 1}, NOT_JOINED),
+    ({"raft_joined": "yes"}, NOT_JOINED),
+])
+def test_a_malformed_answer_is_unhealthy_never_an_exception(changes: dict[str, Any],
+                                                             reason: str) -> None:
+    assert verdict(_resp(**changes), True, None) == (False, [reason])
+
+
+def test_missing_fields_and_a_non_dict_are_unhealthy() -> None:
+    healthy, reasons = verdict({}, True, None)
+    assert not healthy and NOT_JOINED in reasons
+    assert verdict(["not", "a", "dict"], True, None) == (False, [NO_CONTROL])  # type: ignore[arg-type]
+
+
+def test_the_control_error_is_told() -> None:
+    assert verdict(None, True, None, control_error="permission denied") == \
+        (False, [f"{NO_CONTROL}: permission denied"])
+    assert verdict(GOOD, False, None) == \
+        (False, ["charon does not answer over vici (no reason given)"])
+
+
+# --- fakes: hasync's control socket and charon's vici socket --------------------------------
+
+class FakeDaemon:
+    """A ControlServer with the given handlers on an event loop in a background thread."""
+
+    def __init__(self, path: Path, handlers: dict[str, Any]) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server = ControlServer(path, handlers)
+        self._call(self.server.start())
+
+    def _call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
+
+    def stop(self) -> None:
+        """Close the server and its loop."""
+        self._call(self.server.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+class FakeCharon:
+    """A vici socket that answers `version`, never answers ("mute") or stalls after a byte."""
+
+    def __init__(self, path: Path, mode: str = "answer") -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(str(path))
+        self.sock.listen(8)
+        self.mode = mode
+        self.conns: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            if self.mode == "answer":
+                self._answer(conn)
+            elif self.mode == "stall":
+                conn.sendall(b"\0")
+
+    def _answer(self, conn: socket.socket) -> None:
+        (size,) = struct.unpack("!I", conn.recv(4, socket.MSG_WAITALL))
+        request = conn.recv(size, socket.MSG_WAITALL)
+        assert request[0] == Packet.CMD_REQUEST and b"version" in request
+        body = bytes([Packet.CMD_RESPONSE]) + Message.serialize(
+            {"daemon": "charon", "version": "5.9.8"})
+        conn.sendall(struct.pack("!I", len(body)) + body)
+
+    def stop(self) -> None:
+        """Close the listening socket and every connection."""
+        self.sock.close()
+        for conn in self.conns:
+            conn.close()
+
+
+def _config(tmp: Path) -> Path:
+    cfg = tmp / "hasync.toml"
+    cfg.write_text(f"""[node]
+name = "gw1"
+state_dir = "{tmp / 'state'}"
+control_socket = "{tmp / 'run' / 'control.sock'}"
+[cluster]
+key_file = "{tmp / 'cluster.key'}"
+bind = "127.0.0.1:47011"
+peers = ["127.0.0.1:47012"]
+[charon]
+vici_socket = "{tmp / 'charon.vici'}"
+""")
+    return cfg
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Callable[..., FakeDaemon]]:
+    """Start a fake hasync daemon with the given handlers (stopped after the test)."""
+    started: list[FakeDaemon] = []
+
+    def start(**handlers: Any) -> FakeDaemon:
+        started.append(FakeDaemon(tmp_path / "run" / "control.sock", handlers))
+        return started[-1]
+    yield start
+    for d in started:
+        d.stop()
+
+
+@pytest.fixture
+def charon(tmp_path: Path) -> Iterator[Callable[..., FakeCharon]]:
+    """Start a fake charon vici socket (closed after the test)."""
+    started: list[FakeCharon] = []
+
+    def start(mode: str = "answer") -> FakeCharon:
+        started.append(FakeCharon(tmp_path / "charon.vici", mode))
+        return started[-1]
+    yield start
+    for c in started:
+        c.stop()
+
+
+def _health(tmp: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> tuple[int, str]:
+    rc = cli.main(["health", "--config", str(_config(tmp)), *extra])
+    return rc, capsys.readouterr().out
+
+
+# --- the command --------------------------------------------------------------------------
+
+def test_healthy_node_exits_0(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                              daemon: Any, charon: Any) -> None:
+    daemon(health=lambda args: GOOD)
+    charon()
+    assert _health(tmp_path, capsys) == (0, "healthy: node gw1 (master)\n")
+
+
+def test_no_charon_is_unhealthy(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                daemon: Any) -> None:
+    daemon(health=lambda args: GOOD)
+    rc, out = _health(tmp_path, capsys)
+    assert rc == 1
+    assert out == (f"unhealthy: charon does not answer over vici ({tmp_path / 'charon.vici'}: "
+                   "No such file or directory)\n")
+
+
+def test_no_daemon_and_no_charon(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out = _health(tmp_path, capsys)
+    assert rc == 1 and out.startswith("unhealthy: charon does not answer over vici (")
+    assert f"; {NO_CONTROL}: hasync is not running (no control socket at " in out
+
+
+def test_stale_stream_and_not_joined_json(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                          daemon: Any, charon: Any) -> None:
+    answer = _resp(role="joining", ha_rx_age_s=5.2, raft_joined=False)
+    daemon(health=lambda args: answer)
+    charon()
+    rc, out = _health(tmp_path, capsys, "--json")
+    assert rc == 1
+    assert json.loads(out) == {"healthy": False, "reasons": [STALE, NOT_JOINED],
+                               "daemon": answer, "vici_ok": True, "vici_error": None,
+                               "control_error": None}
+
+
+def test_a_daemon_without_the_command_is_unhealthy(tmp_path: Path, daemon: Any, charon: Any,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    daemon(status=lambda args: {})
+    charon()
+    rc, out = _health(tmp_path, capsys)
+    assert rc == 1 and out.startswith(f"unhealthy: {NO_CONTROL}: ")
+    assert "unknown command 'health'" in out
+
+
+def test_silent_daemon_and_charon_time_out(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                           daemon: Any, charon: Any) -> None:
+    async def hang(args: dict[str, Any]) -> dict[str, Any]:
+        await asyncio.sleep(30)
+        return GOOD
+    daemon(health=hang)
+    charon("mute")
+    start = time.monotonic()
+    rc, out = _health(tmp_path, capsys, "--timeout", "0.3")
+    assert time.monotonic() - start < 2.0  # both checks ran at the same time
+    assert rc == 1
+    assert "charon does not answer over vici (" in out and ": timed out)" in out
+    assert f"{NO_CONTROL}: hasync did not answer within 0.3 s" in out
+
+
+def test_a_stalled_vici_answer_does_not_hold_the_command(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], daemon: Any, charon: Any) -> None:
+    daemon(health=lambda args: GOOD)
+    charon("stall")
+    start = time.monotonic()
+    rc, out = _health(tmp_path, capsys, "--timeout", "0.3")
+    assert time.monotonic() - start < 2.0
+    assert rc == 1 and out.startswith("unhealthy: charon does not answer over vici (")
+    assert out.endswith(": no answer within 0.3 s)\n")
+
+
+def test_config_error_exits_2_without_importing_anything_heavy(tmp_path: Path) -> None:
+    code = ("import sys\nfrom hasync.cli import main\nrc = main(sys.argv[1:])\n"
+            "heavy = [m for m in sys.modules if m.split('.')[0] in "
+            "('cryptography', 'pysyncobj', 'pyroute2', 'msgpack', 'vici') "
+            "or m.startswith(('hasync.lab', 'hasync.journal', 'hasync.daemon'))]\n"
+            "print(sorted(heavy))\nsys.exit(rc)")
+    res = subprocess.run([sys.executable, "-c", code, "health", "--config",
+                          str(tmp_path / "absent.toml")], capture_output=True, text=True,
+                         cwd=ROOT, timeout=60)
+    assert res.returncode == 2
+    assert res.stdout == "[]\n"
+    assert str(tmp_path / "absent.toml") in res.stderr and "Traceback" not in res.stderr
+
+
+def test_bad_timeout_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["health", "--timeout", "0"])
+    assert exc.value.code == 2 and "must be above 0 s" in capsys.readouterr().err
+
+
+# --- keepalived -----------------------------------------------------------------------------
+
+DEPLOY_CMD = "/usr/local/libexec/hasync-health-check /run/hasync/health"
+
+
+def _keepalived(health_cmd: str | None) -> str:
+    return confgen.keepalived_conf("gw1", 200, 0.5, "/r/f", [("192.0.2.1/24", "e0")], "e0",
+                                   "/run/hasync/vrrp.fifo", health_cmd=health_cmd)
+
+
+def test_track_script_only_with_a_health_command() -> None:
+    plain = _keepalived(None)
+    assert "vrrp_script" not in plain and "track_script" not in plain
+    cmd = f"{sys.executable} -m hasync health --config /lab/etc/gw1/hasync.toml"
+    text = _keepalived(cmd)
+    script = text[text.index("vrrp_script chk_hasync {"):text.index("vrrp_instance")]
+    assert f'  script "{cmd}"\n' in script
+    i, t, f, r = confgen.LAB_HEALTH_TIMING
+    for line in (f"interval {i}", f"timeout {t}", f"fall {f}", f"rise {r}"):
+        assert f"  {line}\n" in script
+    assert "weight" not in text  # unweighted: a failure is FAULT
+    instance = text[text.index("vrrp_instance VI_1 {"):]
+    assert "  track_script {\n    chk_hasync\n  }\n}\n" in instance
+    assert text.replace(script, "").replace("  track_script {\n    chk_hasync\n  }\n", "") \
+        == plain
+
+
+@pytest.mark.parametrize("cmd", ["hasync health", 'x/"y"', "/bin/true\nvrrp_instance X {"])
+def test_a_health_command_keepalived_cannot_run_is_refused(cmd: str) -> None:
+    with pytest.raises(ValueError, match="health_cmd"):
+        _keepalived(cmd)
+
+
+def test_deploy_config_tracks_the_same_check() -> None:
+    deploy = (ROOT / "deploy" / "keepalived-hasync.conf").read_text()
+    script, track = confgen.health_check(DEPLOY_CMD)
+    assert script in deploy and track in deploy
+    assert deploy.index(script) < deploy.index("vrrp_instance VI_1")
+
+
+CHECK = ROOT / "deploy" / "hasync-health-check"
+
+
+@pytest.mark.parametrize(("content", "age", "rc"), [
+    ("ok", 0, 0), ("ok", 2, 0), ("ok", 10, 1),  # a verdict hasync stopped refreshing fails
+    ("fail", 0, 1), ("", 0, 1), (None, 0, 1),
+])
+def test_keepalived_check_reads_the_verdict_and_its_age(tmp_path: Path, content: str | None,
+                                                        age: int, rc: int) -> None:
+    f = tmp_path / "health"
+    if content is not None:
+        f.write_text(f"{content} {int(time.time()) - age} charon does not answer\n"
+                     if content else "")
+    res = subprocess.run(["/bin/sh", str(CHECK), str(f)], capture_output=True, timeout=10)
+    assert res.returncode == rc, res.stderr

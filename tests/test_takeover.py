@@ -1,0 +1,119 @@
+"""Promotion and the guard's loop, with a fake journal and a fake kernel (the real ones run in
+the lab: tests/test_lab_takeover.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from ipaddress import ip_address
+from typing import Any
+
+from hasync.journal.seqlog import SeqEntry, SeqLog
+from hasync.seqguard import KernelSa, Reserve, SeqRecord, Write
+from hasync.takeover import SeqSync
+from hasync.xfrm.structs import ReplayState, ReplayStateEsn
+from hasync.xfrmsync import WriteResult, esn_state, kernel_sa
+
+KEY = ("192.0.2.101", 0xC0FFEE01, 50)
+
+
+class FakeJournal:
+    """Commits at once (or never, without a majority)."""
+
+    def __init__(self, majority: bool = True) -> None:
+        self.lock = threading.RLock()
+        self.seqs = SeqLog()
+        self.majority = majority
+        self.entries: list[SeqEntry] = []
+
+    def submit_seq(self, entry: SeqEntry, callback: Any) -> None:
+        if self.majority:
+            self.entries.append(entry)
+            self.seqs.apply(entry)
+        callback(None, 0 if self.majority else 2)
+
+    def barrier(self, callback: Any) -> None:
+        callback(None, 0 if self.majority else 2)  # 2: pysyncobj's MISSING_LEADER
+
+
+class FakeKernel:
+    def __init__(self, sas: list[KernelSa]) -> None:
+        self.sas = sas
+        self.writes: list[Write] = []
+
+    def snapshot(self) -> list[KernelSa]:
+        return list(self.sas)
+
+    def write(self, writes: list[Write]) -> WriteResult:
+        self.writes += writes
+        return WriteResult(done=len(writes))
+
+    def close(self) -> None:
+        pass
+
+
+def _sync(journal: FakeJournal, kernel: FakeKernel, activated: list[int]) -> SeqSync:
+    s = SeqSync("gw2", journal, Reserve(), lambda: activated.append(1), 0.3)  # type: ignore[arg-type]
+    s._kernel = kernel  # type: ignore[assignment]
+    return s
+
+
+def test_promotion_jumps_restores_and_then_activates() -> None:
+    journal, activated = FakeJournal(), []
+    journal.seqs.records[KEY] = SeqRecord(KEY, 5000, 40, (7,), 50.0, "gw1", 1.0)
+    kernel = FakeKernel([KernelSa(KEY, False, 0, 0, (0,), 32)])
+    sync = _sync(journal, kernel, activated)
+    rep = asyncio.run(sync.promote())
+    (w,) = kernel.writes
+    assert (w.oseq, w.seq, w.bitmap) == (5000 + 576, 40, (7,))
+    assert rep.quorum and rep.done and rep.writes == 1 and rep.max_jump == 5576
+    assert activated == [1] and rep.extra_reserve == 0
+    sync.close()
+
+
+def test_promotion_without_a_majority_adds_the_no_quorum_reserve() -> None:
+    journal, activated = FakeJournal(majority=False), []
+    journal.seqs.records[KEY] = SeqRecord(KEY, 5000, 0, (0,), 0.0, "gw1", 1.0)
+    kernel = FakeKernel([KernelSa(KEY, False, 0, 0, (0,), 32)])
+    sync = _sync(journal, kernel, activated)
+    rep = asyncio.run(sync.promote())
+    assert not rep.quorum and rep.extra_reserve == Reserve().no_quorum
+    assert kernel.writes[0].oseq == 5000 + 576 + Reserve().no_quorum
+    assert activated == [1] and sync.status()["last_promotion"]["quorum"] is False
+    sync.close()
+
+
+def test_a_master_tick_journals_and_a_backup_tick_prejumps() -> None:
+    journal = FakeJournal()
+    kernel = FakeKernel([KernelSa(KEY, False, 100, 0, (0,), 32)])
+    sync = _sync(journal, kernel, [])
+
+    async def ticks() -> None:
+        await sync.tick(master=True)
+        await asyncio.sleep(0.01)  # the commit callback runs on the loop
+    asyncio.run(ticks())
+    assert journal.entries[0].records[0].mark == 100 + 768
+    assert not sync.in_flight and sync.stats.committed == 1
+    backup = FakeKernel([KernelSa(KEY, False, 0, 0, (0,), 32)])
+    sync._kernel = backup  # type: ignore[assignment]
+    asyncio.run(sync.tick(master=False))
+    assert backup.writes[0].oseq == 868 + 576
+    sync.close()
+
+
+def test_kernel_views_and_esn_writes_convert_both_ways() -> None:
+    from hasync.xfrm.model import SaInfo
+    info = SaInfo.__new__(SaInfo)  # only the fields kernel_sa reads
+    for name, value in (("id", type("Id", (), {"daddr": ip_address("192.0.2.101"),
+                                               "spi": 7, "proto": 50})()),
+                        ("replay_esn", ReplayStateEsn(1, 5, 9, 1, 2, 32, (3,))),
+                        ("replay", None), ("replay_window", 0), ("reqid", 4)):
+        object.__setattr__(info, name, value)
+    sa = kernel_sa(info)
+    assert sa is not None and sa.esn and sa.oseq == (1 << 32) | 5 and sa.seq == (2 << 32) | 9
+    state = esn_state(Write(sa, (3 << 32) | 1, (2 << 32) | 9, (3,)))
+    assert (state.oseq_hi, state.oseq, state.seq_hi, state.seq, state.bmp_len) == (3, 1, 2, 9, 1)
+    object.__setattr__(info, "replay_esn", None)
+    object.__setattr__(info, "replay", ReplayState(oseq=11, seq=0, bitmap=0))
+    plain = kernel_sa(info)
+    assert plain is not None and not plain.esn and plain.oseq == 11 and plain.reqid == 4

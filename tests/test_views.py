@@ -1,0 +1,28 @@
+"""Text views of `hasync status`: the takeover lines."""
+
+from __future__ import annotations
+
+from hasync.views import status_text
+
+PROMOTION = {"quorum": False, "extra_reserve": 4194304, "wait_ms": 10001.0, "xfrm_ms": 80.5,
+             "writes": 6, "sas": 6, "max_jump": 4195000, "activate_ms": 40.0,
+             "total_ms": 10121.5, "errors": ["NEWAE replay on SA 192.0.2.101/0x1/50: ENOENT"]}
+
+
+def test_status_shows_the_last_promotion_and_its_phases() -> None:
+    text = status_text({"node": "gw2", "takeover": {
+        "records": 6, "tracker": {"tracked": 6, "renewals": 40, "violations": 0,
+                                  "max_overrun": 0}, "last_promotion": PROMOTION},
+        "health": {"healthy": False, "reasons": ["charon does not answer over vici (x)"]}})
+    assert "health: FAILING: charon does not answer over vici (x)" in text
+    assert "sequence guard: 6 SA records, 6 SAs tracked, 40 marks journaled, 0 violations" in text
+    assert "WITHOUT a Raft majority: +4194304 on every jump" in text
+    assert "barrier 10001.0 ms, XFRM 80.5 ms (6 of 6 SAs written" in text
+    assert "charon activated in 40.0 ms" in text and "promotion error: NEWAE" in text
+
+
+def test_status_of_a_node_never_promoted() -> None:
+    text = status_text({"node": "gw3", "takeover": {"records": 0, "tracker": {},
+                                                    "last_promotion": None},
+                        "health": {"healthy": True, "reasons": []}})
+    assert "health: ok" in text and "last promotion" not in text
