@@ -13,7 +13,7 @@ APT_PACKAGES := linux-image-amd64 qemu-system-x86 strongswan-charon strongswan-s
 	libcharon-extra-plugins libstrongswan-standard-plugins keepalived iproute2 nftables \
 	tcpdump iputils-ping arping kmod udev procps psmisc util-linux busybox-static python3-venv
 
-.PHONY: setup apt venv demo test test-unit test-lab lint clean
+.PHONY: setup apt venv demo test test-unit test-lab test-lab-extended lint clean
 
 setup: apt venv
 
@@ -39,13 +39,16 @@ lint: venv
 	$(BIN)/ruff check hasync tests bench
 
 test: setup lint
-	$(BIN)/python -m pytest -v tests
+	$(BIN)/python -m pytest -v -m 'not lab_extended' tests
 
 test-unit: venv
 	$(BIN)/python -m pytest -v -m 'not lab' tests
 
 test-lab: setup
-	$(BIN)/python -m pytest -v -m lab tests
+	$(BIN)/python -m pytest -v -m 'lab and not lab_extended' tests
+
+test-lab-extended: setup
+	$(BIN)/python -m pytest -v -m lab_extended tests
 
 demo: setup
 	@mkdir -p $(OUT)

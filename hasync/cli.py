@@ -69,9 +69,10 @@ def _lab_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     fo.add_argument("--rate", type=float, default=50.0, help="probe packets/s each way")
     fo.add_argument("--advert-int", type=float, default=confgen.LabTimers.advert_int_s,
                     help="VRRP advert interval, s (default %(default)s)")
-    fo.add_argument("--fault", choices=FAULTS, default="kill",
-                    help="kill: kill -9 every process and take links down; links: links "
-                         "down; stop: clean stop")
+    fo.add_argument("--fault", default="kill",
+                    help=f"one of {', '.join(FAULTS)} (kill: links down and kill -9 of every "
+                         "process; links: links down; stop: clean stop; charon: kill -9 of "
+                         "charon alone), or a comma-separated list, one per failover")
     fo.add_argument("--timeout", type=float, default=90.0,
                     help="per failover, how long to wait for every client's traffic (s)")
     fo.add_argument("--runner", choices=("auto", "vm", "native"), default="auto")
@@ -183,10 +184,17 @@ def _spec(a: argparse.Namespace) -> LabSpec:
         raise LabError(f"--advert-int must be 0.01 to 40.95 s (VRRPv3), not {a.advert_int}")
     if not 1 <= a.failovers <= 10 or a.rate <= 0:
         raise LabError("--failovers must be 1 to 10 and --rate positive")
+    from .lab.scenario import FAULTS
+    faults = tuple(f.strip() for f in a.fault.split(","))
+    bad = [f for f in faults if f not in FAULTS]
+    if bad or len(faults) not in (1, a.failovers):
+        raise LabError(f"--fault must be one of {', '.join(FAULTS)} or a list of "
+                       f"{a.failovers} of them, not {a.fault!r}")
     timers = confgen.LabTimers(advert_int_s=a.advert_int)
     return LabSpec(mode="baseline" if a.baseline else "hasync", gateways=a.gateways,
                    clients=a.clients, nat_clients=a.nat_clients, failovers=a.failovers, rate=a.rate,
-                   fault=a.fault, timeout_s=a.timeout, timers=timers)
+                   fault=faults[0], faults=faults if len(faults) > 1 else (),
+                   timeout_s=a.timeout, timers=timers)
 
 
 def _plan_ok(spec: LabSpec) -> None:

@@ -44,7 +44,7 @@ class Reserve:
     takeover_floor: int = 576  # a backup's target lies this far past the mark at least
     takeover_horizon_s: float = 1.0  # and at least this long at the journaled rate
     no_quorum: int = 1 << 22  # added to every target of a promotion without a majority
-    inbound_interval_s: float = 0.5  # journal moving inbound state at least this often
+    inbound_interval_s: float = 5.0  # journal moving inbound state at least this often
 
     def ahead(self, rate: float) -> int:
         """How far ahead of the kernel's oseq the master puts its mark."""

@@ -11,7 +11,10 @@ import pytest
 
 from labrun import run_lab
 
-pytestmark = [pytest.mark.lab,
+# The takeover lab (tests/test_lab_takeover.py) restores gateways that must catch up before
+# keepalived starts; this longer scenario (a gateway joining after the clients) runs with
+# `make test-lab-extended`, outside `make test`'s time budget.
+pytestmark = [pytest.mark.lab, pytest.mark.lab_extended,
               pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")]
 
 

@@ -26,6 +26,7 @@ def test_getae_reads_and_newae_jumps_every_outbound_sa(check: dict[str, Any]) ->
     jumps = check["jumps"]
     assert len(jumps) == 2  # one outbound SA per client
     assert {j["encap"] for j in jumps} == {True, False}  # the NAT-T client's SA too
+    assert {j["esn"] for j in jumps} == {True, False}  # and an ESN SA (64-bit counters)
     for j in jumps:
         assert j["oseq_before"] > 20, j  # traffic had been flowing on it
         assert j["oseq_after"] >= j["oseq_before"] + check["jump"], j
@@ -39,3 +40,12 @@ def test_clients_receive_above_the_jump_without_replay_drops(check: dict[str, An
         mine = [spi for spi in c["last_seq_by_spi"] if spi in by_spi]
         assert len(mine) == 1, (name, c)
         assert c["last_seq_by_spi"][mine[0]] > by_spi[mine[0]]["oseq_before"] + check["jump"]
+
+
+def test_replay_events_follow_each_sa_past_the_jump(check: dict[str, Any]) -> None:
+    by_spi = {j["spi"]: j for j in check["jumps"]}
+    assert set(check["events"]) == set(by_spi)
+    for spi, ev in check["events"].items():
+        assert ev["thresh"] == check["event_threshold"], (spi, ev)  # GETAE shows our threshold
+        assert ev["events"] > 0, (spi, ev)  # XFRMNLGRP_AEVENTS delivered replay events
+        assert ev["max_oseq"] > by_spi[spi]["oseq_after"], (spi, ev)  # counting past the jump

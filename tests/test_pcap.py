@@ -23,6 +23,7 @@ from hasync.lab.pcap import (
     EspPacket,
     IkePacket,
     PcapError,
+    PcapTail,
     SeqJump,
     SpiSummary,
     ike_sa_inits,
@@ -424,3 +425,14 @@ def test_tcpdump_capture(tmp_path: Path, interface: str) -> None:
     }
     assert capture.keepalives >= 1
     assert (0x1111, 0x2222, 35) in {(p.ispi, p.rspi, p.exchange) for p in capture.ike}
+
+
+def test_a_growing_capture_is_read_incrementally_to_the_same_result(tmp_path: Path) -> None:
+    whole = pcap(mixed_frames())
+    f = tmp_path / "c.pcap"
+    tail = PcapTail(f)
+    for cut in (24, 60, len(whole) // 2, len(whole) - 3, len(whole)):  # records cut anywhere
+        f.write_bytes(whole[:cut])
+        got = tail.read()
+    assert got == parse_pcap(whole)
+    assert tail.read() == got  # nothing new, nothing added

@@ -81,7 +81,7 @@ def test_inbound_state_is_journaled_while_it_moves() -> None:
     assert recs[0].seq == 12 and recs[0].bitmap == (3,)
     t.submitted(recs, 0.0)
     assert t.observe([sa(seq=13)], {KEY: recs[0]}, 0.1, 1000.1)[0] == []  # too soon
-    assert t.observe([sa(seq=14)], {KEY: recs[0]}, 0.6, 1000.6)[0][0].seq == 14
+    assert t.observe([sa(seq=14)], {KEY: recs[0]}, 5.1, 1005.1)[0][0].seq == 14
 
 
 def test_records_of_sas_long_gone_are_forgotten() -> None:

@@ -192,6 +192,8 @@ def start_keepalived(lab: Lab, node: str, priority: int, advert_int: float,
         node, priority, advert_int, str(fifo),
         [(f"{PUBLIC_VIP}/24", "e0"), (f"{PRIVATE_VIP}/24", "e1")], "e0",
         str(hasync_fifo) if hasync_fifo else None, health_cmd))
+    for stale in ("keepalived.pid", "vrrp.pid"):  # left by a keepalived killed with -9
+        (run / stale).unlink(missing_ok=True)
     lab.spawn(node, "keepalived", ["keepalived", "--dont-fork", "--log-console", "--vrrp",
                                    "-f", str(conf), "-p", str(run / "keepalived.pid"),
                                    "-r", str(run / "vrrp.pid")])

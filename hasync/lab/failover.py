@@ -26,8 +26,10 @@ from .scenario import (
     _mount_base,
     artifacts,
     bring_up,
+    capture,
     client_state,
     fail,
+    fault_of,
     kernel_release,
     read_probes,
     restore,
@@ -75,7 +77,7 @@ def _client_result(run: Run, name: str, before: dict[str, object], after: dict[s
     loss_to = probe.stream_stats(to_c.sent, rx_c, w0, t_end - LOSS_GRACE_S)
     loss_from = probe.stream_stats(from_c.sent, rx_s, w0, t_end - LOSS_GRACE_S)
     node = run.lab.topo.node(name)
-    cap = pcap.read_pcap(run.lab.base / "cap" / f"{name}.pcap")
+    cap = capture(run, name)
     ike_b, ike_a = before["ike"], after["ike"]
     spi_b = ike_b.spis if ike_b else ""  # type: ignore[attr-defined]
     spi_a = ike_a.spis if ike_a else ""  # type: ignore[attr-defined]
@@ -107,14 +109,14 @@ def _client_result(run: Run, name: str, before: dict[str, object], after: dict[s
     }
 
 
-def one_failover(run: Run, master: str, wall_start: float) -> dict[str, object]:
+def one_failover(run: Run, master: str, wall_start: float, fault: str) -> dict[str, object]:
     """Fail `master`, wait for the VIP to move and the clients to recover, and measure."""
     lab, spec = run.lab, run.spec
     clients = [c.name for c in lab.topo.by_role("client")]
     before = {c: client_state(run, c) for c in clients}
-    t_kill = fail(run, master)
-    ev = run.vrrp.wait_master(t_kill, 30, exclude=master)
-    log.info("%s failed (%s); %s master after %.0f ms", master, spec.fault, ev.node,
+    t_kill = fail(run, master, fault)
+    ev = run.vrrp.wait_master(t_kill, 60, exclude=master)
+    log.info("%s failed (%s); %s master after %.0f ms", master, fault, ev.node,
              (ev.t - t_kill) * 1000)
     vip = cluster.holds_vip(lab, ev.node)
     ok = wait_flowing(run, max(ev.t, t_kill), spec.timeout_s)
@@ -126,7 +128,7 @@ def one_failover(run: Run, master: str, wall_start: float) -> dict[str, object]:
     if spec.mode == "hasync":
         st = hasyncd.status(lab, ev.node)
         promotion = (st or {}).get("takeover", {}).get("last_promotion")
-    return {"from": master, "to": ev.node, "fault": spec.fault, "promotion": promotion,
+    return {"from": master, "to": ev.node, "fault": fault, "promotion": promotion,
             "vrrp_detect_ms": round((ev.t - t_kill) * 1000, 1), "vip_moved": vip,
             "window_s": round(t_end - t_kill, 2),
             "clients": [_client_result(run, c, before[c], after[c], (t_kill, t_end, wall_start))
@@ -174,7 +176,7 @@ def run_failovers(run: Run) -> dict[str, object]:
     warmup = _received_so_far(run)
     fos = []
     for k in range(spec.failovers):
-        fo = one_failover(run, master, wall)
+        fo = one_failover(run, master, wall, fault_of(spec, k))
         fos.append(fo)
         wall = time.monotonic() + run.wall_offset
         if k + 1 < spec.failovers:

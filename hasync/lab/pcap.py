@@ -1,22 +1,21 @@
 # hasync.lab.pcap: ESP and IKE packets out of a classic libpcap capture, for the lab's checks.
-# Rules: parsing is pure (bytes in, frozen dataclasses out); only read_pcap touches the file
-# system. Both byte orders and the usec and nsec magics are read; link types are Ethernet (with
-# VLAN tags), Linux cooked SLL and SLL2, and raw IP. ESP is IP protocol 50, or UDP with port 4500
-# on either side (NAT-T, RFC 3948), where a lone 0xff byte is a NAT-keepalive (skipped) and a
-# payload starting with four zero bytes (the non-ESP marker) is IKE. IKE is also UDP with port
-# 500 on either side and no marker (port 4500 wins when both appear). An IKE packet is its
-# 28-byte IKEv2 header (RFC 7296 3.1): major version 2 and a length of at least 28, else the
-# frame is other. A frame that cannot be ESP or IKE is skipped and counted, never fatal; a frame
-# that may be ESP but is cut before the 8 header bytes (SPI, sequence number), or may be IKE but
-# is cut inside the 28-byte header, counts as short. Lengths come from the IP and UDP headers,
-# never the frame, so Ethernet padding is ignored. Later IP fragments are skipped (a fragmented
-# IKE message is seen through its first fragment).
-# A broken file header raises PcapError (a ValueError) with the byte offset; so does a record
-# whose length is absurd. A file that ends inside a record (tcpdump still writing) is not an
-# error: the reading stops there and the capture says so.
-# Analysis (seq_reuse, spi_summary, seq_jumps, ike_sa_inits) is pure; times are the capture's
-# own (wall clock), the caller maps them.
+# Rules: parsing is pure (bytes in, frozen dataclasses out); only read_pcap and PcapTail touch the
+# file system. Both byte orders and the usec and nsec magics are read; link types are Ethernet (with
+# VLAN tags), Linux cooked SLL and SLL2, and raw IP. ESP is IP protocol 50, or UDP with port 4500 on
+# either side (NAT-T, RFC 3948), where a lone 0xff byte is a NAT-keepalive (skipped) and a payload
+# starting with four zero bytes (the non-ESP marker) is IKE. IKE is also UDP with port 500 on either
+# side and no marker (port 4500 wins when both appear). An IKE packet is its 28-byte IKEv2 header
+# (RFC 7296 3.1): major version 2 and a length of at least 28, else the frame is other. A frame that
+# cannot be ESP or IKE is skipped and counted, never fatal; a frame that may be ESP but is cut
+# before the 8 header bytes (SPI, sequence number), or may be IKE but is cut inside the 28-byte
+# header, counts as short. Lengths come from the IP and UDP headers, never the frame, so Ethernet
+# padding is ignored. Later IP fragments are skipped (a fragmented IKE message is seen through its
+# first fragment). A broken file header raises PcapError (a ValueError) with the byte offset; so
+# does a record whose length is absurd. A file that ends inside a record (tcpdump still writing) is
+# not an error: the reading stops there and the capture says so. Analysis (seq_reuse, spi_summary,
+# seq_jumps, ike_sa_inits) is pure; times are the capture's own (wall clock), the caller maps them.
 
+import dataclasses
 import socket
 import struct
 from collections import Counter
@@ -192,13 +191,18 @@ def parse_header(data: bytes) -> PcapHeader:
 def parse_pcap(data: bytes) -> PcapCapture:
     """Extract the ESP and IKE packets of a classic pcap file held in memory."""
     header = parse_header(data)
+    return _records(data, header, _GLOBAL_HEADER_LEN)[0]
+
+
+def _records(data: bytes, header: PcapHeader, off: int) -> tuple[PcapCapture, int]:
+    """The packets of the complete records from `off` on, and where the next record starts."""
     record = struct.Struct(header.endian + "IIII")
     scale = 1e-9 if header.nanosecond else 1e-6
     max_len = max(header.snaplen, _MAX_RECORD_LEN)
     packets: list[EspPacket] = []
     ike: list[IkePacket] = []
     skipped: Counter[str] = Counter()
-    frames, off, incomplete = 0, _GLOBAL_HEADER_LEN, False
+    frames, incomplete = 0, False
     while off < len(data):
         if len(data) - off < _RECORD_HEADER_LEN:
             incomplete = True
@@ -230,7 +234,36 @@ def parse_pcap(data: bytes) -> PcapCapture:
         other=skipped[OTHER],
         incomplete_tail=incomplete,
         ike=tuple(ike),
-    )
+    ), off
+
+
+class PcapTail:
+    """A capture file that is still being written, read incrementally: each read() parses
+    only the records added since the last one (a long lab run re-reads its captures often)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.header: PcapHeader | None = None
+        self.offset = 0
+        self.cap: PcapCapture | None = None
+
+    def read(self) -> PcapCapture:
+        """Everything captured so far."""
+        with open(self.path, "rb") as f:
+            if self.header is None:
+                head = f.read(_GLOBAL_HEADER_LEN)
+                self.header = parse_header(head)
+                self.offset = _GLOBAL_HEADER_LEN
+            f.seek(self.offset)
+            data = f.read()
+        new, used = _records(data, self.header, 0)
+        self.offset += used
+        old = self.cap
+        self.cap = new if old is None else dataclasses.replace(
+            new, packets=old.packets + new.packets, ike=old.ike + new.ike,
+            frames=old.frames + new.frames, short=old.short + new.short,
+            keepalives=old.keepalives + new.keepalives, other=old.other + new.other)
+        return self.cap
 
 
 def read_pcap(path: str | Path) -> PcapCapture:

@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import cluster, confgen, hasyncd, observe, prereq, probe, topology
+from . import cluster, confgen, hasyncd, observe, pcap, prereq, probe, topology
 from .prereq import LabError
 from .procs import Lab
 
@@ -41,6 +41,7 @@ class LabSpec:
     failovers: int = 1
     rate: float = 50.0
     fault: str = "kill"
+    faults: tuple[str, ...] = ()  # one per failover (overrides `fault`)
     late_gateways: int = 0  # gateways started only after the clients connected
     timeout_s: float = 90.0  # per failover: wait this long for every client's traffic
     settle_s: float = 2.0  # keep measuring this long after the last client resumed
@@ -57,6 +58,8 @@ class Run:
     vrrp: cluster.VrrpWatch = field(default_factory=cluster.VrrpWatch)
     priorities: dict[str, int] = field(default_factory=dict)
     wall_offset: float = 0.0  # time.time() - time.monotonic(): maps pcap times to ours
+    probe_logs: dict[str, tuple[int, probe.ProbeLog, str]] = field(default_factory=dict)
+    captures: dict[str, pcap.PcapTail] = field(default_factory=dict)
 
 
 def _mount_base() -> Path:
@@ -157,11 +160,25 @@ def start_traffic(run: Run) -> None:
 
 
 def read_probes(run: Run) -> dict[str, probe.ProbeLog]:
-    """Every probe log of the run, by node."""
+    """Every probe log of the run, by node; each call parses only the lines added since the
+    last one (the logs grow by 100 lines a second per client, and are read every 0.5 s)."""
     out = {}
     for f in (run.lab.base / "probe").glob("*.log"):
-        out[f.stem] = probe.parse_log(f.read_text(errors="replace").splitlines())
+        offset, log_, partial = run.probe_logs.get(f.stem, (0, probe.ProbeLog(), ""))
+        with open(f, "rb") as fh:
+            fh.seek(offset)
+            data = fh.read()
+        lines = (partial + data.decode(errors="replace")).split("\n")
+        log_.add_lines(line for line in lines[:-1] if line)
+        run.probe_logs[f.stem] = (offset + len(data), log_, lines[-1])
+        out[f.stem] = log_
     return out
+
+
+def capture(run: Run, client: str) -> pcap.PcapCapture:
+    """Everything captured so far on `client`'s link (read incrementally)."""
+    tail = run.captures.setdefault(client, pcap.PcapTail(run.lab.base / "cap" / f"{client}.pcap"))
+    return tail.read()
 
 
 def flowing_since(run: Run, t: float) -> set[str]:
@@ -201,9 +218,14 @@ def client_state(run: Run, name: str) -> dict[str, object]:
             "encap": any(s.encap for s in states)}
 
 
-def fail(run: Run, node: str) -> float:
-    """Apply the spec's fault to `node`; return the time it struck."""
-    lab, fault = run.lab, run.spec.fault
+def fault_of(spec: LabSpec, k: int) -> str:
+    """The fault of failover `k` (0-based)."""
+    return spec.faults[k] if spec.faults else spec.fault
+
+
+def fail(run: Run, node: str, fault: str) -> float:
+    """Apply `fault` to `node`; return the time it struck."""
+    lab = run.lab
     t = time.monotonic()
     if fault == "kill":  # a dead machine: its kernel silent at once, every process gone
         _links(lab, node, "down")
@@ -239,10 +261,10 @@ def restore(run: Run, node: str) -> None:
     cluster.start_charon(lab, node)
     cluster.wait_charon(lab, node)
     cluster.load_config(lab, node)
+    if run.spec.mode == "hasync":  # as on a real gateway: keepalived after hasync is ready
+        hasyncd.wait_synced(lab, node)
     run.priorities[node] = min(run.priorities.values()) - 10
     _keepalived(run, node)
-    if run.spec.mode == "hasync":
-        hasyncd.wait_synced(lab, node)
     log.info("%s restored as backup (priority %d)", node, run.priorities[node])
 
 

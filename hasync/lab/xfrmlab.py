@@ -47,7 +47,8 @@ def run_xfrm_check(spec: LabSpec, out_dir: Path) -> dict[str, object]:
         out = run.lab.run("gw1", [sys.executable, "-m", "hasync.lab.xfrmjump",
                                   topology.PUBLIC_VIP, str(JUMP)])
         t_jump = time.monotonic()
-        jumps = json.loads(out)
+        doc = json.loads(out)
+        jumps = doc["jumps"]
         flowing = wait_flowing(run, t_jump, 30)
         time.sleep(2.0)
         after = {c: client_state(run, c) for c in names}
@@ -63,6 +64,7 @@ def run_xfrm_check(spec: LabSpec, out_dir: Path) -> dict[str, object]:
                           "last_seq_by_spi": {f"{spi:08x}": s.last_seq
                                               for spi, s in seen.items()}}
         return {"scenario": "xfrm-check", "kernel": kernel_release(), "jump": JUMP,
-                "jumps": jumps, "clients": clients}
+                "jumps": jumps, "events": doc["events"],
+                "event_threshold": doc["event_threshold"], "clients": clients}
     finally:
         teardown(run)
