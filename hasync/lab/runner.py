@@ -78,7 +78,7 @@ def run_task(task: str, spec: LabSpec, out_dir: Path, runner: str,
 
 def vm_budget(spec: LabSpec) -> float:
     """How long the VM may run before it is stopped."""
-    per = spec.timeout_s + (300 if spec.mode == "hasync" else 90)  # hasync: restore + sync
+    per = spec.timeout_s + (600 if spec.mode == "hasync" else 90)  # hasync: restore + sync
     return BOOT_BUDGET_S + spec.failovers * per + (300 if spec.mode == "hasync" else 0)
 
 
