@@ -66,7 +66,7 @@ def _lab_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     fo.add_argument("--clients", type=int, default=3, help="road warriors (default 3)")
     fo.add_argument("--nat-clients", type=int, default=1, help="of them behind NAT (default 1)")
     fo.add_argument("--failovers", type=int, default=1, help="failovers in a row (default 1)")
-    fo.add_argument("--rate", type=float, default=50.0, help="probe packets/s each way")
+    fo.add_argument("--rate", type=float, default=20.0, help="probe packets/s each way")
     fo.add_argument("--advert-int", type=float, default=confgen.LabTimers.advert_int_s,
                     help="VRRP advert interval, s (default %(default)s)")
     fo.add_argument("--fault", default="kill",

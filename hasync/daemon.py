@@ -35,8 +35,9 @@ from .seqguard import Reserve
 from .takeover import SeqSync
 
 log = logging.getLogger("hasync")
-TICK_S = 0.1  # the loop's idle tick (heartbeats, reports); a queued batch wakes it earlier
-REPORT_S = 2.0  # how often a node tells the cluster its VRRP role and applied index
+TICK_S = 0.25  # the loop's idle tick (heartbeats, reports); a queued batch wakes it earlier
+REPORT_S = 5.0  # how often a node tells the cluster its VRRP role and applied index
+BACKUP_SEQ_TICK_S = 1.0  # a backup's guard tick when no mark arrives (marks wake it at once)
 REPLAY_CHUNK = 200  # datagrams per loop turn when replaying the journal into charon
 
 
@@ -67,6 +68,7 @@ class Daemon:
         self.promotion: asyncio.Task[Any] | None = None
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()  # a batch has become due: the tick loop should run
+        self._seq_wake = asyncio.Event()  # a replay-state entry was applied: move the kernel
 
     # ---- wiring ----
     async def run(self) -> None:
@@ -80,6 +82,7 @@ class Daemon:
         self.journal = ClusterJournal(cfg.node.name, str(cfg.cluster.bind),
                                       [str(p) for p in cfg.cluster.peers], cfg.node.state_dir,
                                       keys, self._applied_threadsafe, timing)
+        self.journal.on_seq = self._seq_applied_threadsafe
         t = cfg.takeover
         self.seq = SeqSync(cfg.node.name, self.journal, Reserve(
             floor=t.reserve_floor, horizon_s=t.reserve_horizon_ms / 1000,
@@ -228,11 +231,23 @@ class Daemon:
         assert self.seq is not None
         period = self.cfg.takeover.tick_ms / 1000
         while True:
+            master = self.role.role == Role.MASTER
             promoting = self.promotion is not None and not self.promotion.done()
+            self._seq_wake.clear()  # a mark applied from here on wakes the next wait
             if not promoting:
                 with contextlib.suppress(Exception):
-                    await self.seq.tick(master=self.role.role == Role.MASTER)
-            await asyncio.sleep(period)
+                    await self.seq.tick(master=master)
+            # a master reads its counters every tick; a backup moves its kernel when a mark is
+            # applied, and every BACKUP_SEQ_TICK_S for what it may have missed
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._seq_wake.wait(),
+                                       period if master else max(period, BACKUP_SEQ_TICK_S))
+
+    def _seq_applied_threadsafe(self) -> None:
+        """Raft's thread applied a replay-state entry: wake the guard's loop."""
+        if self.loop is not None and self.role.role != Role.MASTER:
+            with contextlib.suppress(RuntimeError):  # the loop is closing
+                self.loop.call_soon_threadsafe(self._seq_wake.set)
 
     async def _health_loop(self) -> None:
         """Every second: the `hasync health` verdict, written where keepalived's check reads it.

@@ -28,6 +28,7 @@ from .journal.state import JournalState
 from .syncobj_compat import SyncObj, SyncObjConf, replicated
 
 SNAPSHOT_FORMAT = 2
+AUTO_TICK_MIN_S = 0.05  # pysyncobj's default poll timeout; a slow heartbeat polls less often
 Applied = Callable[[Batch, list[tuple[bytes, HaMessage]]], None]
 
 
@@ -55,6 +56,7 @@ class ClusterJournal(SyncObj):  # type: ignore[misc]
         self.seqs = SeqLog()
         self.counters: Counter[str] = Counter()
         self.on_applied = on_applied
+        self.on_seq: Callable[[], None] | None = None  # a replay-state entry was applied
         self.members: dict[str, dict[str, Any]] = {}  # node -> its last report (no secrets)
         self._sealer = Sealer(keys)
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -66,7 +68,8 @@ class ClusterJournal(SyncObj):  # type: ignore[misc]
             raftMinTimeout=t.election_min_s, raftMaxTimeout=t.election_max_s,
             appendEntriesPeriod=t.heartbeat_s, connectionTimeout=t.connection_timeout_s,
             logCompactionMinEntries=t.compaction_min_entries,
-            logCompactionMinTime=t.compaction_min_s, dynamicMembershipChange=False)
+            logCompactionMinTime=t.compaction_min_s, dynamicMembershipChange=False,
+            autoTickPeriod=max(AUTO_TICK_MIN_S, t.heartbeat_s / 4))
         super().__init__(bind, peers, conf)
 
     def submit(self, datagrams: list[bytes], callback: Callable[[Any, Any], None]) -> None:
@@ -125,6 +128,8 @@ class ClusterJournal(SyncObj):  # type: ignore[misc]
             with self.lock:
                 self.seqs.apply(entry)
             self.counters["seq_entries_applied"] += 1
+            if self.on_seq is not None:
+                self.on_seq()
         except Exception:
             self.counters["seq_apply_error"] += 1
 

@@ -158,7 +158,7 @@ HEALTH_TIMING = (1, 3, 2, 2)
 # can wait seconds for a CPU, so the lab allows 5 s per run and 3 failures in a row.
 LAB_HEALTH_TIMING = (1, 5, 3, 2)
 LAB_HEALTH_MAX_AGE_S = 6  # the verdict's age the lab's check accepts (deploy/: 3 s)
-LAB_RAFT = (200, 2000, 6000)  # heartbeat, election, connection timeout (ms): emulated CPUs
+LAB_RAFT = (500, 2500, 7000)  # heartbeat, election, connection timeout (ms): emulated CPUs
 #                               stall for a second at times, and elections must not flap then
 LAB_BARRIER_MS = 30000  # a Raft election under emulation took over 10 s at times
 LAB_TICK_MS = 200  # the sequence guard's tick in the lab (default 100 ms; 200 is the most

@@ -39,7 +39,7 @@ class LabSpec:
     clients: int = 3
     nat_clients: int = 1
     failovers: int = 1
-    rate: float = 50.0
+    rate: float = 20.0  # probe packets/s each way; 50 starved the emulated CPUs (decisions.md)
     fault: str = "kill"
     faults: tuple[str, ...] = ()  # one per failover (overrides `fault`)
     late_gateways: int = 0  # gateways started only after the clients connected
