@@ -163,6 +163,15 @@ class VrrpWatch:
                     return e
         return None
 
+    def current_master(self) -> str | None:
+        """The one node whose latest event is MASTER, or None if there is not exactly one."""
+        latest: dict[str, str] = {}
+        with self.lock:
+            for e in self.events:
+                latest[e.node] = e.state
+        masters = [node for node, state in latest.items() if state == "MASTER"]
+        return masters[0] if len(masters) == 1 else None
+
     def wait_master(self, t: float, timeout: float, exclude: str | None = None) -> VrrpEvent:
         """Wait for master_since(t, exclude); raise LabError on timeout."""
         deadline = time.monotonic() + timeout

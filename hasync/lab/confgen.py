@@ -155,8 +155,9 @@ def swanctl_client(name: str, vip: str, protected: str, timers: LabTimers) -> st
 # keepalived's vrrp_script timing (interval, timeout, fall, rise), as deploy/ sets it.
 HEALTH_TIMING = (1, 3, 2, 2)
 # Under QEMU/TCG six charons, three hasyncs and the probes share two emulated CPUs: a check
-# can wait seconds for a CPU, so the lab allows 5 s per run and 3 failures in a row.
-LAB_HEALTH_TIMING = (1, 5, 3, 2)
+# can wait seconds for a CPU, so the lab allows 10 s per run (keepalived faults at once on
+# a timeout, not after `fall` of them) and 3 failures in a row.
+LAB_HEALTH_TIMING = (1, 10, 3, 2)
 LAB_HEALTH_MAX_AGE_S = 6  # the verdict's age the lab's check accepts (deploy/: 3 s)
 LAB_RAFT = (500, 2500, 7000)  # heartbeat, election, connection timeout (ms): emulated CPUs
 #                               stall for a second at times, and elections must not flap then

@@ -113,6 +113,10 @@ def one_failover(run: Run, master: str, wall_start: float, fault: str) -> dict[s
     """Fail `master`, wait for the VIP to move and the clients to recover, and measure."""
     lab, spec = run.lab, run.spec
     clients = [c.name for c in lab.topo.by_role("client")]
+    actual = run.vrrp.current_master()
+    if actual is not None and actual != master:  # VRRP moved the VIP on its own (a flap)
+        log.warning("%s is VRRP master, not %s as planned: failing %s", actual, master, actual)
+        master = actual
     before = {c: client_state(run, c) for c in clients}
     t_kill = fail(run, master, fault)
     ev = run.vrrp.wait_master(t_kill, 60, exclude=master)
@@ -203,7 +207,8 @@ def _before_failovers(run: Run, master: str) -> dict[str, object]:
     backups = [g.name for g in lab.topo.by_role("gateway") if g.name != master]
     views = hasyncd.wait_mirrored(lab, master, backups)
     return {"child_rekey": {first: rekey},
-            "mirrored": all(hasyncd.mirrored(views[master], views[b]) for b in backups)}
+            "mirrored": all(hasyncd.mirrored(views[master], views[b]) for b in backups),
+            "missing": {b: hasyncd.missing(views[master], views[b]) for b in backups}}
 
 
 def _after_failovers(run: Run) -> dict[str, object]:

@@ -124,6 +124,14 @@ def mirrored(master: dict[str, Any], backup: dict[str, Any]) -> bool:
         backup["xfrm_spis"])
 
 
+def missing(master: dict[str, Any], backup: dict[str, Any]) -> dict[str, list[str]]:
+    """What `backup` lacks of `master`: IKE_SAs (not PASSIVE there) and kernel SPIs."""
+    passive = {spis for spis, state in backup["ike_sas"].items() if state == "PASSIVE"}
+    return {"ike_sas": sorted(spis for spis, state in master["ike_sas"].items()
+                              if state == "ESTABLISHED" and spis not in passive),
+            "xfrm_spis": sorted(set(master["xfrm_spis"]) - set(backup["xfrm_spis"]))}
+
+
 def wait_mirrored(lab: Lab, master: str, backups: list[str],
                   timeout: float = 90) -> dict[str, dict[str, Any]]:
     """Wait until every backup mirrors `master`; return every gateway's view either way."""
@@ -141,8 +149,8 @@ def wait_mirrored(lab: Lab, master: str, backups: list[str],
 def wait_members(lab: Lab, gws: list[str], master: str, timeout: float = 30) -> bool:
     """Wait until every gateway's `hasync status` lists every member in its VRRP role.
 
-    Members report every 2 s through Raft, so a role keepalived just set shows everywhere
-    a moment later.
+    Members report every 5 s through Raft, so a role keepalived just set shows everywhere
+    a few seconds later.
     """
     want = {gw: "master" if gw == master else "backup" for gw in gws}
     deadline = time.monotonic() + timeout
