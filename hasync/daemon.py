@@ -15,6 +15,7 @@ import dataclasses
 import errno
 import logging
 import os
+import re
 import signal
 import stat
 import time
@@ -39,6 +40,11 @@ TICK_S = 0.25  # the loop's idle tick (heartbeats, reports); a queued batch wake
 REPORT_S = 5.0  # how often a node tells the cluster its VRRP role and applied index
 BACKUP_SEQ_TICK_S = 1.0  # a backup's guard tick when no mark arrives (marks wake it at once)
 REPLAY_CHUNK = 200  # datagrams per loop turn when replaying the journal into charon
+
+
+def _shape(healthy: bool, reasons: list[str]) -> tuple[bool, tuple[str, ...]]:
+    """A verdict without its numbers (ages, counts), to log changes rather than every tick."""
+    return healthy, tuple(re.sub(r"\d+(\.\d+)?", "#", r) for r in reasons)
 
 
 class Daemon:
@@ -264,7 +270,7 @@ class Daemon:
             vici_ok, vici_error = await loop.run_in_executor(
                 None, vicicheck.check, self.cfg.charon.vici_socket, 2.0)
             healthy, reasons = verdict(self.health({}), vici_ok, vici_error)
-            if (healthy, reasons) != self.healthy:
+            if _shape(healthy, reasons) != _shape(*self.healthy):  # not every second's age
                 log.log(logging.INFO if healthy else logging.WARNING, "health: %s",
                         "ok" if healthy else "; ".join(reasons))
             self.healthy = (healthy, reasons)

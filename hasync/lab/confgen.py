@@ -55,6 +55,7 @@ def strongswan_conf(log_path: str, vici_socket: str, timers: LabTimers, ha: bool
   retransmit_base = {timers.retransmit_base}
   install_virtual_ip = yes
   filelog {{ f {{ path = {log_path}
+                flush_line = yes
                 time_format = %H:%M:%S
                 default = 1
                 {levels}

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import os
 import shutil
 import signal
 import subprocess
@@ -33,6 +32,7 @@ from .scenario import (
     kernel_release,
     read_probes,
     restore,
+    signal_probes,
     spec_dict,
     start_traffic,
     wait_flowing,
@@ -229,10 +229,7 @@ def _after_failovers(run: Run) -> dict[str, object]:
 
 def stop_probes(run: Run) -> None:
     """Stop every probe stream (captures keep running)."""
-    for _, what, p in run.lab.procs:
-        if what == "probe" and p.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, signal.SIGTERM)
+    signal_probes(run, signal.SIGTERM)
 
 
 def run_lab(spec: LabSpec, out_dir: Path) -> dict[str, object]:
