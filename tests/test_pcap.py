@@ -359,7 +359,7 @@ def test_seq_jumps_per_spi_across_the_fault() -> None:
         packet(2, 50, ts=9.9),
         packet(1, 102, ts=9.99),
         packet(3, 7, ts=9.0),  # only before: no jump
-        packet(1, 100_103, ts=12.0),
+        packet(1, 100_203, ts=12.0),
         packet(2, 48, ts=10.0),  # at t_kill counts as after: reused numbers
         packet(1, 100_200, ts=11.0),  # the first after, though listed later
         packet(2, 60, ts=13.0),
@@ -374,6 +374,19 @@ def test_seq_jumps_per_spi_across_the_fault() -> None:
     assert [(j.spi, j.packets_2s, j.rate_pps) for j in wide] == [(1, 3, 0.75), (2, 1, 0.25)]
     assert seq_jumps(packets, A, 10.0) == []
     assert seq_jumps([], B, 10.0) == []
+
+
+def test_seq_jumps_finds_the_switch_when_the_old_master_sends_on_after_the_fault() -> None:
+    # charon died at 10.0 but its kernel forwarded until the VIP moved at 14.0
+    packets = [packet(1, n, ts=8.0 + 0.5 * (n - 1)) for n in range(1, 13)]  # 8.0 .. 13.5
+    packets += [packet(1, 1500 + n, ts=14.0 + 0.5 * n) for n in range(4)]
+    assert seq_jumps(packets, B, 10.0) == [SeqJump(1, 12, 1500, 1487, 4, 2.0)]
+    # a step back anywhere after the fault is what counts, however large a later step forward
+    back = [*packets, packet(1, 1502, ts=16.0)]
+    j = seq_jumps(back, B, 10.0)[0]
+    assert (j.last_before, j.first_after, j.seq_skipped) == (1503, 1502, -2)
+    # a continuous stream after the fault: no jump at all
+    assert seq_jumps(packets[:12], B, 10.0) == [SeqJump(1, 4, 5, 0, 4, 2.0)]
 
 
 def test_seq_jumps_last_before_is_the_highest_and_window_must_be_positive() -> None:

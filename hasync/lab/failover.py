@@ -29,6 +29,7 @@ from .scenario import (
     client_state,
     fail,
     fault_of,
+    join_vrrp,
     kernel_release,
     read_probes,
     restore,
@@ -182,6 +183,7 @@ def run_failovers(run: Run) -> dict[str, object]:
     for k in range(spec.failovers):
         fo = one_failover(run, master, wall, fault_of(spec, k))
         fos.append(fo)
+        join_vrrp(run)
         wall = time.monotonic() + run.wall_offset
         if k + 1 < spec.failovers:
             restore(run, master)

@@ -137,8 +137,8 @@ class SeqJump:
     """One SPI's sequence numbers across a fault: last before, first after, and the rate."""
 
     spi: int
-    last_before: int  # highest sequence number seen before the fault
-    first_after: int  # sequence number of the first packet (by time) at or after the fault
+    last_before: int  # highest sequence number seen before the jump
+    first_after: int  # the sequence number the jump lands on (the new master's first)
     seq_skipped: int  # first_after - last_before - 1; negative: numbers used again
     packets_2s: int  # packets of the SPI in the rate window before the fault
     rate_pps: float  # packets_2s / the window
@@ -425,25 +425,48 @@ def spi_summary(packets: Iterable[EspPacket], dst: str | None = None) -> dict[in
 
 def seq_jumps(packets: Iterable[EspPacket], dst: str, t_kill: float, *,
               rate_window_s: float = 2.0) -> list[SeqJump]:
-    """Per SPI to dst seen before and at/after t_kill: its sequence-number jump across it."""
+    """Per SPI to dst seen before and at/after t_kill: its sequence-number jump across it.
+
+    The jump is where, at or after t_kill, the stream departs most from continuity (each
+    packet's seq against the highest seen before it): a step back (numbers sent again) if
+    there is one, else the largest step forward. The old master may still send after t_kill
+    (a charon fault leaves its kernel forwarding until the VIP moves), so the jump is found,
+    not assumed at t_kill. The rate is the SPI's packets in the window before t_kill.
+    """
     if rate_window_s <= 0:
         raise ValueError(f"rate_window_s must be positive, not {rate_window_s}")
-    last_before: dict[int, int] = {}
-    first_after: dict[int, int] = {}
-    recent: Counter[int] = Counter()
-    order: dict[int, None] = {}  # SPIs in order of first appearance (by time)
+    by_spi: dict[int, list[EspPacket]] = {}
     for p in sorted((p for p in packets if p.dst == dst), key=lambda p: p.ts):
-        order.setdefault(p.spi, None)
-        if p.ts < t_kill:
-            last_before[p.spi] = max(p.seq, last_before.get(p.spi, p.seq))
-            if p.ts >= t_kill - rate_window_s:
-                recent[p.spi] += 1
-        else:
-            first_after.setdefault(p.spi, p.seq)
-    return [SeqJump(spi, last_before[spi], first_after[spi],
-                    first_after[spi] - last_before[spi] - 1, recent[spi],
-                    recent[spi] / rate_window_s)
-            for spi in order if spi in last_before and spi in first_after]
+        by_spi.setdefault(p.spi, []).append(p)
+    jumps = []
+    for spi, seq in by_spi.items():
+        jump = _jump(seq, t_kill)
+        if jump is not None:
+            recent = sum(1 for p in seq if t_kill - rate_window_s <= p.ts < t_kill)
+            jumps.append(SeqJump(spi, jump[0], jump[1], jump[1] - jump[0] - 1, recent,
+                                 recent / rate_window_s))
+    return jumps
+
+
+def _jump(seq: list[EspPacket], t_kill: float) -> tuple[int, int] | None:
+    """(highest seq before, seq) at the step of one SPI's time-ordered packets that departs
+    most from continuity at or after t_kill (steps back first); None without both sides."""
+    high: int | None = None
+    best: tuple[int, int] | None = None
+    for p in seq:
+        if p.ts >= t_kill and high is not None:
+            dev = p.seq - high - 1
+            if best is None or _worse(dev, best[1] - best[0] - 1):
+                best = (high, p.seq)
+        high = p.seq if high is None else max(high, p.seq)
+    return best
+
+
+def _worse(dev: int, than: int) -> bool:
+    """Whether a step of `dev` is the one to report over `than` (any step back wins)."""
+    if (dev < 0) != (than < 0):
+        return dev < 0
+    return dev < than if dev < 0 else dev > than
 
 
 def ike_sa_inits(ike: Iterable[IkePacket], start: float, end: float, *,

@@ -61,6 +61,7 @@ class Run:
     wall_offset: float = 0.0  # time.time() - time.monotonic(): maps pcap times to ours
     probe_logs: dict[str, tuple[int, probe.ProbeLog, str]] = field(default_factory=dict)
     captures: dict[str, pcap.PcapTail] = field(default_factory=dict)
+    vrrp_later: list[str] = field(default_factory=list)  # restored; keepalived still to start
 
 
 def _mount_base() -> Path:
@@ -295,8 +296,22 @@ def _restore(run: Run, node: str) -> None:
     if run.spec.mode == "hasync":  # as on a real gateway: keepalived after hasync is ready
         hasyncd.wait_synced(lab, node)
     run.priorities[node] = min(run.priorities.values()) - 10
-    _keepalived(run, node)
-    log.info("%s restored as backup (priority %d)", node, run.priorities[node])
+    run.vrrp_later.append(node)
+    log.info("%s restored (priority %d; joins VRRP after the next failover)", node,
+             run.priorities[node])
+
+
+def join_vrrp(run: Run) -> None:
+    """Start keepalived on the gateways restored before the failover just measured.
+
+    A restored gateway is a Raft member and mirrors charon at once, but joins VRRP only
+    after the next failover: among backups, VRRP picks the new master by a skew of
+    (256 - priority) x advert / 256, 20 ms between priorities 180 and 170, which emulation's
+    jitter overturns. One candidate at a time keeps the ring gw1 -> gw2 -> gw3 -> gw1.
+    """
+    for node in run.vrrp_later:
+        _keepalived(run, node)
+    run.vrrp_later.clear()
 
 
 def _keepalived(run: Run, gw: str) -> None:
