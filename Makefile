@@ -1,7 +1,6 @@
 # hasync: everything a fresh Debian 12 machine needs, as root.
-#   make demo   set up, run the failover lab (keepalived alone), print the outcome
-#   make demo-hasync  the same scenario with hasync on every gateway, then both side by side
-#                     (issue 4: not yet reliable in the VM)
+#   make demo   set up, run the failover lab with keepalived alone and with hasync, print both
+#               side by side
 #   make test   set up, run every test (unit, security, and lab tests in the VM)
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -15,7 +14,7 @@ APT_PACKAGES := linux-image-amd64 qemu-system-x86 strongswan-charon strongswan-s
 	libcharon-extra-plugins libstrongswan-standard-plugins keepalived iproute2 nftables \
 	tcpdump iputils-ping arping kmod udev procps psmisc util-linux busybox-static python3-venv
 
-.PHONY: setup apt venv demo demo-hasync test test-unit test-lab test-lab-extended lint clean
+.PHONY: setup apt venv demo test test-unit test-lab test-lab-extended lint clean
 
 setup: apt venv
 
@@ -55,11 +54,6 @@ test-lab-extended: setup
 demo: setup
 	@mkdir -p $(OUT)
 	$(BIN)/hasync lab failover --baseline --json $(OUT)/baseline.json --out $(OUT)/lab-baseline
-
-demo-hasync: setup
-	@mkdir -p $(OUT)
-	test -f $(OUT)/baseline.json || $(BIN)/hasync lab failover --baseline \
-		--json $(OUT)/baseline.json --out $(OUT)/lab-baseline
 	$(BIN)/hasync lab failover --json $(OUT)/hasync.json --out $(OUT)/lab-hasync
 	$(BIN)/hasync lab compare $(OUT)/baseline.json $(OUT)/hasync.json
 

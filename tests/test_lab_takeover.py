@@ -2,10 +2,7 @@
 tunnel (one client behind NAT, one with ESN, one whose CHILD_SA was rekeyed before), three
 kills of every process of the master in a row (gw1 -> gw2 -> gw3 -> gw1), then a kill of the
 master's charon alone; real charon, keepalived and kernel XFRM (in the VM when this kernel has
-no ESP). One lab run serves every test in this module. Under QEMU/TCG it takes over 35
-minutes (each restored gateway needs minutes to start and catch up), so it runs with
-`make test-lab-extended`; `make test` runs one failover (tests/test_lab_failover_hasync.py).
-"""
+no ESP). One lab run serves every test in this module (about 10 minutes under QEMU/TCG)."""
 
 from __future__ import annotations
 
@@ -18,7 +15,7 @@ from hasync.seqguard import Reserve
 
 from labrun import run_lab
 
-pytestmark = [pytest.mark.lab, pytest.mark.lab_extended,
+pytestmark = [pytest.mark.lab,
               pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")]
 FLOOR = Reserve().bound(0)  # docs/takeover.md: the most a failover may skip at low rates
 
