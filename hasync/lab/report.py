@@ -120,7 +120,7 @@ def _dicts(v: object) -> list[dict[str, object]]:
     return [x for x in v if isinstance(x, dict)] if isinstance(v, list) else []
 
 
-_HASYNC_KEYS = (*_SIDE_KEYS, "seq_skipped_max")
+_HASYNC_KEYS = (*_SIDE_KEYS, "seq_skipped")  # the lab result's largest skip per client
 
 
 def _client_rows(k: int, bfo: dict[str, object] | None,
