@@ -76,11 +76,18 @@ def test_baseline_never_keeps_a_tunnel_across_failover(baseline: dict[str, Any])
             assert c["lost_to_client"] > 0 and c["lost_from_client"] > 0, c
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_stops_the_lab_and_leaves_nothing(tmp_path: Path) -> None:
     out = tmp_path / "artifacts"
+    # as a terminal's Ctrl-C finds it: a runner that starts us in the background (nohup, `&`)
+    # leaves SIGINT ignored, and Python keeps an ignored SIGINT ignored
     proc = subprocess.Popen([sys.executable, "-m", "hasync", "lab", "failover", "--baseline",
                              "--out", str(out)], cwd=ROOT, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=_default_sigint)
     assert proc.stdout is not None
     for line in proc.stdout:  # interrupt once the daemons are running
         if "charon up" in line:

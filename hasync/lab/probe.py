@@ -49,8 +49,8 @@ DEFAULT_SIZE = 64
 DEFAULT_SERVER_NAME = "server"
 FLUSH_INTERVAL = 0.1
 _MAX_BURST = 5
-_RECV_BATCH = 512
-_RECV_BUFFER = 1 << 20
+_RECV_BATCH = 8192  # per wake: a server of 1000 flows at 50/s gets 2500 per 50 ms
+_RECV_BUFFER = 8 << 20  # a small datagram takes about 1 KiB of it (skb truesize)
 _TAIL = struct.Struct("!Id")
 _NAME = re.compile(r"[!-~]{1,255}")
 # Linux (asm-generic) values the socket module lacks: SO_TIMESTAMPNS_OLD (cmsg: two longs of
