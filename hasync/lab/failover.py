@@ -130,9 +130,9 @@ def one_failover(run: Run, master: str, wall_start: float, fault: str) -> dict[s
     t_end = time.monotonic()
     after = {c: client_state(run, c) for c in clients}
     promotion = None
-    if spec.mode == "hasync":
-        st = hasyncd.status(lab, ev.node)
-        promotion = (st or {}).get("takeover", {}).get("last_promotion")
+    if spec.mode == "hasync":  # traffic flows before the barrier ends (backups are pre-jumped)
+        promotion = hasyncd.wait_promotion(lab, ev.node, t_kill + run.wall_offset,
+                                           confgen.LAB_BARRIER_MS / 1000 + 30)
     return {"from": master, "to": ev.node, "fault": fault, "promotion": promotion,
             "vrrp_detect_ms": round((ev.t - t_kill) * 1000, 1), "vip_moved": vip,
             "window_s": round(t_end - t_kill, 2),

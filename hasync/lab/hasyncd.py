@@ -88,6 +88,20 @@ def wait_synced(lab: Lab, gw: str, timeout: float = 180) -> None:
     raise LabError(f"hasync on {gw} did not sync within {timeout:.0f} s")
 
 
+def wait_promotion(lab: Lab, gw: str, since_wall: float,
+                   timeout: float) -> dict[str, Any] | None:
+    """`gw`'s last promotion once it is done, if it started after `since_wall` (time.time());
+    after `timeout`, whatever `hasync status` shows then."""
+    deadline = time.monotonic() + timeout
+    promotion = None
+    while time.monotonic() < deadline:
+        promotion = ((status(lab, gw) or {}).get("takeover") or {}).get("last_promotion")
+        if promotion and promotion.get("started", 0) >= since_wall and promotion.get("done"):
+            break
+        time.sleep(0.5)
+    return promotion
+
+
 def status(lab: Lab, gw: str) -> dict[str, Any] | None:
     """`hasync status` of `gw`, or None while it does not answer."""
     try:
