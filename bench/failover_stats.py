@@ -18,7 +18,9 @@ PHASES = ("wait_ms", "xfrm_ms", "activate_ms")
 TUNNEL_FIELDS = ("outage_ms", "lost_to_client", "lost_from_client", "reestablished",
                  "replay_errors", "seq_reuse", "seq_skipped")
 FALLBACK_PRIORITY = 190  # gw2, the lab's first new master (scenario.py: 200 - 10 x k + 10)
-OUTAGE_FACTOR = 1.5  # hasync: p99 outage at most this many master-down intervals
+OUTAGE_FACTOR = 1.5  # hasync: p99 outage at most this many master-down intervals, as measured
+#                     (median over the row: old master's last advert -> new MASTER; decisions.md)
+RESOLUTION_SHARE = 0.25  # the outage check needs a probe interval of at most this x its limit
 LINEAR_FACTOR = 1.5  # promotion: per-tunnel time at the largest N at most this x the smallest
 
 Doc = dict[str, Any]
@@ -54,6 +56,9 @@ def _master_down(fo: Doc, result: Doc) -> tuple[float | None, str]:
     """(master-down ms, where it came from) for one failover."""
     if fo.get("master_down_ms") is not None:
         return float(fo["master_down_ms"]), "lab"
+    if fo.get("master_down_config_ms") is not None:
+        return (float(fo["master_down_config_ms"]),
+                "lab's configured interval (no advertisement heard before the fault)")
     adv = advert_int_of(result)
     if adv is None:
         return None, "unknown: the lab result has neither master_down_ms nor advert_int"
@@ -83,7 +88,8 @@ def failover_record(mode: str, n: int, k: int, fo: Doc, result: Doc) -> Doc:
     if start is None:
         start, start_src = fo.get("vrrp_detect_ms"), "vrrp_detect_ms (no promotion_start_ms)"
     return {"mode": mode, "tunnels": n, "index": k, "from": fo.get("from"), "to": fo.get("to"),
-            "vrrp_detect_ms": fo.get("vrrp_detect_ms"), "master_down_ms": md,
+            "rate_pps": result.get("rate_pps"), "vrrp_detect_ms": fo.get("vrrp_detect_ms"),
+            "master_down_ms": md, "master_down_config_ms": fo.get("master_down_config_ms"),
             "master_down_source": md_src, "promotion": promotion_record(fo.get("promotion")),
             "promotion_start_ms": start, "promotion_start_source": start_src,
             "clients": [tunnel_record(c) for c in fo.get("clients") or []
@@ -109,6 +115,7 @@ def _stat(values: list[float]) -> Doc:
     return {"median": median(values), "max": max(values) if values else None}
 
 
+
 def group_summary(mode: str, n: int, records: list[Doc], error: str | None = None) -> Doc:
     """The summary of every failover of one mode at one tunnel count."""
     tunnels = [t for r in records for t in r["clients"]]
@@ -117,6 +124,7 @@ def group_summary(mode: str, n: int, records: list[Doc], error: str | None = Non
     promos = [r["promotion"] for r in records if r["promotion"]]
     totals = [p["total_ms"] for p in promos if p.get("total_ms") is not None]
     downs = [r["master_down_ms"] for r in records if r["master_down_ms"] is not None]
+    rates = [float(r["rate_pps"]) for r in records if r.get("rate_pps")]
     return {
         "mode": mode, "tunnels": n, "error": error, "failovers": len(records),
         "samples": len(tunnels), "tunnels_measured": sorted({len(r["clients"]) for r in records}),
@@ -134,6 +142,7 @@ def group_summary(mode: str, n: int, records: list[Doc], error: str | None = Non
                                                    if p.get(ph) is not None])
                                        for ph in PHASES} if promos else None,
         "vrrp_detect_ms": _stat(_values(records, "vrrp_detect_ms")),
+        "probe_interval_ms": round(1000 / min(rates), 1) if rates else None,
         "master_down_ms": _stat(downs),
         "master_down_source": sorted({r["master_down_source"] for r in records}),
     }
@@ -190,27 +199,34 @@ def _check(name: str, group: Doc, ok: bool | None, value: object, limit: object)
 def group_checks(g: Doc) -> list[Doc]:
     """hasync's three promises at one tunnel count (no verdict without measurements)."""
     have = g["samples"] > 0
-    p99, down = g["outage_ms"]["p99"], g["master_down_ms"]["max"]
+    p99, down = g["outage_ms"]["p99"], g["master_down_ms"]["median"]
     limit = OUTAGE_FACTOR * down if down is not None else None
+    step = g.get("probe_interval_ms")
+    resolved = limit is not None and (step is None or step <= RESOLUTION_SHARE * limit)
     return [
         _check("no re-establishment", g, g["reestablished"] == 0 if have else None,
                g["reestablished"], 0),
         _check("no sequence-number reuse", g,
                g["seq_reuse"] == 0 if have and not g["missing"]["seq_reuse"] else None,
                g["seq_reuse"], 0),
-        _check(f"p99 outage <= {OUTAGE_FACTOR} x master-down", g,
-               p99 <= limit if p99 is not None and limit is not None else None,
+        _check(f"p99 outage <= {OUTAGE_FACTOR} x measured master-down", g,
+               p99 <= limit if p99 is not None and limit is not None and resolved else None,
                p99, round(limit, 1) if limit is not None else None),
     ]
 
 
 def checks(groups: list[Doc], scaling: Doc) -> Doc:
-    """Every check; `pass` overall only when every check passed (no verdict is no pass)."""
-    items = [c for g in groups if g["mode"] == "hasync" for c in group_checks(g)]
+    """Every check; `pass` overall when none failed and one passed at least (a check without
+    verdict, e.g. outages at a probe interval too coarse for the limit, is counted apart)."""
+    items = [_check("lab run completed", g, False, g["error"], None) for g in groups
+             if g["error"]]
+    items += [c for g in groups if g["mode"] == "hasync" for c in group_checks(g)]
     items.append({"name": "promotion grows at most linearly", "mode": "hasync",
                   "tunnels": None, "pass": scaling["pass"], "value": scaling["ratio"],
                   "limit": LINEAR_FACTOR})
-    return {"items": items, "pass": all(c["pass"] is True for c in items)}
+    verdicts = [c["pass"] for c in items]
+    return {"items": items, "pass": False not in verdicts and True in verdicts,
+            "no_verdict": sum(v is None for v in verdicts)}
 
 
 def _one(values: set[Any]) -> Any:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from .lab.scenario import LabSpec
 
 DAEMON_CMDS = ("daemon", "status", "sas", "health", "keygen")
+MAX_TUNNELS = 1000  # the lab pool (hasync/lab/topology.py POOL, a /22) holds 1022 virtual IPs
 
 
 def _lab_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -66,7 +67,11 @@ def _lab_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     fo.add_argument("--clients", type=int, default=3, help="road warriors (default 3)")
     fo.add_argument("--nat-clients", type=int, default=1, help="of them behind NAT (default 1)")
     fo.add_argument("--failovers", type=int, default=1, help="failovers in a row (default 1)")
-    fo.add_argument("--rate", type=float, default=20.0, help="probe packets/s each way")
+    fo.add_argument("--tunnels", type=int, default=0,
+                    help="N tunnels dealt over the clients, each its own IKE_SA (pre-shared "
+                         "key), virtual IP and probe flow (default 0: one per client)")
+    fo.add_argument("--rate", type=float, default=20.0,
+                    help="probe packets/s each way, per tunnel")
     fo.add_argument("--advert-int", type=float, default=confgen.LabTimers.advert_int_s,
                     help="VRRP advert interval, s (default %(default)s)")
     fo.add_argument("--fault", default="kill",
@@ -184,6 +189,8 @@ def _spec(a: argparse.Namespace) -> LabSpec:
         raise LabError(f"--advert-int must be 0.01 to 40.95 s (VRRPv3), not {a.advert_int}")
     if not 1 <= a.failovers <= 10 or a.rate <= 0:
         raise LabError("--failovers must be 1 to 10 and --rate positive")
+    if not 0 <= a.tunnels <= MAX_TUNNELS:
+        raise LabError(f"--tunnels must be 0 to {MAX_TUNNELS} (the pool), not {a.tunnels}")
     from .lab.scenario import FAULTS
     faults = tuple(f.strip() for f in a.fault.split(","))
     bad = [f for f in faults if f not in FAULTS]
@@ -194,7 +201,7 @@ def _spec(a: argparse.Namespace) -> LabSpec:
     return LabSpec(mode="baseline" if a.baseline else "hasync", gateways=a.gateways,
                    clients=a.clients, nat_clients=a.nat_clients, failovers=a.failovers, rate=a.rate,
                    fault=faults[0], faults=faults if len(faults) > 1 else (),
-                   timeout_s=a.timeout, timers=timers)
+                   timeout_s=a.timeout, timers=timers, tunnels=a.tunnels)
 
 
 def _plan_ok(spec: LabSpec) -> None:

@@ -26,6 +26,7 @@ from . import vicicheck
 from .config import Config
 from .control import ControlServer
 from .endpoint import HaEndpoint, open_endpoint
+from .feed import CharonFeed
 from .ha import HaMessage, MessageType
 from .health import verdict
 from .journal.seal import Batch, derive_keys, load_cluster_key
@@ -39,7 +40,6 @@ log = logging.getLogger("hasync")
 TICK_S = 0.25  # the loop's idle tick (heartbeats, reports); a queued batch wakes it earlier
 REPORT_S = 5.0  # how often a node tells the cluster its VRRP role and applied index
 BACKUP_SEQ_TICK_S = 1.0  # a backup's guard tick when no mark arrives (marks wake it at once)
-REPLAY_CHUNK = 200  # datagrams per loop turn when replaying the journal into charon
 
 
 def _shape(healthy: bool, reasons: list[str]) -> tuple[bool, tuple[str, ...]]:
@@ -60,6 +60,8 @@ class Daemon:
         self.journal: ClusterJournal | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.synced = False  # the journal caught up and charon was given the whole state
+        self.replaying = False  # the whole state is queued for charon, not all of it sent yet
+        self.feed: CharonFeed | None = None
         self.charon_segments: set[int] = set()
         self.counters: dict[str, int] = {"mirrored": 0, "replays": 0, "fifo_errors": 0,
                                          "batches": 0, "batch_messages": 0}
@@ -72,6 +74,7 @@ class Daemon:
         self.seq: SeqSync | None = None
         self.healthy: tuple[bool, list[str]] = (False, ["not checked yet"])
         self.promotion: asyncio.Task[Any] | None = None
+        self._replay_task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()  # a batch has become due: the tick loop should run
         self._seq_wake = asyncio.Event()  # a replay-state entry was applied: move the kernel
@@ -96,6 +99,7 @@ class Daemon:
             no_quorum=t.no_quorum_reserve), self._activate, t.barrier_timeout_ms / 1000)
         self.endpoint = await open_endpoint(cfg.charon.ha_remote.sockaddr,
                                             cfg.charon.ha_local.sockaddr, self._on_ha)
+        self.feed = CharonFeed(self.endpoint.send, cfg.charon.ha_local.sockaddr)
         control = ControlServer(cfg.node.control_socket, {"status": self.status,
                                                           "sas": self.sas,
                                                           "health": self.health})
@@ -109,9 +113,11 @@ class Daemon:
         ticker = asyncio.create_task(self._tick_loop())
         guard = asyncio.create_task(self._seq_loop())
         health = asyncio.create_task(self._health_loop())
+        feeder = asyncio.create_task(self.feed.run())
         try:
             await self._stop.wait()
         finally:
+            feeder.cancel()
             ticker.cancel()
             guard.cancel()
             health.cancel()
@@ -182,24 +188,26 @@ class Daemon:
             self.loop.call_soon_threadsafe(self._on_applied, [raw for raw, _ in applied])
 
     def _on_applied(self, datagrams: list[bytes]) -> None:
-        """Committed datagrams: a synced backup sends them on to its charon."""
-        if self.synced and self.role.mirrors and self.endpoint is not None:
-            for raw in datagrams:
-                self.endpoint.send(raw)
+        """Committed datagrams: a synced backup queues them for its charon (after the replay)."""
+        if (self.synced or self.replaying) and self.role.mirrors and self.feed is not None:
+            self.feed.put(datagrams)
             self.counters["mirrored"] += len(datagrams)
 
     async def _replay(self) -> None:
-        """Send charon the whole committed state, in dependency order."""
-        assert self.journal is not None and self.endpoint is not None
+        """Give charon the whole committed state, in dependency order, at its pace (feed.py);
+        synced once all of it was sent."""
+        assert self.journal is not None and self.feed is not None
+        t0 = time.monotonic()
         with self.journal.lock:
             plan = self.journal.state.replay_plan()
-        for i in range(0, len(plan), REPLAY_CHUNK):
-            for raw in plan[i:i + REPLAY_CHUNK]:
-                self.endpoint.send(raw)
-            await asyncio.sleep(0.005)
+            self.feed.put(plan)  # under the lock: what is applied next queues behind it
+            self.replaying = True
+        await self.feed.drained()
+        self.replaying, self.synced = False, True
         self.counters["replays"] += 1
         self.counters["mirrored"] += len(plan)
-        log.info("replayed %d datagrams into charon", len(plan))
+        log.info("replayed %d datagrams into charon in %.1f s", len(plan),
+                 time.monotonic() - t0)
 
     def _caught_up(self) -> bool:
         assert self.journal is not None
@@ -219,9 +227,9 @@ class Daemon:
                 self._report(now)
             if not self.raft_joined and self._caught_up():
                 self.raft_joined = True
-            if self.role.mirrors and not self.synced and self._caught_up():
-                self.synced = True
-                await self._replay()
+            if self.role.mirrors and not (self.synced or self.replaying) and self._caught_up():
+                self.replaying = True
+                self._replay_task = asyncio.create_task(self._replay())
             await self._sleep()
 
     async def _sleep(self) -> None:
@@ -369,7 +377,8 @@ class Daemon:
                                                                     - self.role.since, 1),
                 "raft": raft, "lag": max(0, (st.get("commit_idx") or 0)
                                          - (st.get("last_applied") or 0)),
-                "synced": self.synced, "charon_segments": sorted(self.charon_segments),
+                "synced": self.synced, "feed": self._feed_status(),
+                "charon_segments": sorted(self.charon_segments),
                 "journal": {"ike_sas": ike_sas, "child_sas": child_sas,
                             "anomalies": anomalies},
                 "backlog": self.batcher.backlog, "commit_ms": round(self.commit_ms, 2),
@@ -378,6 +387,12 @@ class Daemon:
                 "takeover": self.seq.status() if self.seq is not None else None,
                 "health": {"healthy": self.healthy[0], "reasons": self.healthy[1]},
                 "uptime_s": round(time.monotonic() - self.started, 1)}
+
+    def _feed_status(self) -> dict[str, int]:
+        """The charon feed's counters and what it still holds."""
+        if self.feed is None:
+            return {}
+        return {**self.feed.counters, "queued": self.feed.queued}
 
     def health(self, args: dict[str, Any]) -> dict[str, Any]:
         """`hasync health`: what this daemon knows (charon's vici is checked by the CLI)."""

@@ -27,6 +27,10 @@ def status_text(st: dict[str, Any]) -> str:
                      f" s ago")
     lines.append(f"journal: {jr.get('ike_sas')} IKE_SAs, {jr.get('child_sas')} CHILD_SAs; "
                  f"synced into charon: {st.get('synced')}; backlog {st.get('backlog')}")
+    fd = st.get("feed") or {}
+    if fd:
+        lines.append(f"charon feed: {fd.get('fed')} sent, {fd.get('queued')} queued, "
+                     f"{fd.get('stalls')} stalls")
     ha = st.get("ha", {})
     drops = {k: v for k, v in ha.items() if k.startswith("dropped")}
     lines.append(f"HA stream: {ha.get('accepted', 0)} accepted, {ha.get('sent', 0)} sent, "

@@ -16,7 +16,7 @@ XFRM = """src 192.0.2.1 dst 192.0.2.101
 \tlifetime current:
 \t  1680(bytes), 20(packets)
 \tstats:
-\t  replay-window 0 replay 3 failed 1
+\t  replay-window 2 replay 3 failed 1
 src 192.0.2.101 dst 192.0.2.1
 \tproto esp spi 0x00c1a2b3(12689075) reqid 1(0x00000001) mode tunnel
 \treplay-window 0 seq 0x00000000 flag af-unspec esn (0x00100000)
@@ -33,7 +33,7 @@ src 192.0.2.101 dst 192.0.2.1
 def test_parse_xfrm_states_plain_and_esn() -> None:
     a, b = observe.parse_xfrm_states(XFRM)
     assert (a.src, a.dst, a.spi, a.encap) == ("192.0.2.1", "192.0.2.101", 0xC836DEC0, True)
-    assert (a.seq, a.oseq, a.replay, a.failed) == (0, 0x14, 3, 1)
+    assert (a.seq, a.oseq, a.replay, a.failed) == (0, 0x14, 5, 1)  # 2 behind + 3 replayed
     assert (b.spi, b.encap, b.seq, b.oseq) == (0x00C1A2B3, False, (1 << 32) | 0x10, 0)
 
 
@@ -61,3 +61,18 @@ def test_parse_list_sas_keeps_installed_children_only() -> None:
     assert sa.spis == "ab925c1d2b0527f8_78149feff565ae5d"
     assert sa.child_spis == (("c836dec0", "c7c7a0da"),)
     assert sa.encap and sa.local_vips == ("10.3.0.2",) and sa.state == "ESTABLISHED"
+
+
+def test_states_and_stat_come_from_one_command() -> None:
+    class OneRun:
+        def __init__(self) -> None:
+            self.calls: list[list[str]] = []
+
+        def run(self, node: str, argv: list[str]) -> str:
+            self.calls.append(argv)
+            return XFRM + "@@\nXfrmInError 0\nXfrmInStateSeqError 4\n"
+    lab = OneRun()
+    states, stat = observe.xfrm_states_and_stat(lab, "c1")  # type: ignore[arg-type]
+    assert len(lab.calls) == 1 and lab.calls[0][0] == "sh"
+    assert [s.spi for s in states] == [s.spi for s in observe.parse_xfrm_states(XFRM)]
+    assert stat == {"XfrmInError": 0, "XfrmInStateSeqError": 4}

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from hasync.lab import report
-from hasync.lab.failover import reuse_in_window
 from hasync.lab.pcap import EspPacket
+from hasync.lab.tunnels import by_spi, reuse_by_spi
 
 
 def _p(ts: float, spi: int, seq: int, dst: str = "192.0.2.101") -> EspPacket:
@@ -14,11 +14,14 @@ def _p(ts: float, spi: int, seq: int, dst: str = "192.0.2.101") -> EspPacket:
 def test_reuse_counts_only_repeats_inside_the_window() -> None:
     pkts = (_p(1, 1, 1), _p(2, 1, 2), _p(3, 1, 1), _p(10, 1, 2), _p(11, 2, 1),
             _p(12, 1, 3, dst="192.0.2.102"), _p(13, 1, 3, dst="192.0.2.102"))
-    assert reuse_in_window(pkts, "192.0.2.101", 0, 100) == 2
-    assert reuse_in_window(pkts, "192.0.2.101", 5, 100) == 1  # the repeat at t=10
-    assert reuse_in_window(pkts, "192.0.2.101", 0, 5) == 1
-    assert reuse_in_window(pkts, "192.0.2.102", 0, 100) == 1
-    assert reuse_in_window((), "192.0.2.101", 0, 100) == 0
+    def reuse(dst: str, start: float, end: float) -> int:
+        return sum(reuse_by_spi(by_spi(pkts, dst), start, end).values())
+    assert reuse("192.0.2.101", 0, 100) == 2
+    assert reuse("192.0.2.101", 5, 100) == 1  # the repeat at t=10
+    assert reuse("192.0.2.101", 0, 5) == 1
+    assert reuse("192.0.2.102", 0, 100) == 1
+    assert reuse_by_spi(by_spi(pkts, "192.0.2.101"), 0, 100) == {1: 2, 2: 0}
+    assert reuse_by_spi(by_spi((), "192.0.2.101"), 0, 100) == {}
 
 
 def test_table_has_a_row_per_client_and_failover() -> None:
@@ -33,3 +36,13 @@ def test_table_has_a_row_per_client_and_failover() -> None:
     assert "gw1->gw2: VRRP master after 2040 ms" in text
     rows = [line for line in text.splitlines() if line.strip().startswith("gw1->gw2 ")]
     assert len(rows) == 2 and "19291" in rows[0] and "c2" in rows[1]
+
+
+def test_gaps_are_ms_from_the_kill_and_merged_across_directions() -> None:
+    from hasync.lab.failover import Window, gaps_ms, master_down_ms, union
+    w = Window(t_kill=100.0, t_end=104.0, wall_start=0.0)
+    rx = [(0, 0.0, t) for t in (99.0, 99.5, 99.6, 101.5, 101.6, 103.9)]
+    assert gaps_ms(rx, w, 0.3) == [[-1000.0, -500.0], [-400.0, 1500.0], [1600.0, 3900.0]]
+    assert gaps_ms([], w, 0.3) == [[-1000.0, 4000.0]]
+    assert union([[1.0, 3.0], [-2.0, 0.0], [2.5, 4.0]]) == [[-2.0, 0.0], [1.0, 4.0]]
+    assert master_down_ms(0.5, 190) == 1628.9  # RFC 5798 6.1

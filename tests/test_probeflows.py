@@ -5,6 +5,7 @@
 
 import errno
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -294,3 +295,55 @@ def test_sigterm_ends_it_with_a_final_flush(server: tuple[str, Path], tmp_path: 
     sent = parse_flows(log.read_text().splitlines())["term"].peer("server").sent
     assert sent
     assert f"tx {len(sent)} ".encode() in err  # every packet counted is in the log
+
+
+def test_reload_rebinds_moved_flows_keeps_their_seq_adds_and_drops(tmp_path: Path) -> None:
+    log = tmp_path / "flows.log"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+        peer.bind(("127.0.0.1", 0))
+        client = _Client((socket.AF_INET, peer.getsockname()), "server",
+                         [FlowSpec("stay", "127.0.0.1"), FlowSpec("move", "127.0.0.2"),
+                          FlowSpec("gone", "127.0.0.3")], 64, str(log))
+        try:
+            client.send_round()
+            first = {peer.recvfrom(2048)[1][0] for _ in range(3)}
+            client.reload([FlowSpec("stay", "127.0.0.1"), FlowSpec("move", "127.0.0.4"),
+                           FlowSpec("new", "127.0.0.5")], 64, "server")
+            assert client.stats["bound"] == 1 and client.pending
+            client.bind_pending(time.monotonic())
+            client.send_round()
+            second = {peer.recvfrom(2048)[1][0] for _ in range(3)}
+        finally:
+            client.close()
+    assert first == {"127.0.0.1", "127.0.0.2", "127.0.0.3"}
+    assert second == {"127.0.0.1", "127.0.0.4", "127.0.0.5"}
+    flows = parse_flows(log.read_text().splitlines())
+    assert [s for s, _ in flows["move"].peer("server").sent] == [0, 1]  # seq kept across rebind
+    assert [s for s, _ in flows["new"].peer("server").sent] == [0]
+    assert [s for s, _ in flows["gone"].peer("server").sent] == [0]
+    assert client.stats["flows"] == 3 and client.stats["bound"] == 3
+
+
+def test_sighup_rereads_the_flows_file(server: tuple[str, Path], tmp_path: Path) -> None:
+    endpoint, _server_log = server
+    flows_file, log = tmp_path / "flows", tmp_path / "flows.log"
+    flows_file.write_text("hup-a@127.0.0.1\n")
+    proc = start("hasync.lab.probeflows", "client", "--server", endpoint, "--flows-file",
+                 str(flows_file), "--log", str(log), "--rate", "20")
+    try:
+        wait_for(log, 10)
+        flows_file.write_text("hup-a@127.0.0.6\nhup-b@127.0.0.7\n")
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and "hup-b" not in parse_flows(
+                log.read_text().splitlines()):
+            time.sleep(0.1)
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    finally:
+        reap(proc)
+    assert proc.returncode == 0, err
+    flows = parse_flows(log.read_text().splitlines())
+    assert flows["hup-b"].peer("server").sent and b"flows 2 bound 2" in err
+    sent = [s for s, _ in flows["hup-a"].peer("server").sent]
+    assert sent == list(range(len(sent)))  # one stream across the rebind

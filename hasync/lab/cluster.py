@@ -15,6 +15,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from . import confgen, pki
 from .prereq import LabError
@@ -31,8 +32,10 @@ def vici_path(lab: Lab, node: str) -> Path:
     return lab.run_dir(node) / "charon.vici"
 
 
-def write_configs(lab: Lab, timers: confgen.LabTimers, keys_in_log: bool = False) -> None:
-    """Write PKI, strongswan.conf and swanctl.conf for every charon of the lab."""
+def write_configs(lab: Lab, timers: confgen.LabTimers, keys_in_log: bool = False,
+                  tunnels: dict[str, list[Any]] | None = None) -> None:
+    """Write PKI, strongswan.conf and swanctl.conf for every charon of the lab; with
+    `tunnels` (client: its benchmark tunnels), each client carries those instead of one."""
     clients = [n.name for n in lab.topo.by_role("client")]
     creds = pki.make_lab_pki(clients, datetime.datetime.now(datetime.UTC))
     for node in lab.topo.nodes:
@@ -42,12 +45,18 @@ def write_configs(lab: Lab, timers: confgen.LabTimers, keys_in_log: bool = False
         gw = node.role == "gateway"
         (etc / "strongswan.conf").write_text(confgen.strongswan_conf(
             str(lab.log_path(node.name, "charon-file")), str(vici_path(lab, node.name)),
-            timers, ha=gw, keys_in_log=keys_in_log and gw))
+            timers, ha=gw, keys_in_log=keys_in_log and gw, many_peers=tunnels is not None))
         (etc / "swanctl-tool.conf").write_text(SWANCTL_TOOL_CONF)
         swan = etc / "swanctl"
         pki.install_swanctl_dir(swan, creds["ca"], creds["gateway" if gw else node.name])
-        text = (confgen.swanctl_gateway(PUBLIC_VIP, PROTECTED) if gw else
-                confgen.swanctl_client(node.name, PUBLIC_VIP, PROTECTED, timers))
+        if gw:
+            text = confgen.swanctl_gateway(PUBLIC_VIP, PROTECTED)
+        elif tunnels is not None:
+            text = confgen.swanctl_client_tunnels(
+                [t.conn for t in tunnels.get(node.name, [])], node.name in confgen.ESN_CLIENTS,
+                PUBLIC_VIP, PROTECTED, timers)
+        else:
+            text = confgen.swanctl_client(node.name, PUBLIC_VIP, PROTECTED, timers)
         (swan / "swanctl.conf").write_text(text)
 
 

@@ -38,10 +38,13 @@ class LabTimers:
 
 
 def strongswan_conf(log_path: str, vici_socket: str, timers: LabTimers, ha: bool,
-                    keys_in_log: bool = False) -> str:
+                    keys_in_log: bool = False, many_peers: bool = False) -> str:
     """strongswan.conf for one charon; with `ha`, the ha plugin talks to 127.0.0.2:4510.
 
     With `keys_in_log`, charon logs IKE and CHILD key material (level 4): for golden vectors.
+    With `many_peers` (the benchmark's tunnels: hundreds of IKE_SAs from one client address),
+    charon's DoS protection is relaxed: its defaults drop IKE_SA_INITs beyond 5 half-open
+    IKE_SAs per peer address (libcharon/network/receiver.c, block_threshold).
     """
     levels = "ike = 4\n                chd = 4" if keys_in_log else "ike = 2"
     ha_block = """
@@ -53,7 +56,7 @@ def strongswan_conf(log_path: str, vici_socket: str, timers: LabTimers, ha: bool
   retransmit_tries = {timers.retransmit_tries}
   retransmit_timeout = {timers.retransmit_timeout_s}
   retransmit_base = {timers.retransmit_base}
-  install_virtual_ip = yes
+  install_virtual_ip = yes{DOS_RELAXED if many_peers else ""}
   filelog {{ f {{ path = {log_path}
                 flush_line = yes
                 time_format = %H:%M:%S
@@ -67,24 +70,43 @@ def strongswan_conf(log_path: str, vici_socket: str, timers: LabTimers, ha: bool
 """
 
 
-def swanctl_gateway(vip: str, protected: str) -> str:
-    """swanctl.conf of a gateway: road warriors with certificates, virtual IPs from a pool."""
-    return f"""connections {{
-  rw {{
+DOS_RELAXED = "\n  dos_protection = no"  # no cookies, no block_threshold (network/receiver.c)
+TUNNEL_DOMAIN = "tunnels.lab"  # the benchmark's tunnels: identity tNNNN.tunnels.lab, PSK
+TUNNEL_PSK = "hasync-lab-benchmark-tunnels"  # lab only: every tunnel shares it
+
+
+def tunnel_id(name: str) -> str:
+    """The IKE identity of benchmark tunnel `name`."""
+    return f"{name}.{TUNNEL_DOMAIN}"
+
+
+def _gateway_conn(conn: str, local: str, remote: str, vip: str, protected: str) -> str:
+    """One gateway connection for road warriors, virtual IPs from the pool."""
+    return f"""  {conn} {{
     local_addrs = {vip}
     pools = rw_pool
     mobike = no
     proposals = {IKE_PROPOSAL}
-    local {{ auth = pubkey
-            certs = own.pem
+    local {{ {local}
             id = {GATEWAY_ID} }}
-    remote {{ auth = pubkey
-             cacerts = ca.pem }}
+    remote {{ {remote} }}
     children {{ net {{ local_ts = {protected}
                      esp_proposals = {GATEWAY_ESP} }} }}
   }}
-}}
+"""
+
+
+def swanctl_gateway(vip: str, protected: str) -> str:
+    """swanctl.conf of a gateway: road warriors with certificates (rw) or a pre-shared key
+    (tunnels, the benchmark's), virtual IPs from one pool."""
+    rw = _gateway_conn("rw", "auth = pubkey\n            certs = own.pem",
+                       "auth = pubkey\n             cacerts = ca.pem", vip, protected)
+    psk = _gateway_conn("tunnels", "auth = psk", f"auth = psk\n             id = *.{TUNNEL_DOMAIN}",
+                        vip, protected)
+    return f"""connections {{
+{rw}{psk}}}
 pools {{ rw_pool {{ addrs = {POOL} }} }}
+secrets {{ ike-tunnels {{ secret = "{TUNNEL_PSK}" }} }}
 """
 
 
@@ -124,27 +146,44 @@ barrier_timeout_ms = {LAB_BARRIER_MS}
 """
 
 
-def swanctl_client(name: str, vip: str, protected: str, timers: LabTimers) -> str:
-    """swanctl.conf of a road-warrior client that asks for a virtual IP and runs DPD."""
-    return f"""connections {{
-  home {{
+def _client_conn(conn: str, child: str, auth: str, local_id: str, esp: str, vip: str,
+                 protected: str, timers: LabTimers) -> str:
+    """One road-warrior connection: a virtual IP asked for, DPD, retried for ever."""
+    certs = "\n            certs = own.pem" if auth == "pubkey" else ""
+    return f"""  {conn} {{
     remote_addrs = {vip}
     vips = 0.0.0.0
     mobike = no
     proposals = {IKE_PROPOSAL}
     dpd_delay = {timers.dpd_delay_s}s
     keyingtries = 0
-    local {{ auth = pubkey
-            certs = own.pem
-            id = {client_id(name)} }}
-    remote {{ auth = pubkey
+    local {{ auth = {auth}{certs}
+            id = {local_id} }}
+    remote {{ auth = {auth}
              id = {GATEWAY_ID} }}
-    children {{ net {{ remote_ts = {protected}
-                     esp_proposals = {ESP_PROPOSAL}{"-esn" if name in ESN_CLIENTS else ""}
+    children {{ {child} {{ remote_ts = {protected}
+                     esp_proposals = {esp}
                      dpd_action = {timers.dpd_action} }} }}
   }}
-}}
 """
+
+
+def swanctl_client(name: str, vip: str, protected: str, timers: LabTimers) -> str:
+    """swanctl.conf of a road-warrior client that asks for a virtual IP and runs DPD."""
+    esp = ESP_PROPOSAL + ("-esn" if name in ESN_CLIENTS else "")
+    conn = _client_conn("home", "net", "pubkey", client_id(name), esp, vip, protected, timers)
+    return f"connections {{\n{conn}}}\n"
+
+
+def swanctl_client_tunnels(names: list[str], esn: bool, vip: str, protected: str,
+                           timers: LabTimers) -> str:
+    """swanctl.conf of a client carrying many tunnels: one connection per name, each its own
+    identity (tunnel_id) and virtual IP, authenticated by the lab's pre-shared key."""
+    esp = ESP_PROPOSAL + ("-esn" if esn else "")
+    conns = "".join(_client_conn(n, n, "psk", tunnel_id(n), esp, vip, protected, timers)
+                    for n in names)
+    return (f"connections {{\n{conns}}}\n"
+            f'secrets {{ ike-tunnels {{ secret = "{TUNNEL_PSK}" }} }}\n')
 
 
 # The same check as deploy/keepalived-hasync.conf: every second; FAULT (the VIP given up) after

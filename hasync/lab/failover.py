@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import logging
 import shutil
 import signal
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..seqguard import Reserve
-from . import aftercheck, cluster, confgen, hasyncd, pcap, probe, topology
+from . import aftercheck, cluster, confgen, hasyncd, pcap, probe, topology, tunnels
 from .prereq import LabError
 from .procs import Lab
 from .scenario import (
@@ -38,25 +41,11 @@ from .scenario import (
     start_traffic,
     wait_flowing,
 )
+from .tunnels import Tunnel
 
 log = logging.getLogger("hasync.lab")
 LOSS_GRACE_S = 1.0  # packets sent this close to the end of a window may still be in flight
 SKIP_FLOOR = Reserve().bound(0)  # docs/takeover.md: what a failover may skip at low rates
-
-
-def reuse_in_window(packets: tuple[pcap.EspPacket, ...], dst: str, start: float,
-                    end: float) -> int:
-    """Packets to `dst` in [start, end) whose (SPI, seq) was already seen on the wire."""
-    seen: set[tuple[int, int]] = set()
-    reused = 0
-    for p in sorted(packets, key=lambda p: p.ts):
-        if p.dst != dst or p.ts >= end:
-            continue
-        key = (p.spi, p.seq)
-        if key in seen and p.ts >= start:
-            reused += 1
-        seen.add(key)
-    return reused
 
 
 def from_c_rx(client_log: probe.ProbeLog) -> list[tuple[int, float, float]]:
@@ -64,50 +53,108 @@ def from_c_rx(client_log: probe.ProbeLog) -> list[tuple[int, float, float]]:
     return client_log.peer(probe.DEFAULT_SERVER_NAME).received
 
 
-def _client_result(run: Run, name: str, before: dict[str, object], after: dict[str, object],
-                   window: tuple[float, float, float]) -> dict[str, object]:
-    """Per-client numbers for one failover; window = (t_kill, t_end, wall start of window)."""
-    t_kill, t_end, wall_start = window
+@dataclass(frozen=True)
+class Window:
+    """One failover's measuring window: monotonic kill and end, and wall start (pcap times)."""
+
+    t_kill: float
+    t_end: float
+    wall_start: float
+
+
+@dataclass(frozen=True)
+class ClientCapture:
+    """What one client's link capture says over a window, tallied by SPI once for all its
+    tunnels."""
+
+    ike_sa_inits: int
+    jumps: dict[int, pcap.SeqJump]
+    reuse: dict[int, int]
+    esp: dict[int, int]
+
+
+def client_capture(run: Run, name: str, w: Window) -> ClientCapture:
+    """Tally `name`'s capture: IKE_SA_INITs, sequence jumps, reuse and ESP count per SPI."""
+    node, cap = run.lab.topo.node(name), capture(run, name)
+    kill_wall, end_wall = w.t_kill + run.wall_offset, w.t_end + run.wall_offset
+    spis = tunnels.by_spi(cap.packets, node.address)
+    jumps = pcap.seq_jumps([p for ps in spis.values() for p in ps], node.address, kill_wall)
+    return ClientCapture(
+        pcap.ike_sa_inits(cap.ike, kill_wall, end_wall, initiator=node.address),
+        {j.spi: j for j in jumps}, tunnels.reuse_by_spi(spis, w.wall_start, end_wall),
+        {spi: sum(1 for p in ps if w.wall_start <= p.ts < end_wall)
+         for spi, ps in spis.items()})
+
+
+def gaps_ms(received: list[tuple[int, float, float]], w: Window, min_gap_s: float) -> list[
+        list[float]]:
+    """Receive gaps longer than `min_gap_s` in [kill - 1 s, end], ms relative to the kill."""
+    times = sorted(t for _, _, t in received if w.t_kill - 1.0 <= t <= w.t_end)
+    edges = [w.t_kill - 1.0, *times, w.t_end]
+    return [[round((a - w.t_kill) * 1000, 1), round((b - w.t_kill) * 1000, 1)]
+            for a, b in itertools.pairwise(edges) if b - a > min_gap_s]
+
+
+def union(intervals: list[list[float]]) -> list[list[float]]:
+    """Overlapping intervals merged, in order."""
+    out: list[list[float]] = []
+    for a, b in sorted(intervals):
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return out
+
+
+def _tunnel_result(run: Run, tun: Tunnel, before: dict[str, Any], after: dict[str, Any],
+                   cc: ClientCapture, w: Window) -> dict[str, object]:
+    """One tunnel's numbers for one failover."""
     logs = read_probes(run)
-    mine, srv = logs.get(name, probe.ProbeLog()), logs.get("srv", probe.ProbeLog())
-    to_c, from_c = srv.peer(name), mine.peer(probe.DEFAULT_SERVER_NAME)
-    w0 = t_kill - 1.0
-    rx_c, rx_s = from_c_rx(mine), srv.peer(name).received
+    mine, srv = logs.get(tun.name, probe.ProbeLog()), logs.get("srv", probe.ProbeLog())
+    to_c, from_c = srv.peer(tun.name), mine.peer(probe.DEFAULT_SERVER_NAME)
+    w0, t_end = w.t_kill - 1.0, w.t_end
+    rx_c, rx_s = from_c_rx(mine), to_c_rx(srv, tun.name)
     gap_to = probe.stream_stats(to_c.sent, rx_c, w0, t_end)
     gap_from = probe.stream_stats(from_c.sent, rx_s, w0, t_end)
     loss_to = probe.stream_stats(to_c.sent, rx_c, w0, t_end - LOSS_GRACE_S)
     loss_from = probe.stream_stats(from_c.sent, rx_s, w0, t_end - LOSS_GRACE_S)
-    node = run.lab.topo.node(name)
-    cap = capture(run, name)
-    ike_b, ike_a = before["ike"], after["ike"]
-    spi_b = ike_b.spis if ike_b else ""  # type: ignore[attr-defined]
-    spi_a = ike_a.spis if ike_a else ""  # type: ignore[attr-defined]
+    node = run.lab.topo.node(tun.client)
+    ike_b, ike_a = before["ikes"].get(tun.conn), after["ikes"].get(tun.conn)
+    spi_b, spi_a = (ike_b.spis if ike_b else ""), (ike_a.spis if ike_a else "")
+    multi = run.spec.tunnels > 0  # else one tunnel per client: all of its SPIs are the tunnel's
+    spis = tunnels.inbound_spis(ike_b) | tunnels.inbound_spis(ike_a) if multi else set(cc.esp)
     sa_b, sa_a = before["sa_replay"], after["sa_replay"]
-    assert isinstance(sa_b, dict) and isinstance(sa_a, dict)
-    kill_wall, end_wall = t_kill + run.wall_offset, t_end + run.wall_offset
-    inits = pcap.ike_sa_inits(cap.ike, kill_wall, end_wall, initiator=node.address)
-    jumps = pcap.seq_jumps(cap.packets, node.address, kill_wall)
+    jumps = [cc.jumps[s] for s in sorted(spis) if s in cc.jumps]
+    min_gap = max(3.0 / run.spec.rate, 0.3) if run.spec.rate > 0 else 1.0
     return {
-        "name": name, "nat": node.behind_nat, "encap": after["encap"],
-        "ike_spi_before": spi_b, "ike_spi_after": spi_a, "ike_sa_init": inits,
-        "reestablished": (bool(spi_a) and spi_a != spi_b) or inits > 0,
+        "name": tun.name, "client": tun.client, "nat": node.behind_nat,
+        "encap": ike_a.encap if multi and ike_a else after["encap"],
+        "ike_spi_before": spi_b, "ike_spi_after": spi_a, "ike_sa_init": cc.ike_sa_inits,
+        "reestablished": spi_a != spi_b if multi else
+        (bool(spi_a) and spi_a != spi_b) or cc.ike_sa_inits > 0,
         "resumed": gap_to.resumed_at is not None and gap_from.resumed_at is not None,
         "outage_ms": round(max(gap_to.longest_gap_ms, gap_from.longest_gap_ms), 1),
         "outage_to_client_ms": round(gap_to.longest_gap_ms, 1),
         "outage_from_client_ms": round(gap_from.longest_gap_ms, 1),
+        "gaps_ms": union(gaps_ms(rx_c, w, min_gap) + gaps_ms(rx_s, w, min_gap)),
         "lost_to_client": loss_to.lost, "lost_from_client": loss_from.lost,
         "sent_to_client": loss_to.sent, "sent_from_client": loss_from.sent,
-        "replay_errors": int(after["seq_errors"]) - int(before["seq_errors"]),  # type: ignore[call-overload]
-        "replay_errors_sa": sum(v - sa_b.get(k, 0) for k, v in sa_a.items()),
-        "seq_reuse": reuse_in_window(cap.packets, node.address, wall_start,
-                                     t_end + run.wall_offset),
+        "replay_errors": sum(sa_a.get(s, 0) - sa_b.get(s, 0) for s in spis) if multi else
+        int(after["seq_errors"]) - int(before["seq_errors"]),
+        "replay_errors_sa": sum(v - sa_b.get(k, 0) for k, v in sa_a.items()
+                                if not multi or k in spis),
+        "seq_reuse": sum(cc.reuse.get(s, 0) for s in spis),
         "seq_jumps": [dataclasses.asdict(j) for j in jumps],
         "seq_skipped": max((j.seq_skipped for j in jumps), default=None),
         "rate_pps": max((j.rate_pps for j in jumps), default=None),
         "seq_skip_ok": all(0 <= j.seq_skipped <= max(j.packets_2s, SKIP_FLOOR) for j in jumps),
-        "esp_to_client": sum(1 for p in cap.packets if p.dst == node.address
-                             and wall_start <= p.ts < t_end + run.wall_offset),
+        "esp_to_client": sum(cc.esp.get(s, 0) for s in spis),
     }
+
+
+def to_c_rx(srv: probe.ProbeLog, name: str) -> list[tuple[int, float, float]]:
+    """What the server received from tunnel `name`."""
+    return srv.peer(name).received
 
 
 def one_failover(run: Run, master: str, wall_start: float, fault: str) -> dict[str, object]:
@@ -119,13 +166,14 @@ def one_failover(run: Run, master: str, wall_start: float, fault: str) -> dict[s
         log.warning("%s is VRRP master, not %s as planned: failing %s", actual, master, actual)
         master = actual
     before = {c: client_state(run, c) for c in clients}
+    read_probes(run)  # parse the backlog now, not on the CPUs the failover needs
     t_kill = fail(run, master, fault)
     ev = run.vrrp.wait_master(t_kill, 60, exclude=master)
     log.info("%s failed (%s); %s master after %.0f ms", master, fault, ev.node,
              (ev.t - t_kill) * 1000)
     vip = cluster.holds_vip(lab, ev.node)
     ok = wait_flowing(run, max(ev.t, t_kill), spec.timeout_s)
-    log.info("traffic back for %d of %d clients", len(ok), len(clients))
+    log.info("traffic back for %d of %d tunnels", len(ok), len(run.tunnels))
     time.sleep(spec.settle_s)
     t_end = time.monotonic()
     after = {c: client_state(run, c) for c in clients}
@@ -133,33 +181,58 @@ def one_failover(run: Run, master: str, wall_start: float, fault: str) -> dict[s
     if spec.mode == "hasync":  # traffic flows before the barrier ends (backups are pre-jumped)
         promotion = hasyncd.wait_promotion(lab, ev.node, t_kill + run.wall_offset,
                                            confgen.LAB_BARRIER_MS / 1000 + 30)
+    w = Window(t_kill, t_end, wall_start)
+    caps = {c: client_capture(run, c, w) for c in clients}
+    started = (promotion or {}).get("started")
     return {"from": master, "to": ev.node, "fault": fault, "promotion": promotion,
+            "promotion_start_ms": round((started - t_kill - run.wall_offset) * 1000, 1)
+            if started else None,
             "vrrp_detect_ms": round((ev.t - t_kill) * 1000, 1), "vip_moved": vip,
+            **measured_master_down(run, master, t_kill, ev.t),
+            "master_down_config_ms": master_down_ms(spec.timers.advert_int_s,
+                                                    run.priorities.get(ev.node, 0)),
             "window_s": round(t_end - t_kill, 2),
-            "clients": [_client_result(run, c, before[c], after[c], (t_kill, t_end, wall_start))
-                        for c in clients]}
+            "clients": [_tunnel_result(run, t, before[t.client], after[t.client],
+                                       caps[t.client], w) for t in run.tunnels]}
+
+
+def measured_master_down(run: Run, master: str, t_kill: float,
+                         t_master: float) -> dict[str, object]:
+    """The master-down interval as it happened: from `master`'s last advertisement (heard on
+    the public LAN before the fault) to the new master's MASTER line."""
+    last = run.adverts.last_from(run.lab.topo.node(master).address, t_kill) \
+        if run.adverts else None
+    return {"master_down_ms": round((t_master - last.t) * 1000, 1) if last else None,
+            "last_advert_ms": round((last.t - t_kill) * 1000, 1) if last else None,
+            "last_advert_priority": last.priority if last else None}
+
+
+def master_down_ms(advert_int_s: float, priority: int) -> float:
+    """RFC 5798 6.1: Master_Down_Interval = 3 x advert + (256 - priority) x advert / 256."""
+    return round((3 * advert_int_s + (256 - priority) * advert_int_s / 256) * 1000, 1)
 
 
 def _tunnels(run: Run) -> list[dict[str, object]]:
-    """Each client's tunnel as it came up."""
+    """Each tunnel as it came up."""
+    states = {c.name: client_state(run, c.name) for c in run.lab.topo.by_role("client")}
     out = []
-    for c in run.lab.topo.by_role("client"):
-        st = client_state(run, c.name)
-        ike = st["ike"]
-        out.append({"name": c.name, "nat": c.behind_nat, "encap": st["encap"],
-                    "established": ike is not None,
-                    "ike_spi": ike.spis if ike else "",  # type: ignore[attr-defined]
-                    "virtual_ip": list(ike.local_vips) if ike else []})  # type: ignore[attr-defined]
+    for t in run.tunnels:
+        st = states[t.client]
+        ike = st["ikes"].get(t.conn)  # type: ignore[attr-defined]
+        out.append({"name": t.name, "client": t.client,
+                    "nat": run.lab.topo.node(t.client).behind_nat,
+                    "encap": ike.encap if run.spec.tunnels and ike else st["encap"],
+                    "established": ike is not None, "ike_spi": ike.spis if ike else "",
+                    "virtual_ip": list(ike.local_vips) if ike else []})
     return out
 
 
 def _received_so_far(run: Run) -> dict[str, dict[str, int]]:
-    """Probe packets received so far in each direction, per client."""
+    """Probe packets received so far in each direction, per tunnel."""
     logs = read_probes(run)
     srv = logs.get("srv", probe.ProbeLog())
-    return {c.name: {"to_client": len(from_c_rx(logs.get(c.name, probe.ProbeLog()))),
-                     "from_client": len(srv.peer(c.name).received)}
-            for c in run.lab.topo.by_role("client")}
+    return {t.name: {"to_client": len(from_c_rx(logs.get(t.name, probe.ProbeLog()))),
+                     "from_client": len(srv.peer(t.name).received)} for t in run.tunnels}
 
 
 def run_failovers(run: Run) -> dict[str, object]:
@@ -169,8 +242,9 @@ def run_failovers(run: Run) -> dict[str, object]:
     bring_up(run)
     tunnels = _tunnels(run)
     start_traffic(run)
-    want = {c.name for c in lab.topo.by_role("client")}
-    flowing = wait_flowing(run, time.monotonic(), 150)  # Python starts slowly under TCG
+    want = {t.name for t in run.tunnels}
+    # Python starts slowly under TCG; a thousand flows take longer still
+    flowing = wait_flowing(run, time.monotonic(), 150 + 0.1 * spec.tunnels)
     if flowing != want:
         raise LabError(f"probe traffic does not flow for {sorted(want - flowing)}")
     master, wall = lab.topo.by_role("gateway")[0].name, 0.0
@@ -189,7 +263,7 @@ def run_failovers(run: Run) -> dict[str, object]:
             restore(run, master)
             time.sleep(2.0)
         master = str(fo["to"])
-    after = _after_failovers(run) if spec.mode == "hasync" else {}
+    after = _after_failovers(run) if spec.mode == "hasync" and checks_on(spec) else {}
     gws = [g.name for g in lab.topo.by_role("gateway")]
     final = {gw: hasyncd.status(lab, gw) for gw in gws} if spec.mode == "hasync" else {}
     names = {c.name for c in lab.topo.by_role("client")}
@@ -198,16 +272,23 @@ def run_failovers(run: Run) -> dict[str, object]:
             "kernel": kernel_release(), "advert_int": spec.timers.advert_int_s,
             "timers": spec.timers.as_dict(), "rate_pps": spec.rate, "spec": spec_dict(spec),
             "gateways": [g.name for g in lab.topo.by_role("gateway")], "tunnels": tunnels,
+            "tunnel_count": len(run.tunnels),
             "warmup": warmup, "failovers": fos, "duration_s": round(time.monotonic() - t0, 1)}
 
 
+def checks_on(spec: LabSpec) -> bool:
+    """Whether the run rekeys around its failovers (aftercheck: the classic lab's clients)."""
+    return spec.rekey_checks and not spec.tunnels
+
+
 def _before_failovers(run: Run, master: str) -> dict[str, object]:
-    """Rekey one CHILD_SA (so a failover meets a rekeyed SA) and wait for every backup."""
+    """Rekey one CHILD_SA (so a failover meets a rekeyed SA; not with rekey_checks off) and
+    wait for every backup to mirror the master."""
     lab = run.lab
     first = lab.topo.by_role("client")[0].name
-    rekey = aftercheck.child_rekey(lab, first)
+    rekey = aftercheck.child_rekey(lab, first) if checks_on(run.spec) else None
     backups = [g.name for g in lab.topo.by_role("gateway") if g.name != master]
-    views = hasyncd.wait_mirrored(lab, master, backups)
+    views = hasyncd.wait_mirrored(lab, master, backups, 90 + 0.3 * run.spec.tunnels)
     return {"child_rekey": {first: rekey},
             "mirrored": all(hasyncd.mirrored(views[master], views[b]) for b in backups),
             "missing": {b: hasyncd.missing(views[master], views[b]) for b in backups}}
@@ -248,6 +329,8 @@ def run_lab(spec: LabSpec, out_dir: Path) -> dict[str, object]:
 
 def teardown(run: Run) -> None:
     """Stop every process, keep the artifacts, remove namespaces, bridges and the tmpfs."""
+    if run.adverts:
+        run.adverts.close()
     try:
         with contextlib.suppress(Exception):  # who used the CPU, for the artifacts
             (run.lab.base / "log" / "ps.txt").write_text(run.lab.run(None, [

@@ -33,7 +33,7 @@ def main(argv: list[str]) -> int:
         rc = 0
     except BaseException as e:  # the host must always learn why
         traceback.print_exc()
-        result = {"error": f"{type(e).__name__}: {e}"}
+        result = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-4000:]}
     result_path.write_text(json.dumps(result, indent=1))
     sys.stdout.flush()
     subprocess.run(["poweroff", "-f"], check=False)

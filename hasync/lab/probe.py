@@ -51,6 +51,7 @@ FLUSH_INTERVAL = 0.1
 _MAX_BURST = 5
 _RECV_BATCH = 8192  # per wake: a server of 1000 flows at 50/s gets 2500 per 50 ms
 _RECV_BUFFER = 8 << 20  # a small datagram takes about 1 KiB of it (skb truesize)
+_DRAIN_CHECK = 32  # a drain looks at the clock every this many datagrams
 _TAIL = struct.Struct("!Id")
 _NAME = re.compile(r"[!-~]{1,255}")
 # Linux (asm-generic) values the socket module lacks: SO_TIMESTAMPNS_OLD (cmsg: two longs of
@@ -287,11 +288,14 @@ class _Probe:
                 self._lines.append(f"tx {peer} {seq} {t:.6f}\n")
                 self.stats["tx"] += 1
 
-    def drain(self) -> None:
-        """Receive everything waiting on the socket (bounded per call)."""
+    def drain(self, until: float = math.inf) -> None:
+        """Receive what waits on the socket: at most _RECV_BATCH datagrams, and no later than
+        `until` (the next send): a starved CPU must not hold the sends back behind a backlog."""
         now = time.monotonic()
         realtime_offset = time.time() - now
-        for _ in range(_RECV_BATCH):
+        for k in range(_RECV_BATCH):
+            if k % _DRAIN_CHECK == _DRAIN_CHECK - 1 and time.monotonic() >= until:
+                return
             try:
                 data, ancillary, _flags, addr = self.sock.recvmsg(65535, 64)
             except BlockingIOError:
@@ -368,7 +372,7 @@ def _run(probe: _Probe, rate: float, duration: float | None, caught: list[int]) 
             probe.flush(now)
         wake = min(schedule.next_at(), probe.next_flush, deadline)
         time.sleep(min(max(0.0, wake - time.monotonic()), FLUSH_INTERVAL))
-        probe.drain()
+        probe.drain(schedule.next_at())
 
 
 def _name_arg(text: str) -> str:

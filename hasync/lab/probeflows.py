@@ -23,8 +23,13 @@
 #   the first bind attempt of every flow.
 # - One thread that wakes only on the send and flush schedules, never per packet. After each sleep
 #   one epoll over all the sockets is polled, one datagram read from each ready socket per pass,
-#   until none is ready (at most _MAX_PASSES passes; the rest waits for the next wake). t_recv is
-#   the kernel's receive timestamp, as in probe.py.
+#   until none is ready (at most _MAX_PASSES passes, and no second one once the next send round
+#   is due: a starved CPU must not hold the sends back behind a backlog; the rest waits for the
+#   next wake). t_recv is the kernel's receive timestamp, as in probe.py.
+# - SIGHUP re-reads --flows-file: a flow whose SRC_IP changed (its tunnel was re-established with
+#   another virtual IP) closes its socket and binds anew, keeping its seq counter; new names are
+#   added, names no longer listed are closed. A file that does not parse leaves the flows as they
+#   are, and says so on stderr.
 # - SIGTERM, SIGINT and --duration end it cleanly, with a final flush and a one-line summary on
 #   stderr. The RLIMIT_NOFILE soft limit is raised to the hard limit at start. Bad arguments exit
 #   2, the message naming the argument.
@@ -37,6 +42,7 @@ import ipaddress
 import math
 import resource
 import select
+import signal
 import socket
 import sys
 import time
@@ -216,6 +222,30 @@ class _Client:
             raise
         return sock
 
+    def reload(self, specs: Sequence[FlowSpec], size: int, server_name: str) -> None:
+        """Take a new flow list: rebind moved flows, add new ones, close those not listed."""
+        want = {spec.name: spec.source for spec in specs}
+        keep: list[tuple[_Flow, socket.socket]] = []
+        for flow, sock in self._bound:
+            if want.get(flow.name) == flow.source:
+                keep.append((flow, sock))
+                continue
+            self._epoll.unregister(sock.fileno())
+            del self._by_fd[sock.fileno()]
+            sock.close()
+            if flow.name in want:
+                flow.source = want[flow.name]
+                self._pending.append(flow)
+        for flow in self._pending:
+            flow.source = want.get(flow.name, flow.source)
+        self._pending = [f for f in self._pending if f.name in want]
+        known = {f.name for f, _ in keep} | {f.name for f in self._pending}
+        self._pending += [_Flow(spec, server_name, size) for spec in specs
+                          if spec.name not in known]
+        self._bound = keep
+        self.stats["flows"], self.stats["bound"] = len(want), len(keep)
+        self.next_bind = 0.0
+
     def send_round(self) -> None:
         """Send the next datagram of every bound flow; a failure is logged and counted."""
         pack, server, monotonic = _TAIL.pack, self._server, time.monotonic
@@ -235,15 +265,18 @@ class _Client:
         self.stats["tx"] += len(self._bound) - errors
         self.stats["err"] += errors
 
-    def drain(self) -> None:
-        """Read the waiting datagrams: passes over the ready sockets, one datagram each."""
+    def drain(self, until: float = math.inf) -> None:
+        """Read the waiting datagrams: passes over the ready sockets, one datagram each, until
+        none is ready, _MAX_PASSES passes, or (after the first) `until`, the next send round."""
         now = time.monotonic()
         realtime_offset = time.time() - now
         by_fd, append, unpack = self._by_fd, self._lines.append, _TAIL.unpack_from
         prefix = self._server_prefix
         start, end = len(prefix), len(prefix) + _TAIL.size
         received = 0
-        for _ in range(_MAX_PASSES):
+        for k in range(_MAX_PASSES):
+            if k and time.monotonic() >= until:
+                break
             ready = self._epoll.poll(0, max(1, len(by_fd)))
             if not ready:
                 break
@@ -296,13 +329,17 @@ class _Client:
         self._epoll.close()
 
 
-def _run(client: _Client, rate: float, duration: float | None, caught: list[int]) -> None:
+def _run(client: _Client, rate: float, duration: float | None, caught: list[int],
+         reload: Callable[[], None] | None = None, hups: list[int] | None = None) -> None:
     """Send rounds, flush on the grid, retry binds, drain after each sleep, until stopped."""
     start = time.monotonic()
     end = math.inf if duration is None else start + duration
     rounds, flushes = _Schedule(rate, start), _Schedule(1.0 / FLUSH_INTERVAL, start)
     now = start
     while not caught and now < end:
+        if hups and reload is not None:
+            hups.clear()
+            reload()
         if client.pending and now >= client.next_bind:
             client.bind_pending(now)
         for _ in range(rounds.take_due(now)):
@@ -311,7 +348,7 @@ def _run(client: _Client, rate: float, duration: float | None, caught: list[int]
             client.flush()
         wake = min(rounds.next_at(), flushes.next_at(), end)
         time.sleep(max(0.0, wake - time.monotonic()))
-        client.drain()
+        client.drain(rounds.next_at())
         now = time.monotonic()
 
 
@@ -340,8 +377,16 @@ def _flow_arg(text: str) -> FlowSpec:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _flows_file_arg(path: str) -> list[FlowSpec]:
-    """argparse type for a flows file: its flows."""
+@dataclass(frozen=True)
+class FlowsFile:
+    """A flows file given on the command line: its path and the flows it held."""
+
+    path: str
+    specs: tuple[FlowSpec, ...]
+
+
+def _flows_file_arg(path: str) -> FlowsFile:
+    """argparse type for a flows file: its path and flows."""
     try:
         specs = parse_flow_specs(Path(path).read_text(encoding="ascii").splitlines())
     except (OSError, UnicodeDecodeError) as exc:
@@ -350,7 +395,7 @@ def _flows_file_arg(path: str) -> list[FlowSpec]:
         raise argparse.ArgumentTypeError(f"{path} {exc}") from None
     if not specs:
         raise argparse.ArgumentTypeError(f"{path} holds no flow")
-    return specs
+    return FlowsFile(path, tuple(specs))
 
 
 def _non_negative(convert: Callable[[str], float]) -> Callable[[str], float]:
@@ -389,7 +434,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _checked_flows(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[FlowSpec]:
     """The flows, unique by name and of the server's address family (else exit 2)."""
-    specs: list[FlowSpec] = args.flow or args.flows_file
+    specs: list[FlowSpec] = args.flow or list(args.flows_file.specs)
     option = "--flow" if args.flow else "--flows-file"
     family = args.server[0]
     seen: set[str] = set()
@@ -413,9 +458,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(specs) + _FD_RESERVE > limit:
         parser.error(f"{len(specs)} flows need more than the RLIMIT_NOFILE limit of {limit}")
     caught = _stop_on_signals()
+    hups: list[int] = []
+    signal.signal(signal.SIGHUP, lambda signum, _frame: hups.append(signum))
     client = _Client(args.server, args.server_name, specs, args.size, args.log)
+
+    def reload() -> None:
+        try:
+            new = parse_flow_specs(Path(args.flows_file.path).read_text().splitlines())
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            print(f"probeflows client: {args.flows_file.path} not reloaded: {exc}",
+                  file=sys.stderr)
+            return
+        client.reload(new, args.size, args.server_name)
+
     try:
-        _run(client, args.rate, args.duration, caught)
+        _run(client, args.rate, args.duration, caught,
+             reload if args.flows_file else None, hups)
     finally:
         client.close()
     summary = " ".join(f"{key} {value}" for key, value in client.stats.items())

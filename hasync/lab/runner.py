@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -25,6 +26,7 @@ log = logging.getLogger("hasync.lab")
 VM_MEMORY = "3G"
 VM_CPUS = 2
 BOOT_BUDGET_S = 240  # boot, charon start-up and tunnel set-up under TCG, with margin
+TUNNEL_BUDGET_S = 2.0  # per benchmark tunnel: 100 took 43 s to set up under TCG
 
 
 def choose(runner: str) -> str:
@@ -79,7 +81,9 @@ def run_task(task: str, spec: LabSpec, out_dir: Path, runner: str,
 def vm_budget(spec: LabSpec) -> float:
     """How long the VM may run before it is stopped."""
     per = spec.timeout_s + (600 if spec.mode == "hasync" else 90)  # hasync: restore + sync
-    return BOOT_BUDGET_S + spec.failovers * per + (300 if spec.mode == "hasync" else 0)
+    per_tunnel = TUNNEL_BUDGET_S * spec.tunnels * (1 + spec.failovers)  # set up, restores
+    return (BOOT_BUDGET_S + spec.failovers * per + (300 if spec.mode == "hasync" else 0)
+            + per_tunnel)
 
 
 def run_in_vm(task: str, spec: LabSpec, out_dir: Path, budget: float) -> dict[str, object]:
@@ -105,10 +109,16 @@ def run_in_vm(task: str, spec: LabSpec, out_dir: Path, budget: float) -> dict[st
 
 
 def _run_vm(argv: list[str], budget: float) -> None:
-    """Run vng (stdin closed: vng crashes without one), stopping the VM on timeout or Ctrl-C."""
+    """Run vng (stdin closed: vng crashes without one), stopping the VM on timeout or Ctrl-C.
+
+    The VM's console comes through a pipe and is copied to our stdout: given our stdout
+    itself, vng truncated a file it was redirected to, losing what was written before.
+    """
     # vng runs virtme-run by name: the virtualenv's bin must be on PATH
     env = {**os.environ, "PATH": os.path.dirname(sys.executable) + ":" + os.environ["PATH"]}
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True, env=env)
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    threading.Thread(target=_copy_console, args=(proc,), daemon=True).start()
     deadline = time.monotonic() + budget
     try:
         while proc.poll() is None:
@@ -118,6 +128,14 @@ def _run_vm(argv: list[str], budget: float) -> None:
     finally:
         if proc.poll() is None:
             _kill_group(proc)
+
+
+def _copy_console(proc: subprocess.Popen[bytes]) -> None:
+    """Copy the VM's console to our stdout as it comes."""
+    assert proc.stdout is not None
+    for line in iter(proc.stdout.readline, b""):
+        sys.stdout.write(line.decode(errors="replace"))
+        sys.stdout.flush()
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:

@@ -22,8 +22,21 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import cluster, confgen, hasyncd, observe, pcap, prereq, probe, topology
+from . import (
+    adverts,
+    cluster,
+    confgen,
+    hasyncd,
+    linkfault,
+    observe,
+    pcap,
+    prereq,
+    probe,
+    topology,
+    tunnels,
+)
 from .prereq import LabError
+from .probeflows import FlowLogs
 from .procs import Lab
 
 log = logging.getLogger("hasync.lab")
@@ -44,6 +57,8 @@ class LabSpec:
     fault: str = "kill"
     faults: tuple[str, ...] = ()  # one per failover (overrides `fault`)
     late_gateways: int = 0  # gateways started only after the clients connected
+    tunnels: int = 0  # the benchmark's N tunnels dealt over the clients (0: one per client)
+    rekey_checks: bool = True  # hasync: a CHILD_SA rekey first; rekeys and DPD at the end
     timeout_s: float = 90.0  # per failover: wait this long for every client's traffic
     settle_s: float = 2.0  # keep measuring this long after the last client resumed
     timers: confgen.LabTimers = field(default_factory=confgen.LabTimers)
@@ -59,7 +74,11 @@ class Run:
     vrrp: cluster.VrrpWatch = field(default_factory=cluster.VrrpWatch)
     priorities: dict[str, int] = field(default_factory=dict)
     wall_offset: float = 0.0  # time.time() - time.monotonic(): maps pcap times to ours
-    probe_logs: dict[str, tuple[int, probe.ProbeLog, str]] = field(default_factory=dict)
+    probe_logs: dict[str, tuple[int, probe.ProbeLog | FlowLogs, str]] = field(
+        default_factory=dict)
+    tunnels: list[tunnels.Tunnel] = field(default_factory=list)
+    flows: dict[str, tuple[int, Path]] = field(default_factory=dict)  # client: (pid, file)
+    adverts: adverts.AdvertLog | None = None  # VRRP as a client on the public LAN hears it
     captures: dict[str, pcap.PcapTail] = field(default_factory=dict)
     vrrp_later: list[str] = field(default_factory=list)  # restored; keepalived still to start
 
@@ -107,11 +126,14 @@ def bring_up(run: Run) -> None:
     lab, spec = run.lab, run.spec
     warm_kernel_crypto()
     topology.build(lab.topo, lambda argv: lab.run(None, argv) and None)
+    listen_adverts(run)
     lab.prepare_dirs()
-    cluster.write_configs(lab, spec.timers)
+    clients = [n.name for n in lab.topo.by_role("client")]
+    run.tunnels = tunnels.plan(spec.tunnels, clients)
+    cluster.write_configs(lab, spec.timers, tunnels=tunnels.by_client(run.tunnels)
+                          if spec.tunnels else None)
     if spec.mode == "hasync":
         hasyncd.write_configs(lab)
-    clients = [n.name for n in lab.topo.by_role("client")]
     for n in clients:
         cluster.start_charon(lab, n)
     start_gateways(run, gateways(run))
@@ -121,8 +143,22 @@ def bring_up(run: Run) -> None:
     gws = gateways(run)
     if not cluster.holds_vip(lab, gws[0]):
         raise LabError(f"{gws[0]} is VRRP master but does not hold {topology.PUBLIC_VIP}")
-    cluster.initiate(lab, clients)
-    log.info("tunnels up: %s", ", ".join(clients))
+    if spec.tunnels:
+        tunnels.initiate(lab, run.tunnels)
+    else:
+        cluster.initiate(lab, clients)
+    log.info("tunnels up: %d on %s", len(run.tunnels), ", ".join(clients))
+
+
+def listen_adverts(run: Run) -> None:
+    """Hear VRRP from the first client on the public LAN (the master-down interval)."""
+    lan = [c for c in run.lab.topo.by_role("client") if not c.behind_nat]
+    if lan:
+        run.adverts = adverts.AdvertLog(f"/run/netns/{run.lab.topo.ns(lan[0].name)}",
+                                        lan[0].address)
+        run.adverts.start()
+        if run.adverts.error:
+            log.warning("cannot hear VRRP on %s: %s", lan[0].name, run.adverts.error)
 
 
 def warm_kernel_crypto() -> None:
@@ -152,28 +188,40 @@ def start_traffic(run: Run) -> None:
     lab.spawn("srv", "probe", [py, "-m", "hasync.lab.probe", "server", "--bind",
                                f"0.0.0.0:{PROBE_PORT}", "--rate", str(run.spec.rate), "--log",
                                str(lab.base / "probe" / "srv.log")], env=env, private_run=False)
-    for c in lab.topo.by_role("client"):
-        lab.spawn(c.name, "probe", [py, "-m", "hasync.lab.probe", "client", "--name", c.name,
-                                    "--server", f"{topology.SERVER_IP}:{PROBE_PORT}", "--rate",
-                                    str(run.spec.rate), "--log",
-                                    str(lab.base / "probe" / f"{c.name}.log")],
-                  env=env, private_run=False)
+    server = ["--server", f"{topology.SERVER_IP}:{PROBE_PORT}", "--rate", str(run.spec.rate)]
+    for c, ts in tunnels.by_client(run.tunnels).items():
+        logf = str(lab.base / "probe" / f"{c}.log")
+        if not run.spec.tunnels:
+            lab.spawn(c, "probe", [py, "-m", "hasync.lab.probe", "client", "--name", c, *server,
+                                   "--log", logf], env=env, private_run=False)
+            continue
+        flows = lab.base / "probe" / f"{c}.flows"
+        flows.write_text(tunnels.flows_text(ts, tunnels.all_vips(lab, c, ts)))
+        p = lab.spawn(c, "probe", [py, "-m", "hasync.lab.probeflows", "client", *server,
+                                   "--flows-file", str(flows), "--log", logf],
+                      env=env, private_run=False)
+        run.flows[c] = (p.pid, flows)
     run.wall_offset = time.time() - time.monotonic()
 
 
 def read_probes(run: Run) -> dict[str, probe.ProbeLog]:
-    """Every probe log of the run, by node; each call parses only the lines added since the
-    last one (the logs grow by 100 lines a second per client, and are read every 0.5 s)."""
-    out = {}
+    """Every probe log of the run, by tunnel (and "srv"); each call parses only the lines added
+    since the last one (the logs grow by 100 lines a second per tunnel, read every 0.5 s)."""
+    out: dict[str, probe.ProbeLog] = {}
     for f in (run.lab.base / "probe").glob("*.log"):
-        offset, log_, partial = run.probe_logs.get(f.stem, (0, probe.ProbeLog(), ""))
+        multi = run.spec.tunnels > 0 and f.stem != "srv"
+        fresh: probe.ProbeLog | FlowLogs = FlowLogs() if multi else probe.ProbeLog()
+        offset, log_, partial = run.probe_logs.get(f.stem, (0, fresh, ""))
         with open(f, "rb") as fh:
             fh.seek(offset)
             data = fh.read()
         lines = (partial + data.decode(errors="replace")).split("\n")
         log_.add_lines(line for line in lines[:-1] if line)
         run.probe_logs[f.stem] = (offset + len(data), log_, lines[-1])
-        out[f.stem] = log_
+        if isinstance(log_, FlowLogs):
+            out.update(log_.flows)
+        else:
+            out[f.stem] = log_
     return out
 
 
@@ -184,38 +232,65 @@ def capture(run: Run, client: str) -> pcap.PcapCapture:
 
 
 def flowing_since(run: Run, t: float) -> set[str]:
-    """Clients with packets sent after `t` received in both directions."""
+    """Tunnels with packets sent after `t` received in both directions."""
     logs, ok = read_probes(run), set()
     srv = logs.get("srv", probe.ProbeLog())
-    for c in run.lab.topo.by_role("client"):
-        down = logs.get(c.name, probe.ProbeLog()).peer(probe.DEFAULT_SERVER_NAME).received
-        up = srv.peer(c.name).received
-        if any(ts > t for _, ts, _ in down) and any(ts > t for _, ts, _ in up):
-            ok.add(c.name)
+    for tun in run.tunnels:
+        down = logs.get(tun.name, probe.ProbeLog()).peer(probe.DEFAULT_SERVER_NAME).received
+        up = srv.peer(tun.name).received
+        if any(ts > t for _, ts, _ in reversed(down)) and any(
+                ts > t for _, ts, _ in reversed(up)):
+            ok.add(tun.name)
     return ok
 
 
+LIST_TRIES = 3
+FOLLOW_AFTER_S = 5.0  # no tunnel is re-established sooner: a client's DPD waits dpd_delay
+FOLLOW_EVERY_S = 2.0
+
+
 def wait_flowing(run: Run, t: float, timeout: float) -> set[str]:
-    """Wait until every client flows both ways after `t`; return those that do."""
-    want = {c.name for c in run.lab.topo.by_role("client")}
-    deadline = time.monotonic() + timeout
+    """Wait until every tunnel flows both ways after `t`; return those that do. Meanwhile the
+    benchmark's probe flows follow a re-established tunnel to its new virtual IP."""
+    want = {tun.name for tun in run.tunnels}
+    t0 = time.monotonic()
+    deadline, follow_at = t0 + timeout, t0 + FOLLOW_AFTER_S
     ok: set[str] = set()
     while time.monotonic() < deadline:
         ok = flowing_since(run, t)
         if ok == want:
             break
+        if run.flows and time.monotonic() >= follow_at:
+            follow_vips(run, want - ok)
+            follow_at = time.monotonic() + FOLLOW_EVERY_S
         time.sleep(0.5)
     return ok
 
 
+def follow_vips(run: Run, stalled: set[str]) -> None:
+    """On each client with a stalled tunnel, point its probe flows at the current VIPs."""
+    for c, ts in tunnels.by_client(run.tunnels).items():
+        ready = (run.lab.base / "probe" / f"{c}.log").exists()  # its SIGHUP handler is set
+        if c in run.flows and ready and any(t.name in stalled for t in ts):
+            pid, path = run.flows[c]
+            with contextlib.suppress(OSError, LabError):
+                tunnels.follow_vips(run.lab, c, ts, path, pid)
+
+
 def client_state(run: Run, name: str) -> dict[str, object]:
-    """What one client's charon and kernel say now."""
+    """What one client's charon and kernel say now (`ikes`: ESTABLISHED IKE_SAs by
+    connection; `ike`: the last of them, the classic lab's one tunnel)."""
     lab = run.lab
-    sas = [s for s in observe.list_sas(str(cluster.vici_path(lab, name)))
-           if s.state == "ESTABLISHED"]
-    stat = observe.xfrm_stat(lab, name)
-    states = observe.xfrm_states(lab, name)
-    return {"ike": sas[-1] if sas else None, "seq_errors": stat.get("XfrmInStateSeqError", 0),
+    want = sum(1 for t in run.tunnels if t.client == name)
+    for _ in range(LIST_TRIES):  # a busy IKE_SA is not listed (noblock): ask again
+        sas = [s for s in observe.list_sas(str(cluster.vici_path(lab, name)))
+               if s.state == "ESTABLISHED"]
+        if len({s.name for s in sas}) >= want:
+            break
+        time.sleep(1.0)
+    states, stat = observe.xfrm_states_and_stat(lab, name)
+    return {"ike": sas[-1] if sas else None, "ikes": {s.name: s for s in sas},
+            "seq_errors": stat.get("XfrmInStateSeqError", 0),
             "sa_replay": {s.spi: s.replay for s in states},
             "encap": any(s.encap for s in states)}
 
@@ -230,22 +305,26 @@ def fail(run: Run, node: str, fault: str) -> float:
     lab = run.lab
     t = time.monotonic()
     if fault == "kill":  # a dead machine: its kernel silent at once, every process gone
-        _links(lab, node, "down")
-        t = time.monotonic()  # silent from here (one `ip` can take a second to start under TCG)
+        t = links_down(lab, node)
         lab.kill_node(node, signal.SIGKILL)
     elif fault == "charon":  # charon dies; keepalived (tracking hasync health) and hasync stay
         for n, w, p in lab.procs:
             if n == node and w == "charon" and p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
     elif fault == "links":
-        _links(lab, node, "down")
-        t = time.monotonic()
+        t = links_down(lab, node)
     else:
         for what in ("keepalived", "charon"):
             for n, w, p in lab.procs:
                 if n == node and w == what and p.poll() is None:
                     os.killpg(p.pid, signal.SIGTERM)
     return t
+
+
+def links_down(lab: Lab, node: str) -> float:
+    """Every link of `node` down at one instant; return that instant (linkfault.py)."""
+    return linkfault.set_links(f"/run/netns/{lab.topo.ns(node)}",
+                               [ifc.name for ifc in lab.topo.node(node).ifaces], up=False)
 
 
 def _links(lab: Lab, node: str, state: str) -> None:
@@ -276,8 +355,7 @@ def restore(run: Run, node: str) -> None:
     finally:
         signal_probes(run, signal.SIGCONT)
     ok = wait_flowing(run, time.monotonic(), 60)
-    log.info("traffic flows again for %d of %d clients", len(ok),
-             len(run.lab.topo.by_role("client")))
+    log.info("traffic flows again for %d of %d tunnels", len(ok), len(run.tunnels))
 
 
 def _restore(run: Run, node: str) -> None:

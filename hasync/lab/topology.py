@@ -17,7 +17,7 @@ PRIVATE_VIP = "10.1.0.1"  # the protected network's gateway address; moves with 
 PROTECTED = "10.1.0.0/24"
 SERVER_IP = "10.1.0.100"
 NAT_OUTSIDE = "192.0.2.200"
-POOL = "10.3.0.0/24"  # clients' virtual IPs
+POOL = "10.3.0.0/22"  # clients' virtual IPs: room for the benchmark's 1000 tunnels
 # The gateways route the pool to an upstream router that is not there: without a CHILD_SA,
 # traffic for a client's virtual IP goes nowhere. (An on-link route would deliver it in clear
 # to the client, whose inbound policy use time then keeps charon's DPD from ever firing.)

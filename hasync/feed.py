@@ -1,0 +1,109 @@
+"""Feeding charon's ha plugin what the journal committed, at the pace charon reads it.
+
+Rules: charon reads its HA socket with one thread, and a datagram the kernel cannot queue on
+that socket is lost without a word (UDP; strongswan src/libcharon/plugins/ha/ha_socket.c). A
+restored backup replays hundreds of datagrams at once, which overflowed charon's receive
+buffer under load and left it without most of the SAs. So the feed sends a chunk, then waits
+until the receive queue of charon's socket (the `rx_queue` column of this namespace's
+/proc/net/udp) is below LOW_WATER before the next. Order is kept: one FIFO for the replay and
+what is applied after it. Without that file the feed pauses FALLBACK_PAUSE_S per chunk; if
+charon reads nothing for STALL_S, the next chunk goes anyway and the stall is counted.
+`udp_rx_queue` is pure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+Address = tuple[str, int]
+CHUNK = 16  # datagrams per send burst: about 16 KiB of charon's ~208 KiB default buffer
+LOW_WATER = 32 * 1024  # bytes queued on charon's socket below which the next chunk goes
+POLL_S = 0.005
+FALLBACK_PAUSE_S = 0.05
+STALL_S = 5.0
+PROC_UDP = Path("/proc/net/udp")
+
+
+def udp_rx_queue(text: str, addr: Address) -> int | None:
+    """Bytes queued on the IPv4 UDP socket bound to `addr`, from /proc/net/udp text (the
+    address as the kernel prints a __be32: native-order hex; net/ipv4/udp.c udp4_format_sock)."""
+    ip = struct.unpack("=I", socket.inet_aton(addr[0]))[0]
+    want = f"{ip:08X}:{addr[1]:04X}"
+    for line in text.splitlines()[1:]:
+        parts = line.split()
+        if len(parts) > 4 and parts[1] == want and ":" in parts[4]:
+            try:
+                return int(parts[4].split(":")[1], 16)
+            except ValueError:
+                return None
+    return None
+
+
+class CharonFeed:
+    """A FIFO of datagrams for charon, sent in chunks as charon's socket has room."""
+
+    def __init__(self, send: Callable[[bytes], object], charon: Address,
+                 proc_udp: Path = PROC_UDP) -> None:
+        self._send, self._charon, self._proc = send, charon, proc_udp
+        self._queue: deque[bytes] = deque()
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.counters = {"fed": 0, "stalls": 0, "fallback": 0}
+
+    def put(self, datagrams: Iterable[bytes]) -> None:
+        """Queue datagrams behind those already queued."""
+        self._queue.extend(datagrams)
+        if self._queue:
+            self._idle.clear()
+            self._wake.set()
+
+    @property
+    def queued(self) -> int:
+        """Datagrams not yet sent."""
+        return len(self._queue)
+
+    async def drained(self) -> None:
+        """Return once everything queued so far has been sent."""
+        await self._idle.wait()
+
+    async def run(self) -> None:
+        """Send what is queued, chunk by chunk, forever."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                for _ in range(min(CHUNK, len(self._queue))):
+                    self._send(self._queue.popleft())
+                    self.counters["fed"] += 1
+                await self._room()
+            self._idle.set()
+
+    def rx_queue(self) -> int | None:
+        """Bytes waiting on charon's socket now (None: not readable here)."""
+        try:
+            return udp_rx_queue(self._proc.read_text(), self._charon)
+        except OSError:
+            return None
+
+    async def _room(self) -> None:
+        """Wait until charon's socket has room for the next chunk."""
+        deadline = time.monotonic() + STALL_S
+        while True:
+            queued = self.rx_queue()
+            if queued is None:
+                self.counters["fallback"] += 1
+                await asyncio.sleep(FALLBACK_PAUSE_S)
+                return
+            if queued < LOW_WATER:
+                return
+            if time.monotonic() >= deadline:
+                self.counters["stalls"] += 1
+                return
+            await asyncio.sleep(POLL_S)

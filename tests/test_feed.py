@@ -1,0 +1,108 @@
+"""hasync.feed: charon's socket queue read from /proc/net/udp, and a feed that never overruns
+a slow reader (the restored backup's replay lost most SAs to a full socket buffer)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+
+import pytest
+
+from hasync import feed
+from hasync.feed import CharonFeed, udp_rx_queue
+
+HEAD = ("   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  "
+        "timeout inode ref pointer drops")
+ROW = ("  {n}: {addr} 00000000:0000 07 00000000:{q} 00:00000000 00000000     0        0 4242 2 "
+       "0000000000000000 0")
+PROC = "\n".join([HEAD, ROW.format(n=123, addr="0100007F:119E", q="00004A00"),
+                  ROW.format(n=124, addr="0200007F:119E", q="00000000")]) + "\n"
+
+def test_rx_queue_of_the_socket_bound_to_the_address() -> None:
+    assert udp_rx_queue(PROC, ("127.0.0.1", 4510)) == 0x4A00
+    assert udp_rx_queue(PROC, ("127.0.0.2", 4510)) == 0
+    assert udp_rx_queue(PROC, ("127.0.0.3", 4510)) is None
+    assert udp_rx_queue("header only\n", ("127.0.0.1", 4510)) is None
+
+
+def test_feed_waits_for_room_and_keeps_order(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    proc = tmp_path / "udp"
+    sent: list[bytes] = []
+    levels = iter([feed.LOW_WATER * 2, feed.LOW_WATER * 2] + [0] * 100)
+
+    def send(raw: bytes) -> None:
+        sent.append(raw)
+        level = next(levels)
+        proc.write_text(PROC.replace("00004A00", f"{level:08X}"))
+
+    async def main() -> CharonFeed:
+        f = CharonFeed(send, ("127.0.0.1", 4510), proc)
+        task = asyncio.create_task(f.run())
+        f.put([bytes([k]) for k in range(40)])
+        f.put([b"late"])
+        await asyncio.wait_for(f.drained(), 5)
+        task.cancel()
+        return f
+    monkeypatch.setattr(feed, "POLL_S", 0.001)
+    proc.write_text(PROC)
+    f = asyncio.run(main())
+    assert sent == [bytes([k]) for k in range(40)] + [b"late"]
+    assert f.counters == {"fed": 41, "stalls": 0, "fallback": 0} and f.queued == 0
+
+
+def test_feed_without_proc_file_pauses_and_a_stalled_reader_is_counted(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(feed, "FALLBACK_PAUSE_S", 0.001)
+    monkeypatch.setattr(feed, "STALL_S", 0.01)
+    monkeypatch.setattr(feed, "POLL_S", 0.001)
+    full = tmp_path / "udp"
+    full.write_text(PROC.replace("00004A00", f"{feed.LOW_WATER:08X}"))
+
+    async def run(path: Path) -> CharonFeed:
+        f = CharonFeed(lambda raw: None, ("127.0.0.1", 4510), path)
+        task = asyncio.create_task(f.run())
+        f.put([b"x"] * (feed.CHUNK * 2))
+        await asyncio.wait_for(f.drained(), 5)
+        task.cancel()
+        return f
+    assert asyncio.run(run(tmp_path / "missing")).counters["fallback"] == 2
+    assert asyncio.run(run(full)).counters["stalls"] == 2
+
+
+def test_a_slow_reader_with_a_small_buffer_loses_nothing() -> None:
+    """Real sockets: 600 datagrams of 700 bytes (about 1.7 KiB each in the socket's
+    accounting) into a 128 KiB receive buffer, read slowly: 1 MiB in all."""
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)  # the kernel doubles it
+    rx.bind(("127.0.0.1", 0))
+    rx.setblocking(False)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    addr = rx.getsockname()
+    got: list[bytes] = []
+
+    async def reader() -> None:
+        while len(got) < 600:
+            try:
+                got.append(rx.recv(2048))
+            except BlockingIOError:
+                await asyncio.sleep(0.002)
+            if len(got) % 8 == 0:
+                await asyncio.sleep(0.001)
+
+    async def main() -> CharonFeed:
+        f = CharonFeed(lambda raw: tx.sendto(raw, addr), addr)
+        tasks = [asyncio.create_task(f.run()), asyncio.create_task(reader())]
+        f.put([k.to_bytes(2, "big") * 350 for k in range(600)])
+        await asyncio.wait_for(f.drained(), 30)
+        await asyncio.wait_for(tasks[1], 30)
+        tasks[0].cancel()
+        return f
+    try:
+        f = asyncio.run(main())
+    finally:
+        rx.close()
+        tx.close()
+    assert [int.from_bytes(g[:2], "big") for g in got] == list(range(600))
+    assert f.counters["fallback"] == 0

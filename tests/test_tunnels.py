@@ -1,0 +1,75 @@
+"""hasync.lab.tunnels: the tunnel plan, flows files, and per-SPI tallies (pure parts)."""
+
+from __future__ import annotations
+
+import pytest
+
+from hasync.lab import confgen, tunnels
+from hasync.lab.observe import IkeSa
+from hasync.lab.pcap import EspPacket
+from hasync.lab.tunnels import Tunnel
+
+
+def _sa(name: str, vips: tuple[str, ...] = ("10.3.0.9",),
+        kids: tuple[tuple[str, str], ...] = (("c1000001", "c2000002"),)) -> IkeSa:
+    return IkeSa(name, "ESTABLISHED", "aa", "bb", kids, False, vips)
+
+
+def test_classic_plan_is_one_home_tunnel_per_client() -> None:
+    assert tunnels.plan(0, ["c1", "c2"]) == [Tunnel("c1", "c1", "home", "net"),
+                                              Tunnel("c2", "c2", "home", "net")]
+
+
+def test_benchmark_plan_deals_unique_names_round_robin() -> None:
+    ts = tunnels.plan(7, ["c1", "c2", "c3"])
+    assert [t.name for t in ts] == [f"t000{k}" for k in range(1, 8)]
+    assert [t.client for t in ts] == ["c1", "c2", "c3", "c1", "c2", "c3", "c1"]
+    assert all(t.conn == t.child == t.name for t in ts)
+    assert {c: len(v) for c, v in tunnels.by_client(ts).items()} == {"c1": 3, "c2": 2, "c3": 2}
+    assert tunnels.plan(12345, ["c1"])[-1].name == "t12345"
+    with pytest.raises(ValueError, match="0 or more"):
+        tunnels.plan(-1, ["c1"])
+
+
+def test_flows_text_lists_tunnels_with_a_virtual_ip() -> None:
+    ts = tunnels.plan(3, ["c1"])
+    vips = tunnels.vips_of({"t0001": _sa("t0001", ("10.3.0.5",)), "t0002": _sa("t0002", ()),
+                            "t0003": _sa("t0003", ("10.3.1.7", "10.3.1.8"))})
+    assert vips == {"t0001": "10.3.0.5", "t0003": "10.3.1.7"}
+    assert tunnels.flows_text(ts, vips) == "t0001@10.3.0.5\nt0003@10.3.1.7\n"
+
+
+def test_inbound_spis_are_the_clients_spi_in() -> None:
+    sa = _sa("t1", kids=(("c1000001", "c2000002"), ("0000beef", "0000f00d")))
+    assert tunnels.inbound_spis(sa) == {0xc1000001, 0xbeef}
+    assert tunnels.inbound_spis(None) == set()
+
+
+def test_reuse_by_spi_counts_repeats_per_spi_inside_the_window() -> None:
+    def p(ts: float, spi: int, seq: int, dst: str = "192.0.2.101") -> EspPacket:
+        return EspPacket(ts, "192.0.2.1", dst, spi, seq, False)
+    pkts = [p(3, 1, 1), p(1, 1, 1), p(2, 1, 2), p(10, 1, 2), p(4, 2, 1), p(5, 2, 1),
+            p(6, 2, 9, dst="192.0.2.102")]
+    grouped = tunnels.by_spi(pkts, "192.0.2.101")
+    assert [x.ts for x in grouped[1]] == [1, 2, 3, 10]  # in capture order
+    assert tunnels.reuse_by_spi(grouped, 0, 100) == {1: 2, 2: 1}
+    assert tunnels.reuse_by_spi(grouped, 4.5, 100) == {1: 1, 2: 1}
+    assert tunnels.reuse_by_spi(grouped, 0, 3) == {1: 0, 2: 0}
+
+
+def test_client_swanctl_has_one_psk_connection_per_tunnel() -> None:
+    text = confgen.swanctl_client_tunnels(["t0001", "t0004"], True, "192.0.2.1",
+                                          "10.1.0.0/24", confgen.LabTimers())
+    assert text.count("remote_addrs = 192.0.2.1") == 2
+    assert "id = t0001.tunnels.lab" in text and "id = t0004.tunnels.lab" in text
+    assert "children { t0004 {" in text and text.count("-esn") == 2
+    assert f'secret = "{confgen.TUNNEL_PSK}"' in text
+    gw = confgen.swanctl_gateway("192.0.2.1", "10.1.0.0/24")
+    assert f"id = *.{confgen.TUNNEL_DOMAIN}" in gw and "rw {" in gw
+
+
+def test_many_peers_relaxes_dos_protection_only_when_asked() -> None:
+    t = confgen.LabTimers()
+    assert "dos_protection = no" in confgen.strongswan_conf("/l", "/s", t, True,
+                                                            many_peers=True)
+    assert "dos_protection" not in confgen.strongswan_conf("/l", "/s", t, True)
