@@ -127,9 +127,9 @@ def render_markdown(summary: Doc, plots: str = "../bench/results") -> str:
     errors = [f"- {g['mode']} N={g['tunnels']}: lab run failed: {g['error']}"
               for g in summary["groups"] if g["error"]]
     lines += ["", "Percentiles are nearest-rank over every tunnel of every failover of a row;"
-              " master-down is VRRP's interval as configured (RFC 5798 6.1, the new master's"
-              " priority), the largest of the row's failovers; the p99 check holds the outage"
-              " against the measured one, the row's median VRRP detection (kill to new master).",
+              " master-down is the interval as measured (the old master's last advertisement"
+              " to the new master's MASTER line), the largest of the row's failovers; the p99"
+              " check holds the outage against the row's median of it.",
               *errors, "",
               "Checks:", ""]
     lines += [f"- {line}" for line in check_lines(summary)]
