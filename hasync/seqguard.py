@@ -137,6 +137,9 @@ class SeqTracker:
 
     node: str
     reserve: Reserve = field(default_factory=Reserve)
+    # wall time this node last became master: its own marks from before (an earlier term,
+    # left behind by the guard's pre-jump while it was backup) are no promise it broke
+    master_since: float = 0.0
     meters: dict[SaKey, RateMeter] = field(default_factory=dict)
     inbound_at: dict[SaKey, float] = field(default_factory=dict)
     lineage: dict[tuple[int, str], tuple[float, float]] = field(default_factory=dict)
@@ -187,7 +190,7 @@ class SeqTracker:
         """The record to journal for one SA, or None if the committed one still holds."""
         ahead = self.reserve.ahead(rate)
         own = rec is not None and rec.node == self.node
-        if own and rec is not None and sa.oseq > rec.mark:
+        if own and rec is not None and sa.oseq > rec.mark and rec.ts >= self.master_since:
             self.stats.violations += 1
             self.stats.max_overrun = max(self.stats.max_overrun, sa.oseq - rec.mark)
         out_due = sa.oseq > 0 and (not own or rec is None or rec.mark - sa.oseq < ahead // 2)

@@ -184,6 +184,7 @@ class SeqSync:
     async def promote(self) -> PromotionReport:
         """Barrier, jump and restore every SA, activate charon; returns the timings."""
         rep = PromotionReport(started=time.time())
+        self.tracker.master_since = rep.started  # marks of an earlier term do not bind it
         self.last_promotion = rep
         t0 = time.monotonic()
         rep.quorum = await self.barrier()

@@ -67,6 +67,16 @@ def test_tracker_counts_an_oseq_past_its_own_mark() -> None:
     assert t.stats.violations == 1 and t.stats.max_overrun == 500
 
 
+def test_marks_of_an_earlier_term_are_no_violation() -> None:
+    # master, demoted for a moment (its guard pre-jumped the SA past its own mark), master again
+    t = SeqTracker("gw1", master_since=2000.0)
+    t.observe([sa(oseq=1600)], {KEY: rec(1000)}, 0.0, 2001.0)  # rec(1000) journaled before
+    assert t.stats.violations == 0
+    t.master_since = 0.0
+    t.observe([sa(oseq=1600)], {KEY: rec(1000)}, 0.1, 2001.1)
+    assert t.stats.violations == 1
+
+
 def test_a_new_master_renews_marks_another_node_journaled() -> None:
     t = SeqTracker("gw2")
     recs, _ = t.observe([sa(oseq=5000)], {KEY: rec(10_000, node="gw1")}, 0.0, 1000.0)
