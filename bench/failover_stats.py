@@ -13,6 +13,8 @@ import math
 import statistics
 from typing import Any
 
+from hasync.lab.failover import master_down_ms  # RFC 5798 6.1, as the lab computes it
+
 MODES = ("baseline", "hasync")
 PHASES = ("wait_ms", "xfrm_ms", "activate_ms")
 TUNNEL_FIELDS = ("outage_ms", "lost_to_client", "lost_from_client", "reestablished",
@@ -39,9 +41,6 @@ def median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
-def master_down_ms(advert_int_s: float, priority: int) -> float:
-    """VRRPv3 master-down interval: 3 x advert_int + skew, skew = (256 - priority) x adv / 256."""
-    return round((3 * advert_int_s + (256 - priority) * advert_int_s / 256) * 1000, 1)
 
 
 def advert_int_of(result: Doc) -> float | None:

@@ -10,17 +10,15 @@ the kernel's receive timestamp. `parse_advert` is pure. RFC 5798 5.1 and 5.2 giv
 from __future__ import annotations
 
 import socket
-import struct
 import threading
 import time
 from dataclasses import dataclass
 
 from .linkfault import enter_netns
+from .probe import _SO_TIMESTAMPNS, _kernel_time
 
 VRRP_PROTO = 112  # RFC 5798 5.1.1.4
 VRRP_GROUP = "224.0.0.18"  # RFC 5798 5.1.1.2
-_SO_TIMESTAMPNS = 35
-_TIMESPEC = struct.Struct("@qq")
 
 
 @dataclass(frozen=True)
@@ -88,7 +86,8 @@ class AdvertLog:
                 except OSError as e:
                     self.error = str(e)
                     return
-                adv = parse_advert(data, _arrival(anc))
+                now = time.monotonic()
+                adv = parse_advert(data, _kernel_time(anc, time.time() - now) or now)
                 if adv is not None and self.adverts is not None:
                     self.adverts.append(adv)
 
@@ -101,13 +100,3 @@ class AdvertLog:
                         socket.inet_aton(VRRP_GROUP) + socket.inet_aton(self.address))
         sock.settimeout(0.5)
         return sock
-
-
-def _arrival(ancillary: list[tuple[int, int, bytes]]) -> float:
-    """The kernel's receive time (CLOCK_REALTIME) on the monotonic clock; now if absent."""
-    now_mono, now_wall = time.monotonic(), time.time()
-    for level, kind, data in ancillary:
-        if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(data) >= 16:
-            sec, nsec = _TIMESPEC.unpack_from(data)
-            return now_mono - (now_wall - (sec + nsec / 1e9))
-    return now_mono

@@ -78,7 +78,7 @@ def client_capture(run: Run, name: str, w: Window) -> ClientCapture:
     node, cap = run.lab.topo.node(name), capture(run, name)
     kill_wall, end_wall = w.t_kill + run.wall_offset, w.t_end + run.wall_offset
     spis = tunnels.by_spi(cap.packets, node.address)
-    jumps = pcap.seq_jumps([p for ps in spis.values() for p in ps], node.address, kill_wall)
+    jumps = pcap.seq_jumps(cap.packets, node.address, kill_wall)
     return ClientCapture(
         pcap.ike_sa_inits(cap.ike, kill_wall, end_wall, initiator=node.address),
         {j.spi: j for j in jumps}, tunnels.reuse_by_spi(spis, w.wall_start, end_wall),
