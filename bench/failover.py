@@ -41,7 +41,8 @@ RATE_BUDGET = 200.0  # default: probe packets/s each way, shared by every tunnel
 RATE_MAX = 20.0  # default: at most this per tunnel (the lab's own rate)
 BEGIN, END = "<!-- results -->", "<!-- /results -->"
 COLUMNS = (("mode", 8), ("N", 5), ("fo", 3), ("samples", 7), ("outage p50", 10),
-           ("p99", 8), ("re-est", 6), ("reuse", 5), ("max skip", 8), ("promo p50", 9),
+           ("p99", 8), ("re-est", 6), ("reuse", 5), ("replay c/g", 10), ("max skip", 8),
+           ("promo p50", 9),
            ("promo max", 9), ("vrrp p50", 8), ("mdown", 6))
 Doc = dict[str, Any]
 
@@ -60,7 +61,9 @@ def row_cells(g: Doc) -> list[str]:
     promo = g["promotion_total_ms"] or {}
     return [g["mode"], str(g["tunnels"]), str(g["failovers"]), str(g["samples"]),
             _cell(g["outage_ms"]["median"]), _cell(g["outage_ms"]["p99"]),
-            _cell(g["reestablished"]), _cell(g["seq_reuse"]), _cell(g["seq_skipped_max"]),
+            _cell(g["reestablished"]), _cell(g["seq_reuse"]),
+            f'{_cell(g.get("replay_errors"))}/{_cell(g.get("replay_errors_gw"))}',
+            _cell(g["seq_skipped_max"]),
             _cell(promo.get("median")), _cell(promo.get("max")),
             _cell(g["vrrp_detect_ms"]["median"]), _cell(g["master_down_ms"]["max"])]
 
@@ -114,7 +117,8 @@ def table(summary: Doc) -> str:
 
 
 MD_HEADER = ("mode", "tunnels", "failovers", "tunnel failovers", "outage median (ms)",
-             "outage p99 (ms)", "re-established", "seq reuse", "max seq skipped",
+             "outage p99 (ms)", "re-established", "seq reuse",
+             "replay drops (client/gateway)", "max seq skipped",
              "promotion median (ms)", "promotion max (ms)", "VRRP detect median (ms)",
              "master-down (ms)")
 

@@ -18,7 +18,7 @@ from hasync.lab.failover import master_down_ms  # RFC 5798 6.1, as the lab compu
 MODES = ("baseline", "hasync")
 PHASES = ("wait_ms", "xfrm_ms", "activate_ms")
 TUNNEL_FIELDS = ("outage_ms", "lost_to_client", "lost_from_client", "reestablished",
-                 "replay_errors", "seq_reuse", "seq_skipped")
+                 "replay_errors", "replay_errors_gw", "seq_reuse", "seq_skipped")
 FALLBACK_PRIORITY = 190  # gw2, the lab's first new master (scenario.py: 200 - 10 x k + 10)
 OUTAGE_FACTOR = 1.5  # hasync: p99 outage at most this many master-down intervals, as measured
 #                     (median over the row: old master's last advert -> new MASTER; decisions.md)
@@ -131,7 +131,8 @@ def group_summary(mode: str, n: int, records: list[Doc], error: str | None = Non
                       "max": max(outages) if outages else None},
         "reestablished": sum(1 for t in tunnels if t.get("reestablished")),
         "seq_reuse": sum(_values(tunnels, "seq_reuse")),
-        "replay_errors": sum(_values(tunnels, "replay_errors")),
+        "replay_errors": sum(_values(tunnels, "replay_errors")),  # on the clients (downstream)
+        "replay_errors_gw": sum(_values(tunnels, "replay_errors_gw")),  # on the new master
         "lost_to_client": sum(_values(tunnels, "lost_to_client")),
         "lost_from_client": sum(_values(tunnels, "lost_from_client")),
         "missing": {k: sum(1 for t in tunnels if t.get(k) is None) for k in TUNNEL_FIELDS},

@@ -1,8 +1,8 @@
 """Lab test of one takeover, as `make demo` runs it: hasync on every gateway, probe streams
 through every client's tunnel (one client behind NAT, one with ESN, one whose CHILD_SA was
 rekeyed before the fault), kill -9 of every process of the master; real charon, keepalived and
-kernel XFRM (in the VM when this kernel has no ESP). The longer run (three kills in a row and
-a charon kill) is tests/test_lab_takeover.py.
+kernel XFRM (in the VM when this kernel has no ESP). The longer run (two kills in a row, then a
+charon kill onto the restored gateway) is tests/test_lab_takeover.py.
 
 `make test` runs the longer one, which covers everything asserted here; this one runs with
 `make test-lab-extended` (it checks `make demo`'s own command line, at 10 more minutes of VM).

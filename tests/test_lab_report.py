@@ -46,3 +46,15 @@ def test_gaps_are_ms_from_the_kill_and_merged_across_directions() -> None:
     assert gaps_ms([], w, 0.3) == [[-1000.0, 4000.0]]
     assert union([[1.0, 3.0], [-2.0, 0.0], [2.5, 4.0]]) == [[-2.0, 0.0], [1.0, 4.0]]
     assert master_down_ms(0.5, 190) == 1628.9  # RFC 5798 6.1
+
+
+def test_gateway_drops_count_growth_on_the_tunnels_spis_and_moved_mib_counters() -> None:
+    from hasync.lab.failover import GatewayDrops
+    before = {"sa": {1: (2, 0), 2: (0, 0)}, "stat": {"XfrmInStateSeqError": 5, "XfrmInNoStates": 1}}
+    after = {"sa": {1: (9, 1), 2: (3, 0), 3: (4, 4)},
+             "stat": {"XfrmInStateSeqError": 15, "XfrmInNoStates": 1}}
+    gw = GatewayDrops(before, after)
+    assert gw.of({1}, 0) == 7 and gw.of({1}, 1) == 1
+    assert gw.of({2, 3, 4}, 0) == 7  # an SA new since the fault counts from 0, a gone one not
+    assert gw.stat() == {"XfrmInStateSeqError": 10}
+    assert GatewayDrops({}, after).of({1}, 0) == 9  # the new master was not read before

@@ -1,8 +1,9 @@
 """Lab tests of the takeover: hasync on every gateway, probe streams through every client's
-tunnel (one client behind NAT, one with ESN, one whose CHILD_SA was rekeyed before), three
-kills of every process of the master in a row (gw1 -> gw2 -> gw3 -> gw1), then a kill of the
-master's charon alone; real charon, keepalived and kernel XFRM (in the VM when this kernel has
-no ESP). One lab run serves every test in this module (about 10 minutes under QEMU/TCG)."""
+tunnel (one client behind NAT, one with ESN, one whose CHILD_SA was rekeyed before), two
+kills of every process of the master in a row (gw1 -> gw2 -> gw3), then a kill of the master's
+charon alone, which fails over onto gw1, restored empty after the first kill; real charon,
+keepalived and kernel XFRM (in the VM when this kernel has no ESP). One lab run serves every
+test in this module (about 8 minutes under QEMU/TCG)."""
 
 from __future__ import annotations
 
@@ -22,21 +23,21 @@ FLOOR = Reserve().bound(0)  # docs/takeover.md: the most a failover may skip at 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """`hasync lab failover --failovers 4 --fault kill,kill,kill,charon`."""
-    return run_lab(tmp_path_factory, "takeover", ["failover", "--failovers", "4", "--fault",
-                                                  "kill,kill,kill,charon"], 4800)[0]
+    """`hasync lab failover --failovers 3 --fault kill,kill,charon`."""
+    return run_lab(tmp_path_factory, "takeover", ["failover", "--failovers", "3", "--fault",
+                                                  "kill,kill,charon"], 3600)[0]
 
 
 @pytest.fixture(scope="module")
 def kills(run: dict[str, Any]) -> dict[str, Any]:
-    """The three kill -9 failovers of the run."""
-    return {**run, "failovers": run["failovers"][:3]}
+    """The two kill -9 failovers of the run."""
+    return {**run, "failovers": run["failovers"][:2]}
 
 
 @pytest.fixture(scope="module")
 def charon_kill(run: dict[str, Any]) -> dict[str, Any]:
     """The last failover: only charon died; keepalived and hasync stayed up on the master."""
-    return {**run, "failovers": run["failovers"][3:]}
+    return {**run, "failovers": run["failovers"][2:]}
 
 
 def _clients(result: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:
@@ -60,9 +61,9 @@ def _keeps_tunnels(result: dict[str, Any]) -> None:
         assert c["seq_skip_ok"], where
 
 
-def test_three_kills_in_a_row_keep_every_tunnel(kills: dict[str, Any]) -> None:
+def test_two_kills_in_a_row_keep_every_tunnel(kills: dict[str, Any]) -> None:
     assert [(fo["from"], fo["to"]) for fo in kills["failovers"]] == [
-        ("gw1", "gw2"), ("gw2", "gw3"), ("gw3", "gw1")]
+        ("gw1", "gw2"), ("gw2", "gw3")]
     assert all(fo["vip_moved"] for fo in kills["failovers"])
     _keeps_tunnels(kills)
 
@@ -81,8 +82,8 @@ def test_a_child_sa_rekeyed_before_the_failovers_crosses(kills: dict[str, Any]) 
     assert all(r["ok"] for r in before["child_rekey"].values()), before
 
 
-def test_every_promotion_reports_its_phases(kills: dict[str, Any]) -> None:
-    for fo in kills["failovers"]:
+def test_every_promotion_reports_its_phases(run: dict[str, Any]) -> None:
+    for fo in run["failovers"]:
         p = fo["promotion"]
         assert p and p["done"] and p["quorum"] and not p["errors"], p
         assert p["sas"] >= 6 and p["total_ms"] >= p["wait_ms"]
@@ -112,13 +113,14 @@ def test_no_renewal_ever_fell_behind_and_every_node_is_in_the_cluster(
         assert st["health"]["healthy"], (gw, st["health"])
 
 
-def test_restored_gateways_caught_up_before_they_served(kills: dict[str, Any]) -> None:
-    # gw1 came back empty after the first kill and was master again after the third
-    third = kills["failovers"][2]
+def test_restored_gateways_caught_up_before_they_served(run: dict[str, Any]) -> None:
+    # gw1 came back empty after the first kill and was master again after the third failover
+    third = run["failovers"][2]
     assert third["to"] == "gw1" and third["promotion"]["sas"] >= 6
 
 
 def test_killing_only_charon_fails_over_the_same_way(charon_kill: dict[str, Any]) -> None:
     (fo,) = charon_kill["failovers"]
-    assert fo["fault"] == "charon" and fo["from"] == "gw1" and fo["vip_moved"]
+    assert fo["fault"] == "charon" and fo["from"] == "gw3" and fo["vip_moved"]
+    assert fo["to"] == "gw1"
     _keeps_tunnels(charon_kill)

@@ -43,13 +43,22 @@ def test_plan_rejects_out_of_range(gws: int, clients: int, nat: int) -> None:
 
 def test_build_and_teardown_commands_cover_every_node() -> None:
     topo = topology.plan(2, 2)
-    cmds: list[list[str]] = []
-    topology.build(topo, cmds.append)
-    made = {c[3] for c in cmds if c[:3] == ["ip", "netns", "add"]}
+    steps: list[tuple[list[str], str | None]] = []
+    topology.build(topo, lambda argv, stdin: steps.append((argv, stdin)))
+    assert steps == topology.build_steps(topo)
+    made = {c[3] for c, _ in steps if c[:3] == ["ip", "netns", "add"]}
     removed = {c[3] for c in topology.teardown_commands(topo) if c[:3] == ["ip", "netns", "del"]}
     assert made == removed == {topo.ns(n.name) for n in topo.nodes}
-    assert any("masquerade" in c for c in cmds)
-    assert ["ip", "-n", "hl-gw1", "addr", "add", "127.0.0.2/8", "dev", "lo"] in cmds
+    first_batch = next(i for i, (c, _) in enumerate(steps) if "-batch" in c)
+    assert all(c[:3] == ["ip", "netns", "add"] for c, _ in steps[:first_batch])  # before use
+    host = steps[first_batch][1] or ""
+    assert host.count(" type veth ") == sum(len(n.ifaces) for n in topo.nodes)
+    batches = {c[2]: text or "" for c, text in steps if c[:2] == ["ip", "-n"]}
+    assert set(batches) == made and all(b.endswith("\n") for b in batches.values())
+    assert "addr add 127.0.0.2/8 dev lo" in batches["hl-gw1"]
+    assert "127.0.0.2" not in batches["hl-c1"]
+    nft = [text for c, text in steps if "nft" in c]
+    assert len(nft) == 1 and "masquerade" in (nft[0] or "")
 
 
 def test_strongswan_conf_loads_ha_only_on_gateways() -> None:

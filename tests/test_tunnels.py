@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+from pathlib import Path
+
 import pytest
 
 from hasync.lab import confgen, tunnels
@@ -43,6 +46,8 @@ def test_inbound_spis_are_the_clients_spi_in() -> None:
     sa = _sa("t1", kids=(("c1000001", "c2000002"), ("0000beef", "0000f00d")))
     assert tunnels.inbound_spis(sa) == {0xc1000001, 0xbeef}
     assert tunnels.inbound_spis(None) == set()
+    assert tunnels.outbound_spis(sa) == {0xc2000002, 0xf00d}  # the gateway's inbound SAs
+    assert tunnels.outbound_spis(None) == set()
 
 
 def test_reuse_by_spi_counts_repeats_per_spi_inside_the_window() -> None:
@@ -73,3 +78,18 @@ def test_many_peers_relaxes_dos_protection_only_when_asked() -> None:
     assert "dos_protection = no" in confgen.strongswan_conf("/l", "/s", t, True,
                                                             many_peers=True)
     assert "dos_protection" not in confgen.strongswan_conf("/l", "/s", t, True)
+
+
+def test_follow_vips_keeps_a_busy_tunnels_flow_and_moves_a_changed_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ts, path = tunnels.plan(3, ["c1"]), tmp_path / "c1.flows"
+    path.write_text("t0001@10.3.0.1\nt0002@10.3.0.2\nt0003@10.3.0.3\n")
+    listed = {"t0001": _sa("t0001", ("10.3.0.1",)), "t0003": _sa("t0003", ("10.3.0.9",))}
+    monkeypatch.setattr(tunnels, "established", lambda lab, client: listed)  # t0002 busy
+    hups: list[tuple[int, int]] = []
+    monkeypatch.setattr(tunnels.os, "killpg", lambda pid, sig: hups.append((pid, sig)))
+    assert tunnels.follow_vips(None, "c1", ts, path, 42) == 1  # type: ignore[arg-type]
+    assert path.read_text() == "t0001@10.3.0.1\nt0002@10.3.0.2\nt0003@10.3.0.9\n"
+    assert hups == [(42, signal.SIGHUP)]
+    assert tunnels.follow_vips(None, "c1", ts, path, 42) == 0  # type: ignore[arg-type]
+    assert len(hups) == 1  # nothing moved: no reload

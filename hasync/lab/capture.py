@@ -94,7 +94,7 @@ def run_capture(out_dir: Path) -> dict[str, object]:
     try:
         lab = run.lab
         warm_kernel_crypto()
-        topology.build(topo, lambda argv: lab.run(None, argv) and None)
+        topology.build(topo, lambda argv, stdin: lab.run(None, argv, stdin=stdin) and None)
         lab.prepare_dirs()
         cluster.write_configs(lab, spec.timers, keys_in_log=True)
         lab.spawn("gw1", "harecord", [sys.executable, "-m", "hasync.lab.harecord", "127.0.0.2",

@@ -32,6 +32,7 @@ from .scenario import (
     client_state,
     fail,
     fault_of,
+    gateway_counters,
     join_vrrp,
     kernel_release,
     read_probes,
@@ -107,7 +108,7 @@ def union(intervals: list[list[float]]) -> list[list[float]]:
 
 
 def _tunnel_result(run: Run, tun: Tunnel, before: dict[str, Any], after: dict[str, Any],
-                   cc: ClientCapture, w: Window) -> dict[str, object]:
+                   cc: ClientCapture, w: Window, gw: GatewayDrops) -> dict[str, object]:
     """One tunnel's numbers for one failover."""
     logs = read_probes(run)
     mine, srv = logs.get(tun.name, probe.ProbeLog()), logs.get("srv", probe.ProbeLog())
@@ -125,6 +126,7 @@ def _tunnel_result(run: Run, tun: Tunnel, before: dict[str, Any], after: dict[st
     spis = tunnels.inbound_spis(ike_b) | tunnels.inbound_spis(ike_a) if multi else set(cc.esp)
     sa_b, sa_a = before["sa_replay"], after["sa_replay"]
     jumps = [cc.jumps[s] for s in sorted(spis) if s in cc.jumps]
+    up = tunnels.outbound_spis(ike_b) | tunnels.outbound_spis(ike_a)
     min_gap = max(3.0 / run.spec.rate, 0.3) if run.spec.rate > 0 else 1.0
     return {
         "name": tun.name, "client": tun.client, "nat": node.behind_nat,
@@ -143,6 +145,8 @@ def _tunnel_result(run: Run, tun: Tunnel, before: dict[str, Any], after: dict[st
         int(after["seq_errors"]) - int(before["seq_errors"]),
         "replay_errors_sa": sum(v - sa_b.get(k, 0) for k, v in sa_a.items()
                                 if not multi or k in spis),
+        "replay_errors_gw": gw.of(up, 0),
+        "integrity_failed_gw": gw.of(up, 1),
         "seq_reuse": sum(cc.reuse.get(s, 0) for s in spis),
         "seq_jumps": [dataclasses.asdict(j) for j in jumps],
         "seq_skipped": max((j.seq_skipped for j in jumps), default=None),
@@ -150,6 +154,24 @@ def _tunnel_result(run: Run, tun: Tunnel, before: dict[str, Any], after: dict[st
         "seq_skip_ok": all(0 <= j.seq_skipped <= max(j.packets_2s, SKIP_FLOOR) for j in jumps),
         "esp_to_client": sum(cc.esp.get(s, 0) for s in spis),
     }
+
+
+@dataclass(frozen=True)
+class GatewayDrops:
+    """The new master's XFRM counters before the fault and after the window."""
+
+    before: dict[str, Any]
+    after: dict[str, Any]
+
+    def of(self, spis: set[int], counter: int) -> int:
+        """Packets the gateway dropped on `spis` in the window (0: replay, 1: integrity)."""
+        b, a = self.before.get("sa", {}), self.after.get("sa", {})
+        return sum(a[s][counter] - b.get(s, (0, 0))[counter] for s in spis if s in a)
+
+    def stat(self) -> dict[str, int]:
+        """The XFRM MIB counters that moved in the window (/proc/net/xfrm_stat)."""
+        b, a = self.before.get("stat", {}), self.after.get("stat", {})
+        return {k: v - b.get(k, 0) for k, v in a.items() if v != b.get(k, 0)}
 
 
 def to_c_rx(srv: probe.ProbeLog, name: str) -> list[tuple[int, float, float]]:
@@ -166,6 +188,8 @@ def one_failover(run: Run, master: str, wall_start: float, fault: str) -> dict[s
         log.warning("%s is VRRP master, not %s as planned: failing %s", actual, master, actual)
         master = actual
     before = {c: client_state(run, c) for c in clients}
+    gw_before = {g.name: gateway_counters(run, g.name)
+                 for g in lab.topo.by_role("gateway") if g.name != master}
     read_probes(run)  # parse the backlog now, not on the CPUs the failover needs
     t_kill = fail(run, master, fault)
     ev = run.vrrp.wait_master(t_kill, 60, exclude=master)
@@ -177,12 +201,16 @@ def one_failover(run: Run, master: str, wall_start: float, fault: str) -> dict[s
     time.sleep(spec.settle_s)
     t_end = time.monotonic()
     after = {c: client_state(run, c) for c in clients}
+    gw = GatewayDrops(gw_before.get(ev.node, {}), gateway_counters(run, ev.node))
     promotion = None
     if spec.mode == "hasync":  # traffic flows before the barrier ends (backups are pre-jumped)
         promotion = hasyncd.wait_promotion(lab, ev.node, t_kill + run.wall_offset,
                                            confgen.LAB_BARRIER_MS / 1000 + 30)
     w = Window(t_kill, t_end, wall_start)
+    t_read = time.monotonic()
     caps = {c: client_capture(run, c, w) for c in clients}
+    log.info("window read: states and promotion in %.1f s, captures in %.1f s",
+             t_read - t_end, time.monotonic() - t_read)
     started = (promotion or {}).get("started")
     return {"from": master, "to": ev.node, "fault": fault, "promotion": promotion,
             "promotion_start_ms": round((started - t_kill - run.wall_offset) * 1000, 1)
@@ -191,9 +219,9 @@ def one_failover(run: Run, master: str, wall_start: float, fault: str) -> dict[s
             **measured_master_down(run, master, t_kill, ev.t),
             "master_down_config_ms": master_down_ms(spec.timers.advert_int_s,
                                                     run.priorities.get(ev.node, 0)),
-            "window_s": round(t_end - t_kill, 2),
+            "window_s": round(t_end - t_kill, 2), "gateway_xfrm_stat": gw.stat(),
             "clients": [_tunnel_result(run, t, before[t.client], after[t.client],
-                                       caps[t.client], w) for t in run.tunnels]}
+                                       caps[t.client], w, gw) for t in run.tunnels]}
 
 
 def measured_master_down(run: Run, master: str, t_kill: float,
@@ -257,6 +285,7 @@ def run_failovers(run: Run) -> dict[str, object]:
     for k in range(spec.failovers):
         fo = one_failover(run, master, wall, fault_of(spec, k))
         fos.append(fo)
+        ps_snapshot(run, f"ps-failover-{k + 1}.txt")
         join_vrrp(run)
         wall = time.monotonic() + run.wall_offset
         if k + 1 < spec.failovers:
@@ -332,9 +361,7 @@ def teardown(run: Run) -> None:
     if run.adverts:
         run.adverts.close()
     try:
-        with contextlib.suppress(Exception):  # who used the CPU, for the artifacts
-            (run.lab.base / "log" / "ps.txt").write_text(run.lab.run(None, [
-                "ps", "-eo", "pid,cputime,etime,comm,args", "--sort=-cputime"], check=False))
+        ps_snapshot(run, "ps.txt")
         run.lab.stop_all()
         run.vrrp.close()
         artifacts(run)
@@ -342,6 +369,13 @@ def teardown(run: Run) -> None:
         _cleanup_stale(run.lab.topo)
         subprocess.run(["umount", "-l", str(run.lab.base)], check=False, capture_output=True)
         shutil.rmtree(run.lab.base, ignore_errors=True)
+
+
+def ps_snapshot(run: Run, name: str) -> None:
+    """Who used the CPU so far (cumulative per process), into the artifacts' log/."""
+    with contextlib.suppress(Exception):
+        (run.lab.base / "log" / name).write_text(run.lab.run(None, [
+            "ps", "-eo", "pid,cputime,etime,comm,args", "--sort=-cputime"], check=False))
 
 
 def _cleanup_stale(topo: topology.Topology) -> None:

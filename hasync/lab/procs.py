@@ -73,11 +73,13 @@ class Lab:
         return proc
 
     def run(self, node: str | None, argv: list[str], env: dict[str, str] | None = None,
-            check: bool = True, timeout: float = 60) -> str:
+            check: bool = True, timeout: float = 60, stdin: str | None = None) -> str:
         """Run a command to completion (in `node`'s netns, or the root one) and return stdout."""
         full = self.argv_in(node, argv) if node else argv
         res = subprocess.run(full, capture_output=True, env={**os.environ, **(env or {})},
-                             stdin=subprocess.DEVNULL, timeout=timeout, check=False)
+                             input=stdin.encode() if stdin is not None else None,
+                             stdin=subprocess.DEVNULL if stdin is None else None,
+                             timeout=timeout, check=False)
         if check and res.returncode != 0:
             raise LabError(f"{' '.join(full)} failed ({res.returncode}): "
                            f"{res.stderr.decode(errors='replace').strip()[-800:]}")

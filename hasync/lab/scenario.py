@@ -21,6 +21,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from . import (
     adverts,
@@ -125,7 +126,7 @@ def bring_up(run: Run) -> None:
     """Build the network, start every daemon, elect gw1 master and bring every tunnel up."""
     lab, spec = run.lab, run.spec
     warm_kernel_crypto()
-    topology.build(lab.topo, lambda argv: lab.run(None, argv) and None)
+    topology.build(lab.topo, lambda argv, stdin: lab.run(None, argv, stdin=stdin) and None)
     listen_adverts(run)
     lab.prepare_dirs()
     clients = [n.name for n in lab.topo.by_role("client")]
@@ -247,6 +248,7 @@ def flowing_since(run: Run, t: float) -> set[str]:
 LIST_TRIES = 3
 FOLLOW_AFTER_S = 5.0  # no tunnel is re-established sooner: a client's DPD waits dpd_delay
 FOLLOW_EVERY_S = 2.0
+REPORT_EVERY_S = 15.0  # a long wait for traffic says where it stands this often
 
 
 def wait_flowing(run: Run, t: float, timeout: float) -> set[str]:
@@ -256,10 +258,16 @@ def wait_flowing(run: Run, t: float, timeout: float) -> set[str]:
     t0 = time.monotonic()
     deadline, follow_at = t0 + timeout, t0 + FOLLOW_AFTER_S
     ok: set[str] = set()
+    report_at = t0 + REPORT_EVERY_S
     while time.monotonic() < deadline:
+        t_poll = time.monotonic()
         ok = flowing_since(run, t)
         if ok == want:
             break
+        if time.monotonic() >= report_at:
+            log.info("waiting for traffic: %d of %d tunnels flow after %.0f s (poll %.1f s)",
+                     len(ok), len(want), time.monotonic() - t0, time.monotonic() - t_poll)
+            report_at = time.monotonic() + REPORT_EVERY_S
         if run.flows and time.monotonic() >= follow_at:
             follow_vips(run, want - ok)
             follow_at = time.monotonic() + FOLLOW_EVERY_S
@@ -293,6 +301,12 @@ def client_state(run: Run, name: str) -> dict[str, object]:
             "seq_errors": stat.get("XfrmInStateSeqError", 0),
             "sa_replay": {s.spi: s.replay for s in states},
             "encap": any(s.encap for s in states)}
+
+
+def gateway_counters(run: Run, name: str) -> dict[str, Any]:
+    """One gateway's XFRM drop counters: per SA (replay, integrity failed) and the MIB's."""
+    states, stat = observe.xfrm_states_and_stat(run.lab, name)
+    return {"sa": {s.spi: (s.replay, s.failed) for s in states}, "stat": stat}
 
 
 def fault_of(spec: LabSpec, k: int) -> str:

@@ -126,7 +126,10 @@ def follow_vips(lab: Lab, client: str, tunnels: list[Tunnel], path: Path, pid: i
     may get another from the new master's pool) and SIGHUP its probeflows; return how many
     flows moved."""
     current = path.read_text() if path.exists() else ""
-    new = flows_text(tunnels, vips_of(established(lab, client)))
+    listed = dict(line.split("@", 1) for line in current.splitlines() if "@" in line)
+    # a busy IKE_SA is missing from list-sas (noblock): its flow keeps the VIP it had
+    vips = {t.conn: listed[t.name] for t in tunnels if t.name in listed}
+    new = flows_text(tunnels, {**vips, **vips_of(established(lab, client))})
     moved = len(set(new.splitlines()) - set(current.splitlines()))
     if moved:
         tmp = path.with_suffix(".tmp")
@@ -140,6 +143,11 @@ def follow_vips(lab: Lab, client: str, tunnels: list[Tunnel], path: Path, pid: i
 def inbound_spis(sa: observe.IkeSa | None) -> set[int]:
     """The inbound ESP SPIs of an IKE_SA's installed CHILD_SAs (as seen by the client)."""
     return {int(spi_in, 16) for spi_in, _ in sa.child_spis} if sa else set()
+
+
+def outbound_spis(sa: observe.IkeSa | None) -> set[int]:
+    """The outbound ESP SPIs of an IKE_SA's installed CHILD_SAs: the gateway's inbound SAs."""
+    return {int(spi_out, 16) for _, spi_out in sa.child_spis} if sa else set()
 
 
 def by_spi(packets: Iterable[EspPacket], dst: str) -> dict[int, list[EspPacket]]:
