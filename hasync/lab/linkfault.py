@@ -7,8 +7,9 @@ reads every acknowledgement. The time returned is taken right before that one se
 rtnetlink acts on the request inside the call, and a link stops sending first
 (net/core/dev.c __dev_close_many: dev_deactivate_many) and then waits for an RCU grace
 period (synchronize_net), which on a starved emulated CPU took over a second; a time taken
-after the acknowledgement made VRRP look 1.3 s faster than its own timer. `ip link set` would start a process per call, which takes
-about a second under QEMU/TCG, so its time says little about when the links went down.
+after the acknowledgement made VRRP look 1.3 s faster than its own timer. `ip link set`
+would start a process per call, which takes about a second under QEMU/TCG, so its time says
+little about when the links went down.
 """
 
 from __future__ import annotations
