@@ -106,8 +106,10 @@ def _events(ax: Any, r: Doc) -> None:
     ax.axvline(0, color="black", label="fault")
     if r.get("vrrp_detect_ms") is not None:
         ax.axvline(r["vrrp_detect_ms"], color="tab:red", linestyle="--", label="VRRP master")
-    if r.get("master_down_ms") is not None:
-        ax.axvline(r["master_down_ms"], color="gray", linestyle=":", label="master-down")
+    if r.get("master_down_ms") is not None and r.get("vrrp_detect_ms") is not None:
+        # the measured interval ends at MASTER: it began at the old master's last advert
+        ax.axvline(r["vrrp_detect_ms"] - r["master_down_ms"], color="gray", linestyle=":",
+                   label="last advert heard (master-down to VRRP master)")
     note = "" if r.get("promotion_start_source") == "lab" else " (from VRRP master)"
     for ph, start, length in _phase_spans(r):
         ax.axvspan(start, start + max(length, 0.5), color=PHASE_COLORS[ph], alpha=0.25,
