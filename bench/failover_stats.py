@@ -41,8 +41,6 @@ def median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
-
-
 def advert_int_of(result: Doc) -> float | None:
     """The VRRP advertisement interval (s) of a lab result."""
     adv = result.get("advert_int")

@@ -22,6 +22,7 @@ import vici
 from . import cluster, observe
 from .pcap import EspPacket
 from .prereq import LabError
+from .probeflows import parse_flow_specs
 from .procs import Lab
 
 log = logging.getLogger("hasync.lab")
@@ -126,7 +127,7 @@ def follow_vips(lab: Lab, client: str, tunnels: list[Tunnel], path: Path, pid: i
     may get another from the new master's pool) and SIGHUP its probeflows; return how many
     flows moved."""
     current = path.read_text() if path.exists() else ""
-    listed = dict(line.split("@", 1) for line in current.splitlines() if "@" in line)
+    listed = {f.name: f.source for f in parse_flow_specs(current.splitlines())}
     # a busy IKE_SA is missing from list-sas (noblock): its flow keeps the VIP it had
     vips = {t.conn: listed[t.name] for t in tunnels if t.name in listed}
     new = flows_text(tunnels, {**vips, **vips_of(established(lab, client))})
