@@ -168,11 +168,13 @@ def _health_cmd(cfg: Config, as_json: bool, timeout: float) -> int:
     except ControlError as exc:
         control_error = str(exc)
     checker.join(timeout + 0.2)
-    vici_ok, vici_error = out.get("vici", (False, f"no answer within {timeout} s"))
-    healthy, reasons = verdict(resp, vici_ok, vici_error, control_error=control_error)
+    vici_ok, vici_error, vici_busy = out.get(
+        "vici", (False, f"no answer within {timeout} s", True))
+    healthy, reasons = verdict(resp, vici_ok, vici_error, vici_busy=vici_busy,
+                               control_error=control_error)
     if as_json:
         print(json.dumps({"healthy": healthy, "reasons": reasons, "daemon": resp,
-                          "vici_ok": vici_ok, "vici_error": vici_error,
+                          "vici_ok": vici_ok, "vici_error": vici_error, "vici_busy": vici_busy,
                           "control_error": control_error}, indent=1))
     elif healthy and resp is not None:
         print(f"healthy: node {resp.get('node')} ({resp.get('role')})")

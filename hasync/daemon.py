@@ -34,7 +34,7 @@ from .mirror import JOURNALED, Batcher, Heartbeat, claimed_segments, status_mess
 from .raft import ClusterJournal, RaftTiming
 from .role import Role, RoleState, parse_vrrp_line
 from .seqguard import Reserve
-from .takeover import SeqSync
+from .takeover import BackupPace, SeqSync
 
 log = logging.getLogger("hasync")
 TICK_S = 0.25  # the loop's idle tick (heartbeats, reports); a queued batch wakes it earlier
@@ -64,7 +64,7 @@ class Daemon:
         self.feed: CharonFeed | None = None
         self.charon_segments: set[int] = set()
         self.counters: dict[str, int] = {"mirrored": 0, "replays": 0, "fifo_errors": 0,
-                                         "batches": 0, "batch_messages": 0}
+                                         "batches": 0, "batch_messages": 0, "vici_busy": 0}
         self.submitted_at = 0.0
         self.commit_ms = 0.0  # moving average of batch commit latency
         self.started = time.monotonic()
@@ -73,6 +73,9 @@ class Daemon:
         self.raft_joined = False  # caught up with the journal at least once since start
         self.seq: SeqSync | None = None
         self.healthy: tuple[bool, list[str]] = (False, ["not checked yet"])
+        self.vici_busy = False  # the last vici check found charon slow, not dead
+        self.child_adds = 0  # CHILD_ADDs applied from the journal (Raft's thread counts)
+        self.backup_pace = BackupPace()
         self.promotion: asyncio.Task[Any] | None = None
         self._replay_task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
@@ -184,6 +187,7 @@ class Daemon:
 
     # ---- journal -> charon ----
     def _applied_threadsafe(self, batch: Batch, applied: list[tuple[bytes, HaMessage]]) -> None:
+        self.child_adds += sum(msg.type == MessageType.CHILD_ADD for _, msg in applied)
         if self.loop is not None:
             self.loop.call_soon_threadsafe(self._on_applied, [raw for raw, _ in applied])
 
@@ -247,12 +251,15 @@ class Daemon:
         while True:
             master = self.role.role == Role.MASTER
             promoting = self.promotion is not None and not self.promotion.done()
+            woken = self._seq_wake.is_set()
             self._seq_wake.clear()  # a mark applied from here on wakes the next wait
-            if not promoting:
+            stamp = (self.journal.seqs.applied if self.journal else 0, self.child_adds)
+            due = master or self.backup_pace.due(stamp, time.monotonic()) or woken
+            if not promoting and due:
                 with contextlib.suppress(Exception):
                     await self.seq.tick(master=master)
-            # a master reads its counters every tick; a backup moves its kernel when a mark is
-            # applied, and every BACKUP_SEQ_TICK_S for what it may have missed
+            # a master reads its counters every tick; a backup moves its kernel when a mark
+            # moves, and every BACKUP_SEQ_TICK_S if anything changed (BackupPace)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._seq_wake.wait(),
                                        period if master else max(period, BACKUP_SEQ_TICK_S))
@@ -275,9 +282,10 @@ class Daemon:
         path = self.cfg.node.health_file
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
         while True:
-            vici_ok, vici_error = await loop.run_in_executor(
+            vici = await loop.run_in_executor(
                 None, vicicheck.check, self.cfg.charon.vici_socket, 2.0)
-            healthy, reasons = verdict(self.health({}), vici_ok, vici_error)
+            healthy, reasons = verdict(self.health({}), vici.ok, vici.error, vici_busy=vici.busy)
+            self._note_vici_busy(vici, healthy)
             if _shape(healthy, reasons) != _shape(*self.healthy):  # not every second's age
                 log.log(logging.INFO if healthy else logging.WARNING, "health: %s",
                         "ok" if healthy else "; ".join(reasons))
@@ -290,6 +298,19 @@ class Daemon:
             except OSError as e:
                 log.warning("cannot write %s: %s", path, e)
             await asyncio.sleep(1.0)
+
+    def _note_vici_busy(self, vici: vicicheck.ViciAnswer, healthy: bool) -> None:
+        """Count and log (on change) a charon slow over vici that the verdict let pass."""
+        busy = vici.busy and not vici.ok
+        if busy:
+            self.counters["vici_busy"] += 1
+        if busy != self.vici_busy:
+            self.vici_busy = busy
+            if busy and healthy:
+                log.info("charon is slow to answer over vici (%s); its HA stream is alive, so "
+                         "the node stays healthy", vici.error)
+            elif not busy:
+                log.info("charon answers over vici again")
 
     def _report(self, now: float) -> None:
         """Replicate this node's VRRP role, Raft role and applied index (a tiny entry)."""

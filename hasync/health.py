@@ -4,7 +4,9 @@ Rules: pure (no IO, no clock; imports only math and typing), so that the command
 runs every second stays cheap; the daemon's answer to the control command "health" is
 untrusted input: a missing or mistyped field is a failed check with its reason, never an
 exception; one short reason per failed check, in a fixed order (vici, control, HA stream,
-Raft); a lost Raft majority is not a failed check (docs/decisions.md, Health).
+Raft); a lost Raft majority is not a failed check; a *busy* charon (its vici socket there but
+slow to answer) is not a failed check while its HA stream is fresh, which proves it alive and
+working: only a dead or hung charon fails (docs/decisions.md, Health).
 
 The daemon's answer:
     {"node": str, "role": "joining|backup|master|fault", "ha_rx_age_s": float | None,
@@ -43,16 +45,16 @@ def _ha_reason(resp: dict[str, Any]) -> str | None:
 
 
 def verdict(resp: dict[str, Any] | None, vici_ok: bool, vici_error: str | None, *,
-            control_error: str | None = None) -> tuple[bool, list[str]]:
+            vici_busy: bool = False, control_error: str | None = None) -> tuple[bool, list[str]]:
     """(healthy, reasons) from the daemon's "health" answer and the vici check."""
     reasons: list[str] = []
-    if not vici_ok:
+    ha = _ha_reason(resp) if isinstance(resp, dict) else None
+    if not vici_ok and not (vici_busy and isinstance(resp, dict) and ha is None):
         reasons.append(f"charon does not answer over vici ({vici_error or 'no reason given'})")
     if not isinstance(resp, dict):
         detail = f": {control_error}" if control_error else ""
         reasons.append(f"hasync does not answer on its control socket{detail}")
         return False, reasons
-    ha = _ha_reason(resp)
     if ha is not None:
         reasons.append(ha)
     # raft_leader is not looked at: a lone survivor without a majority must keep the VIP.

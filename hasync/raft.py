@@ -56,7 +56,7 @@ class ClusterJournal(SyncObj):  # type: ignore[misc]
         self.seqs = SeqLog()
         self.counters: Counter[str] = Counter()
         self.on_applied = on_applied
-        self.on_seq: Callable[[], None] | None = None  # a replay-state entry was applied
+        self.on_seq: Callable[[], None] | None = None  # an applied entry moved a mark
         self.members: dict[str, dict[str, Any]] = {}  # node -> its last report (no secrets)
         self._sealer = Sealer(keys)
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -126,9 +126,9 @@ class ClusterJournal(SyncObj):  # type: ignore[misc]
             return
         try:
             with self.lock:
-                self.seqs.apply(entry)
+                moved = self.seqs.apply(entry)
             self.counters["seq_entries_applied"] += 1
-            if self.on_seq is not None:
+            if moved and self.on_seq is not None:
                 self.on_seq()
         except Exception:
             self.counters["seq_apply_error"] += 1

@@ -62,6 +62,25 @@ class GuardStats:
     last_error: str = ""
 
 
+@dataclass
+class BackupPace:
+    """When a non-master's guard reads the kernel without being woken by a moved mark: when
+    the journal's replay state or the SAs mirrored into charon changed since its last read,
+    and at least every `full_s`. A read costs a dump of every SA, so an idle backup skips it;
+    a promotion reads and writes everything anyway, so no safety rests on this."""
+
+    full_s: float = 10.0
+    stamp: tuple[int, int] | None = None
+    last: float | None = None
+
+    def due(self, stamp: tuple[int, int], now: float) -> bool:
+        """Whether to read now; (journal entries applied, CHILD_SAs mirrored) is `stamp`."""
+        if stamp != self.stamp or self.last is None or now - self.last >= self.full_s:
+            self.stamp, self.last = stamp, now
+            return True
+        return False
+
+
 class SeqSync:
     """The guard on one node: tick() while running, promote() on VRRP MASTER."""
 

@@ -22,6 +22,7 @@ from hasync import cli
 from hasync.control import ControlServer
 from hasync.health import verdict
 from hasync.lab import confgen
+from hasync.vicicheck import ViciAnswer, check
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -78,6 +79,23 @@ def test_missing_fields_and_a_non_dict_are_unhealthy() -> None:
     healthy, reasons = verdict({}, True, None)
     assert not healthy and NOT_JOINED in reasons
     assert verdict(["not", "a", "dict"], True, None) == (False, [NO_CONTROL])  # type: ignore[arg-type]
+
+
+BUSY_ERROR = "/run/charon.vici: no answer within 2.0 s"
+VICI_BUSY = f"charon does not answer over vici ({BUSY_ERROR})"
+
+
+@pytest.mark.parametrize(("resp", "reasons"), [
+    (GOOD, []),  # slow over vici, but its HA stream is fresh: alive and working
+    (_resp(raft_joined=False), [NOT_JOINED]),
+    (_resp(ha_rx_age_s=5.2), [VICI_BUSY, STALE]),  # slow and silent: hung
+    (_resp(ha_rx_age_s=None), [VICI_BUSY, NEVER]),
+    (_resp(ha_timeout_s=None), [VICI_BUSY, "hasync's health answer has no valid ha_timeout_s"]),
+    (None, [VICI_BUSY, NO_CONTROL]),  # nothing tells whether the stream is alive
+])
+def test_a_busy_charon_fails_only_with_a_silent_ha_stream(resp: dict[str, Any] | None,
+                                                          reasons: list[str]) -> None:
+    assert verdict(resp, False, BUSY_ERROR, vici_busy=True) == (not reasons, reasons)
 
 
 def test_the_control_error_is_told() -> None:
@@ -229,7 +247,7 @@ def test_stale_stream_and_not_joined_json(tmp_path: Path, capsys: pytest.Capture
     assert rc == 1
     assert json.loads(out) == {"healthy": False, "reasons": [STALE, NOT_JOINED],
                                "daemon": answer, "vici_ok": True, "vici_error": None,
-                               "control_error": None}
+                               "vici_busy": False, "control_error": None}
 
 
 def test_a_daemon_without_the_command_is_unhealthy(tmp_path: Path, daemon: Any, charon: Any,
@@ -258,13 +276,50 @@ def test_silent_daemon_and_charon_time_out(tmp_path: Path, capsys: pytest.Captur
 
 def test_a_stalled_vici_answer_does_not_hold_the_command(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], daemon: Any, charon: Any) -> None:
-    daemon(health=lambda args: GOOD)
+    daemon(health=lambda args: _resp(ha_rx_age_s=5.2))
     charon("stall")
     start = time.monotonic()
     rc, out = _health(tmp_path, capsys, "--timeout", "0.3")
     assert time.monotonic() - start < 2.0
     assert rc == 1 and out.startswith("unhealthy: charon does not answer over vici (")
-    assert out.endswith(": no answer within 0.3 s)\n")
+    assert out.endswith(f": no answer within 0.3 s); {STALE}\n")
+
+
+@pytest.mark.parametrize("mode", ["mute", "stall"])
+def test_a_busy_charon_with_a_fresh_stream_is_healthy(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], daemon: Any, charon: Any,
+        mode: str) -> None:
+    daemon(health=lambda args: GOOD)
+    charon(mode)
+    rc, out = _health(tmp_path, capsys, "--timeout", "0.3", "--json")
+    got = json.loads(out)
+    assert rc == 0 and got["healthy"] and got["reasons"] == []
+    assert got["vici_ok"] is False and got["vici_busy"] is True
+
+
+# --- vicicheck: busy (slow) against down (dead) ---------------------------------------------
+
+def test_vici_check_tells_busy_from_down(tmp_path: Path, charon: Any) -> None:
+    path = tmp_path / "charon.vici"
+    gone = check(path, 0.3)
+    assert not gone.ok and not gone.busy and "No such file or directory" in str(gone.error)
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(str(path))  # the socket file of a killed charon: nobody listens
+    dead.close()
+    refused = check(path, 0.3)
+    assert not refused.ok and not refused.busy and "Connection refused" in str(refused.error)
+    path.unlink()
+    charon("answer")
+    assert check(path, 2.0) == ViciAnswer(True)
+
+
+@pytest.mark.parametrize(("mode", "error"), [("mute", "timed out"),
+                                             ("stall", "no answer within 0.3 s")])
+def test_vici_check_a_slow_charon_is_busy(tmp_path: Path, charon: Any, mode: str,
+                                          error: str) -> None:
+    charon(mode)
+    got = check(tmp_path / "charon.vici", 0.3)
+    assert not got.ok and got.busy and str(got.error).endswith(error)
 
 
 def test_config_error_exits_2_without_importing_anything_heavy(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -68,6 +69,14 @@ def test_strongswan_conf_loads_ha_only_on_gateways() -> None:
     assert " ha\n" in gw and "remote = 127.0.0.2" in gw
     assert " ha\n" not in cl and "plugins { ha" not in cl
     assert f"retransmit_tries = {t.retransmit_tries}" in cl
+    assert "heartbeat_timeout" not in gw  # keepalived alone (baseline): charon's default
+
+
+def test_with_hasync_as_peer_charon_waits_as_deploy_does() -> None:
+    gw = confgen.strongswan_conf("/l", "/s", confgen.LabTimers(), ha=True, hasync_peer=True)
+    deploy = (Path(__file__).resolve().parent.parent / "deploy" / "strongswan-ha.conf")
+    line = f"heartbeat_timeout = {confgen.HA_HEARTBEAT_TIMEOUT_MS}"
+    assert line in gw and line in deploy.read_text()
 
 
 def test_client_conf_carries_dpd_and_virtual_ip() -> None:

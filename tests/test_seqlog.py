@@ -76,6 +76,17 @@ def test_merging_moves_counters_forward_only() -> None:
     assert KEY not in log.records
 
 
+def test_apply_tells_whether_a_backup_s_targets_moved() -> None:
+    log = SeqLog()
+    assert log.apply(SeqEntry("gw1", 1.0, (rec(2000, 50),)))  # a new SA
+    assert not log.apply(SeqEntry("gw1", 2.0, (rec(2000, 90),)))  # inbound state only
+    assert not log.apply(SeqEntry("gw1", 3.0, (rec(1000, 95),)))  # a stale mark
+    assert not log.apply(SeqEntry("gw1", 4.0, (), (KEY,)))  # gone
+    assert log.apply(SeqEntry("gw1", 5.0, (rec(1, 0),)))  # back as new
+    assert log.apply(SeqEntry("gw1", 6.0, (rec(1, 0, key=("192.0.2.9", 1, 50)), rec(5, 0))))
+    assert log.applied == 6
+
+
 def test_a_snapshot_restores_the_same_records() -> None:
     log = SeqLog()
     log.apply(SeqEntry("gw1", 1.0, (rec(2000, 50), rec(3, key=("2001:db8::1", 2, 50)))))

@@ -10,7 +10,7 @@ from typing import Any
 
 from hasync.journal.seqlog import SeqEntry, SeqLog
 from hasync.seqguard import KernelSa, Reserve, SeqRecord, Write
-from hasync.takeover import SeqSync
+from hasync.takeover import BackupPace, SeqSync
 from hasync.xfrm.structs import ReplayState, ReplayStateEsn
 from hasync.xfrmsync import WriteResult, esn_state, kernel_sa
 
@@ -117,3 +117,14 @@ def test_kernel_views_and_esn_writes_convert_both_ways() -> None:
     object.__setattr__(info, "replay", ReplayState(oseq=11, seq=0, bitmap=0))
     plain = kernel_sa(info)
     assert plain is not None and not plain.esn and plain.oseq == 11 and plain.reqid == 4
+
+
+def test_an_idle_backup_reads_the_kernel_only_on_change_or_every_full_period() -> None:
+    pace = BackupPace(full_s=10.0)
+    assert pace.due((0, 0), 100.0)  # the first read
+    assert not pace.due((0, 0), 101.0) and not pace.due((0, 0), 109.9)
+    assert pace.due((1, 0), 110.0)  # an entry applied
+    assert not pace.due((1, 0), 111.0)
+    assert pace.due((1, 3), 112.0)  # CHILD_SAs mirrored into charon
+    assert not pace.due((1, 3), 121.9)
+    assert pace.due((1, 3), 122.0)  # the full period

@@ -124,10 +124,13 @@ class SeqLog:
     records: dict[SaKey, SeqRecord] = field(default_factory=dict)
     applied: int = 0
 
-    def apply(self, entry: SeqEntry) -> None:
-        """Merge an entry: counters move forward only; never raises on a valid entry."""
+    def apply(self, entry: SeqEntry) -> bool:
+        """Merge an entry: counters move forward only; never raises on a valid entry. True if
+        an outbound mark rose or a new SA came (a backup's targets moved)."""
+        moved = False
         for rec in entry.records:
             old = self.records.get(rec.key)
+            moved = moved or old is None or rec.mark > old.mark
             if old is not None and (rec.seq < old.seq or rec.mark < old.mark):
                 seq, bitmap = (rec.seq, rec.bitmap) if rec.seq >= old.seq else (
                     old.seq, old.bitmap)
@@ -137,6 +140,7 @@ class SeqLog:
         for key in entry.gone:
             self.records.pop(key, None)
         self.applied += 1
+        return moved
 
     def to_dict(self) -> dict[str, Any]:
         """A snapshot as plain data (for the sealed Raft snapshot)."""

@@ -106,7 +106,7 @@ def run_capture(out_dir: Path) -> dict[str, object]:
             cluster.load_config(lab, n)
         for addr, dev in ((topology.PUBLIC_VIP, "e0"), (topology.PRIVATE_VIP, "e1")):
             lab.run("gw1", ["ip", "addr", "add", f"{addr}/24", "dev", dev])
-        time.sleep(3.0)  # no heartbeat: charon takes its segment after 2.1 s
+        time.sleep(3.0)  # no heartbeat: charon takes its segment after 2.1 s (its default)
         marks = _run_steps(run)
         records = [(float(t), bytes.fromhex(h)) for t, h in
                    (line.split() for line in rec.read_text().splitlines() if line.strip())]

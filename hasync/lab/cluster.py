@@ -33,7 +33,7 @@ def vici_path(lab: Lab, node: str) -> Path:
 
 
 def write_configs(lab: Lab, timers: confgen.LabTimers, keys_in_log: bool = False,
-                  tunnels: dict[str, list[Any]] | None = None) -> None:
+                  tunnels: dict[str, list[Any]] | None = None, hasync: bool = False) -> None:
     """Write PKI, strongswan.conf and swanctl.conf for every charon of the lab; with
     `tunnels` (client: its benchmark tunnels), each client carries those instead of one."""
     clients = [n.name for n in lab.topo.by_role("client")]
@@ -45,7 +45,8 @@ def write_configs(lab: Lab, timers: confgen.LabTimers, keys_in_log: bool = False
         gw = node.role == "gateway"
         (etc / "strongswan.conf").write_text(confgen.strongswan_conf(
             str(lab.log_path(node.name, "charon-file")), str(vici_path(lab, node.name)),
-            timers, ha=gw, keys_in_log=keys_in_log and gw, many_peers=tunnels is not None))
+            timers, ha=gw, keys_in_log=keys_in_log and gw, many_peers=tunnels is not None,
+            hasync_peer=hasync and gw))
         (etc / "swanctl-tool.conf").write_text(SWANCTL_TOOL_CONF)
         swan = etc / "swanctl"
         pki.install_swanctl_dir(swan, creds["ca"], creds["gateway" if gw else node.name])

@@ -132,7 +132,7 @@ def bring_up(run: Run) -> None:
     clients = [n.name for n in lab.topo.by_role("client")]
     run.tunnels = tunnels.plan(spec.tunnels, clients)
     cluster.write_configs(lab, spec.timers, tunnels=tunnels.by_client(run.tunnels)
-                          if spec.tunnels else None)
+                          if spec.tunnels else None, hasync=spec.mode == "hasync")
     if spec.mode == "hasync":
         hasyncd.write_configs(lab)
     for n in clients:
