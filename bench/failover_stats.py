@@ -234,12 +234,14 @@ def _one(values: set[Any]) -> Any:
 
 
 def conditions(runs: list[Doc], machine: Doc | None) -> Doc:
-    """Under what the numbers were made: runner, kernel, VRRP interval, rate, machine."""
+    """Under what the numbers were made: runner, kernel, VRRP interval, rate, the clients' DPD
+    delay, machine."""
     res = [r["result"] for r in runs if isinstance(r.get("result"), dict)]
     return {"runner": _one({r.get("runner") for r in res}),
             "kernel": _one({r.get("kernel") for r in res}),
             "advert_int_s": _one({advert_int_of(r) for r in res}),
             "rate_pps": _one({r.get("rate_pps") for r in res}),
+            "dpd_delay_s": _one({(r.get("timers") or {}).get("dpd_delay_s") for r in res}),
             "failovers_per_run": _one({len(r.get("failovers") or []) for r in res}),
             "fault": _one({(r.get("spec") or {}).get("fault") for r in res}),
             "machine": machine or {}}

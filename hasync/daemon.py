@@ -406,7 +406,9 @@ class Daemon:
                 "ha": dict(self.endpoint.counters), "raft_apply": dict(self.journal.counters),
                 "counters": dict(self.counters),
                 "takeover": self.seq.status() if self.seq is not None else None,
-                "health": {"healthy": self.healthy[0], "reasons": self.healthy[1]},
+                "health": {"healthy": self.healthy[0], "reasons": self.healthy[1],
+                           "vici_busy": self.vici_busy,
+                           "vici_busy_checks": self.counters["vici_busy"]},
                 "uptime_s": round(time.monotonic() - self.started, 1)}
 
     def _feed_status(self) -> dict[str, int]:

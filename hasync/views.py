@@ -47,8 +47,11 @@ def _takeover_lines(tk: dict[str, Any] | None, health: dict[str, Any] | None) ->
     """The sequence guard, the last promotion and the health verdict."""
     lines = []
     if health:
+        busy = (f" (charon slow over vici in {health['vici_busy_checks']} checks; now "
+                f"{'slow' if health.get('vici_busy') else 'answering'})"
+                if health.get("vici_busy_checks") else "")
         lines.append("health: " + ("ok" if health.get("healthy") else
-                                   "FAILING: " + "; ".join(health.get("reasons") or [])))
+                                   "FAILING: " + "; ".join(health.get("reasons") or [])) + busy)
     if not tk:
         return lines
     tr, lp = tk.get("tracker") or {}, tk.get("last_promotion")

@@ -191,6 +191,12 @@ def test_from_json_writes_json_plots_and_markdown(tmp_path: Path) -> None:
         assert f"](../plots/{name})" in doc.read_text()
 
 
+def test_dpd_keeps_the_lab_s_delay_until_the_tunnels_would_exceed_its_budget() -> None:
+    assert [failover.dpd_for(n) for n in (1, 10, 100, 101, 1000)] == [10, 10, 10, 11, 100]
+    spec = failover.lab_spec("hasync", 1000, 1, None)
+    assert spec.timers.dpd_delay_s == 100 and spec.timers.advert_int_s == 0.5
+
+
 def test_default_rate_shares_a_budget_and_an_explicit_rate_wins() -> None:
     assert failover.rate_for(10, None) == 20.0
     assert failover.rate_for(100, None) == 2.0

@@ -93,3 +93,37 @@ def test_follow_vips_keeps_a_busy_tunnels_flow_and_moves_a_changed_one(
     assert hups == [(42, signal.SIGHUP)]
     assert tunnels.follow_vips(None, "c1", ts, path, 42) == 0  # type: ignore[arg-type]
     assert len(hups) == 1  # nothing moved: no reload
+
+
+def _names(n: int) -> list[str]:
+    return [f"t{k:04d}" for k in range(1, n + 1)]
+
+
+def test_bringup_keeps_at_most_a_window_under_way() -> None:
+    b = tunnels.Bringup(_names(40))
+    first = b.update(set(), set(), 0.0)
+    assert first == _names(tunnels.INIT_WINDOW)
+    assert b.update(set(), set(first), 1.0) == []  # all connecting: the window is full
+    w = tunnels.INIT_WINDOW
+    assert b.update({"t0001", "t0002"}, set(first), 2.0) == _names(w + 2)[w:]
+    assert len(b.up) == 2 and not b.done
+
+
+def test_bringup_starts_again_what_charon_gave_up() -> None:
+    b = tunnels.Bringup(_names(20))
+    first = b.update(set(), set(), 0.0)
+    listed = set(first) - {"t0003"}  # t0003's IKE_SA gave up after its retransmits
+    assert b.update(set(), listed, 1.0) == []
+    assert b.update(set(), listed | {"t0003"}, 5.0) == []  # listed again (a noblock gap)
+    assert b.update(set(), listed, 6.0) == []
+    assert b.update(set(), listed, 6.0 + tunnels.GIVEN_UP_S - 0.1) == []
+    assert b.update(set(), listed, 6.0 + tunnels.GIVEN_UP_S) == ["t0003"]
+    assert b.restarts == 1 and "t0003" in b.started
+
+
+def test_bringup_is_done_when_every_tunnel_is_up_and_ignores_strangers() -> None:
+    names = _names(3)
+    b = tunnels.Bringup(names)
+    b.update(set(), set(), 0.0)
+    assert b.update({*names, "other"}, {*names, "other"}, 1.0) == []
+    assert b.done and b.up == set(names)

@@ -26,3 +26,12 @@ def test_status_of_a_node_never_promoted() -> None:
                                                     "last_promotion": None},
                         "health": {"healthy": True, "reasons": []}})
     assert "health: ok" in text and "last promotion" not in text
+
+
+def test_status_tells_a_charon_slow_over_vici_that_the_verdict_let_pass() -> None:
+    text = status_text({"node": "gw1", "health": {"healthy": True, "reasons": [],
+                                                  "vici_busy": True, "vici_busy_checks": 7}})
+    assert "health: ok (charon slow over vici in 7 checks; now slow)" in text
+    text = status_text({"node": "gw1", "health": {"healthy": True, "reasons": [],
+                                                  "vici_busy": False, "vici_busy_checks": 7}})
+    assert "health: ok (charon slow over vici in 7 checks; now answering)" in text

@@ -14,7 +14,7 @@ import signal
 import socket
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import vici
@@ -26,8 +26,13 @@ from .probeflows import parse_flow_specs
 from .procs import Lab
 
 log = logging.getLogger("hasync.lab")
-INIT_WINDOW = 16  # benchmark tunnels being set up at once per client (charon's 16 threads)
+INIT_WINDOW = 6  # benchmark tunnels being set up at once per client: 16 (charon's threads)
+#                 kept 48 IKE_SA_INITs waiting on the gateway, longer than a client retransmits
 POLL_S = 1.0
+POLL_PER_TUNNEL_S = 0.005  # set-up polls list-sas every POLL_S, or this per tunnel if longer
+GIVEN_UP_S = 20.0  # a started tunnel charon has not listed for this long is started again
+#                   (a client gives an IKE_SA up after about 7 s of retransmits: LabTimers)
+REPORT_EVERY_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -69,35 +74,80 @@ def _session_call(path: str, fn: str, arg: dict[str, object]) -> None:
             pass
 
 
+def _up(sas: Iterable[observe.IkeSa]) -> dict[str, observe.IkeSa]:
+    """The ESTABLISHED IKE_SAs with an installed CHILD_SA, by connection name."""
+    return {s.name: s for s in sas if s.state == "ESTABLISHED" and s.child_spis}
+
+
 def established(lab: Lab, client: str) -> dict[str, observe.IkeSa]:
     """`client`'s ESTABLISHED IKE_SAs with an installed CHILD_SA, by connection name."""
-    sas = observe.list_sas(str(cluster.vici_path(lab, client)))
-    return {s.name: s for s in sas if s.state == "ESTABLISHED" and s.child_spis}
+    return _up(observe.list_sas(str(cluster.vici_path(lab, client))))
+
+
+@dataclass
+class Bringup:
+    """One client's set-up: which connections to initiate next. At most INIT_WINDOW are under
+    way; one that charon stopped listing for GIVEN_UP_S (its IKE_SA gave up after its
+    retransmits, or was deleted) is started again, so a loaded gateway that dropped some
+    IKE_SA_INITs cannot fill the window with dead attempts. Pure: time is `now`."""
+
+    conns: list[str]
+    started: set[str] = field(default_factory=set)
+    up: set[str] = field(default_factory=set)
+    absent_since: dict[str, float] = field(default_factory=dict)
+    restarts: int = 0
+
+    def update(self, up: set[str], listed: set[str], now: float) -> list[str]:
+        """Take one list-sas answer (names up, names listed at all); return what to start."""
+        self.up = up & set(self.conns)
+        for conn in sorted(self.started - self.up):
+            if conn in listed:
+                self.absent_since.pop(conn, None)
+            elif now - self.absent_since.setdefault(conn, now) >= GIVEN_UP_S:
+                self.started.discard(conn)
+                del self.absent_since[conn]
+                self.restarts += 1
+        for conn in self.up:
+            self.absent_since.pop(conn, None)
+        room = INIT_WINDOW - len(self.started - self.up)
+        todo = [c for c in self.conns if c not in self.started and c not in self.up][:room]
+        self.started.update(todo)
+        return todo
+
+    @property
+    def done(self) -> bool:
+        """Every connection is up."""
+        return len(self.up) == len(self.conns)
 
 
 def initiate(lab: Lab, tunnels: list[Tunnel], timeout: float | None = None) -> None:
     """Bring up every benchmark tunnel, at most INIT_WINDOW per client under way at a time
-    (by default within 120 s + 1.5 s per tunnel: 100 took 43 s under TCG)."""
+    (by default within 120 s + 1.5 s per tunnel: 100 took 43 s under TCG); where it stands
+    is logged every REPORT_EVERY_S."""
     timeout = 120 + 1.5 * len(tunnels) if timeout is None else timeout
-    todo = by_client(tunnels)
-    started: dict[str, set[str]] = {c: set() for c in todo}
-    up: dict[str, set[str]] = {c: set() for c in todo}
-    deadline, t0 = time.monotonic() + timeout, time.monotonic()
-    while any(len(up[c]) < len(ts) for c, ts in todo.items()):
-        if time.monotonic() > deadline:
-            short = {c: len(ts) - len(up[c]) for c, ts in todo.items() if len(up[c]) < len(ts)}
+    children = {t.conn: t.child for t in tunnels}
+    todo = {c: Bringup([t.conn for t in ts]) for c, ts in by_client(tunnels).items()}
+    t0 = time.monotonic()
+    deadline, report = t0 + timeout, t0 + REPORT_EVERY_S
+    while not all(b.done for b in todo.values()):
+        now = time.monotonic()
+        if now > deadline:
+            short = {c: len(b.conns) - len(b.up) for c, b in todo.items() if not b.done}
             raise LabError(f"tunnels not up within {timeout:.0f} s, missing per client: {short}")
-        for c, ts in todo.items():
-            up[c] = set(established(lab, c)) & {t.conn for t in ts}
-            for t in ts:
-                if len(started[c] - up[c]) >= INIT_WINDOW:
-                    break
-                if t.conn not in started[c]:
-                    _session_call(str(cluster.vici_path(lab, c)), "initiate",
-                                  {"ike": t.conn, "child": t.child, "timeout": -1})
-                    started[c].add(t.conn)
-        time.sleep(POLL_S)
-    log.info("%d tunnels up after %.1f s", len(tunnels), time.monotonic() - t0)
+        if now >= report:
+            report = now + REPORT_EVERY_S
+            log.info("tunnels: %d of %d up after %.0f s (%d started again)",
+                     sum(len(b.up) for b in todo.values()), len(tunnels), now - t0,
+                     sum(b.restarts for b in todo.values()))
+        for c, b in todo.items():
+            path = str(cluster.vici_path(lab, c))
+            sas = observe.list_sas(path)
+            for conn in b.update(set(_up(sas)), {s.name for s in sas}, time.monotonic()):
+                _session_call(path, "initiate", {"ike": conn, "child": children[conn],
+                                                 "timeout": -1})
+        time.sleep(max(POLL_S, POLL_PER_TUNNEL_S * len(tunnels)))
+    log.info("%d tunnels up after %.1f s (%d started again)", len(tunnels),
+             time.monotonic() - t0, sum(b.restarts for b in todo.values()))
 
 
 def flows_text(tunnels: list[Tunnel], vips: dict[str, str]) -> str:
