@@ -253,13 +253,13 @@ class Daemon:
             promoting = self.promotion is not None and not self.promotion.done()
             woken = self._seq_wake.is_set()
             self._seq_wake.clear()  # a mark applied from here on wakes the next wait
-            stamp = (self.journal.seqs.applied if self.journal else 0, self.child_adds)
+            stamp = (self.journal.seqs.moves if self.journal else 0, self.child_adds)
             due = master or self.backup_pace.due(stamp, time.monotonic()) or woken
             if not promoting and due:
                 with contextlib.suppress(Exception):
                     await self.seq.tick(master=master)
             # a master reads its counters every tick; a backup moves its kernel when a mark
-            # moves, and every BACKUP_SEQ_TICK_S if anything changed (BackupPace)
+            # moves, within BACKUP_SEQ_TICK_S of a new SA, and every 10 s (BackupPace)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._seq_wake.wait(),
                                        period if master else max(period, BACKUP_SEQ_TICK_S))

@@ -65,16 +65,16 @@ class GuardStats:
 @dataclass
 class BackupPace:
     """When a non-master's guard reads the kernel without being woken by a moved mark: when
-    the journal's replay state or the SAs mirrored into charon changed since its last read,
-    and at least every `full_s`. A read costs a dump of every SA, so an idle backup skips it;
-    a promotion reads and writes everything anyway, so no safety rests on this."""
+    a mark moved or an SA came (journal or charon) since its last read, and at least every
+    `full_s`, which carries the inbound-only updates. A read costs a dump of every SA; a
+    promotion reads and writes everything anyway, so no safety rests on this."""
 
     full_s: float = 10.0
     stamp: tuple[int, int] | None = None
     last: float | None = None
 
     def due(self, stamp: tuple[int, int], now: float) -> bool:
-        """Whether to read now; (journal entries applied, CHILD_SAs mirrored) is `stamp`."""
+        """Whether to read now; (entries that moved a mark, CHILD_SAs mirrored) is `stamp`."""
         if stamp != self.stamp or self.last is None or now - self.last >= self.full_s:
             self.stamp, self.last = stamp, now
             return True

@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 
 from .seqguard import KernelSa, Write
 from .xfrm.errors import XfrmError
-from .xfrm.model import SaInfo
+from .xfrm.model import SaInfo, SaReplay
 from .xfrm.socket import XfrmSocket
 from .xfrm.structs import ReplayStateEsn
 
 
-def kernel_sa(info: SaInfo) -> KernelSa | None:
+def kernel_sa(info: SaInfo | SaReplay) -> KernelSa | None:
     """The guard's view of one dumped SA; None if the kernel gave no replay state."""
     key = (str(info.id.daddr), info.id.spi, info.id.proto)
     if info.replay_esn is not None:
@@ -59,7 +59,7 @@ class KernelSas:
     def snapshot(self) -> list[KernelSa]:
         """Every ESP/AH SA of this namespace with its replay state."""
         out = []
-        for info in self.sock.dump_sas():
+        for info in self.sock.dump_sa_replays():
             sa = kernel_sa(info)
             if sa is not None:
                 out.append(sa)

@@ -84,7 +84,7 @@ def test_apply_tells_whether_a_backup_s_targets_moved() -> None:
     assert not log.apply(SeqEntry("gw1", 4.0, (), (KEY,)))  # gone
     assert log.apply(SeqEntry("gw1", 5.0, (rec(1, 0),)))  # back as new
     assert log.apply(SeqEntry("gw1", 6.0, (rec(1, 0, key=("192.0.2.9", 1, 50)), rec(5, 0))))
-    assert log.applied == 6
+    assert (log.applied, log.moves) == (6, 3)
 
 
 def test_a_snapshot_restores_the_same_records() -> None:

@@ -49,6 +49,7 @@ from hasync.xfrm import (
     ReplayStateEsn,
     SaId,
     SaInfo,
+    SaReplay,
     Selector,
     Stats,
     Unknown,
@@ -355,27 +356,44 @@ def _attribute_ends(raw: bytes, start: int) -> set[int]:
     return ends
 
 
-def test_every_cut_body_is_malformed_unless_it_ends_on_an_attribute() -> None:
+@pytest.mark.parametrize("lean", [False, True])
+def test_every_cut_body_is_malformed_unless_it_ends_on_an_attribute(lean: bool) -> None:
+    kind = SaReplay if lean else SaInfo
     for raw in (GOLDEN_SA, GOLDEN_SA_KEYED, KERNEL["getsa_dump.0"][:256]):
         ends = _attribute_ends(raw, 16 + 224)
         for cut in range(16, len(raw)):
             shortened = cut.to_bytes(4, "little") + raw[4:cut]
             if cut in ends:
-                assert isinstance(parse_messages(shortened)[0].body, SaInfo)
+                assert isinstance(parse_messages(shortened, lean=lean)[0].body, kind)
             else:
                 with pytest.raises(MalformedMessage):
-                    parse_messages(shortened)
+                    parse_messages(shortened, lean=lean)
     for raw in _messages():  # other types: a cut body never raises anything else
         for cut in range(16, len(raw)):
             with contextlib.suppress(MalformedMessage):
-                parse_messages(cut.to_bytes(4, "little") + raw[4:cut])
+                parse_messages(cut.to_bytes(4, "little") + raw[4:cut], lean=lean)
+
+
+def test_a_lean_dump_reads_what_the_full_one_does() -> None:
+    for raw in (GOLDEN_SA, GOLDEN_SA_KEYED, KERNEL["getsa_dump.0"], KERNEL["getsa_dump.1"]):
+        for full, lean in zip(parse_messages(raw), parse_messages(raw, lean=True), strict=True):
+            assert (full.type, full.flags, full.seq) == (lean.type, lean.flags, lean.seq)
+            if isinstance(full.body, SaInfo):
+                got = lean.body
+                assert isinstance(got, SaReplay)
+                assert (got.id, got.reqid, got.family, got.replay_window, got.flags) == (
+                    full.body.id, full.body.reqid, full.body.family, full.body.replay_window,
+                    full.body.flags)
+                assert (got.replay, got.replay_esn) == (full.body.replay, full.body.replay_esn)
+            else:
+                assert lean.body == full.body
 
 
 @FUZZ
-@given(st.binary(max_size=600))
-def test_fuzz_random_bytes_only_malformed_escapes(data: bytes) -> None:
+@given(st.binary(max_size=600), st.booleans())
+def test_fuzz_random_bytes_only_malformed_escapes(data: bytes, lean: bool) -> None:
     with contextlib.suppress(MalformedMessage):
-        parse_messages(data)
+        parse_messages(data, lean=lean)
 
 
 @FUZZ

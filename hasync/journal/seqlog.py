@@ -123,6 +123,7 @@ class SeqLog:
 
     records: dict[SaKey, SeqRecord] = field(default_factory=dict)
     applied: int = 0
+    moves: int = field(default=0, compare=False)  # entries that moved a mark or brought an SA
 
     def apply(self, entry: SeqEntry) -> bool:
         """Merge an entry: counters move forward only; never raises on a valid entry. True if
@@ -140,6 +141,7 @@ class SeqLog:
         for key in entry.gone:
             self.records.pop(key, None)
         self.applied += 1
+        self.moves += moved
         return moved
 
     def to_dict(self) -> dict[str, Any]:

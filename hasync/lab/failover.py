@@ -263,6 +263,19 @@ def _received_so_far(run: Run) -> dict[str, dict[str, int]]:
                      "from_client": len(srv.peer(t.name).received)} for t in run.tunnels}
 
 
+DATAPLANE_SH = ("cat /proc/net/xfrm_stat; ip xfrm policy count; ip -s xfrm state count; "
+                "echo routes220 $(ip route show table 220 | wc -l); ip -s link; "
+                "sysctl net.ipv4.conf.all.rp_filter net.ipv4.ip_forward; ip -s xfrm state")
+
+
+def dataplane_dump(run: Run) -> None:
+    """Every node's XFRM counters, SAs, routes and links, for a failed traffic start."""
+    for node in run.lab.topo.nodes:
+        with contextlib.suppress(Exception):  # diagnostics must not hide the error
+            out = run.lab.run(node.name, ["sh", "-c", DATAPLANE_SH], check=False, timeout=120)
+            run.lab.log_path(node.name, "dataplane").write_text(out)
+
+
 def run_failovers(run: Run) -> dict[str, object]:
     """Bring up, start traffic, run the spec's failovers; return the result document."""
     spec, lab = run.spec, run.lab
@@ -274,7 +287,10 @@ def run_failovers(run: Run) -> dict[str, object]:
     # Python starts slowly under TCG; a thousand flows take longer still
     flowing = wait_flowing(run, time.monotonic(), 150 + 0.1 * spec.tunnels)
     if flowing != want:
-        raise LabError(f"probe traffic does not flow for {sorted(want - flowing)}")
+        dataplane_dump(run)
+        raise LabError(f"probe traffic does not flow for {len(want - flowing)} tunnels: "
+                       f"{sorted(want - flowing)} (XFRM state of every node: "
+                       f"lab-artifacts/log/*-dataplane.log)")
     master, wall = lab.topo.by_role("gateway")[0].name, 0.0
     before: dict[str, object] = {}
     if spec.mode == "hasync":

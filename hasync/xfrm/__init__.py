@@ -15,7 +15,7 @@ from hasync.xfrm.codec import (
 )
 from hasync.xfrm.enums import AeFlag, Attr, MessageType, NlmFlag, NlmsgType
 from hasync.xfrm.errors import MalformedMessage, XfrmError, XfrmUsageError
-from hasync.xfrm.model import Aevent, AeventId, Message, PolicyInfo, SaInfo, Unknown
+from hasync.xfrm.model import Aevent, AeventId, Message, PolicyInfo, SaInfo, SaReplay, Unknown
 from hasync.xfrm.netlink import Done, Header, NetlinkError
 from hasync.xfrm.structs import (
     Algorithm,
@@ -55,6 +55,7 @@ __all__ = [
     "ReplayStateEsn",
     "SaId",
     "SaInfo",
+    "SaReplay",
     "Selector",
     "Stats",
     "Unknown",

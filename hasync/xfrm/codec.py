@@ -35,6 +35,7 @@ from hasync.xfrm.model import (
     Message,
     PolicyInfo,
     SaInfo,
+    SaReplay,
     Unknown,
 )
 from hasync.xfrm.netlink import (
@@ -165,6 +166,7 @@ _DECODERS: dict[int, tuple[str, Decoder]] = {
 }
 _SA_ATTRS = frozenset({Attr.ENCAP, Attr.REPLAY_VAL, Attr.REPLAY_ESN_VAL, Attr.MARK,
                        Attr.IF_ID, Attr.SA_DIR, *_ALG_KINDS})
+_REPLAY_ATTRS = frozenset({Attr.REPLAY_VAL, Attr.REPLAY_ESN_VAL})
 _POLICY_ATTRS = frozenset({Attr.TMPL, Attr.MARK, Attr.IF_ID, Attr.POLICY_TYPE})
 _AEVENT_ATTRS = frozenset({Attr.REPLAY_VAL, Attr.REPLAY_ESN_VAL, Attr.LTIME_VAL,
                            Attr.REPLAY_THRESH, Attr.ETIMER_THRESH, Attr.MARK, Attr.IF_ID})
@@ -215,6 +217,13 @@ def _decode_sa(buf: bytes, start: int, end: int) -> SaInfo:
         **_decode_attrs(buf, start + USERSA_INFO_SIZE, end, family, _SA_ATTRS))
 
 
+def _decode_sa_replay(buf: bytes, start: int, end: int) -> SaReplay:
+    need(buf, start, USERSA_INFO_SIZE, "xfrm_usersa_info", end)
+    _, reqid, family, _, window, flags = SA_TAIL.unpack_from(buf, start + 204)
+    return SaReplay(XfrmId.decode(buf, start + 56, family), reqid, family, window, flags,
+                    **_decode_attrs(buf, start + USERSA_INFO_SIZE, end, family, _REPLAY_ATTRS))
+
+
 def _decode_policy(buf: bytes, start: int, end: int) -> PolicyInfo:
     need(buf, start, USERPOLICY_INFO_SIZE, "xfrm_userpolicy_info", end)
     selector = Selector.decode(buf, start)
@@ -254,14 +263,17 @@ def _type(value: int) -> int:
     return value
 
 
-def parse_messages(buf: bytes | bytearray | memoryview) -> list[Message]:
-    """Every message of a netlink receive buffer, in order; NLMSG_ERROR as `NetlinkError`."""
+def parse_messages(buf: bytes | bytearray | memoryview, *, lean: bool = False) -> list[Message]:
+    """Every message of a netlink receive buffer, in order; NLMSG_ERROR as `NetlinkError`.
+    With `lean`, a NEWSA's body is only its `SaReplay` (the sequence guard's dumps)."""
     data = bytes(buf)
     out: list[Message] = []
     for header, start, end in split_messages(data):
         body: Body
         if header.type == NlmsgType.ERROR:
             body = NetlinkError.decode(data, start, end, header.flags)
+        elif lean and header.type == MessageType.NEWSA:
+            body = _decode_sa_replay(data, start, end)
         elif header.type in _BODY_DECODERS:
             body = _BODY_DECODERS[header.type](data, start, end)
         elif header.type in _DUMPABLE and header.flags & NlmFlag.DUMP and start == end:

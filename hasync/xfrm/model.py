@@ -65,6 +65,20 @@ class SaInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class SaReplay:
+    """The part of a dumped NEWSA the sequence guard reads: id, reqid, window, replay state
+    (`parse_messages(lean=True)`: decoding every SA whole cost 0.17 ms each on hardware)."""
+
+    id: XfrmId
+    reqid: int
+    family: int
+    replay_window: int
+    flags: int
+    replay: ReplayState | None = None
+    replay_esn: ReplayStateEsn | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class PolicyInfo:
     """struct xfrm_userpolicy_info (XFRM_MSG_NEWPOLICY) with its templates and mark."""
 
@@ -119,7 +133,7 @@ class Unknown:
     payload_len: int
 
 
-Body = SaInfo | PolicyInfo | Aevent | NetlinkError | Done | Unknown | None
+Body = SaInfo | SaReplay | PolicyInfo | Aevent | NetlinkError | Done | Unknown | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,7 +42,7 @@ from hasync.xfrm.enums import (
     NlmFlag,
 )
 from hasync.xfrm.errors import XfrmError, XfrmUsageError
-from hasync.xfrm.model import Aevent, Message, PolicyInfo, SaInfo
+from hasync.xfrm.model import Aevent, Message, PolicyInfo, SaInfo, SaReplay
 from hasync.xfrm.netlink import Done, NetlinkError
 from hasync.xfrm.structs import LifetimeCur, Mark, ReplayState, ReplayStateEsn, SaId, family_of
 
@@ -108,6 +108,11 @@ class XfrmSocket:
         """Every SA of this network namespace (no key material)."""
         return [m.body for m in self._dump(getsa_dump_request, "GETSA dump")
                 if isinstance(m.body, SaInfo)]
+
+    def dump_sa_replays(self) -> list[SaReplay]:
+        """Every SA's id, reqid, window and replay state: the sequence guard's lean dump."""
+        return [m.body for m in self._dump(getsa_dump_request, "GETSA dump", lean=True)
+                if isinstance(m.body, SaReplay)]
 
     def dump_policies(self) -> list[PolicyInfo]:
         """Every policy of this network namespace."""
@@ -198,17 +203,18 @@ class XfrmSocket:
         seq = self._next_seq()
         self._transact(newae_request(sa, seq=seq, **values), seq, op, sa, until_ack=True)
 
-    def _dump(self, build: Callable[..., bytes], op: str) -> list[Message]:
+    def _dump(self, build: Callable[..., bytes], op: str, lean: bool = False) -> list[Message]:
         """A whole dump (NLMSG_DONE included), again if the kernel flagged it interrupted."""
         for _ in range(DUMP_ATTEMPTS):
             seq = self._next_seq()
-            msgs = self._transact(build(seq=seq), seq, op, None, dump=True)
+            msgs = self._transact(build(seq=seq), seq, op, None, dump=True, lean=lean)
             if not any(m.flags & NlmFlag.DUMP_INTR for m in msgs):
                 return msgs
         raise XfrmError(errno.EAGAIN, op, detail=f"interrupted {DUMP_ATTEMPTS} times")
 
     def _transact(self, request: bytes, seq: int, op: str, sa: SaId | None, *,
-                  dump: bool = False, until_ack: bool = False) -> list[Message]:
+                  dump: bool = False, until_ack: bool = False,
+                  lean: bool = False) -> list[Message]:
         """Send one request, gather the unicast answers carrying `seq` until it is done."""
         try:
             self._sock.send(request)
@@ -221,7 +227,7 @@ class XfrmSocket:
             if remaining <= 0:
                 raise XfrmError(errno.ETIMEDOUT, op, sa=sa,
                                 detail=f"no answer within {self.timeout} s")
-            for msg in self._receive(remaining, op, sa) or ():
+            for msg in self._receive(remaining, op, sa, lean) or ():
                 if msg.seq != seq:
                     continue  # the answer to an earlier request that timed out
                 if isinstance(msg.body, NetlinkError):
@@ -236,7 +242,8 @@ class XfrmSocket:
                 if not dump and not until_ack:
                     return answers
 
-    def _receive(self, timeout: float, op: str, sa: SaId | None) -> list[Message] | None:
+    def _receive(self, timeout: float, op: str, sa: SaId | None,
+                 lean: bool = False) -> list[Message] | None:
         """The unicast messages of one datagram (multicast events are queued instead);
         None when nothing arrived within `timeout` (0: do not wait)."""
         try:
@@ -251,7 +258,7 @@ class XfrmSocket:
             raise XfrmError(exc.errno or errno.EIO, op, sa=sa) from exc
         if flags & socket.MSG_TRUNC:
             raise XfrmError(errno.EMSGSIZE, op, sa=sa, detail="datagram truncated")
-        messages = parse_messages(data)
+        messages = parse_messages(data, lean=lean)
         if address[1]:  # nl_groups of the source: a multicast event, never an answer
             self._events.extend(m.body for m in messages
                                 if m.type == MessageType.NEWAE and isinstance(m.body, Aevent))
