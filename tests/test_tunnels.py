@@ -127,3 +127,13 @@ def test_bringup_is_done_when_every_tunnel_is_up_and_ignores_strangers() -> None
     b.update(set(), set(), 0.0)
     assert b.update({*names, "other"}, {*names, "other"}, 1.0) == []
     assert b.done and b.up == set(names)
+
+
+def test_bringup_asks_only_about_tunnels_in_flight_and_keeps_what_came_up() -> None:
+    b = tunnels.Bringup(_names(8))
+    first = b.update(set(), set(), 0.0)
+    assert b.in_flight() == sorted(first)
+    b.update({"t0001"}, {"t0001"}, 1.0)
+    assert "t0001" not in b.in_flight()
+    b.update(set(), set(b.in_flight()), 2.0)  # t0001 was not asked about: still up
+    assert "t0001" in b.up

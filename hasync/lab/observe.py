@@ -139,11 +139,13 @@ def parse_list_sas(entries: list[dict[str, object]]) -> list[IkeSa]:
     return out
 
 
-def list_sas(vici_socket: str) -> list[IkeSa]:
-    """Ask a charon for its IKE_SAs over vici, without waiting for busy ones (`noblock`: a
-    blocking list-sas waits for every IKE_SA to be checked in, and a client restarting
-    tunnels after DPD kept one checked out for minutes; vici_query.c list_sas)."""
+def list_sas(vici_socket: str, ike: str | None = None) -> list[IkeSa]:
+    """Ask a charon for its IKE_SAs (or those of connection `ike`) over vici, without waiting
+    for busy ones (`noblock`: a blocking list-sas waits for every IKE_SA to be checked in,
+    and a client restarting tunnels after DPD kept one checked out for minutes;
+    vici_query.c list_sas)."""
+    query = {"noblock": "yes", **({"ike": ike} if ike else {})}
     with socket.socket(socket.AF_UNIX) as s:
         s.settimeout(30)
         s.connect(vici_socket)
-        return parse_list_sas(list(vici.Session(s).list_sas({"noblock": "yes"})))
+        return parse_list_sas(list(vici.Session(s).list_sas(query)))
