@@ -100,9 +100,13 @@ def parse_xfrm_stat(text: str) -> dict[str, int]:
     return out
 
 
+XFRM_DUMP_TIMEOUT_S = 300  # `ip -s xfrm state` of 2000 SAs took over 60 s under TCG
+
+
 def xfrm_states(lab: Lab, node: str) -> list[XfrmSa]:
     """The ESP SAs in `node`'s kernel."""
-    return parse_xfrm_states(lab.run(node, ["ip", "-s", "xfrm", "state"]))
+    return parse_xfrm_states(lab.run(node, ["ip", "-s", "xfrm", "state"],
+                                     timeout=XFRM_DUMP_TIMEOUT_S))
 
 
 def xfrm_stat(lab: Lab, node: str) -> dict[str, int]:
@@ -112,7 +116,8 @@ def xfrm_stat(lab: Lab, node: str) -> dict[str, int]:
 
 def xfrm_states_and_stat(lab: Lab, node: str) -> tuple[list[XfrmSa], dict[str, int]]:
     """Both of the above from one process (each costs a second to start under TCG)."""
-    out = lab.run(node, ["sh", "-c", "ip -s xfrm state && echo @@ && cat /proc/net/xfrm_stat"])
+    out = lab.run(node, ["sh", "-c", "ip -s xfrm state && echo @@ && cat /proc/net/xfrm_stat"],
+                  timeout=XFRM_DUMP_TIMEOUT_S)
     states, _, stat = out.rpartition("@@\n")
     return parse_xfrm_states(states), parse_xfrm_stat(stat)
 
