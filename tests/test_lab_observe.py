@@ -66,13 +66,14 @@ def test_parse_list_sas_keeps_installed_children_only() -> None:
 def test_states_and_stat_come_from_one_command() -> None:
     class OneRun:
         def __init__(self) -> None:
-            self.calls: list[list[str]] = []
+            self.calls: list[tuple[list[str], float]] = []
 
-        def run(self, node: str, argv: list[str]) -> str:
-            self.calls.append(argv)
+        def run(self, node: str, argv: list[str], timeout: float = 60) -> str:
+            self.calls.append((argv, timeout))
             return XFRM + "@@\nXfrmInError 0\nXfrmInStateSeqError 4\n"
     lab = OneRun()
     states, stat = observe.xfrm_states_and_stat(lab, "c1")  # type: ignore[arg-type]
-    assert len(lab.calls) == 1 and lab.calls[0][0] == "sh"
+    assert len(lab.calls) == 1 and lab.calls[0][0][0] == "sh"
+    assert lab.calls[0][1] == observe.XFRM_DUMP_TIMEOUT_S  # 2000 SAs took over 60 s
     assert [s.spi for s in states] == [s.spi for s in observe.parse_xfrm_states(XFRM)]
     assert stat == {"XfrmInError": 0, "XfrmInStateSeqError": 4}
