@@ -111,7 +111,7 @@ class Bringup:
                 self.started.discard(conn)
                 del self.absent_since[conn]
                 self.restarts += 1
-        for conn in self.up:
+        for conn in up:  # only what just came up can still be waited on
             self.absent_since.pop(conn, None)
         room = INIT_WINDOW - len(self.started - self.up)
         todo = [c for c in self.conns if c not in self.started and c not in self.up][:room]
