@@ -40,7 +40,7 @@ lint: venv
 	$(BIN)/ruff check hasync tests bench
 
 test: setup lint
-	$(BIN)/python -m pytest -v -m 'not lab_extended' tests
+	$(BIN)/python -m pytest -v --durations=15 -m 'not lab_extended' tests
 
 test-unit: venv
 	$(BIN)/python -m pytest -v -m 'not lab' tests

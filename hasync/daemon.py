@@ -388,6 +388,7 @@ class Daemon:
         with self.journal.lock:
             ike_sas, child_sas = self.journal.state.counts()
             anomalies = dict(self.journal.state.anomalies)
+            digest = self.journal.state.digest()
         st = self.journal.getStatus()
         commit, wall = st.get("commit_idx") or 0, time.time()
         members = {name: {**m, "lag": max(0, commit - (m.get("applied") or 0)),
@@ -401,7 +402,7 @@ class Daemon:
                 "synced": self.synced, "feed": self._feed_status(),
                 "charon_segments": sorted(self.charon_segments),
                 "journal": {"ike_sas": ike_sas, "child_sas": child_sas,
-                            "anomalies": anomalies},
+                            "anomalies": anomalies, "digest": digest},
                 "backlog": self.batcher.backlog, "commit_ms": round(self.commit_ms, 2),
                 "ha": dict(self.endpoint.counters), "raft_apply": dict(self.journal.counters),
                 "counters": dict(self.counters),

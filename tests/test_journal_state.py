@@ -480,6 +480,14 @@ def test_bad_inputs_never_raise() -> None:
 # --- snapshots ------------------------------------------------------------------------------
 
 
+def test_digest_tells_states_apart_not_the_path_to_them() -> None:
+    state = build([*REKEY_STREAM, child_add(2, 0x22), child_delete(2, 0x11)], ts=3.5)
+    assert through_msgpack(state).digest() == state.digest()
+    assert len(state.digest()) == 16 and state.digest() != JournalState().digest()
+    extra = build([*REKEY_STREAM, child_add(2, 0x22)], ts=3.5)
+    assert extra.digest() != state.digest()
+
+
 def test_snapshot_round_trip_and_validation() -> None:
     state = build([*REKEY_STREAM, child_add(2, 0x22), child_delete(2, 0x11)], ts=3.5)
     data = state.to_dict()
@@ -643,6 +651,7 @@ def test_snapshot_mid_stream_equals_whole_stream(
         part.apply(encode(msg), msg, ts)
     assert part.to_dict() == whole.to_dict()
     assert part.replay_plan() == whole.replay_plan()
+    assert part.digest() == whole.digest()
 
 
 @settings(PROPERTY, max_examples=200)

@@ -103,6 +103,10 @@ def test_no_renewal_ever_fell_behind_and_every_node_is_in_the_cluster(
         run: dict[str, Any]) -> None:
     final = run["final_status"]
     master = run["failovers"][-1]["to"]
+    # every node that answers, the one whose charon died too, holds one journal at one index
+    assert run["final_settled"], {gw: st and st["raft"] for gw, st in final.items()}
+    assert len({st["journal"]["digest"] for st in final.values() if st}) == 1, {
+        gw: st and (st["journal"], st.get("sas")) for gw, st in final.items()}
     for gw, st in final.items():
         if gw == run["failovers"][-1]["from"]:
             continue  # its charon is dead: it sits in FAULT

@@ -48,6 +48,7 @@ Upstream facts (5.9.8) and the model built on them:
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -371,6 +372,18 @@ class JournalState:
             raise StateError("snapshot CHILD_SA created under an IKE_SA not in its lineage")
         self._lineages[keys[-1]] = _Lineage(ikes, children)
         self._owner.update(dict.fromkeys(keys, keys[-1]))
+
+    def digest(self) -> str:
+        """A short hash of the live IKE_SAs and CHILD_SAs: nodes at one index must agree."""
+        h = hashlib.sha256()
+        for lineage in self._lineages.values():
+            for ike in lineage.ikes:
+                h.update(b"I" + repr(ike.key).encode() + ike.add)
+                for part in (*(u.raw for u in ike.updates), ike.mid_i, ike.mid_r, ike.iv):
+                    h.update(b"U" + (part or b""))
+            for child in lineage.children:
+                h.update(b"C" + child.spi.to_bytes(8, "big") + child.add)
+        return h.hexdigest()[:16]
 
     def counts(self) -> tuple[int, int]:
         """(live IKE_SAs, live CHILD_SAs), without building summaries."""

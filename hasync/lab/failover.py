@@ -263,7 +263,8 @@ def _received_so_far(run: Run) -> dict[str, dict[str, int]]:
                      "from_client": len(srv.peer(t.name).received)} for t in run.tunnels}
 
 
-DATAPLANE_SH = ("cat /proc/net/xfrm_stat; ip xfrm policy count; ip -s xfrm state count; "
+DATAPLANE_SH = ("cat /proc/net/xfrm_stat; echo softnet_stat; cat /proc/net/softnet_stat; "
+                "ip xfrm policy count; ip -s xfrm state count; "
                 "echo routes220 $(ip route show table 220 | wc -l); ip -s link; "
                 "sysctl net.ipv4.conf.all.rp_filter net.ipv4.ip_forward; ip -s xfrm state")
 
@@ -310,10 +311,11 @@ def run_failovers(run: Run) -> dict[str, object]:
         master = str(fo["to"])
     after = _after_failovers(run) if spec.mode == "hasync" and checks_on(spec) else {}
     gws = [g.name for g in lab.topo.by_role("gateway")]
-    final = {gw: hasyncd.status(lab, gw) for gw in gws} if spec.mode == "hasync" else {}
+    final = hasyncd.settled_status(lab, gws) if spec.mode == "hasync" else {}
     names = {c.name for c in lab.topo.by_role("client")}
     return {"mode": spec.mode, "before_failovers": before, "after_failovers": after,
-            "final_status": final, "esn_clients": sorted(names & set(confgen.ESN_CLIENTS)),
+            "final_status": final, "final_settled": hasyncd.settled(final) if final else None,
+            "esn_clients": sorted(names & set(confgen.ESN_CLIENTS)),
             "kernel": kernel_release(), "advert_int": spec.timers.advert_int_s,
             "timers": spec.timers.as_dict(), "rate_pps": spec.rate, "spec": spec_dict(spec),
             "gateways": [g.name for g in lab.topo.by_role("gateway")], "tunnels": tunnels,

@@ -8,6 +8,7 @@ through its control socket, and charon and the kernel only through vici and `ip`
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -108,6 +109,30 @@ def status(lab: Lab, gw: str) -> dict[str, Any] | None:
         return control.request(control_socket(lab, gw), "status", timeout=10.0)
     except control.ControlError:
         return None
+
+
+def settled_status(lab: Lab, gws: list[str], timeout: float = 30.0
+                   ) -> dict[str, dict[str, Any] | None]:
+    """Every gateway's status once all that answer have applied the same committed index (or
+    the last poll after `timeout`), each with its journaled SAs (`sas`) for diagnosis."""
+    deadline = time.monotonic() + timeout
+    while True:
+        sts = {gw: status(lab, gw) for gw in gws}
+        if settled(sts) or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
+    for gw, st in sts.items():
+        if st is not None:
+            with contextlib.suppress(control.ControlError):
+                st["sas"] = control.request(control_socket(lab, gw), "sas", timeout=10.0)
+    return sts
+
+
+def settled(sts: dict[str, dict[str, Any] | None]) -> bool:
+    """Whether every answering node has applied all it knows committed, at one index."""
+    raft = [st["raft"] for st in sts.values() if st]
+    return bool(raft) and all(r["applied_index"] == r["commit_index"] for r in raft) and len(
+        {r["applied_index"] for r in raft}) == 1
 
 
 def wait_cluster(lab: Lab, gws: list[str], timeout: float = 90) -> None:
