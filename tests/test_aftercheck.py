@@ -132,13 +132,16 @@ def test_log_offset_and_read_log(lab: Lab) -> None:
 class FakeClient:
     """Stands in for a client's vici (list-sas answers in turn) and swanctl."""
 
-    def __init__(self, views: list[list[IkeSa]], fail: bool = False) -> None:
+    def __init__(self, views: list[list[IkeSa] | None], fail: bool = False) -> None:
         self.views, self.fail = views, fail
         self.calls: list[list[str]] = []
 
     def list_sas(self, _path: str) -> list[IkeSa]:
-        """The next view; the last one repeats."""
-        return self.views.pop(0) if len(self.views) > 1 else self.views[0]
+        """The next view (None: vici does not answer); the last one repeats."""
+        view = self.views.pop(0) if len(self.views) > 1 else self.views[0]
+        if view is None:
+            raise TimeoutError("vici did not answer")
+        return view
 
     def swanctl(self, _lab: Lab, _node: str, args: list[str], **_kw: object) -> str:
         """Record the call; fail like lab.run does."""
@@ -155,6 +158,7 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> FakeClient:
     monkeypatch.setattr(observe, "list_sas", client.list_sas)
     monkeypatch.setattr(cluster, "swanctl", client.swanctl)
     monkeypatch.setattr(aftercheck, "POLL_S", 0.001)
+    monkeypatch.setattr(aftercheck, "LIST_S", 0.5)
     return client
 
 
@@ -201,3 +205,15 @@ def test_dpd_driver(lab: Lab, fake: FakeClient) -> None:
     assert (res["ok"], res["ms"], res["error"]) == (False, None, "no DPD sent within 0.05 s")
     with pytest.raises(ValueError, match="DPD delay"):
         aftercheck.dpd(lab, "c1", 10.0, 10.0)
+
+
+def test_dpd_asks_a_busy_vici_again_for_the_ike_sa(lab: Lab, fake: FakeClient) -> None:
+    path = aftercheck.charon_log(lab, "c1")
+    off = aftercheck.log_offset(lab, "c1")
+    path.write_text(DPD_OK)
+    fake.views = [None, [sa("a", "CONNECTING")], [sa("a")]]  # mute, then not yet ESTABLISHED
+    res = aftercheck.dpd(lab, "c1", 0.0, 1.0, offset=off)
+    assert (res["ok"], res["before"], res["after"]) == (True, ["a_ra"], ["a_ra"])
+    fake.views = [None]  # never answers: the check fails, saying why
+    res = aftercheck.dpd(lab, "c1", 0.0, 1.0, offset=off)
+    assert (res["ok"], res["error"]) == (False, "no ESTABLISHED IKE_SA home before the DPD")

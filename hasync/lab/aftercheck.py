@@ -34,6 +34,7 @@ from .procs import Lab
 CONNECTION = "home"  # the clients' connection (confgen.swanctl_client)
 CHILD = "net"  # and its CHILD_SA
 POLL_S = 0.2
+LIST_S = 15.0  # how long a listing may take to show the ESTABLISHED IKE_SA (busy charon)
 T = TypeVar("T")
 
 _LINE = re.compile(r"\d+\[[A-Z]+\] (?:<[^>]*> )?(.*)$")
@@ -186,6 +187,12 @@ def _sas(lab: Lab, client: str) -> list[IkeSa]:
         return []
 
 
+def _established(lab: Lab, client: str) -> tuple[str, ...]:
+    """ike_spis() of the client, asked again while its vici does not answer (a busy charon
+    under emulation) or lists none ESTABLISHED, for up to LIST_S; () if it never does."""
+    return _poll(lambda: ike_spis(_sas(lab, client)) or None, LIST_S) or ()
+
+
 def _poll(probe: Callable[[], T | None], timeout: float) -> T | None:
     """Call `probe` every POLL_S until it returns something other than None, or time out."""
     deadline = time.monotonic() + timeout
@@ -254,12 +261,12 @@ def dpd(lab: Lab, client: str, delay_s: float, timeout: float, *,
     if timeout <= delay_s:
         raise ValueError(f"timeout {timeout} s leaves no time after the DPD delay {delay_s} s")
     start = log_offset(lab, client) if offset is None else offset
-    before = ike_spis(_sas(lab, client))
+    before = _established(lab, client)
     t0 = time.monotonic()
     _poll(lambda: dpd_verdict(dpd_exchanges(read_log(lab, client, start))), timeout)
     ms = round((time.monotonic() - t0) * 1000, 1)
     seen = dpd_exchanges(read_log(lab, client, start))
-    after = ike_spis(_sas(lab, client))
+    after = _established(lab, client)
     done = dpd_verdict(seen)
     error = dpd_error(seen, before, after)
     if error and done is None:
