@@ -14,9 +14,14 @@ APT_PACKAGES := linux-image-amd64 qemu-system-x86 strongswan-charon strongswan-s
 	libcharon-extra-plugins libstrongswan-standard-plugins keepalived iproute2 nftables \
 	tcpdump iputils-ping arping kmod udev procps psmisc util-linux busybox-static python3-venv
 
-.PHONY: setup apt venv demo test test-unit test-lab test-lab-extended lint clean
+.PHONY: setup apt venv bytecode demo test test-unit test-lab test-lab-extended lint clean
 
-setup: apt venv
+setup: apt venv bytecode
+
+# The lab VM runs Python with PYTHONDONTWRITEBYTECODE: compile here, once, what every daemon
+# and probe it starts would otherwise compile again under emulation.
+bytecode: venv
+	$(BIN)/python -m compileall -q hasync bench >/dev/null
 
 apt:
 	@missing=$$(for p in $(APT_PACKAGES); do \
