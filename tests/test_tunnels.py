@@ -137,3 +137,31 @@ def test_bringup_asks_only_about_tunnels_in_flight_and_keeps_what_came_up() -> N
     assert "t0001" not in b.in_flight()
     b.update(set(), set(b.in_flight()), 2.0)  # t0001 was not asked about: still up
     assert "t0001" in b.up
+
+
+def test_initiate_rides_out_a_client_whose_vici_times_out(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    ts = tunnels.plan(8, ["c1"])
+    started: list[str] = []
+    calls = {"list": 0, "initiate": 0}
+
+    def list_sas(_path: str, ike: str) -> list[IkeSa]:
+        calls["list"] += 1
+        if calls["list"] == 3:
+            raise TimeoutError("timed out")  # a charon busy with its IKE_SAs
+        return [_sa(ike)] if ike in started else []
+
+    def session_call(_path: str, fn: str, arg: dict[str, object]) -> None:
+        calls["initiate"] += 1
+        if calls["initiate"] == 2:
+            raise TimeoutError("timed out")  # charon never heard of it: started again later
+        started.append(str(arg["ike"]))
+
+    monkeypatch.setattr(tunnels.observe, "list_sas", list_sas)
+    monkeypatch.setattr(tunnels, "_session_call", session_call)
+    monkeypatch.setattr(tunnels.cluster, "vici_path", lambda lab, c: Path(f"/run/{c}.vici"))
+    monkeypatch.setattr(tunnels, "POLL_S", 0.0)
+    monkeypatch.setattr(tunnels, "GIVEN_UP_S", 0.01)
+    tunnels.initiate(None, ts, timeout=10)  # type: ignore[arg-type]
+    assert sorted(started) == [t.conn for t in ts]
+    assert calls["initiate"] == len(ts) + 1

@@ -132,7 +132,7 @@ def initiate(lab: Lab, tunnels: list[Tunnel], timeout: float | None = None) -> N
     timeout = 120 + 1.5 * len(tunnels) if timeout is None else timeout
     children = {t.conn: t.child for t in tunnels}
     todo = {c: Bringup([t.conn for t in ts]) for c, ts in by_client(tunnels).items()}
-    t0 = time.monotonic()
+    t0, busy = time.monotonic(), 0
     deadline, report = t0 + timeout, t0 + REPORT_EVERY_S
     while not all(b.done for b in todo.values()):
         now = time.monotonic()
@@ -141,18 +141,26 @@ def initiate(lab: Lab, tunnels: list[Tunnel], timeout: float | None = None) -> N
             raise LabError(f"tunnels not up within {timeout:.0f} s, missing per client: {short}")
         if now >= report:
             report = now + REPORT_EVERY_S
-            log.info("tunnels: %d of %d up after %.0f s (%d started again)",
-                     sum(len(b.up) for b in todo.values()), len(tunnels), now - t0,
-                     sum(b.restarts for b in todo.values()))
+            log.info("tunnels: %d of %d up after %.0f s (%d started again, %d polls found "
+                     "vici busy)", sum(len(b.up) for b in todo.values()), len(tunnels),
+                     now - t0, sum(b.restarts for b in todo.values()), busy)
         for c, b in todo.items():
-            path = str(cluster.vici_path(lab, c))
-            sas = [sa for conn in b.in_flight() for sa in observe.list_sas(path, ike=conn)]
-            for conn in b.update(set(_up(sas)), {s.name for s in sas}, time.monotonic()):
-                _session_call(path, "initiate", {"ike": conn, "child": children[conn],
-                                                 "timeout": -1})
+            try:
+                _advance(str(cluster.vici_path(lab, c)), b, children)
+            except OSError as e:  # a charon busy with hundreds of IKE_SAs: ask again later
+                busy += 1
+                log.warning("%s: vici did not answer (%s); polling it again", c, e)
         time.sleep(POLL_S)
     log.info("%d tunnels up after %.1f s (%d started again)", len(tunnels),
              time.monotonic() - t0, sum(b.restarts for b in todo.values()))
+
+
+def _advance(path: str, b: Bringup, children: dict[str, str]) -> None:
+    """One poll of one client: what its tunnels in flight became, then the next initiates.
+    An initiate that times out counts as started: Bringup starts it again if it never shows."""
+    sas = [sa for conn in b.in_flight() for sa in observe.list_sas(path, ike=conn)]
+    for conn in b.update(set(_up(sas)), {s.name for s in sas}, time.monotonic()):
+        _session_call(path, "initiate", {"ike": conn, "child": children[conn], "timeout": -1})
 
 
 def flows_text(tunnels: list[Tunnel], vips: dict[str, str]) -> str:
