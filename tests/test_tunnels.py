@@ -165,3 +165,20 @@ def test_initiate_rides_out_a_client_whose_vici_times_out(
     tunnels.initiate(None, ts, timeout=10)  # type: ignore[arg-type]
     assert sorted(started) == [t.conn for t in ts]
     assert calls["initiate"] == len(ts) + 1
+
+
+def test_all_vips_asks_a_busy_vici_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    ts = tunnels.plan(2, ["c1"])
+    answers: list[dict[str, IkeSa] | None] = [None, {"t0001": _sa("t0001", ("10.3.0.1",))},
+                                              {"t0002": _sa("t0002", ("10.3.0.2",))}]
+
+    def established(_lab: object, _client: str) -> dict[str, IkeSa]:
+        got = answers.pop(0)
+        if got is None:
+            raise TimeoutError("timed out")
+        return got
+
+    monkeypatch.setattr(tunnels, "established", established)
+    monkeypatch.setattr(tunnels, "POLL_S", 0.0)
+    assert tunnels.all_vips(None, "c1", ts) == {  # type: ignore[arg-type]
+        "t0001": "10.3.0.1", "t0002": "10.3.0.2"}

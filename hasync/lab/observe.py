@@ -144,6 +144,9 @@ def parse_list_sas(entries: list[dict[str, object]]) -> list[IkeSa]:
     return out
 
 
+LIST_TIMEOUT_S = 120.0  # a client charon of 333 IKE_SAs took over 30 s to end a list under TCG
+
+
 def list_sas(vici_socket: str, ike: str | None = None) -> list[IkeSa]:
     """Ask a charon for its IKE_SAs (or those of connection `ike`) over vici, without waiting
     for busy ones (`noblock`: a blocking list-sas waits for every IKE_SA to be checked in,
@@ -151,6 +154,6 @@ def list_sas(vici_socket: str, ike: str | None = None) -> list[IkeSa]:
     vici_query.c list_sas)."""
     query = {"noblock": "yes", **({"ike": ike} if ike else {})}
     with socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(30)
+        s.settimeout(LIST_TIMEOUT_S)
         s.connect(vici_socket)
         return parse_list_sas(list(vici.Session(s).list_sas(query)))

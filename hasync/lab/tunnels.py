@@ -8,6 +8,7 @@ client's name in the classic lab, tNNNN for the benchmark's.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -173,7 +174,8 @@ def all_vips(lab: Lab, client: str, tunnels: list[Tunnel], tries: int = 10) -> d
     busy IKE_SA is not listed); what is known after `tries`, else."""
     vips: dict[str, str] = {}
     for _ in range(tries):
-        vips.update(vips_of(established(lab, client)))
+        with contextlib.suppress(OSError):  # a busy vici: ask again
+            vips.update(vips_of(established(lab, client)))
         if all(t.conn in vips for t in tunnels):
             break
         time.sleep(POLL_S)
