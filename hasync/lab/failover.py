@@ -311,10 +311,10 @@ def run_failovers(run: Run) -> dict[str, object]:
         master = str(fo["to"])
     after = _after_failovers(run) if spec.mode == "hasync" and checks_on(spec) else {}
     gws = [g.name for g in lab.topo.by_role("gateway")]
-    final = hasyncd.settled_status(lab, gws) if spec.mode == "hasync" else {}
+    final, settled = hasyncd.settled_status(lab, gws) if spec.mode == "hasync" else ({}, None)
     names = {c.name for c in lab.topo.by_role("client")}
     return {"mode": spec.mode, "before_failovers": before, "after_failovers": after,
-            "final_status": final, "final_settled": hasyncd.settled(final) if final else None,
+            "final_status": final, "final_settled": settled,
             "esn_clients": sorted(names & set(confgen.ESN_CLIENTS)),
             "kernel": kernel_release(), "advert_int": spec.timers.advert_int_s,
             "timers": spec.timers.as_dict(), "rate_pps": spec.rate, "spec": spec_dict(spec),

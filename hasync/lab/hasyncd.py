@@ -112,20 +112,22 @@ def status(lab: Lab, gw: str) -> dict[str, Any] | None:
 
 
 def settled_status(lab: Lab, gws: list[str], timeout: float = 30.0
-                   ) -> dict[str, dict[str, Any] | None]:
+                   ) -> tuple[dict[str, dict[str, Any] | None], bool]:
     """Every gateway's status once all that answer have applied the same committed index (or
-    the last poll after `timeout`), each with its journaled SAs (`sas`) for diagnosis."""
+    the last poll after `timeout`), each with its journaled SAs (`sas`) for diagnosis, and
+    whether they settled."""
     deadline = time.monotonic() + timeout
     while True:
         sts = {gw: status(lab, gw) for gw in gws}
-        if settled(sts) or time.monotonic() > deadline:
+        ok = settled(sts)
+        if ok or time.monotonic() > deadline:
             break
         time.sleep(1.0)
     for gw, st in sts.items():
         if st is not None:
             with contextlib.suppress(control.ControlError):
                 st["sas"] = control.request(control_socket(lab, gw), "sas", timeout=10.0)
-    return sts
+    return sts, ok
 
 
 def settled(sts: dict[str, dict[str, Any] | None]) -> bool:
