@@ -99,7 +99,8 @@ class Daemon:
         self.seq = SeqSync(cfg.node.name, self.journal, Reserve(
             floor=t.reserve_floor, horizon_s=t.reserve_horizon_ms / 1000,
             takeover_floor=t.takeover_floor, takeover_horizon_s=t.takeover_horizon_ms / 1000,
-            no_quorum=t.no_quorum_reserve), self._activate, t.barrier_timeout_ms / 1000)
+            no_quorum=t.no_quorum_reserve), self._activate, t.barrier_timeout_ms / 1000,
+            tick_s=t.tick_ms / 1000)
         self.endpoint = await open_endpoint(cfg.charon.ha_remote.sockaddr,
                                             cfg.charon.ha_local.sockaddr, self._on_ha)
         self.feed = CharonFeed(self.endpoint.send, cfg.charon.ha_local.sockaddr)
@@ -258,6 +259,7 @@ class Daemon:
             if not promoting and due:
                 with contextlib.suppress(Exception):
                     await self.seq.tick(master=master)
+                await asyncio.sleep(self.seq.rest_s())  # reads take at most half a CPU
             # a master reads its counters every tick; a backup moves its kernel when a mark
             # moves, within BACKUP_SEQ_TICK_S of a new SA, and every 10 s (BackupPace)
             with contextlib.suppress(TimeoutError):

@@ -25,6 +25,7 @@ import math
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 SaKey = tuple[str, int, int]  # (destination address, SPI, IPPROTO_*): how XFRM names an SA
 U32_MAX = 0xFFFFFFFF
@@ -33,6 +34,7 @@ RATE_WINDOW_S = 3.0  # peak rate over this window sizes the reserve
 RACE_MARGIN = 64  # an outbound write lands at least this far past the oseq just read
 RACE_S = 0.1  # and at least this long at the journaled rate (NEWAE is not compare-and-set)
 PRUNE_AFTER_S = 60.0  # a record whose SA left the master's kernel this long ago is dropped
+READS_KEPT = 8  # reserves stretch for the longest of this many recent intervals between reads
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,17 +48,27 @@ class Reserve:
     no_quorum: int = 1 << 22  # added to every target of a promotion without a majority
     inbound_interval_s: float = 5.0  # journal moving inbound state at least this often
 
-    def ahead(self, rate: float) -> int:
-        """How far ahead of the kernel's oseq the master puts its mark."""
-        return max(self.floor, math.ceil(rate * self.horizon_s))
+    def ahead(self, rate: float, stretch_s: float = 0.0) -> int:
+        """How far ahead of the kernel's oseq the master puts its mark; `stretch_s` more time
+        at `rate` when its reads come slower than the nominal tick (`stretch()`)."""
+        return max(self.floor, math.ceil(rate * (self.horizon_s + stretch_s)))
 
-    def takeover(self, rate: float) -> int:
-        """How far past the journaled mark a new master starts."""
-        return max(self.takeover_floor, math.ceil(rate * self.takeover_horizon_s))
+    def takeover(self, rate: float, stretch_s: float = 0.0) -> int:
+        """How far past the journaled mark a new master starts; `stretch_s` more time at `rate`
+        when this node's reads lag (`stretch()`)."""
+        return max(self.takeover_floor, math.ceil(rate * (self.takeover_horizon_s + stretch_s)))
 
-    def bound(self, rate: float) -> int:
+    def bound(self, rate: float, ahead_stretch_s: float = 0.0,
+              takeover_stretch_s: float = 0.0) -> int:
         """The most a failover can skip on an SA at `rate`: ahead + takeover."""
-        return self.ahead(rate) + self.takeover(rate)
+        return self.ahead(rate, ahead_stretch_s) + self.takeover(rate, takeover_stretch_s)
+
+
+def stretch(interval_s: float, tick_s: float) -> float:
+    """How much longer a reserve must last when reads come every `interval_s` instead of every
+    `tick_s`: twice the excess, since a renewal is due once half the reserve is used
+    (docs/takeover.md, Slow reads)."""
+    return 2.0 * max(0.0, round(interval_s - tick_s, 3))  # whole ms: no float noise
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,19 +115,24 @@ class Write:
 class RateMeter:
     """Peak rate of one counter over the last RATE_WINDOW_S (samples from successive ticks)."""
 
+    __slots__ = ("samples",)
+
     def __init__(self) -> None:
         self.samples: deque[tuple[float, int]] = deque()
 
     def update(self, now: float, value: int) -> float:
         """Add a sample; return the peak rate between successive samples in the window."""
-        if self.samples and value < self.samples[-1][1]:
-            self.samples.clear()  # the counter was reset (a new SA under the same key)
-        self.samples.append((now, value))
-        while len(self.samples) > 2 and now - self.samples[1][0] > RATE_WINDOW_S:
-            self.samples.popleft()
+        samples = self.samples
+        if samples and value < samples[-1][1]:
+            samples.clear()  # the counter was reset (a new SA under the same key)
+        samples.append((now, value))
+        while len(samples) > 2 and now - samples[1][0] > RATE_WINDOW_S:
+            samples.popleft()
+        if samples[0][1] == value:
+            return 0.0  # the counter did not move over the window: every step is 0
         peak = 0.0
-        for (t0, v0), (t1, v1) in zip(self.samples, list(self.samples)[1:], strict=False):
-            if t1 > t0:
+        for (t0, v0), (t1, v1) in pairwise(samples):
+            if t1 > t0 and v1 > v0:
                 peak = max(peak, (v1 - v0) / (t1 - t0))
         return peak
 
@@ -129,6 +146,8 @@ class TrackerStats:
     violations: int = 0
     max_overrun: int = 0  # the largest oseq - own committed mark seen (0 if never)
     tracked: int = 0
+    read_interval_ms: float = 0.0  # the longest of the last READS_KEPT intervals between reads
+    stretch_ms: float = 0.0  # how much longer marks reach for it (`stretch()`)
 
 
 @dataclass
@@ -137,6 +156,7 @@ class SeqTracker:
 
     node: str
     reserve: Reserve = field(default_factory=Reserve)
+    tick_s: float = 0.1  # the nominal interval between reads (config: takeover.tick_ms)
     # wall time this node last became master: its own marks from before (an earlier term,
     # left behind by the guard's pre-jump while it was backup) are no promise it broke
     master_since: float = 0.0
@@ -144,16 +164,36 @@ class SeqTracker:
     inbound_at: dict[SaKey, float] = field(default_factory=dict)
     lineage: dict[tuple[int, str], tuple[float, float]] = field(default_factory=dict)
     stats: TrackerStats = field(default_factory=TrackerStats)
+    intervals: deque[float] = field(default_factory=lambda: deque(maxlen=READS_KEPT))
+    last_read: float | None = None
+
+    def restart(self) -> None:
+        """Forget the read intervals: a node becoming master reads afresh (the gap since its
+        last term is no interval between reads)."""
+        self.intervals.clear()
+        self.last_read = None
+
+    def _stretch(self, now: float) -> float:
+        """Note a read at `now`; the stretch its marks need for the recent intervals."""
+        if self.last_read is not None and now > self.last_read:
+            self.intervals.append(now - self.last_read)
+        self.last_read = now
+        longest = max(self.intervals, default=0.0)
+        self.stats.read_interval_ms = round(longest * 1000, 1)
+        extra = stretch(longest, self.tick_s)
+        self.stats.stretch_ms = round(extra * 1000, 1)
+        return extra
 
     def observe(self, sas: Iterable[KernelSa], committed: Mapping[SaKey, SeqRecord],
                 now: float, wall: float) -> tuple[list[SeqRecord], list[SaKey]]:
         """Records to journal now, and keys to forget (SAs long gone from the kernel)."""
         out: list[SeqRecord] = []
         seen: set[SaKey] = set()
+        extra = self._stretch(now)
         for sa in sas:
             seen.add(sa.key)
             rate = self._rate(sa, now)
-            rec = self._one(sa, committed.get(sa.key), rate, now, wall)
+            rec = self._one(sa, committed.get(sa.key), rate, now, wall, extra)
             if rec is not None:
                 out.append(rec)
         for key in [k for k in self.meters if k not in seen]:
@@ -186,9 +226,9 @@ class SeqTracker:
         return max(rate, inherited)
 
     def _one(self, sa: KernelSa, rec: SeqRecord | None, rate: float, now: float,
-             wall: float) -> SeqRecord | None:
+             wall: float, extra: float = 0.0) -> SeqRecord | None:
         """The record to journal for one SA, or None if the committed one still holds."""
-        ahead = self.reserve.ahead(rate)
+        ahead = self.reserve.ahead(rate, extra)
         own = rec is not None and rec.node == self.node
         if own and rec is not None and sa.oseq > rec.mark and rec.ts >= self.master_since:
             self.stats.violations += 1
@@ -216,20 +256,21 @@ def _fit(bitmap: tuple[int, ...], sa: KernelSa) -> tuple[int, ...]:
     return (0,) * len(sa.bitmap)
 
 
-def target_oseq(sa: KernelSa, rec: SeqRecord | None, reserve: Reserve, extra: int = 0) -> int:
+def target_oseq(sa: KernelSa, rec: SeqRecord | None, reserve: Reserve, extra: int = 0,
+                stretch_s: float = 0.0) -> int:
     """The outbound counter a non-master keeps (and a new master starts from) for `sa`."""
     mark, rate = (rec.mark, rec.rate) if rec is not None else (0, 0.0)
-    target = mark + reserve.takeover(rate) + extra
+    target = mark + reserve.takeover(rate, stretch_s) + extra
     return min(target, U64_MAX if sa.esn else U32_MAX)
 
 
 def plan_writes(sas: Iterable[KernelSa], records: Mapping[SaKey, SeqRecord],
-                reserve: Reserve, extra: int = 0) -> list[Write]:
+                reserve: Reserve, extra: int = 0, stretch_s: float = 0.0) -> list[Write]:
     """Writes that move every SA's counters up to the journal's targets; never down."""
     writes = []
     for sa in sas:
         rec = records.get(sa.key)
-        oseq = max(sa.oseq, target_oseq(sa, rec, reserve, extra))
+        oseq = max(sa.oseq, target_oseq(sa, rec, reserve, extra, stretch_s))
         if oseq > sa.oseq:  # the kernel may send between our read and this write
             margin = max(RACE_MARGIN, math.ceil((rec.rate if rec else 0.0) * RACE_S))
             oseq = min(max(oseq, sa.oseq + margin), U64_MAX if sa.esn else U32_MAX)

@@ -17,17 +17,27 @@ import asyncio
 import concurrent.futures
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .journal.seqlog import MAX_RECORDS, SeqEntry
 from .raft import ClusterJournal
-from .seqguard import KernelSa, Reserve, SaKey, SeqRecord, SeqTracker, plan_writes
+from .seqguard import (
+    READS_KEPT,
+    KernelSa,
+    Reserve,
+    SaKey,
+    SeqRecord,
+    SeqTracker,
+    plan_writes,
+)
 from .xfrm.errors import XfrmError
 from .xfrmsync import KernelSas, WriteResult
 
 log = logging.getLogger("hasync.takeover")
+REST_K = 1.0  # after a read that took d, the guard rests REST_K x d: at most half a CPU
 
 
 @dataclass
@@ -60,6 +70,9 @@ class GuardStats:
     prejump_errors: int = 0
     kernel_errors: int = 0
     last_error: str = ""
+    read_ms: float = 0.0  # the last read's cost: dump, plan, journal or write
+    read_max_ms: float = 0.0  # the largest of the last READS_KEPT
+    takeover_stretch_ms: float = 0.0  # what this node's targets add for its own lag
 
 
 @dataclass
@@ -85,11 +98,14 @@ class SeqSync:
     """The guard on one node: tick() while running, promote() on VRRP MASTER."""
 
     def __init__(self, node: str, journal: ClusterJournal, reserve: Reserve,
-                 activate: Callable[[], None], barrier_timeout_s: float) -> None:
+                 activate: Callable[[], None], barrier_timeout_s: float,
+                 tick_s: float = 0.1) -> None:
         self.node, self.journal, self.reserve = node, journal, reserve
         self.activate = activate
         self.barrier_timeout_s = barrier_timeout_s
-        self.tracker = SeqTracker(node, reserve)
+        self.tick_s = tick_s
+        self.tracker = SeqTracker(node, reserve, tick_s=tick_s)
+        self.costs: deque[float] = deque(maxlen=READS_KEPT)
         self.stats = GuardStats()
         self.last_promotion: PromotionReport | None = None
         self.in_flight = False
@@ -115,19 +131,39 @@ class SeqSync:
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
+    # ---- pacing (docs/takeover.md, Slow reads) ----
+    def rest_s(self) -> float:
+        """How long the loop rests after the last read, so reads take at most half a CPU."""
+        return REST_K * self.costs[-1] if self.costs else 0.0
+
+    def takeover_stretch_s(self) -> float:
+        """What this node's targets add for its own lag: a moved mark reaches its kernel up to
+        a rest and a read after the commit, where the nominal tick_s is assumed."""
+        lag = (1 + REST_K) * max(self.costs, default=0.0)
+        return max(0.0, lag - self.tick_s)
+
+    def _read_done(self, started: float) -> None:
+        cost = time.monotonic() - started
+        self.costs.append(cost)
+        self.stats.read_ms = round(cost * 1000, 1)
+        self.stats.read_max_ms = round(max(self.costs) * 1000, 1)
+        self.stats.takeover_stretch_ms = round(self.takeover_stretch_s() * 1000, 1)
+
     # ---- every tick ----
     async def tick(self, master: bool) -> None:
         """Master: journal the marks due. Others: move the kernel up to the targets."""
         if self.busy:
             return
         self.busy = True
+        started = time.monotonic()
         try:
             sas: list[KernelSa] = await self._run(lambda: self._kernel_sas().snapshot())
             self.stats.ticks += 1
             if master:
                 self._journal_due(sas)
             else:
-                writes = plan_writes(sas, self._records(), self.reserve)
+                writes = plan_writes(sas, self._records(), self.reserve,
+                                     stretch_s=self.takeover_stretch_s())
                 if writes:
                     res: WriteResult = await self._run(self._kernel_sas().write, writes)
                     self.stats.prejumps += res.done
@@ -138,6 +174,7 @@ class SeqSync:
             self.stats.kernel_errors += 1
             self.stats.last_error = str(e)
         finally:
+            self._read_done(started)
             self.busy = False
 
     def _journal_due(self, sas: list[KernelSa]) -> None:
@@ -204,6 +241,7 @@ class SeqSync:
         """Barrier, jump and restore every SA, activate charon; returns the timings."""
         rep = PromotionReport(started=time.time())
         self.tracker.master_since = rep.started  # marks of an earlier term do not bind it
+        self.tracker.restart()
         self.last_promotion = rep
         t0 = time.monotonic()
         rep.quorum = await self.barrier()
@@ -217,7 +255,8 @@ class SeqSync:
             await asyncio.sleep(0.005)
         try:
             sas = await self._run(lambda: self._kernel_sas().snapshot())
-            writes = plan_writes(sas, self._records(), self.reserve, rep.extra_reserve)
+            writes = plan_writes(sas, self._records(), self.reserve, rep.extra_reserve,
+                                 self.takeover_stretch_s())
             res: WriteResult = await self._run(self._kernel_sas().write, writes)
             rep.sas, rep.writes, rep.errors = len(sas), res.done, res.errors[:20]
             rep.max_jump = max((w.jump for w in writes), default=0)

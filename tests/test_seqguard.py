@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -14,6 +15,7 @@ from hasync.seqguard import (
     SeqRecord,
     SeqTracker,
     plan_writes,
+    stretch,
     target_oseq,
 )
 
@@ -130,13 +132,16 @@ def test_an_esn_bitmap_of_another_shape_is_not_restored() -> None:
 
 
 def _simulate(rate: float, kill_at: float, latency: float, lag: float,
-              ramp: bool = True) -> tuple[int, int, bool]:
-    """A master sending at `rate` with ticks every 0.1 s, commits after `latency`, a backup
-    that sees commits `lag` late; returns (old master's last seq, backup target, violated).
-    With `ramp`, traffic starts at 1000 packets/s at most and at most doubles every 0.25 s
-    (the assumption of docs/takeover.md)."""
-    tick, dt = 0.1, 0.01
-    tracker, log = SeqTracker("gw1"), SeqLog()
+              ramp: bool = True, tick: float = 0.1, tick_s: float = 0.1,
+              settle: float = 0.0, double_s: float = 0.25) -> tuple[int, int, bool]:
+    """A master sending at `rate` with reads every `tick` (its tracker told the nominal tick is
+    `tick_s`), commits after `latency`, a backup that sees commits `lag` late; returns (old
+    master's last seq, backup target, violated after `settle` s).
+    With `ramp`, traffic starts at 1000 packets/s at most and at most doubles every `double_s`
+    (0.25 s: the assumption of docs/takeover.md)."""
+    dt = 0.01
+    tracker, log = SeqTracker("gw1", tick_s=tick_s), SeqLog()
+    settled = 0
     pending: list[tuple[float, SeqEntry]] = []
     history: list[tuple[float, dict]] = [(0.0, {})]
     oseq, carry, t, next_tick, in_flight = 0, 0.0, 0.0, 0.0, False
@@ -146,6 +151,8 @@ def _simulate(rate: float, kill_at: float, latency: float, lag: float,
             pending.remove((due, entry))
             history.append((due, dict(log.records)))
             in_flight = False
+        if t < settle:
+            settled = tracker.stats.violations
         if t >= next_tick:
             recs, _ = tracker.observe([sa(oseq=oseq)], log.records, t, 1000 + t)
             if recs and not in_flight:
@@ -153,12 +160,12 @@ def _simulate(rate: float, kill_at: float, latency: float, lag: float,
                 pending.append((t + latency, SeqEntry("gw1", 1000 + t, tuple(recs))))
                 in_flight = True
             next_tick += tick
-        carry += (min(rate, 1000 * 2 ** (t / 0.25)) if ramp else rate) * dt
+        carry += (min(rate, 1000 * 2 ** (t / double_s)) if ramp else rate) * dt
         oseq, carry = oseq + int(carry), carry - int(carry)
         t += dt
     seen = [h for ts, h in history if ts <= kill_at - lag][-1]
     target = target_oseq(sa(), seen.get(KEY), tracker.reserve)
-    return oseq, target, tracker.stats.violations > 0
+    return oseq, target, tracker.stats.violations > settled
 
 
 @settings(max_examples=60, deadline=None)
@@ -184,3 +191,29 @@ def test_a_rekeyed_sa_starts_from_its_predecessors_rate() -> None:
     new = KernelSa(("192.0.2.101", 0xBEEF, 50), False, 0, 0, (0,), 32, reqid=7)
     recs, _ = t.observe([old, new], {}, 0.5, 1000.5)
     assert max(r.mark for r in recs if r.key == new.key) >= R.ahead(10_000)
+
+
+def test_slow_reads_stretch_the_reserves() -> None:
+    assert stretch(0.1, 0.1) == 0.0 and stretch(0.05, 0.1) == 0.0
+    assert stretch(0.5, 0.1) == 0.8  # twice the excess: renewal is due at half the reserve
+    assert R.ahead(10_000, 0.8) == 16_000 and R.takeover(10_000, 0.5) == 15_000
+    assert R.ahead(0, 5.0) == R.floor and R.bound(10_000, 0.8, 0.5) == 31_000
+
+
+def test_a_tracker_stretches_its_marks_for_slow_reads_and_forgets_at_restart() -> None:
+    t = SeqTracker("gw1", tick_s=0.1)
+    for i in range(6):  # 10,000 packets/s read every 0.5 s
+        recs, _ = t.observe([sa(oseq=i * 5000)], {}, i * 0.5, 1000.0 + i)
+    assert t.stats.stretch_ms == 800.0 and t.stats.read_interval_ms == 500.0
+    assert recs[0].mark == 25_000 + R.ahead(10_000, 0.8)
+    t.restart()
+    t.observe([sa(oseq=30_000)], {}, 100.0, 1100.0)
+    assert t.stats.stretch_ms == 0.0  # the gap since the last term is no read interval
+
+
+@pytest.mark.parametrize("rate", [2_000.0, 5_000.0, 20_000.0])
+def test_steady_traffic_read_slowly_stays_below_its_stretched_marks(rate: float) -> None:
+    last, target, violated = _simulate(rate, 9.0, 0.1, 0.0, ramp=False, tick=1.0, settle=4.0)
+    assert not violated and target > last
+    # a tracker that took 1 s for its nominal tick does not stretch, and is overrun
+    assert _simulate(rate, 9.0, 0.1, 0.0, ramp=False, tick=1.0, tick_s=1.0, settle=4.0)[2]

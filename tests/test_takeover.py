@@ -128,3 +128,19 @@ def test_an_idle_backup_reads_the_kernel_only_on_change_or_every_full_period() -
     assert pace.due((1, 3), 112.0)  # CHILD_SAs mirrored into charon
     assert not pace.due((1, 3), 121.9)
     assert pace.due((1, 3), 122.0)  # the full period
+
+
+def test_a_slow_read_makes_the_loop_rest_and_stretches_the_targets() -> None:
+    journal = FakeJournal()
+    journal.seqs.records[KEY] = SeqRecord(KEY, 5000, 0, (0,), 1000.0, "gw1", 1.0)
+    kernel = FakeKernel([KernelSa(KEY, False, 0, 0, (0,), 32)])
+    sync = _sync(journal, kernel, [])
+    assert sync.rest_s() == 0.0 and sync.takeover_stretch_s() == 0.0
+    sync.costs.append(0.6)  # a dump of thousands of SAs on a slow CPU
+    assert sync.rest_s() == 0.6  # REST_K: reads take at most half a CPU
+    assert abs(sync.takeover_stretch_s() - (2 * 0.6 - 0.1)) < 1e-9  # rest + read, past tick_s
+    asyncio.run(sync.tick(master=False))
+    # 1000 packets/s for 1.0 s + 1.1 s of this node's lag: past the 576 floor
+    assert kernel.writes[0].oseq == 5000 + 2100
+    assert sync.stats.read_max_ms >= 600.0 and sync.stats.takeover_stretch_ms >= 1100.0
+    sync.close()

@@ -162,6 +162,7 @@ def test_initiate_rides_out_a_client_whose_vici_times_out(
     monkeypatch.setattr(tunnels.cluster, "vici_path", lambda lab, c: Path(f"/run/{c}.vici"))
     monkeypatch.setattr(tunnels, "POLL_S", 0.0)
     monkeypatch.setattr(tunnels, "GIVEN_UP_S", 0.01)
+    monkeypatch.setattr(tunnels.cpustat, "sample", lambda lab: {})  # no lab processes here
     tunnels.initiate(None, ts, timeout=10)  # type: ignore[arg-type]
     assert sorted(started) == [t.conn for t in ts]
     assert calls["initiate"] == len(ts) + 1

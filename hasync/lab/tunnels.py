@@ -20,7 +20,7 @@ from pathlib import Path
 
 import vici
 
-from . import cluster, observe
+from . import cluster, cpustat, observe
 from .pcap import EspPacket
 from .prereq import LabError
 from .probeflows import parse_flow_specs
@@ -135,6 +135,7 @@ def initiate(lab: Lab, tunnels: list[Tunnel], timeout: float | None = None) -> N
     todo = {c: Bringup([t.conn for t in ts]) for c, ts in by_client(tunnels).items()}
     t0, busy = time.monotonic(), 0
     deadline, report = t0 + timeout, t0 + REPORT_EVERY_S
+    cpu = (t0, cpustat.sample(lab))
     while not all(b.done for b in todo.values()):
         now = time.monotonic()
         if now > deadline:
@@ -145,6 +146,7 @@ def initiate(lab: Lab, tunnels: list[Tunnel], timeout: float | None = None) -> N
             log.info("tunnels: %d of %d up after %.0f s (%d started again, %d polls found "
                      "vici busy)", sum(len(b.up) for b in todo.values()), len(tunnels),
                      now - t0, sum(b.restarts for b in todo.values()), busy)
+            cpu = _log_cpu(lab, *cpu)
         for c, b in todo.items():
             try:
                 _advance(str(cluster.vici_path(lab, c)), b, children)
@@ -154,6 +156,14 @@ def initiate(lab: Lab, tunnels: list[Tunnel], timeout: float | None = None) -> N
         time.sleep(POLL_S)
     log.info("%d tunnels up after %.1f s (%d started again)", len(tunnels),
              time.monotonic() - t0, sum(b.restarts for b in todo.values()))
+
+
+def _log_cpu(lab: Lab, since: float, before: dict[str, float]) -> tuple[float, dict[str, float]]:
+    """Log where the CPU went since the last report; return this sample."""
+    now, after = time.monotonic(), cpustat.sample(lab)
+    log.info("cpu (share of one CPU): %s", cpustat.summary(cpustat.shares(before, after,
+                                                                           now - since)))
+    return now, after
 
 
 def _advance(path: str, b: Bringup, children: dict[str, str]) -> None:
