@@ -393,7 +393,8 @@ def test_keepalived_check_reads_the_verdict_and_its_age(tmp_path: Path, content:
                                                         age: int, rc: int) -> None:
     f = tmp_path / "health"
     if content is not None:
-        f.write_text(f"{content} {int(time.time()) - age} charon does not answer\n"
+        now = int(time.clock_gettime(time.CLOCK_BOOTTIME))  # what /proc/uptime counts
+        f.write_text(f"{content} {now - age} charon does not answer\n"
                      if content else "")
     res = subprocess.run(["/bin/sh", str(CHECK), str(f)], capture_output=True, timeout=10)
     assert res.returncode == rc, res.stderr
