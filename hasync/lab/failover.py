@@ -266,7 +266,10 @@ def _received_so_far(run: Run) -> dict[str, dict[str, int]]:
 DATAPLANE_SH = ("cat /proc/net/xfrm_stat; echo softnet_stat; cat /proc/net/softnet_stat; "
                 "ip xfrm policy count; ip -s xfrm state count; "
                 "echo routes220 $(ip route show table 220 | wc -l); ip -s link; "
-                "sysctl net.ipv4.conf.all.rp_filter net.ipv4.ip_forward; ip -s xfrm state")
+                "sysctl net.ipv4.ip_forward; sysctl -a 2>/dev/null | grep '\\.rp_filter'; "
+                "echo neighbours; ip neigh; echo nstat; nstat -asz 2>&1 | grep -v ' 0 '; "
+                "ip -s xfrm state")
+ROOT_DATAPLANE_SH = "ip -s link; bridge fdb show | grep -v permanent; nstat -asz | grep -v ' 0 '"
 
 
 def dataplane_dump(run: Run) -> None:
@@ -275,6 +278,9 @@ def dataplane_dump(run: Run) -> None:
         with contextlib.suppress(Exception):  # diagnostics must not hide the error
             out = run.lab.run(node.name, ["sh", "-c", DATAPLANE_SH], check=False, timeout=120)
             run.lab.log_path(node.name, "dataplane").write_text(out)
+    with contextlib.suppress(Exception):  # the bridges between the namespaces
+        out = run.lab.run(None, ["sh", "-c", ROOT_DATAPLANE_SH], check=False, timeout=120)
+        run.lab.log_path("root", "dataplane").write_text(out)
 
 
 def run_failovers(run: Run) -> dict[str, object]:
