@@ -252,3 +252,14 @@ def test_schedule_is_absolute_and_cuts_a_stall() -> None:
     assert schedule.take_due(110.0) == 5  # a 10 s stall: the backlog is not burst out
     assert schedule.next_at() == pytest.approx(110.02)
     assert _Schedule(0, 100.0).take_due(1e9) == 0
+
+
+def test_socket_memory_reports_the_receive_buffer_and_drops() -> None:
+    import socket as _socket
+
+    from hasync.lab.probe import socket_memory
+    with _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM) as s:
+        s.setsockopt(_socket.SOL_SOCKET, _socket.SO_RCVBUF, 65536)
+        text = socket_memory(s)
+    fields = text.split()
+    assert fields[0::2] == ["rmem", "rcvbuf", "drops"] and int(fields[3]) >= 65536

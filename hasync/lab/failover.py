@@ -268,6 +268,7 @@ DATAPLANE_SH = ("cat /proc/net/xfrm_stat; echo softnet_stat; cat /proc/net/softn
                 "echo routes220 $(ip route show table 220 | wc -l); ip -s link; "
                 "sysctl net.ipv4.ip_forward; sysctl -a 2>/dev/null | grep '\\.rp_filter'; "
                 "echo neighbours; ip neigh; echo nstat; nstat -asz 2>&1 | grep -v ' 0 '; "
+                "cat /proc/net/sockstat /proc/sys/net/ipv4/udp_mem; ss -uanm | head -80; "
                 "ip -s xfrm state")
 ROOT_DATAPLANE_SH = "ip -s link; bridge fdb show | grep -v permanent; nstat -asz | grep -v ' 0 '"
 

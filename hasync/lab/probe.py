@@ -58,6 +58,8 @@ _NAME = re.compile(r"[!-~]{1,255}")
 # CLOCK_REALTIME) and SO_RCVBUFFORCE (root may exceed net.core.rmem_max).
 _SO_TIMESTAMPNS = 35
 _SO_RCVBUFFORCE = 33
+_SO_MEMINFO = 55  # asm-generic/socket.h: sk_meminfo, 9 u32 (SK_MEMINFO_RMEM_ALLOC first)
+STATUS_S = 10.0
 _TIMESPEC = struct.Struct("@qq")
 
 Address = tuple[str, int] | tuple[str, int, int, int]
@@ -290,11 +292,13 @@ class _Probe:
 
     def drain(self, until: float = math.inf) -> None:
         """Receive what waits on the socket: at most _RECV_BATCH datagrams, and no later than
-        `until` (the next send): a starved CPU must not hold the sends back behind a backlog."""
+        `until` (the next send) once a round's worth (one per peer) is in: a starved CPU must
+        not hold the sends back behind a backlog, nor starve the receives behind the sends."""
         now = time.monotonic()
         realtime_offset = time.time() - now
+        least = max(_DRAIN_CHECK, len(self.peers))  # a round's worth of answers at least
         for k in range(_RECV_BATCH):
-            if k % _DRAIN_CHECK == _DRAIN_CHECK - 1 and time.monotonic() >= until:
+            if k >= least and k % _DRAIN_CHECK == 0 and time.monotonic() >= until:
                 return
             try:
                 data, ancillary, _flags, addr = self.sock.recvmsg(65535, 64)
@@ -357,15 +361,32 @@ def _stop_on_signals() -> list[int]:
     return caught
 
 
+def socket_memory(sock: socket.socket) -> str:
+    """The socket's receive memory, buffer and drops (SO_MEMINFO, linux/sock_diag.h), or ""."""
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, _SO_MEMINFO, 4 * 9)
+    except OSError:
+        return ""
+    rmem, rcvbuf, *_, drops = struct.unpack_from("9I", raw)
+    return f"rmem {rmem} rcvbuf {rcvbuf} drops {drops}"
+
+
 def _run(probe: _Probe, rate: float, duration: float | None, caught: list[int]) -> None:
-    """The main loop: send on schedule, receive, flush, until stopped."""
+    """The main loop: send on schedule, receive, flush, until stopped; every STATUS_S a line on
+    stderr says what it did and what its socket holds."""
     t0 = time.monotonic()
     deadline = t0 + duration if duration is not None else math.inf
     schedule = _Schedule(rate, t0)
+    status_at = t0 + STATUS_S
     while not caught:  # a signal's handler returns into the sleep, which is short
         now = time.monotonic()
         if now >= deadline:
             return
+        if now >= status_at:
+            status_at = now + STATUS_S
+            counts = " ".join(f"{key} {value}" for key, value in probe.stats.items())
+            print(f"{now:.1f} {counts} peers {len(probe.peers)} {socket_memory(probe.sock)}",
+                  file=sys.stderr, flush=True)
         for _ in range(schedule.take_due(now)):
             probe.send_round()
         if now >= probe.next_flush:
