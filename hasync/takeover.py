@@ -37,6 +37,7 @@ from .xfrm.errors import XfrmError
 from .xfrmsync import KernelSas, WriteResult
 
 log = logging.getLogger("hasync.takeover")
+PROMOTION_READS = 3  # a promotion reads the kernel again after an error, this many times
 REST_K = 1.0  # after a read that took d, the guard rests REST_K x d: at most half a CPU
 
 
@@ -253,15 +254,18 @@ class SeqSync:
                         "more than the journal asks", rep.extra_reserve)
         while self.busy:  # a tick is using the worker: let it finish
             await asyncio.sleep(0.005)
-        try:
-            sas = await self._run(lambda: self._kernel_sas().snapshot())
-            writes = plan_writes(sas, self._records(), self.reserve, rep.extra_reserve,
-                                 self.takeover_stretch_s())
-            res: WriteResult = await self._run(self._kernel_sas().write, writes)
-            rep.sas, rep.writes, rep.errors = len(sas), res.done, res.errors[:20]
-            rep.max_jump = max((w.jump for w in writes), default=0)
-        except XfrmError as e:
-            rep.errors.append(str(e))
+        for attempt in range(1, PROMOTION_READS + 1):  # a failed read leaves counters behind
+            try:
+                sas = await self._run(lambda: self._kernel_sas().snapshot())
+                writes = plan_writes(sas, self._records(), self.reserve, rep.extra_reserve,
+                                     self.takeover_stretch_s())
+                res: WriteResult = await self._run(self._kernel_sas().write, writes)
+                rep.sas, rep.writes = len(sas), res.done
+                rep.errors += res.errors[:20]
+                rep.max_jump = max((w.jump for w in writes), default=0)
+                break
+            except XfrmError as e:
+                rep.errors.append(f"read {attempt} of {PROMOTION_READS}: {e}")
         t2 = time.monotonic()
         rep.xfrm_ms = round((t2 - t1) * 1000, 1)
         self.activate()

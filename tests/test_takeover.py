@@ -144,3 +144,25 @@ def test_a_slow_read_makes_the_loop_rest_and_stretches_the_targets() -> None:
     assert kernel.writes[0].oseq == 5000 + 2100
     assert sync.stats.read_max_ms >= 600.0 and sync.stats.takeover_stretch_ms >= 1100.0
     sync.close()
+
+
+def test_promotion_reads_the_kernel_again_after_an_error() -> None:
+    from hasync.xfrm.errors import XfrmError
+
+    journal, activated = FakeJournal(), []
+    journal.seqs.records[KEY] = SeqRecord(KEY, 5000, 0, (0,), 0.0, "gw1", 1.0)
+
+    class Flaky(FakeKernel):
+        reads = 0
+
+        def snapshot(self) -> list[KernelSa]:
+            self.reads += 1
+            if self.reads == 1:
+                raise XfrmError(110, "GETSA dump", detail="no answer within 2.0 s")
+            return super().snapshot()
+    kernel = Flaky([KernelSa(KEY, False, 0, 0, (0,), 32)])
+    sync = _sync(journal, kernel, activated)
+    rep = asyncio.run(sync.promote())
+    assert kernel.reads == 2 and rep.writes == 1 and kernel.writes[0].oseq == 5000 + 576
+    assert rep.errors and rep.errors[0].startswith("read 1 of 3:") and activated == [1]
+    sync.close()

@@ -18,6 +18,7 @@ import os
 import shutil
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
@@ -567,9 +568,11 @@ def test_socket_events_need_a_subscription(netns: str) -> None:
 class FakeKernel:
     """Stands in for the netlink socket: records sends, replays scripted datagrams."""
 
-    def __init__(self, script: list[tuple[bytes, int] | BaseException]) -> None:
+    def __init__(self, script: list[tuple[bytes, int] | BaseException],
+                 delay: float = 0.0) -> None:
         self.script = script
         self.sent: list[bytes] = []
+        self.delay = delay  # seconds before each datagram: a kernel answering a slow reader
 
     def send(self, data: bytes) -> int:
         self.sent.append(data)
@@ -582,6 +585,7 @@ class FakeKernel:
         if not self.script:
             raise (BlockingIOError() if self.timeout == 0 else TimeoutError())
         item = self.script.pop(0)
+        time.sleep(self.delay)
         if isinstance(item, BaseException):
             raise item
         data, groups = item
@@ -630,3 +634,16 @@ def test_socket_timeouts_losses_and_interrupted_dumps() -> None:
     xs, fake = _scripted([(encode_message(done), 0), (encode_message(sa_msg), 0),
                           (encode_message(dataclasses.replace(done, seq=2, flags=2)), 0)])
     assert xs.dump_sas() == [EXPECTED_SA] and len(fake.sent) == 2
+
+
+def test_a_long_dump_times_out_only_when_the_kernel_stops_answering() -> None:
+    msgs = [Message(MessageType.NEWSA, NlmFlag.MULTI, 1, 0, EXPECTED_SA)] * 4
+    done = Message(NlmsgType.DONE, NlmFlag.MULTI, 1, 0, Done())
+    xs, fake = _scripted([(encode_message(m), 0) for m in [*msgs, done]])
+    fake.delay = 0.2  # 1 s in all, against a 0.5 s timeout
+    t0 = time.monotonic()
+    assert xs.dump_sas() == [EXPECTED_SA] * 4 and time.monotonic() - t0 >= 1.0
+    xs, fake = _scripted([(encode_message(msgs[0]), 0)])  # one answer, then silence
+    with pytest.raises(XfrmError) as late:
+        xs.dump_sas()
+    assert late.value.errno == errno.ETIMEDOUT

@@ -49,6 +49,7 @@ DEFAULT_SIZE = 64
 DEFAULT_SERVER_NAME = "server"
 FLUSH_INTERVAL = 0.1
 _MAX_BURST = 5
+_BURST_DATAGRAMS = 64  # a catch-up sends at most this many datagrams (or one round) per drain
 _RECV_BATCH = 8192  # per wake: a server of 1000 flows at 50/s gets 2500 per 50 ms
 _RECV_BUFFER = 8 << 20  # a small datagram takes about 1 KiB of it (skb truesize)
 _DRAIN_CHECK = 32  # a drain looks at the clock every this many datagrams
@@ -387,7 +388,9 @@ def _run(probe: _Probe, rate: float, duration: float | None, caught: list[int]) 
             counts = " ".join(f"{key} {value}" for key, value in probe.stats.items())
             print(f"{now:.1f} {counts} peers {len(probe.peers)} {socket_memory(probe.sock)}",
                   file=sys.stderr, flush=True)
-        for _ in range(schedule.take_due(now)):
+        rounds = schedule.take_due(now)  # a late loop catches up, but a round to hundreds
+        #                                   of peers at a time, each followed by a drain
+        for _ in range(min(rounds, max(1, _BURST_DATAGRAMS // max(1, len(probe.peers))))):
             probe.send_round()
         if now >= probe.next_flush:
             probe.flush(now)

@@ -215,7 +215,9 @@ class XfrmSocket:
     def _transact(self, request: bytes, seq: int, op: str, sa: SaId | None, *,
                   dump: bool = False, until_ack: bool = False,
                   lean: bool = False) -> list[Message]:
-        """Send one request, gather the unicast answers carrying `seq` until it is done."""
+        """Send one request, gather the unicast answers carrying `seq` until it is done. The
+        timeout runs from the request or the last answer: a dump of thousands of SAs on a busy
+        CPU may take longer in all, and only a kernel that stopped answering times out."""
         try:
             self._sock.send(request)
         except OSError as exc:
@@ -230,6 +232,7 @@ class XfrmSocket:
             for msg in self._receive(remaining, op, sa, lean) or ():
                 if msg.seq != seq:
                     continue  # the answer to an earlier request that timed out
+                deadline = time.monotonic() + self.timeout  # it is still answering
                 if isinstance(msg.body, NetlinkError):
                     if not msg.body.is_ack:
                         raise XfrmError(msg.body.errno, op, sa=sa, detail=msg.body.message)
