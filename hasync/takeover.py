@@ -107,6 +107,7 @@ class SeqSync:
         self.tick_s = tick_s
         self.tracker = SeqTracker(node, reserve, tick_s=tick_s)
         self.costs: deque[float] = deque(maxlen=READS_KEPT)
+        self.failing = 0  # reads that failed in a row
         self.stats = GuardStats()
         self.last_promotion: PromotionReport | None = None
         self.in_flight = False
@@ -160,6 +161,10 @@ class SeqSync:
         try:
             sas: list[KernelSa] = await self._run(lambda: self._kernel_sas().snapshot())
             self.stats.ticks += 1
+            if self.failing:
+                log.info("reading the kernel's SAs works again, after %d failures",
+                         self.failing)
+                self.failing = 0
             if master:
                 self._journal_due(sas)
             else:
@@ -174,6 +179,10 @@ class SeqSync:
         except XfrmError as e:
             self.stats.kernel_errors += 1
             self.stats.last_error = str(e)
+            if not self.failing:  # once per run of failures: the guard stands still meanwhile
+                log.warning("the sequence guard cannot read the kernel's SAs: %s (retried "
+                            "every tick; `hasync status`: takeover.loop.kernel_errors)", e)
+            self.failing += 1
         finally:
             self._read_done(started)
             self.busy = False

@@ -166,3 +166,30 @@ def test_promotion_reads_the_kernel_again_after_an_error() -> None:
     assert kernel.reads == 2 and rep.writes == 1 and kernel.writes[0].oseq == 5000 + 576
     assert rep.errors and rep.errors[0].startswith("read 1 of 3:") and activated == [1]
     sync.close()
+
+
+def test_a_guard_that_cannot_read_the_kernel_says_so_once_and_again_when_it_can(
+        caplog: Any) -> None:
+    import logging
+
+    from hasync.xfrm.errors import XfrmError
+
+    class Broken(FakeKernel):
+        broken = True
+
+        def snapshot(self) -> list[KernelSa]:
+            if self.broken:
+                raise XfrmError(110, "GETSA dump", detail="no answer within 2.0 s")
+            return super().snapshot()
+    kernel = Broken([KernelSa(KEY, False, 0, 0, (0,), 32)])
+    sync = _sync(FakeJournal(), kernel, [])
+    with caplog.at_level(logging.INFO, logger="hasync.takeover"):
+        for _ in range(3):
+            asyncio.run(sync.tick(master=False))
+        kernel.broken = False
+        asyncio.run(sync.tick(master=False))
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("cannot read the kernel's SAs" in m for m in lines) == 1
+    assert any("works again, after 3 failures" in m for m in lines)
+    assert sync.stats.kernel_errors == 3 and sync.failing == 0
+    sync.close()
