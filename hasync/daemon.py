@@ -293,7 +293,7 @@ class Daemon:
                         "ok" if healthy else "; ".join(reasons))
             self.healthy = (healthy, reasons)
             # seconds since boot, as /proc/uptime gives them to the check without a `date`
-            # fork (a fork and exec a second cost keepalived 10% of an emulated CPU)
+            # fork (that fork and exec, every second, cost each gateway 15% of an emulated CPU)
             stamp = int(time.clock_gettime(time.CLOCK_BOOTTIME))
             line = f"{'ok' if healthy else 'fail'} {stamp} {'; '.join(reasons)}"
             try:
