@@ -132,7 +132,7 @@ class RateMeter:
             return 0.0  # the counter did not move over the window: every step is 0
         peak = 0.0
         for (t0, v0), (t1, v1) in pairwise(samples):
-            if t1 > t0 and v1 > v0:
+            if t1 > t0:
                 peak = max(peak, (v1 - v0) / (t1 - t0))
         return peak
 
