@@ -1,8 +1,9 @@
-"""How long decoding an XFRM SA dump takes, whole (`SaInfo`) against lean (`SaReplay`).
+"""How long decoding an XFRM SA dump takes: whole (`SaInfo`), lean (`SaReplay`) and the
+sequence guard's own decoder (`replayrows`, what the daemon runs).
 
-The sequence guard of a master dumps every SA each tick; this measures the decode alone
-(no kernel, no root), for dumps of N SAs built from one keyed, UDP-encapsulated SA as the
-kernel sends it. Prints a table and saves bench/results/xfrm_decode.json.
+The sequence guard dumps every SA each read; this measures the decode alone (no kernel, no
+root), for dumps of N SAs built from one keyed, UDP-encapsulated SA as the kernel sends it.
+Prints a table and saves bench/results/xfrm_decode.json.
 
     .venv/bin/python bench/xfrm_decode.py [--sas 200,2000,20000] [--repeats 5]
 """
@@ -31,6 +32,7 @@ from hasync.xfrm import (
     XfrmId,
 )
 from hasync.xfrm.codec import encode_message, parse_messages
+from hasync.xfrm.replayrows import parse_replay_rows
 
 RESULTS = Path(__file__).resolve().parent / "results" / "xfrm_decode.json"
 
@@ -47,12 +49,15 @@ def one_sa(spi: int) -> bytes:
     return encode_message(Message(MessageType.NEWSA, 2, 1, 0, info))
 
 
-def time_decode(buf: bytes, lean: bool, repeats: int) -> float:
-    """The median milliseconds of `repeats` decodes of `buf`."""
+def time_decode(buf: bytes, lean: bool, repeats: int, rows: bool = False) -> float:
+    """The median milliseconds of `repeats` decodes of `buf` (`rows`: the guard's decoder)."""
     runs = []
     for _ in range(repeats):
         t = time.perf_counter()
-        parse_messages(buf, lean=lean)
+        if rows:
+            parse_replay_rows(buf, 1)
+        else:
+            parse_messages(buf, lean=lean)
         runs.append((time.perf_counter() - t) * 1000)
     return statistics.median(runs)
 
@@ -67,11 +72,14 @@ def main() -> int:
     for n in sorted(int(x) for x in a.sas.split(",")):
         buf = b"".join(one_sa(0xC0000000 + k) for k in range(n))
         full, lean = time_decode(buf, False, a.repeats), time_decode(buf, True, a.repeats)
+        guard = time_decode(buf, True, a.repeats, rows=True)
         rows.append({"sas": n, "whole_ms": round(full, 1), "lean_ms": round(lean, 1),
-                     "speedup": round(full / lean, 2)})
-    print(f"{'SAs':>7} {'whole ms':>10} {'lean ms':>9} {'speedup':>8}")
+                     "rows_ms": round(guard, 1), "speedup": round(full / lean, 2),
+                     "rows_speedup": round(full / guard, 2)})
+    print(f"{'SAs':>7} {'whole ms':>10} {'lean ms':>9} {'rows ms':>9} {'lean x':>7} {'rows x':>7}")
     for r in rows:
-        print(f"{r['sas']:>7} {r['whole_ms']:>10} {r['lean_ms']:>9} {r['speedup']:>8}")
+        print(f"{r['sas']:>7} {r['whole_ms']:>10} {r['lean_ms']:>9} {r['rows_ms']:>9} "
+              f"{r['speedup']:>7} {r['rows_speedup']:>7}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"machine": platform.platform(),
                                    "python": platform.python_version(),

@@ -259,7 +259,7 @@ class Daemon:
             if not promoting and due:
                 with contextlib.suppress(Exception):
                     await self.seq.tick(master=master)
-                await asyncio.sleep(self.seq.rest_s())  # reads take at most half a CPU
+                await asyncio.sleep(self.seq.rest_s())  # reads take at most a quarter CPU
             # a master reads its counters every tick; a backup moves its kernel when a mark
             # moves, within BACKUP_SEQ_TICK_S of a new SA, and every 10 s (BackupPace)
             with contextlib.suppress(TimeoutError):

@@ -38,7 +38,7 @@ from .xfrmsync import KernelSas, WriteResult
 
 log = logging.getLogger("hasync.takeover")
 PROMOTION_READS = 3  # a promotion reads the kernel again after an error, this many times
-REST_K = 1.0  # after a read that took d, the guard rests REST_K x d: at most half a CPU
+REST_K = 3.0  # after a read that took d, the guard rests REST_K x d: at most a quarter CPU
 
 
 @dataclass
@@ -135,7 +135,8 @@ class SeqSync:
 
     # ---- pacing (docs/takeover.md, Slow reads) ----
     def rest_s(self) -> float:
-        """How long the loop rests after the last read, so reads take at most half a CPU."""
+        """How long the loop rests after the last read, so reads take at most 1 / (1 + REST_K)
+        of a CPU."""
         return REST_K * self.costs[-1] if self.costs else 0.0
 
     def takeover_stretch_s(self) -> float:

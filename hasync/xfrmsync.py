@@ -12,23 +12,15 @@ from dataclasses import dataclass, field
 
 from .seqguard import KernelSa, Write
 from .xfrm.errors import XfrmError
-from .xfrm.model import SaInfo, SaReplay
+from .xfrm.replayrows import ReplayRow
 from .xfrm.socket import XfrmSocket
 from .xfrm.structs import ReplayStateEsn
 
 
-def kernel_sa(info: SaInfo | SaReplay) -> KernelSa | None:
-    """The guard's view of one dumped SA; None if the kernel gave no replay state."""
-    key = (str(info.id.daddr), info.id.spi, info.id.proto)
-    if info.replay_esn is not None:
-        r = info.replay_esn
-        return KernelSa(key, True, r.oseq64, r.seq64, tuple(r.bmp), r.replay_window,
-                        info.reqid)
-    if info.replay is not None:
-        r1 = info.replay
-        return KernelSa(key, False, r1.oseq, r1.seq, (r1.bitmap,), info.replay_window,
-                        info.reqid)
-    return None
+def row_sa(row: ReplayRow) -> KernelSa:
+    """The guard's view of one row of its own dump (`XfrmSocket.dump_replay_rows`)."""
+    return KernelSa((row.daddr, row.spi, row.proto), row.esn, row.oseq, row.seq, row.bitmap,
+                    row.window, row.reqid)
 
 
 def esn_state(w: Write) -> ReplayStateEsn:
@@ -58,12 +50,7 @@ class KernelSas:
 
     def snapshot(self) -> list[KernelSa]:
         """Every ESP/AH SA of this namespace with its replay state."""
-        out = []
-        for info in self.sock.dump_sa_replays():
-            sa = kernel_sa(info)
-            if sa is not None:
-                out.append(sa)
-        return out
+        return [row_sa(row) for row in self.sock.dump_replay_rows()]
 
     def write(self, writes: list[Write]) -> WriteResult:
         """Apply every write (NEWAE + NLM_F_REPLACE); errors are collected, not raised."""

@@ -1,4 +1,4 @@
-"""bench/xfrm_decode.py: its SA is what a dump carries, and both decodes read it alike."""
+"""bench/xfrm_decode.py: its SA is what a dump carries, and all three decoders read it alike."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import xfrm_decode
 
 from hasync.xfrm import SaInfo, SaReplay
 from hasync.xfrm.codec import parse_messages
+from hasync.xfrm.replayrows import parse_replay_rows
 
 
 def test_the_benchmark_s_dump_decodes_both_ways_to_the_same_replay_state() -> None:
@@ -21,4 +22,9 @@ def test_the_benchmark_s_dump_decodes_both_ways_to_the_same_replay_state() -> No
     for w, x in zip(whole, lean, strict=True):
         assert isinstance(w.body, SaInfo) and isinstance(x.body, SaReplay)
         assert (x.body.id, x.body.replay) == (w.body.id, w.body.replay)
+    rows = parse_replay_rows(buf, 1).rows
+    assert [(r.spi, r.oseq, r.seq) for r in rows] == [
+        (m.body.id.spi, m.body.replay.oseq, m.body.replay.seq) for m in whole
+        if isinstance(m.body, SaInfo) and m.body.replay is not None]
     assert xfrm_decode.time_decode(buf, True, 1) > 0
+    assert xfrm_decode.time_decode(buf, True, 1, rows=True) > 0

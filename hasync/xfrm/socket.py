@@ -42,8 +42,9 @@ from hasync.xfrm.enums import (
     NlmFlag,
 )
 from hasync.xfrm.errors import XfrmError, XfrmUsageError
-from hasync.xfrm.model import Aevent, Message, PolicyInfo, SaInfo, SaReplay
+from hasync.xfrm.model import Aevent, Message, PolicyInfo, SaInfo
 from hasync.xfrm.netlink import Done, NetlinkError
+from hasync.xfrm.replayrows import ReplayRow, parse_replay_rows
 from hasync.xfrm.structs import LifetimeCur, Mark, ReplayState, ReplayStateEsn, SaId, family_of
 
 RECV_SIZE = 1 << 16  # af_netlink caps a dump skb near 32 KiB; MSG_TRUNC is checked anyway
@@ -109,10 +110,41 @@ class XfrmSocket:
         return [m.body for m in self._dump(getsa_dump_request, "GETSA dump")
                 if isinstance(m.body, SaInfo)]
 
-    def dump_sa_replays(self) -> list[SaReplay]:
-        """Every SA's id, reqid, window and replay state: the sequence guard's lean dump."""
-        return [m.body for m in self._dump(getsa_dump_request, "GETSA dump", lean=True)
-                if isinstance(m.body, SaReplay)]
+    def dump_replay_rows(self) -> list[ReplayRow]:
+        """Every SA's replay state as the sequence guard reads it (`replayrows`), again if
+        the kernel flagged the dump interrupted."""
+        for _ in range(DUMP_ATTEMPTS):
+            rows, interrupted = self._dump_rows(self._next_seq())
+            if not interrupted:
+                return rows
+        raise XfrmError(errno.EAGAIN, "GETSA dump", detail=f"interrupted {DUMP_ATTEMPTS} times")
+
+    def _dump_rows(self, seq: int) -> tuple[list[ReplayRow], bool]:
+        """One GETSA dump read by `parse_replay_rows`; the timeout runs as in _transact."""
+        op = "GETSA dump"
+        try:
+            self._sock.send(getsa_dump_request(seq=seq))
+        except OSError as exc:
+            raise XfrmError(exc.errno or errno.EIO, op) from exc
+        deadline = time.monotonic() + self.timeout
+        rows: list[ReplayRow] = []
+        interrupted = False
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise XfrmError(errno.ETIMEDOUT, op, detail=f"no answer within {self.timeout} s")
+            data = self._receive_unicast(remaining, op, None)
+            if not data:
+                continue
+            part = parse_replay_rows(data, seq)
+            if part.answered:
+                deadline = time.monotonic() + self.timeout  # it is still answering
+            rows.extend(part.rows)
+            interrupted |= part.interrupted
+            if part.error:
+                raise XfrmError(-part.error, op, detail=part.message)
+            if part.done:
+                return rows, interrupted
 
     def dump_policies(self) -> list[PolicyInfo]:
         """Every policy of this network namespace."""
@@ -203,18 +235,17 @@ class XfrmSocket:
         seq = self._next_seq()
         self._transact(newae_request(sa, seq=seq, **values), seq, op, sa, until_ack=True)
 
-    def _dump(self, build: Callable[..., bytes], op: str, lean: bool = False) -> list[Message]:
+    def _dump(self, build: Callable[..., bytes], op: str) -> list[Message]:
         """A whole dump (NLMSG_DONE included), again if the kernel flagged it interrupted."""
         for _ in range(DUMP_ATTEMPTS):
             seq = self._next_seq()
-            msgs = self._transact(build(seq=seq), seq, op, None, dump=True, lean=lean)
+            msgs = self._transact(build(seq=seq), seq, op, None, dump=True)
             if not any(m.flags & NlmFlag.DUMP_INTR for m in msgs):
                 return msgs
         raise XfrmError(errno.EAGAIN, op, detail=f"interrupted {DUMP_ATTEMPTS} times")
 
     def _transact(self, request: bytes, seq: int, op: str, sa: SaId | None, *,
-                  dump: bool = False, until_ack: bool = False,
-                  lean: bool = False) -> list[Message]:
+                  dump: bool = False, until_ack: bool = False) -> list[Message]:
         """Send one request, gather the unicast answers carrying `seq` until it is done. The
         timeout runs from the request or the last answer: a dump of thousands of SAs on a busy
         CPU may take longer in all, and only a kernel that stopped answering times out."""
@@ -229,7 +260,7 @@ class XfrmSocket:
             if remaining <= 0:
                 raise XfrmError(errno.ETIMEDOUT, op, sa=sa,
                                 detail=f"no answer within {self.timeout} s")
-            for msg in self._receive(remaining, op, sa, lean) or ():
+            for msg in self._receive(remaining, op, sa) or ():
                 if msg.seq != seq:
                     continue  # the answer to an earlier request that timed out
                 deadline = time.monotonic() + self.timeout  # it is still answering
@@ -245,10 +276,15 @@ class XfrmSocket:
                 if not dump and not until_ack:
                     return answers
 
-    def _receive(self, timeout: float, op: str, sa: SaId | None,
-                 lean: bool = False) -> list[Message] | None:
+    def _receive(self, timeout: float, op: str, sa: SaId | None) -> list[Message] | None:
         """The unicast messages of one datagram (multicast events are queued instead);
         None when nothing arrived within `timeout` (0: do not wait)."""
+        data = self._receive_unicast(timeout, op, sa)
+        return None if data is None else parse_messages(data) if data else []
+
+    def _receive_unicast(self, timeout: float, op: str, sa: SaId | None) -> bytes | None:
+        """One unicast datagram; b"" after a multicast one (its events are queued) or a lost
+        one; None when nothing arrived within `timeout`."""
         try:
             self._sock.settimeout(timeout)
             data, _, flags, address = self._sock.recvmsg(RECV_SIZE)
@@ -257,13 +293,12 @@ class XfrmSocket:
         except OSError as exc:
             if exc.errno == errno.ENOBUFS:  # the queue overflowed: something was dropped
                 self._lost = True
-                return []
+                return b""
             raise XfrmError(exc.errno or errno.EIO, op, sa=sa) from exc
         if flags & socket.MSG_TRUNC:
             raise XfrmError(errno.EMSGSIZE, op, sa=sa, detail="datagram truncated")
-        messages = parse_messages(data, lean=lean)
         if address[1]:  # nl_groups of the source: a multicast event, never an answer
-            self._events.extend(m.body for m in messages
+            self._events.extend(m.body for m in parse_messages(data)
                                 if m.type == MessageType.NEWAE and isinstance(m.body, Aevent))
-            return []
-        return messages
+            return b""
+        return data
