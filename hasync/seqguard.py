@@ -265,8 +265,11 @@ def target_oseq(sa: KernelSa, rec: SeqRecord | None, reserve: Reserve, extra: in
 
 
 def plan_writes(sas: Iterable[KernelSa], records: Mapping[SaKey, SeqRecord],
-                reserve: Reserve, extra: int = 0, stretch_s: float = 0.0) -> list[Write]:
-    """Writes that move every SA's counters up to the journal's targets; never down."""
+                reserve: Reserve, extra: int = 0, stretch_s: float = 0.0,
+                inbound: bool = True) -> list[Write]:
+    """Writes that move every SA's counters up to the journal's targets; never down. Those
+    that move an outbound counter come first; without `inbound`, only those (a write still
+    carries the journaled inbound state of its SA: a backup's steady state)."""
     writes = []
     for sa in sas:
         rec = records.get(sa.key)
@@ -277,6 +280,7 @@ def plan_writes(sas: Iterable[KernelSa], records: Mapping[SaKey, SeqRecord],
         seq, bitmap = sa.seq, sa.bitmap
         if rec is not None and rec.seq > sa.seq:
             seq, bitmap = rec.seq, _fit(rec.bitmap, sa)
-        if oseq != sa.oseq or seq != sa.seq:
+        if oseq != sa.oseq or (inbound and seq != sa.seq):
             writes.append(Write(sa, oseq, seq, bitmap))
+    writes.sort(key=lambda w: w.oseq == w.sa.oseq)  # stable: outbound moves first
     return writes

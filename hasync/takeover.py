@@ -71,7 +71,8 @@ class GuardStats:
     prejump_errors: int = 0
     kernel_errors: int = 0
     last_error: str = ""
-    read_ms: float = 0.0  # the last read's cost: dump, plan, journal or write
+    read_ms: float = 0.0  # the last read's cost: dump, plan or journal (writes apart)
+    write_ms: float = 0.0  # the last tick's writes (backups)
     read_max_ms: float = 0.0  # the largest of the last READS_KEPT
     takeover_stretch_ms: float = 0.0  # what this node's targets add for its own lag
 
@@ -80,8 +81,8 @@ class GuardStats:
 class BackupPace:
     """When a non-master's guard reads the kernel without being woken by a moved mark: when
     a mark moved or an SA came (journal or charon) since its last read, and at least every
-    `full_s`, which carries the inbound-only updates. A read costs a dump of every SA; a
-    promotion reads and writes everything anyway, so no safety rests on this."""
+    `full_s`, which catches what a missed wake-up left behind. A read costs a dump of every
+    SA; only outbound moves are written (inbound state waits for the promotion)."""
 
     full_s: float = 10.0
     stamp: tuple[int, int] | None = None
@@ -106,7 +107,8 @@ class SeqSync:
         self.barrier_timeout_s = barrier_timeout_s
         self.tick_s = tick_s
         self.tracker = SeqTracker(node, reserve, tick_s=tick_s)
-        self.costs: deque[float] = deque(maxlen=READS_KEPT)
+        self.costs: deque[float] = deque(maxlen=READS_KEPT)  # ticks without their writes
+        self.write_costs: deque[float] = deque(maxlen=READS_KEPT)  # their writes
         self.failing = 0  # reads that failed in a row
         self.stats = GuardStats()
         self.last_promotion: PromotionReport | None = None
@@ -136,19 +138,23 @@ class SeqSync:
     # ---- pacing (docs/takeover.md, Slow reads) ----
     def rest_s(self) -> float:
         """How long the loop rests after the last read, so reads take at most 1 / (1 + REST_K)
-        of a CPU."""
+        of a CPU. Writes do not count: they are what the journal asks, not a repeated cost,
+        and a rest after them would hold back the next marks."""
         return REST_K * self.costs[-1] if self.costs else 0.0
 
     def takeover_stretch_s(self) -> float:
         """What this node's targets add for its own lag: a moved mark reaches its kernel up to
-        a rest and a read after the commit, where the nominal tick_s is assumed."""
-        lag = (1 + REST_K) * max(self.costs, default=0.0)
+        a rest, a read and the writes before its own after the commit, where the nominal
+        tick_s is assumed."""
+        lag = (1 + REST_K) * max(self.costs, default=0.0) + max(self.write_costs, default=0.0)
         return max(0.0, lag - self.tick_s)
 
-    def _read_done(self, started: float) -> None:
-        cost = time.monotonic() - started
+    def _read_done(self, started: float, write_s: float = 0.0) -> None:
+        cost = time.monotonic() - started - write_s
         self.costs.append(cost)
+        self.write_costs.append(write_s)
         self.stats.read_ms = round(cost * 1000, 1)
+        self.stats.write_ms = round(write_s * 1000, 1)
         self.stats.read_max_ms = round(max(self.costs) * 1000, 1)
         self.stats.takeover_stretch_ms = round(self.takeover_stretch_s() * 1000, 1)
 
@@ -158,7 +164,7 @@ class SeqSync:
         if self.busy:
             return
         self.busy = True
-        started = time.monotonic()
+        started, write_s = time.monotonic(), 0.0
         try:
             sas: list[KernelSa] = await self._run(lambda: self._kernel_sas().snapshot())
             self.stats.ticks += 1
@@ -170,9 +176,11 @@ class SeqSync:
                 self._journal_due(sas)
             else:
                 writes = plan_writes(sas, self._records(), self.reserve,
-                                     stretch_s=self.takeover_stretch_s())
+                                     stretch_s=self.takeover_stretch_s(), inbound=False)
                 if writes:
+                    wrote = time.monotonic()
                     res: WriteResult = await self._run(self._kernel_sas().write, writes)
+                    write_s = time.monotonic() - wrote
                     self.stats.prejumps += res.done
                     self.stats.prejump_errors += len(res.errors)
                     if res.errors:
@@ -185,7 +193,7 @@ class SeqSync:
                             "every tick; `hasync status`: takeover.loop.kernel_errors)", e)
             self.failing += 1
         finally:
-            self._read_done(started)
+            self._read_done(started, write_s)
             self.busy = False
 
     def _journal_due(self, sas: list[KernelSa]) -> None:

@@ -109,6 +109,21 @@ def test_targets_move_counters_up_never_down() -> None:
     assert plan_writes([sa(oseq=10**6, seq=100)], records, R) == []
 
 
+def test_outbound_moves_come_first_and_a_backup_leaves_inbound_only_ones_out() -> None:
+    key_in = ("192.0.2.1", 0xC0FFEE02, 50)
+    inbound = sa(oseq=5000, seq=10, key=key_in)  # its counter already past the target
+    outbound = sa(oseq=10)
+    records = {KEY: rec(1000), key_in: SeqRecord(key_in, 1000, 900, (0xFF,), 0.0, "gw1", 1.0)}
+    first, second = plan_writes([inbound, outbound], records, R)
+    assert first.sa == outbound and first.oseq == 1000 + R.takeover_floor
+    assert second.sa == inbound and (second.oseq, second.seq) == (5000, 900)
+    (only,) = plan_writes([inbound, outbound], records, R, inbound=False)
+    assert only.sa == outbound
+    carried = sa(oseq=10, seq=3)  # a write that moves oseq carries the journaled inbound state
+    (w,) = plan_writes([carried], {KEY: rec(1000, seq=77)}, R, inbound=False)
+    assert (w.oseq, w.seq) == (1000 + R.takeover_floor, 77)
+
+
 def test_an_sa_without_a_record_still_gets_the_takeover_reserve() -> None:
     (w,) = plan_writes([sa()], {}, R)
     assert w.oseq == R.takeover_floor and w.seq == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -136,6 +137,31 @@ def test_a_slow_read_makes_the_loop_rest_and_stretches_the_targets() -> None:
     # 1000 packets/s for 1.0 s + 2.3 s of this node's lag: past the 576 floor
     assert kernel.writes[0].oseq == 5000 + 3300
     assert sync.stats.read_max_ms >= 600.0 and sync.stats.takeover_stretch_ms >= 2300.0
+    sync.close()
+
+
+def test_a_backup_writes_outbound_moves_only_and_rests_for_its_read_alone() -> None:
+    key_in = ("192.0.2.1", 0xC0FFEE02, 50)
+    journal = FakeJournal()
+    journal.seqs.records[KEY] = SeqRecord(KEY, 5000, 0, (0,), 0.0, "gw1", 1.0)
+    journal.seqs.records[key_in] = SeqRecord(key_in, 0, 900, (0xFF,), 0.0, "gw1", 1.0)
+    kernel = FakeKernel([KernelSa(KEY, False, 0, 0, (0,), 32),
+                         KernelSa(key_in, False, 10_000, 10, (0,), 32)])
+    slow_writes = kernel.write
+
+    def write(writes: list[Write]) -> WriteResult:
+        time.sleep(0.3)  # 2000 NEWAE under QEMU/TCG: 46 s
+        return slow_writes(writes)
+
+    kernel.write = write  # type: ignore[method-assign]
+    sync = _sync(journal, kernel, [])
+    asyncio.run(sync.tick(master=False))
+    assert [w.sa.key for w in kernel.writes] == [KEY]  # the inbound SA waits for promotion
+    assert sync.stats.write_ms >= 300 and sync.rest_s() < 0.3  # writes do not make it rest
+    assert sync.takeover_stretch_s() >= 0.3 - sync.tick_s  # but they delay the next mark
+    kernel.writes.clear()
+    rep = asyncio.run(sync.promote())
+    assert [w.sa.key for w in kernel.writes] == [KEY, key_in] and rep.writes == 2
     sync.close()
 
 
