@@ -148,6 +148,7 @@ notify_fifo = "{vrrp_fifo}"
 [takeover]
 tick_ms = {LAB_TICK_MS}
 barrier_timeout_ms = {LAB_BARRIER_MS}
+ha_timeout_ms = {LAB_HA_TIMEOUT_MS}
 """
 
 
@@ -210,6 +211,10 @@ LAB_HEALTH_MAX_AGE_S = 10  # the verdict's age the lab's check accepts (deploy/:
 LAB_RAFT = (500, 2500, 7000)  # heartbeat, election, connection timeout (ms): emulated CPUs
 #                               stall for a second at times, and elections must not flap then
 LAB_BARRIER_MS = 30000  # a Raft election under emulation took over 10 s at times
+LAB_HA_TIMEOUT_MS = 10000  # how long charon's HA stream may pause before the node is unhealthy
+#                            (default 3 s): at 1000 tunnels a new master's charon sent nothing
+#                            for 3 to 6.5 s after each activation, its health failed, and the
+#                            VIP went round the gateways for minutes (docs/decisions.md)
 LAB_TICK_MS = 200  # the sequence guard's tick in the lab (default 100 ms; 200 is the most
 #                    the default reserve horizon allows), to spare the emulated CPUs
 
