@@ -39,6 +39,7 @@ from .takeover import BackupPace, SeqSync
 log = logging.getLogger("hasync")
 TICK_S = 0.25  # the loop's idle tick (heartbeats, reports); a queued batch wakes it earlier
 REPORT_S = 5.0  # how often a node tells the cluster its VRRP role and applied index
+HEALTH_LATE_S = 3.0  # a verdict judged slower than this is logged (deploy/'s check: 3 s old)
 BACKUP_SEQ_TICK_S = 1.0  # a backup's guard tick when no mark arrives (marks wake it at once)
 
 
@@ -64,7 +65,8 @@ class Daemon:
         self.feed: CharonFeed | None = None
         self.charon_segments: set[int] = set()
         self.counters: dict[str, int] = {"mirrored": 0, "replays": 0, "fifo_errors": 0,
-                                         "batches": 0, "batch_messages": 0, "vici_busy": 0}
+                                         "batches": 0, "batch_messages": 0, "vici_busy": 0,
+                                         "health_late": 0}
         self.submitted_at = 0.0
         self.commit_ms = 0.0  # moving average of batch commit latency
         self.started = time.monotonic()
@@ -284,6 +286,7 @@ class Daemon:
         path = self.cfg.node.health_file
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
         while True:
+            started = time.monotonic()
             vici = await loop.run_in_executor(
                 None, vicicheck.check, self.cfg.charon.vici_socket, 2.0)
             healthy, reasons = verdict(self.health({}), vici.ok, vici.error, vici_busy=vici.busy)
@@ -302,7 +305,17 @@ class Daemon:
                 os.replace(tmp, path)
             except OSError as e:
                 log.warning("cannot write %s: %s", path, e)
+            self._note_late_verdict(time.monotonic() - started)
             await asyncio.sleep(1.0)
+
+    def _note_late_verdict(self, took_s: float) -> None:
+        """Count and log a verdict that took longer than HEALTH_LATE_S to judge: the check ages
+        it from the last one, so a starved loop or CPU looks like a dead daemon."""
+        if took_s > HEALTH_LATE_S:
+            self.counters["health_late"] += 1
+            log.warning("the health verdict took %.1f s to judge (vici at most 2.1 s): this "
+                        "daemon's loop or CPU is starved; keepalived's check fails a verdict "
+                        "older than its limit", took_s)
 
     def _note_vici_busy(self, vici: vicicheck.ViciAnswer, healthy: bool) -> None:
         """Count and log (on change) a charon slow over vici that the verdict let pass."""
