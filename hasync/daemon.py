@@ -427,7 +427,8 @@ class Daemon:
                 "takeover": self.seq.status() if self.seq is not None else None,
                 "health": {"healthy": self.healthy[0], "reasons": self.healthy[1],
                            "vici_busy": self.vici_busy,
-                           "vici_busy_checks": self.counters["vici_busy"]},
+                           "vici_busy_checks": self.counters["vici_busy"],
+                           "late_verdicts": self.counters["health_late"]},
                 "uptime_s": round(time.monotonic() - self.started, 1)}
 
     def _feed_status(self) -> dict[str, int]:

@@ -50,8 +50,11 @@ def _takeover_lines(tk: dict[str, Any] | None, health: dict[str, Any] | None) ->
         busy = (f" (charon slow over vici in {health['vici_busy_checks']} checks; now "
                 f"{'slow' if health.get('vici_busy') else 'answering'})"
                 if health.get("vici_busy_checks") else "")
+        late = (f" ({health['late_verdicts']} verdicts judged over 3 s late: a starved "
+                f"daemon)" if health.get("late_verdicts") else "")
         lines.append("health: " + ("ok" if health.get("healthy") else
-                                   "FAILING: " + "; ".join(health.get("reasons") or [])) + busy)
+                                   "FAILING: " + "; ".join(health.get("reasons") or []))
+                     + busy + late)
     if not tk:
         return lines
     tr, lp = tk.get("tracker") or {}, tk.get("last_promotion")

@@ -35,3 +35,11 @@ def test_status_tells_a_charon_slow_over_vici_that_the_verdict_let_pass() -> Non
     text = status_text({"node": "gw1", "health": {"healthy": True, "reasons": [],
                                                   "vici_busy": False, "vici_busy_checks": 7}})
     assert "health: ok (charon slow over vici in 7 checks; now answering)" in text
+
+
+def test_status_tells_verdicts_judged_late() -> None:
+    text = status_text({"node": "gw1", "health": {"healthy": True, "reasons": [],
+                                                  "late_verdicts": 2}})
+    assert "health: ok (2 verdicts judged over 3 s late: a starved daemon)" in text
+    assert "late" not in status_text({"node": "gw1", "health": {"healthy": True,
+                                                                "reasons": []}})
