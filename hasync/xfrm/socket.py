@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from hasync.xfrm.codec import (
     getae_request,
@@ -53,6 +53,7 @@ SO_RCVBUFFORCE = 33  # asm-generic/socket.h: like SO_RCVBUF, past rmem_max (CAP_
 DUMP_ATTEMPTS = 3  # a dump answered with NLM_F_DUMP_INTR is retried this often
 
 Address = IPv4Address | IPv6Address | str
+_T = TypeVar("_T")
 
 
 def sa_id(daddr: Address, spi: int, proto: int = IPPROTO_ESP, family: int | None = None) -> SaId:
@@ -113,38 +114,25 @@ class XfrmSocket:
     def dump_replay_rows(self) -> list[ReplayRow]:
         """Every SA's replay state as the sequence guard reads it (`replayrows`), again if
         the kernel flagged the dump interrupted."""
-        for _ in range(DUMP_ATTEMPTS):
-            rows, interrupted = self._dump_rows(self._next_seq())
-            if not interrupted:
-                return rows
-        raise XfrmError(errno.EAGAIN, "GETSA dump", detail=f"interrupted {DUMP_ATTEMPTS} times")
+        return self._dump_again_if_interrupted("GETSA dump", self._dump_rows)
 
     def _dump_rows(self, seq: int) -> tuple[list[ReplayRow], bool]:
-        """One GETSA dump read by `parse_replay_rows`; the timeout runs as in _transact."""
+        """One GETSA dump read by `parse_replay_rows`: (rows, interrupted)."""
         op = "GETSA dump"
-        try:
-            self._sock.send(getsa_dump_request(seq=seq))
-        except OSError as exc:
-            raise XfrmError(exc.errno or errno.EIO, op) from exc
-        deadline = time.monotonic() + self.timeout
         rows: list[ReplayRow] = []
         interrupted = False
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise XfrmError(errno.ETIMEDOUT, op, detail=f"no answer within {self.timeout} s")
-            data = self._receive_unicast(remaining, op, None)
-            if not data:
-                continue
+
+        def take(data: bytes) -> tuple[bool, bool]:
+            nonlocal interrupted
             part = parse_replay_rows(data, seq)
-            if part.answered:
-                deadline = time.monotonic() + self.timeout  # it is still answering
             rows.extend(part.rows)
             interrupted |= part.interrupted
             if part.error:
                 raise XfrmError(-part.error, op, detail=part.message)
-            if part.done:
-                return rows, interrupted
+            return part.answered, part.done
+
+        self._exchange(getsa_dump_request(seq=seq), op, None, take)
+        return rows, interrupted
 
     def dump_policies(self) -> list[PolicyInfo]:
         """Every policy of this network namespace."""
@@ -237,44 +225,74 @@ class XfrmSocket:
 
     def _dump(self, build: Callable[..., bytes], op: str) -> list[Message]:
         """A whole dump (NLMSG_DONE included), again if the kernel flagged it interrupted."""
-        for _ in range(DUMP_ATTEMPTS):
-            seq = self._next_seq()
+        def once(seq: int) -> tuple[list[Message], bool]:
             msgs = self._transact(build(seq=seq), seq, op, None, dump=True)
-            if not any(m.flags & NlmFlag.DUMP_INTR for m in msgs):
-                return msgs
+            return msgs, any(m.flags & NlmFlag.DUMP_INTR for m in msgs)
+
+        return self._dump_again_if_interrupted(op, once)
+
+    def _dump_again_if_interrupted(self, op: str,
+                                   once: Callable[[int], tuple[_T, bool]]) -> _T:
+        """`once(seq)` with a fresh sequence number until it was not interrupted (the SA table
+        changed during the dump), at most DUMP_ATTEMPTS times."""
+        for _ in range(DUMP_ATTEMPTS):
+            result, interrupted = once(self._next_seq())
+            if not interrupted:
+                return result
         raise XfrmError(errno.EAGAIN, op, detail=f"interrupted {DUMP_ATTEMPTS} times")
 
     def _transact(self, request: bytes, seq: int, op: str, sa: SaId | None, *,
                   dump: bool = False, until_ack: bool = False) -> list[Message]:
-        """Send one request, gather the unicast answers carrying `seq` until it is done. The
-        timeout runs from the request or the last answer: a dump of thousands of SAs on a busy
-        CPU may take longer in all, and only a kernel that stopped answering times out."""
+        """Send one request, gather the unicast answers carrying `seq` until it is done."""
+        answers: list[Message] = []
+
+        def take(data: bytes) -> tuple[bool, bool]:
+            answered = False
+            for msg in parse_messages(data):
+                if msg.seq != seq:
+                    continue  # the answer to an earlier request that timed out
+                answered = True
+                if isinstance(msg.body, NetlinkError):
+                    if not msg.body.is_ack:
+                        raise XfrmError(msg.body.errno, op, sa=sa, detail=msg.body.message)
+                    return True, True
+                if isinstance(msg.body, Done):
+                    if msg.body.error:
+                        raise XfrmError(-msg.body.error, op, sa=sa)
+                    answers.append(msg)
+                    return True, True
+                answers.append(msg)
+                if not dump and not until_ack:
+                    return True, True
+            return answered, False
+
+        self._exchange(request, op, sa, take)
+        return answers
+
+    def _exchange(self, request: bytes, op: str, sa: SaId | None,
+                  take: Callable[[bytes], tuple[bool, bool]]) -> None:
+        """Send one request and hand each unicast datagram to `take`, which says whether it
+        answered the request and whether that ended it. The timeout runs from the request or
+        the last answer: a dump of thousands of SAs on a busy CPU may take longer in all, and
+        only a kernel that stopped answering times out."""
         try:
             self._sock.send(request)
         except OSError as exc:
             raise XfrmError(exc.errno or errno.EIO, op, sa=sa) from exc
         deadline = time.monotonic() + self.timeout
-        answers: list[Message] = []
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise XfrmError(errno.ETIMEDOUT, op, sa=sa,
                                 detail=f"no answer within {self.timeout} s")
-            for msg in self._receive(remaining, op, sa) or ():
-                if msg.seq != seq:
-                    continue  # the answer to an earlier request that timed out
+            data = self._receive_unicast(remaining, op, sa)
+            if not data:
+                continue
+            answered, done = take(data)
+            if done:
+                return
+            if answered:
                 deadline = time.monotonic() + self.timeout  # it is still answering
-                if isinstance(msg.body, NetlinkError):
-                    if not msg.body.is_ack:
-                        raise XfrmError(msg.body.errno, op, sa=sa, detail=msg.body.message)
-                    return answers
-                if isinstance(msg.body, Done):
-                    if msg.body.error:
-                        raise XfrmError(-msg.body.error, op, sa=sa)
-                    return [*answers, msg]
-                answers.append(msg)
-                if not dump and not until_ack:
-                    return answers
 
     def _receive(self, timeout: float, op: str, sa: SaId | None) -> list[Message] | None:
         """The unicast messages of one datagram (multicast events are queued instead);
