@@ -88,7 +88,6 @@ class ClusterConfig:
     heartbeat_ms: int = 100
     election_timeout_ms: int = 1000
     connection_timeout_ms: int = 3500
-    connection_retry_ms: int = 1000
     batch_max_messages: int = 256
     batch_max_delay_ms: int = 5
 
@@ -280,7 +279,6 @@ SCHEMA: dict[str, tuple[type, dict[str, Check]]] = {
         "heartbeat_ms": _integer(10, 10_000),
         "election_timeout_ms": _integer(50, 60_000),
         "connection_timeout_ms": _integer(100, 600_000),
-        "connection_retry_ms": _integer(100, 600_000),
         "batch_max_messages": _integer(1, 512),  # seal.MAX_ITEMS
         "batch_max_delay_ms": _integer(0, 1000),
     }),

@@ -114,6 +114,9 @@ def test_ipv6_cluster() -> None:
 @pytest.mark.parametrize(("text", "expected"), [
     (_with("node", "colour = 'red'"), f"{SRC}: node.colour: unknown key"),
     (_with("cluster", "timeout = 3"), f"{SRC}: cluster.timeout: unknown key"),
+    # removed in issue 15 (parsed, never used): a config still setting it is refused by name
+    (_with("cluster", "connection_retry_ms = 1000"),
+     f"{SRC}: cluster.connection_retry_ms: unknown key"),
     (_with("node", "[node.extra]"), f"{SRC}: node.extra: unknown key"),
     (MINIMAL + "[raft]\n", f"{SRC}: raft: unknown section"),
     ("debug = true\n" + MINIMAL, f"{SRC}: debug: unknown section"),

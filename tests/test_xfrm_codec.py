@@ -241,10 +241,10 @@ def test_builders_round_trip() -> None:
     assert msg.body.id == AeventId(SA6, IPv6Address(0), AeFlag.RVAL | AeFlag.LVAL)
     replay = ReplayState(oseq=1 << 31, seq=9, bitmap=0x1FF)
     (msg,) = parse_messages(newae_request(SA, seq=7, replay=replay, replay_maxdiff=64,
-                                          replay_maxage=250, lifetime=LifetimeCur(1, 2, 3, 4)))
+                                          replay_maxage=250))
     assert msg == Message(MessageType.NEWAE, req | NlmFlag.REPLACE | NlmFlag.ACK, 7, 0, Aevent(
-        AeventId(SA, A("0.0.0.0"), AeFlag.RVAL | AeFlag.LVAL | AeFlag.RTHR | AeFlag.ETHR),
-        replay=replay, lifetime=LifetimeCur(1, 2, 3, 4), replay_thresh=64, etimer_thresh=250))
+        AeventId(SA, A("0.0.0.0"), AeFlag.RVAL | AeFlag.RTHR | AeFlag.ETHR),
+        replay=replay, replay_thresh=64, etimer_thresh=250))
     (msg,) = parse_messages(newae_request(SA6, seq=8, replay_esn=ESN, replace=False, ack=False))
     assert (msg.flags, msg.body.replay_esn, msg.body.id.flags) == (req, ESN, AeFlag.RVAL)
     assert ESN.oseq64 == (1 << 32) + 7 and ESN.seq64 == (2 << 32) + 100 and ESN.size == 40

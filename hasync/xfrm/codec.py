@@ -417,10 +417,10 @@ def _check_esn(esn: ReplayStateEsn) -> None:
 
 
 def newae_request(sa: SaId, *, seq: int = 0, replay: ReplayState | None = None,
-                  replay_esn: ReplayStateEsn | None = None, lifetime: LifetimeCur | None = None,
+                  replay_esn: ReplayStateEsn | None = None,
                   replay_maxdiff: int | None = None, replay_maxage: int | None = None,
                   mark: Mark | None = None, replace: bool = True, ack: bool = True) -> bytes:
-    """XFRM_MSG_NEWAE: overwrite an SA's replay state, lifetime counters or thresholds.
+    """XFRM_MSG_NEWAE: overwrite an SA's replay state or event thresholds.
 
     xfrm_new_ae() refuses (EINVAL) a request without NLM_F_REPLACE or without any of these
     values, and one for an SA not in state VALID; it copies `replay` or `replay_esn` whole
@@ -433,19 +433,17 @@ def newae_request(sa: SaId, *, seq: int = 0, replay: ReplayState | None = None,
         raise XfrmUsageError("give replay (non-ESN SA) or replay_esn (ESN SA), not both")
     if replay_esn is not None:
         _check_esn(replay_esn)
-    values = (replay, replay_esn, lifetime, replay_maxdiff, replay_maxage)
+    values = (replay, replay_esn, replay_maxdiff, replay_maxage)
     if all(value is None for value in values):
-        raise XfrmUsageError("NEWAE needs a replay state, lifetime or threshold to set")
+        raise XfrmUsageError("NEWAE needs a replay state or threshold to set")
     flags = AeFlag.UNSPEC
     if replay is not None or replay_esn is not None:
         flags |= AeFlag.RVAL
-    if lifetime is not None:
-        flags |= AeFlag.LVAL
     if replay_maxdiff is not None:
         flags |= AeFlag.RTHR
     if replay_maxage is not None:
         flags |= AeFlag.ETHR
-    body = Aevent(_aevent_id(sa, flags, None, 0), replay, replay_esn, lifetime,
+    body = Aevent(_aevent_id(sa, flags, None, 0), replay, replay_esn, None,
                   replay_maxdiff, replay_maxage, mark)
     nlm = NlmFlag.REQUEST | (NlmFlag.REPLACE if replace else 0) | (NlmFlag.ACK if ack else 0)
     return encode_message(Message(MessageType.NEWAE, nlm, seq, 0, body))

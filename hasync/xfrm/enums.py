@@ -28,24 +28,8 @@ XFRMA_REPLAY_ESN_MAX = 4096  # bits; so at most 128 bitmap words (verify_replay(
 XFRM_REPLAY_ESN_MAX_WORDS = XFRMA_REPLAY_ESN_MAX // 32
 XFRMNLGRP_AEVENTS = 5  # enum xfrm_nlgroups: XFRMNLGRP_AEVENTS (multicast group number)
 
-# struct xfrm_usersa_info.flags (XFRM_STATE_*)
-XFRM_STATE_NOECN = 1
-XFRM_STATE_DECAP_DSCP = 2
-XFRM_STATE_NOPMTUDISC = 4
-XFRM_STATE_WILDRECV = 8
-XFRM_STATE_ICMP = 16
-XFRM_STATE_AF_UNSPEC = 32
-XFRM_STATE_ALIGN4 = 64
+# struct xfrm_usersa_info.flags: the one flag hasync reads
 XFRM_STATE_ESN = 128
-
-# XFRM_MODE_* (struct xfrm_usersa_info.mode)
-XFRM_MODE_TRANSPORT = 0
-XFRM_MODE_TUNNEL = 1
-XFRM_MODE_BEET = 4
-
-# enum xfrm_sa_dir (values of XFRMA_SA_DIR, Linux >= 6.10)
-XFRM_SA_DIR_IN = 1
-XFRM_SA_DIR_OUT = 2
 
 
 class MessageType(IntEnum):

@@ -45,7 +45,7 @@ from hasync.xfrm.errors import XfrmError, XfrmUsageError
 from hasync.xfrm.model import Aevent, Message, PolicyInfo, SaInfo
 from hasync.xfrm.netlink import Done, NetlinkError
 from hasync.xfrm.replayrows import ReplayRow, parse_replay_rows
-from hasync.xfrm.structs import LifetimeCur, Mark, ReplayState, ReplayStateEsn, SaId, family_of
+from hasync.xfrm.structs import Mark, ReplayState, ReplayStateEsn, SaId, family_of
 
 RECV_SIZE = 1 << 16  # af_netlink caps a dump skb near 32 KiB; MSG_TRUNC is checked anyway
 EVENT_RCVBUF = 4 << 20  # receive queue asked for by subscribe_aevents()
@@ -162,13 +162,6 @@ class XfrmSocket:
         """Overwrite an ESN SA's replay state; bmp_len must equal the SA's own."""
         self._newae(sa_id(daddr, spi, proto, family), "NEWAE replay_esn", mark=mark,
                     replay_esn=state)
-
-    def set_lifetime(self, daddr: Address, spi: int, proto: int = IPPROTO_ESP,
-                     family: int | None = None, *, lifetime: LifetimeCur,
-                     mark: Mark | None = None) -> None:
-        """Overwrite an SA's current byte/packet counters and times (XFRMA_LTIME_VAL)."""
-        self._newae(sa_id(daddr, spi, proto, family), "NEWAE lifetime", mark=mark,
-                    lifetime=lifetime)
 
     def set_thresholds(self, daddr: Address, spi: int, proto: int = IPPROTO_ESP,
                        family: int | None = None, *, replay_maxdiff: int | None = None,
