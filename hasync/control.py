@@ -149,7 +149,7 @@ class ControlServer:
             log.exception("control connection failed")
         finally:
             writer.close()
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(OSError, TimeoutError):  # the peer reset or hung
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
             if task is not None:
                 self._tasks.discard(task)

@@ -8,6 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
+# Counters of failures that were caught, logged with their traceback and survived:
+# (status key, counter) -> shown on the `errors:` line whenever non-zero.
+ERROR_COUNTERS = (("ha", "handler_error"), ("control", "internal"),
+                  ("control", "handler_error"), ("control", "bad_result"),
+                  ("counters", "fifo_errors"), ("counters", "batch_errors"))
+
 
 def status_text(st: dict[str, Any]) -> str:
     """Render `hasync status`."""
@@ -40,7 +46,17 @@ def status_text(st: dict[str, Any]) -> str:
         lines.append(f"journal anomalies: {jr['anomalies']}")
     if st.get("raft_apply"):
         lines.append(f"raft apply: {st['raft_apply']}")
+    errors = _errors(st)
+    if errors:
+        lines.append(f"errors: {errors}")
     return "\n".join(lines)
+
+
+def _errors(st: dict[str, Any]) -> str:
+    """The non-zero error counters of ERROR_COUNTERS, as `section.name N` pairs."""
+    found = [f"{section}.{name} {(st.get(section) or {}).get(name)}"
+             for section, name in ERROR_COUNTERS if (st.get(section) or {}).get(name)]
+    return ", ".join(found)
 
 
 def _takeover_lines(tk: dict[str, Any] | None, health: dict[str, Any] | None) -> list[str]:

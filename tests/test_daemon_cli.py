@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from nodeconf import write_config
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -16,18 +18,7 @@ def _hasync(*argv: str) -> subprocess.CompletedProcess[str]:
 
 
 def _config(tmp: Path, key: Path, extra: str = "") -> Path:
-    cfg = tmp / "hasync.toml"
-    cfg.write_text(f"""[node]
-name = "gw1"
-state_dir = "{tmp / 'state'}"
-control_socket = "{tmp / 'run' / 'control.sock'}"
-[cluster]
-key_file = "{key}"
-bind = "127.0.0.1:47011"
-peers = ["127.0.0.1:47012"]
-{extra}
-""")
-    return cfg
+    return write_config(tmp, key, extra)
 
 
 def test_keygen_writes_a_private_key_and_refuses_to_overwrite(tmp_path: Path) -> None:

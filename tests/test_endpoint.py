@@ -6,6 +6,8 @@ import asyncio
 import os
 import socket
 
+import pytest
+
 from hasync.endpoint import HaEndpoint, open_endpoint
 from hasync.ha import HaMessage
 
@@ -62,7 +64,7 @@ def test_accepts_charon_drops_foreign_and_malformed() -> None:
     asyncio.run(main())
 
 
-def test_a_failing_handler_is_counted_not_fatal() -> None:
+def test_a_failing_handler_is_counted_not_fatal(caplog: pytest.LogCaptureFixture) -> None:
     async def main() -> None:
         charon = _udp()
 
@@ -76,3 +78,5 @@ def test_a_failing_handler_is_counted_not_fatal() -> None:
         ep.transport.close()
         charon.close()
     asyncio.run(main())
+    failed = [r for r in caplog.records if r.getMessage().startswith("handling ")]
+    assert len(failed) == 2 and all(r.exc_info and r.exc_info[0] is RuntimeError for r in failed)

@@ -24,6 +24,8 @@ from hasync.health import verdict
 from hasync.lab import confgen
 from hasync.vicicheck import ViciAnswer, check
 
+from nodeconf import write_config
+
 ROOT = Path(__file__).resolve().parent.parent
 
 GOOD: dict[str, Any] = {"node": "gw1", "role": "master", "ha_rx_age_s": 0.4,
@@ -129,7 +131,8 @@ class FakeDaemon:
 
 
 class FakeCharon:
-    """A vici socket that answers `version`, never answers ("mute") or stalls after a byte."""
+    """A vici socket that answers `version`, never answers ("mute"), stalls after a byte or
+    answers with bytes that are not vici ("garbage")."""
 
     def __init__(self, path: Path, mode: str = "answer") -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -151,6 +154,9 @@ class FakeCharon:
                 self._answer(conn)
             elif self.mode == "stall":
                 conn.sendall(b"\0")
+            elif self.mode == "garbage":  # a framed answer that is not a vici response
+                conn.recv(4096)
+                conn.sendall(struct.pack("!I", 3) + b"\x63\xff\xfe")
 
     def _answer(self, conn: socket.socket) -> None:
         (size,) = struct.unpack("!I", conn.recv(4, socket.MSG_WAITALL))
@@ -168,19 +174,8 @@ class FakeCharon:
 
 
 def _config(tmp: Path) -> Path:
-    cfg = tmp / "hasync.toml"
-    cfg.write_text(f"""[node]
-name = "gw1"
-state_dir = "{tmp / 'state'}"
-control_socket = "{tmp / 'run' / 'control.sock'}"
-[cluster]
-key_file = "{tmp / 'cluster.key'}"
-bind = "127.0.0.1:47011"
-peers = ["127.0.0.1:47012"]
-[charon]
-vici_socket = "{tmp / 'charon.vici'}"
-""")
-    return cfg
+    vici = tmp / "charon.vici"
+    return write_config(tmp, extra=f'[charon]\nvici_socket = "{vici}"')
 
 
 @pytest.fixture
@@ -320,6 +315,24 @@ def test_vici_check_a_slow_charon_is_busy(tmp_path: Path, charon: Any, mode: str
     charon(mode)
     got = check(tmp_path / "charon.vici", 0.3)
     assert not got.ok and got.busy and str(got.error).endswith(error)
+
+
+def test_vici_check_a_garbled_answer_is_down(tmp_path: Path, charon: Any) -> None:
+    charon("garbage")
+    got = check(tmp_path / "charon.vici", 1.0)
+    assert not got.ok and not got.busy and str(got.error).startswith(str(tmp_path))
+
+
+def test_vici_check_raises_a_bug_instead_of_calling_charon_down(
+        tmp_path: Path, charon: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import vici
+
+    def broken(sock: socket.socket) -> None:
+        raise RuntimeError("a bug in the check")
+    monkeypatch.setattr(vici, "Session", broken)
+    charon("mute")
+    with pytest.raises(RuntimeError, match="a bug in the check"):
+        check(tmp_path / "charon.vici", 1.0)
 
 
 def test_config_error_exits_2_without_importing_anything_heavy(tmp_path: Path) -> None:

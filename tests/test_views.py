@@ -43,3 +43,10 @@ def test_status_tells_verdicts_judged_late() -> None:
     assert "health: ok (2 verdicts judged over 3 s late: a starved daemon)" in text
     assert "late" not in status_text({"node": "gw1", "health": {"healthy": True,
                                                                 "reasons": []}})
+
+
+def test_status_shows_caught_errors_by_counter_name() -> None:
+    text = status_text({"node": "gw1", "ha": {"accepted": 3, "handler_error": 2},
+                        "control": {"ok": 5, "internal": 1}, "counters": {"fifo_errors": 0}})
+    assert "errors: ha.handler_error 2, control.internal 1" in text.splitlines()
+    assert "errors:" not in status_text({"node": "gw1", "ha": {"handler_error": 0}})

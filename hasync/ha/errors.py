@@ -6,18 +6,16 @@ mistake while encoding raises `EncodeError`; the two never substitute for each o
 
 from __future__ import annotations
 
+from hasync.wire import MalformedBytes
 
-class MalformedMessage(ValueError):
+
+class MalformedMessage(MalformedBytes):
     """A datagram that is not a valid ha message; `offset` is where decoding failed."""
 
-    def __init__(self, reason: str, *, attribute: str | int | None = None, offset: int) -> None:
-        where = f"at offset {offset}"
-        if attribute is not None:
-            where += f" in attribute {attribute!r}"
-        super().__init__(f"{reason} ({where})")
-        self.reason = reason
-        self.attribute = attribute
-        self.offset = offset
+    @staticmethod
+    def name_attribute(attribute: str | int) -> str:
+        """As `attribute 'NAME'`."""
+        return f"attribute {attribute!r}"
 
 
 class EncodeError(ValueError):

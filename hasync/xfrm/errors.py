@@ -12,18 +12,11 @@ from __future__ import annotations
 import errno as _errno
 import os
 
+from hasync.wire import MalformedBytes
 
-class MalformedMessage(ValueError):
+
+class MalformedMessage(MalformedBytes):
     """Kernel (or remote) bytes that do not decode; `offset` is where decoding failed."""
-
-    def __init__(self, reason: str, *, attribute: str | int | None = None, offset: int) -> None:
-        where = f"at offset {offset}"
-        if attribute is not None:
-            where += f" in {attribute}"
-        super().__init__(f"{reason} ({where})")
-        self.reason = reason
-        self.attribute = attribute
-        self.offset = offset
 
 
 class XfrmUsageError(ValueError):
