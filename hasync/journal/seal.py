@@ -1,12 +1,13 @@
 """Cluster key, key derivation, sealing of journal entries and the entry payload codec.
 
-Rules: pysyncobj keeps its journal and snapshots as plaintext pickle (FACTS.md), so every
-entry is sealed before it enters Raft and opened after commit; nothing secret reaches Raft in
-clear. The cluster key file holds 64 hex digits (32 random bytes), mode 0600 or stricter;
-anything else is refused with `KeyFileError` naming the file and the reason. From it,
-HKDF-SHA256 (RFC 5869) with a fixed salt and one `info` label per use derives the AES-256-GCM
-entry key and pysyncobj's password; the cluster name is part of every label and of the AAD,
-so clusters sharing a key file cannot open each other's entries. A sealed entry is
+Rules: pysyncobj keeps its journal and snapshots as plaintext pickle (pysyncobj/syncobj.py,
+pysyncobj/serializer.py), so every entry is sealed before it enters Raft and opened after
+commit; nothing secret reaches Raft in clear. The cluster key file holds 64 hex digits (32
+random bytes), mode 0600 or stricter; anything else is refused with `KeyFileError` naming the
+file and the reason. From it, HKDF-SHA256 (RFC 5869) with a fixed salt and one `info` label
+per use derives the AES-256-GCM entry key and pysyncobj's password; the cluster name is part
+of every label and of the AAD, so clusters sharing a key file cannot open each other's
+entries. A sealed entry is
 `version (1 byte) || nonce (12 random bytes) || AES-GCM ciphertext and 16-byte tag`
 (NIST SP 800-38D), the AAD binding the format version and the cluster name; anything that
 does not open raises `SealError`. Payloads are msgpack batches of raw ha datagrams with
