@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from hasync.guard.entries import MAX_RECORDS, SeqEntry, SeqLog, pack_seq, unpack_seq
+from hasync.guard.records import SeqRecord
 from hasync.journal.seal import EntryError
-from hasync.journal.seqlog import MAX_RECORDS, SeqEntry, SeqLog, pack_seq, unpack_seq
-from hasync.seqguard import SeqRecord
 
 KEY = ("192.0.2.101", 0xC0FFEE01, 50)
 
