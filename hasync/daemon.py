@@ -115,6 +115,7 @@ class Daemon:
         ticker = asyncio.create_task(self._tick_loop())
         guard = asyncio.create_task(self.seq.run(lambda: self.role.role == Role.MASTER,
                                                  lambda: self.child_adds))
+        guard.add_done_callback(self._guard_failed)
         health = asyncio.create_task(self._health_loop())
         feeder = asyncio.create_task(self.feed.run())
         try:
@@ -244,6 +245,12 @@ class Daemon:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), delay)
 
+    def _guard_failed(self, task: asyncio.Future[Any]) -> None:
+        """The guard raises only on a bug: stop the daemon, so keepalived moves the VIP."""
+        if not task.cancelled() and task.exception() is not None:
+            log.error("the sequence guard failed; stopping", exc_info=task.exception())
+            self._stop.set()
+
     async def _health_loop(self) -> None:
         """Every second: the `hasync health` verdict, written where keepalived's check reads it.
 
@@ -344,6 +351,7 @@ class Daemon:
             self.last_report = 0.0  # tell the cluster at once
             if self.role.role == Role.MASTER and self.seq is not None:
                 self.promotion = asyncio.ensure_future(self.seq.promote())
+                self.promotion.add_done_callback(self._guard_failed)
             elif before == Role.MASTER:  # charon keeps its SAs, passive again; no replay
                 if self.promotion is not None:
                     self.promotion.cancel()

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from guardfakes import KEY, Clock, FakeJournal, FakeKernel, FakeSleep, Stop, guard
 
-from hasync.guard import Guard, KernelSa, MarkFlight, Reserve, SeqRecord
+from hasync.guard import KernelSa, MarkFlight, Reserve, SeqRecord
 from hasync.journal.seal import EntryError
 from hasync.syncobj_compat import FailReason
 from hasync.xfrm.errors import XfrmError
@@ -310,9 +310,3 @@ def test_no_tick_starts_while_a_promotion_runs() -> None:
     assert asyncio.run(g.step(master=True, mirrored=0)) is None and kernel.reads == 0
     g.promoting = False
     assert asyncio.run(g.step(master=True, mirrored=0)) == 0.0 and kernel.reads == 1
-
-
-def test_a_guard_opens_the_xfrm_socket_only_when_first_used() -> None:
-    g = Guard("gw2", FakeJournal(), Reserve(), lambda: None, 0.3)  # the default kernel
-    assert type(g.kernel).__name__ == "KernelSas"
-    g.close()

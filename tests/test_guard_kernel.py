@@ -7,7 +7,9 @@ import errno
 from typing import Any
 
 import pytest
+from guardfakes import FakeJournal
 
+from hasync.guard import Guard, Reserve
 from hasync.guard import kernel as kernel_mod
 from hasync.guard.kernel import KernelSas, esn_state, row_sa
 from hasync.guard.records import KernelSa, Write
@@ -64,3 +66,18 @@ def test_a_socket_that_cannot_open_is_a_kernel_failure(monkeypatch: Any) -> None
         k.snapshot_now()
     k.close()
     assert caught.value.errno == errno.EPERM and "NETLINK_XFRM" in str(caught.value)
+
+
+def test_the_guard_s_default_kernel_opens_its_socket_only_when_first_used(
+        monkeypatch: Any) -> None:
+    opened: list[float] = []
+
+    def socket(*, timeout: float) -> FakeSocket:
+        opened.append(timeout)
+        return FakeSocket(timeout=timeout)
+    monkeypatch.setattr(kernel_mod, "XfrmSocket", socket)
+    g = Guard("gw2", FakeJournal(), Reserve(), lambda: None, 0.3)
+    assert isinstance(g.kernel, KernelSas) and opened == []
+    assert g.kernel.write_now([]).done == 0 and g.kernel.write_now([]).done == 0
+    assert opened == [2.0]  # one socket, opened at first use
+    g.close()
