@@ -27,20 +27,18 @@ from .config import Config
 from .control import ControlServer
 from .endpoint import HaEndpoint, open_endpoint
 from .feed import CharonFeed
+from .guard import Guard, Reserve
 from .ha import HaMessage, MessageType
 from .health import verdict
 from .journal.seal import Batch, derive_keys, load_cluster_key
 from .mirror import JOURNALED, Batcher, Heartbeat, claimed_segments, status_message
 from .raft import ClusterJournal, RaftTiming
 from .role import Role, RoleState, parse_vrrp_line
-from .seqguard import Reserve
-from .takeover import BackupPace, SeqSync
 
 log = logging.getLogger("hasync")
 TICK_S = 0.25  # the loop's idle tick (heartbeats, reports); a queued batch wakes it earlier
 REPORT_S = 5.0  # how often a node tells the cluster its VRRP role and applied index
 HEALTH_LATE_S = 3.0  # a verdict judged slower than this is logged (deploy/'s check: 3 s old)
-BACKUP_SEQ_TICK_S = 1.0  # a backup's guard tick when no mark arrives (marks wake it at once)
 
 
 def _shape(healthy: bool, reasons: list[str]) -> tuple[bool, tuple[str, ...]]:
@@ -73,16 +71,14 @@ class Daemon:
         self.last_report = 0.0
         self.ha_rx: float | None = None  # when the local charon last sent a datagram
         self.raft_joined = False  # caught up with the journal at least once since start
-        self.seq: SeqSync | None = None
+        self.seq: Guard | None = None
         self.healthy: tuple[bool, list[str]] = (False, ["not checked yet"])
         self.vici_busy = False  # the last vici check found charon slow, not dead
         self.child_adds = 0  # CHILD_ADDs applied from the journal (Raft's thread counts)
-        self.backup_pace = BackupPace()
         self.promotion: asyncio.Task[Any] | None = None
         self._replay_task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()  # a batch has become due: the tick loop should run
-        self._seq_wake = asyncio.Event()  # a replay-state entry was applied: move the kernel
 
     # ---- wiring ----
     async def run(self) -> None:
@@ -96,13 +92,13 @@ class Daemon:
         self.journal = ClusterJournal(cfg.node.name, str(cfg.cluster.bind),
                                       [str(p) for p in cfg.cluster.peers], cfg.node.state_dir,
                                       keys, self._applied_threadsafe, timing)
-        self.journal.on_seq = self._seq_applied_threadsafe
         t = cfg.takeover
-        self.seq = SeqSync(cfg.node.name, self.journal, Reserve(
+        self.seq = Guard(cfg.node.name, self.journal, Reserve(
             floor=t.reserve_floor, horizon_s=t.reserve_horizon_ms / 1000,
             takeover_floor=t.takeover_floor, takeover_horizon_s=t.takeover_horizon_ms / 1000,
             no_quorum=t.no_quorum_reserve), self._activate, t.barrier_timeout_ms / 1000,
             tick_s=t.tick_ms / 1000)
+        self.journal.on_seq = self.seq.wake_threadsafe
         self.endpoint = await open_endpoint(cfg.charon.ha_remote.sockaddr,
                                             cfg.charon.ha_local.sockaddr, self._on_ha)
         self.feed = CharonFeed(self.endpoint.send, cfg.charon.ha_local.sockaddr)
@@ -117,7 +113,9 @@ class Daemon:
                  ", ".join(map(str, cfg.cluster.peers)), cfg.charon.ha_remote,
                  cfg.charon.ha_local)
         ticker = asyncio.create_task(self._tick_loop())
-        guard = asyncio.create_task(self._seq_loop())
+        guard = asyncio.create_task(self.seq.run(lambda: self.role.role == Role.MASTER,
+                                                 lambda: self.child_adds))
+        guard.add_done_callback(self._guard_failed)
         health = asyncio.create_task(self._health_loop())
         feeder = asyncio.create_task(self.feed.run())
         try:
@@ -247,32 +245,11 @@ class Daemon:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), delay)
 
-    async def _seq_loop(self) -> None:
-        """The sequence guard: marks on the master, targets everywhere else."""
-        assert self.seq is not None
-        period = self.cfg.takeover.tick_ms / 1000
-        while True:
-            master = self.role.role == Role.MASTER
-            promoting = self.promotion is not None and not self.promotion.done()
-            woken = self._seq_wake.is_set()
-            self._seq_wake.clear()  # a mark applied from here on wakes the next wait
-            stamp = (self.journal.seqs.moves if self.journal else 0, self.child_adds)
-            due = master or self.backup_pace.due(stamp, time.monotonic()) or woken
-            if not promoting and due:
-                with contextlib.suppress(Exception):
-                    await self.seq.tick(master=master)
-                await asyncio.sleep(self.seq.rest_s())  # reads take at most a quarter CPU
-            # a master reads its counters every tick; a backup moves its kernel when a mark
-            # moves, within BACKUP_SEQ_TICK_S of a new SA, and every 10 s (BackupPace)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._seq_wake.wait(),
-                                       period if master else max(period, BACKUP_SEQ_TICK_S))
-
-    def _seq_applied_threadsafe(self) -> None:
-        """Raft's thread applied a replay-state entry: wake the guard's loop."""
-        if self.loop is not None and self.role.role != Role.MASTER:
-            with contextlib.suppress(RuntimeError):  # the loop is closing
-                self.loop.call_soon_threadsafe(self._seq_wake.set)
+    def _guard_failed(self, task: asyncio.Future[Any]) -> None:
+        """The guard raises only on a bug: stop the daemon, so keepalived moves the VIP."""
+        if not task.cancelled() and task.exception() is not None:
+            log.error("the sequence guard failed; stopping", exc_info=task.exception())
+            self._stop.set()
 
     async def _health_loop(self) -> None:
         """Every second: the `hasync health` verdict, written where keepalived's check reads it.
@@ -374,6 +351,7 @@ class Daemon:
             self.last_report = 0.0  # tell the cluster at once
             if self.role.role == Role.MASTER and self.seq is not None:
                 self.promotion = asyncio.ensure_future(self.seq.promote())
+                self.promotion.add_done_callback(self._guard_failed)
             elif before == Role.MASTER:  # charon keeps its SAs, passive again; no replay
                 if self.promotion is not None:
                     self.promotion.cancel()

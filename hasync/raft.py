@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .guard.entries import SeqEntry, SeqLog, pack_seq, unpack_seq
 from .ha import HaMessage, MalformedMessage, decode
 from .journal.seal import Batch, EntryError, Keys, Sealer, SealError, pack_batch, unpack_batch
-from .journal.seqlog import SeqEntry, SeqLog, pack_seq, unpack_seq
 from .journal.state import JournalState
 from .syncobj_compat import SyncObj, SyncObjConf, replicated
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from hasync.seqguard import Reserve
+from hasync.guard import Reserve
 
 from labrun import run_lab
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..seqguard import Reserve
+from ..guard.rules import Reserve
 from . import aftercheck, cluster, confgen, hasyncd, pcap, probe, topology, tunnels
 from .prereq import LabError
 from .procs import Lab

@@ -1,4 +1,4 @@
-"""The sequence guard: reserves, the master's tracker, the targets, and the bound it proves."""
+"""The sequence guard's rules: reserves, the master's tracker, the targets, the bound."""
 
 from __future__ import annotations
 
@@ -6,13 +6,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hasync.journal.seqlog import SeqEntry, SeqLog
-from hasync.seqguard import (
-    U32_MAX,
-    KernelSa,
+from hasync.guard.entries import SeqEntry, SeqLog
+from hasync.guard.records import U32_MAX, KernelSa, SeqRecord
+from hasync.guard.rules import (
     RateMeter,
     Reserve,
-    SeqRecord,
     SeqTracker,
     plan_writes,
     stretch,

@@ -1,4 +1,4 @@
-"""Journal entries for ESP replay state: the master's per-SA marks and inbound state.
+"""The sequence guard's journal entries: the master's per-SA marks and inbound replay state.
 
 Rules: an entry payload is msgpack `[format, origin, ts, records, gone]` with explicit limits,
 checked when packing and when unpacking (violations raise `EntryError`, like ha batches);
@@ -16,9 +16,8 @@ from typing import Any
 
 import msgpack
 
-from hasync.seqguard import U64_MAX, SaKey, SeqRecord
-
-from .seal import MAX_ENTRY, MAX_ORIGIN, EntryError
+from ..journal.seal import MAX_ENTRY, MAX_ORIGIN, EntryError
+from .records import U64_MAX, SaKey, SeqRecord
 
 SEQ_FORMAT = 1
 MAX_RECORDS = 512  # records (or gone keys) per entry

@@ -1,4 +1,4 @@
-"""The sequence-number guard: journaled outbound marks and inbound replay state per ESP SA, and
+"""The sequence guard's rules: journaled outbound marks and inbound replay state per ESP SA, and
 the replay-state writes that keep a new master from ever reusing an outbound (SPI, seq).
 
 Rules: pure (no IO, no clocks: `now` is monotonic seconds passed in); the argument that makes
@@ -27,9 +27,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from itertools import pairwise
 
-SaKey = tuple[str, int, int]  # (destination address, SPI, IPPROTO_*): how XFRM names an SA
-U32_MAX = 0xFFFFFFFF
-U64_MAX = 0xFFFFFFFFFFFFFFFF
+from .records import U32_MAX, U64_MAX, KernelSa, SaKey, SeqRecord, Write
+
 RATE_WINDOW_S = 3.0  # peak rate over this window sizes the reserve
 RACE_MARGIN = 64  # an outbound write lands at least this far past the oseq just read
 RACE_S = 0.1  # and at least this long at the journaled rate (NEWAE is not compare-and-set)
@@ -69,47 +68,6 @@ def stretch(interval_s: float, tick_s: float) -> float:
     `tick_s`: twice the excess, since a renewal is due once half the reserve is used
     (docs/takeover.md, Slow reads)."""
     return 2.0 * max(0.0, round(interval_s - tick_s, 3))  # whole ms: no float noise
-
-
-@dataclass(frozen=True, slots=True)
-class KernelSa:
-    """One SA's replay state as the kernel reports it (64-bit counters for ESN SAs)."""
-
-    key: SaKey
-    esn: bool
-    oseq: int
-    seq: int
-    bitmap: tuple[int, ...]  # non-ESN: (bitmap,); ESN: the bmp words
-    window: int  # replay window in packets
-    reqid: int = 0  # charon keeps a CHILD_SA's reqid across rekeys
-
-
-@dataclass(frozen=True, slots=True)
-class SeqRecord:
-    """What the journal holds per SA; no key material."""
-
-    key: SaKey
-    mark: int  # outbound: `node` sends nothing above this before a higher mark commits
-    seq: int  # inbound: highest sequence number accepted when journaled
-    bitmap: tuple[int, ...]
-    rate: float  # peak outbound packets/s the mark was sized from
-    node: str  # the master that journaled it
-    ts: float  # wall-clock time of journaling (shown in status, used for pruning)
-
-
-@dataclass(frozen=True, slots=True)
-class Write:
-    """One replay-state write: set the SA to these counters."""
-
-    sa: KernelSa
-    oseq: int
-    seq: int
-    bitmap: tuple[int, ...]
-
-    @property
-    def jump(self) -> int:
-        """How far the outbound counter moves."""
-        return self.oseq - self.sa.oseq
 
 
 class RateMeter:

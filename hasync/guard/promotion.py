@@ -1,0 +1,137 @@
+"""A promotion as a state machine: what a node does with ESP replay state on VRRP MASTER.
+
+Rules: pure (no IO; time is the `now` each event brings, wall time only the `started` stamp).
+The phases follow issue 4, in this order only (`TRANSITIONS`; any other move raises
+`IllegalPhase` naming the phase and the move):
+BARRIER: a Raft barrier, bounded by the driver, so every entry committed before it is applied
+  here; without it (no majority) every target gets `Reserve.no_quorum` more;
+XFRM: read every SA and write the targets (outbound jump, inbound replay state restored,
+  `rules.plan_writes`); a failed read leaves counters behind, so it is tried again, up to
+  PROMOTION_READS times;
+ACTIVATE: charon's segments are activated (strongSwan ha_ctl.c `+N`), last, and then DONE.
+The timing of each phase is kept in the `PromotionReport` for `hasync status`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+
+from .records import KernelSa, SaKey, SeqRecord, Write, WriteResult
+from .rules import Reserve, plan_writes
+
+PROMOTION_READS = 3  # a promotion reads the kernel again after an error, this many times
+REPORTED_WRITE_ERRORS = 20  # a report keeps this many of the kernel's write refusals
+
+
+@dataclass
+class PromotionReport:
+    """The last promotion, for `hasync status` (milliseconds, wall-clock start)."""
+
+    started: float
+    quorum: bool = False
+    wait_ms: float = 0.0  # Raft barrier: apply everything committed
+    xfrm_ms: float = 0.0  # read replay state and write the targets
+    activate_ms: float = 0.0  # charon's segments activated
+    total_ms: float = 0.0
+    sas: int = 0
+    writes: int = 0
+    max_jump: int = 0
+    extra_reserve: int = 0
+    errors: list[str] = field(default_factory=list)
+    done: bool = False
+
+
+class Phase(Enum):
+    """Where a promotion stands."""
+
+    BARRIER = "barrier"  # waiting until everything committed is applied here
+    XFRM = "xfrm"  # reading the kernel's SAs and writing their targets
+    ACTIVATE = "activate"  # charon's segments are being activated
+    DONE = "done"
+
+
+TRANSITIONS: dict[Phase, frozenset[Phase]] = {
+    Phase.BARRIER: frozenset({Phase.XFRM}),
+    Phase.XFRM: frozenset({Phase.ACTIVATE}),
+    Phase.ACTIVATE: frozenset({Phase.DONE}),
+    Phase.DONE: frozenset(),
+}
+
+
+class IllegalPhase(RuntimeError):
+    """A promotion step out of order (a local bug)."""
+
+
+class Promotion:
+    """One promotion: events in (barrier, read, written, activated, each with `now`),
+    decisions out (the extra reserve, the writes, whether to read again), timings kept."""
+
+    def __init__(self, reserve: Reserve, started: float, now: float,
+                 reads: int = PROMOTION_READS) -> None:
+        self.reserve, self.reads = reserve, reads
+        self.report = PromotionReport(started=started)
+        self.phase = Phase.BARRIER
+        self.t0 = self.t_phase = now
+        self.failed_reads = 0
+        self._planned: tuple[int, list[Write]] | None = None
+
+    def _move(self, to: Phase, now: float) -> float:
+        """Enter `to`; the milliseconds spent in the phase left."""
+        if to not in TRANSITIONS[self.phase]:
+            raise IllegalPhase(f"promotion in phase {self.phase.value} cannot move to "
+                               f"{to.value}")
+        spent = round((now - self.t_phase) * 1000, 1)
+        self.phase, self.t_phase = to, now
+        return spent
+
+    def _expect(self, phase: Phase, step: str) -> None:
+        if self.phase is not phase:
+            raise IllegalPhase(f"promotion in phase {self.phase.value} cannot {step}")
+
+    def barrier_done(self, quorum: bool, now: float) -> None:
+        """The barrier answered (True) or its bound passed (False)."""
+        self.report.wait_ms = self._move(Phase.XFRM, now)
+        self.report.quorum = quorum
+        self.report.extra_reserve = 0 if quorum else self.reserve.no_quorum
+
+    def plan(self, sas: Iterable[KernelSa], records: Mapping[SaKey, SeqRecord],
+             stretch_s: float) -> list[Write]:
+        """The kernel was read: the writes that move every SA to its target."""
+        self._expect(Phase.XFRM, "plan writes")
+        sas = list(sas)
+        writes = plan_writes(sas, records, self.reserve, self.report.extra_reserve, stretch_s)
+        self._planned = (len(sas), writes)
+        return writes
+
+    def written(self, result: WriteResult, now: float) -> None:
+        """The planned writes went to the kernel (refusals are in `result`)."""
+        self._expect(Phase.XFRM, "take a write result")
+        if self._planned is None:
+            raise IllegalPhase("promotion in phase xfrm cannot take a write result unplanned")
+        n_sas, writes = self._planned
+        rep = self.report
+        rep.sas, rep.writes = n_sas, result.done
+        rep.errors += result.errors[:REPORTED_WRITE_ERRORS]
+        rep.max_jump = max((w.jump for w in writes), default=0)
+        rep.xfrm_ms = self._move(Phase.ACTIVATE, now)
+
+    def read_failed(self, error: str, now: float) -> bool:
+        """A read (or its writes) failed; True to read again, False when out of reads."""
+        self._expect(Phase.XFRM, "fail a read")
+        self.failed_reads += 1
+        self._planned = None
+        self.report.errors.append(f"read {self.failed_reads} of {self.reads}: {error}")
+        if self.failed_reads < self.reads:
+            return True
+        self.report.xfrm_ms = self._move(Phase.ACTIVATE, now)
+        return False
+
+    def activated(self, now: float) -> PromotionReport:
+        """charon's segments were activated: the promotion is done."""
+        rep = self.report
+        rep.activate_ms = self._move(Phase.DONE, now)
+        rep.total_ms = round((now - self.t0) * 1000, 1)
+        rep.done = True
+        return rep
