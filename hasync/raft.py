@@ -55,7 +55,7 @@ from .syncobj_compat import SyncObj, SyncObjConf, SyncObjConsumer, replicated
 log = logging.getLogger(__name__)
 
 SNAPSHOT_FORMAT = 2  # pickle of (format, JournalState.to_dict(), SeqLog.to_dict(), raft_data)
-SNAPSHOT_PICKLE_PROTOCOL = 5  # pinned so that the same state gives the same bytes
+SNAPSHOT_PICKLE_PROTOCOL = 4  # what main wrote (3.11 default), pinned: same state, same bytes
 AUTO_TICK_MIN_S = 0.05  # pysyncobj's default poll timeout; a slow heartbeat polls less often
 Applied = Callable[[Batch, list[tuple[bytes, HaMessage]]], None]
 Callback = Callable[[Any, Any], None]
