@@ -216,7 +216,7 @@ class Daemon:
 
     def _caught_up(self) -> bool:
         assert self.journal is not None
-        st = self.journal.getStatus()
+        st = self.journal.raft_status()
         return st.get("leader") is not None and st.get("last_applied", 0) >= st.get(
             "commit_idx", 0) > 0
 
@@ -385,11 +385,11 @@ class Daemon:
             ike_sas, child_sas = self.journal.state.counts()
             anomalies = dict(self.journal.state.anomalies)
             digest = self.journal.state.digest()
-        st = self.journal.getStatus()
+        st = self.journal.raft_status()
         commit, wall = st.get("commit_idx") or 0, time.time()
         members = {name: {**m, "lag": max(0, commit - (m.get("applied") or 0)),
                           "report_age_s": round(wall - m.get("ts", 0), 1)}
-                   for name, m in sorted(self.journal.members.items())}
+                   for name, m in sorted(self.journal.members_view().items())}
         return {"node": self.cfg.node.name, "members": members, "cluster": self.cfg.cluster.name,
                 "role": self.role.role.value, "role_since_s": round(time.monotonic()
                                                                     - self.role.since, 1),

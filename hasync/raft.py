@@ -1,16 +1,31 @@
-"""The cluster journal: sealed batches of HA datagrams replicated by Raft (pysyncobj over TCP),
-applied in commit order to a `JournalState` on every node.
+"""The cluster journal: sealed entries replicated by Raft (pysyncobj over TCP), applied in
+commit order to the apply machine (hasync/journal/machine.py) on every node.
 
-Rules: only sealed bytes enter Raft (pysyncobj's journal is plaintext pickle); snapshots are
-sealed too, through pysyncobj's custom serializer, so no secret reaches disk in clear; the
-Raft port always carries pysyncobj's password (derived from the cluster key), so it is always
-authenticated and encrypted. The `@replicated` apply method never raises: an entry that does
-not open, unpack or decode is counted and skipped, since a raising apply wedges every node
-(FACTS.md). Apply runs on pysyncobj's thread; readers take `lock`.
+Rules:
+- `ClusterJournal` holds a plain pysyncobj `SyncObj`; the one replicated entry point is
+  `_Replica.apply(kind, sealed)` on a `SyncObjConsumer` (pysyncobj's composition hook:
+  pysyncobj/syncobj.py, SyncObj.__init__ `consumers`). Every entry is sealed, barriers and
+  member reports included (pysyncobj's journal is plaintext pickle: pysyncobj/journal.py);
+  snapshots are sealed chunks through pysyncobj's custom serializer, so no secret reaches disk
+  in clear; the Raft port always carries pysyncobj's password (derived from the cluster key).
+- Apply never raises: in pysyncobj 0.3.17 (pysyncobj/syncobj.py, SyncObj.__applyLogEntries)
+  only SyncObjExceptionWrongVer is caught, so a raising apply leaves the entry unapplied and
+  the tick thread retries it forever, on every node. An entry that does not open or unpack is
+  counted and skipped.
+- No silent failure: every counted error is logged once per counter name, the first time that
+  name is hit (with its traceback for unexpected errors; named rejections, SealError and
+  EntryError, without one), then only counted; `hasync status` shows the counters under
+  "raft_apply".
+- Threads: apply, snapshots and the status copy run on pysyncobj's tick thread. Replicated
+  state and counters change only under `lock`; readers take `lock` (or use `members_view`,
+  `counters`, which copy under it). `raft_status()` returns a copy of `getStatus()` taken on the
+  tick thread (getStatus iterates pysyncobj's dicts, unsafe from another thread). A snapshot
+  load decodes outside the lock and swaps the machine under it.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import threading
@@ -21,15 +36,32 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .guard.entries import SeqEntry, SeqLog, pack_seq, unpack_seq
-from .ha import HaMessage, MalformedMessage, decode
-from .journal.seal import Batch, EntryError, Keys, Sealer, SealError, pack_batch, unpack_batch
+from .guard.entries import SeqEntry, SeqLog, pack_seq
+from .ha import HaMessage
+from .journal.machine import ApplyMachine, Change, Kind, open_entry, pack_member
+from .journal.seal import (
+    Batch,
+    EntryError,
+    Keys,
+    Sealer,
+    SealError,
+    open_chunks,
+    pack_batch,
+    seal_chunks,
+)
 from .journal.state import JournalState
-from .syncobj_compat import SyncObj, SyncObjConf, replicated
+from .syncobj_compat import SyncObj, SyncObjConf, SyncObjConsumer, replicated
 
-SNAPSHOT_FORMAT = 2
+log = logging.getLogger(__name__)
+
+SNAPSHOT_FORMAT = 2  # pickle of (format, JournalState.to_dict(), SeqLog.to_dict(), raft_data)
+SNAPSHOT_PICKLE_PROTOCOL = 4  # what main wrote (3.11 default), pinned: same state, same bytes
 AUTO_TICK_MIN_S = 0.05  # pysyncobj's default poll timeout; a slow heartbeat polls less often
 Applied = Callable[[Batch, list[tuple[bytes, HaMessage]]], None]
+Callback = Callable[[Any, Any], None]
+# Counter prefix of a rejected entry, by kind (the names `hasync status` has always shown).
+_REJECTED: dict[int, str] = {Kind.BATCH: "entry_rejected", Kind.SEQ: "seq_rejected",
+             Kind.MEMBER: "member_report_rejected", Kind.BARRIER: "barrier_rejected"}
 
 
 @dataclass(frozen=True)
@@ -44,20 +76,49 @@ class RaftTiming:
     compaction_min_s: float = 60.0
 
 
-class ClusterJournal(SyncObj):  # type: ignore[misc]
-    """This node's Raft member: submits batches, applies committed ones to `state`."""
+class _Replica(SyncObjConsumer):  # type: ignore[misc]
+    """What pysyncobj replicates: one entry point, handed to the journal."""
+
+    def __init__(self, handler: Callable[[int, bytes], None]) -> None:
+        super().__init__()
+        self._handler = handler
+
+    @replicated  # type: ignore[misc]
+    def apply(self, kind: int, sealed: bytes) -> None:
+        """Apply one committed entry on Raft's thread; the handler never raises."""
+        self._handler(kind, sealed)
+
+
+def pack_snapshot(state: dict[str, Any], seqs: dict[str, Any], raft_data: Any) -> bytes:
+    """The snapshot's plaintext (sealed by `seal_chunks` before it reaches disk)."""
+    return pickle.dumps((SNAPSHOT_FORMAT, state, seqs, raft_data),
+                        protocol=SNAPSHOT_PICKLE_PROTOCOL)
+
+
+def unpack_snapshot(blob: bytes) -> tuple[dict[str, Any], dict[str, Any], Any]:
+    """(state, seqs, raft_data) from an opened snapshot; raise ValueError on another format."""
+    loaded = pickle.loads(blob)  # authenticated by open_chunks: only the cluster wrote it
+    if not isinstance(loaded, tuple) or len(loaded) != 4 or loaded[0] != SNAPSHOT_FORMAT:
+        found = loaded[0] if isinstance(loaded, tuple) and loaded else type(loaded).__name__
+        raise ValueError(f"snapshot format {found!r}, expected {SNAPSHOT_FORMAT}")
+    return loaded[1], loaded[2], loaded[3]
+
+
+class ClusterJournal:
+    """This node's Raft member: seals and submits entries, applies committed ones."""
 
     def __init__(self, node: str, bind: str, peers: list[str], state_dir: Path, keys: Keys,
                  on_applied: Applied | None = None, timing: RaftTiming | None = None) -> None:
         t = timing or RaftTiming()
         self.node = node
         self.lock = threading.RLock()
-        self.state = JournalState()
-        self.seqs = SeqLog()
-        self.counters: Counter[str] = Counter()
         self.on_applied = on_applied
         self.on_seq: Callable[[], None] | None = None  # an applied entry moved a mark
-        self.members: dict[str, dict[str, Any]] = {}  # node -> its last report (no secrets)
+        self._machine = ApplyMachine()
+        self._counters: Counter[str] = Counter()
+        self._logged: set[str] = set()
+        self._child_adds = 0
+        self._status: dict[str, Any] = {}  # replaced whole on Raft's thread, never mutated
         self._sealer = Sealer(keys)
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         conf = SyncObjConf(
@@ -70,123 +131,44 @@ class ClusterJournal(SyncObj):  # type: ignore[misc]
             logCompactionMinEntries=t.compaction_min_entries,
             logCompactionMinTime=t.compaction_min_s, dynamicMembershipChange=False,
             autoTickPeriod=max(AUTO_TICK_MIN_S, t.heartbeat_s / 4))
-        super().__init__(bind, peers, conf)
+        self._replica = _Replica(self._on_commit)
+        self._raft = SyncObj(bind, peers, conf, consumers=[self._replica])
+        self._raft.addOnTickCallback(self._copy_status)
 
-    def submit(self, datagrams: list[bytes], callback: Callable[[Any, Any], None]) -> None:
-        """Seal a batch and hand it to Raft; `callback(result, error)` runs on commit or failure."""
-        sealed = self._sealer.seal(pack_batch(datagrams, self.node, time.time()))
-        self._apply_batch(sealed, callback=callback)
+    # ---- what other code reads ----
+    @property
+    def state(self) -> JournalState:
+        """The HA model; read it under `lock` (a snapshot load replaces it)."""
+        return self._machine.state
 
-    @replicated  # type: ignore[misc]
-    def _apply_batch(self, sealed: bytes) -> None:
-        """Apply one committed entry; never raises."""
-        try:
-            batch = unpack_batch(self._sealer.open(sealed))
-        except (SealError, EntryError) as e:
-            self.counters[f"entry_rejected:{type(e).__name__}"] += 1
-            return
-        except Exception:
-            self.counters["entry_rejected:other"] += 1
-            return
-        applied: list[tuple[bytes, HaMessage]] = []
+    @property
+    def seqs(self) -> SeqLog:
+        """The ESP replay-state log; read it under `lock`."""
+        return self._machine.seqs
+
+    @property
+    def counters(self) -> Counter[str]:
+        """A copy of the apply counters (`hasync status` "raft_apply")."""
         with self.lock:
-            for raw in batch.items:
-                try:
-                    msg = decode(raw)
-                    self.state.apply(raw, msg, batch.ts)
-                except MalformedMessage:
-                    self.counters["datagram_rejected"] += 1
-                    continue
-                except Exception:
-                    self.counters["apply_error"] += 1
-                    continue
-                applied.append((raw, msg))
-            self.counters["batches_applied"] += 1
-            self.counters["messages_applied"] += len(applied)
-        if self.on_applied is not None:
-            try:
-                self.on_applied(batch, applied)
-            except Exception:
-                self.counters["on_applied_error"] += 1
+            return Counter(self._counters)
 
-    def submit_seq(self, entry: SeqEntry, callback: Callable[[Any, Any], None]) -> None:
-        """Seal replay-state records and hand them to Raft (like `submit`)."""
-        self._apply_seq(self._sealer.seal(pack_seq(entry)), callback=callback)
+    @property
+    def child_adds(self) -> int:
+        """CHILD_ADDs applied since this process started (grows as backups mirror)."""
+        return self._child_adds
 
-    @replicated  # type: ignore[misc]
-    def _apply_seq(self, sealed: bytes) -> None:
-        """Apply one committed replay-state entry; never raises."""
-        try:
-            entry = unpack_seq(self._sealer.open(sealed))
-        except (SealError, EntryError) as e:
-            self.counters[f"seq_rejected:{type(e).__name__}"] += 1
-            return
-        except Exception:
-            self.counters["seq_rejected:other"] += 1
-            return
-        try:
-            with self.lock:
-                moved = self.seqs.apply(entry)
-            self.counters["seq_entries_applied"] += 1
-            if moved and self.on_seq is not None:
-                self.on_seq()
-        except Exception:
-            self.counters["seq_apply_error"] += 1
-
-    def barrier(self, callback: Callable[[Any, Any], None]) -> None:
-        """Commit an empty entry; when `callback` runs without error, this node has applied
-        everything committed before it (Raft log order)."""
-        self._barrier(callback=callback)
-
-    @replicated  # type: ignore[misc]
-    def _barrier(self) -> None:
-        """Nothing to apply: the entry only orders the log."""
-        self.counters["barriers_applied"] += 1
-
-    def report(self, info: dict[str, Any], callback: Callable[[Any, Any], None]) -> None:
-        """Tell every node how this one is doing (VRRP role, applied index); no secrets."""
-        self._member_report(self.node, info, callback=callback)
-
-    @replicated  # type: ignore[misc]
-    def _member_report(self, node: str, info: dict[str, Any]) -> None:
-        """Keep a member's latest report; never raises."""
-        try:
-            if isinstance(node, str) and isinstance(info, dict) and len(info) <= 16:
-                self.members[node[:64]] = dict(info)
-            else:
-                self.counters["member_report_rejected"] += 1
-        except Exception:
-            self.counters["member_report_rejected"] += 1
-
-    def _save_snapshot(self, filename: str, raft_data: Any) -> None:
-        """pysyncobj serializer: our state and pysyncobj's, pickled, then sealed."""
+    def members_view(self) -> dict[str, dict[str, Any]]:
+        """A copy of every member's latest report, taken under the lock."""
         with self.lock:
-            blob = pickle.dumps((SNAPSHOT_FORMAT, self.state.to_dict(), self.seqs.to_dict(),
-                                 raft_data))
-        sealed = _seal_large(self._sealer, blob)
-        fd = os.open(filename, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(sealed)
-            f.flush()
-            os.fsync(f.fileno())
+            return {name: dict(info) for name, info in self._machine.members.items()}
 
-    def _load_snapshot(self, filename: str) -> Any:
-        """pysyncobj deserializer: open the sealed snapshot, restore our state."""
-        with open(filename, "rb") as f:
-            blob = _open_large(self._sealer, f.read())
-        loaded = pickle.loads(blob)  # authenticated: only the cluster wrote it
-        if loaded[0] != SNAPSHOT_FORMAT:
-            raise ValueError(f"{filename}: snapshot format {loaded[0]}, expected "
-                             f"{SNAPSHOT_FORMAT}")
-        _, state, seqs, raft_data = loaded
-        with self.lock:
-            self.state = JournalState.from_dict(state)
-            self.seqs = SeqLog.from_dict(seqs)
-        return raft_data
+    def raft_status(self) -> dict[str, Any]:
+        """A copy of pysyncobj's getStatus(), as taken on Raft's thread at its last tick."""
+        return dict(self._status)
 
     def status(self) -> dict[str, Any]:
         """Raft role, term, indexes and peers as pysyncobj reports them."""
-        st = self.getStatus()
+        st = self.raft_status()
         role = {0: "follower", 1: "candidate", 2: "leader"}.get(st.get("state"), "?")
         peers = {k[len("partner_node_status_server_"):]: ("connected" if v == 2 else "down")
                  for k, v in st.items() if k.startswith("partner_node_status_server_")}
@@ -196,34 +178,115 @@ class ClusterJournal(SyncObj):  # type: ignore[misc]
                 "commit_index": st.get("commit_idx"), "applied_index": st.get("last_applied"),
                 "log_len": st.get("log_len"), "peers": peers}
 
+    # ---- proposals (any thread); callback(result, error) as pysyncobj calls it ----
+    def submit(self, datagrams: list[bytes], callback: Callback) -> None:
+        """Seal a batch of ha datagrams and hand it to Raft."""
+        self._propose(Kind.BATCH, pack_batch(datagrams, self.node, time.time()), callback)
 
-# Snapshots can exceed one entry's size limit: seal them in chunks of at most CHUNK bytes,
-# each chunk a sealed entry whose first 8 bytes give its index and the chunk count.
-CHUNK = 192 * 1024
+    def submit_seq(self, entry: SeqEntry, callback: Callback) -> None:
+        """Seal replay-state records and hand them to Raft."""
+        self._propose(Kind.SEQ, pack_seq(entry), callback)
 
+    def barrier(self, callback: Callback) -> None:
+        """Commit an empty entry; when `callback` runs without error, this node has applied
+        everything committed before it (Raft log order)."""
+        self._propose(Kind.BARRIER, b"", callback)
 
-def _seal_large(sealer: Sealer, blob: bytes) -> bytes:
-    """Seal `blob` as length-prefixed sealed chunks."""
-    chunks = [blob[i:i + CHUNK] for i in range(0, len(blob), CHUNK)] or [b""]
-    out = bytearray()
-    for i, c in enumerate(chunks):
-        sealed = sealer.seal(i.to_bytes(4, "big") + len(chunks).to_bytes(4, "big") + c)
-        out += len(sealed).to_bytes(4, "big") + sealed
-    return bytes(out)
+    def report(self, info: dict[str, Any], callback: Callback) -> None:
+        """Tell every node how this one is doing (VRRP role, applied index); no secrets."""
+        self._propose(Kind.MEMBER, pack_member(self.node, info), callback)
 
+    def _propose(self, kind: Kind, payload: bytes, callback: Callback) -> None:
+        """Seal `payload` and replicate it (the kind goes as a plain int into pysyncobj's log)."""
+        self._propose_sealed(int(kind), self._sealer.seal(payload), callback)
 
-def _open_large(sealer: Sealer, data: bytes) -> bytes:
-    """Open what `_seal_large` made; raise SealError if anything is missing or altered."""
-    pos, parts, total = 0, [], None
-    while pos < len(data):
-        n = int.from_bytes(data[pos:pos + 4], "big")
-        plain = sealer.open(data[pos + 4:pos + 4 + n])
-        pos += 4 + n
-        idx, count = int.from_bytes(plain[:4], "big"), int.from_bytes(plain[4:8], "big")
-        if idx != len(parts) or (total is not None and count != total):
-            raise SealError("snapshot chunks out of order")
-        total = count
-        parts.append(plain[8:])
-    if total is None or len(parts) != total:
-        raise SealError("snapshot truncated")
-    return b"".join(parts)
+    def _propose_sealed(self, kind: int, sealed: bytes, callback: Callback) -> None:
+        """Replicate already sealed bytes (tests use it to send hostile entries)."""
+        self._replica.apply(kind, sealed, callback=callback)
+
+    def compact(self) -> None:
+        """Snapshot at the next tick (pysyncobj forceLogCompaction)."""
+        self._raft.forceLogCompaction()
+
+    def destroy(self) -> None:
+        """Stop Raft's thread and close its sockets (pysyncobj destroy: asynchronous)."""
+        self._raft.destroy()
+
+    # ---- Raft's thread ----
+    def _on_commit(self, kind: int, sealed: bytes) -> None:
+        """Open, apply, count and announce one committed entry; never raises."""
+        prefix = _REJECTED.get(kind, "entry_rejected")
+        try:
+            entry = open_entry(kind, self._sealer.open(sealed))
+            with self.lock:
+                change = self._machine.apply(entry)
+                self._counters.update(change.counts)
+                self._child_adds += change.child_adds
+        except (SealError, EntryError) as exc:
+            self._count(f"{prefix}:{type(exc).__name__}", exc, trace=False)
+            return
+        except Exception as exc:
+            self._count(f"{prefix}:other", exc)
+            return
+        for name, error in change.errors:
+            self._count(name, error)
+        self._announce(change)
+
+    def _announce(self, change: Change) -> None:
+        """Tell the daemon and the guard what changed; their errors are counted."""
+        if change.kind is Kind.BATCH and self.on_applied is not None and change.batch:
+            try:
+                self.on_applied(change.batch, list(change.applied))
+            except Exception as exc:
+                self._count("on_applied_error", exc)
+        if change.moved and self.on_seq is not None:
+            try:
+                self.on_seq()
+            except Exception as exc:
+                self._count("on_seq_error", exc)
+
+    def _count(self, name: str, exc: BaseException, trace: bool = True) -> None:
+        """Count an error under `name`; log it the first time that name is hit."""
+        with self.lock:
+            self._counters[name] += 1
+            first = name not in self._logged
+            self._logged.add(name)
+        if first:
+            log.error("raft journal: %s: %s (logged once; counted under raft_apply.%s)",
+                      name, exc, name, exc_info=exc if trace else None)
+
+    def _copy_status(self) -> None:
+        """pysyncobj on-tick callback: publish a fresh copy of getStatus()."""
+        try:
+            self._status = self._raft.getStatus()
+        except Exception as exc:  # an exception here would abort pysyncobj's tick
+            self._count("status_error", exc)
+
+    def _save_snapshot(self, filename: str, raft_data: Any) -> None:
+        """pysyncobj serializer: our state and pysyncobj's, pickled, then sealed in chunks."""
+        try:
+            with self.lock:
+                state, seqs = self._machine.snapshot()
+            sealed = seal_chunks(self._sealer, pack_snapshot(state, seqs, raft_data))
+            fd = os.open(filename, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(sealed)
+                f.flush()
+                os.fsync(f.fileno())
+        except Exception as exc:  # pysyncobj's Serializer drops it without a word
+            self._count("snapshot_save_error", exc)
+            raise
+
+    def _load_snapshot(self, filename: str) -> Any:
+        """pysyncobj deserializer: open the sealed snapshot, build the state, swap it in."""
+        try:
+            with open(filename, "rb") as f:
+                state, seqs, raft_data = unpack_snapshot(open_chunks(self._sealer, f.read()))
+            machine = ApplyMachine.restore(state, seqs)
+        except Exception as exc:
+            self._count("snapshot_load_error", exc)
+            raise
+        with self.lock:
+            machine.members = self._machine.members  # reports are not in snapshots
+            self._machine = machine
+        return raft_data

@@ -14,7 +14,7 @@ from typing import Any
 
 _inet_ntop, _inet_pton = socket.inet_ntop, socket.inet_pton
 
-from pysyncobj import SyncObj, SyncObjConf, replicated  # noqa: E402
+from pysyncobj import SyncObj, SyncObjConf, SyncObjConsumer, replicated  # noqa: E402
 
 socket.inet_ntop, socket.inet_pton = _inet_ntop, _inet_pton
 
@@ -43,4 +43,4 @@ def outcome(error: Any) -> FailReason:
         return FailReason.UNKNOWN_OUTCOME
 
 
-__all__ = ["FailReason", "SyncObj", "SyncObjConf", "outcome", "replicated"]
+__all__ = ["FailReason", "SyncObj", "SyncObjConf", "SyncObjConsumer", "outcome", "replicated"]

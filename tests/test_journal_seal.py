@@ -31,7 +31,9 @@ from hasync.journal.seal import (
     derive_keys,
     generate_key_file,
     load_cluster_key,
+    open_chunks,
     pack_batch,
+    seal_chunks,
     unpack_batch,
 )
 
@@ -381,3 +383,36 @@ def test_batch_round_trip_property(items: list[bytes], origin: str, ts: float) -
         return  # e.g. an origin with lone surrogates
     assert unpack_batch(raw) == Batch(tuple(items), origin, ts)
     assert unpack_batch(SEALER.open(SEALER.seal(raw))) == Batch(tuple(items), origin, ts)
+
+
+def test_an_injected_nonce_is_used_and_checked() -> None:
+    keys = derive_keys(KEY, "test")
+    sealed = Sealer(keys, nonce=lambda: bytes(12)).seal(b"payload")
+    assert sealed[1:13] == bytes(12) and Sealer(keys).open(sealed) == b"payload"
+    assert Sealer(keys, nonce=lambda: bytes(12)).seal(b"payload") == sealed  # deterministic
+    with pytest.raises(SealError, match="nonce"):
+        Sealer(keys, nonce=lambda: bytes(11)).seal(b"payload")
+
+
+def test_default_nonces_differ() -> None:
+    sealer = Sealer(derive_keys(KEY, "test"))
+    assert len({sealer.seal(b"same")[1:13] for _ in range(64)}) == 64
+
+
+def test_large_blobs_seal_in_chunks_and_detect_tampering() -> None:
+    sealer = Sealer(derive_keys(KEY, "test"))
+    blob = bytes(range(256)) * 3000  # several chunks
+    sealed = seal_chunks(sealer, blob)
+    assert open_chunks(sealer, sealed) == blob and blob[:1000] not in sealed
+    assert open_chunks(sealer, seal_chunks(sealer, b"")) == b""
+    first = 4 + int.from_bytes(sealed[:4], "big")
+    for bad in (sealed[:-1], sealed[: len(sealed) // 2], sealed + sealed[:first],
+                sealed[first:], sealed[:first], b""):
+        with pytest.raises(SealError):
+            open_chunks(sealer, bad)
+
+
+@pytest.mark.parametrize("chunk", [0, MAX_ENTRY])
+def test_a_chunk_size_beyond_one_entry_is_refused(chunk: int) -> None:
+    with pytest.raises(SealError, match="chunk size"):
+        seal_chunks(Sealer(derive_keys(KEY, "test")), b"x", chunk)

@@ -1,30 +1,67 @@
-"""The Raft journal in one process: apply never raises, snapshots are sealed and restore."""
+"""The Raft journal in one process: apply never raises and says so once, snapshots are sealed
+and restore, shared state is read through copies."""
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from hasync.journal.seal import derive_keys
-from hasync.lab.loopback import free_ports
-from hasync.raft import ClusterJournal, _open_large, _seal_large
+import pytest
+from netutil import free_ports
+
+from hasync.guard.entries import SeqEntry
+from hasync.guard.records import SeqRecord
+from hasync.ha import MessageType, decode
+from hasync.journal.machine import Kind
+from hasync.journal.seal import Sealer, derive_keys, pack_batch
+from hasync.raft import ClusterJournal
+from hasync.syncobj_compat import FailReason, outcome
 
 import hastream
 
 KEYS = derive_keys(bytes(range(32)), "test")
+KEY = ("192.0.2.101", 0xC0FFEE01, 50)
 
 
-def _wait(pred: object, timeout: float = 20.0) -> None:
+def _wait(pred: Callable[[], object], timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if pred():  # type: ignore[operator]
+        if pred():
             return
         time.sleep(0.05)
     raise AssertionError("timed out")
 
 
-def _node(tmp: Path, port: int) -> ClusterJournal:
-    return ClusterJournal("n1", f"127.0.0.1:{port}", [], tmp, KEYS)
+def _node(tmp: Path, port: int, **kw: Any) -> ClusterJournal:
+    return ClusterJournal("n1", f"127.0.0.1:{port}", [], tmp, KEYS, **kw)
+
+
+@pytest.fixture
+def leader(tmp_path: Path) -> Any:
+    """A one-node cluster, already leader."""
+    (port,) = free_ports(1)
+    j = _node(tmp_path, port)
+    try:
+        _wait(lambda: j.status()["role"] == "leader")
+        yield j
+    finally:
+        j.destroy()
+
+
+def _logged(caplog: pytest.LogCaptureFixture, name: str) -> list[logging.LogRecord]:
+    """The log records about counter `name`."""
+    return [r for r in caplog.records if r.getMessage().startswith(f"raft journal: {name}: ")]
+
+
+def _commit(propose: Callable[[Callable[[Any, Any], None]], None]) -> FailReason:
+    """Propose, wait for pysyncobj's callback, return its outcome by name."""
+    done: list[Any] = []
+    propose(lambda result, error: done.append(error))
+    _wait(lambda: done)
+    return outcome(done[0])
 
 
 def test_stream_applies_snapshot_is_sealed_and_restores(tmp_path: Path) -> None:
@@ -36,13 +73,15 @@ def test_stream_applies_snapshot_is_sealed_and_restores(tmp_path: Path) -> None:
         done: list[object] = []
         for i in range(0, len(s.datagrams), 8):
             j.submit(s.datagrams[i:i + 8], lambda r, e: done.append(e))
-        j._apply_batch(b"\x01not a sealed entry", callback=lambda r, e: done.append(e))
-        j._apply_batch(b"", callback=lambda r, e: done.append(e))
+        j._propose_sealed(Kind.BATCH, b"\x01not a sealed entry", lambda r, e: done.append(e))
+        j._propose_sealed(Kind.BATCH, b"", lambda r, e: done.append(e))
         _wait(lambda: len(done) == 17)
         assert j.counters["entry_rejected:SealError"] == 2  # counted, never raised
         assert len(j.state.summaries(0.0)) == 30
+        adds = sum(decode(d).type == MessageType.CHILD_ADD for d in s.datagrams)
+        assert j.child_adds == adds > 0
         before = j.state.to_dict()
-        j.forceLogCompaction()
+        j.compact()
         _wait(lambda: (tmp_path / "raft.snapshot").exists())
     finally:
         j.destroy()
@@ -59,15 +98,98 @@ def test_stream_applies_snapshot_is_sealed_and_restores(tmp_path: Path) -> None:
         j2.destroy()
 
 
-def test_large_blobs_seal_in_chunks_and_detect_tampering() -> None:
-    from hasync.journal.seal import Sealer, SealError
-    sealer = Sealer(KEYS)
-    blob = bytes(range(256)) * 3000  # several chunks
-    sealed = _seal_large(sealer, blob)
-    assert _open_large(sealer, sealed) == blob and blob[:1000] not in sealed
-    for bad in (sealed[:-1], sealed[: len(sealed) // 2], sealed + sealed[:100]):
-        try:
-            _open_large(sealer, bad)
-        except SealError:
-            continue
-        raise AssertionError("tampered snapshot opened")
+def test_each_rejection_is_logged_once_and_counted_each_time(
+        leader: ClusterJournal, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="hasync.raft")
+    for _ in range(3):
+        assert _commit(lambda cb: leader._propose_sealed(Kind.SEQ, b"garbage", cb)) == (
+            FailReason.SUCCESS)
+    other = Sealer(derive_keys(bytes(32), "test"))  # another cluster's key
+    sealed = other.seal(pack_batch([b"x"], "n9", 1.0))
+    assert _commit(lambda cb: leader._propose_sealed(Kind.BATCH, sealed, cb)) == (
+        FailReason.SUCCESS)
+    mine = Sealer(KEYS).seal(b"\x93\x01")  # opens, but is no batch
+    assert _commit(lambda cb: leader._propose_sealed(Kind.BATCH, mine, cb)) == (
+        FailReason.SUCCESS)
+    assert _commit(lambda cb: leader._propose_sealed(99, mine, cb)) == FailReason.SUCCESS
+    counters = leader.counters
+    assert counters["seq_rejected:SealError"] == 3
+    assert counters["entry_rejected:SealError"] == 1
+    assert counters["entry_rejected:EntryError"] == 2  # not a batch; unknown kind
+    assert set(counters) == {"seq_rejected:SealError", "entry_rejected:SealError",
+                             "entry_rejected:EntryError"}
+    for name in counters:
+        (record,) = _logged(caplog, name)  # once per name, however often it is hit
+        assert record.exc_info is None  # named rejections: no traceback
+    assert len(caplog.records) == 3
+
+
+def test_a_raising_listener_is_logged_once_with_its_traceback(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    def boom(*_: object) -> None:
+        raise RuntimeError("listener bug")
+
+    caplog.set_level(logging.ERROR, logger="hasync.raft")
+    (port,) = free_ports(1)
+    j = _node(tmp_path, port, on_applied=boom)
+    j.on_seq = boom
+    try:
+        _wait(lambda: j.status()["role"] == "leader")
+        s = hastream.tunnels(2)
+        for _ in range(2):
+            assert _commit(lambda cb: j.submit(s.datagrams[:4], cb)) == FailReason.SUCCESS
+        rec = SeqRecord(KEY, 5000, 7, (1,), 50.0, "n1", 1.0)
+        assert _commit(lambda cb: j.submit_seq(SeqEntry("n1", 1.0, (rec,)), cb)) == (
+            FailReason.SUCCESS)
+        assert j.counters["on_applied_error"] == 2 and j.counters["on_seq_error"] == 1
+        assert j.counters["batches_applied"] == 2  # the state moved on regardless
+        assert len(caplog.records) == 2
+        for name in ("on_applied_error", "on_seq_error"):
+            (r,) = _logged(caplog, name)
+            assert r.exc_info is not None and "listener bug" in str(r.exc_info[1])
+    finally:
+        j.destroy()
+
+
+def test_seq_barrier_and_member_reports_apply(leader: ClusterJournal) -> None:
+    moved: list[int] = []
+    leader.on_seq = lambda: moved.append(1)
+    rec = SeqRecord(KEY, 5000, 7, (1,), 50.0, "n1", 1.0)
+    assert _commit(lambda cb: leader.submit_seq(SeqEntry("n1", 1.0, (rec,)), cb)) == (
+        FailReason.SUCCESS)
+    with leader.lock:
+        assert leader.seqs.records[KEY] == rec
+    assert moved == [1]
+    assert _commit(leader.barrier) == FailReason.SUCCESS
+    info = {"vrrp": "BACKUP", "raft": "leader", "applied": 3, "ts": 1.5}
+    assert _commit(lambda cb: leader.report(info, cb)) == FailReason.SUCCESS
+    view = leader.members_view()
+    assert view == {"n1": info}
+    view["n1"]["vrrp"] = "changed"  # a copy: the journal's reports stay as applied
+    assert leader.members_view()["n1"]["vrrp"] == "BACKUP"
+    c = leader.counters
+    assert (c["seq_entries_applied"], c["barriers_applied"], c["member_reports_applied"]) == (
+        1, 1, 1)
+
+
+def test_raft_status_is_a_copy_taken_on_rafts_thread(leader: ClusterJournal) -> None:
+    st = leader.raft_status()
+    assert st["state"] == 2 and st["leader"] is not None and st["commit_idx"] >= 1
+    st["state"] = 0  # a copy: changing it changes nothing
+    assert leader.raft_status()["state"] == 2
+    s = leader.status()
+    assert s["role"] == "leader" and s["peers"] == {} and s["applied_index"] >= 1
+
+
+def test_a_snapshot_that_does_not_open_is_counted_and_logged(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.ERROR, logger="hasync.raft")
+    (tmp_path / "raft.snapshot").write_bytes(b"\x00\x00\x00\x05hello")
+    (port,) = free_ports(1)
+    j = _node(tmp_path, port)
+    try:
+        _wait(lambda: j.counters["snapshot_load_error"] == 1)
+        (r,) = _logged(caplog, "snapshot_load_error")
+        assert r.exc_info is not None
+    finally:
+        j.destroy()

@@ -1,18 +1,18 @@
 """Cluster key, key derivation, sealing of journal entries and the entry payload codec.
 
-Rules: pysyncobj keeps its journal and snapshots as plaintext pickle (pysyncobj/syncobj.py,
-pysyncobj/serializer.py), so every entry is sealed before it enters Raft and opened after
-commit; nothing secret reaches Raft in clear. The cluster key file holds 64 hex digits (32
-random bytes), mode 0600 or stricter; anything else is refused with `KeyFileError` naming the
-file and the reason. From it, HKDF-SHA256 (RFC 5869) with a fixed salt and one `info` label
-per use derives the AES-256-GCM entry key and pysyncobj's password; the cluster name is part
-of every label and of the AAD, so clusters sharing a key file cannot open each other's
-entries. A sealed entry is
-`version (1 byte) || nonce (12 random bytes) || AES-GCM ciphertext and 16-byte tag`
-(NIST SP 800-38D), the AAD binding the format version and the cluster name; anything that
-does not open raises `SealError`. Payloads are msgpack batches of raw ha datagrams with
-explicit limits (`MAX_ENTRY`, `MAX_ITEMS`, `MAX_DATAGRAM`, `MAX_ORIGIN`), checked both when
-packing and unpacking; violations raise `EntryError`. Only the key file functions do I/O.
+Rules: pysyncobj keeps its journal and snapshots as plaintext pickle (pysyncobj 0.3.17:
+pysyncobj/journal.py FileJournal, pysyncobj/serializer.py), so every entry is sealed before it
+enters Raft and opened after commit; nothing secret reaches Raft in clear. The cluster key file
+holds 64 hex digits (32 random bytes), mode 0600 or stricter; anything else is refused with
+`KeyFileError` naming the file and the reason. From it, HKDF-SHA256 (RFC 5869) with a fixed
+salt and one `info` label per use derives the AES-256-GCM entry key and pysyncobj's password;
+the cluster name is part of every label and of the AAD, so clusters sharing a key file cannot
+open each other's entries. A sealed entry is `version (1 byte) || nonce (12 random bytes) ||
+AES-GCM ciphertext and 16-byte tag` (NIST SP 800-38D), the AAD binding the format version and
+the cluster name; anything that does not open raises `SealError`. Payloads are msgpack batches
+of raw ha datagrams with explicit limits (`MAX_ENTRY`, `MAX_ITEMS`, `MAX_DATAGRAM`,
+`MAX_ORIGIN`), checked both when packing and unpacking; violations raise `EntryError`. Only the
+key file functions do I/O.
 
 Nonce collisions: nonces are random 96-bit values, so among n entries sealed under one key
 (by any node) two collide with probability at most n^2 / 2^97 (birthday bound): 2^-33 at
@@ -23,6 +23,13 @@ at a sustained 100 entries/s, 2^32 entries take 1.4 years), but rotate the clust
 (new key file on every node, fresh journal) well before 2^32 sealed entries, and at once
 if the key file may have leaked. Sealing does not bind the Raft index: someone who can
 write the journal can drop, repeat or reorder whole entries, not alter or read them.
+The nonce source is injectable only so that tests can make golden vectors (deterministic
+bytes); production code never passes one, and a repeated nonce would break GCM.
+
+Blobs larger than one entry (Raft snapshots) are sealed as chunks by `seal_chunks`: each
+chunk is `length (4 bytes, big-endian) || sealed entry`, the entry's plaintext starting with
+its index and the chunk count (4 bytes each, big-endian); `open_chunks` refuses a missing,
+extra, reordered or altered chunk with `SealError`.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import os
 import re
 import secrets
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -184,11 +192,17 @@ def derive_keys(cluster_key: bytes, cluster_name: str) -> Keys:
     )
 
 
+def random_nonce() -> bytes:
+    """A fresh random 96-bit GCM nonce (NIST SP 800-38D section 8.2.2)."""
+    return os.urandom(NONCE_SIZE)
+
+
 class Sealer:
     """Seals and opens journal entries of one cluster with AES-256-GCM."""
 
-    def __init__(self, keys: Keys) -> None:
+    def __init__(self, keys: Keys, nonce: Callable[[], bytes] = random_nonce) -> None:
         self._aead = AESGCM(keys.entry_key)
+        self._nonce = nonce  # tests only: golden vectors need fixed nonces
         name = _cluster_name_bytes(keys.cluster_name)
         self._aad = _AAD_PREFIX + bytes((SEAL_VERSION,)) + name
 
@@ -198,7 +212,9 @@ class Sealer:
             raise SealError(f"payload must be bytes, not {type(payload).__name__}")
         if len(payload) > MAX_ENTRY:
             raise SealError(f"payload of {len(payload)} bytes exceeds {MAX_ENTRY}")
-        nonce = os.urandom(NONCE_SIZE)
+        nonce = self._nonce()
+        if not isinstance(nonce, bytes) or len(nonce) != NONCE_SIZE:
+            raise SealError(f"nonce source gave {nonce!r}, not {NONCE_SIZE} bytes")
         return bytes((SEAL_VERSION,)) + nonce + self._aead.encrypt(nonce, bytes(payload), self._aad)
 
     def open(self, blob: bytes) -> bytes:
@@ -283,3 +299,42 @@ def unpack_batch(raw: bytes) -> Batch:
         raise EntryError(f"unknown batch format {version!r}")
     _check_batch(items, origin, ts)
     return Batch(tuple(items), origin, ts)
+
+
+CHUNK = 192 * 1024  # plaintext bytes per snapshot chunk (8-byte header included: under MAX_ENTRY)
+_CHUNK_HEAD = 8
+
+
+def seal_chunks(sealer: Sealer, blob: bytes, chunk: int = CHUNK) -> bytes:
+    """Seal `blob` as length-prefixed sealed chunks (an empty blob is one empty chunk)."""
+    if not 0 < chunk <= MAX_ENTRY - _CHUNK_HEAD:
+        raise SealError(f"chunk size {chunk} outside 1..{MAX_ENTRY - _CHUNK_HEAD}")
+    parts = [blob[i:i + chunk] for i in range(0, len(blob), chunk)] or [b""]
+    out = bytearray()
+    for i, part in enumerate(parts):
+        sealed = sealer.seal(i.to_bytes(4, "big") + len(parts).to_bytes(4, "big") + part)
+        out += len(sealed).to_bytes(4, "big") + sealed
+    return bytes(out)
+
+
+def open_chunks(sealer: Sealer, data: bytes) -> bytes:
+    """Open what `seal_chunks` made; raise SealError if anything is missing or altered."""
+    pos, parts, total = 0, [], None
+    while pos < len(data):
+        if pos + 4 > len(data):
+            raise SealError("snapshot chunk length cut short")
+        n = int.from_bytes(data[pos:pos + 4], "big")
+        if pos + 4 + n > len(data):
+            raise SealError("snapshot chunk cut short")
+        plain = sealer.open(data[pos + 4:pos + 4 + n])
+        pos += 4 + n
+        if len(plain) < _CHUNK_HEAD:
+            raise SealError("snapshot chunk without its header")
+        idx, count = int.from_bytes(plain[:4], "big"), int.from_bytes(plain[4:8], "big")
+        if idx != len(parts) or (total is not None and count != total):
+            raise SealError("snapshot chunks out of order")
+        total = count
+        parts.append(plain[_CHUNK_HEAD:])
+    if total is None or len(parts) != total:
+        raise SealError("snapshot truncated")
+    return b"".join(parts)

@@ -1,0 +1,215 @@
+"""The journal's apply machine: opened (unsealed) entries in, what changed out.
+
+Rules: pure (no IO, threads, clocks or logging); the caller serialises `apply` calls (the
+journal runs them under its lock, on Raft's thread). `open_entry(kind, payload)` turns an
+unsealed payload into an `Entry`, touching no state (so it runs outside the lock), and raises
+`EntryError` naming what is wrong with the entry as a whole; a datagram that does not decode
+is only counted. `ApplyMachine.apply(entry)` never raises: an unexpected error (a bug in the
+state model) is handed back in `Change.errors` as (counter name, exception) for the caller to
+log and count. The machine holds the replicated state: the HA model (`JournalState`), the
+ESP replay-state log (`SeqLog`) and the members' latest reports. Member reports are plain
+data, never secrets: at most `MAX_MEMBER_FIELDS` fields of str, int, float, bool or None.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+import msgpack
+
+from hasync.ha import HaMessage, MalformedMessage, MessageType, decode
+
+from .seal import MAX_ENTRY, Batch, EntryError, unpack_batch
+from .seqlog import SeqEntry, SeqLog, unpack_seq
+from .state import JournalState
+
+
+class Kind(IntEnum):
+    """What a journal entry carries (the first argument of the one replicated call)."""
+
+    BATCH = 1  # ha datagrams (hasync.journal.seal pack_batch)
+    SEQ = 2  # ESP replay state (hasync.guard.entries pack_seq)
+    BARRIER = 3  # nothing: orders the log
+    MEMBER = 4  # a member's report (pack_member)
+
+
+MEMBER_FORMAT = 1
+MAX_MEMBER_FIELDS = 16
+MAX_NODE_NAME = 64  # characters
+MAX_MEMBER_STR = 64  # characters of a field name or string value
+_SCALARS = (str, int, float, bool, type(None))
+
+
+@dataclass(frozen=True, slots=True)
+class MemberReport:
+    """A member's latest report: its name and plain fields (VRRP role, applied index...)."""
+
+    node: str
+    info: dict[str, Any]
+
+
+def _check_member(node: object, info: object) -> None:
+    """Raise EntryError unless `node` and `info` make a valid report."""
+    if not isinstance(node, str) or not 0 < len(node) <= MAX_NODE_NAME:
+        raise EntryError(f"member name must be 1 to {MAX_NODE_NAME} characters")
+    if not isinstance(info, dict) or len(info) > MAX_MEMBER_FIELDS:
+        raise EntryError(f"a member report has at most {MAX_MEMBER_FIELDS} fields")
+    for key, value in info.items():
+        if not isinstance(key, str) or not 0 < len(key) <= MAX_MEMBER_STR:
+            raise EntryError(f"member field name {key!r} is not 1 to {MAX_MEMBER_STR} characters")
+        if not isinstance(value, _SCALARS):
+            raise EntryError(f"member field {key!r} holds a {type(value).__name__}")
+        if isinstance(value, str) and len(value) > MAX_MEMBER_STR:
+            raise EntryError(f"member field {key!r} longer than {MAX_MEMBER_STR} characters")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise EntryError(f"member field {key!r} is not finite")
+
+
+def pack_member(node: str, info: dict[str, Any]) -> bytes:
+    """Pack a report payload: msgpack [format, node, {field: scalar}]."""
+    _check_member(node, info)
+    return msgpack.packb([MEMBER_FORMAT, node, dict(info)], use_bin_type=True)
+
+
+def unpack_member(raw: bytes) -> MemberReport:
+    """Unpack and validate a report payload; raise EntryError on any violation."""
+    if not isinstance(raw, bytes | bytearray) or len(raw) > MAX_ENTRY:
+        raise EntryError("payload must be bytes within the entry limit")
+    try:
+        data = msgpack.unpackb(raw, raw=False, use_list=True, strict_map_key=True,
+                               max_bin_len=0, max_str_len=MAX_MEMBER_STR * 4,
+                               max_array_len=3, max_map_len=MAX_MEMBER_FIELDS, max_ext_len=0)
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise EntryError(f"payload is not a valid member report: {exc}") from None
+    if not isinstance(data, list) or len(data) != 3:
+        raise EntryError("payload must be [format, node, fields]")
+    fmt, node, info = data
+    if type(fmt) is not int or fmt != MEMBER_FORMAT:
+        raise EntryError(f"unknown member report format {fmt!r}")
+    _check_member(node, info)
+    return MemberReport(node, info)
+
+
+Errors = tuple[tuple[str, Exception], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """An opened entry, decoded but not yet applied."""
+
+    kind: Kind
+    batch: Batch | None = None
+    messages: tuple[tuple[bytes, HaMessage], ...] = ()  # the batch's datagrams that decode
+    malformed: int = 0  # datagrams that do not decode (MalformedMessage)
+    seq: SeqEntry | None = None
+    member: MemberReport | None = None
+    errors: Errors = ()  # unexpected decode errors, per datagram
+
+
+def _open_batch(payload: bytes) -> Entry:
+    """Unpack a batch and decode its datagrams; one bad datagram does not spoil the others."""
+    batch = unpack_batch(payload)
+    messages: list[tuple[bytes, HaMessage]] = []
+    malformed, errors = 0, []
+    for raw in batch.items:
+        try:
+            messages.append((raw, decode(raw)))
+        except MalformedMessage:
+            malformed += 1
+        except Exception as exc:  # a decoder bug: the journal logs it with its traceback
+            errors.append(("apply_error", exc))
+    return Entry(Kind.BATCH, batch=batch, messages=tuple(messages), malformed=malformed,
+                 errors=tuple(errors))
+
+
+def open_entry(kind: int, payload: bytes) -> Entry:
+    """Decode an unsealed payload of `kind`; raise EntryError if the entry is unusable."""
+    try:
+        k = Kind(kind)
+    except ValueError:
+        raise EntryError(f"unknown entry kind {kind!r}") from None
+    if k is Kind.BATCH:
+        return _open_batch(payload)
+    if k is Kind.SEQ:
+        return Entry(k, seq=unpack_seq(payload))
+    if k is Kind.MEMBER:
+        return Entry(k, member=unpack_member(payload))
+    if payload:
+        raise EntryError("a barrier carries no payload")
+    return Entry(k)
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What one applied entry changed, for the journal to count and announce."""
+
+    kind: Kind
+    batch: Batch | None = None
+    applied: tuple[tuple[bytes, HaMessage], ...] = ()  # datagrams now in the state
+    child_adds: int = 0  # CHILD_ADDs among them
+    moved: bool = False  # an outbound mark rose or a new SA came (SeqLog.apply)
+    member: MemberReport | None = None
+    counts: dict[str, int] = field(default_factory=dict)  # counters to add
+    errors: Errors = ()  # unexpected errors: (counter name, exception), not in `counts`
+
+
+class ApplyMachine:
+    """The replicated state and the rules that apply committed entries to it."""
+
+    def __init__(self, state: JournalState | None = None, seqs: SeqLog | None = None,
+                 members: dict[str, dict[str, Any]] | None = None) -> None:
+        self.state = state if state is not None else JournalState()
+        self.seqs = seqs if seqs is not None else SeqLog()
+        self.members: dict[str, dict[str, Any]] = members if members is not None else {}
+
+    def apply(self, entry: Entry) -> Change:
+        """Apply one opened entry in commit order; never raises."""
+        if entry.kind is Kind.BATCH:
+            return self._apply_batch(entry)
+        if entry.kind is Kind.SEQ:
+            return self._apply_seq(entry)
+        if entry.kind is Kind.MEMBER and entry.member is not None:
+            self.members[entry.member.node] = dict(entry.member.info)
+            return Change(entry.kind, member=entry.member,
+                          counts={"member_reports_applied": 1})
+        return Change(entry.kind, counts={"barriers_applied": 1})
+
+    def _apply_batch(self, entry: Entry) -> Change:
+        """Feed each decoded datagram to the HA model."""
+        assert entry.batch is not None
+        applied: list[tuple[bytes, HaMessage]] = []
+        errors = list(entry.errors)
+        for raw, msg in entry.messages:
+            try:
+                self.state.apply(raw, msg, entry.batch.ts)
+            except Exception as exc:  # JournalState.apply never raises: a bug, logged upstream
+                errors.append(("apply_error", exc))
+                continue
+            applied.append((raw, msg))
+        counts = Counter({"batches_applied": 1, "messages_applied": len(applied),
+                          "datagram_rejected": entry.malformed})
+        return Change(entry.kind, batch=entry.batch, applied=tuple(applied),
+                      child_adds=sum(m.type == MessageType.CHILD_ADD for _, m in applied),
+                      counts={k: v for k, v in counts.items() if v}, errors=tuple(errors))
+
+    def _apply_seq(self, entry: Entry) -> Change:
+        """Merge replay-state records; marks only move forward (SeqLog.apply)."""
+        assert entry.seq is not None
+        try:
+            moved = self.seqs.apply(entry.seq)
+        except Exception as exc:  # SeqLog.apply never raises on a valid entry: a bug
+            return Change(entry.kind, errors=(("seq_apply_error", exc),))
+        return Change(entry.kind, moved=moved, counts={"seq_entries_applied": 1})
+
+    def snapshot(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The replicated state as fresh plain data (members are not snapshotted)."""
+        return self.state.to_dict(), self.seqs.to_dict()
+
+    @classmethod
+    def restore(cls, state: dict[str, Any], seqs: dict[str, Any]) -> ApplyMachine:
+        """A machine rebuilt from `snapshot()` output; raise StateError if it is malformed."""
+        return cls(JournalState.from_dict(state), SeqLog.from_dict(seqs))
