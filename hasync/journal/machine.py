@@ -23,8 +23,8 @@ import msgpack
 
 from hasync.ha import HaMessage, MalformedMessage, MessageType, decode
 
+from ..guard.entries import SeqEntry, SeqLog, unpack_seq
 from .seal import MAX_ENTRY, Batch, EntryError, unpack_batch
-from .seqlog import SeqEntry, SeqLog, unpack_seq
 from .state import JournalState
 
 
