@@ -67,72 +67,61 @@ class Daemon:
     # ---- wiring ----
     async def run(self) -> None:
         """Run until SIGTERM or SIGINT (returns) or until a task or event fails (raises an
-        ExceptionGroup holding its error)."""
+        ExceptionGroup holding its error). What was opened is closed in reverse order."""
         self._loop = loop = asyncio.get_running_loop()
-        cfg, fifo, control = self.cfg, None, None
-        try:
-            await self._open()
-            assert self.answers is not None
-            control = ControlServer(cfg.node.control_socket, self.answers.handlers())
+        async with contextlib.AsyncExitStack() as opened:
+            opened.callback(log.info, "hasync %s stopped", self.cfg.node.name)
+            fx, answers = await self._open(opened)
+            control = ControlServer(self.cfg.node.control_socket, answers.handlers())
             await control.start()
-            fifo = open_notify_fifo(cfg.keepalived.notify_fifo)
+            opened.push_async_callback(control.close)
+            fifo = open_notify_fifo(self.cfg.keepalived.notify_fifo)
+            opened.callback(os.close, fifo)
+            opened.callback(self.healthfile.remove)  # keepalived's check fails from now on
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._stop.set)
-            log.info("hasync %s up: raft %s, peers %s, HA %s <- %s", cfg.node.name,
-                     cfg.cluster.bind, ", ".join(map(str, cfg.cluster.peers)),
-                     cfg.charon.ha_remote, cfg.charon.ha_local)
+            log.info("hasync %s up: raft %s, peers %s, HA %s <- %s", self.cfg.node.name,
+                     self.cfg.cluster.bind, ", ".join(map(str, self.cfg.cluster.peers)),
+                     self.cfg.charon.ha_remote, self.cfg.charon.ha_local)
             try:
                 async with asyncio.TaskGroup() as self._tg:
-                    assert self.fx is not None
                     for coro in (self._tick_loop(), self._seq_loop(), self.healthfile.run(),
-                                 self.fx.feed.run(), self._until_stopped()):
+                                 fx.feed.run(), self._until_stopped()):
                         self._spawn(coro)
                     loop.add_reader(fifo, self._on_fifo, fifo, LineBuffer())
+                    opened.callback(loop.remove_reader, fifo)
             except* _Stopped:
                 pass
-        finally:
-            await self._close(loop, fifo, control)
 
-    async def _open(self) -> None:
-        """The journal, the guard and charon's HA link."""
+    async def _open(self, opened: contextlib.AsyncExitStack) -> tuple[Effects, Answers]:
+        """The journal, the guard and charon's HA link, each closed by `opened`."""
         cfg, t, c = self.cfg, self.cfg.takeover, self.cfg.cluster
         timing = RaftTiming(election_min_s=c.election_timeout_ms / 1000,
                             election_max_s=c.election_timeout_ms * 2.5 / 1000,
                             heartbeat_s=c.heartbeat_ms / 1000,
                             connection_timeout_s=c.connection_timeout_ms / 1000)
-        self.journal = ClusterJournal(
+        self.journal = journal = ClusterJournal(
             cfg.node.name, str(c.bind), [str(p) for p in c.peers], cfg.node.state_dir,
             derive_keys(load_cluster_key(c.key_file), c.name), self._applied_threadsafe, timing)
-        self.journal.on_seq = self._seq_applied_threadsafe
-        self.seq = SeqSync(cfg.node.name, self.journal, Reserve(
+        opened.callback(journal.destroy)
+        journal.on_seq = self._seq_applied_threadsafe
+        self.seq = guard = SeqSync(cfg.node.name, journal, Reserve(
             floor=t.reserve_floor, horizon_s=t.reserve_horizon_ms / 1000,
             takeover_floor=t.takeover_floor, takeover_horizon_s=t.takeover_horizon_ms / 1000,
             no_quorum=t.no_quorum_reserve), self._activate, t.barrier_timeout_ms / 1000,
             tick_s=t.tick_ms / 1000)
+        opened.callback(guard.close)
         endpoint = await open_endpoint(cfg.charon.ha_remote.sockaddr,
                                        cfg.charon.ha_local.sockaddr, self._on_ha)
-        self.fx = Effects(self.core, self.journal, endpoint,
-                          CharonFeed(endpoint.send, cfg.charon.ha_local.sockaddr), self.seq,
+        assert endpoint.transport is not None
+        opened.callback(endpoint.transport.close)
+        self.fx = Effects(self.core, journal, endpoint,
+                          CharonFeed(endpoint.send, cfg.charon.ha_local.sockaddr), guard,
                           cfg.charon.control_fifo, post=self._threadsafe, wake=self._wake.set,
                           spawn=self._spawn)
-        self.answers = Answers(cfg, self.core, self.journal, self.fx, self.healthfile,
-                               self.seq.status, self.started)
-
-    async def _close(self, loop: asyncio.AbstractEventLoop, fifo: int | None,
-                     control: ControlServer | None) -> None:
-        self.healthfile.remove()  # keepalived's check fails from now on
-        if fifo is not None:
-            loop.remove_reader(fifo)
-            os.close(fifo)
-        if control is not None:
-            await control.close()
-        if self.fx is not None and self.fx.endpoint.transport is not None:
-            self.fx.endpoint.transport.close()
-        if self.seq is not None:
-            self.seq.close()
-        if self.journal is not None:
-            self.journal.destroy()
-        log.info("hasync %s stopped", self.cfg.node.name)
+        self.answers = Answers(cfg, self.core, journal, self.fx, self.healthfile, guard.status,
+                               self.started)
+        return self.fx, self.answers
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """A task in the daemon's TaskGroup: if it fails, the daemon stops."""

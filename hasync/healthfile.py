@@ -41,7 +41,7 @@ class HealthWriter:
     def __init__(self, path: Path, vici_socket: Path, answer: Callable[[], dict[str, Any]],
                  check: Callable[[Path, float], vicicheck.ViciAnswer] = vicicheck.check) -> None:
         self.path, self.vici_socket, self.answer, self.check = path, vici_socket, answer, check
-        self.counters: Counter[str] = Counter()
+        self.counters: Counter[str] = Counter(vici_busy=0, health_late=0, health_write_errors=0)
         self.healthy: tuple[bool, list[str]] = (False, ["not checked yet"])
         self.vici_busy = False  # the last vici check found charon slow, not dead
 

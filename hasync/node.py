@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hasync")
 REPORT_S = 5.0  # how often a node tells the cluster its VRRP role and applied index
+COUNTED = ("mirrored", "replays", "batches", "batch_messages", "commit_retries",
+           "batches_dropped", "messages_dropped", "vrrp_illegal")  # shown from the start
 
 
 # ---- commands -------------------------------------------------------------------------------
@@ -206,6 +208,7 @@ class NodeCore:
         s = self.settings
         self.batcher = Batcher(s.batch_max_messages, s.batch_max_delay_s)
         self.heartbeat = Heartbeat()
+        self.counters.update(dict.fromkeys(COUNTED, 0))
 
     # charon -> journal
     def on_ha(self, raw: bytes, msg: HaMessage, now: float) -> list[Command]:

@@ -40,6 +40,9 @@ def status_text(st: dict[str, Any]) -> str:
         lines.append(f"journal anomalies: {jr['anomalies']}")
     if st.get("raft_apply"):
         lines.append(f"raft apply: {st['raft_apply']}")
+    counted = {k: v for k, v in sorted((st.get("counters") or {}).items()) if v}
+    if counted:
+        lines.append("counters: " + ", ".join(f"{k} {v}" for k, v in counted.items()))
     return "\n".join(lines)
 
 

@@ -43,3 +43,11 @@ def test_status_tells_verdicts_judged_late() -> None:
     assert "health: ok (2 verdicts judged over 3 s late: a starved daemon)" in text
     assert "late" not in status_text({"node": "gw1", "health": {"healthy": True,
                                                                 "reasons": []}})
+
+
+def test_status_shows_every_nonzero_counter_by_name() -> None:
+    text = status_text({"counters": {"fifo_errors": 0, "batches_dropped": 2, "report_errors": 1,
+                                     "reports_failed:QUEUE_FULL": 3}})
+    assert "counters: batches_dropped 2, report_errors 1, reports_failed:QUEUE_FULL 3" in text
+    assert "fifo_errors" not in text
+    assert "counters:" not in status_text({"counters": {"fifo_errors": 0}})
