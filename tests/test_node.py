@@ -228,3 +228,12 @@ def test_health_fields() -> None:
     assert core.ha_rx_age(5.0) is None
     _ha(core, V3["status_empty"], 2.0)
     assert core.ha_rx_age(5.25) == 3.25
+
+
+def test_a_resync_during_a_replay_leaves_it_running() -> None:
+    resync = encode(HaMessage.build(3, MessageType.RESYNC))
+    core = _core(Role.BACKUP)
+    assert StartReplay() in core.tick(1.0, 0.0, CAUGHT_UP)
+    assert _ha(core, resync, 1.5) == [] and core.sync.state is SyncState.REPLAYING
+    core.on_replayed(3, 2.0)
+    assert core.sync.state is SyncState.SYNCED
