@@ -30,12 +30,20 @@ class IllegalTransition(RuntimeError):
 VRRP_STATES = {"MASTER": Role.MASTER, "BACKUP": Role.BACKUP, "FAULT": Role.FAULT,
                "STOP": Role.FAULT, "DELETED": Role.FAULT}
 
+# What each role may become: JOINING is left on keepalived's first word and never re-entered;
+# keepalived moves BACKUP <-> MASTER, goes to FAULT from either on a fault (or STOP, DELETED),
+# and leaves FAULT for BACKUP or, wanting master (priority 255, a restart), straight for MASTER
+# (keepalived vrrp/vrrp.c, vrrp_state_leave_fault). The node must follow every such word: the
+# VIP moves whether hasync agrees or not.
 TRANSITIONS: dict[Role, frozenset[Role]] = {
     Role.JOINING: frozenset({Role.BACKUP, Role.MASTER, Role.FAULT}),
-    Role.BACKUP: frozenset({Role.BACKUP, Role.MASTER, Role.FAULT}),
-    Role.MASTER: frozenset({Role.MASTER, Role.BACKUP, Role.FAULT}),
-    Role.FAULT: frozenset({Role.FAULT, Role.BACKUP, Role.MASTER}),
+    Role.BACKUP: frozenset({Role.MASTER, Role.FAULT}),
+    Role.MASTER: frozenset({Role.BACKUP, Role.FAULT}),
+    Role.FAULT: frozenset({Role.BACKUP, Role.MASTER}),
 }
+# Roles keepalived may announce again without a change (a reload re-notifies, STOP after
+# FAULT): a no-op, not a transition. JOINING is not among them: nothing announces it.
+REPEATS: frozenset[Role] = frozenset({Role.BACKUP, Role.MASTER, Role.FAULT})
 
 
 @dataclass(frozen=True)
@@ -65,11 +73,11 @@ class RoleState:
     history: list[tuple[float, Role, Role]] = field(default_factory=list)
 
     def move(self, to: Role, now: float) -> bool:
-        """Move to `to`; True if the role changed. Raises IllegalTransition if not allowed."""
+        """Move to `to`: True if the role changed, False on a repeat; else IllegalTransition."""
+        if to is self.role and to in REPEATS:
+            return False
         if to not in TRANSITIONS[self.role]:
             raise IllegalTransition(f"role {self.role.value} cannot become {to.value}")
-        if to == self.role:
-            return False
         self.history.append((now, self.role, to))
         del self.history[:-50]
         self.role, self.since = to, now

@@ -12,7 +12,7 @@ from typing import Any
 # (status key, counter) -> shown on the `errors:` line whenever non-zero.
 ERROR_COUNTERS = (("ha", "handler_error"), ("control", "internal"),
                   ("control", "handler_error"), ("control", "bad_result"),
-                  ("counters", "fifo_errors"), ("counters", "batch_errors"))
+                  ("counters", "fifo_errors"), ("counters", "batches_dropped"))
 
 
 def status_text(st: dict[str, Any]) -> str:
@@ -49,6 +49,9 @@ def status_text(st: dict[str, Any]) -> str:
     errors = _errors(st)
     if errors:
         lines.append(f"errors: {errors}")
+    counted = {k: v for k, v in sorted((st.get("counters") or {}).items()) if v}
+    if counted:
+        lines.append("counters: " + ", ".join(f"{k} {v}" for k, v in counted.items()))
     return "\n".join(lines)
 
 

@@ -413,15 +413,13 @@ def test_keepalived_check_reads_the_verdict_and_its_age(tmp_path: Path, content:
     assert res.returncode == rc, res.stderr
 
 
-def test_a_verdict_judged_late_is_counted_and_logged(caplog: pytest.LogCaptureFixture) -> None:
-    from hasync.config import parse_config
-    from hasync.daemon import HEALTH_LATE_S, Daemon
+def test_a_verdict_judged_late_is_counted_and_logged(caplog: pytest.LogCaptureFixture,
+                                                     tmp_path: Path) -> None:
+    from hasync.healthfile import HEALTH_LATE_S, HealthWriter
 
-    daemon = Daemon(parse_config(confgen.hasync_toml(
-        "gw1", "10.1.0.11:7100", ["10.1.0.12:7100"], "/nonexistent/state", "/nonexistent/key",
-        "/nonexistent/ctl.sock", "/nonexistent/vrrp", "/nonexistent/vici")))
-    daemon._note_late_verdict(HEALTH_LATE_S - 0.5)
-    assert daemon.counters["health_late"] == 0 and not caplog.records
-    daemon._note_late_verdict(7.5)  # the loop was starved: keepalived may judge it stale
-    assert daemon.counters["health_late"] == 1
+    writer = HealthWriter(tmp_path / "health", tmp_path / "vici", dict)
+    writer.note_late_verdict(HEALTH_LATE_S - 0.5)
+    assert writer.counters["health_late"] == 0 and not caplog.records
+    writer.note_late_verdict(7.5)  # the loop was starved: keepalived may judge it stale
+    assert writer.counters["health_late"] == 1
     assert "took 7.5 s" in caplog.records[-1].getMessage()

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from hasync.role import (
+    REPEATS,
     TRANSITIONS,
+    VRRP_STATES,
     IllegalTransition,
     Role,
     RoleState,
@@ -38,3 +40,28 @@ def test_illegal_transition_names_role_and_target() -> None:
     with pytest.raises(IllegalTransition, match="master cannot become joining"):
         st.move(Role.JOINING, 1.0)
     assert all(Role.JOINING not in targets for targets in TRANSITIONS.values())
+
+
+@pytest.mark.parametrize("start", list(Role))
+def test_no_role_returns_to_joining(start: Role) -> None:
+    st = RoleState(role=start, since=1.0)
+    with pytest.raises(IllegalTransition, match=f"role {start.value} cannot become joining"):
+        st.move(Role.JOINING, 2.0)
+    assert st.role is start and st.since == 1.0 and not st.history
+
+
+@pytest.mark.parametrize("role", sorted(REPEATS, key=lambda r: r.value))
+def test_keepalived_repeating_a_role_is_a_no_op(role: Role) -> None:
+    st = RoleState(role=role, since=1.0)
+    assert not st.move(role, 2.0) and st.since == 1.0 and not st.history
+    assert role not in TRANSITIONS[role]  # a repeat is not a transition
+
+
+def test_every_keepalived_word_is_followed_from_every_role() -> None:
+    """The VIP moves whether hasync agrees or not: each word keepalived sends is allowed."""
+    words = ("MASTER", "BACKUP", "FAULT", "STOP", "DELETED")
+    for start in Role:
+        for word in words:
+            st = RoleState(role=start)
+            st.on_vrrp(VrrpEvent("VI_1", word, 100), "VI_1", 1.0)
+            assert st.role is VRRP_STATES[word]

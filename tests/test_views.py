@@ -50,3 +50,11 @@ def test_status_shows_caught_errors_by_counter_name() -> None:
                         "control": {"ok": 5, "internal": 1}, "counters": {"fifo_errors": 0}})
     assert "errors: ha.handler_error 2, control.internal 1" in text.splitlines()
     assert "errors:" not in status_text({"node": "gw1", "ha": {"handler_error": 0}})
+
+
+def test_status_shows_every_nonzero_counter_by_name() -> None:
+    text = status_text({"counters": {"fifo_errors": 0, "batches_dropped": 2, "report_errors": 1,
+                                     "reports_failed:QUEUE_FULL": 3}})
+    assert "counters: batches_dropped 2, report_errors 1, reports_failed:QUEUE_FULL 3" in text
+    assert "fifo_errors" not in text
+    assert "counters:" not in status_text({"counters": {"fifo_errors": 0}})

@@ -1,0 +1,349 @@
+"""One node's hasync decisions, without IO (the sans-IO shape of h11 and aioquic): events in
+(charon's HA datagrams, keepalived's notify lines, batch commits, journal applies, replay done,
+ticks), commands out (frozen dataclasses the adapter in daemon.py carries out).
+
+Rules: no sockets, no threads, no clock: every event that needs time carries `now` (monotonic
+seconds) and the adapter reads the clock at the event boundary. The core decides what to log
+and counts every failure it is told of under a name `hasync status` shows. Roles follow
+keepalived through role.py's table; the sync state (charon given the whole journal?) is
+`SyncState` with its own table: an illegal move raises `IllegalSyncMove` naming the state and
+the event (a local bug). A keepalived line the role table refuses is outside input: logged
+and counted (`vrrp_illegal`), never raised. One batch is in flight at a time (mirror.Batcher).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+from .ha import HaMessage, MessageType
+from .mirror import JOURNALED, Batcher, Heartbeat, claimed_segments, status_message
+from .role import IllegalTransition, Role, RoleState, parse_vrrp_line
+from .syncobj_compat import FailReason
+
+if TYPE_CHECKING:
+    from .config import Config
+
+log = logging.getLogger("hasync")
+REPORT_S = 5.0  # how often a node tells the cluster its VRRP role and applied index
+COUNTED = ("mirrored", "replays", "batches", "batch_messages", "commit_retries",
+           "batches_dropped", "messages_dropped", "vrrp_illegal")  # shown from the start
+
+
+# ---- commands -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SubmitBatch:
+    """Seal these datagrams as one batch and hand it to Raft; answer with `on_committed`."""
+
+    datagrams: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class SendToCharon:
+    """Send one datagram to the local charon now (the STATUS heartbeat)."""
+
+    datagram: bytes
+
+
+@dataclass(frozen=True)
+class FeedCharon:
+    """Queue datagrams for the local charon behind those already queued (feed.py's pace)."""
+
+    datagrams: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class CharonFifo:
+    """Write one command to charon's HA control FIFO (ha_ctl.c: +N, -N, *N)."""
+
+    command: str
+
+
+@dataclass(frozen=True)
+class StartPromotion:
+    """Run the sequence guard's promotion (it calls back `on_activate` at its end)."""
+
+
+@dataclass(frozen=True)
+class CancelPromotion:
+    """Cancel a promotion under way, if any."""
+
+
+@dataclass(frozen=True)
+class StartReplay:
+    """Queue the journal's whole replay plan for charon; answer with `on_replayed`."""
+
+
+@dataclass(frozen=True)
+class Report:
+    """Replicate this node's report (VRRP role, Raft role, applied index; no secrets)."""
+
+    info: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Wake:
+    """The next deadline moved earlier: run `tick` by `wake_at()`."""
+
+
+Command = (SubmitBatch | SendToCharon | FeedCharon | CharonFifo | StartPromotion
+           | CancelPromotion | StartReplay | Report | Wake)
+
+
+# ---- sync state -----------------------------------------------------------------------------
+
+class SyncState(Enum):
+    """Whether the local charon holds the journal's whole state."""
+
+    UNSYNCED = "unsynced"  # not given it yet (start, or charon asked for a resync)
+    REPLAYING = "replaying"  # the whole state is queued for charon, not all of it sent yet
+    SYNCED = "synced"  # all of it was sent; what is applied now follows it
+
+
+class SyncEvent(Enum):
+    """What moves the sync state."""
+
+    REPLAY = "replay"  # the journal caught up on a mirroring node: the replay starts
+    REPLAYED = "replayed"  # the replay's last datagram went to charon
+    RESYNC = "resync"  # charon sent RESYNC (it restarted and holds nothing)
+
+
+class IllegalSyncMove(RuntimeError):
+    """A sync-state move the table does not allow (a local bug, not remote input)."""
+
+
+SYNC_MOVES: dict[tuple[SyncState, SyncEvent], SyncState] = {
+    (SyncState.UNSYNCED, SyncEvent.REPLAY): SyncState.REPLAYING,
+    (SyncState.UNSYNCED, SyncEvent.RESYNC): SyncState.UNSYNCED,
+    (SyncState.REPLAYING, SyncEvent.REPLAYED): SyncState.SYNCED,
+    # a RESYNC during a replay leaves it running, as before issue 15 (see the report)
+    (SyncState.REPLAYING, SyncEvent.RESYNC): SyncState.REPLAYING,
+    (SyncState.SYNCED, SyncEvent.RESYNC): SyncState.UNSYNCED,
+}
+
+
+@dataclass
+class Sync:
+    """The sync state and its table."""
+
+    state: SyncState = SyncState.UNSYNCED
+
+    def move(self, event: SyncEvent) -> SyncState:
+        """Apply `event`; raises IllegalSyncMove naming the state and the event."""
+        to = SYNC_MOVES.get((self.state, event))
+        if to is None:
+            raise IllegalSyncMove(f"sync state {self.state.value} cannot take {event.value}")
+        self.state = to
+        return to
+
+    @property
+    def feeding(self) -> bool:
+        """Whether applied datagrams go to charon (behind the replay, or after it)."""
+        return self.state is not SyncState.UNSYNCED
+
+
+# ---- inputs -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Settings:
+    """What the core needs of the configuration."""
+
+    instance: str = "VI_1"  # keepalived's VRRP instance
+    protocol_version: int = 3  # charon's ha wire version
+    segments: int = 1
+    batch_max_messages: int = 256
+    batch_max_delay_s: float = 0.005
+
+    @classmethod
+    def of(cls, cfg: Config) -> Settings:
+        """From the daemon's configuration."""
+        return cls(cfg.keepalived.instance, cfg.charon.protocol_version, cfg.charon.segments,
+                   cfg.cluster.batch_max_messages, cfg.cluster.batch_max_delay_ms / 1000)
+
+
+@dataclass(frozen=True)
+class RaftView:
+    """What one tick needs of Raft (ClusterJournal.status(), read at the event boundary)."""
+
+    role: str = "follower"
+    leader: str | None = None
+    commit_index: int = 0
+    applied_index: int = 0
+
+    @classmethod
+    def of(cls, status: dict[str, Any]) -> RaftView:
+        """From ClusterJournal.status()."""
+        return cls(str(status.get("role")), status.get("leader"),
+                   status.get("commit_index") or 0, status.get("applied_index") or 0)
+
+    @property
+    def caught_up(self) -> bool:
+        """A leader is known and this node applied all it knows committed (something)."""
+        return self.leader is not None and self.applied_index >= self.commit_index > 0
+
+
+# ---- the core ---------------------------------------------------------------------------------
+
+@dataclass
+class NodeCore:
+    """One node's decisions: call an `on_*` method or `tick` per event, carry out the result."""
+
+    settings: Settings
+    role: RoleState = field(default_factory=RoleState)
+    sync: Sync = field(default_factory=Sync)
+    counters: Counter[str] = field(default_factory=Counter)
+    charon_segments: set[int] = field(default_factory=set)
+    ha_rx: float | None = None  # when the local charon last sent a datagram
+    raft_joined: bool = False  # caught up with the journal at least once since start
+    commit_ms: float = 0.0  # moving average of batch commit latency
+    last_report: float | None = None  # None: report at the next tick
+    submitted_at: float = 0.0
+    replay_started: float = 0.0
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        self.batcher = Batcher(s.batch_max_messages, s.batch_max_delay_s)
+        self.heartbeat = Heartbeat()
+        self.counters.update(dict.fromkeys(COUNTED, 0))
+
+    # charon -> journal
+    def on_ha(self, raw: bytes, msg: HaMessage, now: float) -> list[Command]:
+        """A datagram from the local charon."""
+        self.ha_rx = now
+        if msg.type in JOURNALED:
+            first = not self.batcher.pending
+            self.batcher.add(raw, now)
+            out: list[Command] = [Wake()] if first else []
+            if len(self.batcher.pending) >= self.batcher.max_messages:
+                out += self._submit(now)  # a full batch goes at once, not at the next tick
+            return out
+        if msg.type in (MessageType.STATUS, MessageType.SEGMENT_TAKE):
+            taken = claimed_segments(msg)
+            self.charon_segments = taken if msg.type == MessageType.STATUS else \
+                self.charon_segments | taken
+            if self.role.mirrors and taken:
+                return [CharonFifo(f"-{min(taken)}")]  # a backup's charon must stay passive
+        elif msg.type == MessageType.SEGMENT_DROP:
+            self.charon_segments -= claimed_segments(msg)
+        elif msg.type == MessageType.RESYNC and self.role.mirrors:
+            log.info("charon asked for a resync: replaying the journal")
+            self.sync.move(SyncEvent.RESYNC)
+        return []
+
+    def _submit(self, now: float) -> list[Command]:
+        batch = self.batcher.next_batch(now)
+        if batch is None:
+            return []
+        self.submitted_at = now
+        return [SubmitBatch(tuple(batch))]
+
+    def on_committed(self, reason: FailReason, now: float) -> list[Command]:
+        """The batch in flight committed (SUCCESS) or failed (retried after a backoff)."""
+        ok = reason is FailReason.SUCCESS
+        if not ok:
+            self.counters["commit_retries"] += 1
+            log.warning("batch not committed (%s); retrying", reason.name)
+        else:
+            self.counters["batches"] += 1
+            self.counters["batch_messages"] += len(self.batcher.in_flight or ())
+            self.commit_ms += 0.1 * ((now - self.submitted_at) * 1000 - self.commit_ms)
+        self.batcher.done(ok, now)
+        return self._submit(now)  # what queued meanwhile goes at once
+
+    def on_submit_failed(self, now: float) -> list[Command]:
+        """Sealing the batch in flight raised (the adapter logged the traceback): drop it."""
+        self.counters["batches_dropped"] += 1
+        self.counters["messages_dropped"] += len(self.batcher.in_flight or ())
+        self.batcher.done(True, now)
+        return []
+
+    def on_reported(self, reason: FailReason) -> list[Command]:
+        """A report's outcome; a lost one is counted (the next goes REPORT_S later)."""
+        if reason is not FailReason.SUCCESS:
+            self.counters[f"reports_failed:{reason.name}"] += 1
+        return []
+
+    # journal -> charon
+    def on_applied(self, datagrams: list[bytes]) -> list[Command]:
+        """Committed datagrams: a mirroring node feeds them to charon behind the replay."""
+        if not datagrams or not (self.sync.feeding and self.role.mirrors):
+            return []
+        self.counters["mirrored"] += len(datagrams)
+        return [FeedCharon(tuple(datagrams))]
+
+    def on_replayed(self, count: int, now: float) -> list[Command]:
+        """The replay's `count` datagrams were all sent to charon."""
+        self.sync.move(SyncEvent.REPLAYED)
+        self.counters["replays"] += 1
+        self.counters["mirrored"] += count
+        log.info("replayed %d datagrams into charon in %.1f s", count, now - self.replay_started)
+        return []
+
+    # keepalived
+    def on_vrrp(self, line: str, now: float) -> list[Command]:
+        """One line from keepalived's notify FIFO."""
+        ev = parse_vrrp_line(line)
+        if ev is None:
+            return []
+        before = self.role.role
+        try:
+            changed = self.role.on_vrrp(ev, self.settings.instance, now)
+        except IllegalTransition as e:
+            self.counters["vrrp_illegal"] += 1
+            log.error("keepalived line %r ignored: %s", line.strip(), e)
+            return []
+        if not changed:
+            return []
+        log.info("VRRP %s: %s -> %s", ev.state, before.value, self.role.role.value)
+        self.last_report = None  # tell the cluster at the next tick
+        if self.role.role is Role.MASTER:
+            return [StartPromotion()]
+        if before is Role.MASTER:  # charon keeps its SAs, passive again; no replay
+            return [CancelPromotion(), *self._segments("-")]
+        return []
+
+    def on_activate(self) -> list[Command]:
+        """The promotion's last step: activate every segment in charon, if still master."""
+        return self._segments("+") if self.role.role is Role.MASTER else []
+
+    def _segments(self, sign: str) -> list[Command]:
+        return [CharonFifo(f"{sign}{n}") for n in range(1, self.settings.segments + 1)]
+
+    # time
+    def tick(self, now: float, wall: float, raft: RaftView) -> list[Command]:
+        """The periodic event: due batch, heartbeat, report, replay start."""
+        out = self._submit(now)
+        if self.heartbeat.due(self.role.mirrors, now):
+            out.append(SendToCharon(status_message(self.settings.protocol_version,
+                                                   self.settings.segments)))
+        if self.last_report is None or now - self.last_report >= REPORT_S:
+            self.last_report = now
+            out.append(Report({"vrrp": self.role.role.value, "raft": raft.role,
+                               "applied": raft.applied_index, "ts": wall}))
+        if raft.caught_up:
+            self.raft_joined = True
+            if self.role.mirrors and self.sync.state is SyncState.UNSYNCED:
+                self.sync.move(SyncEvent.REPLAY)
+                self.replay_started = now
+                out.append(StartReplay())
+        return out
+
+    def wake_at(self) -> float | None:
+        """When `tick` must next run for a batch, if known."""
+        return self.batcher.wake_at()
+
+    # views
+    def snapshot(self, now: float) -> dict[str, Any]:
+        """This core's part of `hasync status`."""
+        return {"role": self.role.role.value, "role_since_s": round(now - self.role.since, 1),
+                "synced": self.sync.state is SyncState.SYNCED, "sync": self.sync.state.value,
+                "charon_segments": sorted(self.charon_segments),
+                "backlog": self.batcher.backlog, "commit_ms": round(self.commit_ms, 2)}
+
+    def ha_rx_age(self, now: float) -> float | None:
+        """Seconds since charon's last datagram (None: none yet)."""
+        return None if self.ha_rx is None else round(now - self.ha_rx, 2)

@@ -1,0 +1,130 @@
+"""The daemon's answers to `hasync status`, `hasync health` and `hasync sas`, built from
+snapshots.
+
+Rules: the `*_answer` functions are pure: plain values in (journal copies taken under its lock,
+Raft's status, counters, `now` and `wall`), a JSON-ready dict out, no secret (`hasync sas`
+gets summaries, which hold none). `Answers` is the control socket's side: it reads the clock
+once per request and takes the snapshots (the journal's under its lock), then calls them. The
+shapes are those the CLI (views.py, health.py) and the lab read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .effects import Effects
+    from .healthfile import HealthWriter
+    from .node import NodeCore
+    from .raft import ClusterJournal
+
+
+@dataclass(frozen=True)
+class JournalView:
+    """What `hasync status` shows of the journal, copied under its lock."""
+
+    ike_sas: int
+    child_sas: int
+    anomalies: dict[str, int]
+    digest: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """The "journal" section."""
+        return dataclasses.asdict(self)
+
+
+def members_answer(members: dict[str, dict[str, Any]], commit: int,
+                   wall: float) -> dict[str, dict[str, Any]]:
+    """Every member's last report with its lag behind `commit` and the report's age."""
+    return {name: {**m, "lag": max(0, commit - (m.get("applied") or 0)),
+                   "report_age_s": round(wall - m.get("ts", 0), 1)}
+            for name, m in sorted(members.items())}
+
+
+def health_section(healthy: tuple[bool, list[str]], vici_busy: bool,
+                   counters: dict[str, int]) -> dict[str, Any]:
+    """The "health" section: the last verdict and how the checks went."""
+    return {"healthy": healthy[0], "reasons": healthy[1], "vici_busy": vici_busy,
+            "vici_busy_checks": counters.get("vici_busy", 0),
+            "late_verdicts": counters.get("health_late", 0)}
+
+
+def status_answer(*, node: str, cluster: str, core: dict[str, Any], raft: dict[str, Any],
+                  journal: JournalView, members: dict[str, dict[str, Any]],
+                  sections: dict[str, Any], counters: dict[str, int], uptime_s: float,
+                  wall: float) -> dict[str, Any]:
+    """`hasync status`: the node core's snapshot, Raft, the journal, every counter.
+
+    `sections` holds the adapter's parts as they go out: "feed", "ha", "raft_apply",
+    "takeover" and "health".
+    """
+    commit = raft.get("commit_index") or 0
+    return {"node": node, "cluster": cluster, **core, "raft": raft,
+            "members": members_answer(members, commit, wall),
+            "lag": max(0, commit - (raft.get("applied_index") or 0)),
+            "journal": journal.as_dict(), **sections, "counters": dict(counters),
+            "uptime_s": round(uptime_s, 1)}
+
+
+def health_answer(*, node: str, role: str, ha_rx_age_s: float | None, ha_timeout_s: float,
+                  raft_joined: bool, raft_leader: str | None) -> dict[str, Any]:
+    """`hasync health`: what this daemon knows (health.py's `verdict` judges it)."""
+    return {"node": node, "role": role, "ha_rx_age_s": ha_rx_age_s,
+            "ha_timeout_s": ha_timeout_s, "raft_joined": raft_joined, "raft_leader": raft_leader}
+
+
+def sas_answer(summaries: list[Any]) -> dict[str, Any]:
+    """`hasync sas`: the journaled SAs' summaries (dataclasses without secrets)."""
+    return {"ike_sas": [dataclasses.asdict(s) for s in summaries]}
+
+
+@dataclass
+class Answers:
+    """The control socket's handlers: `status`, `health`, `sas`."""
+
+    cfg: Config
+    core: NodeCore
+    journal: ClusterJournal
+    fx: Effects
+    healthfile: HealthWriter
+    takeover: Callable[[], dict[str, Any]]
+    started: float
+    control: Callable[[], dict[str, int]] = dict  # the control server's counters, once it runs
+
+    def handlers(self) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
+        """For ControlServer."""
+        return {"status": self.status, "health": self.health, "sas": self.sas}
+
+    def status(self, args: dict[str, Any]) -> dict[str, Any]:
+        """`hasync status`: this node, its Raft view, the journal and the counters."""
+        now, wall, j, h, fx = time.monotonic(), time.time(), self.journal, self.healthfile, self.fx
+        raft = j.status()
+        with j.lock:
+            journal = JournalView(*j.state.counts(), dict(j.state.anomalies), j.state.digest())
+        sections = {"feed": {**fx.feed.counters, "queued": fx.feed.queued},
+                    "ha": dict(fx.endpoint.counters), "raft_apply": dict(j.counters),
+                    "takeover": self.takeover(), "control": self.control(),
+                    "health": health_section(h.healthy, h.vici_busy, h.counters)}
+        return status_answer(node=self.cfg.node.name, cluster=self.cfg.cluster.name,
+                             core=self.core.snapshot(now), raft=raft, journal=journal,
+                             members=j.members_view(), sections=sections,
+                             counters={**self.core.counters, **fx.counters, **h.counters},
+                             uptime_s=now - self.started, wall=wall)
+
+    def health(self, args: dict[str, Any]) -> dict[str, Any]:
+        """`hasync health`: what this daemon knows (charon's vici is checked by the CLI)."""
+        return health_answer(node=self.cfg.node.name, role=self.core.role.role.value,
+                             ha_rx_age_s=self.core.ha_rx_age(time.monotonic()),
+                             ha_timeout_s=self.cfg.takeover.ha_timeout_ms / 1000,
+                             raft_joined=self.core.raft_joined,
+                             raft_leader=self.journal.status()["leader"])
+
+    def sas(self, args: dict[str, Any]) -> dict[str, Any]:
+        """`hasync sas`: the journaled SAs, without any secret."""
+        with self.journal.lock:
+            return sas_answer(self.journal.state.summaries(time.time()))

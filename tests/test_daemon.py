@@ -1,0 +1,105 @@
+"""Tests of hasync.daemon, the adapter, run in this process on loopback: a task or an event that
+fails stops the daemon with its error and removes the health file (keepalived sees it at once);
+SIGTERM stops it cleanly. No charon, no keepalived: their sockets and FIFOs are left unused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hasync.config import Config, parse_config
+from hasync.daemon import Daemon
+from hasync.journal.seal import generate_key_file
+from hasync.vicicheck import ViciAnswer
+
+
+def _free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def cfg(tmp_path: Path) -> Iterator[Config]:
+    key = tmp_path / "cluster.key"
+    generate_key_file(key)
+    text = f"""[node]
+name = "gw1"
+state_dir = "{tmp_path / 'state'}"
+control_socket = "{tmp_path / 'run' / 'control.sock'}"
+health_file = "{tmp_path / 'run' / 'health'}"
+[cluster]
+key_file = "{key}"
+bind = "127.0.0.1:{_free_port()}"
+peers = ["127.0.0.1:{_free_port()}"]
+[charon]
+ha_local = "127.0.0.1:{_free_port(socket.SOCK_DGRAM)}"
+ha_remote = "127.0.0.1:{_free_port(socket.SOCK_DGRAM)}"
+vici_socket = "{tmp_path / 'charon.vici'}"
+control_fifo = "{tmp_path / 'charon.ha'}"
+[keepalived]
+notify_fifo = "{tmp_path / 'run' / 'vrrp.fifo'}"
+"""
+    yield parse_config(text, "test.toml")
+
+
+def _run(daemon: Daemon, after: float, action: Any = None) -> None:
+    async def main() -> None:
+        if action is not None:
+            asyncio.get_running_loop().call_later(after, action)
+        await asyncio.wait_for(daemon.run(), 30)
+    asyncio.run(main())
+
+
+def test_a_failing_background_task_stops_the_daemon_and_removes_the_health_file(
+        cfg: Config) -> None:
+    daemon = Daemon(cfg)
+    calls: list[Path] = []
+
+    def check(path: Path, timeout: float) -> ViciAnswer:
+        calls.append(path)
+        if len(calls) > 1:
+            assert cfg.node.health_file.read_text().startswith("fail ")  # written once
+            raise RuntimeError("vici check bug")
+        return ViciAnswer(False, "no charon here")
+
+    daemon.healthfile.check = check
+    with pytest.raises(ExceptionGroup) as caught:
+        _run(daemon, 0)
+    assert [type(e) for e in caught.value.exceptions] == [RuntimeError]
+    assert str(caught.value.exceptions[0]) == "vici check bug"
+    assert not cfg.node.health_file.exists() and not cfg.node.control_socket.exists()
+
+
+def test_a_failing_event_stops_the_daemon(cfg: Config) -> None:
+    daemon = Daemon(cfg)
+
+    def tick(*args: Any) -> list[Any]:
+        raise ValueError("core bug")
+
+    daemon.core.tick = tick  # type: ignore[method-assign]
+    with pytest.raises(ExceptionGroup) as caught:
+        _run(daemon, 0)
+    assert [str(e) for e in caught.value.exceptions] == ["core bug"]
+
+
+def test_sigterm_stops_the_daemon_cleanly(cfg: Config) -> None:
+    daemon = Daemon(cfg)
+    daemon.healthfile.check = lambda path, timeout: ViciAnswer(False, "no charon here")
+    seen: list[bool] = []
+
+    def term() -> None:
+        seen.append(cfg.node.health_file.exists() and cfg.node.control_socket.exists())
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    _run(daemon, 1.5, term)  # returns: no error
+    assert seen == [True]
+    assert not cfg.node.health_file.exists() and not cfg.node.control_socket.exists()

@@ -1,0 +1,162 @@
+"""Tests of hasync.effects: the core's commands carried out against fakes; each failure that
+used to be silent (a batch that does not seal, a report not handed over, charon's FIFO not
+written) is now logged and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import threading
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hasync import node
+from hasync.effects import Effects
+from hasync.ha import decode
+from hasync.journal.seal import SealError
+from hasync.journal.state import JournalState
+from hasync.role import Role, RoleState
+from hasync.syncobj_compat import FailReason
+
+from hastream import tunnels
+
+
+class FakeJournal:
+    """submit/report record or raise; callbacks are kept for the test to run."""
+
+    def __init__(self, fail: Exception | None = None) -> None:
+        self.fail, self.lock, self.state = fail, threading.RLock(), JournalState()
+        self.submitted: list[list[bytes]] = []
+        self.callbacks: list[Callable[[Any, Any], None]] = []
+
+    def submit(self, datagrams: list[bytes], callback: Callable[[Any, Any], None]) -> None:
+        if self.fail is not None:
+            raise self.fail
+        self.submitted.append(datagrams)
+        self.callbacks.append(callback)
+
+    def report(self, info: dict[str, Any], callback: Callable[[Any, Any], None]) -> None:
+        self.submit([repr(info).encode()], callback)
+
+
+class FakeFeed:
+    def __init__(self) -> None:
+        self.queued: list[bytes] = []
+
+    def put(self, datagrams: Any) -> None:
+        self.queued += list(datagrams)
+
+    async def drained(self) -> None:
+        return None
+
+
+class FakeEndpoint:
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def send(self, data: bytes) -> bool:
+        self.sent.append(data)
+        return True
+
+
+class FakeGuard:
+    def __init__(self) -> None:
+        self.promotions = 0
+
+    async def promote(self) -> None:
+        self.promotions += 1
+
+
+def _fx(tmp_path: Path, journal: FakeJournal, role: Role = Role.MASTER
+        ) -> tuple[Effects, list[Coroutine[Any, Any, Any]], list[str]]:
+    core = node.NodeCore(node.Settings(batch_max_messages=2), RoleState(role=role))
+    spawned: list[Coroutine[Any, Any, Any]] = []
+    woken: list[str] = []
+
+    def spawn(coro: Coroutine[Any, Any, Any]) -> Any:
+        spawned.append(coro)
+        return None
+
+    fx = Effects(core, journal, FakeEndpoint(), FakeFeed(), FakeGuard(),  # type: ignore[arg-type]
+                 tmp_path / "charon.ctl", post=lambda event: fx.do(event(9.0)),
+                 wake=lambda: woken.append("wake"), spawn=spawn)
+    return fx, spawned, woken
+
+
+def test_a_batch_that_does_not_seal_is_logged_counted_and_dropped(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    fx, _, woken = _fx(tmp_path, FakeJournal(fail=SealError("entry too large")))
+    for raw in tunnels(1).datagrams[:2]:
+        fx.do(fx.core.on_ha(raw, decode(raw), 1.0))
+    assert woken == ["wake"]
+    assert fx.core.counters["batches_dropped"] == 1 and fx.core.batcher.backlog == 0
+    rec = next(r for r in caplog.records if "sealing a batch" in r.getMessage())
+    assert rec.levelno == logging.ERROR and rec.exc_info and rec.exc_info[0] is SealError
+
+
+def test_a_committed_batch_comes_back_as_an_event(tmp_path: Path) -> None:
+    journal = FakeJournal()
+    fx, _, _ = _fx(tmp_path, journal)
+    fx.do([node.SubmitBatch((b"a", b"b"))])
+    fx.core.batcher.in_flight = [b"a", b"b"]
+    journal.callbacks[0](None, FailReason.NOT_LEADER.value)
+    assert fx.core.counters["commit_retries"] == 1
+    journal.callbacks[0](None, None)
+    assert fx.core.counters["batches"] == 1 and fx.core.counters["batch_messages"] == 2
+
+
+def test_a_report_that_raises_is_logged_and_counted(tmp_path: Path,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    fx, _, _ = _fx(tmp_path, FakeJournal(fail=RuntimeError("queue gone")))
+    fx.do([node.Report({"vrrp": "master"})])
+    assert fx.counters["report_errors"] == 1
+    assert any(r.exc_info and "report failed" in r.getMessage() for r in caplog.records)
+
+
+def test_a_lost_report_is_counted_by_reason(tmp_path: Path) -> None:
+    journal = FakeJournal()
+    fx, _, _ = _fx(tmp_path, journal)
+    fx.do([node.Report({"vrrp": "master"})])
+    journal.callbacks[0](None, FailReason.QUEUE_FULL.value)
+    assert fx.core.counters["reports_failed:QUEUE_FULL"] == 1
+
+
+def test_charon_fifo_commands_are_written_and_failures_counted(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    fx, _, _ = _fx(tmp_path, FakeJournal())
+    fx.do([node.CharonFifo("-1")])  # no FIFO: charon is not running (ENOENT), counted only
+    assert fx.counters["fifo_errors"] == 1 and not caplog.records
+    os.mkfifo(fx.charon_fifo)
+    reader = os.open(fx.charon_fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        fx.do([node.CharonFifo("+1"), node.CharonFifo("-1")])
+        assert os.read(reader, 100) == b"+1\n-1\n" and fx.counters["fifo_errors"] == 1
+        filler = os.open(fx.charon_fifo, os.O_WRONLY | os.O_NONBLOCK)
+        with pytest.raises(BlockingIOError):
+            while True:
+                os.write(filler, b"x" * 65536)
+        os.close(filler)
+        fx.do([node.CharonFifo("*1")])  # the pipe is full: EAGAIN, logged and counted
+        assert fx.counters["fifo_errors"] == 2
+        assert f"errno {errno.EAGAIN}" in caplog.text or "Resource temporarily" in caplog.text
+    finally:
+        os.close(reader)
+
+
+def test_promotion_replay_feed_and_heartbeat(tmp_path: Path) -> None:
+    journal = FakeJournal()
+    fx, spawned, _ = _fx(tmp_path, journal, Role.BACKUP)
+    fx.do([node.SendToCharon(b"hb"), node.FeedCharon((b"x",)), node.StartPromotion()])
+    assert fx.endpoint.sent == [b"hb"] and fx.feed.queued == [b"x"]  # type: ignore[attr-defined]
+    asyncio.run(spawned.pop())
+    assert fx.guard.promotions == 1  # type: ignore[attr-defined]
+    fx.core.tick(1.0, 0.0, node.RaftView("follower", "n1", 3, 3))
+    fx.do([node.StartReplay()])  # an empty journal: the replay ends at once
+    asyncio.run(spawned.pop())
+    assert fx.core.sync.state is node.SyncState.SYNCED and fx.core.counters["replays"] == 1

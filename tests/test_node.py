@@ -1,0 +1,239 @@
+"""Tests of hasync.node, the sans-IO node core: golden charon datagrams and keepalived lines in,
+commands out; no sockets, threads, sleeps or clock.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from hasync import role as role_mod
+from hasync.ha import HaMessage, MessageType, decode, encode
+from hasync.mirror import HEARTBEAT_S, status_message
+from hasync.node import (
+    REPORT_S,
+    SYNC_MOVES,
+    CancelPromotion,
+    CharonFifo,
+    FeedCharon,
+    IllegalSyncMove,
+    NodeCore,
+    RaftView,
+    Report,
+    SendToCharon,
+    Settings,
+    StartPromotion,
+    StartReplay,
+    SubmitBatch,
+    Sync,
+    SyncEvent,
+    SyncState,
+    Wake,
+)
+from hasync.role import Role, RoleState
+from hasync.syncobj_compat import FailReason
+
+from hastream import golden
+
+V3 = golden()
+LIFECYCLE = [(name, bytes.fromhex(h)) for name, h in json.loads(
+    (Path(__file__).parent / "data" / "ha" / "v3_lab_lifecycle.json").read_text())["vectors"]]
+TUNNEL = [V3[n] for n in ("ike_add", "ike_mid_responder", "ike_update", "child_add")]
+CAUGHT_UP = RaftView("follower", "127.0.0.1:7001", commit_index=5, applied_index=5)
+BEHIND = RaftView("follower", "127.0.0.1:7001", commit_index=9, applied_index=5)
+
+
+def _core(role: Role = Role.BACKUP, **kw: object) -> NodeCore:
+    return NodeCore(Settings(**kw), RoleState(role=role))  # type: ignore[arg-type]
+
+
+def _ha(core: NodeCore, raw: bytes, now: float) -> list[object]:
+    return list(core.on_ha(raw, decode(raw), now))
+
+
+def _vrrp(core: NodeCore, state: str, now: float) -> list[object]:
+    return list(core.on_vrrp(f'INSTANCE "VI_1" {state} 100\n', now))
+
+
+def _submitted(cmds: list[object]) -> list[bytes]:
+    return [d for c in cmds if isinstance(c, SubmitBatch) for d in c.datagrams]
+
+
+def test_a_masters_tunnel_is_submitted_in_order_once_the_delay_passed() -> None:
+    core = _core(Role.MASTER, batch_max_delay_s=0.005)
+    out = [c for raw in TUNNEL for c in _ha(core, raw, 1.0)]
+    assert out == [Wake()]  # the first datagram wakes the loop; nothing is due yet
+    assert _submitted(core.tick(1.001, 0.0, CAUGHT_UP)) == []
+    assert _submitted(core.tick(1.006, 0.0, CAUGHT_UP)) == TUNNEL
+    assert core.batcher.backlog == 4 and core.wake_at() is None  # in flight until committed
+    assert core.on_committed(FailReason.SUCCESS, 1.012) == []
+    assert core.counters["batches"] == 1 and core.counters["batch_messages"] == 4
+    assert core.batcher.backlog == 0 and core.commit_ms == pytest.approx(0.6)
+
+
+def test_a_recorded_lifecycle_is_journaled_in_charons_order_in_full_batches() -> None:
+    core = _core(Role.MASTER, batch_max_messages=3)
+    journaled = [raw for name, raw in LIFECYCLE if "status" not in name and "segment" not in name]
+    batches: list[tuple[bytes, ...]] = []
+    for i, (_, raw) in enumerate(LIFECYCLE):
+        for c in core.on_ha(raw, decode(raw), float(i)):
+            if isinstance(c, SubmitBatch):
+                batches.append(c.datagrams)
+                assert core.on_committed(FailReason.SUCCESS, float(i)) == []
+    batches += [c.datagrams for c in core.tick(1e3, 0.0, CAUGHT_UP) if isinstance(c, SubmitBatch)]
+    assert all(len(b) == 3 for b in batches[:-1]) and [d for b in batches for d in b] == journaled
+
+
+def test_a_failed_commit_is_retried_first_and_counted(caplog: pytest.LogCaptureFixture) -> None:
+    core = _core(Role.MASTER, batch_max_messages=2)
+    assert _submitted([c for raw in TUNNEL[:2] for c in _ha(core, raw, 1.0)]) == TUNNEL[:2]
+    for raw in TUNNEL[2:]:
+        _ha(core, raw, 1.0)
+    assert core.on_committed(FailReason.NOT_LEADER, 1.1) == []  # backs off 0.2 s
+    assert core.counters["commit_retries"] == 1 and "NOT_LEADER" in caplog.text
+    assert _submitted(core.tick(1.2, 0.0, CAUGHT_UP)) == []
+    assert _submitted(core.tick(1.3, 0.0, CAUGHT_UP)) == TUNNEL[:2]  # the same batch again
+    assert _submitted(core.on_committed(FailReason.SUCCESS, 1.4)) == TUNNEL[2:]
+
+
+def test_a_batch_that_does_not_seal_is_dropped_and_counted() -> None:
+    core = _core(Role.MASTER, batch_max_messages=2)
+    assert _submitted([c for raw in TUNNEL[:2] for c in _ha(core, raw, 1.0)]) == TUNNEL[:2]
+    assert core.on_submit_failed(1.0) == []
+    assert core.counters["batches_dropped"] == 1 and core.counters["messages_dropped"] == 2
+    assert core.batcher.backlog == 0
+
+
+def test_a_backups_charon_claiming_a_segment_is_told_to_drop_it() -> None:
+    core = _core(Role.BACKUP)
+    assert _ha(core, V3["status_segment"], 1.0) == [CharonFifo("-1")]
+    assert core.charon_segments == {1} and core.ha_rx == 1.0
+    assert _ha(core, V3["segment_take"], 2.0) == [CharonFifo("-1")]
+    assert _ha(core, V3["status_empty"], 3.0) == [] and core.charon_segments == set()
+    master = _core(Role.MASTER)
+    assert _ha(master, V3["status_segment"], 1.0) == [] and master.charon_segments == {1}
+    drop = next(raw for name, raw in LIFECYCLE if name.startswith("segment_drop_segment_drop"))
+    assert _ha(master, drop, 2.0) == [] and master.charon_segments == set()
+
+
+def test_vrrp_master_promotes_and_backup_after_master_cancels_and_deactivates() -> None:
+    core = _core(Role.JOINING, segments=3)
+    assert _vrrp(core, "BACKUP", 1.0) == []
+    assert _vrrp(core, "MASTER", 2.0) == [StartPromotion()]
+    assert _vrrp(core, "MASTER", 3.0) == []  # keepalived repeating itself: a no-op
+    assert core.on_activate() == [CharonFifo("+1"), CharonFifo("+2"), CharonFifo("+3")]
+    assert _vrrp(core, "BACKUP", 4.0) == [CancelPromotion(), CharonFifo("-1"), CharonFifo("-2"),
+                                          CharonFifo("-3")]
+    assert core.on_activate() == []  # a promotion that ends after the fall activates nothing
+    assert core.role.role is Role.BACKUP and core.role.since == 4.0
+    assert core.on_vrrp('INSTANCE "OTHER" MASTER 100', 5.0) == []
+    assert core.on_vrrp("garbage", 5.0) == [] and core.role.role is Role.BACKUP
+
+
+def test_a_role_change_is_reported_at_the_next_tick() -> None:
+    core = _core(Role.JOINING)
+    first = [c for c in core.tick(1.0, 100.0, BEHIND) if isinstance(c, Report)]
+    assert first == [Report({"vrrp": "joining", "raft": "follower", "applied": 5, "ts": 100.0})]
+    assert not [c for c in core.tick(2.0, 101.0, BEHIND) if isinstance(c, Report)]
+    _vrrp(core, "MASTER", 2.5)
+    assert [c.info["vrrp"] for c in core.tick(3.0, 102.0, BEHIND) if isinstance(c, Report)] == [
+        "master"]
+    assert [c for c in core.tick(3.0 + REPORT_S, 0.0, BEHIND) if isinstance(c, Report)]
+
+
+def test_an_illegal_keepalived_word_is_logged_and_counted_not_raised(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setitem(role_mod.VRRP_STATES, "INIT", Role.JOINING)  # no role returns there
+    core = _core(Role.BACKUP)
+    with caplog.at_level(logging.ERROR):
+        assert _vrrp(core, "INIT", 1.0) == []
+    assert core.counters["vrrp_illegal"] == 1 and core.role.role is Role.BACKUP
+    assert "role backup cannot become joining" in caplog.text
+
+
+def test_heartbeats_only_while_mirroring() -> None:
+    core = _core(Role.BACKUP, segments=2)
+    beat = SendToCharon(status_message(3, 2))
+    assert beat in core.tick(1.0, 0.0, BEHIND)
+    assert beat not in core.tick(1.0 + HEARTBEAT_S / 2, 0.0, BEHIND)
+    assert beat in core.tick(1.0 + HEARTBEAT_S, 0.0, BEHIND)
+    _vrrp(core, "MASTER", 3.0)
+    assert not [c for c in core.tick(4.0, 0.0, BEHIND) if isinstance(c, SendToCharon)]
+
+
+def test_the_replay_starts_only_once_caught_up_then_applied_datagrams_follow() -> None:
+    core = _core(Role.BACKUP)
+    assert core.on_applied(TUNNEL) == []  # not synced: the replay will carry them
+    assert StartReplay() not in core.tick(1.0, 0.0, BEHIND) and not core.raft_joined
+    assert StartReplay() not in core.tick(1.1, 0.0, RaftView("follower", None, 5, 5))
+    assert StartReplay() in core.tick(1.2, 0.0, CAUGHT_UP) and core.raft_joined
+    assert core.sync.state is SyncState.REPLAYING
+    assert StartReplay() not in core.tick(1.3, 0.0, CAUGHT_UP)
+    assert core.on_applied(TUNNEL[:1]) == [FeedCharon(tuple(TUNNEL[:1]))]  # queued behind it
+    assert core.on_replayed(40, 3.2) == [] and core.sync.state is SyncState.SYNCED
+    assert core.counters["replays"] == 1 and core.counters["mirrored"] == 41
+    assert core.snapshot(4.0)["synced"] is True
+
+
+def test_a_master_does_not_replay_or_mirror() -> None:
+    core = _core(Role.MASTER)
+    assert StartReplay() not in core.tick(1.0, 0.0, CAUGHT_UP) and core.raft_joined
+    assert core.sync.state is SyncState.UNSYNCED and core.on_applied(TUNNEL) == []
+
+
+def test_resync_from_charon_on_a_backup_returns_to_unsynced_and_replays_again() -> None:
+    resync = encode(HaMessage.build(3, MessageType.RESYNC))
+    core = _core(Role.BACKUP)
+    core.tick(1.0, 0.0, CAUGHT_UP)
+    core.on_replayed(0, 1.5)
+    assert _ha(core, resync, 2.0) == [] and core.sync.state is SyncState.UNSYNCED
+    assert core.on_applied(TUNNEL) == []
+    assert StartReplay() in core.tick(2.1, 0.0, CAUGHT_UP)
+    master = _core(Role.MASTER)
+    master.sync.state = SyncState.SYNCED
+    assert _ha(master, resync, 1.0) == [] and master.sync.state is SyncState.SYNCED
+
+
+@pytest.mark.parametrize(("state", "event"), [
+    (SyncState.UNSYNCED, SyncEvent.REPLAYED), (SyncState.SYNCED, SyncEvent.REPLAY),
+    (SyncState.SYNCED, SyncEvent.REPLAYED), (SyncState.REPLAYING, SyncEvent.REPLAY)])
+def test_an_illegal_sync_move_raises_naming_state_and_event(state: SyncState,
+                                                             event: SyncEvent) -> None:
+    assert (state, event) not in SYNC_MOVES
+    with pytest.raises(IllegalSyncMove, match=f"sync state {state.value} cannot take "
+                                              f"{event.value}"):
+        Sync(state).move(event)
+
+
+def test_a_replay_finishing_twice_is_a_bug_that_raises() -> None:
+    core = _core(Role.BACKUP)
+    core.tick(1.0, 0.0, CAUGHT_UP)
+    core.on_replayed(1, 2.0)
+    with pytest.raises(IllegalSyncMove, match="synced cannot take replayed"):
+        core.on_replayed(1, 3.0)
+
+
+def test_failed_reports_are_counted_by_reason() -> None:
+    core = _core()
+    assert core.on_reported(FailReason.SUCCESS) == [] and not any(core.counters.values())
+    core.on_reported(FailReason.MISSING_LEADER)
+    assert +core.counters == {"reports_failed:MISSING_LEADER": 1}
+
+
+def test_health_fields() -> None:
+    core = _core()
+    assert core.ha_rx_age(5.0) is None
+    _ha(core, V3["status_empty"], 2.0)
+    assert core.ha_rx_age(5.25) == 3.25
+
+
+def test_a_resync_during_a_replay_leaves_it_running() -> None:
+    resync = encode(HaMessage.build(3, MessageType.RESYNC))
+    core = _core(Role.BACKUP)
+    assert StartReplay() in core.tick(1.0, 0.0, CAUGHT_UP)
+    assert _ha(core, resync, 1.5) == [] and core.sync.state is SyncState.REPLAYING
+    core.on_replayed(3, 2.0)
+    assert core.sync.state is SyncState.SYNCED
