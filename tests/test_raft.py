@@ -193,3 +193,29 @@ def test_a_snapshot_that_does_not_open_is_counted_and_logged(
         assert r.exc_info is not None
     finally:
         j.destroy()
+
+
+def test_a_proposal_after_destroy_fails_by_name(tmp_path: Path) -> None:
+    (port,) = free_ports(1)
+    j = _node(tmp_path, port)
+    j.destroy()
+    done: list[Any] = []
+    j.barrier(lambda result, error: done.append(outcome(error)))
+    assert done == [FailReason.MISSING_LEADER]
+
+
+def test_a_state_bug_is_counted_per_datagram_and_logged_once_with_its_traceback(
+        leader: ClusterJournal, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*_: object) -> None:
+        raise KeyError("state bug")
+
+    caplog.set_level(logging.WARNING, logger="hasync.raft")
+    monkeypatch.setattr(leader.state, "apply", broken)
+    s = hastream.tunnels(1)
+    for _ in range(2):
+        assert _commit(lambda cb: leader.submit(s.datagrams[:3], cb)) == FailReason.SUCCESS
+    assert leader.counters["apply_error"] == 6 and leader.counters["batches_applied"] == 2
+    (r,) = _logged(caplog, "apply_error")
+    assert r.exc_info is not None and "state bug" in str(r.exc_info[1])
+    assert len(caplog.records) == 1
