@@ -222,7 +222,8 @@ class ClusterJournal:
     # ---- Raft's thread ----
     def _on_commit(self, kind: int, sealed: bytes) -> None:
         """Open, apply, count and announce one committed entry; never raises."""
-        prefix = _REJECTED.get(kind, "entry_rejected")
+        prefix = _REJECTED.get(kind, "entry_rejected") if isinstance(kind, int) else (
+            "entry_rejected")  # a hostile log could hold any picklable kind, even unhashable
         try:
             entry = open_entry(kind, self._sealer.open(sealed))
             with self.lock:
