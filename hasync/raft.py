@@ -50,7 +50,7 @@ from .journal.seal import (
     seal_chunks,
 )
 from .journal.state import JournalState
-from .syncobj_compat import SyncObj, SyncObjConf, SyncObjConsumer, replicated
+from .syncobj_compat import FailReason, SyncObj, SyncObjConf, SyncObjConsumer, replicated
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +120,7 @@ class ClusterJournal:
         self._child_adds = 0
         self._status: dict[str, Any] = {}  # replaced whole on Raft's thread, never mutated
         self._sealer = Sealer(keys)
+        self._destroyed = False
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         conf = SyncObjConf(
             password=keys.raft_password, appendEntriesUseBatch=False,
@@ -198,11 +199,16 @@ class ClusterJournal:
 
     def _propose(self, kind: Kind, payload: bytes, callback: Callback) -> None:
         """Seal `payload` and replicate it (the kind goes as a plain int into pysyncobj's log)."""
-        self._propose_sealed(int(kind), self._sealer.seal(payload), callback)
+        self._propose_sealed(kind, self._sealer.seal(payload), callback)
 
     def _propose_sealed(self, kind: int, sealed: bytes, callback: Callback) -> None:
-        """Replicate already sealed bytes (tests use it to send hostile entries)."""
-        self._replica.apply(kind, sealed, callback=callback)
+        """Replicate already sealed bytes (tests use it to send hostile entries). Once the
+        journal is destroyed, the callback gets MISSING_LEADER at once (pysyncobj would
+        drop the command without a callback, or fail on its detached consumer)."""
+        if self._destroyed:
+            callback(None, int(FailReason.MISSING_LEADER))
+            return
+        self._replica.apply(int(kind), sealed, callback=callback)
 
     def compact(self) -> None:
         """Snapshot at the next tick (pysyncobj forceLogCompaction)."""
@@ -210,12 +216,14 @@ class ClusterJournal:
 
     def destroy(self) -> None:
         """Stop Raft's thread and close its sockets (pysyncobj destroy: asynchronous)."""
+        self._destroyed = True
         self._raft.destroy()
 
     # ---- Raft's thread ----
     def _on_commit(self, kind: int, sealed: bytes) -> None:
         """Open, apply, count and announce one committed entry; never raises."""
-        prefix = _REJECTED.get(kind, "entry_rejected")
+        prefix = _REJECTED.get(kind, "entry_rejected") if isinstance(kind, int) else (
+            "entry_rejected")  # a hostile log could hold any picklable kind, even unhashable
         try:
             entry = open_entry(kind, self._sealer.open(sealed))
             with self.lock:
@@ -252,8 +260,9 @@ class ClusterJournal:
             first = name not in self._logged
             self._logged.add(name)
         if first:
-            log.error("raft journal: %s: %s (logged once; counted under raft_apply.%s)",
-                      name, exc, name, exc_info=exc if trace else None)
+            log.log(logging.ERROR if trace else logging.WARNING,
+                    "raft journal: %s: %s (logged once; counted under raft_apply.%s)",
+                    name, exc, name, exc_info=exc if trace else None)
 
     def _copy_status(self) -> None:
         """pysyncobj on-tick callback: publish a fresh copy of getStatus()."""

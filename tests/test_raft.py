@@ -112,13 +112,15 @@ def test_each_rejection_is_logged_once_and_counted_each_time(
     assert _commit(lambda cb: leader._propose_sealed(Kind.BATCH, mine, cb)) == (
         FailReason.SUCCESS)
     assert _commit(lambda cb: leader._propose_sealed(99, mine, cb)) == FailReason.SUCCESS
+    leader._replica.apply([1], mine, callback=lambda r, e: None)  # unhashable kind
+    assert _commit(leader.barrier) == FailReason.SUCCESS  # applied after it: not wedged
     counters = leader.counters
     assert counters["seq_rejected:SealError"] == 3
     assert counters["entry_rejected:SealError"] == 1
-    assert counters["entry_rejected:EntryError"] == 2  # not a batch; unknown kind
+    assert counters["entry_rejected:EntryError"] == 3  # not a batch; unknown kinds
     assert set(counters) == {"seq_rejected:SealError", "entry_rejected:SealError",
-                             "entry_rejected:EntryError"}
-    for name in counters:
+                             "entry_rejected:EntryError", "barriers_applied"}
+    for name in set(counters) - {"barriers_applied"}:
         (record,) = _logged(caplog, name)  # once per name, however often it is hit
         assert record.exc_info is None  # named rejections: no traceback
     assert len(caplog.records) == 3
@@ -193,3 +195,29 @@ def test_a_snapshot_that_does_not_open_is_counted_and_logged(
         assert r.exc_info is not None
     finally:
         j.destroy()
+
+
+def test_a_proposal_after_destroy_fails_by_name(tmp_path: Path) -> None:
+    (port,) = free_ports(1)
+    j = _node(tmp_path, port)
+    j.destroy()
+    done: list[Any] = []
+    j.barrier(lambda result, error: done.append(outcome(error)))
+    assert done == [FailReason.MISSING_LEADER]
+
+
+def test_a_state_bug_is_counted_per_datagram_and_logged_once_with_its_traceback(
+        leader: ClusterJournal, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*_: object) -> None:
+        raise KeyError("state bug")
+
+    caplog.set_level(logging.WARNING, logger="hasync.raft")
+    monkeypatch.setattr(leader.state, "apply", broken)
+    s = hastream.tunnels(1)
+    for _ in range(2):
+        assert _commit(lambda cb: leader.submit(s.datagrams[:3], cb)) == FailReason.SUCCESS
+    assert leader.counters["apply_error"] == 6 and leader.counters["batches_applied"] == 2
+    (r,) = _logged(caplog, "apply_error")
+    assert r.exc_info is not None and "state bug" in str(r.exc_info[1])
+    assert len(caplog.records) == 1

@@ -1,7 +1,8 @@
 """The Raft journal of hasync: sealing of entries and the pure model of committed state.
 
 Rules: `seal` turns batches of raw ha datagrams into sealed entries and back (the only
-module here that touches files, for the cluster key); `state` is pure and deterministic, fed
+module here that touches files, for the cluster key); `machine` is the pure apply machine
+(opened entries in, changes out) holding `state`, which is pure and deterministic, fed
 decoded messages in commit order; nothing secret is ever put into Raft in clear or shown in
 a summary.
 """
