@@ -71,7 +71,7 @@ class Daemon:
             fx, answers = await self._open(opened)
             control = ControlServer(self.cfg.node.control_socket, answers.handlers())
             await control.start()
-            answers.control = control.counters
+            answers.control = lambda: control.counters
             opened.push_async_callback(control.close)
             fifo = open_notify_fifo(self.cfg.keepalived.notify_fifo)
             opened.callback(os.close, fifo)
