@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from hasync.lab.topology import POOL
+from hasync_lab.topology import POOL
 
 from labrun import ROOT
 

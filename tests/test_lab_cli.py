@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hasync.lab import prereq
+from hasync_lab import prereq
 
 HASYNC = [sys.executable, "-m", "hasync"]
 

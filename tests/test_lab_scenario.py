@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from hasync.lab.scenario import priority
+from hasync_lab.scenario import priority
 
 
 @pytest.mark.parametrize("gateways", range(2, 8))

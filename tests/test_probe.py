@@ -1,4 +1,4 @@
-# Tests for hasync.lab.probe: the pure analysis functions, the datagram format, and a real
+# Tests for hasync_lab.probe: the pure analysis functions, the datagram format, and a real
 # server and client on 127.0.0.1.
 # Rules: assert behaviour, not tight timings; subprocesses are always reaped.
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hasync.lab.probe import (
+from hasync_lab.probe import (
     Datagram,
     StreamStats,
     _Schedule,
@@ -162,8 +162,8 @@ def free_port() -> int:
 
 def probe(*args: str) -> subprocess.Popen[bytes]:
     """Start a probe subprocess."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "hasync.lab.probe", *args]
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'bench' / 'lab'}"}
+    cmd = [sys.executable, "-m", "hasync_lab.probe", *args]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE)
 
 
@@ -257,7 +257,7 @@ def test_schedule_is_absolute_and_cuts_a_stall() -> None:
 def test_socket_memory_reports_the_receive_buffer_and_drops() -> None:
     import socket as _socket
 
-    from hasync.lab.probe import socket_memory
+    from hasync_lab.probe import socket_memory
     with _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM) as s:
         s.setsockopt(_socket.SOL_SOCKET, _socket.SO_RCVBUF, 65536)
         text = socket_memory(s)

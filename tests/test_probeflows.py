@@ -1,4 +1,4 @@
-# Tests for hasync.lab.probeflows: the multi-flow log parser, the flow arguments, and real runs of
+# Tests for hasync_lab.probeflows: the multi-flow log parser, the flow arguments, and real runs of
 # a probeflows client against the probe.py server on loopback (127.x source addresses).
 # Rules: assert behaviour, not tight timings; subprocesses are always reaped; one server serves
 # every real run (each run uses its own flow names).
@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from test_probe import free_port, wait_for
 
-from hasync.lab.probe import ProbeLog, encode_datagram, parse_log, tail_log
-from hasync.lab.probeflows import (
+from hasync_lab.probe import ProbeLog, encode_datagram, parse_log, tail_log
+from hasync_lab.probeflows import (
     FlowLogs,
     FlowSpec,
     _Client,
@@ -45,7 +45,7 @@ LINES = [
 
 def start(module: str, *args: str) -> subprocess.Popen[bytes]:
     """Start python -m module in a subprocess."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'bench' / 'lab'}"}
     cmd = [sys.executable, "-m", module, *args]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE)
 
@@ -184,7 +184,7 @@ def test_bad_arguments_exit_2(
 def test_bad_flows_file_and_server_exit_2(tmp_path: Path) -> None:
     flows = tmp_path / "flows"
     flows.write_text("t1@127.0.0.1\nt2@127.0.0.300\n")
-    base = ["hasync.lab.probeflows", "client", "--log", str(tmp_path / "l")]
+    base = ["hasync_lab.probeflows", "client", "--log", str(tmp_path / "l")]
     proc = start(*base, "--server", "127.0.0.1:9", "--flows-file", str(flows))
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 2
@@ -201,7 +201,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
     log = tmp_path_factory.mktemp("server") / "server.log"
     endpoint = f"127.0.0.1:{free_port()}"
     options = ["--bind", endpoint, "--rate", "50", "--log", str(log)]
-    proc = start("hasync.lab.probe", "server", *options)
+    proc = start("hasync_lab.probe", "server", *options)
     try:
         wait_for(log, 10)
         yield endpoint, log
@@ -215,7 +215,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
 def run_client(endpoint: str, log: Path, *flow_args: str) -> bytes:
     """Run a probeflows client at 50/s per flow for 2 s; return its stderr."""
     options = ["--server", endpoint, "--rate", "50", "--duration", "2", "--log", str(log)]
-    proc = start("hasync.lab.probeflows", "client", *options, *flow_args)
+    proc = start("hasync_lab.probeflows", "client", *options, *flow_args)
     try:
         _, err = proc.communicate(timeout=60)
     finally:
@@ -283,7 +283,7 @@ def test_sigterm_ends_it_with_a_final_flush(server: tuple[str, Path], tmp_path: 
     endpoint, _server_log = server
     log = tmp_path / "flows.log"
     options = ["--server", endpoint, "--flow", "term@127.0.0.1", "--log", str(log)]
-    proc = start("hasync.lab.probeflows", "client", *options)
+    proc = start("hasync_lab.probeflows", "client", *options)
     try:
         wait_for(log, 10)
         time.sleep(0.5)
@@ -328,7 +328,7 @@ def test_sighup_rereads_the_flows_file(server: tuple[str, Path], tmp_path: Path)
     endpoint, _server_log = server
     flows_file, log = tmp_path / "flows", tmp_path / "flows.log"
     flows_file.write_text("hup-a@127.0.0.1\n")
-    proc = start("hasync.lab.probeflows", "client", "--server", endpoint, "--flows-file",
+    proc = start("hasync_lab.probeflows", "client", "--server", endpoint, "--flows-file",
                  str(flows_file), "--log", str(log), "--rate", "20")
     try:
         wait_for(log, 10)

@@ -6,10 +6,10 @@ import time
 from pathlib import Path
 
 from hasync.journal.seal import derive_keys
-from hasync.lab.loopback import free_ports
 from hasync.raft import ClusterJournal, _open_large, _seal_large
 
 import hastream
+from netutil import free_ports
 
 KEYS = derive_keys(bytes(range(32)), "test")
 

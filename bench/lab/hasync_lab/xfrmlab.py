@@ -44,7 +44,7 @@ def run_xfrm_check(spec: LabSpec, out_dir: Path) -> dict[str, object]:
         if wait_flowing(run, time.monotonic(), 60) != set(names):
             raise LabError("probe traffic does not flow before the jump")
         before = {c: client_state(run, c) for c in names}
-        out = run.lab.run("gw1", [sys.executable, "-m", "hasync.lab.xfrmjump",
+        out = run.lab.run("gw1", [sys.executable, "-m", "hasync_lab.xfrmjump",
                                   topology.PUBLIC_VIP, str(JUMP)])
         t_jump = time.monotonic()
         doc = json.loads(out)

@@ -40,7 +40,7 @@ from .prereq import LabError
 from .probeflows import FlowLogs
 from .procs import Lab
 
-log = logging.getLogger("hasync.lab")
+log = logging.getLogger("hasync_lab")
 PROBE_PORT = 7000
 FAULTS = ("kill", "links", "stop", "charon")
 
@@ -199,19 +199,19 @@ def start_traffic(run: Run) -> None:
                                       "-Z", "root", "-s", "128",
                                       "-w", str(lab.base / "cap" / f"{c.name}.pcap"),
                                       "esp or udp port 4500 or udp port 500"], private_run=False)
-    lab.spawn("srv", "probe", [py, "-m", "hasync.lab.probe", "server", "--bind",
+    lab.spawn("srv", "probe", [py, "-m", "hasync_lab.probe", "server", "--bind",
                                f"0.0.0.0:{PROBE_PORT}", "--rate", str(run.spec.rate), "--log",
                                str(lab.base / "probe" / "srv.log")], env=env, private_run=False)
     server = ["--server", f"{topology.SERVER_IP}:{PROBE_PORT}", "--rate", str(run.spec.rate)]
     for c, ts in tunnels.by_client(run.tunnels).items():
         logf = str(lab.base / "probe" / f"{c}.log")
         if not run.spec.tunnels:
-            lab.spawn(c, "probe", [py, "-m", "hasync.lab.probe", "client", "--name", c, *server,
+            lab.spawn(c, "probe", [py, "-m", "hasync_lab.probe", "client", "--name", c, *server,
                                    "--log", logf], env=env, private_run=False)
             continue
         flows = lab.base / "probe" / f"{c}.flows"
         flows.write_text(tunnels.flows_text(ts, tunnels.all_vips(lab, c, ts)))
-        p = lab.spawn(c, "probe", [py, "-m", "hasync.lab.probeflows", "client", *server,
+        p = lab.spawn(c, "probe", [py, "-m", "hasync_lab.probeflows", "client", *server,
                                    "--flows-file", str(flows), "--log", logf],
                       env=env, private_run=False)
         run.flows[c] = (p.pid, flows)

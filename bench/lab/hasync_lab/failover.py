@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..seqguard import Reserve
+from hasync.seqguard import Reserve
+
 from . import aftercheck, cluster, confgen, hasyncd, pcap, probe, topology, tunnels
 from .prereq import LabError
 from .procs import Lab
@@ -44,7 +45,7 @@ from .scenario import (
 )
 from .tunnels import Tunnel
 
-log = logging.getLogger("hasync.lab")
+log = logging.getLogger("hasync_lab")
 LOSS_GRACE_S = 1.0  # packets sent this close to the end of a window may still be in flight
 SKIP_FLOOR = Reserve().bound(0)  # docs/takeover.md: what a failover may skip at low rates
 

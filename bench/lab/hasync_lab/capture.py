@@ -55,7 +55,7 @@ def parse_hexdumps(log_text: str) -> list[tuple[str, bytes]]:
 def name_datagrams(records: list[tuple[float, bytes]],
                    marks: list[tuple[str, float]]) -> list[tuple[str, bytes]]:
     """Name each datagram `<step>_<type>_<n>` after the last step started before it."""
-    from ..ha import MalformedMessage, MessageType, decode
+    from hasync.ha import MalformedMessage, MessageType, decode
     named, counts = [], {}  # type: ignore[var-annotated]
     for t, data in records:
         step = "startup"
@@ -97,7 +97,7 @@ def run_capture(out_dir: Path) -> dict[str, object]:
         topology.build(topo, lambda argv, stdin: lab.run(None, argv, stdin=stdin) and None)
         lab.prepare_dirs()
         cluster.write_configs(lab, spec.timers, keys_in_log=True)
-        lab.spawn("gw1", "harecord", [sys.executable, "-m", "hasync.lab.harecord", "127.0.0.2",
+        lab.spawn("gw1", "harecord", [sys.executable, "-m", "hasync_lab.harecord", "127.0.0.2",
                                       "4510", str(rec)], private_run=False)
         for n in ("gw1", "c1"):
             cluster.start_charon(lab, n)

@@ -1,6 +1,6 @@
-# hasync.lab.probe: the lab's traffic probe, sequence-numbered UDP both ways through the tunnel.
-#   python -m hasync.lab.probe server --bind IP:PORT [--name server] --log PATH [common]
-#   python -m hasync.lab.probe client --name c1 --server IP:PORT [--server-name server]
+# hasync_lab.probe: the lab's traffic probe, sequence-numbered UDP both ways through the tunnel.
+#   python -m hasync_lab.probe server --bind IP:PORT [--name server] --log PATH [common]
+#   python -m hasync_lab.probe client --name c1 --server IP:PORT [--server-name server]
 #                                     --log PATH [common]
 #   common: [--rate 50] [--size 64] [--duration S]
 # Datagram, network byte order: b"HSP1", u8 name length, the sender's name (ascii), u32 seq,
@@ -408,7 +408,7 @@ def _name_arg(text: str) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     """The command line."""
-    parser = argparse.ArgumentParser(prog="python -m hasync.lab.probe")
+    parser = argparse.ArgumentParser(prog="python -m hasync_lab.probe")
     roles = parser.add_subparsers(dest="role", required=True)
     client = roles.add_parser("client", help="send to a server and receive its packets")
     client.add_argument("--name", type=_name_arg, required=True)

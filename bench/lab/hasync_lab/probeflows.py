@@ -1,9 +1,9 @@
-# hasync.lab.probeflows: the traffic probe of many tunnels of one client machine, in one process.
-#   python -m hasync.lab.probeflows client --server IP:PORT [--server-name server]
+# hasync_lab.probeflows: the traffic probe of many tunnels of one client machine, in one process.
+#   python -m hasync_lab.probeflows client --server IP:PORT [--server-name server]
 #       (--flow NAME@SRC_IP [--flow ...] | --flows-file PATH) --log PATH
 #       [--rate 50] [--size 64] [--duration S]
 # A flow is one UDP socket bound to (SRC_IP, 0), so that its packets leave from its tunnel's
-# virtual IP, sending hasync.lab.probe datagrams under the flow's NAME. To the probe.py server a
+# virtual IP, sending hasync_lab.probe datagrams under the flow's NAME. To the probe.py server a
 # flow is just a client: it learns each name's latest address and sends to each name, with a seq
 # counter per name. Flow names must therefore be unique across all clients of one server.
 # Rules:
@@ -50,7 +50,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hasync.lab.probe import (
+from hasync_lab.probe import (
     _TAIL,
     DEFAULT_RATE,
     DEFAULT_SERVER_NAME,
@@ -415,7 +415,7 @@ def _non_negative(convert: Callable[[str], float]) -> Callable[[str], float]:
 
 def _parser() -> argparse.ArgumentParser:
     """The command line."""
-    parser = argparse.ArgumentParser(prog="python -m hasync.lab.probeflows")
+    parser = argparse.ArgumentParser(prog="python -m hasync_lab.probeflows")
     roles = parser.add_subparsers(dest="role", required=True)
     client = roles.add_parser("client", help="drive the probe stream through many flows")
     client.add_argument("--server", type=_endpoint_arg, required=True, metavar="IP:PORT")
