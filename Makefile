@@ -39,7 +39,7 @@ venv: $(VENV)/.stamp
 
 $(VENV)/.stamp: pyproject.toml bench/lab/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q --upgrade pip setuptools wheel  # the build backend: tests/test_wheel.py
 	$(BIN)/pip install -q -e '.[test,bench]' -e bench/lab
 	touch $@
 
