@@ -202,7 +202,7 @@ def lab_spec(mode: str, tunnels: int, repeats: int, rate: float | None) -> Any:
     """The LabSpec of one lab run: N tunnels, K failovers, the DPD delay of `dpd_for`, no
     after-checks (the lab tests run those)."""
     from hasync_lab.confgen import LabTimers
-    from hasync_lab.scenario import LabSpec
+    from hasync_lab.session import LabSpec
     return LabSpec(mode=mode, failovers=repeats, rate=rate_for(tunnels, rate),
                    tunnels=tunnels, rekey_checks=False,
                    timers=LabTimers(dpd_delay_s=dpd_for(tunnels)))

@@ -15,8 +15,8 @@ import pytest
 
 from hasync_lab.probe import (
     Datagram,
+    Schedule,
     StreamStats,
-    _Schedule,
     decode_datagram,
     encode_datagram,
     first_rx_after,
@@ -243,7 +243,7 @@ def test_send_errors_are_logged_not_fatal(tmp_path: Path) -> None:
 
 
 def test_schedule_is_absolute_and_cuts_a_stall() -> None:
-    schedule = _Schedule(50, 100.0)
+    schedule = Schedule(50, 100.0)
     assert schedule.take_due(100.0) == 1
     assert schedule.take_due(100.01) == 0
     assert schedule.next_at() == pytest.approx(100.02)
@@ -251,7 +251,7 @@ def test_schedule_is_absolute_and_cuts_a_stall() -> None:
     assert schedule.next_at() == pytest.approx(100.08)
     assert schedule.take_due(110.0) == 5  # a 10 s stall: the backlog is not burst out
     assert schedule.next_at() == pytest.approx(110.02)
-    assert _Schedule(0, 100.0).take_due(1e9) == 0
+    assert Schedule(0, 100.0).take_due(1e9) == 0
 
 
 def test_socket_memory_reports_the_receive_buffer_and_drops() -> None:

@@ -17,7 +17,8 @@ from hasync.journal.seal import KeyFileError
 
 from . import confgen, report, runner, topology
 from .prereq import LabError
-from .scenario import FAULTS, LabSpec
+from .scenario import FAULTS
+from .session import LabSpec
 
 MAX_TUNNELS = 1000  # the lab pool (topology.py POOL, a /22) holds 1022 virtual IPs
 RUNNERS = ("auto", "vm", "native")

@@ -53,11 +53,11 @@ _BURST_DATAGRAMS = 64  # a catch-up sends at most this many datagrams (or one ro
 _RECV_BATCH = 8192  # per wake: a server of 1000 flows at 50/s gets 2500 per 50 ms
 _RECV_BUFFER = 8 << 20  # a small datagram takes about 1 KiB of it (skb truesize)
 _DRAIN_CHECK = 32  # a drain looks at the clock every this many datagrams
-_TAIL = struct.Struct("!Id")
+TAIL = struct.Struct("!Id")
 _NAME = re.compile(r"[!-~]{1,255}")
 # Linux (asm-generic) values the socket module lacks: SO_TIMESTAMPNS_OLD (cmsg: two longs of
 # CLOCK_REALTIME) and SO_RCVBUFFORCE (root may exceed net.core.rmem_max).
-_SO_TIMESTAMPNS = 35
+SO_TIMESTAMPNS = 35
 _SO_RCVBUFFORCE = 33
 _SO_MEMINFO = 55  # asm-generic/socket.h: sk_meminfo, 9 u32 (SK_MEMINFO_RMEM_ALLOC first)
 STATUS_S = 10.0
@@ -85,7 +85,7 @@ def encode_datagram(name: str, seq: int, t_sent: float, size: int = DEFAULT_SIZE
     if not valid_name(name):
         raise ValueError(f"bad probe name {name!r}")
     raw = name.encode("ascii")
-    body = MAGIC + bytes([len(raw)]) + raw + _TAIL.pack(seq & 0xFFFFFFFF, t_sent)
+    body = MAGIC + bytes([len(raw)]) + raw + TAIL.pack(seq & 0xFFFFFFFF, t_sent)
     return body + bytes(max(0, size - len(body)))
 
 
@@ -94,12 +94,12 @@ def decode_datagram(data: bytes) -> Datagram | None:
     if len(data) < 5 or data[:4] != MAGIC:
         return None
     end = 5 + data[4]
-    if len(data) < end + _TAIL.size:
+    if len(data) < end + TAIL.size:
         return None
     name = data[5:end].decode("ascii", "replace")
     if not valid_name(name):
         return None
-    seq, t_sent = _TAIL.unpack_from(data, end)
+    seq, t_sent = TAIL.unpack_from(data, end)
     return Datagram(name, seq, t_sent)
 
 
@@ -237,7 +237,7 @@ def tail_log(path: str | Path, offset: int) -> tuple[list[str], int]:
 # ---- runtime ----
 
 
-class _Schedule:
+class Schedule:
     """Absolute send schedule: slot i is due at t0 + i / rate."""
 
     def __init__(self, rate: float, t0: float) -> None:
@@ -271,8 +271,8 @@ class _Probe:
         self.peers: dict[str, Address] = {}  # the client's one server, or the known clients
         self.learn = False  # server: take peers and their latest addresses from what arrives
         self._seqs: dict[str, int] = {}
-        self._prefix = encode_datagram(name, 0, 0.0, 0)[: -_TAIL.size]
-        self._padding = bytes(max(0, size - len(self._prefix) - _TAIL.size))
+        self._prefix = encode_datagram(name, 0, 0.0, 0)[: -TAIL.size]
+        self._padding = bytes(max(0, size - len(self._prefix) - TAIL.size))
         self.stats = {"tx": 0, "rx": 0, "err": 0, "bad": 0}
 
     def send_round(self) -> None:
@@ -281,7 +281,7 @@ class _Probe:
             seq = self._seqs.get(peer, 0)
             self._seqs[peer] = seq + 1
             t = time.monotonic()
-            data = self._prefix + _TAIL.pack(seq & 0xFFFFFFFF, t) + self._padding
+            data = self._prefix + TAIL.pack(seq & 0xFFFFFFFF, t) + self._padding
             try:
                 self.sock.sendto(data, addr)
             except OSError as exc:
@@ -309,7 +309,7 @@ class _Probe:
                 self._lines.append(f"err - {exc.errno or 0} {time.monotonic():.6f}\n")
                 self.stats["err"] += 1
                 return
-            t_recv = _kernel_time(ancillary, realtime_offset) or now
+            t_recv = kernel_time(ancillary, realtime_offset) or now
             datagram = decode_datagram(data)
             if datagram is None:
                 self.stats["bad"] += 1
@@ -334,27 +334,27 @@ class _Probe:
         self._log.close()
 
 
-def _kernel_time(ancillary: list[tuple[int, int, bytes]], realtime_offset: float) -> float:
+def kernel_time(ancillary: list[tuple[int, int, bytes]], realtime_offset: float) -> float:
     """The kernel's receive timestamp as a time.monotonic() value, or 0.0 if there is none."""
     for level, kind, payload in ancillary:
-        if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(payload) >= 16:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(payload) >= 16:
             sec, nsec = _TIMESPEC.unpack_from(payload)
             return (sec - realtime_offset) + nsec * 1e-9
     return 0.0
 
 
-def _setup_socket(sock: socket.socket) -> None:
+def setup_socket(sock: socket.socket) -> None:
     """Non-blocking, kernel receive timestamps, and room for a stall's backlog (best effort)."""
     sock.setblocking(False)
     with contextlib.suppress(OSError):  # without: t_recv is time.monotonic() at the drain
-        sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
     try:
         sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, _RECV_BUFFER)
     except OSError:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RECV_BUFFER)
 
 
-def _stop_on_signals() -> list[int]:
+def stop_on_signals() -> list[int]:
     """Make SIGTERM and SIGINT append to the returned list; the loop stops when it is not empty."""
     caught: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -377,7 +377,7 @@ def _run(probe: _Probe, rate: float, duration: float | None, caught: list[int]) 
     stderr says what it did and what its socket holds."""
     t0 = time.monotonic()
     deadline = t0 + duration if duration is not None else math.inf
-    schedule = _Schedule(rate, t0)
+    schedule = Schedule(rate, t0)
     status_at = t0 + STATUS_S
     while not caught:  # a signal's handler returns into the sleep, which is short
         now = time.monotonic()
@@ -399,7 +399,7 @@ def _run(probe: _Probe, rate: float, duration: float | None, caught: list[int]) 
         probe.drain(schedule.next_at())
 
 
-def _name_arg(text: str) -> str:
+def name_arg(text: str) -> str:
     """argparse type for a peer name."""
     if not valid_name(text):
         raise argparse.ArgumentTypeError(f"bad name {text!r}: 1-255 ascii, no spaces")
@@ -411,12 +411,12 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m hasync_lab.probe")
     roles = parser.add_subparsers(dest="role", required=True)
     client = roles.add_parser("client", help="send to a server and receive its packets")
-    client.add_argument("--name", type=_name_arg, required=True)
+    client.add_argument("--name", type=name_arg, required=True)
     client.add_argument("--server", type=parse_endpoint, required=True, metavar="IP:PORT")
-    client.add_argument("--server-name", type=_name_arg, default=DEFAULT_SERVER_NAME)
+    client.add_argument("--server-name", type=name_arg, default=DEFAULT_SERVER_NAME)
     server = roles.add_parser("server", help="receive from clients and send to each")
     server.add_argument("--bind", type=parse_endpoint, required=True, metavar="IP:PORT")
-    server.add_argument("--name", type=_name_arg, default=DEFAULT_SERVER_NAME)
+    server.add_argument("--name", type=name_arg, default=DEFAULT_SERVER_NAME)
     for sub in (client, server):
         sub.add_argument("--rate", type=float, default=DEFAULT_RATE, help="packets/s per peer")
         sub.add_argument("--size", type=int, default=DEFAULT_SIZE, help="datagram bytes")
@@ -431,12 +431,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.rate < 0 or args.size < 0:
         print("probe: --rate and --size must not be negative", file=sys.stderr)
         return 2
-    caught = _stop_on_signals()
+    caught = stop_on_signals()
     family, _addr = args.server if args.role == "client" else args.bind
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
         if args.role == "server":
             sock.bind(args.bind[1])
-        _setup_socket(sock)
+        setup_socket(sock)
         probe = _Probe(sock, args.log, args.name, args.size)
         if args.role == "client":
             probe.peers[args.server_name] = args.server[1]

@@ -9,7 +9,7 @@
 # Rules:
 # - --flows-file: one NAME@SRC_IP per line; blank lines and lines starting with # are skipped.
 #   NAME is a probe name (probe.valid_name), unique; SRC_IP an address of the server's family.
-# - All flows share one absolute schedule (probe._Schedule): a round sends one datagram from each
+# - All flows share one absolute schedule (probe.Schedule): a round sends one datagram from each
 #   bound flow, R rounds per second, a stall's backlog cut as in probe.py.
 # - A flow whose bind fails (EADDRNOTAVAIL: its virtual IP is not there yet) logs one err per
 #   attempt, sends nothing meanwhile (no seq is used) and retries at most once per _BIND_RETRY s.
@@ -51,20 +51,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hasync_lab.probe import (
-    _TAIL,
     DEFAULT_RATE,
     DEFAULT_SERVER_NAME,
     DEFAULT_SIZE,
     FLUSH_INTERVAL,
+    TAIL,
     ProbeLog,
-    _kernel_time,
-    _name_arg,
-    _Schedule,
-    _setup_socket,
-    _stop_on_signals,
+    Schedule,
     decode_datagram,
     encode_datagram,
+    kernel_time,
+    name_arg,
     parse_endpoint,
+    setup_socket,
+    stop_on_signals,
     valid_name,
 )
 
@@ -158,8 +158,8 @@ class _Flow:
     def __init__(self, spec: FlowSpec, server_name: str, size: int) -> None:
         self.name, self.source = spec.name, spec.source
         self.seq = 0
-        self.prefix = encode_datagram(spec.name, 0, 0.0, 0)[: -_TAIL.size]
-        self.padding = bytes(max(0, size - len(self.prefix) - _TAIL.size))
+        self.prefix = encode_datagram(spec.name, 0, 0.0, 0)[: -TAIL.size]
+        self.padding = bytes(max(0, size - len(self.prefix) - TAIL.size))
         self.tx_head = f"{spec.name} tx {server_name} "
         self.rx_head = f"{spec.name} rx {server_name} "
         self.err_head = f"{spec.name} err {server_name} "
@@ -177,7 +177,7 @@ class _Client:
         log_path: str,
     ) -> None:
         self._family, self._server = server
-        self._server_prefix = encode_datagram(server_name, 0, 0.0, 0)[: -_TAIL.size]
+        self._server_prefix = encode_datagram(server_name, 0, 0.0, 0)[: -TAIL.size]
         self._pending = [_Flow(spec, server_name, size) for spec in specs]
         self._bound: list[tuple[_Flow, socket.socket]] = []
         self._by_fd: dict[int, tuple[_Flow, socket.socket]] = {}
@@ -215,7 +215,7 @@ class _Client:
         """A socket set up as probe.py's and bound to (source, 0)."""
         sock = socket.socket(self._family, socket.SOCK_DGRAM)
         try:
-            _setup_socket(sock)
+            setup_socket(sock)
             sock.bind((source, 0))
         except OSError:
             sock.close()
@@ -248,7 +248,7 @@ class _Client:
 
     def send_round(self) -> None:
         """Send the next datagram of every bound flow; a failure is logged and counted."""
-        pack, server, monotonic = _TAIL.pack, self._server, time.monotonic
+        pack, server, monotonic = TAIL.pack, self._server, time.monotonic
         append = self._lines.append
         errors = 0
         for flow, sock in self._bound:
@@ -270,9 +270,9 @@ class _Client:
         none is ready, _MAX_PASSES passes, or (after the first) `until`, the next send round."""
         now = time.monotonic()
         realtime_offset = time.time() - now
-        by_fd, append, unpack = self._by_fd, self._lines.append, _TAIL.unpack_from
+        by_fd, append, unpack = self._by_fd, self._lines.append, TAIL.unpack_from
         prefix = self._server_prefix
-        start, end = len(prefix), len(prefix) + _TAIL.size
+        start, end = len(prefix), len(prefix) + TAIL.size
         received = 0
         for k in range(_MAX_PASSES):
             if k and time.monotonic() >= until:
@@ -287,7 +287,7 @@ class _Client:
                 except OSError as exc:
                     self._receive_error(flow, exc)
                     continue
-                t_recv = _kernel_time(ancillary, realtime_offset) or now
+                t_recv = kernel_time(ancillary, realtime_offset) or now
                 if data.startswith(prefix) and len(data) >= end:  # the server's: the fast path
                     seq, t_sent = unpack(data, start)
                     append(f"{flow.rx_head}{seq} {t_sent:.6f} {t_recv:.6f}\n")
@@ -334,7 +334,7 @@ def _run(client: _Client, rate: float, duration: float | None, caught: list[int]
     """Send rounds, flush on the grid, retry binds, drain after each sleep, until stopped."""
     start = time.monotonic()
     end = math.inf if duration is None else start + duration
-    rounds, flushes = _Schedule(rate, start), _Schedule(1.0 / FLUSH_INTERVAL, start)
+    rounds, flushes = Schedule(rate, start), Schedule(1.0 / FLUSH_INTERVAL, start)
     now = start
     while not caught and now < end:
         if hups and reload is not None:
@@ -419,7 +419,7 @@ def _parser() -> argparse.ArgumentParser:
     roles = parser.add_subparsers(dest="role", required=True)
     client = roles.add_parser("client", help="drive the probe stream through many flows")
     client.add_argument("--server", type=_endpoint_arg, required=True, metavar="IP:PORT")
-    client.add_argument("--server-name", type=_name_arg, default=DEFAULT_SERVER_NAME)
+    client.add_argument("--server-name", type=name_arg, default=DEFAULT_SERVER_NAME)
     flows = client.add_mutually_exclusive_group(required=True)
     flows.add_argument("--flow", type=_flow_arg, action="append", metavar="NAME@SRC_IP")
     flows.add_argument("--flows-file", type=_flows_file_arg, metavar="PATH",
@@ -457,7 +457,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     limit = raise_nofile_limit()
     if len(specs) + _FD_RESERVE > limit:
         parser.error(f"{len(specs)} flows need more than the RLIMIT_NOFILE limit of {limit}")
-    caught = _stop_on_signals()
+    caught = stop_on_signals()
     hups: list[int] = []
     signal.signal(signal.SIGHUP, lambda signum, _frame: hups.append(signum))
     client = _Client(args.server, args.server_name, specs, args.size, args.log)

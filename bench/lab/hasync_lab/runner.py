@@ -23,7 +23,7 @@ from pathlib import Path
 import hasync
 
 from . import confgen, prereq
-from .scenario import LabSpec
+from .session import LabSpec
 
 log = logging.getLogger("hasync_lab")
 VM_MEMORY = "3G"
@@ -107,7 +107,7 @@ def run_in_vm(task: str, spec: LabSpec, out_dir: Path, budget: float) -> dict[st
     result_path.unlink(missing_ok=True)
     inner = (f"cd / && PYTHONDONTWRITEBYTECODE=1 PYTHONPATH={shlex.quote(python_path())} "
              f"{sys.executable} -m hasync_lab.inside {spec_path} {result_path}")
-    vng = prereq._venv_which("vng") or "vng"
+    vng = prereq.venv_which("vng") or "vng"
     argv = [vng, "--run", prereq.kernel_image(), "--disable-kvm", "--memory", VM_MEMORY,
             "--cpus", str(VM_CPUS), "--rwdir", str(out_dir), "--exec", inner]
     log.info("booting %s under QEMU/TCG (this kernel has no ESP)", argv[2])

@@ -1,10 +1,10 @@
-"""The failover scenario: bring the lab up, run probe streams through every tunnel, fail the
-VRRP master, and measure what each client suffers.
+"""The lab's moving parts, shared by every scenario: bring the lab up, run probe streams
+through every tunnel, read what clients and gateways say, apply a fault, restore a gateway.
 
-Rules: every number in the result is measured (probe logs, client kernels, a capture on each
-client's link, keepalived's FIFO); times are time.monotonic() in one kernel; teardown runs
-whatever happens. The mode is "baseline" (keepalived alone) or "hasync" (hasync on every
-gateway, keepalived tracking `hasync health`).
+Rules (the split with failover.py): this module acts on a running lab and reads its state;
+the failover scenario's sequence and the numbers it reports live in failover.py, a run's data
+and lifecycle in session.py. Times are time.monotonic() in one kernel. The mode is "baseline"
+(keepalived alone) or "hasync" (hasync on every gateway, keepalived tracking `hasync health`).
 """
 
 from __future__ import annotations
@@ -12,21 +12,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import platform
-import shutil
 import signal
-import subprocess
 import sys
-import tempfile
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from . import (
     adverts,
     cluster,
-    confgen,
     hasyncd,
     linkfault,
     observe,
@@ -39,56 +32,11 @@ from . import (
 from .prereq import LabError
 from .probeflows import FlowLogs
 from .procs import Lab
+from .session import LabSpec, Run
 
 log = logging.getLogger("hasync_lab")
 PROBE_PORT = 7000
 FAULTS = ("kill", "links", "stop", "charon")
-
-
-@dataclass(frozen=True)
-class LabSpec:
-    """What to run."""
-
-    mode: str = "baseline"
-    gateways: int = 3
-    clients: int = 3
-    nat_clients: int = 1
-    failovers: int = 1
-    rate: float = 20.0  # probe packets/s each way; 50 starved the emulated CPUs (decisions.md)
-    fault: str = "kill"
-    faults: tuple[str, ...] = ()  # one per failover (overrides `fault`)
-    late_gateways: int = 0  # gateways started only after the clients connected
-    tunnels: int = 0  # the benchmark's N tunnels dealt over the clients (0: one per client)
-    rekey_checks: bool = True  # hasync: a CHILD_SA rekey first; rekeys and DPD at the end
-    timeout_s: float = 90.0  # per failover: wait this long for every client's traffic
-    settle_s: float = 2.0  # keep measuring this long after the last client resumed
-    timers: confgen.LabTimers = field(default_factory=confgen.LabTimers)
-
-
-@dataclass
-class Run:
-    """A lab run in progress: the lab, its watchers, and where its artifacts go."""
-
-    spec: LabSpec
-    lab: Lab
-    out_dir: Path
-    vrrp: cluster.VrrpWatch = field(default_factory=cluster.VrrpWatch)
-    priorities: dict[str, int] = field(default_factory=dict)
-    wall_offset: float = 0.0  # time.time() - time.monotonic(): maps pcap times to ours
-    probe_logs: dict[str, tuple[int, probe.ProbeLog | FlowLogs, str]] = field(
-        default_factory=dict)
-    tunnels: list[tunnels.Tunnel] = field(default_factory=list)
-    flows: dict[str, tuple[int, Path]] = field(default_factory=dict)  # client: (pid, file)
-    adverts: adverts.AdvertLog | None = None  # VRRP as a client on the public LAN hears it
-    captures: dict[str, pcap.PcapTail] = field(default_factory=dict)
-    vrrp_later: list[str] = field(default_factory=list)  # restored; keepalived still to start
-
-
-def _mount_base() -> Path:
-    """A fresh tmpfs for the lab's runtime (FIFOs and unix sockets need a real filesystem)."""
-    base = Path(tempfile.mkdtemp(prefix="hasync-lab."))
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=700", "tmpfs", str(base)], check=True)
-    return base
 
 
 def gateways(run: Run, late: bool = False) -> list[str]:
@@ -427,21 +375,21 @@ def _keepalived(run: Run, gw: str) -> None:
                              hasyncd.health_cmd(run.lab, gw) if hasync else None)
 
 
-def artifacts(run: Run) -> None:
-    """Copy logs, probe logs and captures into the output directory."""
-    dest = run.out_dir / "lab-artifacts"
-    shutil.rmtree(dest, ignore_errors=True)
-    for sub in ("log", "probe", "cap"):
-        src = run.lab.base / sub
-        if src.exists():
-            shutil.copytree(src, dest / sub)
+def stop_probes(run: Run) -> None:
+    """Stop every probe stream (captures keep running)."""
+    signal_probes(run, signal.SIGTERM)
 
 
-def kernel_release() -> str:
-    """The running kernel's release."""
-    return platform.release()
-
-
-def spec_dict(spec: LabSpec) -> dict[str, object]:
-    """The spec as JSON-ready data."""
-    return asdict(spec)
+def tunnel_table(run: Run) -> list[dict[str, object]]:
+    """Each tunnel as it came up."""
+    states = {c.name: client_state(run, c.name) for c in run.lab.topo.by_role("client")}
+    out = []
+    for t in run.tunnels:
+        st = states[t.client]
+        ike = st["ikes"].get(t.conn)  # type: ignore[attr-defined]
+        out.append({"name": t.name, "client": t.client,
+                    "nat": run.lab.topo.node(t.client).behind_nat,
+                    "encap": ike.encap if run.spec.tunnels and ike else st["encap"],
+                    "established": ike is not None, "ike_spi": ike.spis if ike else "",
+                    "virtual_ip": list(ike.local_vips) if ike else []})
+    return out
