@@ -27,6 +27,7 @@ import os
 import platform
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -219,13 +220,15 @@ def preflight(which: str) -> None:
 
 def one_run(mode: str, n: int, a: argparse.Namespace) -> Doc:
     """One lab run; a failure is recorded, not raised (Ctrl-C still stops everything)."""
-    from hasync_lab import runner
+    from hasync_lab import prereq, runner
     spec = lab_spec(mode, n, a.repeats, a.rate)
     t0 = time.monotonic()
     try:
         res, err = runner.run_task("failover", spec, a.lab_out / f"{mode}-n{n}", a.runner,
                                    runner.vm_budget(spec)), None
-    except Exception as e:  # a failed run is a result; the others still run
+    except Exception as e:  # a failed run is a result (its "error"); the others still run
+        if not isinstance(e, prereq.LabError):  # not the lab's own one-line error: a bug
+            traceback.print_exc()
         res, err = None, f"{type(e).__name__}: {e}"
     return {"mode": mode, "tunnels": n, "elapsed_s": round(time.monotonic() - t0, 1),
             "error": err, "result": res}

@@ -284,3 +284,23 @@ def test_smoke_prints_a_table_and_draws_three_plots(bench_smoke: dict[str, Any])
         assert png.read_bytes()[:8] == PNG_MAGIC, png
         assert f"plot: {png}" in out
     assert "[" in bench_smoke["stderr"] and "ETA" in bench_smoke["stderr"]  # the progress bar
+
+
+@pytest.mark.parametrize(("error", "traceback_shown"), [
+    (KeyError("spec"), True),  # a bug: its traceback is printed, the other runs still run
+    ("lab", False),  # the lab's own one-line error: the message is enough
+])
+def test_a_failed_run_is_recorded_and_a_bug_shows_its_traceback(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path,
+        error: Exception | str, traceback_shown: bool) -> None:
+    from hasync_lab import prereq, runner
+    exc = prereq.LabError("charon did not start") if error == "lab" else error
+
+    def fail(*args: Any) -> dict[str, object]:
+        raise exc  # type: ignore[misc]
+
+    monkeypatch.setattr(runner, "run_task", fail)
+    a = failover.parse_args(["--lab-out", str(tmp_path)])
+    doc = failover.one_run("hasync", 3, a)
+    assert doc["result"] is None and doc["error"] == f"{type(exc).__name__}: {exc}"
+    assert ("Traceback" in capsys.readouterr().err) is traceback_shown

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -42,3 +43,34 @@ def test_a_bad_plan_mounts_nothing(calls: list[str], tmp_path: Path) -> None:
     with pytest.raises(ValueError), lab_run(LabSpec(gateways=9), tmp_path):
         pass
     assert calls == []
+
+
+class _SlowLab:
+    """A Lab whose every command times out, writing logs under `base`."""
+
+    def __init__(self, base: Path, topo: object) -> None:
+        self.base, self.topo = base, topo
+        (base / "log").mkdir(parents=True, exist_ok=True)
+
+    def run(self, node: str | None, argv: list[str], **kw: object) -> str:
+        raise subprocess.TimeoutExpired(argv, 120)
+
+    def log_path(self, node: str, what: str) -> Path:
+        return self.base / "log" / f"{node}-{what}.log"
+
+
+def test_a_failed_process_snapshot_is_logged(tmp_path: Path,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    run = Run(LabSpec(), _SlowLab(tmp_path, None), tmp_path)  # type: ignore[arg-type]
+    session.ps_snapshot(run, "ps.txt")
+    assert "no process snapshot ps.txt" in caplog.text and "timed out" in caplog.text
+
+
+def test_a_failed_dataplane_dump_is_logged_per_node(tmp_path: Path,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    from hasync_lab import failover, topology
+    topo = topology.plan(2, 1, 0)
+    run = Run(LabSpec(), _SlowLab(tmp_path, topo), tmp_path)  # type: ignore[arg-type]
+    failover.dataplane_dump(run)
+    logged = [r.getMessage() for r in caplog.records if "no dataplane dump" in r.getMessage()]
+    assert len(logged) == len(topo.nodes) + 1 and logged[-1].startswith("no dataplane dump of root")

@@ -9,10 +9,10 @@ tears the lab down.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 import logging
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -256,13 +256,14 @@ ROOT_DATAPLANE_SH = "ip -s link; bridge fdb show | grep -v permanent; nstat -asz
 
 def dataplane_dump(run: Run) -> None:
     """Every node's XFRM counters, SAs, routes and links, for a failed traffic start."""
-    for node in run.lab.topo.nodes:
-        with contextlib.suppress(Exception):  # diagnostics must not hide the error
-            out = run.lab.run(node.name, ["sh", "-c", DATAPLANE_SH], check=False, timeout=120)
-            run.lab.log_path(node.name, "dataplane").write_text(out)
-    with contextlib.suppress(Exception):  # the bridges between the namespaces
-        out = run.lab.run(None, ["sh", "-c", ROOT_DATAPLANE_SH], check=False, timeout=120)
-        run.lab.log_path("root", "dataplane").write_text(out)
+    for node, script in [*((n.name, DATAPLANE_SH) for n in run.lab.topo.nodes),
+                         (None, ROOT_DATAPLANE_SH)]:  # None: the bridges between namespaces
+        name = node or "root"
+        try:
+            out = run.lab.run(node, ["sh", "-c", script], check=False, timeout=120)
+            run.lab.log_path(name, "dataplane").write_text(out)
+        except (OSError, subprocess.SubprocessError) as e:  # the traffic error still follows
+            log.warning("no dataplane dump of %s: %s", name, e)
 
 
 def run_failovers(run: Run) -> dict[str, object]:

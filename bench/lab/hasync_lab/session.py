@@ -113,9 +113,11 @@ def cleanup_stale(topo: topology.Topology) -> None:
 
 def ps_snapshot(run: Run, name: str) -> None:
     """Who used the CPU so far (cumulative per process), into the artifacts' log/."""
-    with contextlib.suppress(Exception):
+    try:
         (run.lab.base / "log" / name).write_text(run.lab.run(None, [
             "ps", "-eo", "pid,cputime,etime,comm,args", "--sort=-cputime"], check=False))
+    except (OSError, subprocess.SubprocessError) as e:  # a diagnostic: the run goes on
+        log.warning("no process snapshot %s: %s", name, e)
 
 
 def artifacts(run: Run) -> None:
