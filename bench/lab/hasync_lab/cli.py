@@ -24,30 +24,35 @@ MAX_TUNNELS = 1000  # the lab pool (topology.py POOL, a /22) holds 1022 virtual 
 RUNNERS = ("auto", "vm", "native")
 
 
+def _run_options(p: argparse.ArgumentParser, out: str, what: str = "logs",
+                 json_help: str = "write the result here", json_required: bool = False) -> None:
+    """--runner, --json and --out, which every command that runs the lab takes."""
+    p.add_argument("--runner", choices=RUNNERS, default="auto")
+    p.add_argument("--json", type=Path, required=json_required, help=json_help)
+    p.add_argument("--out", type=Path, default=Path(out),
+                   help=f"directory for {what} (default {out})")
+
+
+def _size_options(p: argparse.ArgumentParser) -> None:
+    """--gateways and --clients."""
+    p.add_argument("--gateways", type=int, default=3, help="2 to 5 (default 3)")
+    p.add_argument("--clients", type=int, default=3, help="road warriors (default 3)")
+
+
 def _small_parsers(lsub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     chk = lsub.add_parser("check", help="say which runner the lab would use and what is missing")
     chk.add_argument("--runner", choices=RUNNERS, default="auto")
     cap = lsub.add_parser("capture-ha", help="record golden vectors from charon's ha plugin "
                           "(lab material: holds the lab's throwaway secrets in clear)")
-    cap.add_argument("--json", type=Path, required=True, help="write the vectors here")
-    cap.add_argument("--runner", choices=RUNNERS, default="auto")
-    cap.add_argument("--out", type=Path, default=Path("out/capture"),
-                     help="directory for logs (default out/capture)")
+    _run_options(cap, "out/capture", json_help="write the vectors here", json_required=True)
     mi = lsub.add_parser("mirror", help="hasync on every gateway: check that every backup's "
                          "charon and kernel mirror the master (one gateway starts late)")
-    mi.add_argument("--gateways", type=int, default=3, help="2 to 5 (default 3)")
-    mi.add_argument("--clients", type=int, default=3, help="road warriors (default 3)")
+    _size_options(mi)
     mi.add_argument("--late", type=int, default=1, help="gateways started after the clients")
-    mi.add_argument("--runner", choices=RUNNERS, default="auto")
-    mi.add_argument("--json", type=Path, help="write the result here")
-    mi.add_argument("--out", type=Path, default=Path("out/mirror"),
-                    help="directory for logs (default out/mirror)")
+    _run_options(mi, "out/mirror")
     xc = lsub.add_parser("xfrm-check", help="jump the master's outbound ESP sequence numbers "
                          "over XFRM netlink during traffic and check the clients")
-    xc.add_argument("--runner", choices=RUNNERS, default="auto")
-    xc.add_argument("--json", type=Path, help="write the result here")
-    xc.add_argument("--out", type=Path, default=Path("out/xfrm"),
-                    help="directory for logs (default out/xfrm)")
+    _run_options(xc, "out/xfrm")
     cmp = lsub.add_parser("compare", help="print a baseline and a hasync failover result "
                           "side by side")
     cmp.add_argument("baseline", type=Path, help="JSON of `lab failover --baseline --json`")
@@ -58,8 +63,7 @@ def _failover_parser(lsub: argparse._SubParsersAction) -> None:  # type: ignore[
     fo = lsub.add_parser("failover", help="bring the lab up and fail the VRRP master over")
     fo.add_argument("--baseline", action="store_true",
                     help="keepalived alone, no state sync (the only mode until the daemon lands)")
-    fo.add_argument("--gateways", type=int, default=3, help="2 to 5 (default 3)")
-    fo.add_argument("--clients", type=int, default=3, help="road warriors (default 3)")
+    _size_options(fo)
     fo.add_argument("--nat-clients", type=int, default=1, help="of them behind NAT (default 1)")
     fo.add_argument("--failovers", type=int, default=1, help="failovers in a row (default 1)")
     fo.add_argument("--tunnels", type=int, default=0,
@@ -75,10 +79,7 @@ def _failover_parser(lsub: argparse._SubParsersAction) -> None:  # type: ignore[
                          "charon alone), or a comma-separated list, one per failover")
     fo.add_argument("--timeout", type=float, default=90.0,
                     help="per failover, how long to wait for every client's traffic (s)")
-    fo.add_argument("--runner", choices=RUNNERS, default="auto")
-    fo.add_argument("--json", type=Path, help="write the result here")
-    fo.add_argument("--out", type=Path, default=Path("out/lab"),
-                    help="directory for logs and captures (default out/lab)")
+    _run_options(fo, "out/lab", what="logs and captures")
 
 
 def parser(prog: str = "hasync-lab") -> argparse.ArgumentParser:
