@@ -1,4 +1,6 @@
-# hasync_lab.probeflows: the traffic probe of many tunnels of one client machine, in one process.
+# hasync_lab.probeflows: the lab's one probe client: the tunnels of one client machine, in one
+# process (the classic lab's one tunnel per client is one flow bound to 0.0.0.0, so the kernel
+# picks its source: the tunnel's virtual IP, whichever it is now).
 #   python -m hasync_lab.probeflows client --server IP:PORT [--server-name server]
 #       (--flow NAME@SRC_IP [--flow ...] | --flows-file PATH) --log PATH
 #       [--rate 50] [--size 64] [--duration S]
@@ -14,7 +16,7 @@
 # - A flow whose bind fails (EADDRNOTAVAIL: its virtual IP is not there yet) logs one err per
 #   attempt, sends nothing meanwhile (no seq is used) and retries at most once per _BIND_RETRY s.
 #   A failed send is logged as err and uses its seq up, as in probe.py. Neither is fatal.
-# - One log for all flows, probe.py's lines prefixed with the flow's name:
+# - One log for all flows, in probe.py's one format, each line headed by its flow's name:
 #     <flow> tx <peer> <seq> <t_sent> | <flow> rx <peer> <seq> <t_sent> <t_recv>
 #     <flow> err <peer> <errno> <t>
 #   <peer> is the server's name for bind and send errors, "-" for receive errors. The log is
@@ -33,8 +35,8 @@
 # - SIGTERM, SIGINT and --duration end it cleanly, with a final flush and a one-line summary on
 #   stderr. The RLIMIT_NOFILE soft limit is raised to the hard limit at start. Bad arguments exit
 #   2, the message naming the argument.
-# - parse_flows and FlowLogs (the analysis side) are pure; FlowLogs.add_lines takes the complete
-#   lines that probe.tail_log returns, so a log can be read while it grows.
+# - probe.ProbeLogs reads the log (it is pure; add_lines takes the complete lines that
+#   probe.tail_log returns, so a log can be read while it grows).
 
 import argparse
 import contextlib
@@ -47,7 +49,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from hasync_lab.probe import (
@@ -56,7 +58,6 @@ from hasync_lab.probe import (
     DEFAULT_SIZE,
     FLUSH_INTERVAL,
     TAIL,
-    ProbeLog,
     Schedule,
     decode_datagram,
     encode_datagram,
@@ -64,6 +65,7 @@ from hasync_lab.probe import (
     name_arg,
     parse_endpoint,
     setup_socket,
+    stats_text,
     stop_on_signals,
     valid_name,
 )
@@ -72,7 +74,6 @@ _BIND_RETRY = 1.0
 _MAX_PASSES = 32
 _RECV_SIZE = 2048  # a probe datagram's header fits in 272 bytes; the zero padding may be cut
 _FD_RESERVE = 64  # descriptors kept for the log, the epoll and the interpreter
-_EVENT_KINDS = frozenset({"tx", "rx", "err"})
 
 
 @dataclass(frozen=True)
@@ -108,43 +109,6 @@ def parse_flow_specs(lines: Iterable[str]) -> list[FlowSpec]:
             except ValueError as exc:
                 raise ValueError(f"line {number}: {exc}") from None
     return specs
-
-
-# ---- analysis (pure) ----
-
-
-@dataclass
-class FlowLogs:
-    """A multi-flow log as one ProbeLog per flow; lines with no flow are counted in bad_lines."""
-
-    flows: dict[str, ProbeLog] = field(default_factory=dict)
-    bad_lines: int = 0
-
-    def flow(self, name: str) -> ProbeLog:
-        """The log of one flow (empty if it never appears)."""
-        return self.flows.get(name) or ProbeLog()
-
-    def add_lines(self, lines: Iterable[str]) -> "FlowLogs":
-        """Add log lines (e.g. the complete lines from probe.tail_log); return self."""
-        flows = self.flows
-        for line in lines:
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) < 2 or parts[1] not in _EVENT_KINDS:
-                self.bad_lines += 1
-                continue
-            log = flows.get(parts[0])
-            if log is None:
-                log = flows[parts[0]] = ProbeLog()
-            if not log._add(parts[1:]):
-                log.bad_lines += 1
-        return self
-
-
-def parse_flows(lines: Iterable[str]) -> dict[str, ProbeLog]:
-    """Flow name -> what probe.parse_log gives for that flow's lines without their prefix."""
-    return FlowLogs().add_lines(lines).flows
 
 
 # ---- runtime ----
@@ -476,8 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
              reload if args.flows_file else None, hups)
     finally:
         client.close()
-    summary = " ".join(f"{key} {value}" for key, value in client.stats.items())
-    print(f"probeflows client: {summary}", file=sys.stderr)
+    print(f"probeflows client: {stats_text(client.stats)}", file=sys.stderr)
     return 0
 
 

@@ -30,12 +30,12 @@ from . import (
     tunnels,
 )
 from .prereq import LabError
-from .probeflows import FlowLogs
 from .procs import Lab
 from .session import LabSpec, Run
 
 log = logging.getLogger("hasync_lab")
 PROBE_PORT = 7000
+ANY_SOURCE = "0.0.0.0"  # a flow bound to it sends from whatever address the kernel picks
 FAULTS = ("kill", "links", "stop", "charon")
 
 
@@ -153,9 +153,10 @@ def start_traffic(run: Run) -> None:
     server = ["--server", f"{topology.SERVER_IP}:{PROBE_PORT}", "--rate", str(run.spec.rate)]
     for c, ts in tunnels.by_client(run.tunnels).items():
         logf = str(lab.base / "probe" / f"{c}.log")
-        if not run.spec.tunnels:
-            lab.spawn(c, "probe", [py, "-m", "hasync_lab.probe", "client", "--name", c, *server,
-                                   "--log", logf], env=env, private_run=False)
+        if not run.spec.tunnels:  # one tunnel: one flow, its source the kernel's pick (its VIP)
+            lab.spawn(c, "probe", [py, "-m", "hasync_lab.probeflows", "client", *server,
+                                   "--flow", f"{c}@{ANY_SOURCE}", "--log", logf],
+                      env=env, private_run=False)
             continue
         flows = lab.base / "probe" / f"{c}.flows"
         flows.write_text(tunnels.flows_text(ts, tunnels.all_vips(lab, c, ts)))
@@ -167,23 +168,22 @@ def start_traffic(run: Run) -> None:
 
 
 def read_probes(run: Run) -> dict[str, probe.ProbeLog]:
-    """Every probe log of the run, by tunnel (and "srv"); each call parses only the lines added
-    since the last one (the logs grow by 100 lines a second per tunnel, read every 0.5 s)."""
+    """Every probe log of the run, by tunnel (and "srv", the server's); each call parses only
+    the lines added since the last one (the logs grow by 100 lines a second per tunnel, read
+    every 0.5 s)."""
     out: dict[str, probe.ProbeLog] = {}
     for f in (run.lab.base / "probe").glob("*.log"):
-        multi = run.spec.tunnels > 0 and f.stem != "srv"
-        fresh: probe.ProbeLog | FlowLogs = FlowLogs() if multi else probe.ProbeLog()
-        offset, log_, partial = run.probe_logs.get(f.stem, (0, fresh, ""))
+        offset, logs, partial = run.probe_logs.get(f.stem, (0, probe.ProbeLogs(), ""))
         with open(f, "rb") as fh:
             fh.seek(offset)
             data = fh.read()
         lines = (partial + data.decode(errors="replace")).split("\n")
-        log_.add_lines(line for line in lines[:-1] if line)
-        run.probe_logs[f.stem] = (offset + len(data), log_, lines[-1])
-        if isinstance(log_, FlowLogs):
-            out.update(log_.flows)
+        logs.add_lines(line for line in lines[:-1] if line)
+        run.probe_logs[f.stem] = (offset + len(data), logs, lines[-1])
+        if f.stem == "srv":
+            out["srv"] = logs.of(probe.DEFAULT_SERVER_NAME)
         else:
-            out[f.stem] = log_
+            out.update(logs.logs)
     return out
 
 

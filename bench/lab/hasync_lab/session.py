@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import adverts, cluster, confgen, pcap, probe, topology, tunnels
-from .probeflows import FlowLogs
 from .procs import Lab
 
 log = logging.getLogger("hasync_lab")
@@ -57,8 +56,7 @@ class Run:
     vrrp: cluster.VrrpWatch = field(default_factory=cluster.VrrpWatch)
     priorities: dict[str, int] = field(default_factory=dict)
     wall_offset: float = 0.0  # time.time() - time.monotonic(): maps pcap times to ours
-    probe_logs: dict[str, tuple[int, probe.ProbeLog | FlowLogs, str]] = field(
-        default_factory=dict)
+    probe_logs: dict[str, tuple[int, probe.ProbeLogs, str]] = field(default_factory=dict)
     tunnels: list[tunnels.Tunnel] = field(default_factory=list)
     flows: dict[str, tuple[int, Path]] = field(default_factory=dict)  # client: (pid, file)
     adverts: adverts.AdvertLog | None = None  # VRRP as a client on the public LAN hears it
