@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
 import importlib.util
 import types
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -47,3 +49,15 @@ def test_help_lists_lab_and_daemon_commands(capsys: pytest.CaptureFixture[str]) 
         cli.main(["--help"])
     out = capsys.readouterr().out
     assert "lab" in out and "hasync lab --help" in out and "keygen" in out
+
+
+def test_no_product_module_imports_the_lab() -> None:
+    product = Path(cli.__file__).resolve().parent
+    importers = []
+    for path in product.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            if any(n.split(".")[0] == "hasync_lab" for n in names):
+                importers.append(str(path.relative_to(product)))
+    assert importers == []
