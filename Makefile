@@ -2,6 +2,8 @@
 #   make demo   set up, run the failover lab with keepalived alone and with hasync, print both
 #               side by side
 #   make test   set up, run every test (unit, security, and lab tests in the VM)
+# The venv holds hasync (this directory, with its test and bench extras) and the lab, its own
+# distribution hasync-lab (bench/lab/: commands `hasync lab ...` or `hasync-lab ...`).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -21,7 +23,7 @@ setup: apt venv bytecode
 # The lab VM runs Python with PYTHONDONTWRITEBYTECODE: compile here, once, what every daemon
 # and probe it starts would otherwise compile again under emulation.
 bytecode: venv
-	$(BIN)/python -m compileall -q hasync bench >/dev/null
+	$(BIN)/python -m compileall -q hasync bench bench/lab/hasync_lab >/dev/null
 
 apt:
 	@missing=$$(for p in $(APT_PACKAGES); do \
@@ -35,10 +37,10 @@ apt:
 
 venv: $(VENV)/.stamp
 
-$(VENV)/.stamp: pyproject.toml
+$(VENV)/.stamp: pyproject.toml bench/lab/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[lab,test,bench]'
+	$(BIN)/pip install -q --upgrade pip setuptools wheel  # the build backend: tests/test_wheel.py
+	$(BIN)/pip install -q -e '.[test,bench]' -e bench/lab
 	touch $@
 
 lint: venv
@@ -63,4 +65,4 @@ demo: setup
 	$(BIN)/hasync lab compare $(OUT)/baseline.json $(OUT)/hasync.json
 
 clean:
-	rm -rf $(VENV) $(OUT) *.egg-info
+	rm -rf $(VENV) $(OUT) *.egg-info bench/lab/*.egg-info

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Failover benchmark: keepalived alone (baseline) against hasync, on the lab, at N tunnels.
 
-For each tunnel count and mode, one lab run with K failovers (`hasync.lab.runner.run_task`,
+For each tunnel count and mode, one lab run with K failovers (`hasync_lab.runner.run_task`,
 natively or in the VM). Saves every raw number (the full lab results too) and a summary to
 --json, prints a table, draws three PNGs into --plots (outage CDF, one failover's timeline,
 promotion time against N) and, with --markdown, rewrites the results section of a document.
@@ -27,6 +27,7 @@ import os
 import platform
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ import failover_stats as stats  # noqa: E402
 DEFAULT_JSON = ROOT / "bench" / "results" / "failover.json"
 DEFAULT_PLOTS = ROOT / "bench" / "results"
 LAB_OUT = ROOT / "out" / "bench-failover"  # per lab run: spec, result, daemon logs, captures
-MAX_TUNNELS = 1000  # the lab's pool of virtual IPs (hasync/lab/topology.py) holds 1022
+MAX_TUNNELS = 1000  # the lab's pool of virtual IPs (bench/lab/hasync_lab/topology.py) holds 1022
 RATE_BUDGET = 200.0  # default: probe packets/s each way, shared by every tunnel of a run
 RATE_MAX = 20.0  # default: at most this per tunnel (the lab's own rate)
 DPD_BUDGET = 10.0  # client DPD exchanges/s, shared by the tunnels, that the gateway must answer
@@ -176,7 +177,7 @@ def machine_info() -> Doc:
     for line in Path("/proc/meminfo").read_text().splitlines():
         if line.startswith("MemTotal:"):
             mem = f"{int(line.split()[1]) / 2**20:.0f} GiB"
-    from hasync.lab import runner
+    from hasync_lab import runner
     return {"cpus": os.cpu_count(), "cpu_model": model, "memory": mem,
             "platform": platform.platform(), "python": platform.python_version(),
             "vm": {"cpus": runner.VM_CPUS, "memory": runner.VM_MEMORY}}
@@ -194,15 +195,15 @@ def dpd_for(tunnels: int) -> int:
     """The clients' DPD delay: the lab's 10 s, or longer so that idle tunnels ask the gateways
     at most DPD_BUDGET times a second in all. 1000 tunnels at 10 s made 100 exchanges/s while
     they came up, each synced through hasync, more than the emulated CPUs carry."""
-    from hasync.lab.confgen import LabTimers
+    from hasync_lab.confgen import LabTimers
     return max(LabTimers().dpd_delay_s, math.ceil(tunnels / DPD_BUDGET))
 
 
 def lab_spec(mode: str, tunnels: int, repeats: int, rate: float | None) -> Any:
     """The LabSpec of one lab run: N tunnels, K failovers, the DPD delay of `dpd_for`, no
     after-checks (the lab tests run those)."""
-    from hasync.lab.confgen import LabTimers
-    from hasync.lab.scenario import LabSpec
+    from hasync_lab.confgen import LabTimers
+    from hasync_lab.session import LabSpec
     return LabSpec(mode=mode, failovers=repeats, rate=rate_for(tunnels, rate),
                    tunnels=tunnels, rekey_checks=False,
                    timers=LabTimers(dpd_delay_s=dpd_for(tunnels)))
@@ -210,7 +211,7 @@ def lab_spec(mode: str, tunnels: int, repeats: int, rate: float | None) -> Any:
 
 def preflight(which: str) -> None:
     """Root and the runner's tools, as run_task checks them first; SystemExit if missing."""
-    from hasync.lab import prereq, runner
+    from hasync_lab import prereq, runner
     try:
         runner.check(which if which != "auto" else "vm")
     except prereq.LabError as e:
@@ -219,13 +220,15 @@ def preflight(which: str) -> None:
 
 def one_run(mode: str, n: int, a: argparse.Namespace) -> Doc:
     """One lab run; a failure is recorded, not raised (Ctrl-C still stops everything)."""
-    from hasync.lab import runner
+    from hasync_lab import prereq, runner
     spec = lab_spec(mode, n, a.repeats, a.rate)
     t0 = time.monotonic()
     try:
         res, err = runner.run_task("failover", spec, a.lab_out / f"{mode}-n{n}", a.runner,
                                    runner.vm_budget(spec)), None
-    except Exception as e:  # a failed run is a result; the others still run
+    except Exception as e:  # a failed run is a result (its "error"); the others still run
+        if not isinstance(e, prereq.LabError):  # not the lab's own one-line error: a bug
+            traceback.print_exc()
         res, err = None, f"{type(e).__name__}: {e}"
     return {"mode": mode, "tunnels": n, "elapsed_s": round(time.monotonic() - t0, 1),
             "error": err, "result": res}

@@ -13,7 +13,7 @@ import math
 import statistics
 from typing import Any
 
-from hasync.lab.failover import master_down_ms  # RFC 5798 6.1, as the lab computes it
+from hasync_lab.failover import master_down_ms  # RFC 5798 6.1, as the lab computes it
 
 MODES = ("baseline", "hasync")
 PHASES = ("wait_ms", "xfrm_ms", "activate_ms")

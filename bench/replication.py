@@ -30,9 +30,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
-from hasync.lab.loopback import LocalCluster, Node  # noqa: E402
-
 import hastream  # noqa: E402
+from localcluster import LocalCluster, Node  # noqa: E402
 
 TARGETS = {"msgs_per_s": 20000, "p99_ms": 20.0, "bytes_per_tunnel": 2048, "catchup_s": 10.0}
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from hasync_lab.confgen import LAB_BARRIER_MS
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -28,3 +30,16 @@ def run_lab(tmp_path_factory: pytest.TempPathFactory, name: str, args: list[str]
     sys.stdout.write(res.stdout[-6000:])
     assert res.returncode == 0, res.stderr[-4000:]
     return json.loads(path.read_text()), res.stdout
+
+
+PHASES = ("wait_ms", "xfrm_ms", "activate_ms")
+
+
+def check_promotion_phases(p: dict[str, Any]) -> None:
+    """A promotion report's phases took time, add up to its total, and kept to their limits."""
+    # a Raft barrier and a read and write of the kernel's SAs cross threads and take time
+    assert p["wait_ms"] > 0 and p["xfrm_ms"] > 0 and p["activate_ms"] >= 0, p
+    # each of the four is rounded to 0.1 ms on its own: the phases make up the whole
+    assert abs(p["total_ms"] - sum(p[k] for k in PHASES)) <= 0.2, p
+    if p["quorum"]:  # the barrier answered before its timeout (the lab's barrier_timeout_ms)
+        assert p["wait_ms"] < LAB_BARRIER_MS, p

@@ -1,4 +1,7 @@
-"""Network helpers for product tests (no lab import)."""
+"""Network helpers for tests: ports free on loopback.
+
+Rules: test helper only; a port found free may be taken by someone else before it is bound.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +9,13 @@ import socket
 
 
 def free_ports(n: int) -> list[int]:
-    """n TCP ports free on 127.0.0.1 right now (all bound at once, so they differ)."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+    """n TCP/UDP ports free on 127.0.0.1 right now."""
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports

@@ -1,4 +1,4 @@
-"""hasync.lab.adverts: VRRP advertisements parsed, and (as root) heard from inside a namespace."""
+"""hasync_lab.adverts: VRRP advertisements parsed, and (as root) heard from inside a namespace."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from hasync.lab import adverts, linkfault
+from hasync_lab import adverts, linkfault
 
 
 def _ip(src: str, payload: bytes, proto: int = adverts.VRRP_PROTO) -> bytes:

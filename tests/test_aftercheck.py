@@ -1,4 +1,4 @@
-"""hasync.lab.aftercheck: judging rekeys and DPD from vici views and charon's file log.
+"""hasync_lab.aftercheck: judging rekeys and DPD from vici views and charon's file log.
 
 The log lines are strongSwan 5.9.8's, in the lab's filelog layout (time_format %H:%M:%S); the
 drivers run against a faked vici and swanctl (the real ones are exercised in the VM).
@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from hasync.lab import aftercheck, cluster, observe, topology
-from hasync.lab.aftercheck import DpdExchange
-from hasync.lab.observe import IkeSa
-from hasync.lab.prereq import LabError
-from hasync.lab.procs import Lab
+from hasync_lab import aftercheck, cluster, observe, topology
+from hasync_lab.aftercheck import DpdExchange
+from hasync_lab.observe import IkeSa
+from hasync_lab.prereq import LabError
+from hasync_lab.procs import Lab
 
 DPD_OK = """\
 12:00:01 07[IKE] sending DPD request

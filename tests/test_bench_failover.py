@@ -254,7 +254,11 @@ def test_smoke_json_has_every_raw_number_and_a_summary(bench_smoke: dict[str, An
         for t in r["clients"]:
             for key in ("outage_ms", "lost_to_client", "lost_from_client", "replay_errors",
                         "seq_reuse"):
-                assert isinstance(t[key], int | float) and t[key] >= 0, (key, t)
+                assert isinstance(t[key], int | float), (key, t)
+            assert t["outage_ms"] > 0, t  # the master was killed with traffic flowing
+            assert t["seq_reuse"] == 0, t  # neither mode sends a sequence number twice
+            # a packet the client dropped as a replay is a packet lost
+            assert t["replay_errors"] <= t["lost_to_client"] + t["lost_from_client"], t
             assert isinstance(t["reestablished"], bool) and isinstance(t["gaps_ms"], list)
     hasync = recs[1]
     assert set(hasync["promotion"]) == {"wait_ms", "xfrm_ms", "activate_ms", "total_ms"}
@@ -280,3 +284,23 @@ def test_smoke_prints_a_table_and_draws_three_plots(bench_smoke: dict[str, Any])
         assert png.read_bytes()[:8] == PNG_MAGIC, png
         assert f"plot: {png}" in out
     assert "[" in bench_smoke["stderr"] and "ETA" in bench_smoke["stderr"]  # the progress bar
+
+
+@pytest.mark.parametrize(("error", "traceback_shown"), [
+    (KeyError("spec"), True),  # a bug: its traceback is printed, the other runs still run
+    ("lab", False),  # the lab's own one-line error: the message is enough
+])
+def test_a_failed_run_is_recorded_and_a_bug_shows_its_traceback(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path,
+        error: Exception | str, traceback_shown: bool) -> None:
+    from hasync_lab import prereq, runner
+    exc = prereq.LabError("charon did not start") if error == "lab" else error
+
+    def fail(*args: Any) -> dict[str, object]:
+        raise exc  # type: ignore[misc]
+
+    monkeypatch.setattr(runner, "run_task", fail)
+    a = failover.parse_args(["--lab-out", str(tmp_path)])
+    doc = failover.one_run("hasync", 3, a)
+    assert doc["result"] is None and doc["error"] == f"{type(exc).__name__}: {exc}"
+    assert ("Traceback" in capsys.readouterr().err) is traceback_shown

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from hasync.lab.loopback import LocalCluster, Node
-
 import hastream
+from localcluster import LocalCluster, Node
 
 N_TUNNELS = 60
 
@@ -147,15 +146,3 @@ def test_garbage_and_strangers_do_not_stop_a_node(cluster: LocalCluster) -> None
     want = {next((i, r) for i, r in s.ike_spis if first.find(i.to_bytes(8, "big")) >= 0)}
     c.wait(lambda: _all_hold(c, want, c.nodes), 30, "the one real tunnel everywhere")
     assert all(n.proc is not None and n.proc.poll() is None for n in c.nodes)
-
-
-def test_current_master_is_the_one_node_whose_latest_event_is_master() -> None:
-    from hasync.lab.cluster import VrrpEvent, VrrpWatch
-    w = VrrpWatch()
-    assert w.current_master() is None
-    w.events += [VrrpEvent("gw1", "MASTER", 1.0), VrrpEvent("gw2", "BACKUP", 1.1)]
-    assert w.current_master() == "gw1"
-    w.events += [VrrpEvent("gw1", "FAULT", 2.0), VrrpEvent("gw2", "MASTER", 2.1)]
-    assert w.current_master() == "gw2"
-    w.events.append(VrrpEvent("gw3", "MASTER", 3.0))  # two claim it (split brain): no answer
-    assert w.current_master() is None

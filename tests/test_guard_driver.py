@@ -8,12 +8,13 @@ import logging
 from typing import Any
 
 import pytest
-from guardfakes import KEY, Clock, FakeJournal, FakeKernel, FakeSleep, Stop, guard
 
 from hasync.guard import KernelSa, MarkFlight, Reserve, SeqRecord
 from hasync.journal.seal import EntryError
 from hasync.syncobj_compat import FailReason
 from hasync.xfrm.errors import XfrmError
+
+from guardfakes import KEY, Clock, FakeJournal, FakeKernel, FakeSleep, Stop, guard
 
 
 def _timeout() -> XfrmError:

@@ -7,7 +7,6 @@ import errno
 from typing import Any
 
 import pytest
-from guardfakes import FakeJournal
 
 from hasync.guard import Guard, Reserve
 from hasync.guard import kernel as kernel_mod
@@ -15,6 +14,8 @@ from hasync.guard.kernel import KernelSas, esn_state, row_sa
 from hasync.guard.records import KernelSa, Write
 from hasync.xfrm.errors import XfrmError
 from hasync.xfrm.replayrows import ReplayRow
+
+from guardfakes import FakeJournal
 
 KEY = ("192.0.2.101", 7, 50)
 

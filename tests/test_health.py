@@ -21,7 +21,6 @@ from vici.protocol import Message, Packet
 from hasync import cli
 from hasync.control import ControlServer
 from hasync.health import verdict
-from hasync.lab import confgen
 from hasync.vicicheck import ViciAnswer, check
 
 from nodeconf import write_config
@@ -339,7 +338,7 @@ def test_config_error_exits_2_without_importing_anything_heavy(tmp_path: Path) -
     code = ("import sys\nfrom hasync.cli import main\nrc = main(sys.argv[1:])\n"
             "heavy = [m for m in sys.modules if m.split('.')[0] in "
             "('cryptography', 'pysyncobj', 'msgpack', 'vici') "
-            "or m.startswith(('hasync.lab', 'hasync.journal', 'hasync.daemon'))]\n"
+            "or m.startswith(('hasync_lab', 'hasync.journal', 'hasync.daemon'))]\n"
             "print(sorted(heavy))\nsys.exit(rc)")
     res = subprocess.run([sys.executable, "-c", code, "health", "--config",
                           str(tmp_path / "absent.toml")], capture_output=True, text=True,
@@ -355,45 +354,7 @@ def test_bad_timeout_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert exc.value.code == 2 and "must be above 0 s" in capsys.readouterr().err
 
 
-# --- keepalived -----------------------------------------------------------------------------
-
-DEPLOY_CMD = "/usr/local/libexec/hasync-health-check /run/hasync/health"
-
-
-def _keepalived(health_cmd: str | None) -> str:
-    return confgen.keepalived_conf("gw1", 200, 0.5, "/r/f", [("192.0.2.1/24", "e0")], "e0",
-                                   "/run/hasync/vrrp.fifo", health_cmd=health_cmd)
-
-
-def test_track_script_only_with_a_health_command() -> None:
-    plain = _keepalived(None)
-    assert "vrrp_script" not in plain and "track_script" not in plain
-    cmd = f"{sys.executable} -m hasync health --config /lab/etc/gw1/hasync.toml"
-    text = _keepalived(cmd)
-    script = text[text.index("vrrp_script chk_hasync {"):text.index("vrrp_instance")]
-    assert f'  script "{cmd}"\n' in script
-    i, t, f, r = confgen.LAB_HEALTH_TIMING
-    for line in (f"interval {i}", f"timeout {t}", f"fall {f}", f"rise {r}"):
-        assert f"  {line}\n" in script
-    assert "weight" not in text  # unweighted: a failure is FAULT
-    instance = text[text.index("vrrp_instance VI_1 {"):]
-    assert "  track_script {\n    chk_hasync\n  }\n}\n" in instance
-    assert text.replace(script, "").replace("  track_script {\n    chk_hasync\n  }\n", "") \
-        == plain
-
-
-@pytest.mark.parametrize("cmd", ["hasync health", 'x/"y"', "/bin/true\nvrrp_instance X {"])
-def test_a_health_command_keepalived_cannot_run_is_refused(cmd: str) -> None:
-    with pytest.raises(ValueError, match="health_cmd"):
-        _keepalived(cmd)
-
-
-def test_deploy_config_tracks_the_same_check() -> None:
-    deploy = (ROOT / "deploy" / "keepalived-hasync.conf").read_text()
-    script, track = confgen.health_check(DEPLOY_CMD)
-    assert script in deploy and track in deploy
-    assert deploy.index(script) < deploy.index("vrrp_instance VI_1")
-
+# --- keepalived's check script -----------------------------------------------------------
 
 CHECK = ROOT / "deploy" / "hasync-health-check"
 

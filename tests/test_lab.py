@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from hasync.lab.topology import POOL
+from hasync_lab.topology import POOL
 
 from labrun import ROOT
 
@@ -61,9 +61,13 @@ def test_result_has_every_field_measured(baseline: dict[str, Any]) -> None:
     assert len(fo["clients"]) == 3
     for c in fo["clients"]:
         assert c["ike_spi_before"], c
-        for key in ("outage_ms", "lost_to_client", "lost_from_client", "replay_errors",
-                    "seq_reuse"):
-            assert isinstance(c[key], int | float) and c[key] >= 0, (key, c)
+        # keepalived alone carries no SA over: the new master never sends on an old SA, so no
+        # sequence number is sent twice and no client drops a packet as a replay
+        assert c["seq_reuse"] == 0 and c["replay_errors"] == 0, c
+        # the master was killed with traffic flowing both ways: each way lost some, not more
+        # than was sent
+        assert 0 < c["lost_to_client"] <= c["sent_to_client"], c
+        assert 0 < c["lost_from_client"] <= c["sent_from_client"], c
         assert c["outage_ms"] > 0 and c["sent_to_client"] > 0 and c["sent_from_client"] > 0
         assert c["esp_to_client"] > 0, c  # the capture on the client's link saw ESP
         assert c["reestablished"] == (c["ike_spi_after"] != c["ike_spi_before"])

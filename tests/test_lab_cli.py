@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hasync.lab import prereq
+from hasync_lab import cli, prereq
 
 HASYNC = [sys.executable, "-m", "hasync"]
 
@@ -85,3 +85,18 @@ def test_missing_package_is_named_and_nothing_is_left(tmp_path: Path) -> None:
 def test_bad_sizes_are_refused() -> None:
     res = _run(["lab", "failover", "--baseline", "--gateways", "9"])
     assert res.returncode == 2 and "gateways must be 2 to 5" in res.stderr
+
+
+@pytest.mark.parametrize(("argv", "out"), [
+    (["failover"], "out/lab"), (["mirror"], "out/mirror"), (["xfrm-check"], "out/xfrm"),
+    (["capture-ha", "--json", "v.json"], "out/capture"),
+])
+def test_every_lab_run_takes_runner_json_and_out(argv: list[str], out: str) -> None:
+    a = cli.parser().parse_args([*argv, "--runner", "native"])
+    assert a.runner == "native" and a.out == Path(out)
+    assert a.json == (Path("v.json") if argv[0] == "capture-ha" else None)
+
+
+def test_hasync_lab_alone_names_itself_in_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["failover", "--baseline", "--gateways", "9"]) == 2
+    assert capsys.readouterr().err.startswith("hasync-lab: gateways must be 2 to 5")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from hasync import cli
-from hasync.lab import report
+from hasync_lab import report
 
 CLIENT = {"name": "c1", "nat": False, "reestablished": True, "resumed": True,
           "outage_ms": 19385.2, "lost_to_client": 957, "lost_from_client": 881,

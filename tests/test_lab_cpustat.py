@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from hasync.lab import cpustat
-from hasync.lab.procs import Lab
-from hasync.lab.topology import Topology
+from hasync_lab import cpustat
+from hasync_lab.procs import Lab
+from hasync_lab.topology import Topology
 
 
 def test_parse_stat_reads_session_and_cpu_ticks_past_an_odd_comm() -> None:

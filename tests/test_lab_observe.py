@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hasync.lab import observe
+from hasync_lab import observe
 
 # The layout of iproute2 6.1's `ip -s xfrm state` (keys replaced).
 XFRM = """src 192.0.2.1 dst 192.0.2.101

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from hasync.lab import report
-from hasync.lab.pcap import EspPacket
-from hasync.lab.tunnels import by_spi, reuse_by_spi
+from hasync_lab import report
+from hasync_lab.pcap import EspPacket
+from hasync_lab.tunnels import by_spi, reuse_by_spi
 
 
 def _p(ts: float, spi: int, seq: int, dst: str = "192.0.2.101") -> EspPacket:
@@ -39,7 +39,7 @@ def test_table_has_a_row_per_client_and_failover() -> None:
 
 
 def test_gaps_are_ms_from_the_kill_and_merged_across_directions() -> None:
-    from hasync.lab.failover import Window, gaps_ms, master_down_ms, union
+    from hasync_lab.failover import Window, gaps_ms, master_down_ms, union
     w = Window(t_kill=100.0, t_end=104.0, wall_start=0.0)
     rx = [(0, 0.0, t) for t in (99.0, 99.5, 99.6, 101.5, 101.6, 103.9)]
     assert gaps_ms(rx, w, 0.3) == [[-1000.0, -500.0], [-400.0, 1500.0], [1600.0, 3900.0]]
@@ -49,7 +49,7 @@ def test_gaps_are_ms_from_the_kill_and_merged_across_directions() -> None:
 
 
 def test_gateway_drops_count_growth_on_the_tunnels_spis_and_moved_mib_counters() -> None:
-    from hasync.lab.failover import GatewayDrops
+    from hasync_lab.failover import GatewayDrops
     before = {"sa": {1: (2, 0), 2: (0, 0)}, "stat": {"XfrmInStateSeqError": 5, "XfrmInNoStates": 1}}
     after = {"sa": {1: (9, 1), 2: (3, 0), 3: (4, 4)},
              "stat": {"XfrmInStateSeqError": 15, "XfrmInNoStates": 1}}

@@ -14,7 +14,7 @@ import pytest
 
 from hasync.guard import Reserve
 
-from labrun import run_lab
+from labrun import check_promotion_phases, run_lab
 
 pytestmark = [pytest.mark.lab,
               pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")]
@@ -86,9 +86,8 @@ def test_every_promotion_reports_its_phases(run: dict[str, Any]) -> None:
     for fo in run["failovers"]:
         p = fo["promotion"]
         assert p and p["done"] and p["quorum"] and not p["errors"], p
-        assert p["sas"] >= 6 and p["total_ms"] >= p["wait_ms"]
-        for phase in ("wait_ms", "xfrm_ms", "activate_ms"):
-            assert p[phase] >= 0, (phase, p)
+        assert p["sas"] >= 6
+        check_promotion_phases(p)
 
 
 def test_rekeys_and_dpd_succeed_against_the_last_master(run: dict[str, Any]) -> None:

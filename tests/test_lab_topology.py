@@ -9,7 +9,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from hasync.lab import confgen, pki, topology
+from hasync_lab import confgen, pki, topology
 
 
 def test_plan_default_has_three_gateways_three_clients_one_nat() -> None:

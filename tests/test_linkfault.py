@@ -1,4 +1,4 @@
-"""hasync.lab.linkfault: the RTM_NEWLINK request, acknowledgement parsing, and (as root) links
+"""hasync_lab.linkfault: the RTM_NEWLINK request, acknowledgement parsing, and (as root) links
 of a real network namespace taken down at once."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from hasync.lab import linkfault
+from hasync_lab import linkfault
 
 
 def test_request_sets_only_the_up_flag() -> None:

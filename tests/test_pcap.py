@@ -1,4 +1,4 @@
-# Tests for hasync.lab.pcap: captures are built in memory by a small builder below.
+# Tests for hasync_lab.pcap: captures are built in memory by a small builder below.
 # Rules: no files except tmp_path; the tcpdump test runs only as root with tcpdump installed.
 
 import os
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hasync.lab.pcap import (
+from hasync_lab.pcap import (
     LINKTYPE_ETHERNET,
     LINKTYPE_LINUX_SLL,
     LINKTYPE_LINUX_SLL2,

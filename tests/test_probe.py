@@ -1,5 +1,5 @@
-# Tests for hasync.lab.probe: the pure analysis functions, the datagram format, and a real
-# server and client on 127.0.0.1.
+# Tests for hasync_lab.probe: the pure analysis functions, the one log format, the datagram
+# format, and a real server with the one client runtime (probeflows) on 127.0.0.1.
 # Rules: assert behaviour, not tight timings; subprocesses are always reaped.
 
 import os
@@ -13,15 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from hasync.lab.probe import (
+from hasync_lab.probe import (
     Datagram,
+    ProbeLogs,
+    Schedule,
     StreamStats,
-    _Schedule,
     decode_datagram,
     encode_datagram,
     first_rx_after,
     parse_endpoint,
-    parse_log,
     stream_stats,
     tail_log,
 )
@@ -92,29 +92,32 @@ def test_first_rx_after() -> None:
     assert first_rx_after([], 0.0) is None
 
 
-def test_parse_log_round_trip() -> None:
+def test_log_round_trip() -> None:
     lines = [
-        "tx server 0 100.000001",
-        "rx server 0 100.010000 100.010500",
-        "tx server 1 100.020000",
-        "err server 101 100.040000",
-        "rx c2 7 99.5 100.05",
+        "c1 tx server 0 100.000001",
+        "c1 rx server 0 100.010000 100.010500",
+        "c1 tx server 1 100.020000",
+        "c1 err server 101 100.040000",
+        "c1 rx c2 7 99.5 100.05",
         "",
         "garbage line",
-        "tx server notanumber 1.0",
-        "rx server 5 1.0",
+        "c1 tx server notanumber 1.0",
+        "c1 rx server 5 1.0",
+        "tx server 2 100.03",  # no head: not the log's format
     ]
-    log = parse_log(f"{line}\n" for line in lines)
+    logs = ProbeLogs().add_lines(f"{line}\n" for line in lines)
+    assert set(logs.logs) == {"c1"} and logs.bad_lines == 2
+    log = logs.of("c1")
     assert set(log.peers) == {"server", "c2"}
     server = log.peer("server")
     assert server.sent == [(0, 100.000001), (1, 100.02)]
     assert server.received == [(0, 100.01, 100.0105)]
     assert server.errors == [(101, 100.04)]
     assert log.peer("c2").received == [(7, 99.5, 100.05)]
-    assert log.peer("nobody").sent == []
-    assert log.bad_lines == 3
-    more = log.add_lines(["tx c2 0 101.0"])
-    assert more is log
+    assert log.peer("nobody").sent == [] and logs.of("nobody").peers == {}
+    assert log.bad_lines == 2
+    more = logs.add_lines(["c1 tx c2 0 101.0"])
+    assert more is logs
     assert log.peer("c2").sent == [(0, 101.0)]
 
 
@@ -160,11 +163,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def probe(*args: str) -> subprocess.Popen[bytes]:
-    """Start a probe subprocess."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "hasync.lab.probe", *args]
+def probe(*args: str, module: str = "hasync_lab.probe") -> subprocess.Popen[bytes]:
+    """Start the probe server (or, with module hasync_lab.probeflows, the client)."""
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'bench' / 'lab'}"}
+    cmd = [sys.executable, "-m", module, *args]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE)
+
+
+def client(*args: str) -> subprocess.Popen[bytes]:
+    """Start a probe client: one flow c1 from any source, as the classic lab runs it."""
+    return probe("client", "--flow", "c1@0.0.0.0", *args, module="hasync_lab.probeflows")
 
 
 def wait_for(path: Path, timeout: float) -> None:
@@ -179,19 +187,19 @@ def test_server_and_client_exchange_traffic(tmp_path: Path) -> None:
     server_log, client_log = tmp_path / "server.log", tmp_path / "c1.log"
     endpoint = f"127.0.0.1:{free_port()}"
     server = probe("server", "--bind", endpoint, "--rate", "50", "--log", str(server_log))
-    client = None
+    c1 = None
     try:
         wait_for(server_log, 10)
-        options = ["--name", "c1", "--server", endpoint, "--rate", "50", "--duration", "1.5"]
-        client = probe("client", *options, "--log", str(client_log))
-        _, client_err = client.communicate(timeout=30)
-        assert client.returncode == 0, client_err
+        options = ["--server", endpoint, "--rate", "50", "--duration", "1.5"]
+        c1 = client(*options, "--log", str(client_log))
+        _, client_err = c1.communicate(timeout=30)
+        assert c1.returncode == 0, client_err
         time.sleep(0.2)
         server.send_signal(signal.SIGTERM)
         _, server_err = server.communicate(timeout=30)
         assert server.returncode == 0, server_err
     finally:
-        for proc in (server, client):
+        for proc in (server, c1):
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait()
@@ -200,10 +208,12 @@ def test_server_and_client_exchange_traffic(tmp_path: Path) -> None:
 
 def check_logs(server_log: Path, client_log: Path) -> None:
     """Both directions flowed, without loss while both ends ran, and without long gaps."""
-    client = parse_log(client_log.read_text().splitlines())
-    server = parse_log(server_log.read_text().splitlines())
-    assert client.bad_lines == 0
-    assert server.bad_lines == 0
+    client_logs = ProbeLogs().add_lines(client_log.read_text().splitlines())
+    server_logs = ProbeLogs().add_lines(server_log.read_text().splitlines())
+    assert set(client_logs.logs) == {"c1"} and set(server_logs.logs) == {"server"}
+    assert client_logs.bad_lines == 0 and server_logs.bad_lines == 0
+    client, server = client_logs.of("c1"), server_logs.of("server")
+    assert client.bad_lines == 0 and server.bad_lines == 0
     up_sent, up_received = client.peer("server").sent, server.peer("c1").received
     down_sent, down_received = server.peer("c1").sent, client.peer("server").received
     assert len(up_sent) >= 30
@@ -225,25 +235,25 @@ def check_logs(server_log: Path, client_log: Path) -> None:
 def test_send_errors_are_logged_not_fatal(tmp_path: Path) -> None:
     log = tmp_path / "c1.log"
     # Broadcast without SO_BROADCAST fails with EACCES, like a send while the tunnel is down.
-    client = probe("client", "--name", "c1", "--server", "255.255.255.255:9", "--log", str(log))
+    c1 = client("--server", "255.255.255.255:9", "--log", str(log))
     try:
         wait_for(log, 10)
         time.sleep(0.5)
-        client.send_signal(signal.SIGTERM)
-        _, err = client.communicate(timeout=30)
+        c1.send_signal(signal.SIGTERM)
+        _, err = c1.communicate(timeout=30)
     finally:
-        if client.poll() is None:
-            client.kill()
-            client.wait()
-    assert client.returncode == 0, err
-    parsed = parse_log(log.read_text().splitlines())
+        if c1.poll() is None:
+            c1.kill()
+            c1.wait()
+    assert c1.returncode == 0, err
+    parsed = ProbeLogs().add_lines(log.read_text().splitlines()).of("c1")
     assert parsed.peer("server").sent == []
     assert len(parsed.peer("server").errors) >= 5
     assert {errno for errno, _ in parsed.peer("server").errors} == {13}
 
 
 def test_schedule_is_absolute_and_cuts_a_stall() -> None:
-    schedule = _Schedule(50, 100.0)
+    schedule = Schedule(50, 100.0)
     assert schedule.take_due(100.0) == 1
     assert schedule.take_due(100.01) == 0
     assert schedule.next_at() == pytest.approx(100.02)
@@ -251,13 +261,13 @@ def test_schedule_is_absolute_and_cuts_a_stall() -> None:
     assert schedule.next_at() == pytest.approx(100.08)
     assert schedule.take_due(110.0) == 5  # a 10 s stall: the backlog is not burst out
     assert schedule.next_at() == pytest.approx(110.02)
-    assert _Schedule(0, 100.0).take_due(1e9) == 0
+    assert Schedule(0, 100.0).take_due(1e9) == 0
 
 
 def test_socket_memory_reports_the_receive_buffer_and_drops() -> None:
     import socket as _socket
 
-    from hasync.lab.probe import socket_memory
+    from hasync_lab.probe import socket_memory
     with _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM) as s:
         s.setsockopt(_socket.SOL_SOCKET, _socket.SO_RCVBUF, 65536)
         text = socket_memory(s)

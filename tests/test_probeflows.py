@@ -1,5 +1,5 @@
-# Tests for hasync.lab.probeflows: the multi-flow log parser, the flow arguments, and real runs of
-# a probeflows client against the probe.py server on loopback (127.x source addresses).
+# Tests for hasync_lab.probeflows: its log read by probe.ProbeLogs, the flow arguments, and real
+# runs of a probeflows client against the probe.py server on loopback (127.x source addresses).
 # Rules: assert behaviour, not tight timings; subprocesses are always reaped; one server serves
 # every real run (each run uses its own flow names).
 
@@ -16,16 +16,14 @@ from pathlib import Path
 import pytest
 from test_probe import free_port, wait_for
 
-from hasync.lab.probe import ProbeLog, encode_datagram, parse_log, tail_log
-from hasync.lab.probeflows import (
-    FlowLogs,
+from hasync_lab.probe import ProbeLog, ProbeLogs, encode_datagram, parse_logs, tail_log
+from hasync_lab.probeflows import (
     FlowSpec,
     _Client,
     _run,
     main,
     parse_flow_spec,
     parse_flow_specs,
-    parse_flows,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,7 +43,7 @@ LINES = [
 
 def start(module: str, *args: str) -> subprocess.Popen[bytes]:
     """Start python -m module in a subprocess."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'bench' / 'lab'}"}
     cmd = [sys.executable, "-m", module, *args]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE)
 
@@ -57,12 +55,15 @@ def reap(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def test_parse_flows_matches_parse_log_per_flow() -> None:
-    flows = parse_flows(f"{line}\n" for line in LINES)
+def test_each_flow_gets_the_events_of_its_lines() -> None:
+    flows = parse_logs(f"{line}\n" for line in LINES)
     assert set(flows) == {"f1", "f2"}
     for name, log in flows.items():
-        alone = [line.split(" ", 1)[1] for line in LINES if line.startswith(f"{name} ")]
-        assert log == parse_log(alone)
+        alone = ProbeLog()
+        for line in LINES:
+            if line.startswith(f"{name} ") and not alone.add_event(line.split()[1:]):
+                alone.bad_lines += 1
+        assert log == alone
     f1, f2 = flows["f1"], flows["f2"]
     assert f1.peer("server").sent == [(0, 100.000001)]
     assert f1.peer("server").received == [(0, 100.000001, 100.0105)]
@@ -70,24 +71,24 @@ def test_parse_flows_matches_parse_log_per_flow() -> None:
     assert f1.bad_lines == 1
     assert f2.peer("server").errors == [(99, 100.02)]
     assert f2.peer("c9").received == [(7, 99.5, 100.05)]
-    logs = FlowLogs().add_lines(LINES)
+    logs = ProbeLogs().add_lines(LINES)
     assert logs.bad_lines == 2  # "garbage" and "f3 bogus event": no flow event
-    assert logs.flow("nobody") == ProbeLog()
+    assert logs.of("nobody") == ProbeLog()
 
 
 def test_flow_logs_read_incrementally(tmp_path: Path) -> None:
     path = tmp_path / "flows.log"
     path.write_text("f1 tx server 0 1.0\nf2 tx server 0 1.1\nf1 rx server 0 1.0 1.")
-    logs = FlowLogs()
+    logs = ProbeLogs()
     lines, offset = tail_log(path, 0)
     assert logs.add_lines(lines) is logs
-    assert logs.flow("f1").peer("server").received == []  # the partial line waits
+    assert logs.of("f1").peer("server").received == []  # the partial line waits
     with path.open("a") as f:
         f.write("25\nf2 rx server 0 1.1 1.3\n")
     lines, offset = tail_log(path, offset)
     logs.add_lines(lines)
-    assert logs.flows == parse_flows(path.read_text().splitlines())
-    assert logs.flow("f1").peer("server").received == [(0, 1.0, 1.25)]
+    assert logs.logs == parse_logs(path.read_text().splitlines())
+    assert logs.of("f1").peer("server").received == [(0, 1.0, 1.25)]
     assert logs.bad_lines == 0
     assert tail_log(path, offset) == ([], offset)
 
@@ -120,7 +121,7 @@ def test_client_sends_and_receives_in_process(tmp_path: Path) -> None:
             client.drain()
         finally:
             client.close()
-    flow = parse_flows(log.read_text().splitlines())["f1"]
+    flow = parse_logs(log.read_text().splitlines())["f1"]
     assert [seq for seq, _t in flow.peer("server").sent] == [0]
     assert [(seq, t_sent) for seq, t_sent, _t in flow.peer("server").received] == [(5, 1.5)]
     assert [(seq, t_sent) for seq, t_sent, _t in flow.peer("other").received] == [(6, 2.5)]
@@ -148,7 +149,7 @@ def test_failed_bind_is_retried_after_a_second(
             _run(client, 20, 1.5, [])
         finally:
             client.close()
-    late = parse_flows(log.read_text().splitlines())["late"].peer("server")
+    late = parse_logs(log.read_text().splitlines())["late"].peer("server")
     assert len(calls) == 2
     assert [errno_ for errno_, _t in late.errors] == [errno.EADDRNOTAVAIL]
     assert late.sent, "the retried bind succeeded and the flow sent"
@@ -184,7 +185,7 @@ def test_bad_arguments_exit_2(
 def test_bad_flows_file_and_server_exit_2(tmp_path: Path) -> None:
     flows = tmp_path / "flows"
     flows.write_text("t1@127.0.0.1\nt2@127.0.0.300\n")
-    base = ["hasync.lab.probeflows", "client", "--log", str(tmp_path / "l")]
+    base = ["hasync_lab.probeflows", "client", "--log", str(tmp_path / "l")]
     proc = start(*base, "--server", "127.0.0.1:9", "--flows-file", str(flows))
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 2
@@ -201,7 +202,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
     log = tmp_path_factory.mktemp("server") / "server.log"
     endpoint = f"127.0.0.1:{free_port()}"
     options = ["--bind", endpoint, "--rate", "50", "--log", str(log)]
-    proc = start("hasync.lab.probe", "server", *options)
+    proc = start("hasync_lab.probe", "server", *options)
     try:
         wait_for(log, 10)
         yield endpoint, log
@@ -215,7 +216,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
 def run_client(endpoint: str, log: Path, *flow_args: str) -> bytes:
     """Run a probeflows client at 50/s per flow for 2 s; return its stderr."""
     options = ["--server", endpoint, "--rate", "50", "--duration", "2", "--log", str(log)]
-    proc = start("hasync.lab.probeflows", "client", *options, *flow_args)
+    proc = start("hasync_lab.probeflows", "client", *options, *flow_args)
     try:
         _, err = proc.communicate(timeout=60)
     finally:
@@ -228,7 +229,7 @@ def server_view(server_log: Path, flows: dict[str, ProbeLog], names: list[str]) 
     """The server's log once it shows every packet the flows sent (its flush), or after 10 s."""
     deadline = time.monotonic() + 10
     while True:
-        seen = parse_log(server_log.read_text().splitlines())
+        seen = ProbeLogs().add_lines(server_log.read_text().splitlines()).of("server")
         counts = [(len(seen.peer(n).received), len(flows[n].peer("server").sent)) for n in names]
         if all(got >= sent for got, sent in counts) or time.monotonic() > deadline:
             return seen
@@ -252,7 +253,7 @@ def test_three_flows_through_the_server(server: tuple[str, Path], tmp_path: Path
     log = tmp_path / "flows.log"
     err = run_client(endpoint, log, "--flows-file", str(flows_file))
     assert b"flows 3 bound 3" in err
-    flows = parse_flows(log.read_text().splitlines())
+    flows = parse_logs(log.read_text().splitlines())
     seen = server_view(server_log, flows, names)
     assert set(flows) == set(names)
     assert set(names) <= set(seen.peers)
@@ -268,7 +269,7 @@ def test_unbindable_flow_logs_errors_others_work(server: tuple[str, Path], tmp_p
     # 192.0.2.1 (TEST-NET-1) is on no interface: bind fails with EADDRNOTAVAIL (99).
     good = ["--flow", "bind-ok1@127.0.0.1", "--flow", "bind-ok2@127.0.0.5"]
     run_client(endpoint, log, *good, "--flow", "bind-bad@192.0.2.1")
-    flows = parse_flows(log.read_text().splitlines())
+    flows = parse_logs(log.read_text().splitlines())
     seen = server_view(server_log, flows, ["bind-ok1", "bind-ok2"])
     bad = flows["bind-bad"].peer("server")
     assert bad.sent == [] and bad.received == []
@@ -283,7 +284,7 @@ def test_sigterm_ends_it_with_a_final_flush(server: tuple[str, Path], tmp_path: 
     endpoint, _server_log = server
     log = tmp_path / "flows.log"
     options = ["--server", endpoint, "--flow", "term@127.0.0.1", "--log", str(log)]
-    proc = start("hasync.lab.probeflows", "client", *options)
+    proc = start("hasync_lab.probeflows", "client", *options)
     try:
         wait_for(log, 10)
         time.sleep(0.5)
@@ -292,7 +293,7 @@ def test_sigterm_ends_it_with_a_final_flush(server: tuple[str, Path], tmp_path: 
     finally:
         reap(proc)
     assert proc.returncode == 0, err
-    sent = parse_flows(log.read_text().splitlines())["term"].peer("server").sent
+    sent = parse_logs(log.read_text().splitlines())["term"].peer("server").sent
     assert sent
     assert f"tx {len(sent)} ".encode() in err  # every packet counted is in the log
 
@@ -317,7 +318,7 @@ def test_reload_rebinds_moved_flows_keeps_their_seq_adds_and_drops(tmp_path: Pat
             client.close()
     assert first == {"127.0.0.1", "127.0.0.2", "127.0.0.3"}
     assert second == {"127.0.0.1", "127.0.0.4", "127.0.0.5"}
-    flows = parse_flows(log.read_text().splitlines())
+    flows = parse_logs(log.read_text().splitlines())
     assert [s for s, _ in flows["move"].peer("server").sent] == [0, 1]  # seq kept across rebind
     assert [s for s, _ in flows["new"].peer("server").sent] == [0]
     assert [s for s, _ in flows["gone"].peer("server").sent] == [0]
@@ -328,14 +329,14 @@ def test_sighup_rereads_the_flows_file(server: tuple[str, Path], tmp_path: Path)
     endpoint, _server_log = server
     flows_file, log = tmp_path / "flows", tmp_path / "flows.log"
     flows_file.write_text("hup-a@127.0.0.1\n")
-    proc = start("hasync.lab.probeflows", "client", "--server", endpoint, "--flows-file",
+    proc = start("hasync_lab.probeflows", "client", "--server", endpoint, "--flows-file",
                  str(flows_file), "--log", str(log), "--rate", "20")
     try:
         wait_for(log, 10)
         flows_file.write_text("hup-a@127.0.0.6\nhup-b@127.0.0.7\n")
         proc.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and "hup-b" not in parse_flows(
+        while time.monotonic() < deadline and "hup-b" not in parse_logs(
                 log.read_text().splitlines()):
             time.sleep(0.1)
         proc.terminate()
@@ -343,7 +344,7 @@ def test_sighup_rereads_the_flows_file(server: tuple[str, Path], tmp_path: Path)
     finally:
         reap(proc)
     assert proc.returncode == 0, err
-    flows = parse_flows(log.read_text().splitlines())
+    flows = parse_logs(log.read_text().splitlines())
     assert flows["hup-b"].peer("server").sent and b"flows 2 bound 2" in err
     sent = [s for s, _ in flows["hup-a"].peer("server").sent]
     assert sent == list(range(len(sent)))  # one stream across the rebind

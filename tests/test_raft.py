@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from netutil import free_ports
 
 from hasync.guard.entries import SeqEntry
 from hasync.guard.records import SeqRecord
@@ -21,6 +20,7 @@ from hasync.raft import ClusterJournal
 from hasync.syncobj_compat import FailReason, outcome
 
 import hastream
+from netutil import free_ports
 
 KEYS = derive_keys(bytes(range(32)), "test")
 KEY = ("192.0.2.101", 0xC0FFEE01, 50)

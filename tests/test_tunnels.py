@@ -1,4 +1,4 @@
-"""hasync.lab.tunnels: the tunnel plan, flows files, and per-SPI tallies (pure parts)."""
+"""hasync_lab.tunnels: the tunnel plan, flows files, and per-SPI tallies (pure parts)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from hasync.lab import confgen, tunnels
-from hasync.lab.observe import IkeSa
-from hasync.lab.pcap import EspPacket
-from hasync.lab.tunnels import Tunnel
+from hasync_lab import confgen, tunnels
+from hasync_lab.observe import IkeSa
+from hasync_lab.pcap import EspPacket
+from hasync_lab.tunnels import Tunnel
 
 
 def _sa(name: str, vips: tuple[str, ...] = ("10.3.0.9",),

@@ -1,7 +1,7 @@
 """A recording HA peer for golden vectors: bind where charon's ha plugin sends (its `remote`),
 write every datagram as `<monotonic time> <hex>` to a log, answer nothing.
 
-Rules: run as `python -m hasync.lab.harecord BIND_IP PORT LOG`; lab use only (it keeps the
+Rules: run as `python -m hasync_lab.harecord BIND_IP PORT LOG`; lab use only (it keeps the
 datagrams, secrets included, in clear); exits on SIGTERM after a final flush.
 """
 

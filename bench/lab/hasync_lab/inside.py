@@ -1,6 +1,6 @@
 """Entry point inside the lab VM: load the modules, run the scenario, write the result.
 
-Rules: run as `python -m hasync.lab.inside SPEC RESULT`; always writes RESULT (the result,
+Rules: run as `python -m hasync_lab.inside SPEC RESULT`; always writes RESULT (the result,
 or {"error": ...}) and powers the VM off, so the host never waits for a hung guest.
 """
 

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 
 from .linkfault import enter_netns
-from .probe import _SO_TIMESTAMPNS, _kernel_time
+from .probe import SO_TIMESTAMPNS, kernel_time
 
 VRRP_PROTO = 112  # RFC 5798 5.1.1.4
 VRRP_GROUP = "224.0.0.18"  # RFC 5798 5.1.1.2
@@ -87,7 +87,7 @@ class AdvertLog:
                     self.error = str(e)
                     return
                 now = time.monotonic()
-                adv = parse_advert(data, _kernel_time(anc, time.time() - now) or now)
+                adv = parse_advert(data, kernel_time(anc, time.time() - now) or now)
                 if adv is not None and self.adverts is not None:
                     self.adverts.append(adv)
 
@@ -95,7 +95,7 @@ class AdvertLog:
         """The raw socket, opened inside the node's namespace, member of the VRRP group."""
         enter_netns(self.ns_path)
         sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, VRRP_PROTO)
-        sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
                         socket.inet_aton(VRRP_GROUP) + socket.inet_aton(self.address))
         sock.settimeout(0.5)

@@ -55,7 +55,7 @@ VM: tuple[Need, ...] = (
 )
 
 
-def _venv_which(name: str) -> str | None:
+def venv_which(name: str) -> str | None:
     """Find a command on PATH or beside the running interpreter (a virtualenv's bin)."""
     found = shutil.which(name)
     if found:
@@ -64,7 +64,7 @@ def _venv_which(name: str) -> str | None:
     return beside if os.access(beside, os.X_OK) else None
 
 
-def missing(needs: tuple[Need, ...], which: Callable[[str], str | None] = _venv_which,
+def missing(needs: tuple[Need, ...], which: Callable[[str], str | None] = venv_which,
             exists: Callable[[str], bool] = lambda p: bool(glob.glob(p))) -> list[Need]:
     """Return the needs that this machine does not meet."""
     out = []

@@ -1,30 +1,31 @@
-# hasync.lab.probe: the lab's traffic probe, sequence-numbered UDP both ways through the tunnel.
-#   python -m hasync.lab.probe server --bind IP:PORT [--name server] --log PATH [common]
-#   python -m hasync.lab.probe client --name c1 --server IP:PORT [--server-name server]
-#                                     --log PATH [common]
-#   common: [--rate 50] [--size 64] [--duration S]
+# hasync_lab.probe: the lab's traffic probe, sequence-numbered UDP both ways through the tunnels:
+# the datagram, the one log format and its analysis, and the server. The one client runtime is
+# probeflows.py (a flow per tunnel; the classic lab's client is one flow).
+#   python -m hasync_lab.probe server --bind IP:PORT [--name server] --log PATH
+#       [--rate 50] [--size 64] [--duration S]
 # Datagram, network byte order: b"HSP1", u8 name length, the sender's name (ascii), u32 seq,
 # f64 send time (time.monotonic()), then zero padding up to --size bytes.
 # Rules:
-# - The client sends from one unconnected UDP socket, so the kernel picks the source address (in
-#   the lab the client's IPsec virtual IP), and receives the server's packets on that socket.
 # - The server remembers each client's latest source address by name (a reconnecting client may
 #   get a new one) and sends to every known client, with a seq counter per client.
 # - Sending follows an absolute schedule, packet i at t0 + i/rate (rate 0: receive only); a
 #   backlog over _MAX_BURST slots (process stalled) is skipped rather than burst out.
 # - A failed send (ENETUNREACH, EPERM... while the tunnel is down) is logged as err, never tx,
 #   and never fatal; its seq is used up, so the receiver sees the hole.
-# - The log is append-only text, one event per line, flushed at least every FLUSH_INTERVAL s:
-#     tx <peer> <seq> <t_sent> | rx <peer> <seq> <t_sent> <t_recv> | err <peer> <errno> <t>
+# - One log format for the server and every client flow: append-only text, one event per line,
+#   flushed at least every FLUSH_INTERVAL s, each line headed by the name of the side that
+#   logged it (the server's --name, or the client flow's name):
+#     <me> tx <peer> <seq> <t_sent> | <me> rx <peer> <seq> <t_sent> <t_recv>
+#     <me> err <peer> <errno> <t>
 #   with time.monotonic() times at 6 decimals (the lab's processes share one clock). <peer> is
 #   the other side's name ("-" for a receive error). The log is opened only after the socket is
-#   bound, so a server's log existing means the server is ready.
+#   bound, so a server's log existing means the server is ready. ProbeLogs reads it.
 # - SIGTERM, SIGINT and --duration end the probe cleanly, with a final flush.
 # - One thread, no busy waiting, light under QEMU TCG: the loop sleeps until the next send or
 #   flush (at most FLUSH_INTERVAL) and then drains the socket, taking t_recv from the kernel's
 #   receive timestamp (CLOCK_REALTIME, mapped onto time.monotonic() at each drain), or from
 #   time.monotonic() at the drain where the kernel gives none.
-# - The analysis functions (parse_log, stream_stats, first_rx_after) are pure; tail_log reads.
+# - The analysis (ProbeLogs, stream_stats, first_rx_after) is pure; tail_log reads.
 #   stream_stats counts packets sent in [start, end) and, by seq, which of them arrived; its
 #   longest gap is over the receive times in [start, end], the window's edges included.
 
@@ -53,14 +54,15 @@ _BURST_DATAGRAMS = 64  # a catch-up sends at most this many datagrams (or one ro
 _RECV_BATCH = 8192  # per wake: a server of 1000 flows at 50/s gets 2500 per 50 ms
 _RECV_BUFFER = 8 << 20  # a small datagram takes about 1 KiB of it (skb truesize)
 _DRAIN_CHECK = 32  # a drain looks at the clock every this many datagrams
-_TAIL = struct.Struct("!Id")
+TAIL = struct.Struct("!Id")
 _NAME = re.compile(r"[!-~]{1,255}")
 # Linux (asm-generic) values the socket module lacks: SO_TIMESTAMPNS_OLD (cmsg: two longs of
 # CLOCK_REALTIME) and SO_RCVBUFFORCE (root may exceed net.core.rmem_max).
-_SO_TIMESTAMPNS = 35
+SO_TIMESTAMPNS = 35
 _SO_RCVBUFFORCE = 33
 _SO_MEMINFO = 55  # asm-generic/socket.h: sk_meminfo, 9 u32 (SK_MEMINFO_RMEM_ALLOC first)
 STATUS_S = 10.0
+EVENT_KINDS = frozenset({"tx", "rx", "err"})
 _TIMESPEC = struct.Struct("@qq")
 
 Address = tuple[str, int] | tuple[str, int, int, int]
@@ -85,7 +87,7 @@ def encode_datagram(name: str, seq: int, t_sent: float, size: int = DEFAULT_SIZE
     if not valid_name(name):
         raise ValueError(f"bad probe name {name!r}")
     raw = name.encode("ascii")
-    body = MAGIC + bytes([len(raw)]) + raw + _TAIL.pack(seq & 0xFFFFFFFF, t_sent)
+    body = MAGIC + bytes([len(raw)]) + raw + TAIL.pack(seq & 0xFFFFFFFF, t_sent)
     return body + bytes(max(0, size - len(body)))
 
 
@@ -94,12 +96,12 @@ def decode_datagram(data: bytes) -> Datagram | None:
     if len(data) < 5 or data[:4] != MAGIC:
         return None
     end = 5 + data[4]
-    if len(data) < end + _TAIL.size:
+    if len(data) < end + TAIL.size:
         return None
     name = data[5:end].decode("ascii", "replace")
     if not valid_name(name):
         return None
-    seq, t_sent = _TAIL.unpack_from(data, end)
+    seq, t_sent = TAIL.unpack_from(data, end)
     return Datagram(name, seq, t_sent)
 
 
@@ -138,16 +140,8 @@ class ProbeLog:
         """The events of one peer (empty if it never appears)."""
         return self.peers.get(name) or PeerLog()
 
-    def add_lines(self, lines: Iterable[str]) -> "ProbeLog":
-        """Add log lines (e.g. from tail_log) to this log; return it."""
-        for line in lines:
-            parts = line.split()
-            if parts and not self._add(parts):
-                self.bad_lines += 1
-        return self
-
-    def _add(self, parts: list[str]) -> bool:
-        """Add one split line; False if it is malformed."""
+    def add_event(self, parts: list[str]) -> bool:
+        """Add one split line without its head (`tx peer seq t`...); False if it is malformed."""
         kind, n = parts[0], len(parts)
         try:
             if kind == "tx" and n == 4:
@@ -166,9 +160,39 @@ class ProbeLog:
         return True
 
 
-def parse_log(lines: Iterable[str]) -> ProbeLog:
-    """Parse probe log lines into events per peer."""
-    return ProbeLog().add_lines(lines)
+@dataclass
+class ProbeLogs:
+    """A probe log (the server's or a client's) as one ProbeLog per name that logged; a line
+    without a head and an event kind is counted in bad_lines, a bad event in its ProbeLog's."""
+
+    logs: dict[str, ProbeLog] = field(default_factory=dict)
+    bad_lines: int = 0
+
+    def of(self, name: str) -> ProbeLog:
+        """The events `name` logged (empty if it never appears)."""
+        return self.logs.get(name) or ProbeLog()
+
+    def add_lines(self, lines: Iterable[str]) -> "ProbeLogs":
+        """Add log lines (e.g. the complete lines from tail_log); return self."""
+        logs = self.logs
+        for line in lines:
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) < 2 or parts[1] not in EVENT_KINDS:
+                self.bad_lines += 1
+                continue
+            log = logs.get(parts[0])
+            if log is None:
+                log = logs[parts[0]] = ProbeLog()
+            if not log.add_event(parts[1:]):
+                log.bad_lines += 1
+        return self
+
+
+def parse_logs(lines: Iterable[str]) -> dict[str, ProbeLog]:
+    """Name that logged -> its events."""
+    return ProbeLogs().add_lines(lines).logs
 
 
 @dataclass(frozen=True)
@@ -237,7 +261,7 @@ def tail_log(path: str | Path, offset: int) -> tuple[list[str], int]:
 # ---- runtime ----
 
 
-class _Schedule:
+class Schedule:
     """Absolute send schedule: slot i is due at t0 + i / rate."""
 
     def __init__(self, rate: float, t0: float) -> None:
@@ -260,19 +284,20 @@ class _Schedule:
         return max(1, min(count, _MAX_BURST))
 
 
-class _Probe:
-    """A probe endpoint: one socket, a send round to every peer, receives, a buffered log."""
+class _Server:
+    """The probe server: one socket, a send round to every client it heard, receives, a
+    buffered log."""
 
     def __init__(self, sock: socket.socket, log_path: str, name: str, size: int) -> None:
         self.sock = sock
         self._log = open(log_path, "a", encoding="ascii")  # noqa: SIM115 - closed by close()
         self._lines: list[str] = []
         self.next_flush = time.monotonic() + FLUSH_INTERVAL
-        self.peers: dict[str, Address] = {}  # the client's one server, or the known clients
-        self.learn = False  # server: take peers and their latest addresses from what arrives
+        self.peers: dict[str, Address] = {}  # the known clients, at their latest addresses
+        self._me = name
         self._seqs: dict[str, int] = {}
-        self._prefix = encode_datagram(name, 0, 0.0, 0)[: -_TAIL.size]
-        self._padding = bytes(max(0, size - len(self._prefix) - _TAIL.size))
+        self._prefix = encode_datagram(name, 0, 0.0, 0)[: -TAIL.size]
+        self._padding = bytes(max(0, size - len(self._prefix) - TAIL.size))
         self.stats = {"tx": 0, "rx": 0, "err": 0, "bad": 0}
 
     def send_round(self) -> None:
@@ -281,14 +306,14 @@ class _Probe:
             seq = self._seqs.get(peer, 0)
             self._seqs[peer] = seq + 1
             t = time.monotonic()
-            data = self._prefix + _TAIL.pack(seq & 0xFFFFFFFF, t) + self._padding
+            data = self._prefix + TAIL.pack(seq & 0xFFFFFFFF, t) + self._padding
             try:
                 self.sock.sendto(data, addr)
             except OSError as exc:
-                self._lines.append(f"err {peer} {exc.errno or 0} {t:.6f}\n")
+                self._lines.append(f"{self._me} err {peer} {exc.errno or 0} {t:.6f}\n")
                 self.stats["err"] += 1
             else:
-                self._lines.append(f"tx {peer} {seq} {t:.6f}\n")
+                self._lines.append(f"{self._me} tx {peer} {seq} {t:.6f}\n")
                 self.stats["tx"] += 1
 
     def drain(self, until: float = math.inf) -> None:
@@ -306,19 +331,18 @@ class _Probe:
             except BlockingIOError:
                 return
             except OSError as exc:
-                self._lines.append(f"err - {exc.errno or 0} {time.monotonic():.6f}\n")
+                self._lines.append(f"{self._me} err - {exc.errno or 0} {time.monotonic():.6f}\n")
                 self.stats["err"] += 1
                 return
-            t_recv = _kernel_time(ancillary, realtime_offset) or now
+            t_recv = kernel_time(ancillary, realtime_offset) or now
             datagram = decode_datagram(data)
             if datagram is None:
                 self.stats["bad"] += 1
                 continue
             name, seq, t_sent = datagram.name, datagram.seq, datagram.t_sent
-            self._lines.append(f"rx {name} {seq} {t_sent:.6f} {t_recv:.6f}\n")
+            self._lines.append(f"{self._me} rx {name} {seq} {t_sent:.6f} {t_recv:.6f}\n")
             self.stats["rx"] += 1
-            if self.learn:
-                self.peers[name] = addr
+            self.peers[name] = addr
 
     def flush(self, now: float) -> None:
         """Append the buffered lines to the log file."""
@@ -334,32 +358,37 @@ class _Probe:
         self._log.close()
 
 
-def _kernel_time(ancillary: list[tuple[int, int, bytes]], realtime_offset: float) -> float:
+def kernel_time(ancillary: list[tuple[int, int, bytes]], realtime_offset: float) -> float:
     """The kernel's receive timestamp as a time.monotonic() value, or 0.0 if there is none."""
     for level, kind, payload in ancillary:
-        if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(payload) >= 16:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(payload) >= 16:
             sec, nsec = _TIMESPEC.unpack_from(payload)
             return (sec - realtime_offset) + nsec * 1e-9
     return 0.0
 
 
-def _setup_socket(sock: socket.socket) -> None:
+def setup_socket(sock: socket.socket) -> None:
     """Non-blocking, kernel receive timestamps, and room for a stall's backlog (best effort)."""
     sock.setblocking(False)
     with contextlib.suppress(OSError):  # without: t_recv is time.monotonic() at the drain
-        sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
     try:
         sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, _RECV_BUFFER)
     except OSError:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RECV_BUFFER)
 
 
-def _stop_on_signals() -> list[int]:
+def stop_on_signals() -> list[int]:
     """Make SIGTERM and SIGINT append to the returned list; the loop stops when it is not empty."""
     caught: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: caught.append(signum))
     return caught
+
+
+def stats_text(stats: dict[str, int]) -> str:
+    """A runtime's counters as one line: "tx 120 rx 118 ..."."""
+    return " ".join(f"{key} {value}" for key, value in stats.items())
 
 
 def socket_memory(sock: socket.socket) -> str:
@@ -372,12 +401,12 @@ def socket_memory(sock: socket.socket) -> str:
     return f"rmem {rmem} rcvbuf {rcvbuf} drops {drops}"
 
 
-def _run(probe: _Probe, rate: float, duration: float | None, caught: list[int]) -> None:
+def _run(probe: _Server, rate: float, duration: float | None, caught: list[int]) -> None:
     """The main loop: send on schedule, receive, flush, until stopped; every STATUS_S a line on
     stderr says what it did and what its socket holds."""
     t0 = time.monotonic()
     deadline = t0 + duration if duration is not None else math.inf
-    schedule = _Schedule(rate, t0)
+    schedule = Schedule(rate, t0)
     status_at = t0 + STATUS_S
     while not caught:  # a signal's handler returns into the sleep, which is short
         now = time.monotonic()
@@ -385,7 +414,7 @@ def _run(probe: _Probe, rate: float, duration: float | None, caught: list[int]) 
             return
         if now >= status_at:
             status_at = now + STATUS_S
-            counts = " ".join(f"{key} {value}" for key, value in probe.stats.items())
+            counts = stats_text(probe.stats)
             print(f"{now:.1f} {counts} peers {len(probe.peers)} {socket_memory(probe.sock)}",
                   file=sys.stderr, flush=True)
         rounds = schedule.take_due(now)  # a late loop catches up, but a round to hundreds
@@ -399,7 +428,7 @@ def _run(probe: _Probe, rate: float, duration: float | None, caught: list[int]) 
         probe.drain(schedule.next_at())
 
 
-def _name_arg(text: str) -> str:
+def name_arg(text: str) -> str:
     """argparse type for a peer name."""
     if not valid_name(text):
         raise argparse.ArgumentTypeError(f"bad name {text!r}: 1-255 ascii, no spaces")
@@ -408,45 +437,36 @@ def _name_arg(text: str) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     """The command line."""
-    parser = argparse.ArgumentParser(prog="python -m hasync.lab.probe")
+    parser = argparse.ArgumentParser(prog="python -m hasync_lab.probe")
     roles = parser.add_subparsers(dest="role", required=True)
-    client = roles.add_parser("client", help="send to a server and receive its packets")
-    client.add_argument("--name", type=_name_arg, required=True)
-    client.add_argument("--server", type=parse_endpoint, required=True, metavar="IP:PORT")
-    client.add_argument("--server-name", type=_name_arg, default=DEFAULT_SERVER_NAME)
-    server = roles.add_parser("server", help="receive from clients and send to each")
+    server = roles.add_parser("server", help="receive from clients and send to each "
+                              "(the client is python -m hasync_lab.probeflows client)")
     server.add_argument("--bind", type=parse_endpoint, required=True, metavar="IP:PORT")
-    server.add_argument("--name", type=_name_arg, default=DEFAULT_SERVER_NAME)
-    for sub in (client, server):
-        sub.add_argument("--rate", type=float, default=DEFAULT_RATE, help="packets/s per peer")
-        sub.add_argument("--size", type=int, default=DEFAULT_SIZE, help="datagram bytes")
-        sub.add_argument("--duration", type=float, default=None, help="seconds, then exit")
-        sub.add_argument("--log", required=True, help="append-only event log")
+    server.add_argument("--name", type=name_arg, default=DEFAULT_SERVER_NAME)
+    server.add_argument("--rate", type=float, default=DEFAULT_RATE, help="packets/s per peer")
+    server.add_argument("--size", type=int, default=DEFAULT_SIZE, help="datagram bytes")
+    server.add_argument("--duration", type=float, default=None, help="seconds, then exit")
+    server.add_argument("--log", required=True, help="append-only event log")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run a probe client or server until a signal or --duration."""
+    """Run the probe server until a signal or --duration."""
     args = _parser().parse_args(argv)
     if args.rate < 0 or args.size < 0:
         print("probe: --rate and --size must not be negative", file=sys.stderr)
         return 2
-    caught = _stop_on_signals()
-    family, _addr = args.server if args.role == "client" else args.bind
+    caught = stop_on_signals()
+    family, addr = args.bind
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
-        if args.role == "server":
-            sock.bind(args.bind[1])
-        _setup_socket(sock)
-        probe = _Probe(sock, args.log, args.name, args.size)
-        if args.role == "client":
-            probe.peers[args.server_name] = args.server[1]
-        probe.learn = args.role == "server"
+        sock.bind(addr)
+        setup_socket(sock)
+        probe = _Server(sock, args.log, args.name, args.size)
         try:
             _run(probe, args.rate, args.duration, caught)
         finally:
             probe.close()
-    summary = " ".join(f"{key} {value}" for key, value in probe.stats.items())
-    print(f"probe {args.role} {args.name}: {summary}", file=sys.stderr)
+    print(f"probe {args.role} {args.name}: {stats_text(probe.stats)}", file=sys.stderr)
     return 0
 
 

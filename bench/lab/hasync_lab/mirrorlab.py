@@ -12,10 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-from . import hasyncd, topology
-from .failover import _cleanup_stale, _tunnels, teardown
-from .procs import Lab
-from .scenario import LabSpec, Run, _mount_base, bring_up, gateways, kernel_release, start_gateways
+from . import hasyncd
+from .scenario import bring_up, gateways, start_gateways, tunnel_table
+from .session import LabSpec, Run, kernel_release, lab_run
 
 
 def _status_text(run: Run, gw: str) -> str:
@@ -28,10 +27,7 @@ def _status_text(run: Run, gw: str) -> str:
 
 def run_mirror(spec: LabSpec, out_dir: Path) -> dict[str, object]:
     """Run the mirror scenario; return the result document."""
-    topo = topology.plan(spec.gateways, spec.clients, spec.nat_clients)
-    _cleanup_stale(topo)
-    run = Run(spec, Lab(topo, _mount_base()), out_dir)
-    try:
+    with lab_run(spec, out_dir) as run:
         t0 = time.monotonic()
         bring_up(run)
         early, late = gateways(run), gateways(run, late=True)
@@ -51,8 +47,6 @@ def run_mirror(spec: LabSpec, out_dir: Path) -> dict[str, object]:
                        "status": hasyncd.status(run.lab, gw),
                        "status_text": _status_text(run, gw)}
         return {"mode": "hasync", "scenario": "mirror", "kernel": kernel_release(),
-                "master": master, "tunnels": _tunnels(run), "gateways": gws,
+                "master": master, "tunnels": tunnel_table(run), "gateways": gws,
                 "late_catchup_s": round(caught_up, 1) if late else None,
                 "duration_s": round(time.monotonic() - t0, 1)}
-    finally:
-        teardown(run)

@@ -26,7 +26,7 @@ from .prereq import LabError
 from .probeflows import parse_flow_specs
 from .procs import Lab
 
-log = logging.getLogger("hasync.lab")
+log = logging.getLogger("hasync_lab")
 INIT_WINDOW = 6  # benchmark tunnels being set up at once per client: 16 (charon's threads)
 #                 kept 48 IKE_SA_INITs waiting on the gateway, longer than a client retransmits
 POLL_S = 1.0

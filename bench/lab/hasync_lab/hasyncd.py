@@ -17,14 +17,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import control
-from ..journal.seal import generate_key_file
+from hasync import control
+from hasync.journal.seal import generate_key_file
+
 from . import cluster, confgen, observe
 from .prereq import LabError
 from .procs import Lab
 
 RAFT_PORT = 7100
-log = logging.getLogger("hasync.lab")
+log = logging.getLogger("hasync_lab")
 
 
 def raft_addr(lab: Lab, gw: str) -> str:
@@ -65,7 +66,8 @@ def start(lab: Lab, gw: str) -> None:
               env={"PYTHONDONTWRITEBYTECODE": "1"})
 
 
-HEALTH_CHECK = Path(__file__).resolve().parents[2] / "deploy" / "hasync-health-check"
+# the checkout's deploy/ (this file is bench/lab/hasync_lab/hasyncd.py)
+HEALTH_CHECK = Path(__file__).resolve().parents[3] / "deploy" / "hasync-health-check"
 
 
 def health_file(lab: Lab, gw: str) -> Path:

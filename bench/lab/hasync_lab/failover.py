@@ -1,32 +1,28 @@
-"""One lab run end to end: bring up, baseline traffic, K failovers, measurements, teardown.
+"""The failover scenario: bring up, baseline traffic, K failovers, and what each client
+suffered in each (the lab's moving parts are scenario.py's; the lifecycle is session.py's).
 
-Rules: the result holds only measured values (see docs/lab.md for each field); a failover
-whose clients never recover is a result, not an error; any error still tears the lab down.
+Rules: the result holds only measured values (probe logs, client kernels, a capture on each
+client's link, keepalived's FIFO; docs/lab.md names each field); a failover whose clients
+never recover is a result, not an error; the run lives in `lab_run`, so any error still
+tears the lab down.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 import logging
-import shutil
-import signal
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..guard.rules import Reserve
-from . import aftercheck, cluster, confgen, hasyncd, pcap, probe, topology, tunnels
+from hasync.guard import Reserve
+
+from . import aftercheck, cluster, confgen, hasyncd, pcap, probe, tunnels
 from .prereq import LabError
-from .procs import Lab
 from .scenario import (
-    LabSpec,
-    Run,
-    _mount_base,
-    artifacts,
     bring_up,
     capture,
     client_state,
@@ -34,17 +30,17 @@ from .scenario import (
     fault_of,
     gateway_counters,
     join_vrrp,
-    kernel_release,
     read_probes,
     restore,
-    signal_probes,
-    spec_dict,
     start_traffic,
+    stop_probes,
+    tunnel_table,
     wait_flowing,
 )
+from .session import LabSpec, Run, kernel_release, lab_run, ps_snapshot, spec_dict
 from .tunnels import Tunnel
 
-log = logging.getLogger("hasync.lab")
+log = logging.getLogger("hasync_lab")
 LOSS_GRACE_S = 1.0  # packets sent this close to the end of a window may still be in flight
 SKIP_FLOOR = Reserve().bound(0)  # docs/takeover.md: what a failover may skip at low rates
 
@@ -240,21 +236,6 @@ def master_down_ms(advert_int_s: float, priority: int) -> float:
     return round((3 * advert_int_s + (256 - priority) * advert_int_s / 256) * 1000, 1)
 
 
-def _tunnels(run: Run) -> list[dict[str, object]]:
-    """Each tunnel as it came up."""
-    states = {c.name: client_state(run, c.name) for c in run.lab.topo.by_role("client")}
-    out = []
-    for t in run.tunnels:
-        st = states[t.client]
-        ike = st["ikes"].get(t.conn)  # type: ignore[attr-defined]
-        out.append({"name": t.name, "client": t.client,
-                    "nat": run.lab.topo.node(t.client).behind_nat,
-                    "encap": ike.encap if run.spec.tunnels and ike else st["encap"],
-                    "established": ike is not None, "ike_spi": ike.spis if ike else "",
-                    "virtual_ip": list(ike.local_vips) if ike else []})
-    return out
-
-
 def _received_so_far(run: Run) -> dict[str, dict[str, int]]:
     """Probe packets received so far in each direction, per tunnel."""
     logs = read_probes(run)
@@ -275,13 +256,14 @@ ROOT_DATAPLANE_SH = "ip -s link; bridge fdb show | grep -v permanent; nstat -asz
 
 def dataplane_dump(run: Run) -> None:
     """Every node's XFRM counters, SAs, routes and links, for a failed traffic start."""
-    for node in run.lab.topo.nodes:
-        with contextlib.suppress(Exception):  # diagnostics must not hide the error
-            out = run.lab.run(node.name, ["sh", "-c", DATAPLANE_SH], check=False, timeout=120)
-            run.lab.log_path(node.name, "dataplane").write_text(out)
-    with contextlib.suppress(Exception):  # the bridges between the namespaces
-        out = run.lab.run(None, ["sh", "-c", ROOT_DATAPLANE_SH], check=False, timeout=120)
-        run.lab.log_path("root", "dataplane").write_text(out)
+    for node, script in [*((n.name, DATAPLANE_SH) for n in run.lab.topo.nodes),
+                         (None, ROOT_DATAPLANE_SH)]:  # None: the bridges between namespaces
+        name = node or "root"
+        try:
+            out = run.lab.run(node, ["sh", "-c", script], check=False, timeout=120)
+            run.lab.log_path(name, "dataplane").write_text(out)
+        except (OSError, subprocess.SubprocessError) as e:  # the traffic error still follows
+            log.warning("no dataplane dump of %s: %s", name, e)
 
 
 def run_failovers(run: Run) -> dict[str, object]:
@@ -289,7 +271,7 @@ def run_failovers(run: Run) -> dict[str, object]:
     spec, lab = run.spec, run.lab
     t0 = time.monotonic()
     bring_up(run)
-    tunnels = _tunnels(run)
+    tunnels = tunnel_table(run)
     start_traffic(run)
     want = {t.name for t in run.tunnels}
     # Python starts slowly under TCG; a thousand flows take longer still
@@ -364,50 +346,7 @@ def _after_failovers(run: Run) -> dict[str, object]:
     return out
 
 
-def stop_probes(run: Run) -> None:
-    """Stop every probe stream (captures keep running)."""
-    signal_probes(run, signal.SIGTERM)
-
-
 def run_lab(spec: LabSpec, out_dir: Path) -> dict[str, object]:
-    """Run the scenario on this kernel (it must have ESP); always tear everything down."""
-    topo = topology.plan(spec.gateways, spec.clients, spec.nat_clients)
-    _cleanup_stale(topo)
-    base = _mount_base()
-    run = Run(spec, Lab(topo, base), out_dir)
-    try:
+    """Run the failover scenario on this kernel (it must have ESP); return its result."""
+    with lab_run(spec, out_dir) as run:
         return run_failovers(run)
-    finally:
-        teardown(run)
-
-
-def teardown(run: Run) -> None:
-    """Stop every process, keep the artifacts, remove namespaces, bridges and the tmpfs."""
-    if run.adverts:
-        run.adverts.close()
-    try:
-        ps_snapshot(run, "ps.txt")
-        run.lab.stop_all()
-        run.vrrp.close()
-        artifacts(run)
-    finally:
-        _cleanup_stale(run.lab.topo)
-        subprocess.run(["umount", "-l", str(run.lab.base)], check=False, capture_output=True)
-        shutil.rmtree(run.lab.base, ignore_errors=True)
-
-
-def ps_snapshot(run: Run, name: str) -> None:
-    """Who used the CPU so far (cumulative per process), into the artifacts' log/."""
-    with contextlib.suppress(Exception):
-        (run.lab.base / "log" / name).write_text(run.lab.run(None, [
-            "ps", "-eo", "pid,cputime,etime,comm,args", "--sort=-cputime"], check=False))
-
-
-def _cleanup_stale(topo: topology.Topology) -> None:
-    """Remove this plan's namespaces and bridges if they exist (from this or an earlier run)."""
-    lab = Lab(topo, Path("/nonexistent"))
-    for n in topo.nodes:
-        if Path(f"/run/netns/{topo.ns(n.name)}").exists():
-            lab.kill_node(n.name)
-    for argv in topology.teardown_commands(topo):
-        subprocess.run(argv, check=False, capture_output=True, stdin=subprocess.DEVNULL)

@@ -3,7 +3,7 @@ state over XFRM netlink (GETAE) and move its outbound sequence number forward by
 (NEWAE + NLM_F_REPLACE); then join XFRMNLGRP_AEVENTS, set each SA's replay threshold
 (XFRMA_REPLAY_THRESH) and collect the replay events the traffic makes; print it all as JSON.
 
-Rules: `python -m hasync.lab.xfrmjump SRC JUMP`; touches only SAs whose source is SRC; the
+Rules: `python -m hasync_lab.xfrmjump SRC JUMP`; touches only SAs whose source is SRC; the
 whole replay state is written back as read, with only oseq changed (xfrm_new_ae() copies
 all of it); it prints no key material (hasync.xfrm keeps none).
 """
@@ -15,7 +15,7 @@ import json
 import sys
 import time
 
-from ..xfrm.socket import XfrmSocket
+from hasync.xfrm.socket import XfrmSocket
 
 
 def jump_all(src: str, jump: int) -> list[dict[str, object]]:

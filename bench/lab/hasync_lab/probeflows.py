@@ -1,20 +1,22 @@
-# hasync.lab.probeflows: the traffic probe of many tunnels of one client machine, in one process.
-#   python -m hasync.lab.probeflows client --server IP:PORT [--server-name server]
+# hasync_lab.probeflows: the lab's one probe client: the tunnels of one client machine, in one
+# process (the classic lab's one tunnel per client is one flow bound to 0.0.0.0, so the kernel
+# picks its source: the tunnel's virtual IP, whichever it is now).
+#   python -m hasync_lab.probeflows client --server IP:PORT [--server-name server]
 #       (--flow NAME@SRC_IP [--flow ...] | --flows-file PATH) --log PATH
 #       [--rate 50] [--size 64] [--duration S]
 # A flow is one UDP socket bound to (SRC_IP, 0), so that its packets leave from its tunnel's
-# virtual IP, sending hasync.lab.probe datagrams under the flow's NAME. To the probe.py server a
+# virtual IP, sending hasync_lab.probe datagrams under the flow's NAME. To the probe.py server a
 # flow is just a client: it learns each name's latest address and sends to each name, with a seq
 # counter per name. Flow names must therefore be unique across all clients of one server.
 # Rules:
 # - --flows-file: one NAME@SRC_IP per line; blank lines and lines starting with # are skipped.
 #   NAME is a probe name (probe.valid_name), unique; SRC_IP an address of the server's family.
-# - All flows share one absolute schedule (probe._Schedule): a round sends one datagram from each
+# - All flows share one absolute schedule (probe.Schedule): a round sends one datagram from each
 #   bound flow, R rounds per second, a stall's backlog cut as in probe.py.
 # - A flow whose bind fails (EADDRNOTAVAIL: its virtual IP is not there yet) logs one err per
 #   attempt, sends nothing meanwhile (no seq is used) and retries at most once per _BIND_RETRY s.
 #   A failed send is logged as err and uses its seq up, as in probe.py. Neither is fatal.
-# - One log for all flows, probe.py's lines prefixed with the flow's name:
+# - One log for all flows, in probe.py's one format, each line headed by its flow's name:
 #     <flow> tx <peer> <seq> <t_sent> | <flow> rx <peer> <seq> <t_sent> <t_recv>
 #     <flow> err <peer> <errno> <t>
 #   <peer> is the server's name for bind and send errors, "-" for receive errors. The log is
@@ -33,8 +35,8 @@
 # - SIGTERM, SIGINT and --duration end it cleanly, with a final flush and a one-line summary on
 #   stderr. The RLIMIT_NOFILE soft limit is raised to the hard limit at start. Bad arguments exit
 #   2, the message naming the argument.
-# - parse_flows and FlowLogs (the analysis side) are pure; FlowLogs.add_lines takes the complete
-#   lines that probe.tail_log returns, so a log can be read while it grows.
+# - probe.ProbeLogs reads the log (it is pure; add_lines takes the complete lines that
+#   probe.tail_log returns, so a log can be read while it grows).
 
 import argparse
 import contextlib
@@ -47,24 +49,24 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from hasync.lab.probe import (
-    _TAIL,
+from hasync_lab.probe import (
     DEFAULT_RATE,
     DEFAULT_SERVER_NAME,
     DEFAULT_SIZE,
     FLUSH_INTERVAL,
-    ProbeLog,
-    _kernel_time,
-    _name_arg,
-    _Schedule,
-    _setup_socket,
-    _stop_on_signals,
+    TAIL,
+    Schedule,
     decode_datagram,
     encode_datagram,
+    kernel_time,
+    name_arg,
     parse_endpoint,
+    setup_socket,
+    stats_text,
+    stop_on_signals,
     valid_name,
 )
 
@@ -72,7 +74,6 @@ _BIND_RETRY = 1.0
 _MAX_PASSES = 32
 _RECV_SIZE = 2048  # a probe datagram's header fits in 272 bytes; the zero padding may be cut
 _FD_RESERVE = 64  # descriptors kept for the log, the epoll and the interpreter
-_EVENT_KINDS = frozenset({"tx", "rx", "err"})
 
 
 @dataclass(frozen=True)
@@ -110,43 +111,6 @@ def parse_flow_specs(lines: Iterable[str]) -> list[FlowSpec]:
     return specs
 
 
-# ---- analysis (pure) ----
-
-
-@dataclass
-class FlowLogs:
-    """A multi-flow log as one ProbeLog per flow; lines with no flow are counted in bad_lines."""
-
-    flows: dict[str, ProbeLog] = field(default_factory=dict)
-    bad_lines: int = 0
-
-    def flow(self, name: str) -> ProbeLog:
-        """The log of one flow (empty if it never appears)."""
-        return self.flows.get(name) or ProbeLog()
-
-    def add_lines(self, lines: Iterable[str]) -> "FlowLogs":
-        """Add log lines (e.g. the complete lines from probe.tail_log); return self."""
-        flows = self.flows
-        for line in lines:
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) < 2 or parts[1] not in _EVENT_KINDS:
-                self.bad_lines += 1
-                continue
-            log = flows.get(parts[0])
-            if log is None:
-                log = flows[parts[0]] = ProbeLog()
-            if not log._add(parts[1:]):
-                log.bad_lines += 1
-        return self
-
-
-def parse_flows(lines: Iterable[str]) -> dict[str, ProbeLog]:
-    """Flow name -> what probe.parse_log gives for that flow's lines without their prefix."""
-    return FlowLogs().add_lines(lines).flows
-
-
 # ---- runtime ----
 
 
@@ -158,8 +122,8 @@ class _Flow:
     def __init__(self, spec: FlowSpec, server_name: str, size: int) -> None:
         self.name, self.source = spec.name, spec.source
         self.seq = 0
-        self.prefix = encode_datagram(spec.name, 0, 0.0, 0)[: -_TAIL.size]
-        self.padding = bytes(max(0, size - len(self.prefix) - _TAIL.size))
+        self.prefix = encode_datagram(spec.name, 0, 0.0, 0)[: -TAIL.size]
+        self.padding = bytes(max(0, size - len(self.prefix) - TAIL.size))
         self.tx_head = f"{spec.name} tx {server_name} "
         self.rx_head = f"{spec.name} rx {server_name} "
         self.err_head = f"{spec.name} err {server_name} "
@@ -177,7 +141,7 @@ class _Client:
         log_path: str,
     ) -> None:
         self._family, self._server = server
-        self._server_prefix = encode_datagram(server_name, 0, 0.0, 0)[: -_TAIL.size]
+        self._server_prefix = encode_datagram(server_name, 0, 0.0, 0)[: -TAIL.size]
         self._pending = [_Flow(spec, server_name, size) for spec in specs]
         self._bound: list[tuple[_Flow, socket.socket]] = []
         self._by_fd: dict[int, tuple[_Flow, socket.socket]] = {}
@@ -215,7 +179,7 @@ class _Client:
         """A socket set up as probe.py's and bound to (source, 0)."""
         sock = socket.socket(self._family, socket.SOCK_DGRAM)
         try:
-            _setup_socket(sock)
+            setup_socket(sock)
             sock.bind((source, 0))
         except OSError:
             sock.close()
@@ -248,7 +212,7 @@ class _Client:
 
     def send_round(self) -> None:
         """Send the next datagram of every bound flow; a failure is logged and counted."""
-        pack, server, monotonic = _TAIL.pack, self._server, time.monotonic
+        pack, server, monotonic = TAIL.pack, self._server, time.monotonic
         append = self._lines.append
         errors = 0
         for flow, sock in self._bound:
@@ -270,9 +234,9 @@ class _Client:
         none is ready, _MAX_PASSES passes, or (after the first) `until`, the next send round."""
         now = time.monotonic()
         realtime_offset = time.time() - now
-        by_fd, append, unpack = self._by_fd, self._lines.append, _TAIL.unpack_from
+        by_fd, append, unpack = self._by_fd, self._lines.append, TAIL.unpack_from
         prefix = self._server_prefix
-        start, end = len(prefix), len(prefix) + _TAIL.size
+        start, end = len(prefix), len(prefix) + TAIL.size
         received = 0
         for k in range(_MAX_PASSES):
             if k and time.monotonic() >= until:
@@ -287,7 +251,7 @@ class _Client:
                 except OSError as exc:
                     self._receive_error(flow, exc)
                     continue
-                t_recv = _kernel_time(ancillary, realtime_offset) or now
+                t_recv = kernel_time(ancillary, realtime_offset) or now
                 if data.startswith(prefix) and len(data) >= end:  # the server's: the fast path
                     seq, t_sent = unpack(data, start)
                     append(f"{flow.rx_head}{seq} {t_sent:.6f} {t_recv:.6f}\n")
@@ -334,7 +298,7 @@ def _run(client: _Client, rate: float, duration: float | None, caught: list[int]
     """Send rounds, flush on the grid, retry binds, drain after each sleep, until stopped."""
     start = time.monotonic()
     end = math.inf if duration is None else start + duration
-    rounds, flushes = _Schedule(rate, start), _Schedule(1.0 / FLUSH_INTERVAL, start)
+    rounds, flushes = Schedule(rate, start), Schedule(1.0 / FLUSH_INTERVAL, start)
     now = start
     while not caught and now < end:
         if hups and reload is not None:
@@ -415,11 +379,11 @@ def _non_negative(convert: Callable[[str], float]) -> Callable[[str], float]:
 
 def _parser() -> argparse.ArgumentParser:
     """The command line."""
-    parser = argparse.ArgumentParser(prog="python -m hasync.lab.probeflows")
+    parser = argparse.ArgumentParser(prog="python -m hasync_lab.probeflows")
     roles = parser.add_subparsers(dest="role", required=True)
     client = roles.add_parser("client", help="drive the probe stream through many flows")
     client.add_argument("--server", type=_endpoint_arg, required=True, metavar="IP:PORT")
-    client.add_argument("--server-name", type=_name_arg, default=DEFAULT_SERVER_NAME)
+    client.add_argument("--server-name", type=name_arg, default=DEFAULT_SERVER_NAME)
     flows = client.add_mutually_exclusive_group(required=True)
     flows.add_argument("--flow", type=_flow_arg, action="append", metavar="NAME@SRC_IP")
     flows.add_argument("--flows-file", type=_flows_file_arg, metavar="PATH",
@@ -457,7 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     limit = raise_nofile_limit()
     if len(specs) + _FD_RESERVE > limit:
         parser.error(f"{len(specs)} flows need more than the RLIMIT_NOFILE limit of {limit}")
-    caught = _stop_on_signals()
+    caught = stop_on_signals()
     hups: list[int] = []
     signal.signal(signal.SIGHUP, lambda signum, _frame: hups.append(signum))
     client = _Client(args.server, args.server_name, specs, args.size, args.log)
@@ -476,8 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
              reload if args.flows_file else None, hups)
     finally:
         client.close()
-    summary = " ".join(f"{key} {value}" for key, value in client.stats.items())
-    print(f"probeflows client: {summary}", file=sys.stderr)
+    print(f"probeflows client: {stats_text(client.stats)}", file=sys.stderr)
     return 0
 
 

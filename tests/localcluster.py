@@ -1,5 +1,5 @@
-"""A real hasync cluster on loopback, for tests and benchmarks: N `hasync daemon` processes
-talking Raft over TCP, each with a stand-in charon (a UDP socket at its `ha_local`).
+"""A real hasync cluster on loopback, for tests and bench/replication.py: N `hasync daemon`
+processes talking Raft over TCP, each with a stand-in charon (a UDP socket at its `ha_local`).
 
 Rules: every process is killed at close; each node's files live in its own directory under
 `base`; the stand-in charon only sends and receives datagrams, it is no charon (the lab's
@@ -22,20 +22,9 @@ from typing import Any
 from hasync import control
 from hasync.journal.seal import generate_key_file
 
-ROOT = Path(__file__).resolve().parent.parent.parent
+from netutil import free_ports
 
-
-def free_ports(n: int) -> list[int]:
-    """n TCP/UDP ports free on 127.0.0.1 right now."""
-    socks, ports = [], []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
-    return ports
+ROOT = Path(__file__).resolve().parent.parent  # the checkout: `python -m hasync` runs from it
 
 
 @dataclass

@@ -1,10 +1,10 @@
-"""The failover scenario: bring the lab up, run probe streams through every tunnel, fail the
-VRRP master, and measure what each client suffers.
+"""The lab's moving parts, shared by every scenario: bring the lab up, run probe streams
+through every tunnel, read what clients and gateways say, apply a fault, restore a gateway.
 
-Rules: every number in the result is measured (probe logs, client kernels, a capture on each
-client's link, keepalived's FIFO); times are time.monotonic() in one kernel; teardown runs
-whatever happens. The mode is "baseline" (keepalived alone) or "hasync" (hasync on every
-gateway, keepalived tracking `hasync health`).
+Rules (the split with failover.py): this module acts on a running lab and reads its state;
+the failover scenario's sequence and the numbers it reports live in failover.py, a run's data
+and lifecycle in session.py. Times are time.monotonic() in one kernel. The mode is "baseline"
+(keepalived alone) or "hasync" (hasync on every gateway, keepalived tracking `hasync health`).
 """
 
 from __future__ import annotations
@@ -12,21 +12,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import platform
-import shutil
 import signal
-import subprocess
 import sys
-import tempfile
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from . import (
     adverts,
     cluster,
-    confgen,
     hasyncd,
     linkfault,
     observe,
@@ -37,58 +30,13 @@ from . import (
     tunnels,
 )
 from .prereq import LabError
-from .probeflows import FlowLogs
 from .procs import Lab
+from .session import LabSpec, Run
 
-log = logging.getLogger("hasync.lab")
+log = logging.getLogger("hasync_lab")
 PROBE_PORT = 7000
+ANY_SOURCE = "0.0.0.0"  # a flow bound to it sends from whatever address the kernel picks
 FAULTS = ("kill", "links", "stop", "charon")
-
-
-@dataclass(frozen=True)
-class LabSpec:
-    """What to run."""
-
-    mode: str = "baseline"
-    gateways: int = 3
-    clients: int = 3
-    nat_clients: int = 1
-    failovers: int = 1
-    rate: float = 20.0  # probe packets/s each way; 50 starved the emulated CPUs (decisions.md)
-    fault: str = "kill"
-    faults: tuple[str, ...] = ()  # one per failover (overrides `fault`)
-    late_gateways: int = 0  # gateways started only after the clients connected
-    tunnels: int = 0  # the benchmark's N tunnels dealt over the clients (0: one per client)
-    rekey_checks: bool = True  # hasync: a CHILD_SA rekey first; rekeys and DPD at the end
-    timeout_s: float = 90.0  # per failover: wait this long for every client's traffic
-    settle_s: float = 2.0  # keep measuring this long after the last client resumed
-    timers: confgen.LabTimers = field(default_factory=confgen.LabTimers)
-
-
-@dataclass
-class Run:
-    """A lab run in progress: the lab, its watchers, and where its artifacts go."""
-
-    spec: LabSpec
-    lab: Lab
-    out_dir: Path
-    vrrp: cluster.VrrpWatch = field(default_factory=cluster.VrrpWatch)
-    priorities: dict[str, int] = field(default_factory=dict)
-    wall_offset: float = 0.0  # time.time() - time.monotonic(): maps pcap times to ours
-    probe_logs: dict[str, tuple[int, probe.ProbeLog | FlowLogs, str]] = field(
-        default_factory=dict)
-    tunnels: list[tunnels.Tunnel] = field(default_factory=list)
-    flows: dict[str, tuple[int, Path]] = field(default_factory=dict)  # client: (pid, file)
-    adverts: adverts.AdvertLog | None = None  # VRRP as a client on the public LAN hears it
-    captures: dict[str, pcap.PcapTail] = field(default_factory=dict)
-    vrrp_later: list[str] = field(default_factory=list)  # restored; keepalived still to start
-
-
-def _mount_base() -> Path:
-    """A fresh tmpfs for the lab's runtime (FIFOs and unix sockets need a real filesystem)."""
-    base = Path(tempfile.mkdtemp(prefix="hasync-lab."))
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=700", "tmpfs", str(base)], check=True)
-    return base
 
 
 def gateways(run: Run, late: bool = False) -> list[str]:
@@ -199,19 +147,20 @@ def start_traffic(run: Run) -> None:
                                       "-Z", "root", "-s", "128",
                                       "-w", str(lab.base / "cap" / f"{c.name}.pcap"),
                                       "esp or udp port 4500 or udp port 500"], private_run=False)
-    lab.spawn("srv", "probe", [py, "-m", "hasync.lab.probe", "server", "--bind",
+    lab.spawn("srv", "probe", [py, "-m", "hasync_lab.probe", "server", "--bind",
                                f"0.0.0.0:{PROBE_PORT}", "--rate", str(run.spec.rate), "--log",
                                str(lab.base / "probe" / "srv.log")], env=env, private_run=False)
     server = ["--server", f"{topology.SERVER_IP}:{PROBE_PORT}", "--rate", str(run.spec.rate)]
     for c, ts in tunnels.by_client(run.tunnels).items():
         logf = str(lab.base / "probe" / f"{c}.log")
-        if not run.spec.tunnels:
-            lab.spawn(c, "probe", [py, "-m", "hasync.lab.probe", "client", "--name", c, *server,
-                                   "--log", logf], env=env, private_run=False)
+        if not run.spec.tunnels:  # one tunnel: one flow, its source the kernel's pick (its VIP)
+            lab.spawn(c, "probe", [py, "-m", "hasync_lab.probeflows", "client", *server,
+                                   "--flow", f"{c}@{ANY_SOURCE}", "--log", logf],
+                      env=env, private_run=False)
             continue
         flows = lab.base / "probe" / f"{c}.flows"
         flows.write_text(tunnels.flows_text(ts, tunnels.all_vips(lab, c, ts)))
-        p = lab.spawn(c, "probe", [py, "-m", "hasync.lab.probeflows", "client", *server,
+        p = lab.spawn(c, "probe", [py, "-m", "hasync_lab.probeflows", "client", *server,
                                    "--flows-file", str(flows), "--log", logf],
                       env=env, private_run=False)
         run.flows[c] = (p.pid, flows)
@@ -219,23 +168,22 @@ def start_traffic(run: Run) -> None:
 
 
 def read_probes(run: Run) -> dict[str, probe.ProbeLog]:
-    """Every probe log of the run, by tunnel (and "srv"); each call parses only the lines added
-    since the last one (the logs grow by 100 lines a second per tunnel, read every 0.5 s)."""
+    """Every probe log of the run, by tunnel (and "srv", the server's); each call parses only
+    the lines added since the last one (the logs grow by 100 lines a second per tunnel, read
+    every 0.5 s)."""
     out: dict[str, probe.ProbeLog] = {}
     for f in (run.lab.base / "probe").glob("*.log"):
-        multi = run.spec.tunnels > 0 and f.stem != "srv"
-        fresh: probe.ProbeLog | FlowLogs = FlowLogs() if multi else probe.ProbeLog()
-        offset, log_, partial = run.probe_logs.get(f.stem, (0, fresh, ""))
+        offset, logs, partial = run.probe_logs.get(f.stem, (0, probe.ProbeLogs(), ""))
         with open(f, "rb") as fh:
             fh.seek(offset)
             data = fh.read()
         lines = (partial + data.decode(errors="replace")).split("\n")
-        log_.add_lines(line for line in lines[:-1] if line)
-        run.probe_logs[f.stem] = (offset + len(data), log_, lines[-1])
-        if isinstance(log_, FlowLogs):
-            out.update(log_.flows)
+        logs.add_lines(line for line in lines[:-1] if line)
+        run.probe_logs[f.stem] = (offset + len(data), logs, lines[-1])
+        if f.stem == "srv":
+            out["srv"] = logs.of(probe.DEFAULT_SERVER_NAME)
         else:
-            out[f.stem] = log_
+            out.update(logs.logs)
     return out
 
 
@@ -427,21 +375,21 @@ def _keepalived(run: Run, gw: str) -> None:
                              hasyncd.health_cmd(run.lab, gw) if hasync else None)
 
 
-def artifacts(run: Run) -> None:
-    """Copy logs, probe logs and captures into the output directory."""
-    dest = run.out_dir / "lab-artifacts"
-    shutil.rmtree(dest, ignore_errors=True)
-    for sub in ("log", "probe", "cap"):
-        src = run.lab.base / sub
-        if src.exists():
-            shutil.copytree(src, dest / sub)
+def stop_probes(run: Run) -> None:
+    """Stop every probe stream (captures keep running)."""
+    signal_probes(run, signal.SIGTERM)
 
 
-def kernel_release() -> str:
-    """The running kernel's release."""
-    return platform.release()
-
-
-def spec_dict(spec: LabSpec) -> dict[str, object]:
-    """The spec as JSON-ready data."""
-    return asdict(spec)
+def tunnel_table(run: Run) -> list[dict[str, object]]:
+    """Each tunnel as it came up."""
+    states = {c.name: client_state(run, c.name) for c in run.lab.topo.by_role("client")}
+    out = []
+    for t in run.tunnels:
+        st = states[t.client]
+        ike = st["ikes"].get(t.conn)  # type: ignore[attr-defined]
+        out.append({"name": t.name, "client": t.client,
+                    "nat": run.lab.topo.node(t.client).behind_nat,
+                    "encap": ike.encap if run.spec.tunnels and ike else st["encap"],
+                    "established": ike is not None, "ike_spi": ike.spis if ike else "",
+                    "virtual_ip": list(ike.local_vips) if ike else []})
+    return out

@@ -1,4 +1,4 @@
-# hasync.lab.pcap: ESP and IKE packets out of a classic libpcap capture, for the lab's checks.
+# hasync_lab.pcap: ESP and IKE packets out of a classic libpcap capture, for the lab's checks.
 # Rules: parsing is pure (bytes in, frozen dataclasses out); only read_pcap and PcapTail touch the
 # file system. Both byte orders and the usec and nsec magics are read; link types are Ethernet (with
 # VLAN tags), Linux cooked SLL and SLL2, and raw IP. ESP is IP protocol 50, or UDP with port 4500 on

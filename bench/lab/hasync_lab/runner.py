@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -19,10 +20,12 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from . import confgen, prereq
-from .scenario import LabSpec
+import hasync
 
-log = logging.getLogger("hasync.lab")
+from . import confgen, prereq
+from .session import LabSpec
+
+log = logging.getLogger("hasync_lab")
 VM_MEMORY = "3G"
 VM_CPUS = 2
 BOOT_BUDGET_S = 240  # boot, charon start-up and tunnel set-up under TCG, with margin
@@ -86,15 +89,25 @@ def vm_budget(spec: LabSpec) -> float:
             + per_tunnel)
 
 
+def python_path() -> str:
+    """PYTHONPATH for Python in the VM: the directories holding hasync and hasync_lab.
+
+    Every process the lab starts inherits it, so `-m hasync daemon` and `-m hasync_lab.probe`
+    find this checkout's code whether it was installed (pip install -e) or is only on the path.
+    """
+    roots = [Path(hasync.__file__).resolve().parents[1], Path(__file__).resolve().parents[1]]
+    return os.pathsep.join(dict.fromkeys(str(r) for r in roots))
+
+
 def run_in_vm(task: str, spec: LabSpec, out_dir: Path, budget: float) -> dict[str, object]:
     """Boot the VM, run `task` ("failover" or "capture") inside it, and return its result."""
     out_dir.mkdir(parents=True, exist_ok=True)
     spec_path, result_path = out_dir / "lab-spec.json", out_dir / "lab-result.json"
     spec_path.write_text(json.dumps({"task": task, "spec": asdict(spec)}))
     result_path.unlink(missing_ok=True)
-    inner = (f"cd / && PYTHONDONTWRITEBYTECODE=1 {sys.executable} -m hasync.lab.inside "
-             f"{spec_path} {result_path}")
-    vng = prereq._venv_which("vng") or "vng"
+    inner = (f"cd / && PYTHONDONTWRITEBYTECODE=1 PYTHONPATH={shlex.quote(python_path())} "
+             f"{sys.executable} -m hasync_lab.inside {spec_path} {result_path}")
+    vng = prereq.venv_which("vng") or "vng"
     argv = [vng, "--run", prereq.kernel_image(), "--disable-kvm", "--memory", VM_MEMORY,
             "--cpus", str(VM_CPUS), "--rwdir", str(out_dir), "--exec", inner]
     log.info("booting %s under QEMU/TCG (this kernel has no ESP)", argv[2])

@@ -15,9 +15,8 @@ import time
 from pathlib import Path
 
 from . import cluster, confgen, topology
-from .failover import _cleanup_stale, teardown
-from .procs import Lab
-from .scenario import LabSpec, Run, _mount_base, kernel_release, warm_kernel_crypto
+from .scenario import warm_kernel_crypto
+from .session import LabSpec, Run, kernel_release, lab_run
 
 HEXDUMP_HEAD = re.compile(r"\[(?:IKE|CHD)\] (.+?) => (\d+) bytes @ 0x[0-9a-f]+")
 HEXDUMP_LINE = re.compile(r"\[(?:IKE|CHD)\]\s+\d+: ((?:[0-9A-Fa-f]{2} ?){1,16})")
@@ -55,7 +54,7 @@ def parse_hexdumps(log_text: str) -> list[tuple[str, bytes]]:
 def name_datagrams(records: list[tuple[float, bytes]],
                    marks: list[tuple[str, float]]) -> list[tuple[str, bytes]]:
     """Name each datagram `<step>_<type>_<n>` after the last step started before it."""
-    from ..ha import MalformedMessage, MessageType, decode
+    from hasync.ha import MalformedMessage, MessageType, decode
     named, counts = [], {}  # type: ignore[var-annotated]
     for t, data in records:
         step = "startup"
@@ -87,17 +86,14 @@ def _run_steps(run: Run) -> list[tuple[str, float]]:
 def run_capture(out_dir: Path) -> dict[str, object]:
     """Bring up gw1 with a recording HA peer and one client, run STEPS, return the vectors."""
     spec = LabSpec(gateways=2, clients=1, nat_clients=0)
-    topo = topology.plan(2, 1, nat_clients=0)
-    _cleanup_stale(topo)
-    run = Run(spec, Lab(topo, _mount_base()), out_dir)
-    rec = run.lab.base / "ha-record.log"
-    try:
-        lab = run.lab
+    with lab_run(spec, out_dir) as run:
+        lab, topo = run.lab, run.lab.topo
+        rec = lab.base / "ha-record.log"
         warm_kernel_crypto()
         topology.build(topo, lambda argv, stdin: lab.run(None, argv, stdin=stdin) and None)
         lab.prepare_dirs()
         cluster.write_configs(lab, spec.timers, keys_in_log=True)
-        lab.spawn("gw1", "harecord", [sys.executable, "-m", "hasync.lab.harecord", "127.0.0.2",
+        lab.spawn("gw1", "harecord", [sys.executable, "-m", "hasync_lab.harecord", "127.0.0.2",
                                       "4510", str(rec)], private_run=False)
         for n in ("gw1", "c1"):
             cluster.start_charon(lab, n)
@@ -111,8 +107,6 @@ def run_capture(out_dir: Path) -> dict[str, object]:
         records = [(float(t), bytes.fromhex(h)) for t, h in
                    (line.split() for line in rec.read_text().splitlines() if line.strip())]
         keys = parse_hexdumps(lab.log_path("gw1", "charon-file").read_text(errors="replace"))
-    finally:
-        teardown(run)
     return {"charon": "strongSwan 5.9.8 (Debian 12)", "kernel": kernel_release(),
             "ike_proposal": confgen.IKE_PROPOSAL, "esp_proposal": confgen.ESP_PROPOSAL,
             "vectors": [[n, d.hex()] for n, d in name_datagrams(records, marks)],

@@ -1,0 +1,221 @@
+"""The lab's command line: `hasync-lab CMD ...`, also run as `hasync lab CMD ...`.
+
+Rules: the only module (with its helpers in runner.py) that turns user input into a LabSpec;
+every error is one line on stderr and exit 2, never a traceback; Ctrl-C exits 130 after the
+lab was torn down. The product's `hasync lab` only hands its arguments to `main` here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from hasync.journal.seal import KeyFileError
+
+from . import confgen, report, runner, topology
+from .prereq import LabError
+from .scenario import FAULTS
+from .session import LabSpec
+
+MAX_TUNNELS = 1000  # the lab pool (topology.py POOL, a /22) holds 1022 virtual IPs
+RUNNERS = ("auto", "vm", "native")
+
+
+def _run_options(p: argparse.ArgumentParser, out: str, what: str = "logs",
+                 json_help: str = "write the result here", json_required: bool = False) -> None:
+    """--runner, --json and --out, which every command that runs the lab takes."""
+    p.add_argument("--runner", choices=RUNNERS, default="auto")
+    p.add_argument("--json", type=Path, required=json_required, help=json_help)
+    p.add_argument("--out", type=Path, default=Path(out),
+                   help=f"directory for {what} (default {out})")
+
+
+def _size_options(p: argparse.ArgumentParser) -> None:
+    """--gateways and --clients."""
+    p.add_argument("--gateways", type=int, default=3, help="2 to 5 (default 3)")
+    p.add_argument("--clients", type=int, default=3, help="road warriors (default 3)")
+
+
+def _small_parsers(lsub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    chk = lsub.add_parser("check", help="say which runner the lab would use and what is missing")
+    chk.add_argument("--runner", choices=RUNNERS, default="auto")
+    cap = lsub.add_parser("capture-ha", help="record golden vectors from charon's ha plugin "
+                          "(lab material: holds the lab's throwaway secrets in clear)")
+    _run_options(cap, "out/capture", json_help="write the vectors here", json_required=True)
+    mi = lsub.add_parser("mirror", help="hasync on every gateway: check that every backup's "
+                         "charon and kernel mirror the master (one gateway starts late)")
+    _size_options(mi)
+    mi.add_argument("--late", type=int, default=1, help="gateways started after the clients")
+    _run_options(mi, "out/mirror")
+    xc = lsub.add_parser("xfrm-check", help="jump the master's outbound ESP sequence numbers "
+                         "over XFRM netlink during traffic and check the clients")
+    _run_options(xc, "out/xfrm")
+    cmp = lsub.add_parser("compare", help="print a baseline and a hasync failover result "
+                          "side by side")
+    cmp.add_argument("baseline", type=Path, help="JSON of `lab failover --baseline --json`")
+    cmp.add_argument("hasync", type=Path, help="JSON of `lab failover --json` (hasync mode)")
+
+
+def _failover_parser(lsub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    fo = lsub.add_parser("failover", help="bring the lab up and fail the VRRP master over")
+    fo.add_argument("--baseline", action="store_true",
+                    help="keepalived alone, no state sync (the only mode until the daemon lands)")
+    _size_options(fo)
+    fo.add_argument("--nat-clients", type=int, default=1, help="of them behind NAT (default 1)")
+    fo.add_argument("--failovers", type=int, default=1, help="failovers in a row (default 1)")
+    fo.add_argument("--tunnels", type=int, default=0,
+                    help="N tunnels dealt over the clients, each its own IKE_SA (pre-shared "
+                         "key), virtual IP and probe flow (default 0: one per client)")
+    fo.add_argument("--rate", type=float, default=20.0,
+                    help="probe packets/s each way, per tunnel")
+    fo.add_argument("--advert-int", type=float, default=confgen.LabTimers.advert_int_s,
+                    help="VRRP advert interval, s (default %(default)s)")
+    fo.add_argument("--fault", default="kill",
+                    help=f"one of {', '.join(FAULTS)} (kill: links down and kill -9 of every "
+                         "process; links: links down; stop: clean stop; charon: kill -9 of "
+                         "charon alone), or a comma-separated list, one per failover")
+    fo.add_argument("--timeout", type=float, default=90.0,
+                    help="per failover, how long to wait for every client's traffic (s)")
+    _run_options(fo, "out/lab", what="logs and captures")
+
+
+def parser(prog: str = "hasync-lab") -> argparse.ArgumentParser:
+    """The argument parser of the lab's commands."""
+    p = argparse.ArgumentParser(prog=prog, description="the failover lab (real charon, "
+                                "keepalived and kernel)")
+    lsub = p.add_subparsers(dest="lab_cmd", required=True)
+    _small_parsers(lsub)
+    _failover_parser(lsub)
+    return p
+
+
+def spec_of(a: argparse.Namespace) -> LabSpec:
+    """The LabSpec of `failover`'s arguments; LabError (one line) if they cannot make one."""
+    if not 0.01 <= a.advert_int <= 40.95:
+        raise LabError(f"--advert-int must be 0.01 to 40.95 s (VRRPv3), not {a.advert_int}")
+    if not 1 <= a.failovers <= 10 or a.rate <= 0:
+        raise LabError("--failovers must be 1 to 10 and --rate positive")
+    if not 0 <= a.tunnels <= MAX_TUNNELS:
+        raise LabError(f"--tunnels must be 0 to {MAX_TUNNELS} (the pool), not {a.tunnels}")
+    faults = tuple(f.strip() for f in a.fault.split(","))
+    bad = [f for f in faults if f not in FAULTS]
+    if bad or len(faults) not in (1, a.failovers):
+        raise LabError(f"--fault must be one of {', '.join(FAULTS)} or a list of "
+                       f"{a.failovers} of them, not {a.fault!r}")
+    timers = confgen.LabTimers(advert_int_s=a.advert_int)
+    return LabSpec(mode="baseline" if a.baseline else "hasync", gateways=a.gateways,
+                   clients=a.clients, nat_clients=a.nat_clients, failovers=a.failovers, rate=a.rate,
+                   fault=faults[0], faults=faults if len(faults) > 1 else (),
+                   timeout_s=a.timeout, timers=timers, tunnels=a.tunnels)
+
+
+def _plan_ok(spec: LabSpec) -> None:
+    try:
+        topology.plan(spec.gateways, spec.clients, spec.nat_clients)
+    except ValueError as e:
+        raise LabError(str(e)) from e
+
+
+def _write(result: dict[str, object], path: Path | None) -> None:
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"result written to {path}")
+
+
+def lab_failover(a: argparse.Namespace) -> int:
+    """`failover`."""
+    spec = spec_of(a)
+    _plan_ok(spec)
+    result = runner.run_task("failover", spec, a.out.resolve(), a.runner, runner.vm_budget(spec))
+    print(report.table(result))
+    _write(result, a.json)
+    return 0
+
+
+def lab_capture(a: argparse.Namespace) -> int:
+    """`capture-ha`: golden vectors from the real charon's ha plugin."""
+    result = runner.run_task("capture", LabSpec(), a.out.resolve(), a.runner,
+                             runner.BOOT_BUDGET_S + 120)
+    vectors = result["vectors"]
+    assert isinstance(vectors, list)
+    print(f"{len(vectors)} datagrams recorded")
+    _write(result, a.json)
+    return 0
+
+
+def lab_mirror(a: argparse.Namespace) -> int:
+    """`mirror`."""
+    if not 0 <= a.late < a.gateways - 1:
+        raise LabError("--late must leave the master and one backup starting on time")
+    spec = LabSpec(mode="hasync", gateways=a.gateways, clients=a.clients, late_gateways=a.late)
+    _plan_ok(spec)
+    result = runner.run_task("mirror", spec, a.out.resolve(), a.runner,
+                             runner.BOOT_BUDGET_S + 600)
+    print(report.mirror_table(result))
+    _write(result, a.json)
+    return 0
+
+
+def lab_xfrm(a: argparse.Namespace) -> int:
+    """`xfrm-check`."""
+    result = runner.run_task("xfrm-check", LabSpec(gateways=2, clients=2), a.out.resolve(),
+                             a.runner, runner.BOOT_BUDGET_S + 120)
+    for j in result["jumps"]:  # type: ignore[attr-defined]
+        print(f"SA {j['spi']} to {j['dst']}: oseq {j['oseq_before']} -> {j['oseq_after']}")
+    _write(result, a.json)
+    return 0
+
+
+def read_result(path: Path) -> dict[str, object]:
+    """Load a failover result document; LabError (one line) if it cannot be one."""
+    try:
+        doc = json.loads(path.read_text())
+    except OSError as e:
+        raise LabError(f"cannot read {path}: {e.strerror or e}") from e
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise LabError(f"{path} is not JSON: {str(e).splitlines()[0]}") from e
+    problem = report.result_problem(doc)
+    if problem:
+        raise LabError(f"{path} is not a failover result: {problem}")
+    return doc  # type: ignore[no-any-return]
+
+
+def lab_compare(a: argparse.Namespace) -> int:
+    """`compare BASELINE.json HASYNC.json`."""
+    baseline, hasync = read_result(a.baseline), read_result(a.hasync)
+    print(report.compare_table(baseline, hasync))
+    return 0
+
+
+def lab_check(a: argparse.Namespace) -> int:
+    """`check`."""
+    runner.check("vm" if a.runner == "auto" else a.runner)
+    print(f"runner: {runner.choose(a.runner)}")
+    return 0
+
+
+COMMANDS = {"check": lab_check, "failover": lab_failover, "capture-ha": lab_capture,
+            "mirror": lab_mirror, "xfrm-check": lab_xfrm, "compare": lab_compare}
+
+
+def main(argv: list[str] | None = None, prog: str = "hasync-lab") -> int:
+    """Entry point of `hasync-lab` (and of `hasync lab`, with prog "hasync lab")."""
+    a = parser(prog).parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    command = prog.split()[0]  # errors say "hasync: ..." as they did before the lab moved out
+    try:
+        return COMMANDS[a.lab_cmd](a)
+    except (LabError, KeyFileError) as e:
+        print(f"{command}: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{command}: interrupted; the lab was torn down", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
