@@ -118,13 +118,14 @@ class NetlinkError:
         need(buf, start, ERROR_MIN, "nlmsgerr", end)
         (error,) = I32.unpack_from(buf, start)
         request = Header(*NLMSGHDR.unpack_from(buf, start + I32.size))
+        if not flags & NlmFlag.CAPPED and not NLMSGHDR.size <= request.length <= 0xFFFF:
+            # an uncapped error echoes the whole request (af_netlink.c netlink_ack)
+            raise MalformedMessage(f"echoed nlmsg_len {request.length} outside 16..65535",
+                                   offset=start + I32.size)
         if not flags & NlmFlag.ACK_TLVS:
             return cls(error, request)
         if flags & NlmFlag.CAPPED:
             tlvs = start + ERROR_MIN
-        elif request.length < NLMSGHDR.size:
-            raise MalformedMessage(f"echoed nlmsg_len {request.length} < 16",
-                                   offset=start + I32.size)
         else:
             tlvs = start + I32.size + align4(request.length)
         need(buf, start, tlvs - start, "echoed request", end)
