@@ -254,15 +254,19 @@ class ClusterJournal:
                 self._count("on_seq_error", exc)
 
     def _count(self, name: str, exc: BaseException, trace: bool = True) -> None:
-        """Count an error under `name`; log it the first time that name is hit."""
+        """Count an error under `name`; log it the first time that name is hit.
+
+        The log line comes before the count, so whoever sees the count also finds the line.
+        """
         with self.lock:
-            self._counters[name] += 1
             first = name not in self._logged
             self._logged.add(name)
         if first:
             log.log(logging.ERROR if trace else logging.WARNING,
                     "raft journal: %s: %s (logged once; counted under raft_apply.%s)",
                     name, exc, name, exc_info=exc if trace else None)
+        with self.lock:
+            self._counters[name] += 1
 
     def _copy_status(self) -> None:
         """pysyncobj on-tick callback: publish a fresh copy of getStatus()."""
