@@ -152,20 +152,20 @@ print(time.perf_counter() - t)
     def received_esp(self) -> int:
         """ESP packets the receiver's `inet hsf_count` table counted on input (see `count_esp`)."""
         out = run("ip", "netns", "exec", self.receiver, "nft", "-j", "list", "counter", "inet",
-                  "hsf_count", "esp")
+                  "hsf_count", "arrived")
         for item in json.loads(out)["nftables"]:
             if "counter" in item:
                 return int(item["counter"]["packets"])
-        raise RuntimeError("no counter esp in the receiver")
+        raise RuntimeError("no counter arrived in the receiver")
 
     def count_esp(self) -> None:
         """(Re)create a receiver-side input counter of ESP packets, at zero."""
         subprocess.run(["ip", "netns", "exec", self.receiver, "nft", "-f", "-"], check=True,
                        text=True, input=(
                            "add table inet hsf_count\ndelete table inet hsf_count\n"
-                           "table inet hsf_count {\n counter esp { }\n chain in {\n"
+                           "table inet hsf_count {\n counter arrived { }\n chain in {\n"
                            "  type filter hook input priority filter; policy accept;\n"
-                           "  meta l4proto esp counter name esp\n }\n}\n"))
+                           "  meta l4proto esp counter name arrived\n }\n}\n"))
         time.sleep(0.01)
 
 

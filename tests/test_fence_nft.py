@@ -119,16 +119,28 @@ def test_setup_is_idempotent_and_starts_with_nothing_permitted(
     assert esp_got(net.exchange([esp(DST, 0x1000, 1)])) == []
 
 
-def test_a_failed_grant_keeps_the_old_permits_and_the_next_one_rebuilds(
+def test_a_failed_grant_keeps_the_old_permits_and_the_next_one_rewrites(
         net: FenceNet, fence: NftFence) -> None:
     asyncio.run(fence.grant([Permit(SA, 0, 5, False)]))
-    fence.book.installed[SA] = ((100, 200),)  # the book no longer says what the kernel holds
-    with pytest.raises(FenceError, match="No such file or directory"):
+    fence.nft = "/bin/false"  # nft exits 1: the transaction never reaches the kernel
+    with pytest.raises(FenceError, match="exited 1"):
         asyncio.run(fence.grant([Permit(SA, 5, 9, False)]))
-    assert fence.stats == {"grant": 1} and fence.book.dirty
+    assert fence.stats == {"grant": 1} and SA not in fence.book.installed
     assert esp_got(net.exchange([esp(DST, 0x1000, s) for s in (5, 6)])) == [(0x1000, 5)]
+    fence.nft = NFT
     asyncio.run(fence.grant([Permit(SA, 5, 9, False)]))
     assert esp_got(net.exchange([esp(DST, 0x1000, s) for s in (5, 6)])) == [(0x1000, 6)]
+
+
+def test_a_grant_does_not_rely_on_the_book(net: FenceNet, fence: NftFence) -> None:
+    """Chains and links are added before they are flushed: a wrong book cannot fail a grant."""
+    asyncio.run(fence.grant([Permit(SA, 0, 5, False)]))
+    fence.book.installed.clear()
+    fence.book.linked.clear()
+    asyncio.run(fence.grant([Permit(SA, 0, 5, False), Permit(SA_NATT, 0, 5, False)]))
+    asyncio.run(fence.forget([SA_NATT]))
+    asyncio.run(fence.forget([SA_NATT]))  # forgetting what is gone is no error either
+    assert esp_got(net.exchange([esp(DST, 0x1000, s) for s in (5, 6)])) == [(0x1000, 5)]
 
 
 def test_a_missing_nft_says_which_package_to_install(net: FenceNet) -> None:

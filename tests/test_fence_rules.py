@@ -15,6 +15,7 @@ from hasync.fence.rules import (
     U32,
     FenceBook,
     FenceParseError,
+    chain_names,
     counts_from_json,
     intervals,
     permitted,
@@ -74,76 +75,99 @@ def test_an_esn_seq_is_permitted_iff_it_is_in_the_trimmed_window(hi: int, width:
 def test_the_setup_script_replaces_the_table_whole_and_checks_the_port() -> None:
     text = setup_script(4501)
     assert text.startswith("add table inet hasync_fence\ndelete table inet hasync_fence\n")
-    assert "udp sport 4501 @th,64,32 != 0 jump esp_udp" in text
+    assert "meta l4proto udp udp sport 4501 @th,64,32 != 0 jump esp_udp" in text
     with pytest.raises(ValueError):
         setup_script(0)
 
 
-def test_a_first_grant_adds_permits_and_counters_per_family() -> None:
-    plan = plan_grant(FenceBook(), [Permit(K4, 0, 10, False), Permit(K6, 4, 8, False)])
-    assert plan.script == (
-        "add element inet hasync_fence permit4 { 192.0.2.7 . 4096 . 1-10 }\n"
-        "add element inet hasync_fence sa4 { 192.0.2.7 . 4096 }\n"
-        "add element inet hasync_fence permit6 { 2001:db8::7 . 8192 . 5-8 }\n"
-        "add element inet hasync_fence sa6 { 2001:db8::7 . 8192 }\n")
-    assert plan.book.installed == {K4: ((1, 10),), K6: ((5, 8),)}
-    assert plan.book.counted == {K4, K6}
+T = "inet hasync_fence"
+P4, U4 = "p_c0000207_00001000", "u_c0000207_00001000"
 
 
-def test_a_later_grant_deletes_exactly_the_installed_elements() -> None:
-    book = plan_grant(FenceBook(), [Permit(K4, 0, 10, False), Permit(K6, 4, 8, False)]).book
-    plan = plan_grant(book, [Permit(K4, 10, 20, False)])
-    assert plan.script == (
-        "delete element inet hasync_fence permit4 { 192.0.2.7 . 4096 . 1-10 }\n"
-        "add element inet hasync_fence permit4 { 192.0.2.7 . 4096 . 11-20 }\n")
-    assert plan.book.installed == {K4: ((11, 20),), K6: ((5, 8),)}
+def grant_text(ivs: list[tuple[int, int]]) -> str:
+    """What a grant writes for K4 with these intervals."""
+    out = [f"add chain {T} {P4}", f"add chain {T} {U4}", f"flush chain {T} {P4}",
+           f"flush chain {T} {U4}"]
+    for a, b in ivs:
+        out += [f"add rule {T} {P4} @th,32,32 {a}-{b} accept",
+                f"add rule {T} {U4} @th,96,32 {a}-{b} accept"]
+    out += [f"add element {T} go4 {{ 192.0.2.7 . 4096 : jump {P4} }}",
+            f"add element {T} ugo4 {{ 192.0.2.7 . 4096 : jump {U4} }}",
+            f"add element {T} sa4 {{ 192.0.2.7 . 4096 }}"]
+    return "\n".join(out) + "\n"
 
 
-def test_a_grant_of_an_unchanged_permit_is_no_script() -> None:
+def test_chains_are_named_by_address_and_spi() -> None:
+    assert chain_names(K4) == (P4, U4)
+    assert chain_names(K6) == ("p_20010db8000000000000000000000007_00002000",
+                               "u_20010db8000000000000000000000007_00002000")
+
+
+def test_a_grant_rewrites_the_sas_chains_and_links_and_counts_it() -> None:
+    plan = plan_grant(FenceBook(), [Permit(K4, 0, 10, False)])
+    assert plan.script == grant_text([(1, 10)])
+    assert plan.book == FenceBook({K4: ((1, 10),)}, {K4}, {K4})
+    assert plan.keys == {K4}
+
+
+def test_an_esn_grant_across_the_wrap_has_two_rules_per_chain() -> None:
+    plan = plan_grant(FenceBook(), [Permit(K4, U32 - 3, U32 + 2, True)])
+    assert plan.script == grant_text([(U32 - 2, U32 - 1), (0, 2)])
+
+
+def test_an_ipv6_sa_uses_the_v6_maps() -> None:
+    script = plan_grant(FenceBook(), [Permit(K6, 0, 3, False)]).script
+    assert "add element inet hasync_fence go6 { 2001:db8::7 . 8192 : jump p_2001" in script
+    assert "add element inet hasync_fence sa6 { 2001:db8::7 . 8192 }" in script
+
+
+def test_a_grant_of_an_unchanged_linked_permit_is_no_script() -> None:
     book = plan_grant(FenceBook(), [Permit(K4, 0, 10, False)]).book
-    assert plan_grant(book, [Permit(K4, 0, 10, False)]).script == ""
+    plan = plan_grant(book, [Permit(K4, 0, 10, False), Permit(K4, 0, 10, False)])
+    assert plan.script == "" and plan.keys == frozenset()
 
 
-def test_an_empty_permit_removes_the_sas_elements() -> None:
+def test_an_empty_permit_leaves_the_sa_linked_with_empty_chains() -> None:
     book = plan_grant(FenceBook(), [Permit(K4, 0, 10, False)]).book
     plan = plan_grant(book, [Permit(K4, 10, 10, False)])
-    assert plan.script == "delete element inet hasync_fence permit4 { 192.0.2.7 . 4096 . 1-10 }\n"
-    assert plan.book.installed == {}
+    assert plan.script == grant_text([])
+    assert plan.book.installed == {K4: ()}
 
 
 def test_a_permit_for_a_non_esp_sa_is_not_installed() -> None:
     assert plan_grant(FenceBook(), [Permit(("192.0.2.7", 5, 51), 0, 9, False)]).script == ""
 
 
-def test_a_dirty_book_rebuilds_the_permit_sets_whole() -> None:
-    book = plan_grant(FenceBook(), [Permit(K4, 0, 10, False), Permit(K6, 4, 8, False)]).book
-    book.dirty = True
-    plan = plan_grant(book, [Permit(K4, 10, 20, False)])
-    assert plan.script == (
-        "flush set inet hasync_fence permit4\n"
-        "flush set inet hasync_fence permit6\n"
-        "add element inet hasync_fence permit4 { 192.0.2.7 . 4096 . 11-20 }\n"
-        "add element inet hasync_fence sa4 { 192.0.2.7 . 4096 }\n"
-        "add element inet hasync_fence permit6 { 2001:db8::7 . 8192 . 5-8 }\n"
-        "add element inet hasync_fence sa6 { 2001:db8::7 . 8192 }\n")
-    assert not plan.book.dirty
-
-
-def test_revoke_flushes_permits_and_keeps_counters() -> None:
+def test_after_a_revoke_the_same_permit_is_linked_again() -> None:
     book = plan_grant(FenceBook(), [Permit(K4, 0, 10, False)]).book
-    plan = plan_revoke(book)
-    assert "flush set inet hasync_fence permit4\n" in plan.script
-    assert plan.book.installed == {} and plan.book.counted == {K4}
+    revoke = plan_revoke(book)
+    assert revoke.script == "".join(f"flush map {T} {m}\n" for m in ("go4", "ugo4", "go6", "ugo6"))
+    assert revoke.book == FenceBook({K4: ((1, 10),)}, set(), {K4})
+    assert plan_grant(revoke.book, [Permit(K4, 0, 10, False)]).script == grant_text([(1, 10)])
 
 
-def test_forget_deletes_the_sas_permit_and_counter() -> None:
+def test_an_unsure_book_rewrites_what_a_failed_script_touched() -> None:
+    book = plan_grant(FenceBook(), [Permit(K4, 0, 10, False), Permit(K6, 0, 3, False)]).book
+    book.unsure([K4])
+    assert plan_grant(book, [Permit(K4, 0, 10, False)]).script == grant_text([(1, 10)])
+    assert plan_grant(book, [Permit(K6, 0, 3, False)]).script == ""
+
+
+def test_forget_adds_then_deletes_so_it_cannot_fail_on_what_is_gone() -> None:
     book = plan_grant(FenceBook(), [Permit(K4, 0, 10, False), Permit(K6, 4, 8, False)]).book
-    plan = plan_forget(book, [K4, ("192.0.2.99", 1, 50)])
-    assert plan.script == (
-        "add element inet hasync_fence sa4 { 192.0.2.7 . 4096 }\n"
-        "delete element inet hasync_fence permit4 { 192.0.2.7 . 4096 . 1-10 }\n"
-        "delete element inet hasync_fence sa4 { 192.0.2.7 . 4096 }\n")
-    assert plan.book.installed == {K6: ((5, 8),)} and plan.book.counted == {K6}
+    plan = plan_forget(book, [K4])
+    lines = plan.script.splitlines()
+    assert lines[:5] == [f"add chain {T} {P4}", f"add chain {T} {U4}",
+                         f"add element {T} go4 {{ 192.0.2.7 . 4096 : jump {P4} }}",
+                         f"add element {T} ugo4 {{ 192.0.2.7 . 4096 : jump {U4} }}",
+                         f"add element {T} sa4 {{ 192.0.2.7 . 4096 }}"]
+    assert lines[5:] == [f"delete element {T} go4 {{ 192.0.2.7 . 4096 }}",
+                         f"delete element {T} ugo4 {{ 192.0.2.7 . 4096 }}",
+                         f"delete element {T} sa4 {{ 192.0.2.7 . 4096 }}",
+                         f"flush chain {T} {P4}", f"flush chain {T} {U4}",
+                         f"delete chain {T} {P4}", f"delete chain {T} {U4}"]
+    assert plan.book == FenceBook({K6: ((5, 8),)}, {K6}, {K6})
+    assert plan_forget(book, []).script == ""
 
 
 def _set_doc(name: str, elems: list[tuple[str, int, int]]) -> str:

@@ -4,10 +4,10 @@ Rules: every change is one `nft -f -` script, so the kernel applies it whole or 
 (nftables transactions, torvalds/linux net/netfilter/nf_tables_api.c, nf_tables_commit /
 nf_tables_abort); reads are `nft -j list`. The scripts and the parsing are in `rules.py`; this
 module runs them one at a time (a lock), and updates its book of what is installed only after
-nft succeeded. A failed or timed-out change leaves the book `dirty`, so the next grant rebuilds
-the permit sets whole. Every failure is a `FenceError` carrying nft's stderr, counted in `stats`
-under the operation's name (`hasync status` shows it). With `netns`, nft runs through
-`ip netns exec <netns>` (tests and the bench use that).
+nft succeeded. After a failed or timed-out change the book forgets what it said of the SAs the
+change touched, so the next grant rewrites them. Every failure is a `FenceError` carrying
+nft's stderr, counted in `stats` under the operation's name (`hasync status` shows it). With
+`netns`, nft runs through `ip netns exec <netns>` (tests and the bench use that).
 """
 
 from __future__ import annotations
@@ -80,14 +80,14 @@ class NftFence:
         return out.decode(errors="replace")
 
     async def _apply(self, op: str, plan: rules.Plan) -> None:
-        """Run a plan's script; take its book on success, else mark the book dirty."""
+        """Run a plan's script; take its book on success, else forget what it touched."""
         if not plan.script:
             self.book = plan.book
             return
         try:
             await self._run(op, ["-f", "-"], plan.script)
         except FenceError:
-            self.book.dirty = True
+            self.book.unsure(plan.keys)
             raise
         self.book = plan.book
 
