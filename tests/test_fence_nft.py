@@ -143,8 +143,34 @@ def test_a_grant_does_not_rely_on_the_book(net: FenceNet, fence: NftFence) -> No
     assert esp_got(net.exchange([esp(DST, 0x1000, s) for s in (5, 6)])) == [(0x1000, 5)]
 
 
-def test_a_missing_nft_says_which_package_to_install(net: FenceNet) -> None:
-    f = NftFence("/nonexistent/nft", netns=net.sender)
+def test_a_missing_nft_says_which_package_to_install() -> None:
+    f = NftFence("/nonexistent/nft", netns="unused")
     with pytest.raises(FenceError, match="install the Debian package nftables"):
         asyncio.run(f.setup())
-    assert f.stats == {"setup": 1}
+    assert f.stats == {"setup": 1} and "nftables" in f.last_error
+
+
+def test_an_nft_that_hangs_is_killed_and_the_book_forgets_what_it_touched(
+        tmp_path: Path) -> None:
+    hang = tmp_path / "nft"
+    hang.write_text("#!/bin/sh\nexec sleep 30\n")
+    hang.chmod(0o755)
+    f = NftFence(str(hang), timeout_s=0.2)
+    f.book.installed[SA] = ((1, 5),)
+    f.book.linked.add(SA)
+    with pytest.raises(FenceError, match="timed out"):
+        asyncio.run(f.grant([Permit(SA, 5, 9, False)]))
+    assert f.stats == {"grant": 1}
+    assert SA not in f.book.installed and SA not in f.book.linked
+
+
+def test_nft_s_stderr_is_in_the_error(tmp_path: Path) -> None:
+    bad = tmp_path / "nft"
+    bad.write_text("#!/bin/sh\necho 'Error: Could not process rule' >&2\nexit 1\n")
+    bad.chmod(0o755)
+    f = NftFence(str(bad))
+    with pytest.raises(FenceError, match="exited 1: Error: Could not process rule"):
+        asyncio.run(f.revoke_all())
+    with pytest.raises(FenceError):
+        asyncio.run(f.counts())
+    assert f.stats == {"revoke": 1, "counts": 1}
