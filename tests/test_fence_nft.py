@@ -1,0 +1,176 @@
+"""NftFence on this host's kernel: raw ESP and ESP-in-UDP sent through a veth pair from a
+namespace the fence guards; what the other namespace received is exactly what was permitted."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+
+from fence_net import V4, V6, FenceNet, esp, natt, udp_payload
+
+from hasync.fence.nft import NftFence
+from hasync.fence.port import FenceError, Permit
+
+NFT = "/usr/sbin/nft"
+DST, DST6 = V4[1], V6[1]
+SA = (DST, 0x1000, 50)
+SPI_NATT = 0x2000
+SA_NATT = (DST, SPI_NATT, 50)
+
+
+@pytest.fixture(scope="module")
+def net() -> Iterator[FenceNet]:
+    if os.geteuid() != 0 or not os.access(NFT, os.X_OK) or not shutil.which("ip"):
+        pytest.skip("needs root, ip and /usr/sbin/nft")
+    net = FenceNet().open()
+    try:
+        yield net
+    finally:
+        net.close()
+
+
+@pytest.fixture
+def fence(net: FenceNet) -> NftFence:
+    f = NftFence(NFT, netns=net.sender)
+    asyncio.run(f.setup())
+    return f
+
+
+def esp_got(got: list[list[object]]) -> list[tuple[object, ...]]:
+    return [tuple(g[1:]) for g in got if g[0] == "esp"]
+
+
+def test_an_sa_passes_up_to_its_mark_and_the_rest_is_dropped_and_counted(
+        net: FenceNet, fence: NftFence) -> None:
+    asyncio.run(fence.grant([Permit(SA, 0, 3, False)]))
+    got = net.exchange([esp(DST, 0x1000, s) for s in (1, 2, 3, 4, 9)] + [esp(DST, 0x7777, 1)])
+    assert esp_got(got) == [(0x1000, 1), (0x1000, 2), (0x1000, 3)]
+    counts = asyncio.run(fence.counts())
+    assert counts.per_sa == {SA: 2}
+    assert counts.unknown == 1
+
+
+def test_a_higher_grant_lets_the_next_numbers_pass(net: FenceNet, fence: NftFence) -> None:
+    asyncio.run(fence.grant([Permit(SA, 0, 3, False)]))
+    assert esp_got(net.exchange([esp(DST, 0x1000, 4)])) == []
+    asyncio.run(fence.grant([Permit(SA, 3, 10, False)]))
+    got = net.exchange([esp(DST, 0x1000, s) for s in (3, 4, 10, 11)])
+    assert esp_got(got) == [(0x1000, 4), (0x1000, 10)]
+    assert asyncio.run(fence.counts()).per_sa == {SA: 3}
+
+
+def test_revoke_all_drops_everything(net: FenceNet, fence: NftFence) -> None:
+    asyncio.run(fence.grant([Permit(SA, 0, 100, False), Permit(SA_NATT, 0, 100, False)]))
+    asyncio.run(fence.revoke_all())
+    got = net.exchange([esp(DST, 0x1000, 5), natt(DST, SPI_NATT, 5)])
+    assert got == []
+    assert asyncio.run(fence.counts()).per_sa == {SA: 1, SA_NATT: 1}
+
+
+def test_esp_in_udp_is_fenced_and_ike_and_keepalives_pass(net: FenceNet, fence: NftFence) -> None:
+    asyncio.run(fence.grant([Permit(SA_NATT, 10, 20, False)]))
+    ike = bytes(4) + b"IKE header and more"
+    got = net.exchange([natt(DST, SPI_NATT, 11), natt(DST, SPI_NATT, 21),
+                        natt(DST, 0x5555, 1), udp_payload(DST, ike),
+                        udp_payload(DST, b"\xff")])
+    assert got == [["udp", (bytes.fromhex("00002000") + (11).to_bytes(4, "big")
+                            + bytes(16)).hex()],
+                   ["udp", ike.hex()], ["udp", "ff"]]
+    counts = asyncio.run(fence.counts())
+    assert counts.per_sa == {SA_NATT: 1} and counts.unknown == 1
+
+
+def test_an_esn_permit_across_the_low_32_wrap(net: FenceNet, fence: NftFence) -> None:
+    top = 1 << 32
+    asyncio.run(fence.grant([Permit(SA, top - 2, top + 1, True)]))
+    got = net.exchange([esp(DST, 0x1000, s) for s in (top - 2, top - 1, 0, 1, 2)])
+    assert esp_got(got) == [(0x1000, top - 1), (0x1000, 0), (0x1000, 1)]
+
+
+def test_ipv6_is_fenced_too(net: FenceNet, fence: NftFence) -> None:
+    sa6 = (DST6, 0x6000, 50)
+    asyncio.run(fence.grant([Permit(sa6, 0, 2, False)]))
+    got = net.exchange([esp(DST6, 0x6000, s) for s in (1, 2, 3)] + [esp(DST6, 0x6001, 1)])
+    assert esp_got(got) == [(0x6000, 1), (0x6000, 2)]
+    counts = asyncio.run(fence.counts())
+    assert counts.per_sa == {sa6: 1} and counts.unknown == 1
+
+
+def test_forget_drops_the_permit_and_the_counter(net: FenceNet, fence: NftFence) -> None:
+    asyncio.run(fence.grant([Permit(SA, 0, 5, False)]))
+    asyncio.run(fence.forget([SA]))
+    assert esp_got(net.exchange([esp(DST, 0x1000, 1)])) == []
+    counts = asyncio.run(fence.counts())
+    assert counts.per_sa == {} and counts.unknown == 1
+
+
+def test_setup_is_idempotent_and_starts_with_nothing_permitted(
+        net: FenceNet, fence: NftFence) -> None:
+    asyncio.run(fence.grant([Permit(SA, 0, 5, False)]))
+    asyncio.run(fence.setup())
+    assert esp_got(net.exchange([esp(DST, 0x1000, 1)])) == []
+
+
+def test_a_failed_grant_keeps_the_old_permits_and_the_next_one_rewrites(
+        net: FenceNet, fence: NftFence) -> None:
+    asyncio.run(fence.grant([Permit(SA, 0, 5, False)]))
+    fence.nft = "/bin/false"  # nft exits 1: the transaction never reaches the kernel
+    with pytest.raises(FenceError, match="exited 1"):
+        asyncio.run(fence.grant([Permit(SA, 5, 9, False)]))
+    assert fence.stats == {"grant": 1} and SA not in fence.book.installed
+    assert esp_got(net.exchange([esp(DST, 0x1000, s) for s in (5, 6)])) == [(0x1000, 5)]
+    fence.nft = NFT
+    asyncio.run(fence.grant([Permit(SA, 5, 9, False)]))
+    assert esp_got(net.exchange([esp(DST, 0x1000, s) for s in (5, 6)])) == [(0x1000, 6)]
+
+
+def test_a_grant_does_not_rely_on_the_book(net: FenceNet, fence: NftFence) -> None:
+    """Chains and links are added before they are flushed: a wrong book cannot fail a grant."""
+    asyncio.run(fence.grant([Permit(SA, 0, 5, False)]))
+    fence.book.installed.clear()
+    fence.book.linked.clear()
+    asyncio.run(fence.grant([Permit(SA, 0, 5, False), Permit(SA_NATT, 0, 5, False)]))
+    asyncio.run(fence.forget([SA_NATT]))
+    asyncio.run(fence.forget([SA_NATT]))  # forgetting what is gone is no error either
+    assert esp_got(net.exchange([esp(DST, 0x1000, s) for s in (5, 6)])) == [(0x1000, 5)]
+
+
+def test_a_missing_nft_says_which_package_to_install() -> None:
+    f = NftFence("/nonexistent/nft", netns="unused")
+    with pytest.raises(FenceError, match="install the Debian package nftables"):
+        asyncio.run(f.setup())
+    assert f.stats == {"setup": 1} and "nftables" in f.last_error
+
+
+def test_an_nft_that_hangs_is_killed_and_the_book_forgets_what_it_touched(
+        tmp_path: Path) -> None:
+    hang = tmp_path / "nft"
+    hang.write_text("#!/bin/sh\nexec sleep 30\n")
+    hang.chmod(0o755)
+    f = NftFence(str(hang), timeout_s=0.2)
+    f.book.installed[SA] = ((1, 5),)
+    f.book.linked.add(SA)
+    with pytest.raises(FenceError, match="timed out"):
+        asyncio.run(f.grant([Permit(SA, 5, 9, False)]))
+    assert f.stats == {"grant": 1}
+    assert SA not in f.book.installed and SA not in f.book.linked
+
+
+def test_nft_s_stderr_is_in_the_error(tmp_path: Path) -> None:
+    bad = tmp_path / "nft"
+    bad.write_text("#!/bin/sh\necho 'Error: Could not process rule' >&2\nexit 1\n")
+    bad.chmod(0o755)
+    f = NftFence(str(bad))
+    with pytest.raises(FenceError, match="exited 1: Error: Could not process rule"):
+        asyncio.run(f.revoke_all())
+    with pytest.raises(FenceError):
+        asyncio.run(f.counts())
+    assert f.stats == {"revoke": 1, "counts": 1}
