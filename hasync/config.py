@@ -75,6 +75,7 @@ class NodeConfig:
     state_dir: Path = Path("/var/lib/hasync")
     control_socket: Path = Path("/run/hasync/control.sock")
     health_file: Path = Path("/run/hasync/health")  # the verdict keepalived's check reads
+    role: str = "gateway"  # or "witness": a Raft voter only (docs/operations.md)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +91,7 @@ class ClusterConfig:
     connection_timeout_ms: int = 3500
     batch_max_messages: int = 256
     batch_max_delay_ms: int = 5
+    quorum_timeout_ms: int = 3000  # no majority heard this long: health fails (quorum.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,13 +268,24 @@ def _version(value: Any) -> int:
     return value
 
 
+ROLES = ("gateway", "witness")
+GATEWAY_ONLY = ("charon", "keepalived", "takeover")  # a witness has none of these
+
+
+def _role(value: Any) -> str:
+    """`gateway` or `witness`."""
+    if value not in ROLES:
+        raise _Invalid(f"must be one of {', '.join(ROLES)}, got {_short(value)}")
+    return str(value)
+
+
 Check = Callable[[Any], Any]
 
 # section -> (dataclass, key -> check); defaults and required keys come from the dataclasses.
 SCHEMA: dict[str, tuple[type, dict[str, Check]]] = {
     "node": (NodeConfig, {
         "name": _name, "state_dir": _path, "control_socket": _socket_path,
-        "health_file": _path,
+        "health_file": _path, "role": _role,
     }),
     "cluster": (ClusterConfig, {
         "name": _name, "key_file": _path, "bind": _address, "peers": _peers,
@@ -281,6 +294,7 @@ SCHEMA: dict[str, tuple[type, dict[str, Check]]] = {
         "connection_timeout_ms": _integer(100, 600_000),
         "batch_max_messages": _integer(1, 512),  # seal.MAX_ITEMS
         "batch_max_delay_ms": _integer(0, 1000),
+        "quorum_timeout_ms": _integer(200, 60_000),
     }),
     "charon": (CharonConfig, {
         "ha_local": _address, "ha_remote": _address, "vici_socket": _socket_path,
@@ -324,6 +338,18 @@ def _section(data: dict[str, Any], section: str) -> Any:
     return cls(**values)
 
 
+def _witness_sections(data: dict[str, Any]) -> None:
+    """A witness runs no charon, VRRP or guard: their sections are refused, not ignored, so
+    a gateway's file started as a witness by mistake says so."""
+    node = data.get("node")
+    if not isinstance(node, dict) or node.get("role") != "witness":
+        return
+    for section in GATEWAY_ONLY:
+        if section in data:
+            raise _Invalid("a witness (node.role = \"witness\") has no charon, keepalived or "
+                           "takeover: remove this section", section)
+
+
 def _cross_check(config: Config) -> None:
     """Rules between keys: bind not a peer, timers in order, charon's two ends distinct."""
     cluster, charon = config.cluster, config.charon
@@ -337,6 +363,11 @@ def _cross_check(config: Config) -> None:
         raise _Invalid(f"must be at least 2.5 x cluster.election_timeout_ms "
                        f"({cluster.election_timeout_ms}): pysyncobj requires it, got "
                        f"{cluster.connection_timeout_ms}", "cluster.connection_timeout_ms")
+    election_max = cluster.election_timeout_ms * 2.5 + 2 * cluster.heartbeat_ms
+    if cluster.quorum_timeout_ms < election_max:
+        raise _Invalid(f"must outlast a Raft election: at least 2.5 x cluster.election_timeout_"
+                       f"ms + 2 x cluster.heartbeat_ms ({election_max:.0f}), got "
+                       f"{cluster.quorum_timeout_ms}", "cluster.quorum_timeout_ms")
     if config.takeover.tick_ms * 4 > config.takeover.reserve_horizon_ms:
         raise _Invalid(f"must be at most a quarter of takeover.reserve_horizon_ms "
                        f"({config.takeover.reserve_horizon_ms}), got {config.takeover.tick_ms}",
@@ -370,6 +401,7 @@ def parse_config(text: str, source: str = "<string>") -> Config:
         for section in data:
             if section not in SCHEMA:
                 raise _Invalid(f"unknown section (known: {', '.join(SCHEMA)})", section)
+        _witness_sections(data)
         config = Config(
             node=_section(data, "node"),
             cluster=_section(data, "cluster"),

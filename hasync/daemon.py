@@ -32,9 +32,11 @@ from .ha import HaMessage
 from .healthfile import HealthWriter
 from .journal.seal import Batch, derive_keys, load_cluster_key
 from .node import NodeCore, RaftView, Settings
+from .quorum import QuorumProbe
 from .raft import ClusterJournal, RaftTiming
 from .role import Role, RoleState
 from .status import Answers
+from .syncobj_compat import FailReason, outcome
 
 log = logging.getLogger("hasync")
 TICK_S = 0.25  # the loop's idle tick (heartbeats, reports); a queued batch wakes it earlier
@@ -60,6 +62,7 @@ class Daemon:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop, self._wake = asyncio.Event(), asyncio.Event()
         self._failure: Exception | None = None
+        self.quorum = QuorumProbe(cfg.cluster.quorum_timeout_ms / 1000, self.started)
 
     # ---- wiring ----
     async def run(self) -> None:
@@ -84,7 +87,8 @@ class Daemon:
             try:
                 async with asyncio.TaskGroup() as self._tg:
                     for coro in (self._tick_loop(), self._guard_loop(), self.healthfile.run(),
-                                 fx.feed.run(), self._until_stopped()):
+                                 fx.feed.run(), quorum_loop(self.journal, self.quorum),
+                                 self._until_stopped()):
                         self._spawn(coro)
                     loop.add_reader(fifo, self._on_fifo, fifo, LineBuffer())
                     opened.callback(loop.remove_reader, fifo)
@@ -118,8 +122,16 @@ class Daemon:
                           cfg.charon.control_fifo, post=self._threadsafe, wake=self._wake.set,
                           spawn=self._spawn)
         self.answers = Answers(cfg, self.core, journal, self.fx, self.healthfile, guard.status,
-                               self.started)
+                               self.started, problems=self._problems, quorum=self.quorum.status)
         return self.fx, self.answers
+
+    def _problems(self, now: float) -> list[str]:
+        """The daemon's own failed conditions for `hasync health`: quorum, then the guard's."""
+        reasons = [r for r in (self.quorum.reason(now),) if r]
+        guard_health = getattr(self.seq, "health", None)
+        if guard_health is not None:
+            reasons.extend(guard_health(now))
+        return reasons
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """A task in the daemon's TaskGroup: if it fails, the daemon stops."""
@@ -193,7 +205,28 @@ class Daemon:
                            lambda: journal.child_adds)
 
 
+async def quorum_loop(journal: ClusterJournal | None, probe: QuorumProbe) -> None:
+    """Commit a probe entry every `probe.interval_s`, one at a time (quorum.py)."""
+    assert journal is not None
+    loop = asyncio.get_running_loop()
+
+    def answer(number: int, sent: float, result: Any, error: Any) -> None:
+        ok = outcome(error) is FailReason.SUCCESS
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the daemon has stopped
+            loop.call_soon_threadsafe(probe.answered, number, ok, sent)
+    while True:
+        now = time.monotonic()
+        if probe.due(now):
+            number = probe.sent(now)
+            journal.barrier(lambda result, error, n=number, t=now: answer(n, t, result, error))
+        await asyncio.sleep(min(0.1, probe.interval_s / 4))
+
+
 def run_daemon(cfg: Config) -> None:
-    """Run the daemon in this process until it is stopped."""
+    """Run the daemon (or the witness, by `node.role`) in this process until it is stopped."""
     Path(cfg.node.state_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+    if cfg.node.role == "witness":
+        from .witness import Witness
+        asyncio.run(Witness(cfg).run())
+        return
     asyncio.run(Daemon(cfg).run())

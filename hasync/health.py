@@ -4,13 +4,16 @@ Rules: pure (no IO, no clock; imports only math and typing), so that the command
 runs every second stays cheap; the daemon's answer to the control command "health" is
 untrusted input: a missing or mistyped field is a failed check with its reason, never an
 exception; one short reason per failed check, in a fixed order (vici, control, HA stream,
-Raft); a lost Raft majority is not a failed check; a *busy* charon (its vici socket there but
+Raft, then the daemon's own `problems`: a lost Raft majority, the sequence guard, the fence,
+VRRP master without being the sender); a witness has no charon, so only its problems and
+Raft count; a *busy* charon (its vici socket there but
 slow to answer) is not a failed check while its HA stream is fresh, which proves it alive and
 working: only a dead or hung charon fails (docs/decisions.md, Health).
 
 The daemon's answer:
-    {"node": str, "role": "joining|backup|master|fault", "ha_rx_age_s": float | None,
-     "ha_timeout_s": float, "raft_joined": bool, "raft_leader": str | None}
+    {"node": str, "role": "joining|backup|master|fault|witness", "ha_rx_age_s": float | None,
+     "ha_timeout_s": float, "raft_joined": bool, "raft_leader": str | None,
+     "problems": [str, ...]}
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ def verdict(resp: dict[str, Any] | None, vici_ok: bool, vici_error: str | None, 
             vici_busy: bool = False, control_error: str | None = None) -> tuple[bool, list[str]]:
     """(healthy, reasons) from the daemon's "health" answer and the vici check."""
     reasons: list[str] = []
+    if isinstance(resp, dict) and resp.get("role") == "witness":
+        return _witness(resp)
     ha = _ha_reason(resp) if isinstance(resp, dict) else None
     if not vici_ok and not (vici_busy and isinstance(resp, dict) and ha is None):
         reasons.append(f"charon does not answer over vici ({vici_error or 'no reason given'})")
@@ -57,7 +62,23 @@ def verdict(resp: dict[str, Any] | None, vici_ok: bool, vici_error: str | None, 
         return False, reasons
     if ha is not None:
         reasons.append(ha)
-    # raft_leader is not looked at: a lone survivor without a majority must keep the VIP.
     if resp.get("raft_joined") is not True:
         reasons.append("not yet caught up with the Raft journal")
+    reasons.extend(_problems(resp))
+    return not reasons, reasons
+
+
+def _problems(resp: dict[str, Any]) -> list[str]:
+    """The daemon's own failed conditions (quorum, guard, fence, sender), as it names them."""
+    problems = resp.get("problems", [])
+    if not isinstance(problems, list) or not all(isinstance(p, str) for p in problems):
+        return ["hasync's health answer has no valid problems list"]
+    return [p[:200] for p in problems]
+
+
+def _witness(resp: dict[str, Any]) -> tuple[bool, list[str]]:
+    """A witness is healthy while it has caught up and hears a majority."""
+    reasons = [] if resp.get("raft_joined") is True else [
+        "not yet caught up with the Raft journal"]
+    reasons.extend(_problems(resp))
     return not reasons, reasons

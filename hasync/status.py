@@ -72,10 +72,17 @@ def status_answer(*, node: str, cluster: str, core: dict[str, Any], raft: dict[s
 
 
 def health_answer(*, node: str, role: str, ha_rx_age_s: float | None, ha_timeout_s: float,
-                  raft_joined: bool, raft_leader: str | None) -> dict[str, Any]:
-    """`hasync health`: what this daemon knows (health.py's `verdict` judges it)."""
+                  raft_joined: bool, raft_leader: str | None,
+                  problems: list[str] | None = None) -> dict[str, Any]:
+    """`hasync health`: what this daemon knows (health.py's `verdict` judges it); `problems`
+    are the daemon's own failed conditions (quorum, guard, fence, sender)."""
     return {"node": node, "role": role, "ha_rx_age_s": ha_rx_age_s,
-            "ha_timeout_s": ha_timeout_s, "raft_joined": raft_joined, "raft_leader": raft_leader}
+            "ha_timeout_s": ha_timeout_s, "raft_joined": raft_joined, "raft_leader": raft_leader,
+            "problems": list(problems or [])}
+
+
+def _no_problems(now: float) -> list[str]:
+    return []
 
 
 def sas_answer(summaries: list[Any]) -> dict[str, Any]:
@@ -95,6 +102,8 @@ class Answers:
     takeover: Callable[[], dict[str, Any]]
     started: float
     control: Callable[[], dict[str, int]] = dict  # the control server's counters, once it runs
+    problems: Callable[[float], list[str]] = _no_problems  # quorum, guard, fence, sender
+    quorum: Callable[[float], dict[str, Any]] = lambda now: {}  # the probe's status
 
     def handlers(self) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
         """For ControlServer."""
@@ -109,6 +118,7 @@ class Answers:
         sections = {"feed": {**fx.feed.counters, "queued": fx.feed.queued},
                     "ha": dict(fx.endpoint.counters), "raft_apply": dict(j.counters),
                     "takeover": self.takeover(), "control": self.control(),
+                    "quorum": self.quorum(now),
                     "health": health_section(h.healthy, h.vici_busy, h.counters)}
         return status_answer(node=self.cfg.node.name, cluster=self.cfg.cluster.name,
                              core=self.core.snapshot(now), raft=raft, journal=journal,
@@ -122,7 +132,8 @@ class Answers:
                              ha_rx_age_s=self.core.ha_rx_age(time.monotonic()),
                              ha_timeout_s=self.cfg.takeover.ha_timeout_ms / 1000,
                              raft_joined=self.core.raft_joined,
-                             raft_leader=self.journal.status()["leader"])
+                             raft_leader=self.journal.status()["leader"],
+                             problems=self.problems(time.monotonic()))
 
     def sas(self, args: dict[str, Any]) -> dict[str, Any]:
         """`hasync sas`: the journaled SAs, without any secret."""

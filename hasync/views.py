@@ -25,6 +25,10 @@ def status_text(st: dict[str, Any]) -> str:
         f"commit {raft.get('commit_index')} applied {raft.get('applied_index')} "
         f"lag {st.get('lag')}",
     ]
+    q = st.get("quorum") or {}
+    if q:
+        lines.append(f"quorum: a majority heard {q.get('age_s')} s ago (limit {q.get('limit_s')}"
+                     f" s){'' if q.get('ok') else ': LOST, health fails'}")
     for peer, state in sorted((raft.get("peers") or {}).items()):
         lines.append(f"  peer {peer}: {state}")
     for node, m in sorted((st.get("members") or {}).items()):

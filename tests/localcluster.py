@@ -50,6 +50,21 @@ class Node:
         return self.dir / "run" / "control.sock"
 
 
+def _config(node: Node, peers: str, extra: str, witness: bool) -> str:
+    """A node's hasync.toml; a witness has only [node] and [cluster]."""
+    text = (f'[node]\nname = "{node.name}"\nrole = "{"witness" if witness else "gateway"}"\n'
+            f'state_dir = "{node.dir / "state"}"\ncontrol_socket = "{node.sock}"\n'
+            f'health_file = "{node.dir / "run" / "health"}"\n'
+            f'[cluster]\nname = "test"\nkey_file = "{node.dir / "cluster.key"}"\n'
+            f'bind = "127.0.0.1:{node.raft}"\npeers = [{peers}]\n{extra}\n')
+    if witness:
+        return text
+    return text + (f'[charon]\nha_local = "127.0.0.1:{node.ha_local}"\n'
+                   f'ha_remote = "127.0.0.2:{node.ha_remote}"\n'
+                   f'control_fifo = "{node.dir / "run" / "charon.ha"}"\n'
+                   f'[keepalived]\nnotify_fifo = "{node.dir / "run" / "vrrp.fifo"}"\n')
+
+
 @dataclass
 class LocalCluster:
     """N daemons on loopback."""
@@ -58,6 +73,7 @@ class LocalCluster:
     n: int = 3
     nodes: list[Node] = field(default_factory=list)
     extra: str = ""  # more [cluster] settings, e.g. "batch_max_messages = 256"
+    witnesses: int = 0  # the last this many nodes run as witnesses (node.role = "witness")
 
     def __post_init__(self) -> None:
         key = self.base / "cluster.key"
@@ -72,24 +88,8 @@ class LocalCluster:
                                    ports[3 * i + 2]))
         for node in self.nodes:
             peers = ", ".join(f'"127.0.0.1:{o.raft}"' for o in self.nodes if o is not node)
-            node.config.write_text(f"""[node]
-name = "{node.name}"
-state_dir = "{node.dir / 'state'}"
-control_socket = "{node.sock}"
-health_file = "{node.dir / 'run' / 'health'}"
-[cluster]
-name = "test"
-key_file = "{node.dir / 'cluster.key'}"
-bind = "127.0.0.1:{node.raft}"
-peers = [{peers}]
-{self.extra}
-[charon]
-ha_local = "127.0.0.1:{node.ha_local}"
-ha_remote = "127.0.0.2:{node.ha_remote}"
-control_fifo = "{node.dir / 'run' / 'charon.ha'}"
-[keepalived]
-notify_fifo = "{node.dir / 'run' / 'vrrp.fifo'}"
-""")
+            witness = self.nodes.index(node) >= self.n - self.witnesses
+            node.config.write_text(_config(node, peers, self.extra, witness))
             node.charon = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             node.charon.bind(("127.0.0.1", node.ha_local))
             node.charon.settimeout(0.05)

@@ -288,3 +288,27 @@ def test_config_error_is_a_value_error_with_parts() -> None:
 def test_schema_covers_every_field() -> None:
     for section, (cls, checks) in SCHEMA.items():
         assert set(checks) == {f.name for f in dataclasses.fields(cls)}, section
+
+
+def test_role_and_quorum_timeout() -> None:
+    cfg = parse_config(MINIMAL, SRC)
+    assert (cfg.node.role, cfg.cluster.quorum_timeout_ms) == ("gateway", 3000)
+    cfg = parse_config(_with("node", 'role = "witness"'), SRC)
+    assert cfg.node.role == "witness"
+    assert _error(_with("node", 'role = "arbiter"')) == (
+        f"{SRC}: node.role: must be one of gateway, witness, got 'arbiter'")
+    assert _error(_with("cluster", "quorum_timeout_ms = 50")).startswith(
+        f"{SRC}: cluster.quorum_timeout_ms: ")
+
+
+@pytest.mark.parametrize("section", ["charon", "keepalived", "takeover"])
+def test_a_witness_refuses_gateway_sections(section: str) -> None:
+    text = _with("node", 'role = "witness"') + f"[{section}]\n"
+    assert _error(text) == (f'{SRC}: {section}: a witness (node.role = "witness") has no '
+                            "charon, keepalived or takeover: remove this section")
+
+
+def test_the_quorum_timeout_must_outlast_an_election() -> None:
+    assert _error(_with("cluster", "quorum_timeout_ms = 2000")) == (
+        f"{SRC}: cluster.quorum_timeout_ms: must outlast a Raft election: at least 2.5 x "
+        "cluster.election_timeout_ms + 2 x cluster.heartbeat_ms (2700), got 2000")

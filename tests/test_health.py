@@ -34,6 +34,7 @@ NO_CONTROL = "hasync does not answer on its control socket"
 STALE = "no HA datagram from charon for 5.2 s (limit 3.0 s)"
 NEVER = "no HA datagram from charon since hasync started"
 NOT_JOINED = "not yet caught up with the Raft journal"
+QUORUM = "no Raft majority for 2.3 s (limit 1.5 s)"
 
 
 def _resp(**changes: Any) -> dict[str, Any]:
@@ -46,7 +47,14 @@ def _resp(**changes: Any) -> dict[str, Any]:
     (GOOD, True, []),
     (_resp(ha_rx_age_s=3.0), True, []),  # the limit itself is still healthy
     (_resp(ha_rx_age_s=0), True, []),
-    (_resp(raft_leader=None, role="backup"), True, []),  # lost majority, joined once: healthy
+    (_resp(raft_leader=None, role="backup"), True, []),  # no leader named: the probe judges
+    (_resp(problems=[QUORUM]), True, [QUORUM]),  # the daemon's probe: no majority heard
+    (_resp(problems=[QUORUM, "guard: no kernel read for 3.0 s"]), True,
+     [QUORUM, "guard: no kernel read for 3.0 s"]),
+    (_resp(problems="not a list"), True, ["hasync's health answer has no valid problems list"]),
+    ({"node": "w", "role": "witness", "raft_joined": True, "problems": []}, False, []),
+    ({"node": "w", "role": "witness", "raft_joined": False, "problems": [QUORUM]}, False,
+     [NOT_JOINED, QUORUM]),
     (GOOD, False, [VICI_DOWN]),
     (None, True, [NO_CONTROL]),
     (None, False, [VICI_DOWN, NO_CONTROL]),
