@@ -11,15 +11,13 @@ from typing import Any
 
 import pytest
 
-from hasync.guard.entries import SeqEntry
+from hasync.guard.entries import ACCEPTED, REJECTED, SeqEntry
 from hasync.guard.records import SeqRecord
 from hasync.ha import MessageType, decode
 from hasync.journal.machine import Kind
 from hasync.journal.seal import Sealer, derive_keys, pack_batch
 from hasync.raft import ClusterJournal
 from hasync.syncobj_compat import FailReason, outcome
-
-from hasync.guard.entries import ACCEPTED, REJECTED
 
 import hastream
 from netutil import free_ports
