@@ -380,12 +380,16 @@ class Guard:
                     self.stats.revocations += 1
                 except FenceError as e:  # what stays is below every target of the new term
                     self._fence_failed(e)
-            epoch, attempts = await self._claim()
-            promo.claim_done(epoch, attempts, self.clock())
+            try:
+                epoch = await self._claim(promo.report)
+            except asyncio.CancelledError:  # VRRP BACKUP or FAULT (Effects cancels it)
+                promo.claim_done(None, promo.report.claim_attempts, self.clock())
+                raise
+            promo.claim_done(epoch, promo.report.claim_attempts, self.clock())
             if epoch is None:
                 log.warning("promotion given up: the claim did not commit in %d attempts "
                             "before the role changed; charon not activated, nothing sent",
-                            attempts)
+                            promo.report.claim_attempts)
                 return promo.report
             self.term.start(epoch)
             async with self._kernel_lock:  # a tick using the kernel finishes first
@@ -395,18 +399,18 @@ class Guard:
         finally:
             self.promoting = False
 
-    async def _claim(self) -> tuple[int | None, int]:
+    async def _claim(self, report: PromotionReport) -> int | None:
         """Submit claims until one is applied here (its epoch) or this node is no longer
-        VRRP master (None); with the attempts made."""
-        attempts, backoff = 0, CLAIM_RETRY_S
+        VRRP master (None); `report` counts the attempts."""
+        backoff = CLAIM_RETRY_S
         while self.is_master():
-            attempts += 1
+            report.claim_attempts += 1
             epoch = await self._claim_once(CLAIM_WAIT_S)
             if epoch is not None:
-                return epoch, attempts
+                return epoch
             await self.sleep(backoff)
             backoff = min(2 * backoff, CLAIM_RETRY_MAX_S)
-        return None, attempts
+        return None
 
     async def _claim_once(self, within_s: float) -> int | None:
         """One claim: its epoch once applied here, None if it failed or took `within_s`."""
