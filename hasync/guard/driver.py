@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Any
 
-from ..fence.port import FenceCounts, FenceError, FencePort
+from ..fence import port as fenceport  # a module: hasync.fence.port imports guard.records
 from ..journal.seal import EntryError, SealError
 from ..syncobj_compat import FailReason, outcome
 from .entries import ACCEPTED, MAX_RECORDS, SeqEntry
@@ -54,7 +54,7 @@ class Guard:
     """The guard on one node: `run()` as its loop, `promote()` on VRRP MASTER."""
 
     def __init__(self, node: str, journal: JournalPort, reserve: Reserve,
-                 activate: Callable[[], None], fence: FencePort, tick_s: float = 0.1,
+                 activate: Callable[[], None], fence: fenceport.FencePort, tick_s: float = 0.1,
                  kernel: KernelPort | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time,
@@ -186,7 +186,7 @@ class Guard:
                 if now - self._counts_at >= COUNTS_S:
                     self._counts_at = now
                     self._note_counts(await self.fence.counts())
-            except FenceError as e:
+            except fenceport.FenceError as e:
                 self._fence_failed(e)
                 return
             if self.fence_failing:
@@ -216,7 +216,7 @@ class Guard:
         log.warning("deposed: %s claimed sender epoch %d while this node is VRRP master; "
                     "every send permit is revoked (`hasync health`: not_sender)", *sender)
 
-    def _fence_failed(self, e: FenceError) -> None:
+    def _fence_failed(self, e: fenceport.FenceError) -> None:
         self.stats.fence_errors += 1
         self.stats.last_error = str(e)
         if not self.fence_failing:
@@ -224,7 +224,7 @@ class Guard:
                         "in force; `hasync status`: takeover.loop.fence_errors)", e)
         self.fence_failing += 1
 
-    def _note_counts(self, counts: FenceCounts) -> None:
+    def _note_counts(self, counts: fenceport.FenceCounts) -> None:
         """Keep the fence's drop counters; log an SA once per onset of drops."""
         dropping = set()
         for key, n in counts.per_sa.items():
@@ -378,7 +378,7 @@ class Guard:
                     await self.fence.revoke_all()
                     self.term.revoke = False
                     self.stats.revocations += 1
-                except FenceError as e:  # what stays is below every target of the new term
+                except fenceport.FenceError as e:  # what stays lies below every new target
                     self._fence_failed(e)
             try:
                 epoch = await self._claim(promo.report)
@@ -424,11 +424,13 @@ class Guard:
         def done(result: Any, error: Any) -> None:
             loop.call_soon_threadsafe(settle, (outcome(error), result))
         self.journal.claim(done)
-        timer = asyncio.ensure_future(self.sleep(within_s))
-        try:
-            await asyncio.wait({fut, timer}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            timer.cancel()
+        await asyncio.sleep(0)  # an answer given at once is taken before the timer starts
+        if not fut.done():
+            timer = asyncio.ensure_future(self.sleep(within_s))
+            try:
+                await asyncio.wait({fut, timer}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                timer.cancel()
         if not fut.done():
             fut.cancel()
             count(self.stats.claim_failed, "TIMEOUT")

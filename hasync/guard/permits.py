@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from ..fence.port import Permit
+from ..fence import port as fenceport  # a module: hasync.fence.port imports guard.records
 from .entries import SeqEntry
 from .records import SaKey
 from .rules import Held
@@ -26,7 +26,7 @@ class SenderTerm:
 
     epoch: int | None = None
     held: dict[SaKey, Held] = field(default_factory=dict)
-    pending: dict[SaKey, Permit] = field(default_factory=dict)
+    pending: dict[SaKey, fenceport.Permit] = field(default_factory=dict)
     planned: dict[SaKey, tuple[int, bool]] = field(default_factory=dict)  # key -> (lo, esn)
     revoke: bool = True  # a start grants nothing: the fence is emptied first
 
@@ -48,7 +48,7 @@ class SenderTerm:
         for key, lo in lows.items():
             self.planned[key] = (lo, esn.get(key, False))
 
-    def accepted(self, entry: SeqEntry) -> list[Permit]:
+    def accepted(self, entry: SeqEntry) -> list[fenceport.Permit]:
         """A committed entry was accepted: the permits it makes (none from another epoch)."""
         if self.epoch is None or entry.epoch != self.epoch:
             return []
@@ -61,14 +61,14 @@ class SenderTerm:
             held = Held(lo, max(rec.mark, old.hi if old else rec.mark))
             self.held[rec.key] = held
             if old is None or held.hi > old.hi:
-                permit = Permit(rec.key, held.lo, held.hi, esn)
+                permit = fenceport.Permit(rec.key, held.lo, held.hi, esn)
                 self.pending[rec.key] = permit
                 out.append(permit)
         for key in entry.gone:
             self.forget([key])
         return out
 
-    def granted(self, permits: Iterable[Permit]) -> None:
+    def granted(self, permits: Iterable[fenceport.Permit]) -> None:
         """The fence holds these permits now (later ones for the same SA stay pending)."""
         for p in permits:
             if self.pending.get(p.key) == p:

@@ -141,6 +141,7 @@ class Promotion:
 
     def activated(self, now: float) -> PromotionReport:
         """charon's segments were activated: the promotion is done."""
+        self._expect(Phase.ACTIVATE, "activate charon")
         rep = self.report
         rep.activate_ms = self._move(Phase.DONE, now)
         rep.total_ms = round((now - self.t0) * 1000, 1)
