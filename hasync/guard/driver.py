@@ -372,6 +372,9 @@ class Guard:
             promo = Promotion(self.reserve, started=self.wall(), now=self.clock())
             self.tracker.restart()
             self.last_promotion = promo.report
+            self.deposed_by = None  # a new claim: whatever deposed the last term is past
+            if self.master_since is None:
+                self.master_since = self.clock()
             async with self._fence_lock:  # a fresh term: nothing from before stays permitted
                 self.term.drop()
                 try:

@@ -15,11 +15,14 @@ argument. In short:
   above this node's permits were dropped by the fence, never sent;
 - it renews a mark, through Raft, once fewer than half of `Reserve.ahead(rate)` is left (rate:
   the SA's peak outbound rate over the last RATE_WINDOW_S, a rekeyed SA starting from its
-  predecessor's). The reserve only sizes how rarely the fence drops, never safety: the fence
-  drops nothing while the SA's rate stays below ahead / (2 x (read interval + commit
-  latency)), i.e. rate growth within one renewal of at most horizon_s / (2 x (tick + commit))
-  times the peak (x4 at the defaults: 0.8 s horizon, 0.1 s tick, commits under 0.1 s); a
-  faster step is fenced until the next renewal commits (counted per SA, `hasync status`);
+  predecessor's). The reserve only sizes how rarely the fence drops, never safety. The growth
+  it assumes: a renewal is asked at the first read that finds less than ahead / 2 left and
+  lands one commit later, so nothing is fenced while an SA sends at most ahead / 2 packets in
+  (read interval + commit latency), i.e. while its rate stays within
+  max(floor, peak x horizon_s) / (2 x (tick + commit)): x2 the peak over RATE_WINDOW_S at the
+  defaults (0.8 s horizon, 0.1 s tick, commits within 0.1 s), and from idle up to 1,920
+  packets/s (768 / 0.4 s). Slower reads stretch the reserve (`stretch()`). A faster step is
+  fenced until the next renewal commits (counted per SA, `hasync status` takeover.fence);
 - every other node keeps each SA's kernel oseq at its target (a backup's pre-jump), so a
   promotion writes little;
 - inbound replay state (seq, bitmap) is journaled at least every `inbound_interval_s` while it
