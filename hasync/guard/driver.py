@@ -225,17 +225,21 @@ class Guard:
         self.fence_failing += 1
 
     def _note_counts(self, counts: fenceport.FenceCounts) -> None:
-        """Keep the fence's drop counters; log an SA once per onset of drops."""
-        dropping = set()
+        """Keep the fence's drop counters; one log line per read that finds SAs starting to
+        drop (however many: a promotion fences every SA for a moment)."""
+        dropping, started, packets = set(), [], 0
         for key, n in counts.per_sa.items():
             before = self.fenced.get(key, 0)
             if n > before:
                 dropping.add(key)
                 if key not in self._dropping:
-                    log.warning("SA %s: %d outbound packets fenced (above this node's "
-                                "committed mark, or no permit): `hasync status` "
-                                "takeover.fence.fenced", sa_name(key), n - before)
+                    started.append(key)
+                    packets += n - before
             self.fenced[key] = n
+        if started:
+            log.warning("%d SAs fenced: %d outbound packets dropped above this node's "
+                        "committed marks, or without a permit (first: %s; `hasync status` "
+                        "takeover.fence.fenced)", len(started), packets, sa_name(started[0]))
         self._dropping = dropping
         self.fenced_unknown = counts.unknown
 
