@@ -477,7 +477,7 @@ def test_fenced_counts_are_read_at_most_every_second_and_logged_once_per_onset(
         asyncio.run(g.fence_sync(master=False))  # a new onset
     assert fence.calls.count("counts") == 4
     assert g.status()["fence"]["fenced"] == {"c0ffee01@192.0.2.101": 10}
-    assert sum("fenced" in r.getMessage() for r in caplog.records) == 2
+    assert sum("SAs fenced" in r.getMessage() for r in caplog.records) == 2
 
 
 def test_sas_gone_from_the_kernel_are_forgotten_by_the_fence() -> None:

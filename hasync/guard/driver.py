@@ -36,7 +36,7 @@ from .entries import ACCEPTED, MAX_RECORDS, SeqEntry
 from .kernel import KERNEL_FAILURES, KernelPort, KernelSas
 from .pacing import BACKUP_SEQ_TICK_S, BackupPace, ReadCosts
 from .permits import SenderTerm
-from .ports import GuardStats, JournalPort, MarkFlight, count, sa_name
+from .ports import FenceTally, GuardStats, JournalPort, MarkFlight, count, sa_name
 from .promotion import Promotion, PromotionReport
 from .records import KernelSa, SaKey, SeqRecord
 from .rules import Reserve, SeqTracker, plan_writes
@@ -79,12 +79,10 @@ class Guard:
         self.last_read: float | None = None  # the last successful kernel read (clock)
         self.master_since: float | None = None
         self.deposed_by: tuple[str, int] | None = None
-        self.fenced: dict[SaKey, int] = {}
-        self.fenced_unknown = 0
+        self.tally = FenceTally()
         self._fence_set_up = False
         self._counts_at = -math.inf
         self._forget: set[SaKey] = set()
-        self._dropping: set[SaKey] = set()
         self._kernel_lock, self._fence_lock = asyncio.Lock(), asyncio.Lock()
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -227,21 +225,11 @@ class Guard:
     def _note_counts(self, counts: fenceport.FenceCounts) -> None:
         """Keep the fence's drop counters; one log line per read that finds SAs starting to
         drop (however many: a promotion fences every SA for a moment)."""
-        dropping, started, packets = set(), [], 0
-        for key, n in counts.per_sa.items():
-            before = self.fenced.get(key, 0)
-            if n > before:
-                dropping.add(key)
-                if key not in self._dropping:
-                    started.append(key)
-                    packets += n - before
-            self.fenced[key] = n
+        started, packets = self.tally.note(counts.per_sa, counts.unknown)
         if started:
             log.warning("%d SAs fenced: %d outbound packets dropped above this node's "
                         "committed marks, or without a permit (first: %s; `hasync status` "
                         "takeover.fence.fenced)", len(started), packets, sa_name(started[0]))
-        self._dropping = dropping
-        self.fenced_unknown = counts.unknown
 
     # ---- every tick ----
     async def tick(self, master: bool) -> None:
@@ -263,11 +251,10 @@ class Guard:
             log.info("reading the kernel's SAs works again, after %d failures", self.failing)
             self.failing = 0
         seen = {sa.key for sa in sas}
-        gone = (set(self.fenced) | set(self.term.held) | set(self.term.pending)) - seen
+        gone = (set(self.tally.fenced) | set(self.term.held) | set(self.term.pending)) - seen
         if gone:
             self.term.forget(gone)
-            for key in gone:
-                self.fenced.pop(key, None)
+            self.tally.forget(gone)
             self._forget |= gone
         if master:
             return await self._journal_due(sas, now)
@@ -499,8 +486,8 @@ class Guard:
             "sender": {"node": sender[0] or None, "epoch": sender[1]},
             "epoch": self.term.epoch, "fence": {
                 "permits": len(self.term.held), "pending": len(self.term.pending),
-                "fenced": {sa_name(k): n for k, n in sorted(self.fenced.items()) if n},
-                "unknown": self.fenced_unknown, "errors": self.stats.fence_errors,
+                "fenced": {sa_name(k): n for k, n in sorted(self.tally.fenced.items()) if n},
+                "unknown": self.tally.unknown, "errors": self.stats.fence_errors,
                 "failing": self.fence_failing},
             "last_promotion": asdict(self.last_promotion) if self.last_promotion else None}
 

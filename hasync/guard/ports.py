@@ -91,4 +91,33 @@ class MarkFlight:
             self.open = False
 
 
-__all__ = ["Callback", "GuardStats", "JournalPort", "MarkFlight", "count", "sa_name"]
+@dataclass
+class FenceTally:
+    """The fence's drop counters as last read, and which SAs were dropping at that read."""
+
+    fenced: dict[SaKey, int] = field(default_factory=dict)
+    unknown: int = 0
+    dropping: set[SaKey] = field(default_factory=set)
+
+    def note(self, per_sa: dict[SaKey, int], unknown: int) -> tuple[list[SaKey], int]:
+        """A new read: the SAs that started dropping since the last, and their new drops."""
+        dropping, started, packets = set(), [], 0
+        for key, n in per_sa.items():
+            before = self.fenced.get(key, 0)
+            if n > before:
+                dropping.add(key)
+                if key not in self.dropping:
+                    started.append(key)
+                    packets += n - before
+            self.fenced[key] = n
+        self.dropping, self.unknown = dropping, unknown
+        return started, packets
+
+    def forget(self, keys: set[SaKey]) -> None:
+        """SAs gone from the kernel."""
+        for key in keys:
+            self.fenced.pop(key, None)
+            self.dropping.discard(key)
+
+
+__all__ = ["Callback", "FenceTally", "GuardStats", "JournalPort", "MarkFlight", "count", "sa_name"]
