@@ -116,17 +116,20 @@ class KeepalivedConfig:
 
 @dataclass(frozen=True, slots=True)
 class TakeoverConfig:
-    """[takeover]: the sequence guard's reserves and the promotion's bounded wait
-    (docs/takeover.md derives the defaults)."""
+    """[takeover]: the sequence guard's reserves (docs/takeover.md derives the defaults)."""
 
     reserve_floor: int = 768
     reserve_horizon_ms: int = 800
     takeover_floor: int = 576
-    takeover_horizon_ms: int = 1000
-    no_quorum_reserve: int = 1 << 22
-    barrier_timeout_ms: int = 10000
     tick_ms: int = 100
     ha_timeout_ms: int = 3000
+
+
+@dataclass(frozen=True, slots=True)
+class FenceConfig:
+    """[fence]: the kernel's send fence (hasync/fence): the UDP port of ESP-in-UDP."""
+
+    natt_port: int = 4500
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +141,7 @@ class Config:
     charon: CharonConfig = field(default_factory=CharonConfig)
     keepalived: KeepalivedConfig = field(default_factory=KeepalivedConfig)
     takeover: TakeoverConfig = field(default_factory=TakeoverConfig)
+    fence: FenceConfig = field(default_factory=FenceConfig)
     source: str = str(DEFAULT_PATH)
 
 
@@ -305,13 +309,21 @@ SCHEMA: dict[str, tuple[type, dict[str, Check]]] = {
     "takeover": (TakeoverConfig, {
         "reserve_floor": _integer(64, 1 << 30),
         "reserve_horizon_ms": _integer(100, 60_000),
-        "takeover_floor": _integer(16, 1 << 30),
-        "takeover_horizon_ms": _integer(100, 60_000),
-        "no_quorum_reserve": _integer(1 << 10, 1 << 31),
-        "barrier_timeout_ms": _integer(100, 60_000),
+        "takeover_floor": _integer(0, 1 << 30),
         "tick_ms": _integer(20, 1000),
         "ha_timeout_ms": _integer(1100, 60_000),  # charon's heartbeat is every 1 s
     }),
+    "fence": (FenceConfig, {"natt_port": _integer(1, 65535)}),
+}
+# Keys that once existed: loading a config that still has one is an error naming it and why.
+REMOVED: dict[str, str] = {
+    "takeover.no_quorum_reserve": "removed (issue 16): a node without a Raft majority does not "
+    "promote, so no reserve is added; delete the key",
+    "takeover.barrier_timeout_ms": "removed (issue 16): a promotion claims the sender epoch "
+    "until the claim commits or the node stops being master; delete the key",
+    "takeover.takeover_horizon_ms": "removed (issue 16): a new master starts past the "
+    "journaled mark (+ takeover_floor), whatever the rate, since the fence stops every node "
+    "at its committed marks; delete the key",
 }
 
 
@@ -322,6 +334,8 @@ def _section(data: dict[str, Any], section: str) -> Any:
     if not isinstance(table, dict):
         raise _Invalid(f"expected a table [{section}], got {_type_name(table)}", section)
     for key in table:
+        if f"{section}.{key}" in REMOVED:
+            raise _Invalid(REMOVED[f"{section}.{key}"], f"{section}.{key}")
         if key not in checks:
             known = ", ".join(checks)
             raise _Invalid(f"unknown key (known: {known})", f"{section}.{key}")
@@ -408,6 +422,7 @@ def parse_config(text: str, source: str = "<string>") -> Config:
             charon=_section(data, "charon"),
             keepalived=_section(data, "keepalived"),
             takeover=_section(data, "takeover"),
+            fence=_section(data, "fence"),
             source=source,
         )
         _cross_check(config)

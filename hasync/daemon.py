@@ -28,7 +28,7 @@ from .endpoint import open_endpoint
 from .feed import CharonFeed
 from .fifos import LineBuffer, open_notify_fifo, read_available
 from .guard import Guard, Reserve
-from .ha import HaMessage
+from .ha import HaMessage, MessageType
 from .healthfile import HealthWriter
 from .journal.seal import Batch, derive_keys, load_cluster_key
 from .node import NodeCore, RaftView, Settings
@@ -97,7 +97,7 @@ class Daemon:
 
     async def _open(self, opened: contextlib.AsyncExitStack) -> tuple[Effects, Answers]:
         """The journal, the guard and charon's HA link, each closed by `opened`."""
-        cfg, t, c = self.cfg, self.cfg.takeover, self.cfg.cluster
+        cfg, c = self.cfg, self.cfg.cluster
         timing = RaftTiming(election_min_s=c.election_timeout_ms / 1000,
                             election_max_s=c.election_timeout_ms * 2.5 / 1000,
                             heartbeat_s=c.heartbeat_ms / 1000,
@@ -106,11 +106,7 @@ class Daemon:
             cfg.node.name, str(c.bind), [str(p) for p in c.peers], cfg.node.state_dir,
             derive_keys(load_cluster_key(c.key_file), c.name), self._applied_threadsafe, timing)
         opened.callback(journal.destroy)
-        self.seq = guard = Guard(cfg.node.name, journal, Reserve(
-            floor=t.reserve_floor, horizon_s=t.reserve_horizon_ms / 1000,
-            takeover_floor=t.takeover_floor, takeover_horizon_s=t.takeover_horizon_ms / 1000,
-            no_quorum=t.no_quorum_reserve), self._activate, t.barrier_timeout_ms / 1000,
-            tick_s=t.tick_ms / 1000)
+        self.seq = guard = self._guard(journal)
         journal.on_seq = guard.wake_threadsafe
         opened.callback(guard.close)
         endpoint = await open_endpoint(cfg.charon.ha_remote.sockaddr,
@@ -132,6 +128,16 @@ class Daemon:
         if guard_health is not None:
             reasons.extend(guard_health(now))
         return reasons
+
+    def _guard(self, journal: ClusterJournal) -> Guard:
+        """The sequence guard with its kernel fence (imported here: hasync.fence.nft)."""
+        from .fence.nft import NftFence
+        t = self.cfg.takeover
+        return Guard(self.cfg.node.name, journal, Reserve(
+            floor=t.reserve_floor, horizon_s=t.reserve_horizon_ms / 1000,
+            takeover_floor=t.takeover_floor), self._activate,
+            NftFence(nft="/usr/sbin/nft", natt_port=self.cfg.fence.natt_port),
+            tick_s=t.tick_ms / 1000, is_master=lambda: self.core.role.role is Role.MASTER)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """A task in the daemon's TaskGroup: if it fails, the daemon stops."""
@@ -171,6 +177,8 @@ class Daemon:
     def _on_ha(self, raw: bytes, msg: HaMessage, now: float) -> None:
         """charon's datagram (endpoint.py logs and counts what raises here)."""
         assert self.fx is not None
+        if msg.type == MessageType.CHILD_ADD and self.seq is not None:
+            self.seq.wake()  # a new SA is fenced on the master until its first mark commits
         self.fx.do(self.core.on_ha(raw, msg, now))
 
     def _on_fifo(self, fd: int, lines: LineBuffer) -> None:

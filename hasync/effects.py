@@ -31,10 +31,13 @@ Event = Callable[[float], list[node.Command]]
 
 
 class Promoter(Protocol):
-    """The sequence guard's promotion (takeover.SeqSync / guard.Guard)."""
+    """The sequence guard's promotion (guard.Guard)."""
 
     def promote(self) -> Coroutine[Any, Any, Any]:
         """Run one promotion."""
+
+    def wake(self) -> None:
+        """Run the guard's next step now (it revokes the send permits of a non-master)."""
 
 
 class Effects:
@@ -64,9 +67,10 @@ class Effects:
                     self.fifo(command)
                 case node.StartPromotion():
                     self.promotion = self.spawn(self.guard.promote())
-                case node.CancelPromotion():
+                case node.CancelPromotion():  # VRRP BACKUP or FAULT
                     if self.promotion is not None:
                         self.promotion.cancel()
+                    self.guard.wake()  # its step sees the role and revokes every permit
                 case node.StartReplay():
                     self.replay()
                 case node.Report(info=info):

@@ -38,7 +38,7 @@ from typing import Any
 
 from .guard.entries import SeqEntry, SeqLog, pack_seq
 from .ha import HaMessage
-from .journal.machine import ApplyMachine, Change, Kind, open_entry, pack_member
+from .journal.machine import ApplyMachine, Change, Kind, open_entry, pack_claim, pack_member
 from .journal.seal import (
     Batch,
     EntryError,
@@ -54,14 +54,16 @@ from .syncobj_compat import FailReason, SyncObj, SyncObjConf, SyncObjConsumer, r
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_FORMAT = 2  # pickle of (format, JournalState.to_dict(), SeqLog.to_dict(), raft_data)
+# pickle of (format, JournalState.to_dict(), SeqLog.to_dict(), raft_data); 3: the sender
+SNAPSHOT_FORMAT = 3
 SNAPSHOT_PICKLE_PROTOCOL = 4  # what main wrote (3.11 default), pinned: same state, same bytes
 AUTO_TICK_MIN_S = 0.05  # pysyncobj's default poll timeout; a slow heartbeat polls less often
 Applied = Callable[[Batch, list[tuple[bytes, HaMessage]]], None]
 Callback = Callable[[Any, Any], None]
 # Counter prefix of a rejected entry, by kind (the names `hasync status` has always shown).
 _REJECTED: dict[int, str] = {Kind.BATCH: "entry_rejected", Kind.SEQ: "seq_rejected",
-             Kind.MEMBER: "member_report_rejected", Kind.BARRIER: "barrier_rejected"}
+             Kind.MEMBER: "member_report_rejected", Kind.BARRIER: "barrier_rejected",
+             Kind.CLAIM: "claim_rejected"}
 
 
 @dataclass(frozen=True)
@@ -79,14 +81,16 @@ class RaftTiming:
 class _Replica(SyncObjConsumer):  # type: ignore[misc]
     """What pysyncobj replicates: one entry point, handed to the journal."""
 
-    def __init__(self, handler: Callable[[int, bytes], None]) -> None:
+    def __init__(self, handler: Callable[[int, bytes], Any]) -> None:
         super().__init__()
         self._handler = handler
 
     @replicated  # type: ignore[misc]
-    def apply(self, kind: int, sealed: bytes) -> None:
-        """Apply one committed entry on Raft's thread; the handler never raises."""
-        self._handler(kind, sealed)
+    def apply(self, kind: int, sealed: bytes) -> Any:
+        """Apply one committed entry on Raft's thread; the handler never raises. What it
+        returns reaches the submitter's callback as `result` (pysyncobj/syncobj.py,
+        __applyLogEntries passes the method's return value to the callback)."""
+        return self._handler(kind, sealed)
 
 
 def pack_snapshot(state: dict[str, Any], seqs: dict[str, Any], raft_data: Any) -> bytes:
@@ -188,6 +192,11 @@ class ClusterJournal:
         """Seal replay-state records and hand them to Raft."""
         self._propose(Kind.SEQ, pack_seq(entry), callback)
 
+    def claim(self, callback: Callback) -> None:
+        """Make this node the sender of ESP marks; `callback(result, error)` gets the new
+        epoch once the claim is applied here (journal/machine.py, Kind.CLAIM)."""
+        self._propose(Kind.CLAIM, pack_claim(self.node), callback)
+
     def barrier(self, callback: Callback) -> None:
         """Commit an empty entry; when `callback` runs without error, this node has applied
         everything committed before it (Raft log order)."""
@@ -220,8 +229,9 @@ class ClusterJournal:
         self._raft.destroy()
 
     # ---- Raft's thread ----
-    def _on_commit(self, kind: int, sealed: bytes) -> None:
-        """Open, apply, count and announce one committed entry; never raises."""
+    def _on_commit(self, kind: int, sealed: bytes) -> Any:
+        """Open, apply, count and announce one committed entry; never raises. Returns the
+        entry's result for the submitter's callback (None if it did not open)."""
         prefix = _REJECTED.get(kind, "entry_rejected") if isinstance(kind, int) else (
             "entry_rejected")  # a hostile log could hold any picklable kind, even unhashable
         try:
@@ -232,13 +242,14 @@ class ClusterJournal:
                 self._child_adds += change.child_adds
         except (SealError, EntryError) as exc:
             self._count(f"{prefix}:{type(exc).__name__}", exc, trace=False)
-            return
+            return None
         except Exception as exc:
             self._count(f"{prefix}:other", exc)
-            return
+            return None
         for name, error in change.errors:
             self._count(name, error)
         self._announce(change)
+        return change.result
 
     def _announce(self, change: Change) -> None:
         """Tell the daemon and the guard what changed; their errors are counted."""

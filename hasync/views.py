@@ -84,10 +84,18 @@ def _takeover_lines(tk: dict[str, Any] | None, health: dict[str, Any] | None) ->
     lines.append(f"sequence guard: {tk.get('records')} SA records, {tr.get('tracked')} SAs "
                  f"tracked, {tr.get('renewals')} marks journaled, {tr.get('violations')} "
                  f"violations (max overrun {tr.get('max_overrun')})")
-    if lp:
-        quorum = "with a Raft majority" if lp.get("quorum") else (
-            f"WITHOUT a Raft majority: +{lp.get('extra_reserve')} on every jump")
-        lines.append(f"last promotion {quorum}: barrier {lp.get('wait_ms')} ms, XFRM "
+    fence = tk.get("fence") or {}
+    if fence:
+        fenced = sum((fence.get("fenced") or {}).values())
+        lines.append(f"fence: {fence.get('permits')} SAs permitted, {fenced} packets fenced "
+                     f"(+{fence.get('unknown')} of unknown SAs), sender epoch "
+                     f"{tk.get('epoch')}, {fence.get('errors')} fence errors")
+    if lp and not lp.get("claimed", lp.get("quorum")):
+        lines.append(f"last promotion NOT CLAIMED after {lp.get('claim_attempts')} attempts "
+                     f"({lp.get('wait_ms')} ms): charon not activated, nothing sent")
+    elif lp:
+        lines.append(f"last promotion claimed epoch {lp.get('epoch')}: claim "
+                     f"{lp.get('wait_ms')} ms, XFRM "
                      f"{lp.get('xfrm_ms')} ms ({lp.get('writes')} of {lp.get('sas')} SAs "
                      f"written, largest jump {lp.get('max_jump')}), charon activated in "
                      f"{lp.get('activate_ms')} ms, {lp.get('total_ms')} ms in all")

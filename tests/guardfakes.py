@@ -1,5 +1,7 @@
-"""Fakes for the sequence guard's driver: a clock, a journal, a kernel and a sleep, all on the
-test's event loop (no sockets, threads or sleeps)."""
+"""Fakes for the sequence guard's driver: a clock, a journal, a kernel, a send fence and a
+sleep, all on the test's event loop (no sockets, threads or sleeps). The cluster simulation
+(kernels that send traffic through their fence onto "the wire", a Raft whose commits can
+stall, fail or come late) is in guardsim.py."""
 
 from __future__ import annotations
 
@@ -8,7 +10,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from hasync.guard import Guard, KernelSa, Reserve, SeqEntry, SeqLog, Write, WriteResult
+from hasync.fence.port import FenceCounts, FenceError, Permit
+from hasync.guard import Guard, KernelSa, Reserve, SaKey, SeqEntry, SeqLog, Write, WriteResult
+from hasync.guard.entries import ACCEPTED, REJECTED
 from hasync.syncobj_compat import FailReason
 
 KEY = ("192.0.2.101", 0xC0FFEE01, 50)
@@ -25,17 +29,18 @@ class Clock:
 
 
 class FakeJournal:
-    """Commits at once with `answer` (FailReason.SUCCESS applies the entry); `hold` keeps the
-    callbacks for the test to answer; the barrier answers `barrier_answer` after `barrier_s`."""
+    """Commits at once with `answer` (FailReason.SUCCESS applies the entry, which the SeqLog
+    accepts only from its sender); `hold` keeps the seq callbacks for the test to answer;
+    a claim answers `claim_answer` (None: never) after `claim_s`."""
 
     def __init__(self, clock: Clock | None = None, majority: bool = True) -> None:
         self.lock = threading.RLock()
         self.seqs = SeqLog()
         self.clock = clock or Clock()
         self.answer = FailReason.SUCCESS if majority else FailReason.MISSING_LEADER
-        self.barrier_answer: FailReason | None = self.answer  # None: never answers
-        self.barrier_s = 0.0
-        self.barriers = 0
+        self.claim_answer: FailReason | None = self.answer  # None: never answers
+        self.claim_s = 0.0
+        self.claims = 0
         self.hold = False
         self.held: list[tuple[SeqEntry, Callable[[Any, Any], None]]] = []
         self.entries: list[SeqEntry] = []
@@ -44,16 +49,82 @@ class FakeJournal:
         if self.hold:
             self.held.append((entry, callback))
             return
+        result = None
         if self.answer is FailReason.SUCCESS:
             self.entries.append(entry)
-            self.seqs.apply(entry)
-        callback(None, int(self.answer) or None)
+            result = ACCEPTED if self.seqs.apply(entry).accepted else REJECTED
+        callback(result, int(self.answer) or None)
 
-    def barrier(self, callback: Callable[[Any, Any], None]) -> None:
-        self.barriers += 1
-        self.clock.t += self.barrier_s
-        if self.barrier_answer is not None:
-            callback(None, int(self.barrier_answer))
+    def answer_held(self) -> None:
+        """Commit every held entry now, in order."""
+        held, self.held = self.held, []
+        for entry, callback in held:
+            self.entries.append(entry)
+            callback(ACCEPTED if self.seqs.apply(entry).accepted else REJECTED, None)
+
+    def claim(self, callback: Callable[[Any, Any], None], node: str = "gw2") -> None:
+        self.claims += 1
+        self.clock.t += self.claim_s
+        if self.claim_answer is FailReason.SUCCESS:
+            callback(self.seqs.claim(node), None)
+        elif self.claim_answer is not None:
+            callback(None, int(self.claim_answer))
+
+
+class FakeFence:
+    """The send fence as a dict of permits; `fail` makes every command raise FenceError."""
+
+    def __init__(self) -> None:
+        self.permits: dict[SaKey, Permit] = {}
+        self.dropped: dict[SaKey, int] = {}
+        self.unknown = 0
+        self.calls: list[str] = []
+        self.fail = False
+        self.closed = False
+        self.before_change: Callable[[], None] = lambda: None  # a kernel flushes its traffic
+
+    def _call(self, name: str) -> None:
+        self.calls.append(name)
+        if self.fail:
+            raise FenceError(f"nft {name}: refused (test)")
+
+    def allowed(self, key: SaKey, lo: int, hi: int) -> tuple[int, int] | None:
+        """The part of (lo, hi] the fence lets out for `key`, or None."""
+        p = self.permits.get(key)
+        if p is None:
+            return None
+        a, b = max(lo, p.lo), min(hi, p.hi)
+        return (a, b) if b > a else None
+
+    async def setup(self) -> None:
+        self._call("setup")
+        self.before_change()
+        self.permits.clear()
+
+    async def grant(self, permits: Any) -> None:
+        self._call("grant")
+        self.before_change()
+        for p in permits:
+            self.permits[p.key] = p
+
+    async def revoke_all(self) -> None:
+        self._call("revoke_all")
+        self.before_change()
+        self.permits.clear()
+
+    async def forget(self, keys: Any) -> None:
+        self._call("forget")
+        self.before_change()
+        for key in keys:
+            self.permits.pop(key, None)
+            self.dropped.pop(key, None)
+
+    async def counts(self) -> FenceCounts:
+        self._call("counts")
+        return FenceCounts(dict(self.dropped), self.unknown)
+
+    def close(self) -> None:
+        self.closed = True
 
 
 class FakeKernel:
@@ -121,15 +192,17 @@ class FakeSleep:
 
 
 def guard(journal: FakeJournal, kernel: FakeKernel, activated: list[int] | None = None,
-          sleep: FakeSleep | None = None, barrier_timeout_s: float = 0.3,
-          tick_s: float = 0.1) -> Guard:
-    """A guard on gw2 with the fakes, sharing the journal's clock."""
+          sleep: FakeSleep | None = None, tick_s: float = 0.1, fence: FakeFence | None = None,
+          master: list[bool] | None = None) -> Guard:
+    """A guard on gw2 with the fakes, sharing the journal's clock; VRRP master while
+    `master[0]` (default: always)."""
     clock = journal.clock
     kernel.clock = clock
     acts = activated if activated is not None else []
-    g = Guard("gw2", journal, Reserve(), lambda: acts.append(1), barrier_timeout_s, tick_s,
+    role = master if master is not None else [True]
+    g = Guard("gw2", journal, Reserve(), lambda: acts.append(1), fence or FakeFence(), tick_s,
               kernel=kernel, clock=clock, wall=lambda: 1_000_000.0 + clock.t,
-              sleep=sleep or FakeSleep(clock))
+              sleep=sleep or FakeSleep(clock), is_master=lambda: role[0])
     if sleep is not None:
         sleep.guard = g
     return g

@@ -56,7 +56,7 @@ def test_sample_file_loads_and_spells_out_every_default() -> None:
     assert str(config.cluster.bind) == "192.0.2.11:4520"
     assert [str(p) for p in config.cluster.peers] == ["192.0.2.12:4520", "192.0.2.13:4520"]
     defaults = parse_config(MINIMAL, SRC)
-    for section in ("node", "cluster", "charon", "keepalived"):
+    for section in ("node", "cluster", "charon", "keepalived", "fence"):
         for f in dataclasses.fields(getattr(config, section)):
             if f.name not in ("name", "bind", "peers"):
                 assert getattr(getattr(config, section), f.name) == \
@@ -123,6 +123,25 @@ def test_ipv6_cluster() -> None:
 ])
 def test_unknown_keys(text: str, expected: str) -> None:
     assert _error(text).startswith(expected)
+
+
+@pytest.mark.parametrize(("key", "why"), [
+    ("no_quorum_reserve = 4194304", "a node without a Raft majority does not promote"),
+    ("barrier_timeout_ms = 10000", "a promotion claims the sender epoch"),
+    ("takeover_horizon_ms = 1000", "a new master starts past the journaled mark"),
+])
+def test_keys_removed_by_issue_16_are_refused_naming_file_key_and_why(key: str,
+                                                                       why: str) -> None:
+    name = key.split(" ")[0]
+    err = _error(_with("takeover", key))
+    assert err.startswith(f"{SRC}: takeover.{name}: removed (issue 16): ") and why in err
+    assert err.endswith("delete the key")
+
+
+def test_the_fence_section() -> None:
+    assert parse_config(MINIMAL, SRC).fence.natt_port == 4500
+    assert parse_config(_with("fence", "natt_port = 14500"), SRC).fence.natt_port == 14500
+    assert _error(_with("fence", "natt_port = 0")).startswith(f"{SRC}: fence.natt_port:")
 
 
 @pytest.mark.parametrize(("section", "line", "expected"), [

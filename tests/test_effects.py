@@ -68,9 +68,13 @@ class FakeEndpoint:
 class FakeGuard:
     def __init__(self) -> None:
         self.promotions = 0
+        self.wakes = 0
 
     async def promote(self) -> None:
         self.promotions += 1
+
+    def wake(self) -> None:
+        self.wakes += 1
 
 
 def _fx(tmp_path: Path, journal: FakeJournal, role: Role = Role.MASTER
@@ -160,3 +164,12 @@ def test_promotion_replay_feed_and_heartbeat(tmp_path: Path) -> None:
     fx.do([node.StartReplay()])  # an empty journal: the replay ends at once
     asyncio.run(spawned.pop())
     assert fx.core.sync.state is node.SyncState.SYNCED and fx.core.counters["replays"] == 1
+
+
+def test_leaving_master_cancels_the_promotion_and_wakes_the_guard_to_revoke(
+        tmp_path: Path) -> None:
+    fx, _, _ = _fx(tmp_path, FakeJournal())
+    guard = fx.guard
+    assert isinstance(guard, FakeGuard)
+    fx.do([node.CancelPromotion()])
+    assert guard.wakes == 1  # its next step sees the role and revokes every send permit

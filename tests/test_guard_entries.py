@@ -119,28 +119,49 @@ def test_an_entry_round_trips_and_a_corrupted_one_is_refused_or_valid(
 
 def test_merging_moves_counters_forward_only() -> None:
     log = SeqLog()
-    log.apply(SeqEntry("gw1", 1.0, (rec(2000, 50),)))
-    log.apply(SeqEntry("gw1", 2.0, (rec(1000, 40),)))  # late or repeated: changes nothing
+    log.claim("gw1")
+    log.apply(SeqEntry("gw1", 1.0, (rec(2000, 50),), epoch=1))
+    log.apply(SeqEntry("gw1", 2.0, (rec(1000, 40),), epoch=1))  # late or repeated: no change
     assert (log.records[KEY].mark, log.records[KEY].seq) == (2000, 50)
-    log.apply(SeqEntry("gw2", 3.0, (rec(1500, 60, node="gw2"),)))
+    assert log.claim("gw2") == 2
+    log.apply(SeqEntry("gw2", 3.0, (rec(1500, 60, node="gw2"),), epoch=2))
     assert (log.records[KEY].mark, log.records[KEY].seq, log.records[KEY].node) == (
         2000, 60, "gw2")
-    log.apply(SeqEntry("gw2", 4.0, (), (KEY,)))
+    log.apply(SeqEntry("gw2", 4.0, (), (KEY,), epoch=2))
     assert KEY not in log.records
+
+
+def test_an_entry_not_from_the_sender_changes_nothing() -> None:
+    log = SeqLog()
+    assert not log.apply(SeqEntry("gw1", 1.0, (rec(2000, 50),), epoch=0)).accepted
+    log.claim("gw1")
+    assert log.apply(SeqEntry("gw1", 1.0, (rec(2000, 50),), epoch=1)).accepted
+    log.claim("gw2")
+    late = log.apply(SeqEntry("gw1", 2.0, (rec(9000, 90),), (KEY,), epoch=1))  # deposed
+    assert not late.accepted and not late.moved
+    assert log.records[KEY].mark == 2000 and log.rejected == 2
 
 
 def test_apply_tells_whether_a_backup_s_targets_moved() -> None:
     log = SeqLog()
-    assert log.apply(SeqEntry("gw1", 1.0, (rec(2000, 50),)))  # a new SA
-    assert not log.apply(SeqEntry("gw1", 2.0, (rec(2000, 90),)))  # inbound state only
-    assert not log.apply(SeqEntry("gw1", 3.0, (rec(1000, 95),)))  # a stale mark
-    assert not log.apply(SeqEntry("gw1", 4.0, (), (KEY,)))  # gone
-    assert log.apply(SeqEntry("gw1", 5.0, (rec(1, 0),)))  # back as new
-    assert log.apply(SeqEntry("gw1", 6.0, (rec(1, 0, key=("192.0.2.9", 1, 50)), rec(5, 0))))
-    assert (log.applied, log.moves) == (6, 3)
+    log.claim("gw1")
+
+    def moved(e: SeqEntry) -> bool:
+        return log.apply(e).moved
+    assert moved(SeqEntry("gw1", 1.0, (rec(2000, 50),), epoch=1))  # a new SA
+    assert not moved(SeqEntry("gw1", 2.0, (rec(2000, 90),), epoch=1))  # inbound state only
+    assert not moved(SeqEntry("gw1", 3.0, (rec(1000, 95),), epoch=1))  # a stale mark
+    assert not moved(SeqEntry("gw1", 4.0, (), (KEY,), epoch=1))  # gone
+    assert moved(SeqEntry("gw1", 5.0, (rec(1, 0),), epoch=1))  # back as new
+    assert moved(SeqEntry("gw1", 6.0, (rec(1, 0, key=("192.0.2.9", 1, 50)), rec(5, 0)),
+                          epoch=1))
+    assert (log.applied, log.moves) == (6, 4)  # the claim moved too
 
 
-def test_a_snapshot_restores_the_same_records() -> None:
+def test_a_snapshot_restores_the_same_records_and_sender() -> None:
     log = SeqLog()
-    log.apply(SeqEntry("gw1", 1.0, (rec(2000, 50), rec(3, key=("2001:db8::1", 2, 50)))))
-    assert SeqLog.from_dict(log.to_dict()) == log
+    log.claim("gw1")
+    log.apply(SeqEntry("gw1", 1.0, (rec(2000, 50), rec(3, key=("2001:db8::1", 2, 50))),
+                       epoch=1))
+    again = SeqLog.from_dict(log.to_dict())
+    assert again == log and again.sender == ("gw1", 1)

@@ -15,7 +15,7 @@ from hasync.guard.records import KernelSa, Write
 from hasync.xfrm.errors import XfrmError
 from hasync.xfrm.replayrows import ReplayRow
 
-from guardfakes import FakeJournal
+from guardfakes import FakeFence, FakeJournal
 
 KEY = ("192.0.2.101", 7, 50)
 
@@ -77,7 +77,7 @@ def test_the_guard_s_default_kernel_opens_its_socket_only_when_first_used(
         opened.append(timeout)
         return FakeSocket(timeout=timeout)
     monkeypatch.setattr(kernel_mod, "XfrmSocket", socket)
-    g = Guard("gw2", FakeJournal(), Reserve(), lambda: None, 0.3)
+    g = Guard("gw2", FakeJournal(), Reserve(), lambda: None, FakeFence())
     assert isinstance(g.kernel, KernelSas) and opened == []
     assert g.kernel.write_now([]).done == 0 and g.kernel.write_now([]).done == 0
     assert opened == [2.0]  # one socket, opened at first use

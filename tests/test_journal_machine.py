@@ -7,15 +7,17 @@ from typing import Any
 import msgpack
 import pytest
 
-from hasync.guard.entries import SeqEntry, pack_seq
+from hasync.guard.entries import ACCEPTED, REJECTED, SeqEntry, pack_seq
 from hasync.guard.records import SeqRecord
 from hasync.ha import MessageType, decode
 from hasync.journal.machine import (
     MAX_MEMBER_FIELDS,
     ApplyMachine,
+    Entry,
     Kind,
     MemberReport,
     open_entry,
+    pack_claim,
     pack_member,
     unpack_member,
 )
@@ -28,7 +30,7 @@ KEY = ("192.0.2.101", 0xC0FFEE01, 50)
 
 
 def _rec(mark: int, seq: int = 0) -> SeqRecord:
-    return SeqRecord(KEY, mark, seq, (seq & 0xFF,), 50.0, "gw1", 1000.0)
+    return SeqRecord(KEY, mark, seq, (seq & 0xFF,), 50.0, "gw1", 1000.0, 1)
 
 
 def test_a_batch_applies_like_the_state_model() -> None:
@@ -65,12 +67,40 @@ def test_a_state_bug_is_handed_back_not_raised(monkeypatch: pytest.MonkeyPatch) 
     assert [(name, type(e)) for name, e in change.errors] == [("apply_error", KeyError)] * 3
 
 
+def _seq(ts: float, *recs: SeqRecord, origin: str = "gw1", epoch: int = 1) -> Entry:
+    return open_entry(Kind.SEQ, pack_seq(SeqEntry(origin, ts, recs, epoch=epoch)))
+
+
 def test_seq_entries_move_marks_forward_only() -> None:
     m = ApplyMachine()
-    first = m.apply(open_entry(Kind.SEQ, pack_seq(SeqEntry("gw1", 1.0, (_rec(5000, 7),)))))
+    assert m.apply(open_entry(Kind.CLAIM, pack_claim("gw1"))).result == 1
+    first = m.apply(_seq(1.0, _rec(5000, 7)))
     assert first.moved and first.counts == {"seq_entries_applied": 1}
-    again = m.apply(open_entry(Kind.SEQ, pack_seq(SeqEntry("gw1", 2.0, (_rec(4000, 9),)))))
+    assert first.result == ACCEPTED
+    again = m.apply(_seq(2.0, _rec(4000, 9)))
     assert not again.moved and m.seqs.records[KEY].mark == 5000 and m.seqs.records[KEY].seq == 9
+
+
+def test_only_the_latest_claimant_s_entries_are_accepted() -> None:
+    m = ApplyMachine()
+    before = m.apply(_seq(1.0, _rec(5000, 7), epoch=0))  # nobody has claimed yet
+    assert before.result == REJECTED and before.counts == {"seq_rejected:not_sender": 1}
+    assert m.apply(open_entry(Kind.CLAIM, pack_claim("gw1"))).result == 1
+    assert m.apply(open_entry(Kind.CLAIM, pack_claim("gw2"))).result == 2
+    for origin, epoch in (("gw1", 1), ("gw2", 1), ("gw1", 2)):
+        change = m.apply(_seq(2.0, _rec(9000, 9), origin=origin, epoch=epoch))
+        assert change.result == REJECTED and not change.moved
+    assert m.seqs.records == {} and m.seqs.rejected == 4
+    ok = m.apply(_seq(3.0, SeqRecord(KEY, 100, 0, (), 0.0, "gw2", 1.0), origin="gw2", epoch=2))
+    assert ok.result == ACCEPTED and m.seqs.records[KEY].epoch == 2
+    assert m.seqs.sender == ("gw2", 2)
+
+
+@pytest.mark.parametrize("payload", [b"", b"\x92\x02\xa3gw1", b"\x92\x01\xa0",
+                                     b"\x91\x01", b"\x92\x01\x01"])
+def test_a_bad_claim_is_refused(payload: bytes) -> None:
+    with pytest.raises(EntryError):
+        open_entry(Kind.CLAIM, payload)
 
 
 def test_barriers_and_member_reports() -> None:

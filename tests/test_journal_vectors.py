@@ -24,7 +24,15 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from hasync.guard.entries import SeqEntry, pack_seq, unpack_seq
 from hasync.guard.records import SeqRecord
-from hasync.journal.machine import ApplyMachine, Kind, open_entry, pack_member, unpack_member
+from hasync.journal.machine import (
+    ApplyMachine,
+    Kind,
+    open_entry,
+    pack_claim,
+    pack_member,
+    unpack_claim,
+    unpack_member,
+)
 from hasync.journal.seal import (
     EntryError,
     Sealer,
@@ -53,15 +61,17 @@ def _fixed_nonces(name: str) -> Callable[[], bytes]:
 
 def _seq_entry() -> SeqEntry:
     """Two SAs (IPv4 outbound, IPv6 inbound with a bitmap) and one forgotten SA."""
-    out = SeqRecord(("192.0.2.100", 0xCD79F2D5, 50), 1 << 20, 0, (), 125.5, "gw1", 1700000000.5)
+    out = SeqRecord(("192.0.2.100", 0xCD79F2D5, 50), 1 << 20, 0, (), 125.5, "gw1", 1700000000.5,
+                    1)
     inb = SeqRecord(("2001:db8::1", 0xC6B2260C, 50), 0, 4242, (0xFFFFFFFF, 0x0000F00F), 0.0,
-                    "gw1", 1700000000.5)
-    return SeqEntry("gw1", 1700000000.5, (out, inb), (("192.0.2.100", 0x01020304, 50),))
+                    "gw1", 1700000000.5, 1)
+    return SeqEntry("gw1", 1700000000.5, (out, inb), (("192.0.2.100", 0x01020304, 50),), 1)
 
 
 def _snapshot_state() -> tuple[dict[str, Any], dict[str, Any]]:
-    """The replicated state after one golden tunnel and the seq entry."""
+    """The replicated state after one golden tunnel, gw1's claim and the seq entry."""
     m = ApplyMachine()
+    m.apply(open_entry(Kind.CLAIM, pack_claim("gw1")))
     golden = hastream.golden()
     m.apply(open_entry(Kind.BATCH, pack_batch([golden[n] for n in TUNNEL], "gw1", 1700000000.25)))
     m.apply(open_entry(Kind.SEQ, pack_seq(_seq_entry())))
@@ -77,6 +87,7 @@ def _values() -> dict[str, Any]:
         "member_report": ("gw1", {"vrrp": "MASTER", "raft": "leader", "applied": 42,
                                   "ts": 1700000000.75}),
         "barrier_entry": b"",
+        "claim_entry": "gw1",
         "snapshot_chunks": bytes(range(200)),  # 64-byte chunks: four of them
         "snapshot_file": (*_snapshot_state(), RAFT_DATA),
     }
@@ -95,6 +106,8 @@ def make_vectors() -> dict[str, bytes]:
             out[name] = sealer.seal(pack_member(*value))
         elif name == "barrier_entry":
             out[name] = sealer.seal(value)
+        elif name == "claim_entry":
+            out[name] = sealer.seal(pack_claim(value))
         elif name == "snapshot_chunks":
             out[name] = seal_chunks(sealer, value, chunk=64)
         else:
@@ -118,6 +131,8 @@ def _open(name: str, data: bytes) -> Any:
     if name == "member_report":
         report = unpack_member(plain)
         return (report.node, report.info)
+    if name == "claim_entry":
+        return unpack_claim(plain)
     return plain
 
 
@@ -165,7 +180,8 @@ def test_every_truncation_is_refused(name: str) -> None:
 
 
 ENTRIES = {"batch_entry": lambda v: pack_batch(*v), "seq_entry": pack_seq,
-           "member_report": lambda v: pack_member(*v), "barrier_entry": bytes}
+           "member_report": lambda v: pack_member(*v), "barrier_entry": bytes,
+           "claim_entry": pack_claim}
 
 
 @pytest.mark.parametrize("name", sorted(ENTRIES))
@@ -182,4 +198,5 @@ def test_the_snapshot_vector_restores_the_machine() -> None:
     state, seqs, raft_data = _open("snapshot_file", _read("snapshot_file"))
     m = ApplyMachine.restore(state, seqs)
     assert len(m.state.summaries(0.0)) == 1 and len(m.seqs.records) == 2
+    assert m.seqs.sender == ("gw1", 1)
     assert raft_data == RAFT_DATA

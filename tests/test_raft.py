@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from hasync.guard.entries import SeqEntry
+from hasync.guard.entries import ACCEPTED, REJECTED, SeqEntry
 from hasync.guard.records import SeqRecord
 from hasync.ha import MessageType, decode
 from hasync.journal.machine import Kind
@@ -58,10 +58,16 @@ def _logged(caplog: pytest.LogCaptureFixture, name: str) -> list[logging.LogReco
 
 def _commit(propose: Callable[[Callable[[Any, Any], None]], None]) -> FailReason:
     """Propose, wait for pysyncobj's callback, return its outcome by name."""
-    done: list[Any] = []
-    propose(lambda result, error: done.append(error))
+    return _commit_result(propose)[0]
+
+
+def _commit_result(propose: Callable[[Callable[[Any, Any], None]], None]) -> tuple[
+        FailReason, Any]:
+    """Propose, wait for pysyncobj's callback: its outcome by name and the apply's result."""
+    done: list[tuple[Any, Any]] = []
+    propose(lambda result, error: done.append((result, error)))
     _wait(lambda: done)
-    return outcome(done[0])
+    return outcome(done[0][1]), done[0][0]
 
 
 def test_stream_applies_snapshot_is_sealed_and_restores(tmp_path: Path) -> None:
@@ -140,10 +146,11 @@ def test_a_raising_listener_is_logged_once_with_its_traceback(
         s = hastream.tunnels(2)
         for _ in range(2):
             assert _commit(lambda cb: j.submit(s.datagrams[:4], cb)) == FailReason.SUCCESS
-        rec = SeqRecord(KEY, 5000, 7, (1,), 50.0, "n1", 1.0)
-        assert _commit(lambda cb: j.submit_seq(SeqEntry("n1", 1.0, (rec,)), cb)) == (
+        assert _commit(j.claim) == FailReason.SUCCESS  # moves the sender: on_seq too
+        rec = SeqRecord(KEY, 5000, 7, (1,), 50.0, "n1", 1.0, 1)
+        assert _commit(lambda cb: j.submit_seq(SeqEntry("n1", 1.0, (rec,), epoch=1), cb)) == (
             FailReason.SUCCESS)
-        assert j.counters["on_applied_error"] == 2 and j.counters["on_seq_error"] == 1
+        assert j.counters["on_applied_error"] == 2 and j.counters["on_seq_error"] == 2
         assert j.counters["batches_applied"] == 2  # the state moved on regardless
         assert len(caplog.records) == 2
         for name in ("on_applied_error", "on_seq_error"):
@@ -155,13 +162,19 @@ def test_a_raising_listener_is_logged_once_with_its_traceback(
 
 def test_seq_barrier_and_member_reports_apply(leader: ClusterJournal) -> None:
     moved: list[int] = []
+    rec = SeqRecord(KEY, 5000, 7, (1,), 50.0, "n1", 1.0, 1)
+    entry = SeqEntry("n1", 1.0, (rec,), epoch=1)
+    # before any claim nobody is the sender: the entry commits, is rejected, changes nothing
+    assert _commit_result(lambda cb: leader.submit_seq(entry, cb)) == (
+        FailReason.SUCCESS, REJECTED)
+    assert _commit_result(leader.claim) == (FailReason.SUCCESS, 1)  # the claim's epoch
     leader.on_seq = lambda: moved.append(1)
-    rec = SeqRecord(KEY, 5000, 7, (1,), 50.0, "n1", 1.0)
-    assert _commit(lambda cb: leader.submit_seq(SeqEntry("n1", 1.0, (rec,)), cb)) == (
-        FailReason.SUCCESS)
+    assert _commit_result(lambda cb: leader.submit_seq(entry, cb)) == (
+        FailReason.SUCCESS, ACCEPTED)
     with leader.lock:
-        assert leader.seqs.records[KEY] == rec
+        assert leader.seqs.records[KEY] == rec and leader.seqs.sender == ("n1", 1)
     assert moved == [1]
+    assert leader.counters["seq_rejected:not_sender"] == 1
     assert _commit(leader.barrier) == FailReason.SUCCESS
     info = {"vrrp": "BACKUP", "raft": "leader", "applied": 3, "ts": 1.5}
     assert _commit(lambda cb: leader.report(info, cb)) == FailReason.SUCCESS

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from hasync.views import status_text
 
-PROMOTION = {"quorum": False, "extra_reserve": 4194304, "wait_ms": 10001.0, "xfrm_ms": 80.5,
-             "writes": 6, "sas": 6, "max_jump": 4195000, "activate_ms": 40.0,
-             "total_ms": 10121.5, "errors": ["NEWAE replay on SA 192.0.2.101/0x1/50: ENOENT"]}
+PROMOTION = {"claimed": True, "quorum": True, "epoch": 3, "claim_attempts": 2,
+             "wait_ms": 101.0, "xfrm_ms": 80.5, "writes": 6, "sas": 6, "max_jump": 4195,
+             "activate_ms": 40.0, "total_ms": 221.5,
+             "errors": ["NEWAE replay on SA 192.0.2.101/0x1/50: ENOENT"]}
 
 
 def test_status_shows_the_last_promotion_and_its_phases() -> None:
@@ -16,9 +17,22 @@ def test_status_shows_the_last_promotion_and_its_phases() -> None:
         "health": {"healthy": False, "reasons": ["charon does not answer over vici (x)"]}})
     assert "health: FAILING: charon does not answer over vici (x)" in text
     assert "sequence guard: 6 SA records, 6 SAs tracked, 40 marks journaled, 0 violations" in text
-    assert "WITHOUT a Raft majority: +4194304 on every jump" in text
-    assert "barrier 10001.0 ms, XFRM 80.5 ms (6 of 6 SAs written" in text
+    assert "last promotion claimed epoch 3: claim 101.0 ms, XFRM 80.5 ms (6 of 6 SAs written" \
+        in text
     assert "charon activated in 40.0 ms" in text and "promotion error: NEWAE" in text
+
+
+def test_status_shows_an_unclaimed_promotion_and_the_fence() -> None:
+    text = status_text({"node": "gw2", "takeover": {
+        "records": 1, "tracker": {}, "epoch": None,
+        "fence": {"permits": 0, "fenced": {"c0ffee01@192.0.2.1": 40, "x@y": 2}, "unknown": 3,
+                  "errors": 1},
+        "last_promotion": {"claimed": False, "quorum": False, "claim_attempts": 9,
+                           "wait_ms": 4000.0}}})
+    assert "fence: 0 SAs permitted, 42 packets fenced (+3 of unknown SAs), sender epoch " \
+        "None, 1 fence errors" in text
+    assert "last promotion NOT CLAIMED after 9 attempts (4000.0 ms): charon not activated, " \
+        "nothing sent" in text
 
 
 def test_status_of_a_node_never_promoted() -> None:

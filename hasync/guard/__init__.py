@@ -1,16 +1,19 @@
 """The sequence guard: no new master ever reuses an outbound ESP (SPI, seq), and none accepts
 again what the old master accepted (docs/takeover.md argues it).
 
-Rules: `records` holds the shared record types; `rules`, `pacing` and `promotion` are pure
-(time is an argument); `entries` is the journal codec and its forward-only merge; `kernel` is
-the only module here that touches XFRM; `driver` (`Guard`) is the only one with asyncio, and
-it takes its kernel, journal and clocks from its caller.
+Rules: `records` holds the shared record types; `rules`, `pacing`, `promotion` and `permits`
+are pure (time is an argument); `entries` is the journal codec and its sender-only,
+forward-only merge; `ports` the driver's journal port and counters; `kernel` is the only
+module here that touches XFRM; `driver` (`Guard`) is the only one with asyncio, and it takes
+its kernel, send fence (hasync/fence), journal and clocks from its caller.
 """
 
-from hasync.guard.driver import Guard, GuardStats, JournalPort, MarkFlight
+from hasync.guard.driver import Guard
 from hasync.guard.entries import MAX_RECORDS, SeqEntry, SeqLog, pack_seq, unpack_seq
 from hasync.guard.kernel import KERNEL_FAILURES, KernelPort, KernelSas
 from hasync.guard.pacing import BACKUP_SEQ_TICK_S, REST_K, BackupPace, ReadCosts
+from hasync.guard.permits import SenderTerm
+from hasync.guard.ports import GuardStats, JournalPort, MarkFlight
 from hasync.guard.promotion import (
     PROMOTION_READS,
     IllegalPhase,
@@ -19,7 +22,7 @@ from hasync.guard.promotion import (
     PromotionReport,
 )
 from hasync.guard.records import U32_MAX, U64_MAX, KernelSa, SaKey, SeqRecord, Write, WriteResult
-from hasync.guard.rules import Reserve, SeqTracker, plan_writes, stretch, target_oseq
+from hasync.guard.rules import Held, Reserve, SeqTracker, plan_writes, stretch, target_oseq
 
 __all__ = [
     "BACKUP_SEQ_TICK_S",
@@ -32,6 +35,7 @@ __all__ = [
     "BackupPace",
     "Guard",
     "GuardStats",
+    "Held",
     "IllegalPhase",
     "JournalPort",
     "KernelPort",
@@ -44,6 +48,7 @@ __all__ = [
     "ReadCosts",
     "Reserve",
     "SaKey",
+    "SenderTerm",
     "SeqEntry",
     "SeqLog",
     "SeqRecord",

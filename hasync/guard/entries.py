@@ -1,10 +1,14 @@
 """The sequence guard's journal entries: the master's per-SA marks and inbound replay state.
 
-Rules: an entry payload is msgpack `[format, origin, ts, records, gone]` with explicit limits,
-checked when packing and when unpacking (violations raise `EntryError`, like ha batches);
-records carry no key material (addresses, SPIs, counters, a rate); `SeqLog.apply()` takes a
-committed entry and never raises; marks and inbound counters only move forward per SA, so an
-entry applied twice or late changes nothing. Pure: no IO, no clocks.
+Rules: an entry payload is msgpack `[format, origin, epoch, ts, records, gone]` with explicit
+limits, checked when packing and when unpacking (violations raise `EntryError`, like ha
+batches); records carry no key material (addresses, SPIs, counters, a rate). One node at a
+time is the sender, `SeqLog.sender = (node, epoch)`: a CHILD_SA's marks may come only from it.
+A claim (`SeqLog.claim(node)`, a CLAIM entry) makes `node` the sender at the next epoch, the
+latest claim wins; `SeqLog.apply()` accepts an entry only if its (origin, epoch) is the current
+sender, else it changes nothing and is counted as rejected. It never raises on a valid entry;
+marks and inbound counters only move forward per SA, so an entry applied twice or late changes
+nothing. Pure: no IO, no clocks.
 """
 
 from __future__ import annotations
@@ -19,7 +23,10 @@ import msgpack
 from ..journal.seal import MAX_ENTRY, MAX_ORIGIN, EntryError
 from .records import U64_MAX, SaKey, SeqRecord
 
-SEQ_FORMAT = 1
+SEQ_FORMAT = 2  # 2: the entry carries its sender epoch (issue 16)
+MAX_EPOCH = U64_MAX
+ACCEPTED = "accepted"  # what a SEQ entry's replicated apply returns (pysyncobj: `result`)
+REJECTED = "rejected"  # not from the current sender: nothing changed
 MAX_RECORDS = 512  # records (or gone keys) per entry
 MAX_BITMAP_WORDS = 128  # 4096-packet ESN replay window (strongSwan's replay_window max is larger,
 #                         but no one runs it; a longer bitmap is refused, not truncated)
@@ -27,12 +34,23 @@ MAX_BITMAP_WORDS = 128  # 4096-packet ESN replay window (strongSwan's replay_win
 
 @dataclass(frozen=True, slots=True)
 class SeqEntry:
-    """One entry: records and forgotten SA keys from `origin` at wall time `ts`."""
+    """One entry: records and forgotten SA keys from `origin`, made as the sender of `epoch`,
+    at wall time `ts`."""
 
     origin: str
     ts: float
     records: tuple[SeqRecord, ...]
     gone: tuple[SaKey, ...] = ()
+    epoch: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SeqApplied:
+    """What applying one entry did: accepted (from the sender) and whether a backup's targets
+    moved (an outbound mark rose or a new SA came)."""
+
+    accepted: bool
+    moved: bool = False
 
 
 def _key(item: Any) -> SaKey:
@@ -59,7 +77,7 @@ def _counter(value: Any, what: str) -> int:
     return value
 
 
-def _record(item: Any, origin: str) -> SeqRecord:
+def _record(item: Any, origin: str, epoch: int) -> SeqRecord:
     """Check one [key, mark, seq, bitmap, rate, ts] record."""
     if not isinstance(item, list) or len(item) != 6:
         raise EntryError("a record is [key, mark, seq, bitmap, rate, ts]")
@@ -71,7 +89,7 @@ def _record(item: Any, origin: str) -> SeqRecord:
         if not isinstance(value, float) or not math.isfinite(value) or value < 0:
             raise EntryError(f"{what} must be a finite non-negative float")
     return SeqRecord(_key(key), _counter(mark, "mark"), _counter(seq, "seq"), tuple(bitmap),
-                     rate, origin, ts)
+                     rate, origin, ts, epoch)
 
 
 def pack_seq(entry: SeqEntry) -> bytes:
@@ -82,7 +100,7 @@ def pack_seq(entry: SeqEntry) -> bytes:
         raise EntryError(f"an entry carries at most {MAX_RECORDS} records and gone keys")
     recs = [[list(r.key), r.mark, r.seq, list(r.bitmap), float(r.rate), float(r.ts)]
             for r in entry.records]
-    raw = msgpack.packb([SEQ_FORMAT, entry.origin, float(entry.ts), recs,
+    raw = msgpack.packb([SEQ_FORMAT, entry.origin, entry.epoch, float(entry.ts), recs,
                          [list(k) for k in entry.gone]], use_bin_type=True)
     if len(raw) > MAX_ENTRY:
         raise EntryError(f"packed entry of {len(raw)} bytes exceeds {MAX_ENTRY}")
@@ -101,32 +119,46 @@ def unpack_seq(raw: bytes) -> SeqEntry:
                                max_map_len=0, max_ext_len=0)
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise EntryError(f"payload is not a valid seq entry: {exc}") from None
-    if not isinstance(data, list) or len(data) != 5:
-        raise EntryError("payload must be [format, origin, ts, records, gone]")
-    fmt, origin, ts, recs, gone = data
+    if not isinstance(data, list) or len(data) != 6:
+        raise EntryError("payload must be [format, origin, epoch, ts, records, gone]")
+    fmt, origin, epoch, ts, recs, gone = data
     if type(fmt) is not int or fmt != SEQ_FORMAT:
         raise EntryError(f"unknown seq entry format {fmt!r}")
     if not isinstance(origin, str) or not origin:
         raise EntryError("origin must be a non-empty string")
+    if type(epoch) is not int or not 0 <= epoch <= MAX_EPOCH:
+        raise EntryError("epoch must be a u64")
     if not isinstance(ts, float) or not math.isfinite(ts):
         raise EntryError("ts must be a finite float")
     if not isinstance(recs, list) or not isinstance(gone, list):
         raise EntryError("records and gone must be lists")
-    return SeqEntry(origin, ts, tuple(_record(r, origin) for r in recs),
-                    tuple(_key(k) for k in gone))
+    return SeqEntry(origin, ts, tuple(_record(r, origin, epoch) for r in recs),
+                    tuple(_key(k) for k in gone), epoch)
 
 
 @dataclass
 class SeqLog:
-    """The committed per-SA records, applied in commit order on every node."""
+    """The committed per-SA records and the sender, applied in commit order on every node."""
 
     records: dict[SaKey, SeqRecord] = field(default_factory=dict)
     applied: int = 0
     moves: int = field(default=0, compare=False)  # entries that moved a mark or brought an SA
+    sender: tuple[str, int] = ("", 0)  # (node, epoch): whose marks are accepted; "" none yet
+    rejected: int = 0  # entries not from the sender (seq_rejected:not_sender)
 
-    def apply(self, entry: SeqEntry) -> bool:
-        """Merge an entry: counters move forward only; never raises on a valid entry. True if
-        an outbound mark rose or a new SA came (a backup's targets moved)."""
+    def claim(self, node: str) -> int:
+        """`node` becomes the sender at the next epoch (the latest claim wins); the epoch."""
+        epoch = min(self.sender[1] + 1, MAX_EPOCH)
+        self.sender = (node, epoch)
+        self.moves += 1  # a new term: every node re-reads what it holds against the sender
+        return epoch
+
+    def apply(self, entry: SeqEntry) -> SeqApplied:
+        """Merge an entry from the sender: counters move forward only; an entry from anyone
+        else changes nothing. Never raises on a valid entry."""
+        if (entry.origin, entry.epoch) != self.sender:
+            self.rejected += 1
+            return SeqApplied(accepted=False)
         moved = False
         for rec in entry.records:
             old = self.records.get(rec.key)
@@ -135,25 +167,28 @@ class SeqLog:
                 seq, bitmap = (rec.seq, rec.bitmap) if rec.seq >= old.seq else (
                     old.seq, old.bitmap)
                 rec = SeqRecord(rec.key, max(rec.mark, old.mark), seq, bitmap, rec.rate,
-                                rec.node, rec.ts)
+                                rec.node, rec.ts, rec.epoch)
             self.records[rec.key] = rec
         for key in entry.gone:
             self.records.pop(key, None)
         self.applied += 1
         self.moves += moved
-        return moved
+        return SeqApplied(accepted=True, moved=moved)
 
     def to_dict(self) -> dict[str, Any]:
         """A snapshot as plain data (for the sealed Raft snapshot)."""
-        return {"applied": self.applied, "records": [
-            [list(r.key), r.mark, r.seq, list(r.bitmap), r.rate, r.node, r.ts]
-            for r in self.records.values()]}
+        return {"applied": self.applied, "sender": list(self.sender),
+                "rejected": self.rejected, "records": [
+                    [list(r.key), r.mark, r.seq, list(r.bitmap), r.rate, r.node, r.ts, r.epoch]
+                    for r in self.records.values()]}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SeqLog:
         """Rebuild from `to_dict()` output."""
-        log = cls(applied=int(data.get("applied", 0)))
-        for key, mark, seq, bitmap, rate, node, ts in data.get("records", []):
+        node, epoch = data.get("sender", ("", 0))
+        log = cls(applied=int(data.get("applied", 0)), sender=(str(node), int(epoch)),
+                  rejected=int(data.get("rejected", 0)))
+        for key, mark, seq, bitmap, rate, node_, ts, ep in data.get("records", []):
             k = (str(key[0]), int(key[1]), int(key[2]))
-            log.records[k] = SeqRecord(k, mark, seq, tuple(bitmap), rate, node, ts)
+            log.records[k] = SeqRecord(k, mark, seq, tuple(bitmap), rate, node_, ts, int(ep))
         return log

@@ -4,8 +4,7 @@ reads).
 Rules: pure (time is the `now` passed in). A master reads every tick; a non-master reads when a
 mark moved or an SA came since its last read, and at least every `BackupPace.full_s`. After a
 read that cost d (its writes apart) the loop rests REST_K x d, so reads take at most
-1 / (1 + REST_K) of a CPU; what that lag adds to this node's takeover targets is
-`ReadCosts.takeover_stretch_s()`.
+1 / (1 + REST_K) of a CPU.
 """
 
 from __future__ import annotations
@@ -56,10 +55,3 @@ class ReadCosts:
         of a CPU. Writes do not count: they are what the journal asks, not a repeated cost,
         and a rest after them would hold back the next marks."""
         return REST_K * self.reads[-1] if self.reads else 0.0
-
-    def takeover_stretch_s(self) -> float:
-        """What this node's targets add for its own lag: a moved mark reaches its kernel up to
-        a rest, a read and the writes before its own after the commit, where the nominal
-        tick_s is assumed."""
-        lag = (1 + REST_K) * max(self.reads, default=0.0) + max(self.writes, default=0.0)
-        return max(0.0, lag - self.tick_s)

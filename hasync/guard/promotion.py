@@ -1,10 +1,12 @@
 """A promotion as a state machine: what a node does with ESP replay state on VRRP MASTER.
 
 Rules: pure (no IO; time is the `now` each event brings, wall time only the `started` stamp).
-The phases follow issue 4, in this order only (`TRANSITIONS`; any other move raises
+The phases follow issues 4 and 16, in this order only (`TRANSITIONS`; any other move raises
 `IllegalPhase` naming the phase and the move):
-BARRIER: a Raft barrier, bounded by the driver, so every entry committed before it is applied
-  here; without it (no majority) every target gets `Reserve.no_quorum` more;
+CLAIM: a CLAIM entry, retried by the driver until Raft commits it or the node stops being VRRP
+  master; once applied here this node is the sender (every entry committed before it is
+  applied too). Without it the promotion ends there: no writes, no activation, no marks, so
+  no permits (a minority never sends);
 XFRM: read every SA and write the targets (outbound jump, inbound replay state restored,
   `rules.plan_writes`); a failed read leaves counters behind, so it is tried again, up to
   PROMOTION_READS times;
@@ -30,15 +32,17 @@ class PromotionReport:
     """The last promotion, for `hasync status` (milliseconds, wall-clock start)."""
 
     started: float
-    quorum: bool = False
-    wait_ms: float = 0.0  # Raft barrier: apply everything committed
+    claimed: bool = False  # the claim committed: this node is the sender
+    quorum: bool = False  # the same (the name the lab reads)
+    epoch: int = 0  # the sender epoch the claim made
+    claim_attempts: int = 0
+    wait_ms: float = 0.0  # the claim: submitted until committed and applied here
     xfrm_ms: float = 0.0  # read replay state and write the targets
     activate_ms: float = 0.0  # charon's segments activated
     total_ms: float = 0.0
     sas: int = 0
     writes: int = 0
     max_jump: int = 0
-    extra_reserve: int = 0
     errors: list[str] = field(default_factory=list)
     done: bool = False
 
@@ -46,14 +50,14 @@ class PromotionReport:
 class Phase(Enum):
     """Where a promotion stands."""
 
-    BARRIER = "barrier"  # waiting until everything committed is applied here
+    CLAIM = "claim"  # waiting until this node's claim is committed and applied here
     XFRM = "xfrm"  # reading the kernel's SAs and writing their targets
     ACTIVATE = "activate"  # charon's segments are being activated
     DONE = "done"
 
 
 TRANSITIONS: dict[Phase, frozenset[Phase]] = {
-    Phase.BARRIER: frozenset({Phase.XFRM}),
+    Phase.CLAIM: frozenset({Phase.XFRM, Phase.DONE}),
     Phase.XFRM: frozenset({Phase.ACTIVATE}),
     Phase.ACTIVATE: frozenset({Phase.DONE}),
     Phase.DONE: frozenset(),
@@ -65,14 +69,14 @@ class IllegalPhase(RuntimeError):
 
 
 class Promotion:
-    """One promotion: events in (barrier, read, written, activated, each with `now`),
-    decisions out (the extra reserve, the writes, whether to read again), timings kept."""
+    """One promotion: events in (claimed, read, written, activated, each with `now`),
+    decisions out (the writes, whether to read again), timings kept."""
 
     def __init__(self, reserve: Reserve, started: float, now: float,
                  reads: int = PROMOTION_READS) -> None:
         self.reserve, self.reads = reserve, reads
         self.report = PromotionReport(started=started)
-        self.phase = Phase.BARRIER
+        self.phase = Phase.CLAIM
         self.t0 = self.t_phase = now
         self.failed_reads = 0
         self._planned: tuple[int, list[Write]] | None = None
@@ -90,18 +94,25 @@ class Promotion:
         if self.phase is not phase:
             raise IllegalPhase(f"promotion in phase {self.phase.value} cannot {step}")
 
-    def barrier_done(self, quorum: bool, now: float) -> None:
-        """The barrier answered (True) or its bound passed (False)."""
-        self.report.wait_ms = self._move(Phase.XFRM, now)
-        self.report.quorum = quorum
-        self.report.extra_reserve = 0 if quorum else self.reserve.no_quorum
+    def claim_done(self, epoch: int | None, attempts: int, now: float) -> None:
+        """The claim was applied here at `epoch`, or given up (None: the role changed)."""
+        rep = self.report
+        rep.claim_attempts = attempts
+        if epoch is None:
+            rep.wait_ms = self._move(Phase.DONE, now)
+            rep.total_ms = round((now - self.t0) * 1000, 1)
+            rep.errors.append(f"claim not committed after {attempts} attempts: no "
+                              "activation, nothing sent")
+            return
+        rep.wait_ms = self._move(Phase.XFRM, now)
+        rep.claimed = rep.quorum = True
+        rep.epoch = epoch
 
-    def plan(self, sas: Iterable[KernelSa], records: Mapping[SaKey, SeqRecord],
-             stretch_s: float) -> list[Write]:
+    def plan(self, sas: Iterable[KernelSa], records: Mapping[SaKey, SeqRecord]) -> list[Write]:
         """The kernel was read: the writes that move every SA to its target."""
         self._expect(Phase.XFRM, "plan writes")
         sas = list(sas)
-        writes = plan_writes(sas, records, self.reserve, self.report.extra_reserve, stretch_s)
+        writes = plan_writes(sas, records, self.reserve)
         self._planned = (len(sas), writes)
         return writes
 
@@ -130,6 +141,7 @@ class Promotion:
 
     def activated(self, now: float) -> PromotionReport:
         """charon's segments were activated: the promotion is done."""
+        self._expect(Phase.ACTIVATE, "activate charon")
         rep = self.report
         rep.activate_ms = self._move(Phase.DONE, now)
         rep.total_ms = round((now - self.t0) * 1000, 1)

@@ -39,6 +39,7 @@ class SeqRecord:
     rate: float  # peak outbound packets/s the mark was sized from
     node: str  # the master that journaled it
     ts: float  # wall-clock time of journaling (shown in status, used for pruning)
+    epoch: int = 0  # the sender epoch it was accepted in (journal/machine.py, CLAIM)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,18 +1,32 @@
-"""The sequence guard's rules: journaled outbound marks and inbound replay state per ESP SA, and
-the replay-state writes that keep a new master from ever reusing an outbound (SPI, seq).
+"""The sequence guard's rules: journaled outbound marks and inbound replay state per ESP SA, the
+send permits they become, and the replay-state writes that keep a new master from ever reusing
+an outbound (SPI, seq).
 
-Rules: pure (no IO, no clocks: `now` is monotonic seconds passed in); the argument that makes
-the writes safe is docs/takeover.md, and every constant here is named there. In short:
-- the master journals, per SA, a mark M ahead of its kernel's oseq by `Reserve.ahead(rate)`
-  (rate: the SA's peak outbound rate over the last RATE_WINDOW_S) and renews it, through Raft,
-  once fewer than half of that reserve is left; a kernel oseq past the node's own committed
-  mark is counted as a violation (the assumption behind the bound failed);
-- every other node keeps each SA's kernel oseq at M + `Reserve.takeover(rate)`, so whatever it
-  sends once it holds the VIP, before its own first mark commits, lies above anything the old
-  master can have sent, and M + takeover covers what a new master sends before it journals;
+Rules: pure (no IO, no clocks: `now` is monotonic seconds passed in); docs/takeover.md is the
+argument. In short:
+- only the sender (journal `SeqLog.sender`, made by a CLAIM) journals marks, and the kernel's
+  fence (hasync/fence) lets an SA's packets out only in (lo, mark] of a mark Raft committed and
+  the journal accepted from this node in its current epoch: nothing above an accepted mark ever
+  reaches the wire, whatever the rate or the network. Safety needs no bound on traffic;
+- the master's first mark of a term for an SA (no record accepted in its epoch) starts past
+  the target: it writes the kernel counter up to `target_oseq` (journaled mark + 1 +
+  `takeover_floor`, or 0 without a record) if below, and asks for (base, base + ahead] with
+  base = max(read oseq, target). A write that lands behind the counter is harmless: numbers
+  above this node's permits were dropped by the fence, never sent;
+- it renews a mark, through Raft, once fewer than half of `Reserve.ahead(rate)` is left (rate:
+  the SA's peak outbound rate over the last RATE_WINDOW_S, a rekeyed SA starting from its
+  predecessor's). The reserve only sizes how rarely the fence drops, never safety. The growth
+  it assumes: a renewal is asked at the first read that finds less than ahead / 2 left and
+  lands one commit later, so nothing is fenced while an SA sends at most ahead / 2 packets in
+  (read interval + commit latency), i.e. while its rate stays within
+  max(floor, peak x horizon_s) / (2 x (tick + commit)): x2 the peak over RATE_WINDOW_S at the
+  defaults (0.8 s horizon, 0.1 s tick, commits within 0.1 s), and from idle up to 1,920
+  packets/s (768 / 0.4 s). Slower reads stretch the reserve (`stretch()`). A faster step is
+  fenced until the next renewal commits (counted per SA, `hasync status` takeover.fence);
+- every other node keeps each SA's kernel oseq at its target (a backup's pre-jump), so a
+  promotion writes little;
 - inbound replay state (seq, bitmap) is journaled at least every `inbound_interval_s` while it
   moves and restored forward only, so packets the old master accepted stay rejected;
-- a promotion without a Raft majority adds `no_quorum` to every target;
 - counters only move forward; a non-ESN target past 2^32 - 1 is clamped there, which stops the
   SA (the kernel refuses to wrap) instead of reusing a number.
 The kernel semantics are torvalds/linux net/xfrm/xfrm_replay.c (xfrm_replay_overflow*: the
@@ -30,21 +44,21 @@ from itertools import pairwise
 from .records import U32_MAX, U64_MAX, KernelSa, SaKey, SeqRecord, Write
 
 RATE_WINDOW_S = 3.0  # peak rate over this window sizes the reserve
-RACE_MARGIN = 64  # an outbound write lands at least this far past the oseq just read
-RACE_S = 0.1  # and at least this long at the journaled rate (NEWAE is not compare-and-set)
+RACE_MARGIN = 64  # a backup's write lands at least this far past the oseq just read
+RACE_S = 0.1  # and this long at the journaled rate (NEWAE is not compare-and-set; the fence
+#               makes a write behind the counter harmless, the margin only makes it rare)
 PRUNE_AFTER_S = 60.0  # a record whose SA left the master's kernel this long ago is dropped
 READS_KEPT = 8  # reserves stretch for the longest of this many recent intervals between reads
 
 
 @dataclass(frozen=True, slots=True)
 class Reserve:
-    """How far ahead marks and takeover targets lie (docs/takeover.md derives each value)."""
+    """How far ahead marks lie, and the gap past a journaled mark a new term starts at."""
 
     floor: int = 768  # packets: mark ahead of oseq at least this much
     horizon_s: float = 0.8  # and at least this long at the SA's peak rate
-    takeover_floor: int = 576  # a backup's target lies this far past the mark at least
-    takeover_horizon_s: float = 1.0  # and at least this long at the journaled rate
-    no_quorum: int = 1 << 22  # added to every target of a promotion without a majority
+    takeover_floor: int = 576  # a new term's first number lies this far past the mark + 1:
+    #                            defence in depth, the fence's argument does not need it
     inbound_interval_s: float = 5.0  # journal moving inbound state at least this often
 
     def ahead(self, rate: float, stretch_s: float = 0.0) -> int:
@@ -52,15 +66,9 @@ class Reserve:
         at `rate` when its reads come slower than the nominal tick (`stretch()`)."""
         return max(self.floor, math.ceil(rate * (self.horizon_s + stretch_s)))
 
-    def takeover(self, rate: float, stretch_s: float = 0.0) -> int:
-        """How far past the journaled mark a new master starts; `stretch_s` more time at `rate`
-        when this node's reads lag (`stretch()`)."""
-        return max(self.takeover_floor, math.ceil(rate * (self.takeover_horizon_s + stretch_s)))
-
-    def bound(self, rate: float, ahead_stretch_s: float = 0.0,
-              takeover_stretch_s: float = 0.0) -> int:
-        """The most a failover can skip on an SA at `rate`: ahead + takeover."""
-        return self.ahead(rate, ahead_stretch_s) + self.takeover(rate, takeover_stretch_s)
+    def bound(self, rate: float, ahead_stretch_s: float = 0.0) -> int:
+        """The most a failover can skip on an SA at `rate`: ahead + 1 + takeover_floor."""
+        return self.ahead(rate, ahead_stretch_s) + 1 + self.takeover_floor
 
 
 def stretch(interval_s: float, tick_s: float) -> float:
@@ -100,12 +108,33 @@ class TrackerStats:
     """What the master's tracker has done since it started (shown by `hasync status`)."""
 
     renewals: int = 0
+    first_marks: int = 0  # marks that opened a term for an SA (after a jump to its target)
     inbound_updates: int = 0
-    violations: int = 0
-    max_overrun: int = 0  # the largest oseq - own committed mark seen (0 if never)
+    violations: int = 0  # reads that found a counter past this node's accepted mark: the
+    #                      fence dropped what it sent above it (takeover.fence.fenced)
+    max_overrun: int = 0  # the largest oseq - own accepted mark seen (0 if never)
     tracked: int = 0
     read_interval_ms: float = 0.0  # the longest of the last READS_KEPT intervals between reads
     stretch_ms: float = 0.0  # how much longer marks reach for it (`stretch()`)
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """What this node may send on an SA in its current epoch: (lo, hi], hi its accepted mark."""
+
+    lo: int
+    hi: int
+
+
+@dataclass
+class MasterPlan:
+    """One master read's decisions: records to journal (with each one's permit lo), kernel
+    writes that jump an SA to its target before its first mark, and keys to forget."""
+
+    records: list[SeqRecord] = field(default_factory=list)
+    lows: dict[SaKey, int] = field(default_factory=dict)
+    writes: list[Write] = field(default_factory=list)
+    gone: list[SaKey] = field(default_factory=list)
 
 
 @dataclass
@@ -115,9 +144,6 @@ class SeqTracker:
     node: str
     reserve: Reserve = field(default_factory=Reserve)
     tick_s: float = 0.1  # the nominal interval between reads (config: takeover.tick_ms)
-    # wall time this node last became master: its own marks from before (an earlier term,
-    # left behind by the guard's pre-jump while it was backup) are no promise it broke
-    master_since: float = 0.0
     meters: dict[SaKey, RateMeter] = field(default_factory=dict)
     inbound_at: dict[SaKey, float] = field(default_factory=dict)
     lineage: dict[tuple[int, str], tuple[float, float]] = field(default_factory=dict)
@@ -143,25 +169,26 @@ class SeqTracker:
         return extra
 
     def observe(self, sas: Iterable[KernelSa], committed: Mapping[SaKey, SeqRecord],
-                now: float, wall: float) -> tuple[list[SeqRecord], list[SaKey]]:
-        """Records to journal now, and keys to forget (SAs long gone from the kernel)."""
-        out: list[SeqRecord] = []
+                held: Mapping[SaKey, Held], epoch: int, now: float,
+                wall: float) -> MasterPlan:
+        """What to journal and write now, as the sender of `epoch` holding `held`."""
+        plan = MasterPlan()
         seen: set[SaKey] = set()
         extra = self._stretch(now)
         for sa in sas:
             seen.add(sa.key)
             rate = self._rate(sa, now)
-            rec = self._one(sa, committed.get(sa.key), rate, now, wall, extra)
-            if rec is not None:
-                out.append(rec)
+            self._one(plan, sa, committed.get(sa.key), held.get(sa.key), rate, now,
+                      (wall, epoch, extra))
         for key in [k for k in self.meters if k not in seen]:
             del self.meters[key]
             self.inbound_at.pop(key, None)
         for lin in [k for k, (t, _) in self.lineage.items() if now - t > 2 * RATE_WINDOW_S]:
             del self.lineage[lin]
-        gone = [k for k, r in committed.items() if k not in seen and wall - r.ts > PRUNE_AFTER_S]
+        plan.gone = [k for k, r in committed.items()
+                     if k not in seen and wall - r.ts > PRUNE_AFTER_S]
         self.stats.tracked = len(seen)
-        return out, gone
+        return plan
 
     def submitted(self, records: Iterable[SeqRecord], now: float) -> None:
         """Note records handed to the journal (observe() returned them)."""
@@ -183,28 +210,36 @@ class SeqTracker:
             self.lineage[lineage] = (now, rate) if rate >= inherited else (t, inherited)
         return max(rate, inherited)
 
-    def _one(self, sa: KernelSa, rec: SeqRecord | None, rate: float, now: float,
-             wall: float, extra: float = 0.0) -> SeqRecord | None:
-        """The record to journal for one SA, or None if the committed one still holds."""
+    def _one(self, plan: MasterPlan, sa: KernelSa, rec: SeqRecord | None, held: Held | None,
+             rate: float, now: float, at: tuple[float, int, float]) -> None:
+        """Add one SA's record (and its first jump) to `plan` if due."""
+        wall, epoch, extra = at
         ahead = self.reserve.ahead(rate, extra)
-        own = rec is not None and rec.node == self.node
-        if own and rec is not None and sa.oseq > rec.mark and rec.ts >= self.master_since:
+        if held is not None and sa.oseq > held.hi:
             self.stats.violations += 1
-            self.stats.max_overrun = max(self.stats.max_overrun, sa.oseq - rec.mark)
-        out_due = sa.oseq > 0 and (not own or rec is None or rec.mark - sa.oseq < ahead // 2)
+            self.stats.max_overrun = max(self.stats.max_overrun, sa.oseq - held.hi)
         in_due = sa.seq > 0 and (rec is None or (sa.seq > rec.seq and (
             sa.seq - rec.seq >= ahead // 2
             or now - self.inbound_at.get(sa.key, -math.inf) >= self.reserve.inbound_interval_s)))
-        if rec is None and sa.oseq == 0 and sa.seq == 0:
-            out_due = True  # journal every SA at once: its rate and its existence
-        if not (out_due or in_due):
-            return None
-        mark = rec.mark if own and rec is not None else 0
-        if out_due:
-            mark = max(mark, sa.oseq + ahead)
+        top = U64_MAX if sa.esn else U32_MAX
+        if held is None:  # the term's first mark: past the target, after a jump to it
+            target = target_oseq(sa, rec, self.reserve)
+            if sa.oseq < target:
+                plan.writes.append(Write(sa, target, sa.seq, sa.bitmap))
+            base = max(sa.oseq, target)
+            lo, mark = base, min(base + ahead, top)
+            self.stats.first_marks += 1
+        elif held.hi - sa.oseq < ahead // 2:
+            lo, mark = held.lo, min(max(held.hi, sa.oseq + ahead), top)
+        elif in_due:
+            lo, mark = held.lo, held.hi
+        else:
+            return
         seq, bitmap = (sa.seq, sa.bitmap) if rec is None or sa.seq >= rec.seq else (
             rec.seq, rec.bitmap)
-        return SeqRecord(sa.key, mark, seq, bitmap, round(rate, 1), self.node, wall)
+        plan.lows[sa.key] = lo
+        plan.records.append(SeqRecord(sa.key, mark, seq, bitmap, round(rate, 1), self.node,
+                                      wall, epoch))
 
 
 def _fit(bitmap: tuple[int, ...], sa: KernelSa) -> tuple[int, ...]:
@@ -214,24 +249,24 @@ def _fit(bitmap: tuple[int, ...], sa: KernelSa) -> tuple[int, ...]:
     return (0,) * len(sa.bitmap)
 
 
-def target_oseq(sa: KernelSa, rec: SeqRecord | None, reserve: Reserve, extra: int = 0,
-                stretch_s: float = 0.0) -> int:
-    """The outbound counter a non-master keeps (and a new master starts from) for `sa`."""
-    mark, rate = (rec.mark, rec.rate) if rec is not None else (0, 0.0)
-    target = mark + reserve.takeover(rate, stretch_s) + extra
-    return min(target, U64_MAX if sa.esn else U32_MAX)
+def target_oseq(sa: KernelSa, rec: SeqRecord | None, reserve: Reserve) -> int:
+    """The outbound counter a non-master keeps (and a new term starts from) for `sa`: past
+    every number any node can have been permitted (journaled mark + 1, plus the constant
+    `takeover_floor`); 0 without a record, since nobody was permitted anything on it."""
+    if rec is None:
+        return 0
+    return min(rec.mark + 1 + reserve.takeover_floor, U64_MAX if sa.esn else U32_MAX)
 
 
 def plan_writes(sas: Iterable[KernelSa], records: Mapping[SaKey, SeqRecord],
-                reserve: Reserve, extra: int = 0, stretch_s: float = 0.0,
-                inbound: bool = True) -> list[Write]:
+                reserve: Reserve, inbound: bool = True) -> list[Write]:
     """Writes that move every SA's counters up to the journal's targets; never down. Those
     that move an outbound counter come first; without `inbound`, only those (a write still
     carries the journaled inbound state of its SA: a backup's steady state)."""
     writes = []
     for sa in sas:
         rec = records.get(sa.key)
-        oseq = max(sa.oseq, target_oseq(sa, rec, reserve, extra, stretch_s))
+        oseq = max(sa.oseq, target_oseq(sa, rec, reserve))
         if oseq > sa.oseq:  # the kernel may send between our read and this write
             margin = max(RACE_MARGIN, math.ceil((rec.rate if rec else 0.0) * RACE_S))
             oseq = min(max(oseq, sa.oseq + margin), U64_MAX if sa.esn else U32_MAX)

@@ -7,7 +7,10 @@ unsealed payload into an `Entry`, touching no state (so it runs outside the lock
 is only counted. `ApplyMachine.apply(entry)` never raises: an unexpected error (a bug in the
 state model) is handed back in `Change.errors` as (counter name, exception) for the caller to
 log and count. The machine holds the replicated state: the HA model (`JournalState`), the
-ESP replay-state log (`SeqLog`) and the members' latest reports. Member reports are plain
+ESP replay-state log (`SeqLog`, with the sender and its epoch) and the members' latest reports.
+`Change.result` is what the replicated call returns, so pysyncobj hands it to the submitter's
+callback: a SEQ entry gives `entries.ACCEPTED` or `entries.REJECTED` (not from the sender:
+counted as `seq_rejected:not_sender`), a CLAIM its new epoch, others None. Member reports are plain
 data, never secrets: at most `MAX_MEMBER_FIELDS` fields of str, int, float, bool or None.
 """
 
@@ -23,7 +26,7 @@ import msgpack
 
 from hasync.ha import HaMessage, MalformedMessage, MessageType, decode
 
-from ..guard.entries import SeqEntry, SeqLog, unpack_seq
+from ..guard.entries import ACCEPTED, REJECTED, SeqEntry, SeqLog, unpack_seq
 from .seal import MAX_ENTRY, Batch, EntryError, unpack_batch
 from .state import JournalState
 
@@ -35,9 +38,11 @@ class Kind(IntEnum):
     SEQ = 2  # ESP replay state (hasync.guard.entries pack_seq)
     BARRIER = 3  # nothing: orders the log
     MEMBER = 4  # a member's report (pack_member)
+    CLAIM = 5  # a node becomes the sender of ESP marks at the next epoch (pack_claim)
 
 
 MEMBER_FORMAT = 1
+CLAIM_FORMAT = 1
 MAX_MEMBER_FIELDS = 16
 MAX_NODE_NAME = 64  # characters
 MAX_MEMBER_STR = 64  # characters of a field name or string value
@@ -94,6 +99,33 @@ def unpack_member(raw: bytes) -> MemberReport:
     return MemberReport(node, info)
 
 
+def pack_claim(node: str) -> bytes:
+    """Pack a claim payload: msgpack [format, node]."""
+    if not isinstance(node, str) or not 0 < len(node) <= MAX_NODE_NAME:
+        raise EntryError(f"a claimant's name must be 1 to {MAX_NODE_NAME} characters")
+    return msgpack.packb([CLAIM_FORMAT, node], use_bin_type=True)
+
+
+def unpack_claim(raw: bytes) -> str:
+    """The claimant of a claim payload; raise EntryError on any violation."""
+    if not isinstance(raw, bytes | bytearray) or len(raw) > MAX_ENTRY:
+        raise EntryError("payload must be bytes within the entry limit")
+    try:
+        data = msgpack.unpackb(raw, raw=False, use_list=True, max_bin_len=0,
+                               max_str_len=MAX_NODE_NAME * 4, max_array_len=2, max_map_len=0,
+                               max_ext_len=0)
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise EntryError(f"payload is not a valid claim: {exc}") from None
+    if not isinstance(data, list) or len(data) != 2:
+        raise EntryError("payload must be [format, node]")
+    fmt, node = data
+    if type(fmt) is not int or fmt != CLAIM_FORMAT:
+        raise EntryError(f"unknown claim format {fmt!r}")
+    if not isinstance(node, str) or not 0 < len(node) <= MAX_NODE_NAME:
+        raise EntryError(f"a claimant's name must be 1 to {MAX_NODE_NAME} characters")
+    return node
+
+
 Errors = tuple[tuple[str, Exception], ...]
 
 
@@ -107,6 +139,7 @@ class Entry:
     malformed: int = 0  # datagrams that do not decode (MalformedMessage)
     seq: SeqEntry | None = None
     member: MemberReport | None = None
+    claimant: str = ""
     errors: Errors = ()  # unexpected decode errors, per datagram
 
 
@@ -138,6 +171,8 @@ def open_entry(kind: int, payload: bytes) -> Entry:
         return Entry(k, seq=unpack_seq(payload))
     if k is Kind.MEMBER:
         return Entry(k, member=unpack_member(payload))
+    if k is Kind.CLAIM:
+        return Entry(k, claimant=unpack_claim(payload))
     if payload:
         raise EntryError("a barrier carries no payload")
     return Entry(k)
@@ -155,6 +190,7 @@ class Change:
     member: MemberReport | None = None
     counts: dict[str, int] = field(default_factory=dict)  # counters to add
     errors: Errors = ()  # unexpected errors: (counter name, exception), not in `counts`
+    result: Any = None  # what the replicated call returns to the submitter's callback
 
 
 class ApplyMachine:
@@ -172,6 +208,9 @@ class ApplyMachine:
             return self._apply_batch(entry)
         if entry.kind is Kind.SEQ:
             return self._apply_seq(entry)
+        if entry.kind is Kind.CLAIM and entry.claimant:
+            epoch = self.seqs.claim(entry.claimant)
+            return Change(entry.kind, moved=True, counts={"claims_applied": 1}, result=epoch)
         if entry.kind is Kind.MEMBER and entry.member is not None:
             self.members[entry.member.node] = dict(entry.member.info)
             return Change(entry.kind, member=entry.member,
@@ -197,13 +236,16 @@ class ApplyMachine:
                       counts={k: v for k, v in counts.items() if v}, errors=tuple(errors))
 
     def _apply_seq(self, entry: Entry) -> Change:
-        """Merge replay-state records; marks only move forward (SeqLog.apply)."""
+        """Merge replay-state records from the sender; marks only move forward (SeqLog.apply)."""
         assert entry.seq is not None
         try:
-            moved = self.seqs.apply(entry.seq)
+            done = self.seqs.apply(entry.seq)
         except Exception as exc:  # SeqLog.apply never raises on a valid entry: a bug
-            return Change(entry.kind, errors=(("seq_apply_error", exc),))
-        return Change(entry.kind, moved=moved, counts={"seq_entries_applied": 1})
+            return Change(entry.kind, errors=(("seq_apply_error", exc),), result=REJECTED)
+        if not done.accepted:
+            return Change(entry.kind, counts={"seq_rejected:not_sender": 1}, result=REJECTED)
+        return Change(entry.kind, moved=done.moved, counts={"seq_entries_applied": 1},
+                      result=ACCEPTED)
 
     def snapshot(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """The replicated state as fresh plain data (members are not snapshotted)."""

@@ -1,0 +1,123 @@
+"""What the guard's driver talks to and counts: the journal port, its loop counters and the
+one-submission-at-a-time rule for marks (no IO here).
+
+Rules: plain data and protocols; `MarkFlight` is pure.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .entries import SeqEntry, SeqLog
+from .records import SaKey
+
+Callback = Callable[[Any, Any], None]  # pysyncobj's callback(result, error)
+
+
+class JournalPort(Protocol):
+    """What the guard uses of the cluster journal (`raft.ClusterJournal`)."""
+
+    lock: threading.RLock
+    seqs: SeqLog
+
+    def submit_seq(self, entry: SeqEntry, callback: Callback) -> None:
+        """Seal and replicate `entry`; `callback(result, error)` runs once it is applied here
+        (result: `entries.ACCEPTED` or `entries.REJECTED`) or failed."""
+        ...
+
+    def claim(self, callback: Callback) -> None:
+        """Replicate a CLAIM for this node; `callback(result, error)` gets the new epoch."""
+        ...
+
+
+@dataclass
+class GuardStats:
+    """Counters of the guard's loop (shown by `hasync status` under takeover.loop)."""
+
+    ticks: int = 0
+    submitted: int = 0
+    committed: int = 0
+    accepted: int = 0  # committed entries the journal accepted from this node as the sender
+    rejected: int = 0  # committed but not accepted: another node's claim came first
+    failed: int = 0
+    commit_failed: dict[str, int] = field(default_factory=dict)  # FailReason name -> count
+    submit_errors: int = 0  # entries that could not be sealed (logged with a traceback)
+    claim_failed: dict[str, int] = field(default_factory=dict)  # reason name or TIMEOUT
+    deposed: int = 0  # times another node's claim ended this node's term
+    revocations: int = 0  # revoke_all() done by the fence
+    prejumps: int = 0
+    prejump_errors: int = 0
+    jumps: int = 0  # a term's first-mark writes (master)
+    kernel_errors: int = 0
+    fence_errors: int = 0
+    last_error: str = ""
+    read_ms: float = 0.0  # the last read's cost: dump, plan or journal (writes apart)
+    write_ms: float = 0.0  # the last tick's writes
+    read_max_ms: float = 0.0  # the largest of the last READS_KEPT
+
+
+def count(counts: dict[str, int], name: str) -> None:
+    counts[name] = counts.get(name, 0) + 1
+
+
+def sa_name(key: SaKey) -> str:
+    """An SA as `hasync status` names it: SPI in hex, then the destination."""
+    return f"{key[1]:08x}@{key[0]}"
+
+
+@dataclass
+class MarkFlight:
+    """Marks go one submission at a time: the records one read finds due go as entries of up
+    to MAX_RECORDS; until the last of them commits or any of them fails, later reads still
+    count overruns but submit nothing, so a renewal never races an older one. Answers carry
+    the submission's number: a late answer to an earlier submission changes nothing."""
+
+    open: bool = False
+    number: int = 0
+
+    def start(self) -> int | None:
+        """Open a submission; its number, or None while one is open."""
+        if self.open:
+            return None
+        self.open, self.number = True, self.number + 1
+        return self.number
+
+    def answered(self, number: int, ok: bool, last: bool) -> None:
+        """Raft answered one entry of submission `number`."""
+        if number == self.number and (last or not ok):
+            self.open = False
+
+
+@dataclass
+class FenceTally:
+    """The fence's drop counters as last read, and which SAs were dropping at that read."""
+
+    fenced: dict[SaKey, int] = field(default_factory=dict)
+    unknown: int = 0
+    dropping: set[SaKey] = field(default_factory=set)
+
+    def note(self, per_sa: dict[SaKey, int], unknown: int) -> tuple[list[SaKey], int]:
+        """A new read: the SAs that started dropping since the last, and their new drops."""
+        dropping, started, packets = set(), [], 0
+        for key, n in per_sa.items():
+            before = self.fenced.get(key, 0)
+            if n > before:
+                dropping.add(key)
+                if key not in self.dropping:
+                    started.append(key)
+                    packets += n - before
+            self.fenced[key] = n
+        self.dropping, self.unknown = dropping, unknown
+        return started, packets
+
+    def forget(self, keys: set[SaKey]) -> None:
+        """SAs gone from the kernel."""
+        for key in keys:
+            self.fenced.pop(key, None)
+            self.dropping.discard(key)
+
+
+__all__ = ["Callback", "FenceTally", "GuardStats", "JournalPort", "MarkFlight", "count", "sa_name"]
