@@ -15,6 +15,26 @@ ROOT = Path(__file__).resolve().parent.parent
 SMOKE_TUNNELS = 3  # one per lab client: the NAT'd one and the ESN one among them
 
 
+def _host_fence() -> bool:
+    """Whether this host's own network namespace has hasync's fence table."""
+    try:
+        return subprocess.run(["nft", "list", "table", "inet", "hasync_fence"],
+                              capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_fence_left_on_the_host() -> Any:
+    """Daemons started by tests (as root) install the fence in the host's namespace, where it
+    drops every outbound ESP packet; remove it after the session if the session made it."""
+    before = _host_fence()
+    yield
+    if not before and _host_fence():
+        subprocess.run(["nft", "delete", "table", "inet", "hasync_fence"], check=False,
+                       capture_output=True, timeout=10)
+
+
 @pytest.fixture(scope="session")
 def bench_smoke(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """`bench/failover.py --tunnels 3 --repeats 1`, as a user runs it: both modes, one
