@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from hasync.config import parse_config
 from hasync_lab import confgen
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,3 +50,13 @@ def test_deploy_config_tracks_the_same_check() -> None:
     script, track = confgen.health_check(DEPLOY_CMD)
     assert script in deploy and track in deploy
     assert deploy.index(script) < deploy.index("vrrp_instance VI_1")
+
+
+def test_the_lab_gateways_hasync_toml_is_one_the_daemon_accepts() -> None:
+    text = confgen.hasync_toml("gw1", "10.0.0.1:4520", ["10.0.0.2:4520", "10.0.0.3:4520"],
+                               "/var/lib/hasync", "/etc/hasync/cluster.key",
+                               "/run/hasync/control.sock", "/run/hasync/vrrp.fifo",
+                               "/run/charon.vici")
+    cfg = parse_config(text, "lab gw1")
+    assert cfg.cluster.quorum_timeout_ms == confgen.LAB_QUORUM_MS
+    assert cfg.node.role == "gateway"

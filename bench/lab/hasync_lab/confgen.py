@@ -148,7 +148,6 @@ notify_fifo = "{vrrp_fifo}"
 
 [takeover]
 tick_ms = {LAB_TICK_MS}
-barrier_timeout_ms = {LAB_BARRIER_MS}
 ha_timeout_ms = {LAB_HA_TIMEOUT_MS}
 """
 
@@ -213,7 +212,8 @@ LAB_RAFT = (500, 2500, 7000)  # heartbeat, election, connection timeout (ms): em
 #                               stall for a second at times, and elections must not flap then
 LAB_QUORUM_MS = 8000  # no majority heard this long fails health: must outlast an election
 #                      (2.5 x 2500 + 2 x 500 = 7250 ms, config.py's cross-check)
-LAB_BARRIER_MS = 30000  # a Raft election under emulation took over 10 s at times
+LAB_BARRIER_MS = 30000  # how long the lab waits for a promotion's claim: a Raft election
+#                         under emulation took over 10 s at times
 LAB_HA_TIMEOUT_MS = 10000  # how long charon's HA stream may pause before the node is unhealthy
 #                            (default 3 s): at 1000 tunnels a new master's charon sent nothing
 #                            for 3 to 6.5 s after each activation, its health failed, and the
