@@ -35,8 +35,10 @@ def _health(node: Node) -> dict[str, Any] | None:
 
 
 def _quorum_ok(c: LocalCluster, node: Node) -> bool:
+    """A probe of `node` committed and its majority is recent (not merely a young node)."""
     st = c.status(node)
-    return st is not None and st["quorum"].get("ok") is True
+    return st is not None and st["quorum"].get("ok") is True and st["quorum"].get(
+        "probes_ok", 0) > 0
 
 
 def test_the_witness_votes_and_a_lone_gateway_names_the_lost_majority(
@@ -73,8 +75,7 @@ def _lines(node: Node, text: str) -> list[str]:
 
 def test_a_lone_witness_logs_the_lost_majority_once_and_its_return(cluster: LocalCluster) -> None:
     gw1, gw2, witness = cluster.nodes
-    cluster.wait(lambda: (cluster.status(witness) or {}).get("quorum", {}).get("probes_ok", 0) > 0,
-                 what="a probe of the witness committed")
+    cluster.wait(lambda: _quorum_ok(cluster, witness), what="a probe of the witness committed")
     cluster.kill(gw1)
     cluster.kill(gw2)
     cluster.wait(lambda: any(p.startswith("no Raft majority for ")
