@@ -273,7 +273,7 @@ def _version(value: Any) -> int:
 
 
 ROLES = ("gateway", "witness")
-GATEWAY_ONLY = ("charon", "keepalived", "takeover")  # a witness has none of these
+GATEWAY_ONLY = ("charon", "keepalived", "takeover", "fence")  # a witness has none of these
 
 
 def _role(value: Any) -> str:
@@ -360,8 +360,8 @@ def _witness_sections(data: dict[str, Any]) -> None:
         return
     for section in GATEWAY_ONLY:
         if section in data:
-            raise _Invalid("a witness (node.role = \"witness\") has no charon, keepalived or "
-                           "takeover: remove this section", section)
+            raise _Invalid("a witness (node.role = \"witness\") has no charon, keepalived, "
+                           "takeover or fence: remove this section", section)
 
 
 def _cross_check(config: Config) -> None:

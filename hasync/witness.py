@@ -2,10 +2,11 @@
 
 Rules: a witness runs the cluster journal, the quorum probe and the control socket (`hasync
 status` and `hasync health`), nothing else: no charon, HA endpoint, sequence guard, fence or
-VRRP FIFO (config.py refuses those sections for it). A two-node Raft cannot lose a node and keep
-a majority; with a witness as the third voter the surviving gateway can still claim and commit
-(docs/operations.md, Two gateways and a witness). Like the daemon, every task runs in one
-TaskGroup: a failed task stops the witness.
+VRRP FIFO (config.py refuses those sections for it); its health problems are logged once when
+they start and once when they end (as healthfile.py logs a gateway's verdict). A two-node Raft
+cannot lose a node and keep a majority; with a witness as the third voter the surviving gateway
+can still claim and commit (docs/operations.md, Two gateways and a witness). Like the daemon,
+every task runs in one TaskGroup: a failed task stops the witness.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 from .config import Config
 from .control import ControlServer
 from .daemon import quorum_loop
+from .healthfile import shape
 from .journal.seal import Batch, derive_keys, load_cluster_key
 from .quorum import QuorumProbe
 from .raft import ClusterJournal, RaftTiming
@@ -68,6 +70,7 @@ class Witness:
             try:
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(quorum_loop(self.journal, self.quorum))
+                    tg.create_task(self._watch())
                     tg.create_task(self._until_stopped())
             except* _Stopped:
                 pass
@@ -75,6 +78,20 @@ class Witness:
     async def _until_stopped(self) -> None:
         await self._stop.wait()
         raise _Stopped()
+
+    async def _watch(self) -> None:
+        """Log the health problems when they change (numbers aside): onset and recovery."""
+        last = shape(True, [])
+        while True:
+            problems = self.health({})["problems"]
+            now = shape(not problems, problems)
+            if now != last:
+                if problems:
+                    log.warning("health: %s", "; ".join(problems))
+                else:
+                    log.info("health: ok")
+                last = now
+            await asyncio.sleep(1.0)
 
     def _applied(self, batch: Batch, applied: list[Any]) -> None:
         """A witness feeds no charon: applied HA batches only stay in the journal."""

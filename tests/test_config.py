@@ -320,11 +320,11 @@ def test_role_and_quorum_timeout() -> None:
         f"{SRC}: cluster.quorum_timeout_ms: ")
 
 
-@pytest.mark.parametrize("section", ["charon", "keepalived", "takeover"])
+@pytest.mark.parametrize("section", ["charon", "keepalived", "takeover", "fence"])
 def test_a_witness_refuses_gateway_sections(section: str) -> None:
     text = _with("node", 'role = "witness"') + f"[{section}]\n"
     assert _error(text) == (f'{SRC}: {section}: a witness (node.role = "witness") has no '
-                            "charon, keepalived or takeover: remove this section")
+                            "charon, keepalived, takeover or fence: remove this section")
 
 
 def test_the_quorum_timeout_must_outlast_an_election() -> None:

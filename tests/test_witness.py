@@ -35,8 +35,10 @@ def _health(node: Node) -> dict[str, Any] | None:
 
 
 def _quorum_ok(c: LocalCluster, node: Node) -> bool:
+    """A probe of `node` committed and its majority is recent (not merely a young node)."""
     st = c.status(node)
-    return st is not None and st["quorum"].get("ok") is True
+    return st is not None and st["quorum"].get("ok") is True and st["quorum"].get(
+        "probes_ok", 0) > 0
 
 
 def test_the_witness_votes_and_a_lone_gateway_names_the_lost_majority(
@@ -63,3 +65,28 @@ def test_the_witness_votes_and_a_lone_gateway_names_the_lost_majority(
                  timeout=30, what="gw2's health naming the lost majority")
     st = cluster.status(gw2)
     assert st is not None and st["quorum"]["ok"] is False
+    cluster.wait(lambda: any("no Raft majority for " in line for line in _lines(gw2, "health: ")),
+                 timeout=10, what="gw2 logging the onset")
+
+
+def _lines(node: Node, text: str) -> list[str]:
+    return [line for line in (node.dir / "daemon.log").read_text().splitlines() if text in line]
+
+
+def test_a_lone_witness_logs_the_lost_majority_once_and_its_return(cluster: LocalCluster) -> None:
+    gw1, gw2, witness = cluster.nodes
+    cluster.wait(lambda: _quorum_ok(cluster, witness), what="a probe of the witness committed")
+    cluster.kill(gw1)
+    cluster.kill(gw2)
+    cluster.wait(lambda: any(p.startswith("no Raft majority for ")
+                             for p in (_health(witness) or {}).get("problems", [])),
+                 timeout=30, what="the witness's health naming the lost majority")
+    cluster.wait(lambda: _lines(witness, "health: no Raft majority for "), timeout=5,
+                 what="the witness logging the onset")
+    age = (cluster.status(witness) or {})["quorum"]["age_s"]
+    cluster.wait(lambda: (cluster.status(witness) or {})["quorum"]["age_s"] > age + 2.5,
+                 what="the lost majority lasting a few more checks")
+    assert len(_lines(witness, "health: no Raft majority for ")) == 1
+    cluster.start(gw1)
+    cluster.wait(lambda: _lines(witness, "health: ok"), what="the witness logging the recovery")
+    assert (_health(witness) or {}).get("problems") == []
