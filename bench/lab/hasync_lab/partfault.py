@@ -124,12 +124,13 @@ def strike(run: Run, fault: str, node: str) -> tuple[float, float]:
     return partition.cut(run.lab, node)
 
 
-def undo(run: Run, fault: str, node: str) -> tuple[float, float]:
-    """Lift the partition, or start the killed hasync again."""
+def undo(run: Run, fault: str, node: str) -> tuple[float, float, list[int]]:
+    """Lift the partition, or start the killed hasync again; (time before, after, what the
+    cut dropped per rule)."""
     if fault == "hasync":
         t = time.monotonic()
         hasyncd.start(run.lab, node)
-        return t, time.monotonic()
+        return t, time.monotonic(), []
     return partition.heal(run.lab)
 
 
@@ -159,8 +160,7 @@ def one_partition(run: Run, master: str, wall_start: float, fault: str) -> dict[
     log.info("%s: %s struck (%.1f s to apply)", fault, node, t_struck - t_fault)
     hold = spec.restart_after_s if fault == "hasync" else (spec.heal_after_s or PARTITION_HOLD_S)
     time.sleep(max(0.0, t_fault + hold - time.monotonic()))
-    drops = partition.read_cut_drops(lab) if fault != "hasync" else []
-    t_undo, t_undone = undo(run, fault, node)
+    t_undo, t_undone, drops = undo(run, fault, node)
     log.info("%s undone after %.1f s", fault, t_undo - t_fault)
     conv = converge(run, nodes, node, demote=fault == "partition", timeout=CONVERGE_TIMEOUT_S)
     ok = wait_flowing(run, t_undone, spec.timeout_s)
