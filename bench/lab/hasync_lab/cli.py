@@ -76,7 +76,20 @@ def _failover_parser(lsub: argparse._SubParsersAction) -> None:  # type: ignore[
     fo.add_argument("--fault", default="kill",
                     help=f"one of {', '.join(FAULTS)} (kill: links down and kill -9 of every "
                          "process; links: links down; stop: clean stop; charon: kill -9 of "
-                         "charon alone), or a comma-separated list, one per failover")
+                         "charon alone; partition: the master cut off from every other "
+                         "cluster node; partition-backup: the last backup cut off; hasync: "
+                         "kill -9 of the master's hasync), or a comma-separated list, one per "
+                         "failover")
+    fo.add_argument("--heal-after", type=float, default=None, metavar="S",
+                    help="partition faults: lift the cut S seconds after it (default: hold it "
+                         "30 s)")
+    fo.add_argument("--restart-after", type=float, default=3.0, metavar="S",
+                    help="the hasync fault: start hasync again S seconds after the kill")
+    fo.add_argument("--force-rate", type=float, default=300.0, metavar="PPS",
+                    help="partition and hasync faults: packets/s the server sends the first "
+                         "client through the struck node's own address (0: none)")
+    fo.add_argument("--witness", action="store_true",
+                    help="a witness (hasync alone, a Raft voter) on the protected network")
     fo.add_argument("--timeout", type=float, default=90.0,
                     help="per failover, how long to wait for every client's traffic (s)")
     _run_options(fo, "out/lab", what="logs and captures")
@@ -105,16 +118,24 @@ def spec_of(a: argparse.Namespace) -> LabSpec:
     if bad or len(faults) not in (1, a.failovers):
         raise LabError(f"--fault must be one of {', '.join(FAULTS)} or a list of "
                        f"{a.failovers} of them, not {a.fault!r}")
+    if (a.heal_after is not None and a.heal_after <= 0) or a.restart_after < 0 or \
+            a.force_rate < 0:
+        raise LabError("--heal-after must be positive, --restart-after and --force-rate "
+                       "not negative")
+    if a.witness and a.baseline:
+        raise LabError("--witness runs hasync: not with --baseline")
     timers = confgen.LabTimers(advert_int_s=a.advert_int)
     return LabSpec(mode="baseline" if a.baseline else "hasync", gateways=a.gateways,
                    clients=a.clients, nat_clients=a.nat_clients, failovers=a.failovers, rate=a.rate,
                    fault=faults[0], faults=faults if len(faults) > 1 else (),
-                   timeout_s=a.timeout, timers=timers, tunnels=a.tunnels)
+                   timeout_s=a.timeout, timers=timers, tunnels=a.tunnels, witness=a.witness,
+                   heal_after_s=a.heal_after, restart_after_s=a.restart_after,
+                   force_rate=a.force_rate)
 
 
 def _plan_ok(spec: LabSpec) -> None:
     try:
-        topology.plan(spec.gateways, spec.clients, spec.nat_clients)
+        topology.plan(spec.gateways, spec.clients, spec.nat_clients, witness=spec.witness)
     except ValueError as e:
         raise LabError(str(e)) from e
 

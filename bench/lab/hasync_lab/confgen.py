@@ -152,6 +152,14 @@ ha_timeout_ms = {LAB_HA_TIMEOUT_MS}
 """
 
 
+def witness_toml(node: str, raft: str, peers: list[str], state_dir: str, key_file: str,
+                 control_socket: str, health_file: str) -> str:
+    """hasync.toml of the lab's witness: [node] with role "witness" and [cluster] only."""
+    cluster = hasync_toml(node, raft, peers, state_dir, key_file, control_socket, "", "",
+                          health_file).split("\n[charon]")[0]
+    return cluster.replace("[node]\n", '[node]\nrole = "witness"\n', 1).rstrip() + "\n"
+
+
 def _client_conn(conn: str, child: str, auth: str, local_id: str, esp: str, vip: str,
                  protected: str, timers: LabTimers) -> str:
     """One road-warrior connection: a virtual IP asked for, DPD, retried for ever."""

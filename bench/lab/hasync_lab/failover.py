@@ -23,6 +23,7 @@ from hasync.guard import Reserve
 from . import aftercheck, cluster, confgen, hasyncd, pcap, probe, tunnels
 from .prereq import LabError
 from .scenario import (
+    TWO_SENDER_FAULTS,
     bring_up,
     capture,
     client_state,
@@ -289,7 +290,12 @@ def run_failovers(run: Run) -> dict[str, object]:
     warmup = _received_so_far(run)
     fos = []
     for k in range(spec.failovers):
-        fo = one_failover(run, master, wall, fault_of(spec, k))
+        fault = fault_of(spec, k)
+        if fault in TWO_SENDER_FAULTS:  # imported here: partfault builds on this module
+            from .partfault import one_partition
+            fo = one_partition(run, master, wall, fault)
+        else:
+            fo = one_failover(run, master, wall, fault)
         fos.append(fo)
         ps_snapshot(run, f"ps-failover-{k + 1}.txt")
         join_vrrp(run)
@@ -297,9 +303,10 @@ def run_failovers(run: Run) -> dict[str, object]:
         if k + 1 < spec.failovers:
             restore(run, master)
             time.sleep(2.0)
-        master = str(fo["to"])
-    after = _after_failovers(run) if spec.mode == "hasync" and checks_on(spec) else {}
-    gws = [g.name for g in lab.topo.by_role("gateway")]
+        master = str(fo["to"] or master)
+    rekeys = checks_on(spec) and not set(spec.faults or (spec.fault,)) & set(TWO_SENDER_FAULTS)
+    after = _after_failovers(run) if spec.mode == "hasync" and rekeys else {}
+    gws = [n.name for n in lab.topo.nodes if n.role in ("gateway", "witness")]
     final, settled = hasyncd.settled_status(lab, gws) if spec.mode == "hasync" else ({}, None)
     names = {c.name for c in lab.topo.by_role("client")}
     return {"mode": spec.mode, "before_failovers": before, "after_failovers": after,

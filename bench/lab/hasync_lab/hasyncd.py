@@ -29,8 +29,15 @@ log = logging.getLogger("hasync_lab")
 
 
 def raft_addr(lab: Lab, gw: str) -> str:
-    """A gateway's Raft address: its protected-network address."""
-    return f"{lab.topo.node(gw).ifaces[1].addrs[0].split('/')[0]}:{RAFT_PORT}"
+    """A cluster node's Raft address: its protected-network address."""
+    priv = f"{lab.topo.prefix}-priv"
+    ifc = next(i for i in lab.topo.node(gw).ifaces if i.bridge == priv)
+    return f"{ifc.addrs[0].split('/')[0]}:{RAFT_PORT}"
+
+
+def members(lab: Lab) -> list[str]:
+    """Every node that runs hasync: the gateways, then the witness if there is one."""
+    return [n.name for n in lab.topo.nodes if n.role in ("gateway", "witness")]
 
 
 def control_socket(lab: Lab, gw: str) -> Path:
@@ -44,19 +51,26 @@ def vrrp_fifo(lab: Lab, gw: str) -> Path:
 
 
 def write_configs(lab: Lab) -> None:
-    """One cluster key for all gateways, and each gateway's hasync.toml."""
-    gws = [n.name for n in lab.topo.by_role("gateway")]
+    """One cluster key for all members, and each one's hasync.toml (the witness's holds only
+    [node] and [cluster])."""
+    gws = members(lab)
     key = lab.base / "cluster.key"
     generate_key_file(key)
     for gw in gws:
         etc = lab.etc_dir(gw)
         shutil.copy(key, etc / "cluster.key")
         os.chmod(etc / "cluster.key", 0o600)
-        (etc / "hasync.toml").write_text(confgen.hasync_toml(
-            gw, raft_addr(lab, gw), [raft_addr(lab, o) for o in gws if o != gw],
-            str(lab.base / "state" / gw), str(etc / "cluster.key"),
-            str(control_socket(lab, gw)), str(vrrp_fifo(lab, gw)),
-            str(cluster.vici_path(lab, gw)), str(health_file(lab, gw))))
+        peers = [raft_addr(lab, o) for o in gws if o != gw]
+        if lab.topo.node(gw).role == "witness":
+            text = confgen.witness_toml(gw, raft_addr(lab, gw), peers, str(lab.base / "state" / gw),
+                                        str(etc / "cluster.key"), str(control_socket(lab, gw)),
+                                        str(health_file(lab, gw)))
+        else:
+            text = confgen.hasync_toml(
+                gw, raft_addr(lab, gw), peers, str(lab.base / "state" / gw),
+                str(etc / "cluster.key"), str(control_socket(lab, gw)), str(vrrp_fifo(lab, gw)),
+                str(cluster.vici_path(lab, gw)), str(health_file(lab, gw)))
+        (etc / "hasync.toml").write_text(text)
 
 
 def start(lab: Lab, gw: str) -> None:

@@ -23,8 +23,14 @@ def table(result: dict[str, object]) -> str:
     lines.append(_row([name for name, _ in COLUMNS]))
     for fo in result.get("failovers", []):  # type: ignore[attr-defined]
         label = f"{fo['from']}->{fo['to']}"
-        lines.append(f"{label}: VRRP master after {fo['vrrp_detect_ms']:.0f} ms, "
+        lines.append(f"{label}: VRRP master after {_cell(fo['vrrp_detect_ms'])} ms, "
                      f"VIP moved: {fo['vip_moved']}")
+        if "vip_release_s" in fo:  # partfault.py's faults
+            lines.append(f"{label}: {fo['fault']}: VIP released after "
+                         f"{_cell(fo['vip_release_s'])} s (bound {fo['vip_release_bound_s']}), "
+                         f"converged: {_cell(fo['converged'])}; fenced per client: "
+                         + ", ".join(f"{c['name']}={_cell(c.get('fenced'))}"
+                                     for c in fo["clients"]))
         for c in fo["clients"]:
             lines.append(_row([label, c["name"], "yes" if c["nat"] else "no",
                                "yes" if c["reestablished"] else "no",

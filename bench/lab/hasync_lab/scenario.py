@@ -36,7 +36,8 @@ from .session import LabSpec, Run
 log = logging.getLogger("hasync_lab")
 PROBE_PORT = 7000
 ANY_SOURCE = "0.0.0.0"  # a flow bound to it sends from whatever address the kernel picks
-FAULTS = ("kill", "links", "stop", "charon")
+FAULTS = ("kill", "links", "stop", "charon", "partition", "partition-backup", "hasync")
+TWO_SENDER_FAULTS = FAULTS[4:]  # partfault.py runs these (issue 16)
 
 
 def gateways(run: Run, late: bool = False) -> list[str]:
@@ -49,8 +50,9 @@ def gateways(run: Run, late: bool = False) -> list[str]:
 def start_gateways(run: Run, gws: list[str]) -> None:
     """Start hasync (in hasync mode), charon and keepalived on `gws`, in priority order."""
     lab, spec = run.lab, run.spec
+    witness = [n.name for n in lab.topo.by_role("witness")]
     if spec.mode == "hasync":
-        for gw in gws:
+        for gw in [*gws, *witness]:
             hasyncd.start(lab, gw)
     for gw in gws:
         cluster.start_charon(lab, gw)
@@ -59,8 +61,8 @@ def start_gateways(run: Run, gws: list[str]) -> None:
         cluster.load_config(lab, gw)
     log.info("charon up on %s", ", ".join(gws))
     if spec.mode == "hasync":
-        hasyncd.wait_cluster(lab, gws)
-        log.info("hasync cluster formed on %s", ", ".join(gws))
+        hasyncd.wait_cluster(lab, [*gws, *witness])
+        log.info("hasync cluster formed on %s", ", ".join([*gws, *witness]))
     for gw in gws:
         run.priorities[gw] = priority(int(gw[2:]), len(gws))
         t0 = time.monotonic()

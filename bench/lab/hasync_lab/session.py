@@ -44,6 +44,11 @@ class LabSpec:
     timeout_s: float = 90.0  # per failover: wait this long for every client's traffic
     settle_s: float = 2.0  # keep measuring this long after the last client resumed
     timers: confgen.LabTimers = field(default_factory=confgen.LabTimers)
+    witness: bool = False  # a witness node (hasync alone, a Raft voter) beside the gateways
+    heal_after_s: float | None = None  # partition faults: lift the cut this long after it
+    restart_after_s: float = 3.0  # the hasync fault: start hasync again this long after
+    force_rate: float = 300.0  # pkt/s the server sends one client through the master's own
+    #                            address during partition and hasync faults (partition.py)
 
 
 @dataclass
@@ -68,7 +73,7 @@ class Run:
 def lab_run(spec: LabSpec, out_dir: Path) -> Iterator[Run]:
     """The run of `spec`: planned, cleared of an earlier run's leftovers, on a fresh tmpfs;
     torn down when the block ends, whatever ended it."""
-    topo = topology.plan(spec.gateways, spec.clients, spec.nat_clients)
+    topo = topology.plan(spec.gateways, spec.clients, spec.nat_clients, witness=spec.witness)
     cleanup_stale(topo)
     run = Run(spec, Lab(topo, mount_base()), out_dir)
     try:

@@ -80,8 +80,13 @@ def _mac(node_index: int, if_index: int, peer: bool) -> str:
     return f"02:48:{node_index:02x}:{if_index:02x}:{int(peer):02x}:01"
 
 
-def plan(gateways: int, clients: int, nat_clients: int = 1, prefix: str = "hl") -> Topology:
-    """Plan a lab with `gateways` gateways and `clients` clients, the last `nat_clients` NAT'd."""
+WITNESS_IP = "10.1.0.9"  # the witness: a Raft voter on the protected network, no VPN
+
+
+def plan(gateways: int, clients: int, nat_clients: int = 1, prefix: str = "hl",
+         witness: bool = False) -> Topology:
+    """Plan a lab with `gateways` gateways and `clients` clients, the last `nat_clients` NAT'd;
+    with `witness`, a witness node (hasync alone) on the protected network."""
     if not 2 <= gateways <= 5:
         raise ValueError(f"gateways must be 2 to 5, not {gateways}")
     if not 1 <= clients <= 20 or not 0 <= nat_clients <= clients:
@@ -94,6 +99,9 @@ def plan(gateways: int, clients: int, nat_clients: int = 1, prefix: str = "hl") 
             Iface("e0", pub, _mac(i, 0, False), (f"192.0.2.{10 + k}/24",)),
             Iface("e1", priv, _mac(i, 1, False), (f"10.1.0.{10 + k}/24",)),
         ), routes=(f"{POOL} via {UPSTREAM} dev e0",), forward=True))
+    if witness:
+        nodes.append(Node("wit", "witness", (
+            Iface("e0", priv, _mac(len(nodes), 0, False), (f"{WITNESS_IP}/24",)),)))
     nodes.append(Node("srv", "server", (
         Iface("e0", priv, _mac(len(nodes), 0, False), (f"{SERVER_IP}/24",)),),
         routes=(f"default via {PRIVATE_VIP}",)))
@@ -123,6 +131,13 @@ def plan(gateways: int, clients: int, nat_clients: int = 1, prefix: str = "hl") 
 Runner = Callable[[list[str], str | None], None]  # argv, standard input
 
 
+def host_ifname(topo: Topology, node: str, j: int) -> str:
+    """The root-namespace end (a bridge port) of interface `j` of `node` (as build_steps names
+    it)."""
+    idx = [n.name for n in topo.nodes].index(node)
+    return f"{topo.prefix}{idx}-{j}"
+
+
 def build_steps(topo: Topology) -> list[tuple[list[str], str | None]]:
     """The commands that build `topo`, batched: every `ip` process costs about a second under
     TCG, so one `ip -batch` makes the links and one per namespace configures it (`netns add`
@@ -134,7 +149,7 @@ def build_steps(topo: Topology) -> list[tuple[list[str], str | None]]:
     for idx, node in enumerate(topo.nodes):
         ns, lines = topo.ns(node.name), ["link set lo up"]
         for j, ifc in enumerate(node.ifaces):
-            h = f"{topo.prefix}{idx}-{j}"
+            h = host_ifname(topo, node.name, j)
             host.append(f"link add {h} address {_mac(idx, j, True)} type veth peer name "
                         f"{ifc.name} address {ifc.mac} netns {ns}")
             host.append(f"link set {h} master {ifc.bridge} up")

@@ -1,0 +1,211 @@
+"""The faults that must not make two senders (issue 16): a partitioned master, a partitioned
+backup, kill -9 of the master's hasync; each under forced traffic through the failing node's
+own address, then healed (or restarted), and measured over the whole window.
+
+Rules: like failover.py, the result holds only measured values: VRRP events as keepalived's
+notify FIFO delivers them, `hasync status` of every cluster node, the client captures (the
+same seq-reuse detector as every failover). A partition is lifted (and the hasync restarted)
+inside the window, so reuse counts the heal too. Fields a product version does not report
+(the fence's per-SA counts) are null, never guessed. Times are relative to the fault.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+from . import confgen, hasyncd, partition
+from .failover import ClientCapture, GatewayDrops, Window, _tunnel_result, client_capture
+from .scenario import client_state, gateway_counters, read_probes, wait_flowing
+from .session import Run
+
+log = logging.getLogger("hasync_lab")
+FAULTS = ("partition", "partition-backup", "hasync")
+QUORUM_TIMEOUT_MS = 1500  # hasync's [cluster] quorum_timeout_ms default (the lab keeps it)
+FORCE_LEAD_S = 2.0  # forced traffic runs this long before the fault
+CONVERGE_TIMEOUT_S = 120.0  # Raft re-election and catch-up under TCG took tens of seconds
+PARTITION_HOLD_S = 30.0  # a partition without --heal-after still ends before the window does
+
+
+def release_bound_s(timing: tuple[int, int, int, int] = confgen.LAB_HEALTH_TIMING) -> float:
+    """How soon a cut-off master must give up the VIPs: noticing the lost majority, then
+    keepalived's fall x interval of failed checks, plus 1 s (issue 16)."""
+    return QUORUM_TIMEOUT_MS / 1000 + timing[2] * timing[0] + 1.0
+
+
+def target_of(fault: str, master: str, gateways: list[str]) -> str:
+    """The node a fault strikes: the master, or (partition-backup) the last backup."""
+    if fault == "partition-backup":
+        return [g for g in gateways if g != master][-1]
+    return master
+
+
+def left_master_at(run: Run, node: str, t: float) -> float | None:
+    """When `node` first reported a state other than MASTER after `t` (keepalived removes the
+    VIPs on leaving MASTER), or None."""
+    with run.vrrp.lock:
+        return next((e.t for e in run.vrrp.events
+                     if e.node == node and e.t >= t and e.state != "MASTER"), None)
+
+
+def latest_state(run: Run, node: str) -> str | None:
+    """`node`'s last VRRP state."""
+    with run.vrrp.lock:
+        states = [e.state for e in run.vrrp.events if e.node == node]
+    return states[-1] if states else None
+
+
+def find_counts(section: Any, spis: set[int]) -> int | None:
+    """Fenced packets on `spis` in a status "fence" section, read defensively: a mapping or
+    list whose entries name an SPI (int, hex or "addr/spi" key, or a "spi" field) with a
+    count ("fenced", "packets", "dropped", or the value itself); None when none is found."""
+    if not isinstance(section, dict | list):
+        return None
+    names = {f"{s:08x}" for s in spis} | {f"0x{s:08x}" for s in spis} | {str(s) for s in spis}
+    total, found = 0, False
+    items = section.items() if isinstance(section, dict) else enumerate(section)
+    for k, v in items:
+        key = str(k).lower()
+        spi = str(v.get("spi", "")).lower() if isinstance(v, dict) else ""
+        hit = spi in names or any(key == n or key.endswith(("/" + n, ":" + n, " " + n))
+                                  for n in names)
+        if hit:
+            n = v if isinstance(v, int) else next(
+                (v[f] for f in ("fenced", "packets", "dropped") if isinstance(v, dict)
+                 and isinstance(v.get(f), int)), None)
+            if isinstance(n, int) and not isinstance(n, bool):
+                total, found = total + n, True
+        elif isinstance(v, dict | list):
+            sub = find_counts(v, spis)
+            if sub is not None:
+                total, found = total + sub, True
+    return total if found else None
+
+
+def fence_section(st: dict[str, Any] | None) -> Any:
+    """The fence section of a `hasync status` (under the guard's "takeover" or top level)."""
+    if not st:
+        return None
+    return (st.get("takeover") or {}).get("fence") or (st.get("guard") or {}).get(
+        "fence") or st.get("fence")
+
+
+def converge(run: Run, nodes: list[str], struck: str, demote: bool,
+             timeout: float) -> dict[str, object]:
+    """Wait until one gateway is VRRP master (not `struck` when `demote`) and every cluster
+    node answers with the same applied index and journal digest; say how it ended."""
+    t0, digests, st_master = time.monotonic(), {}, None
+    ok, settled = False, False
+    while time.monotonic() < t0 + timeout:
+        st_master = run.vrrp.current_master()
+        sts = {n: hasyncd.status(run.lab, n) for n in nodes}
+        digests = {n: (st or {}).get("journal", {}).get("digest") for n, st in sts.items()}
+        settled = all(sts.values()) and hasyncd.settled(sts)
+        one = st_master is not None and (not demote or st_master != struck)
+        ok = one and settled and len(set(digests.values())) == 1 and None not in digests.values()
+        if ok:
+            break
+        time.sleep(1.0)
+    return {"converged": ok, "after_s": round(time.monotonic() - t0, 1), "master": st_master,
+            "struck_state": latest_state(run, struck), "settled": settled, "digests": digests}
+
+
+def strike(run: Run, fault: str, node: str) -> tuple[float, float]:
+    """Apply `fault` to `node`; (time before, time after) the action."""
+    if fault == "hasync":
+        t = time.monotonic()
+        for n, what, p in run.lab.procs:
+            if n == node and what == "hasync" and p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+        return t, time.monotonic()
+    return partition.cut(run.lab, node)
+
+
+def undo(run: Run, fault: str, node: str) -> tuple[float, float, list[int]]:
+    """Lift the partition, or start the killed hasync again; (time before, after, what the
+    cut dropped per rule)."""
+    if fault == "hasync":
+        t = time.monotonic()
+        hasyncd.start(run.lab, node)
+        return t, time.monotonic(), []
+    return partition.heal(run.lab)
+
+
+def forced_client(run: Run) -> tuple[str, str] | None:
+    """The client the forced traffic goes to and its inner address (the first tunnel's)."""
+    tun = run.tunnels[0]
+    ike = client_state(run, tun.client)["ikes"].get(tun.conn)  # type: ignore[attr-defined]
+    vips = list(ike.local_vips) if ike else []
+    return (tun.client, vips[0]) if vips else None
+
+
+def one_partition(run: Run, master: str, wall_start: float, fault: str) -> dict[str, object]:
+    """Strike, hold, heal (or restart), converge, and measure every client over it all."""
+    lab, spec = run.lab, run.spec
+    gws = [g.name for g in lab.topo.by_role("gateway")]
+    nodes = partition.cluster_nodes(lab.topo)
+    node = target_of(fault, master, gws)
+    clients = [c.name for c in lab.topo.by_role("client")]
+    before = {c: client_state(run, c) for c in clients}
+    gw_before = {g: gateway_counters(run, g) for g in gws}
+    fc = forced_client(run)
+    via = lab.topo.node(node).ifaces[1].addrs[0].split("/")[0]
+    forced = partition.start_force(lab, fc[0], fc[1], via, spec.force_rate) if fc else None
+    read_probes(run)
+    time.sleep(FORCE_LEAD_S)
+    t_fault, t_struck = strike(run, fault, node)
+    log.info("%s: %s struck (%.1f s to apply)", fault, node, t_struck - t_fault)
+    hold = spec.restart_after_s if fault == "hasync" else (spec.heal_after_s or PARTITION_HOLD_S)
+    time.sleep(max(0.0, t_fault + hold - time.monotonic()))
+    t_undo, t_undone, drops = undo(run, fault, node)
+    log.info("%s undone after %.1f s", fault, t_undo - t_fault)
+    conv = converge(run, nodes, node, demote=fault == "partition", timeout=CONVERGE_TIMEOUT_S)
+    ok = wait_flowing(run, t_undone, spec.timeout_s)
+    time.sleep(spec.settle_s)
+    t_end = time.monotonic()
+    forced_out = partition.stop_force(lab, forced) if forced else None
+    ev = run.vrrp.master_since(t_fault, exclude=node)
+    new = ev.node if ev else master
+    after = {c: client_state(run, c) for c in clients}
+    w = Window(t_fault, t_end, wall_start)
+    caps = {c: client_capture(run, c, w) for c in clients}
+    sts = {n: hasyncd.status(lab, n) for n in nodes}
+    gw = GatewayDrops(gw_before.get(new, {}), gateway_counters(run, new))
+    t_left = left_master_at(run, node, t_fault) if node == master else None
+    return {
+        "from": node, "to": ev.node if ev else None, "fault": fault,
+        "vrrp_detect_ms": round((ev.t - t_fault) * 1000, 1) if ev else None,
+        "vip_moved": ev is not None, "promotion": None, "promotion_start_ms": None,
+        "strike_s": round(t_struck - t_fault, 2), "undo_at_s": round(t_undo - t_fault, 2),
+        "vip_release_s": round(t_left - t_fault, 2) if t_left else None,
+        "vip_release_bound_s": release_bound_s() if node == master else None,
+        "cut_drops": drops, "forced": forced_out, "converge": conv,
+        "converged": conv["converged"], "flowing_after_undo": sorted(ok),
+        "window_s": round(t_end - t_fault, 2), "gateway_xfrm_stat": gw.stat(),
+        "struck_status": _brief(sts.get(node)), "statuses": {n: _brief(s) for n, s in
+                                                               sts.items()},
+        "clients": [_client(run, t, before[t.client], after[t.client], caps[t.client], w, gw,
+                            sts.get(node), fc) for t in run.tunnels]}
+
+
+def _client(run: Run, tun: Any, before: dict[str, Any], after: dict[str, Any],
+            cc: ClientCapture, w: Window, gw: GatewayDrops, struck: dict[str, Any] | None,
+            fc: tuple[str, str] | None) -> dict[str, object]:
+    """One client's failover numbers plus what the struck node's fence held for it."""
+    out = _tunnel_result(run, tun, before, after, cc, w, gw)
+    out["fenced"] = find_counts(fence_section(struck), set(cc.esp))
+    out["forced"] = fc is not None and fc[0] == tun.client
+    return out
+
+
+def _brief(st: dict[str, Any] | None) -> dict[str, object] | None:
+    """What the result keeps of a node's status: Raft, journal, health, the guard's view."""
+    if st is None:
+        return None
+    take = st.get("takeover") or {}
+    return {"raft": st.get("raft"), "journal": st.get("journal"), "health": st.get("health"),
+            "fence": fence_section(st), "tracker": take.get("tracker"),
+            "last_promotion": take.get("last_promotion"), "counters": st.get("counters")}

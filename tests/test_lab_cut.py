@@ -1,0 +1,141 @@
+"""The lab's partition (partition.py) and the two-sender faults' helpers (partfault.py): pure
+parts, and the cut on this host's bridges (root only; no ESP needed)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hasync_lab import confgen, partfault, partition, topology
+from hasync_lab.procs import Lab
+
+
+def test_the_cut_drops_both_ways_between_the_node_and_every_other_cluster_node() -> None:
+    topo = topology.plan(3, 2, nat_clients=1)
+    script = partition.cut_script(topo, "gw2")
+    mine = '{ "hl1-0", "hl1-1" }'
+    others = '{ "hl0-0", "hl0-1", "hl2-0", "hl2-1" }'
+    assert f"iifname {mine} oifname {others} counter drop" in script
+    assert f"iifname {others} oifname {mine} counter drop" in script
+    servers_and_clients = [partition.ports(topo, n.name) for n in topo.nodes
+                           if n.role in ("client", "server", "nat")]
+    assert not any(p in script for ps in servers_and_clients for p in ps)
+
+
+def test_the_witness_is_a_cluster_node_on_the_protected_network() -> None:
+    topo = topology.plan(2, 2, witness=True)
+    assert partition.cluster_nodes(topo) == ["gw1", "gw2", "wit"]
+    (wit,) = topo.by_role("witness")
+    assert [i.bridge for i in wit.ifaces] == ["hl-priv"]
+    assert '"hl2-0"' in partition.cut_script(topo, "gw1")
+    assert partition.cluster_nodes(topology.plan(2, 2)) == ["gw1", "gw2"]
+
+
+def test_a_node_alone_cannot_be_cut_off() -> None:
+    topo = topology.plan(2, 1)
+    with pytest.raises(ValueError, match="no other cluster node"):
+        partition.cut_script(topology.Topology(topo.prefix, topo.nodes[:1], topo.bridges), "gw1")
+
+
+def test_cut_drops_reads_each_rules_counter() -> None:
+    doc = ('{"nftables": [{"metainfo": {}}, {"chain": {"name": "cut"}}, '
+           '{"rule": {"expr": [{"match": {}}, {"counter": {"packets": 7, "bytes": 1}}, '
+           '{"drop": null}]}}, {"rule": {"expr": [{"counter": {"packets": 3}}]}}]}')
+    assert partition.cut_drops(doc) == [7, 3]
+    assert partition.cut_drops("") == [] and partition.cut_drops("{}") == []
+
+
+def test_forced_traffic_is_icmp_only_through_the_given_address() -> None:
+    text = partition.force_batch("10.3.0.5", "10.1.0.11")
+    assert "rule add to 10.3.0.5/32 ipproto icmp lookup 100 pref 100" in text
+    assert "route replace 10.3.0.5/32 via 10.1.0.11 dev e0 table 100" in text
+    assert partition.ping_argv("10.3.0.5", 250)[4] == "0.0040"
+
+
+def test_the_release_bound_is_quorum_timeout_plus_fall_times_interval_plus_one() -> None:
+    assert partfault.release_bound_s((1, 10, 3, 2)) == 1.5 + 3 + 1
+    assert partfault.release_bound_s() == 1.5 + confgen.LAB_HEALTH_TIMING[2] * \
+        confgen.LAB_HEALTH_TIMING[0] + 1
+
+
+def test_partition_backup_strikes_the_last_backup() -> None:
+    gws = ["gw1", "gw2", "gw3"]
+    assert partfault.target_of("partition-backup", "gw1", gws) == "gw3"
+    assert partfault.target_of("partition", "gw1", gws) == "gw1"
+    assert partfault.target_of("hasync", "gw2", gws) == "gw2"
+
+
+@pytest.mark.parametrize(("section", "want"), [
+    (None, None),
+    ({}, None),
+    ({"per_sa": {"192.0.2.101/c0ffee01": 12, "192.0.2.102/c0ffee02": 5}, "unknown": 9}, 12),
+    ({"sas": [{"spi": "0xc0ffee01", "fenced": 4}, {"spi": "0xc0ffee02", "fenced": 8}]}, 4),
+    ({"per_sa": {str(0xC0FFEE01): {"packets": 6}}}, 6),
+    ({"per_sa": {"c0ffee02": 6}}, None),
+])
+def test_fenced_counts_are_read_defensively(section: object, want: int | None) -> None:
+    assert partfault.find_counts(section, {0xC0FFEE01}) == want
+
+
+def test_the_fence_section_is_found_under_the_guard_or_at_the_top() -> None:
+    assert partfault.fence_section({"takeover": {"fence": {"a": 1}}}) == {"a": 1}
+    assert partfault.fence_section({"fence": {"b": 1}}) == {"b": 1}
+    assert partfault.fence_section({"takeover": {}}) is None
+    assert partfault.fence_section(None) is None
+
+
+def test_the_witness_config_has_only_node_and_cluster() -> None:
+    text = confgen.witness_toml("wit", "10.1.0.9:7100", ["10.1.0.11:7100"], "/s", "/k",
+                                "/c.sock", "/h")
+    sections = [line for line in text.splitlines() if line.startswith("[")]
+    assert sections == ["[node]", "[cluster]"]
+    assert 'role = "witness"' in text and 'peers = ["10.1.0.11:7100"]' in text
+
+
+def _run(argv: list[str], stdin: str | None = None) -> None:
+    subprocess.run(argv, input=stdin, text=True, check=True, capture_output=True)
+
+
+@pytest.fixture
+def small_lab(tmp_path: Path) -> Iterator[Lab]:
+    """Two gateways, a server and a client on this host's bridges (prefix hq)."""
+    topo = topology.plan(2, 1, nat_clients=0, prefix="hq")
+    lab = Lab(topo, tmp_path)
+    (tmp_path / "log").mkdir()
+    try:
+        topology.build(topo, _run)
+        yield lab
+    finally:
+        subprocess.run(["nft", "delete", "table", "bridge", partition.CUT_TABLE],
+                       capture_output=True, check=False)
+        for argv in topology.teardown_commands(topo):
+            subprocess.run(argv, capture_output=True, check=False)
+
+
+def _reaches(lab: Lab, node: str, addr: str) -> bool:
+    res = subprocess.run(["ip", "netns", "exec", lab.topo.ns(node), "ping", "-c", "1", "-W",
+                          "1", addr], capture_output=True, check=False)
+    return res.returncode == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="bridges and namespaces need root")
+def test_a_cut_node_reaches_clients_and_server_but_no_gateway_until_healed(
+        small_lab: Lab) -> None:
+    lab = small_lab
+    gw2_pub, gw2_priv = "192.0.2.12", "10.1.0.12"
+    assert _reaches(lab, "gw1", gw2_pub) and _reaches(lab, "gw1", gw2_priv)
+    t0, t1 = partition.cut(lab, "gw1")
+    assert t0 <= t1
+    subprocess.run(["ip", "-n", lab.topo.ns("gw1"), "neigh", "flush", "all"], check=False)
+    assert not _reaches(lab, "gw1", gw2_pub) and not _reaches(lab, "gw1", gw2_priv)
+    assert not _reaches(lab, "gw2", "192.0.2.11")
+    assert _reaches(lab, "gw1", "192.0.2.101") and _reaches(lab, "gw1", topology.SERVER_IP)
+    assert _reaches(lab, "srv", "10.1.0.11") and _reaches(lab, "srv", gw2_priv)
+    assert len(partition.read_cut_drops(lab)) == 2
+    _, _, drops = partition.heal(lab)
+    assert len(drops) == 2 and all(d > 0 for d in drops), drops  # both directions dropped
+    assert _reaches(lab, "gw1", gw2_pub) and partition.read_cut_drops(lab) == []

@@ -1,0 +1,104 @@
+"""Lab tests of issue 16's faults: never two senders. 3 gateways: the VRRP master cut off from
+every other gateway (VRRP, Raft, everything between gateways, both directions) while the
+server forces traffic to one client through its own address, healed after 30 s; then kill -9
+of the new master's hasync under the same forced traffic, started again 3 s later. 2 gateways
+and a witness: kill of the master (the other promotes with the witness's vote), then the new
+master cut off from the other gateway and the witness. A backup cut off must not promote
+(`make test-lab-extended`). Real charon, keepalived and kernel XFRM in the VM; each module
+fixture is one lab run (about 8 minutes under QEMU/TCG)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+from labrun import run_lab
+
+pytestmark = [pytest.mark.lab,
+              pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")]
+
+
+@pytest.fixture(scope="module")
+def three(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """`hasync lab failover --failovers 2 --fault partition,hasync --heal-after 30`."""
+    return run_lab(tmp_path_factory, "partition", [
+        "failover", "--failovers", "2", "--fault", "partition,hasync", "--heal-after", "30",
+        "--restart-after", "3"], 3600)[0]
+
+
+@pytest.fixture(scope="module")
+def witness(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """`hasync lab failover --gateways 2 --witness --failovers 2 --fault kill,partition`."""
+    return run_lab(tmp_path_factory, "witness", [
+        "failover", "--gateways", "2", "--witness", "--failovers", "2", "--fault",
+        "kill,partition", "--heal-after", "20"], 3600)[0]
+
+
+def _no_reuse(fo: dict[str, Any]) -> None:
+    """Every client: no (SPI, seq) twice over the whole window, heal included; traffic back."""
+    for c in fo["clients"]:
+        assert c["esp_to_client"] > 0 and c["seq_reuse"] == 0, (fo["fault"], c["name"], c)
+        assert c["resumed"], (fo["fault"], c["name"])
+
+
+def _forced(fo: dict[str, Any]) -> dict[str, Any]:
+    """The client the forced traffic went to, after checking that it did flow."""
+    f = fo["forced"]
+    assert f and f["sent"] and f["sent"] >= 0.5 * f["rate_pps"] * fo["undo_at_s"], f
+    (c,) = [c for c in fo["clients"] if c["forced"]]
+    return c
+
+
+def _partitioned_master(fo: dict[str, Any]) -> None:
+    """What issue 16 asks of a cut-off master, on top of no reuse."""
+    assert fo["fault"] == "partition" and all(d > 0 for d in fo["cut_drops"]), fo["cut_drops"]
+    _no_reuse(fo)
+    assert (_forced(fo)["fenced"] or 0) > 0, fo["struck_status"]
+    assert fo["vip_release_s"] is not None, fo["converge"]
+    assert fo["vip_release_s"] <= fo["vip_release_bound_s"], fo["vip_release_s"]
+    for c in fo["clients"]:  # every client reaches the majority side: none re-established
+        assert c["reestablished"] is False and c["ike_sa_init"] == 0, c["name"]
+    assert fo["converged"], fo["converge"]
+    conv = fo["converge"]
+    assert conv["master"] != fo["from"] and conv["struck_state"] != "MASTER", conv
+    assert len(set(conv["digests"].values())) == 1, conv
+
+
+def test_a_partitioned_master_is_fenced_releases_the_vips_and_the_cluster_converges(
+        three: dict[str, Any]) -> None:
+    _partitioned_master(three["failovers"][0])
+
+
+def test_a_killed_hasync_on_the_master_causes_no_reuse(three: dict[str, Any]) -> None:
+    fo = three["failovers"][1]
+    assert fo["fault"] == "hasync" and fo["undo_at_s"] >= 3, fo
+    _forced(fo)
+    _no_reuse(fo)
+    assert fo["converged"], fo["converge"]
+
+
+def test_with_a_witness_a_kill_promotes_the_other_gateway(witness: dict[str, Any]) -> None:
+    fo = witness["failovers"][0]
+    assert fo["fault"] == "kill" and fo["to"] == "gw2" and fo["vip_moved"], fo
+    assert fo["promotion"] and fo["promotion"]["done"], fo["promotion"]
+    for c in fo["clients"]:
+        assert c["seq_reuse"] == 0 and c["reestablished"] is False and c["resumed"], c
+
+
+def test_with_a_witness_a_partitioned_master_causes_no_reuse(witness: dict[str, Any]) -> None:
+    _partitioned_master(witness["failovers"][1])
+
+
+@pytest.mark.lab_extended
+def test_a_partitioned_backup_does_not_promote(tmp_path_factory: pytest.TempPathFactory
+                                               ) -> None:
+    doc = run_lab(tmp_path_factory, "partition-backup", [
+        "failover", "--fault", "partition-backup", "--heal-after", "20"], 3600)[0]
+    (fo,) = doc["failovers"]
+    assert fo["from"] == "gw3" and fo["cut_drops"] and all(d > 0 for d in fo["cut_drops"])
+    _no_reuse(fo)
+    prom = (fo["statuses"]["gw3"] or {}).get("last_promotion")
+    assert not (prom and prom.get("done")), prom
+    assert fo["converged"] and fo["converge"]["master"] == "gw1", fo["converge"]
