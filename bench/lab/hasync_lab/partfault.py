@@ -24,7 +24,7 @@ from .session import Run
 
 log = logging.getLogger("hasync_lab")
 FAULTS = ("partition", "partition-backup", "hasync")
-QUORUM_TIMEOUT_MS = 1500  # hasync's [cluster] quorum_timeout_ms default (the lab keeps it)
+QUORUM_TIMEOUT_MS = confgen.LAB_QUORUM_MS  # hasync's [cluster] quorum_timeout_ms in the lab
 FORCE_LEAD_S = 2.0  # forced traffic runs this long before the fault
 CONVERGE_TIMEOUT_S = 120.0  # Raft re-election and catch-up under TCG took tens of seconds
 PARTITION_HOLD_S = 30.0  # a partition without --heal-after still ends before the window does
@@ -71,7 +71,7 @@ def find_counts(section: Any, spis: set[int]) -> int | None:
         key = str(k).lower()
         spi = str(v.get("spi", "")).lower() if isinstance(v, dict) else ""
         hit = spi in names or any(key == n or key.endswith(("/" + n, ":" + n, " " + n))
-                                  for n in names)
+                                  or key.startswith(n + "@") for n in names)  # spi@daddr
         if hit:
             n = v if isinstance(v, int) else next(
                 (v[f] for f in ("fenced", "packets", "dropped") if isinstance(v, dict)
