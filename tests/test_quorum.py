@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hasync import control
 from hasync.quorum import QuorumProbe
+
+from localcluster import LocalCluster, Node
 
 
 def test_a_fresh_node_sends_at_once_and_counts_its_age_from_start() -> None:
@@ -48,3 +56,57 @@ def test_an_older_success_never_moves_the_last_contact_back() -> None:
     p.answered(2, True, 5.0)
     p.answered(1, True, 4.0)
     assert p.last_ok == 5.0
+
+
+# ---- a real cluster on loopback (tests/localcluster.py): the probe where Raft's view lags ----
+
+TIMING = "heartbeat_ms = 50\nelection_timeout_ms = 300\nquorum_timeout_ms = 1000"
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    c = LocalCluster(tmp_path, n=3, extra=TIMING)
+    try:
+        c.start_all()
+        yield c
+    finally:
+        c.close()
+
+
+def _problems(node: Node) -> list[str]:
+    try:
+        return control.request(node.sock, "health", timeout=3.0).get("problems", [])
+    except control.ControlError:
+        return []
+
+
+def _lost(reasons: list[str]) -> bool:
+    return any(r.startswith("no Raft majority for ") for r in reasons)
+
+
+def test_a_cut_off_master_fails_health_while_pysyncobj_still_calls_it_leader(
+        cluster: LocalCluster) -> None:
+    c = cluster
+    c.wait(lambda: c.leader() is not None, what="a Raft leader")
+    leader = c.leader()
+    assert leader is not None
+    for n in c.nodes:
+        c.vrrp(n, "MASTER" if n is leader else "BACKUP")
+    c.wait(lambda: ((c.status(leader) or {}).get("takeover") or {}).get("epoch") is not None,
+           what="the master's claim committed")
+    c.wait(lambda: (c.status(leader) or {})["quorum"].get("probes_ok", 0) > 0,
+           what="a probe of the master committed")
+    for n in c.nodes:
+        if n is not leader:
+            c.kill(n)
+    c.wait(lambda: _lost(_problems(leader)), what="the master's health naming the lost majority")
+    st = c.status(leader)
+    assert st is not None
+    # pysyncobj keeps a leader cut off from its majority leading for leaderFallbackTimeout
+    # (config.py, 30 s by default): only the probe tells it has no majority (quorum.py).
+    assert st["raft"]["role"] == "leader" and st["takeover"]["epoch"] is not None
+    assert st["quorum"]["ok"] is False
+    c.wait(lambda: _lost((c.status(leader) or {})["health"]["reasons"]),
+           what="the verdict keepalived's check reads naming the lost majority")
+    c.start(c.nodes[0] if c.nodes[0] is not leader else c.nodes[1])
+    c.wait(lambda: not _lost(_problems(leader)), what="the majority heard again")
