@@ -26,6 +26,7 @@ from . import vicicheck
 from .health import verdict
 
 log = logging.getLogger("hasync")
+VERDICT_PERIOD_S = 1.0  # the verdict is judged and written this often
 HEALTH_LATE_S = 3.0  # a verdict judged slower than this is logged (deploy/'s check: 3 s old)
 VICI_TIMEOUT_S = 2.0
 
@@ -58,7 +59,7 @@ class HealthWriter:
             # fork (that fork and exec, every second, cost each gateway 15% of an emulated CPU)
             self.write(int(time.clock_gettime(time.CLOCK_BOOTTIME)))
             self.note_late_verdict(time.monotonic() - started)
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(VERDICT_PERIOD_S)
 
     def judge(self, vici: vicicheck.ViciAnswer) -> None:
         """The verdict from the daemon's answer and this vici check; changes are logged."""

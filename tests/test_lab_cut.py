@@ -57,8 +57,8 @@ def test_forced_traffic_is_icmp_only_through_the_given_address() -> None:
 
 
 def test_the_release_bound_is_quorum_timeout_plus_fall_times_interval_plus_one() -> None:
-    assert partfault.release_bound_s((1, 10, 3, 2)) == confgen.LAB_QUORUM_MS / 1000 + 3 + 1
-    assert partfault.release_bound_s() == confgen.LAB_QUORUM_MS / 1000 + \
+    assert partfault.release_bound_s((1, 10, 3, 2)) == confgen.LAB_QUORUM_MS / 1000 + 1 + 3 + 1
+    assert partfault.release_bound_s() == confgen.LAB_QUORUM_MS / 1000 + 1 + \
         confgen.LAB_HEALTH_TIMING[2] * \
         confgen.LAB_HEALTH_TIMING[0] + 1
 

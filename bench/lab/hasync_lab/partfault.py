@@ -17,6 +17,8 @@ import signal
 import time
 from typing import Any
 
+from hasync.healthfile import VERDICT_PERIOD_S
+
 from . import confgen, hasyncd, partition
 from .failover import ClientCapture, GatewayDrops, Window, _tunnel_result, client_capture
 from .scenario import client_state, gateway_counters, read_probes, wait_flowing
@@ -31,9 +33,11 @@ PARTITION_HOLD_S = 30.0  # a partition without --heal-after still ends before th
 
 
 def release_bound_s(timing: tuple[int, int, int, int] = confgen.LAB_HEALTH_TIMING) -> float:
-    """How soon a cut-off master must give up the VIPs: noticing the lost majority, then
-    keepalived's fall x interval of failed checks, plus 1 s (issue 16)."""
-    return QUORUM_TIMEOUT_MS / 1000 + timing[2] * timing[0] + 1.0
+    """How soon a cut-off master must give up the VIPs (issue 16): the time to notice the lost
+    majority (the quorum timeout, then up to one verdict period until the verdict file says
+    so), keepalived's fall x interval of failed checks, plus 1 s."""
+    notice_s = QUORUM_TIMEOUT_MS / 1000 + VERDICT_PERIOD_S
+    return notice_s + timing[2] * timing[0] + 1.0
 
 
 def target_of(fault: str, master: str, gateways: list[str]) -> str:
