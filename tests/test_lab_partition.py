@@ -2,8 +2,8 @@
 every other gateway (VRRP, Raft, everything between gateways, both directions) while the
 server forces traffic to one client through its own address, healed after 30 s; then kill -9
 of the new master's hasync under the same forced traffic, started again 3 s later. 2 gateways
-and a witness: kill of the master (the other promotes with the witness's vote), then the new
-master cut off from the other gateway and the witness. A backup cut off must not promote
+and a witness: the master cut off from the other gateway and the witness, healed after 20 s,
+then a kill of the new master (the other promotes with the witness's vote). A backup cut off must not promote
 (`make test-lab-extended`). Real charon, keepalived and kernel XFRM in the VM; each module
 fixture is one lab run (about 8 minutes under QEMU/TCG)."""
 
