@@ -1,23 +1,23 @@
-"""The sequence guard's driver: what a node does with ESP replay state as master (journal
-marks, grant send permits), as backup (keep the kernel at the targets) and when it becomes
-master (`promote` = claim the sender epoch, then write the targets, then activate charon).
+"""The sequence guard's driver: what a node does with ESP replay state as master (journal marks,
+grant send permits), as backup (keep the kernel at the targets) and when it becomes master
+(`promote` = claim the sender epoch, then write the targets, then activate charon).
 
 Rules: every decision comes from the pure parts (`rules`, `pacing`, `promotion`, `permits`);
-this module only sequences IO between Raft (a `JournalPort`, the daemon's `ClusterJournal`),
-the kernel (an injected `KernelPort`), the send fence (an injected `FencePort`) and charon
+this module only sequences IO between Raft (a `JournalPort`, the daemon's `ClusterJournal`), the
+kernel (an injected `KernelPort`), the send fence (an injected `FencePort`) and charon
 (`activate`). The injected clock is read once per step and passed in as `now`; wall time
 (`wall`) only stamps entries and reports. One `asyncio.Lock` keeps a tick and a promotion from
 using the kernel at once, another orders fence commands; the loop starts no tick while a
-promotion runs. Marks go one submission at a time (`MarkFlight`). The fence holds a permit
-only for a mark committed and accepted in this node's current epoch (`permits.SenderTerm`);
-every permit is revoked at start, when the node is no longer VRRP master, when another node's
-claim deposed it, and before it claims; an ESN SA's permit is emptied once its counter runs
-2^30 past it (`permits.ESN_STOP`: the fence sees only the low 32 bits). Handled failures are only named ones: a kernel read or
-write (`kernel.KERNEL_FAILURES`: counted, logged once per run of failures), a fence command
-(`FenceError`: counted, logged once per run, retried every step, `health()` says so), a Raft
-commit or claim that fails (`syncobj_compat.FailReason`, counted by name) or times out, an
-entry that cannot be sealed (logged with its traceback, counted). Anything else propagates:
-`run()` then raises, the daemon stops and keepalived moves the VIP.
+promotion runs. Marks go one submission at a time (`MarkFlight`). The fence holds a permit only
+for a mark committed and accepted in this node's current epoch (`permits.SenderTerm`); every
+permit is revoked at start, when the node is no longer VRRP master, when another node's claim
+deposed it, and before it claims; an ESN SA's permit is emptied once its counter runs 2^30 past
+it (`permits.ESN_STOP`: the fence sees only the low 32 bits). Handled failures are only named
+ones: a kernel read or write (`kernel.KERNEL_FAILURES`: counted, logged once per run of
+failures), a fence command (`FenceError`: counted, logged once per run, retried every step,
+`health()` says so), a Raft commit or claim that fails (`syncobj_compat.FailReason`, counted by
+name) or times out, an entry that cannot be sealed (logged with its traceback, counted).
+Anything else propagates: `run()` then raises, the daemon stops and keepalived moves the VIP.
 """
 
 from __future__ import annotations
