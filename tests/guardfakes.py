@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from hasync.fence.port import FenceCounts, FenceError, Permit
+from hasync.fence.rules import intervals
 from hasync.guard import Guard, KernelSa, Reserve, SaKey, SeqEntry, SeqLog, Write, WriteResult
 from hasync.guard.entries import ACCEPTED, REJECTED
 from hasync.syncobj_compat import FailReason
@@ -88,13 +89,20 @@ class FakeFence:
         if self.fail:
             raise FenceError(f"nft {name}: refused (test)")
 
-    def allowed(self, key: SaKey, lo: int, hi: int) -> tuple[int, int] | None:
-        """The part of (lo, hi] the fence lets out for `key`, or None."""
+    def allowed(self, key: SaKey, lo: int, hi: int) -> list[tuple[int, int]]:
+        """The parts (a, b] of (lo, hi] the fence lets out for `key`, matching as the kernel's
+        rules do: the low 32 bits against the permit's intervals (`fence.rules.intervals`), so
+        an ESN counter far enough past its permit wraps back into it."""
         p = self.permits.get(key)
         if p is None:
-            return None
-        a, b = max(lo, p.lo), min(hi, p.hi)
-        return (a, b) if b > a else None
+            return []
+        out = []
+        for first, last in intervals(p):
+            for wrap in range(lo >> 32, (hi >> 32) + 1):
+                a, b = max(lo, (wrap << 32) + first - 1), min(hi, (wrap << 32) + last)
+                if b > a:
+                    out.append((a, b))
+        return sorted(out)
 
     async def setup(self) -> None:
         self._call("setup")

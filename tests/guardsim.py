@@ -5,12 +5,13 @@ through each node's fake fence onto "the wire", and one fake Raft, all on one si
 Rules: a kernel SA sends at a piecewise-constant rate (packets/s from given times); its packets
 are computed lazily and exactly: whenever a read, a write or a fence change needs the present,
 the SA's packets since its last flush are numbered oseq + 1, ... and split into what the fence's
-permit lets out (appended to that node's wire as ranges (a, b]) and what it drops (counted per
-SA). A kernel write may take `write_s_per_sa` each, traffic flowing meanwhile, so a write can
-land behind the counter. The Raft applies entries to one shared `SeqLog` in submission order,
-`commit_s` after submission, unless stalled (held forever, or until `resume()`), failing, or
-cut off from a node. `check_wire()` asserts the invariant: no (SA, seq) on the wire twice,
-neither across nodes nor within one.
+permit lets out (appended to that node's wire as ranges (a, b]; matched on the low 32 bits as
+the kernel's rules are, so an ESN SA can wrap) and what it drops (counted per SA). A kernel
+write may take `write_s_per_sa` each, traffic flowing meanwhile, so a write can land behind the
+counter. The Raft applies entries to one shared `SeqLog` in submission order, `commit_s` after
+submission, unless stalled (held forever, or until `resume()`), failing, or cut off from a node.
+`check_wire()` asserts the invariant: no (SA, seq) on the wire twice, neither across nodes nor
+within one.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class SimSa:
     key: SaKey
     reqid: int = 7
     oseq: int = 0
+    esn: bool = False
     last_t: float = 0.0
     schedule: list[tuple[float, float]] = field(default_factory=list)  # (from t, pps)
 
@@ -69,8 +71,8 @@ class TrafficKernel:
         self.behind = 0  # writes that landed behind the counter (it had moved past the target)
         fence.before_change = self.flush_all
 
-    def add(self, key: SaKey, reqid: int = 7, oseq: int = 0) -> SimSa:
-        sa = SimSa(key, reqid, oseq, self.clock.t, [(0.0, 0.0)])
+    def add(self, key: SaKey, reqid: int = 7, oseq: int = 0, esn: bool = False) -> SimSa:
+        sa = SimSa(key, reqid, oseq, esn, self.clock.t, [(0.0, 0.0)])
         self.sas[key] = sa
         self.cum[key] = 0.0
         return sa
@@ -99,11 +101,10 @@ class TrafficKernel:
         lo, hi = sa.oseq, sa.oseq + n
         sa.oseq = hi
         self.attempted[key] = self.attempted.get(key, 0) + n
-        passed = self.fence.allowed(key, lo, hi)
         through = 0
-        if passed is not None:
+        for passed in self.fence.allowed(key, lo, hi):
             self.wire.setdefault(key, []).append(passed)
-            through = passed[1] - passed[0]
+            through += passed[1] - passed[0]
         if n > through:
             self.fence.dropped[key] = self.fence.dropped.get(key, 0) + n - through
 
@@ -113,8 +114,8 @@ class TrafficKernel:
 
     async def snapshot(self) -> list[KernelSa]:
         self.flush_all()
-        return [KernelSa(sa.key, False, sa.oseq, 0, (0,), 32, sa.reqid)
-                for sa in self.sas.values()]
+        return [KernelSa(sa.key, sa.esn, sa.oseq, 0, (0,) * (4 if sa.esn else 1),
+                         128 if sa.esn else 32, sa.reqid) for sa in self.sas.values()]
 
     async def write(self, writes: list[Write]) -> WriteResult:
         """NEWAE sets the counter (not compare-and-set): writes land WRITE_CHUNK at a time,
@@ -258,10 +259,10 @@ class Sim:
                      wall=lambda: 1_000_000.0 + self.clock.t, sleep=self.sleep,
                      is_master=lambda: self.master[n])
 
-    def add_sa(self, key: SaKey, reqid: int = 7) -> None:
+    def add_sa(self, key: SaKey, reqid: int = 7, esn: bool = False) -> None:
         """charon installs the SA on every node (HA sync), counters at 0."""
         for k in self.kernels.values():
-            k.add(key, reqid)
+            k.add(key, reqid, esn=esn)
 
     def become_master(self, n: str) -> None:
         """VRRP MASTER on `n`: the promotion starts (as Effects spawns it)."""

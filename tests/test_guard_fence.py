@@ -217,6 +217,36 @@ def test_a_claim_that_never_commits_activates_nothing_and_permits_nothing() -> N
     run(scenario)
 
 
+def test_an_esn_sa_fenced_for_2_31_packets_never_wraps_into_its_permit() -> None:
+    """(a) for ESN: the fence matches only the low 32 bits, so a counter 2^31 past a stalled
+    mark would come back into the permit's window; the guard empties the permit at 2^30 past
+    it, so the wire still stops at the mark and the next master's numbers never meet it."""
+    async def scenario() -> None:
+        sim = Sim()
+        sim.add_sa(K1, esn=True)
+        sim.become_master("gw1")
+        gw1 = sim.kernels["gw1"]
+        gw1.rate(K1, 2000)
+        await sim.run(1.0)
+        sim.raft.stalled = True
+        await sim.run(0.2)
+        mark = accepted_mark(sim, K1)
+        gw1.rate(K1, 1e9)  # 2^32 packets in 4.3 s, lazily numbered
+        await sim.run(5.0)
+        assert gw1.sas[K1].oseq > mark + (1 << 32)  # the low 32 bits went all the way round
+        assert gw1.top(K1) == mark and sim.guards["gw1"].stats.esn_stops == 1
+        assert sim.fences["gw1"].permits[K1].hi == mark
+        sim.kill("gw1")
+        sim.raft.stalled = False
+        sim.raft.resume()
+        sim.become_master("gw2")
+        sim.kernels["gw2"].rate(K1, 2000)
+        await sim.run(2.0)
+        assert sim.first("gw2", K1) > mark
+        sim.check_wire()
+    run(scenario)
+
+
 def test_the_reserve_states_what_a_failover_may_skip() -> None:
     r = Reserve()
     assert r.bound(0) == 768 + 1 + 576 and r.bound(10_000) == 8000 + 1 + 576

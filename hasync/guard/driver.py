@@ -1,22 +1,23 @@
-"""The sequence guard's driver: what a node does with ESP replay state as master (journal
-marks, grant send permits), as backup (keep the kernel at the targets) and when it becomes
-master (`promote` = claim the sender epoch, then write the targets, then activate charon).
+"""The sequence guard's driver: what a node does with ESP replay state as master (journal marks,
+grant send permits), as backup (keep the kernel at the targets) and when it becomes master
+(`promote` = claim the sender epoch, then write the targets, then activate charon).
 
 Rules: every decision comes from the pure parts (`rules`, `pacing`, `promotion`, `permits`);
-this module only sequences IO between Raft (a `JournalPort`, the daemon's `ClusterJournal`),
-the kernel (an injected `KernelPort`), the send fence (an injected `FencePort`) and charon
+this module only sequences IO between Raft (a `JournalPort`, the daemon's `ClusterJournal`), the
+kernel (an injected `KernelPort`), the send fence (an injected `FencePort`) and charon
 (`activate`). The injected clock is read once per step and passed in as `now`; wall time
 (`wall`) only stamps entries and reports. One `asyncio.Lock` keeps a tick and a promotion from
 using the kernel at once, another orders fence commands; the loop starts no tick while a
-promotion runs. Marks go one submission at a time (`MarkFlight`). The fence holds a permit
-only for a mark committed and accepted in this node's current epoch (`permits.SenderTerm`);
-every permit is revoked at start, when the node is no longer VRRP master, when another node's
-claim deposed it, and before it claims. Handled failures are only named ones: a kernel read or
-write (`kernel.KERNEL_FAILURES`: counted, logged once per run of failures), a fence command
-(`FenceError`: counted, logged once per run, retried every step, `health()` says so), a Raft
-commit or claim that fails (`syncobj_compat.FailReason`, counted by name) or times out, an
-entry that cannot be sealed (logged with its traceback, counted). Anything else propagates:
-`run()` then raises, the daemon stops and keepalived moves the VIP.
+promotion runs. Marks go one submission at a time (`MarkFlight`). The fence holds a permit only
+for a mark committed and accepted in this node's current epoch (`permits.SenderTerm`); every
+permit is revoked at start, when the node is no longer VRRP master, when another node's claim
+deposed it, and before it claims; an ESN SA's permit is emptied once its counter runs 2^30 past
+it (`permits.ESN_STOP`: the fence sees only the low 32 bits). Handled failures are only named
+ones: a kernel read or write (`kernel.KERNEL_FAILURES`: counted, logged once per run of
+failures), a fence command (`FenceError`: counted, logged once per run, retried every step,
+`health()` says so), a Raft commit or claim that fails (`syncobj_compat.FailReason`, counted by
+name) or times out, an entry that cannot be sealed (logged with its traceback, counted).
+Anything else propagates: `run()` then raises, the daemon stops and keepalived moves the VIP.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from .pacing import BACKUP_SEQ_TICK_S, BackupPace, ReadCosts
 from .permits import SenderTerm
 from .ports import FenceTally, GuardStats, JournalPort, MarkFlight, count, sa_name
 from .promotion import Promotion, PromotionReport
-from .records import KernelSa, SaKey, SeqRecord
+from .records import KernelSa, SaKey, SeqRecord, Write, WriteResult
 from .rules import Reserve, SeqTracker, plan_writes
 
 log = logging.getLogger("hasync.guard")
@@ -111,8 +112,7 @@ class Guard:
                                                                  BACKUP_SEQ_TICK_S))
 
     async def step(self, master: bool, mirrored: int) -> float | None:
-        """One pass of the loop: fence first, then tick if due; the rest to take after it
-        (None: no tick)."""
+        """One pass: fence first, then tick if due; the rest to take after it (None: no tick)."""
         woken = self._wake.is_set()
         self._wake.clear()  # a mark applied from here on wakes the next wait
         now = self.clock()
@@ -142,8 +142,7 @@ class Guard:
             sleeper.result()  # a failing sleep is a bug: raise it
 
     def wake(self) -> None:
-        """Run the next step now (on the loop): a commit to grant, a role change, charon's
-        CHILD_ADD on the master (a new SA is fenced until its first mark commits)."""
+        """Run the next step now: a commit to grant, a role change, charon's CHILD_ADD."""
         self._wake.set()
 
     def wake_threadsafe(self) -> None:
@@ -223,8 +222,7 @@ class Guard:
         self.fence_failing += 1
 
     def _note_counts(self, counts: fenceport.FenceCounts) -> None:
-        """Keep the fence's drop counters; one log line per read that finds SAs starting to
-        drop (however many: a promotion fences every SA for a moment)."""
+        """Keep the drop counters; one log line per read that finds SAs starting to drop."""
         started, packets = self.tally.note(counts.per_sa, counts.unknown)
         if started:
             log.warning("%d SAs fenced: %d outbound packets dropped above this node's "
@@ -258,16 +256,21 @@ class Guard:
             self._forget |= gone
         if master:
             return await self._journal_due(sas, now)
-        writes = plan_writes(sas, self._records(), self.reserve, inbound=False)
-        if not writes:
-            return 0.0
-        wrote = self.clock()
-        res = await self.kernel.write(writes)
+        res, write_s = await self._write(plan_writes(sas, self._records(), self.reserve,
+                                                     inbound=False))
         self.stats.prejumps += res.done
         self.stats.prejump_errors += len(res.errors)
+        return write_s
+
+    async def _write(self, writes: list[Write]) -> tuple[WriteResult, float]:
+        """Write to the kernel (nothing if no writes); what it did and the time it took."""
+        if not writes:
+            return WriteResult(), 0.0
+        wrote = self.clock()
+        res = await self.kernel.write(writes)
         if res.errors:
             self.stats.last_error = res.errors[-1]
-        return self.clock() - wrote
+        return res, self.clock() - wrote
 
     def _kernel_failed(self, e: Exception) -> None:
         self.stats.kernel_errors += 1
@@ -284,8 +287,7 @@ class Guard:
         self.stats.read_max_ms = round(max(self.costs.reads) * 1000, 1)
 
     async def _journal_due(self, sas: list[KernelSa], now: float) -> float:
-        """As the sender: jump SAs new to this term to their targets and submit the records
-        due (`MarkFlight`: one submission at a time); the writes' time."""
+        """As the sender: jump SAs new to the term, submit the records due; the writes' time."""
         epoch = self.term.epoch
         if epoch is None:
             return 0.0  # not the sender (yet): no marks, nothing permitted
@@ -297,22 +299,26 @@ class Guard:
                         "drops its packets above the mark until the renewal commits "
                         "(`hasync status`: takeover.fence.fenced, takeover.tracker.violations)",
                         self.tracker.stats.max_overrun)
+        self._stop_wrapping(sas)
         if (not plan.records and not plan.gone) or self.flight.open:
             return 0.0  # overruns are still counted; renewals wait for the commit
-        write_s = 0.0
-        if plan.writes:  # a write behind the counter is harmless: above the permits
-            wrote = self.clock()
-            res = await self.kernel.write(plan.writes)
-            write_s = self.clock() - wrote
-            self.stats.jumps += res.done
-            if res.errors:
-                self.stats.last_error = res.errors[-1]
+        res, write_s = await self._write(plan.writes)  # one behind the counter is harmless:
+        self.stats.jumps += res.done  # what it re-exposes lies above the permits
         number = self.flight.start()
         assert number is not None
         self.term.plan(plan.lows, {sa.key: sa.esn for sa in sas if sa.key in plan.lows})
         self.tracker.submitted(plan.records, now)
         self._submit(number, plan.records, plan.gone, epoch)
         return write_s
+
+    def _stop_wrapping(self, sas: list[KernelSa]) -> None:
+        """Empty the permits of ESN SAs 2^30 past them, before the low 32 bits wrap in."""
+        if stopped := self.term.stop_wrapping(sas):
+            self.stats.esn_stops += len(stopped)
+            log.warning("%d ESN SAs ran 2^30 past their committed marks (first: %s): their "
+                        "permits are emptied before the low 32 bits wrap into them (`hasync "
+                        "status`: takeover.loop.esn_stops)", len(stopped), sa_name(stopped[0]))
+            self.wake()
 
     def _submit(self, number: int, recs: list[SeqRecord], gone: list[SaKey],
                 epoch: int) -> None:
@@ -394,8 +400,7 @@ class Guard:
             self.promoting = False
 
     async def _claim(self, report: PromotionReport) -> int | None:
-        """Submit claims until one is applied here (its epoch) or this node is no longer
-        VRRP master (None); `report` counts the attempts."""
+        """Claims until one is applied here (its epoch) or VRRP leaves MASTER (None)."""
         backoff = CLAIM_RETRY_S
         while self.is_master():
             report.claim_attempts += 1

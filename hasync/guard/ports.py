@@ -53,6 +53,7 @@ class GuardStats:
     jumps: int = 0  # a term's first-mark writes (master)
     kernel_errors: int = 0
     fence_errors: int = 0
+    esn_stops: int = 0  # ESN permits emptied: the counter ran 2^30 past them (permits.py)
     last_error: str = ""
     read_ms: float = 0.0  # the last read's cost: dump, plan or journal (writes apart)
     write_ms: float = 0.0  # the last tick's writes
