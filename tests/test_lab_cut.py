@@ -13,7 +13,7 @@ import pytest
 
 from hasync.fence import rules as fence_rules
 from hasync.fence.port import Permit
-from hasync_lab import confgen, partfault, partition, topology
+from hasync_lab import cluster, confgen, partfault, partition, topology
 from hasync_lab.cluster import VrrpEvent
 from hasync_lab.procs import Lab
 
@@ -167,11 +167,11 @@ def _ev(node: str, state: str, t: float) -> VrrpEvent:
 def test_the_master_to_strike_is_the_one_steady_master() -> None:
     flap = [_ev("gw1", "MASTER", 0.0), _ev("gw2", "BACKUP", 0.5), _ev("gw1", "FAULT", 10.0),
             _ev("gw2", "MASTER", 11.0)]
-    assert partfault.steady_master(flap, 13.9, 3.0) is None  # gw2's MASTER is 2.9 s old
-    assert partfault.steady_master(flap, 14.0, 3.0) == "gw2"
+    assert cluster.steady_master(flap, 13.9, 3.0) is None  # gw2's MASTER is 2.9 s old
+    assert cluster.steady_master(flap, 14.0, 3.0) == "gw2"
     both = [*flap, _ev("gw1", "BACKUP", 12.0), _ev("gw1", "MASTER", 12.5)]
-    assert partfault.steady_master(both, 30.0, 3.0) is None  # two masters: not steady
-    assert partfault.steady_master([], 5.0, 3.0) is None
+    assert cluster.steady_master(both, 30.0, 3.0) is None  # two masters: not steady
+    assert cluster.steady_master([], 5.0, 3.0) is None
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")

@@ -5,12 +5,12 @@ own address, then healed (or restarted), and measured over the whole window.
 Rules: like failover.py, the result holds only measured values: VRRP events as keepalived's
 notify FIFO delivers them, `hasync status` of every cluster node, the client captures (the
 same seq-reuse detector as every failover), and a killed hasync's kernel fence counters read
-with nft before its restart (the restart replaces the table). The master struck is the one
-VRRP master once no VRRP event came for STEADY_S (a flap under emulation may have moved the
-VIPs before the fault), and the result lists the VRRP events around the fault. A partition is
-lifted (and the hasync restarted) inside the window, so reuse counts the heal too. Fields a
-product version does not report (the fence's per-SA counts) are null, never guessed. Times
-are relative to the fault.
+with nft before its restart (the restart replaces the table). The master struck is VRRP's
+steady master (scenario.steady_master: a flap under emulation may have moved the VIPs before
+the fault), and the result lists the VRRP events around the fault. A partition is lifted
+(and the hasync restarted) inside the window, so reuse counts the heal too. Fields a product
+version does not report (the fence's per-SA counts) are null, never guessed. Times are
+relative to the fault.
 """
 
 from __future__ import annotations
@@ -25,9 +25,14 @@ from hasync.fence import rules as fence_rules
 from hasync.healthfile import VERDICT_PERIOD_S
 
 from . import confgen, hasyncd, partition
-from .cluster import VrrpEvent
 from .failover import ClientCapture, GatewayDrops, Window, _tunnel_result, client_capture
-from .scenario import client_state, gateway_counters, read_probes, wait_flowing
+from .scenario import (
+    client_state,
+    gateway_counters,
+    read_probes,
+    steady_master,
+    wait_flowing,
+)
 from .session import Run
 
 log = logging.getLogger("hasync_lab")
@@ -37,8 +42,6 @@ FORCE_LEAD_S = 2.0  # forced traffic runs this long before the fault
 CONVERGE_TIMEOUT_S = 120.0  # Raft re-election and catch-up under TCG took tens of seconds
 PARTITION_HOLD_S = 30.0  # a partition without --heal-after still ends before the window does
 RESTART_READ_S = 1.0  # the kernel fence read before a restart: an nft process under TCG
-STEADY_S = 3.0  # the master to strike: the one VRRP master, with no VRRP event for this long
-STEADY_TIMEOUT_S = 60.0  # how long to wait for that before striking the planned node anyway
 EVENTS_BEFORE_S = 10.0  # VRRP events this long before the fault are reported with it
 
 
@@ -70,35 +73,6 @@ def latest_state(run: Run, node: str) -> str | None:
     with run.vrrp.lock:
         states = [e.state for e in run.vrrp.events if e.node == node]
     return states[-1] if states else None
-
-
-def steady_master(events: list[VrrpEvent], now: float, hold_s: float) -> str | None:
-    """The one node whose latest VRRP state is MASTER, when no event came in the last
-    `hold_s` (a flap is still settling otherwise); None if there is no such node."""
-    latest: dict[str, str] = {}
-    for e in events:
-        latest[e.node] = e.state
-    masters = [n for n, st in latest.items() if st == "MASTER"]
-    quiet = not events or now - max(e.t for e in events) >= hold_s
-    return masters[0] if len(masters) == 1 and quiet else None
-
-
-def wait_steady_master(run: Run, planned: str) -> str:
-    """The node to strike as the master: VRRP's one steady master (a flap under emulation
-    moved the VIPs before the fault at times), else `planned` after STEADY_TIMEOUT_S."""
-    deadline = time.monotonic() + STEADY_TIMEOUT_S
-    while True:
-        with run.vrrp.lock:
-            found = steady_master(list(run.vrrp.events), time.monotonic(), STEADY_S)
-        if found or time.monotonic() >= deadline:
-            break
-        time.sleep(0.5)
-    if found is None:
-        log.warning("no steady VRRP master after %.0f s: striking %s as planned",
-                    STEADY_TIMEOUT_S, planned)
-    elif found != planned:
-        log.warning("%s is VRRP master, not %s as planned: striking %s", found, planned, found)
-    return found or planned
 
 
 def events_since(run: Run, t0: float, t_fault: float) -> list[list[object]]:
@@ -211,7 +185,7 @@ def one_partition(run: Run, master: str, wall_start: float, fault: str) -> dict[
     gws = [g.name for g in lab.topo.by_role("gateway")]
     nodes = partition.cluster_nodes(lab.topo)
     t_look = time.monotonic()
-    master = wait_steady_master(run, master)
+    master = steady_master(run, master)
     node = target_of(fault, master, gws)
     clients = [c.name for c in lab.topo.by_role("client")]
     before = {c: client_state(run, c) for c in clients}
