@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -191,3 +192,11 @@ def test_the_kernel_fence_is_read_in_the_nodes_namespace(tmp_path: Path) -> None
             "fenced": {}, "unknown": 0}
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
+
+
+def test_waiting_for_a_steady_master_gives_up_after_the_timeout() -> None:
+    watch = cluster.VrrpWatch()
+    watch.events.append(_ev("gw1", "MASTER", time.monotonic()))
+    assert watch.wait_steady(3.0, 0.0) is None  # the event is fresh: not steady yet
+    watch.events[0] = _ev("gw1", "MASTER", time.monotonic() - 5.0)
+    assert watch.wait_steady(3.0, 0.0) == "gw1"

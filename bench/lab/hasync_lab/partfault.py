@@ -198,9 +198,11 @@ def one_partition(run: Run, master: str, wall_start: float, fault: str) -> dict[
     t_fault, t_struck = strike(run, fault, node)
     log.info("%s: %s struck (%.1f s to apply)", fault, node, t_struck - t_fault)
     hold = spec.restart_after_s if fault == "hasync" else (spec.heal_after_s or PARTITION_HOLD_S)
-    time.sleep(max(0.0, t_fault + hold - time.monotonic() - (
-        RESTART_READ_S if fault == "hasync" else 0.0)))
-    at_undo = kernel_fence(run, node) if fault == "hasync" else None
+    at_undo = None
+    if fault == "hasync":  # read the dead hasync's fence just before the restart resets it
+        time.sleep(max(0.0, t_fault + hold - RESTART_READ_S - time.monotonic()))
+        at_undo = kernel_fence(run, node)
+    time.sleep(max(0.0, t_fault + hold - time.monotonic()))
     t_undo, t_undone, drops = undo(run, fault, node)
     log.info("%s undone after %.1f s", fault, t_undo - t_fault)
     conv = converge(run, nodes, node, demote=fault == "partition", timeout=CONVERGE_TIMEOUT_S)
