@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from hasync_lab import confgen, partfault, partition, topology
+from hasync.fence import rules as fence_rules
+from hasync.fence.port import Permit
+from hasync_lab import cluster, confgen, partfault, partition, topology
+from hasync_lab.cluster import VrrpEvent
 from hasync_lab.procs import Lab
 
 
@@ -54,6 +59,15 @@ def test_forced_traffic_is_icmp_only_through_the_given_address() -> None:
     assert "rule add to 10.3.0.5/32 ipproto icmp lookup 100 pref 100" in text
     assert "route replace 10.3.0.5/32 via 10.1.0.11 dev e0 table 100" in text
     assert partition.ping_argv("10.3.0.5", 250)[4] == "0.0040"
+
+
+def test_a_ping_summary_is_the_last_one_in_the_log() -> None:
+    first = ("--- 10.3.0.2 ping statistics ---\n4476 packets transmitted, 868 received, "
+             "80.6% packet loss, time 47361ms\n")
+    second = ("--- 10.3.0.2 ping statistics ---\n2971 packets transmitted, 418 received, "
+              "+5 errors, 85.9% packet loss, time 31802ms\n")
+    assert partition.ping_summary(first + "PING 10.3.0.2\n" + second) == (2971, 418)
+    assert partition.ping_summary("PING 10.3.0.2 (10.3.0.2) 32(60) bytes of data.\n") is None
 
 
 def test_the_release_bound_is_quorum_timeout_plus_fall_times_interval_plus_one() -> None:
@@ -145,3 +159,44 @@ def test_a_cut_node_reaches_clients_and_server_but_no_gateway_until_healed(
     # neighbour entries that failed during the cut take a retry to resolve again
     subprocess.run(["ip", "-n", lab.topo.ns("gw1"), "neigh", "flush", "all"], check=False)
     assert _reaches(lab, "gw1", gw2_pub, tries=3) and partition.read_cut_drops(lab) == []
+
+
+def _ev(node: str, state: str, t: float) -> VrrpEvent:
+    return VrrpEvent(node, state, t)
+
+
+def test_the_master_to_strike_is_the_one_steady_master() -> None:
+    flap = [_ev("gw1", "MASTER", 0.0), _ev("gw2", "BACKUP", 0.5), _ev("gw1", "FAULT", 10.0),
+            _ev("gw2", "MASTER", 11.0)]
+    assert cluster.steady_master(flap, 13.9, 3.0) is None  # gw2's MASTER is 2.9 s old
+    assert cluster.steady_master(flap, 14.0, 3.0) == "gw2"
+    both = [*flap, _ev("gw1", "BACKUP", 12.0), _ev("gw1", "MASTER", 12.5)]
+    assert cluster.steady_master(both, 30.0, 3.0) is None  # two masters: not steady
+    assert cluster.steady_master([], 5.0, 3.0) is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
+def test_the_kernel_fence_is_read_in_the_nodes_namespace(tmp_path: Path) -> None:
+    topo = topology.plan(2, 1, nat_clients=0, prefix="hk")
+    lab, ns = Lab(topo, tmp_path), topo.ns("gw1")
+    run = SimpleNamespace(lab=lab)
+    key = ("192.0.2.101", 0xC0FFEE01, fence_rules.IPPROTO_ESP)
+    script = fence_rules.setup_script() + fence_rules.plan_grant(
+        fence_rules.FenceBook(), [Permit(key, 0, 100, False)]).script
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        assert partfault.kernel_fence(run, "gw1") is None  # type: ignore[arg-type]
+        _run(["ip", "netns", "exec", ns, "nft", "-f", "-"], script)
+        # no packet dropped yet: the SA is known to the fence, nothing is counted
+        assert partfault.kernel_fence(run, "gw1") == {  # type: ignore[arg-type]
+            "fenced": {}, "unknown": 0}
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
+
+
+def test_waiting_for_a_steady_master_gives_up_after_the_timeout() -> None:
+    watch = cluster.VrrpWatch()
+    watch.events.append(_ev("gw1", "MASTER", time.monotonic()))
+    assert watch.wait_steady(3.0, 0.0) is None  # the event is fresh: not steady yet
+    watch.events[0] = _ev("gw1", "MASTER", time.monotonic() - 5.0)
+    assert watch.wait_steady(3.0, 0.0) == "gw1"

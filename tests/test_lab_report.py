@@ -38,6 +38,22 @@ def test_table_has_a_row_per_client_and_failover() -> None:
     assert len(rows) == 2 and "19291" in rows[0] and "c2" in rows[1]
 
 
+def test_a_two_sender_fault_shows_release_fenced_counts_and_the_forced_flow() -> None:
+    client = {"name": "c1", "nat": False, "reestablished": False, "resumed": True,
+              "outage_ms": 15042.0, "lost_to_client": 90, "lost_from_client": 9,
+              "replay_errors": 0, "seq_reuse": 0, "fenced": None, "fenced_at_undo": 812}
+    fo = {"from": "gw2", "to": "gw1", "fault": "hasync", "vrrp_detect_ms": 12780.1,
+          "vip_moved": True, "vip_release_s": 12.68, "vip_release_bound_s": 13.0,
+          "converged": True, "clients": [client, {**client, "name": "c2", "fenced": 3,
+                                                  "fenced_at_undo": None}],
+          "forced": {"client": "c1", "via": "10.1.0.12", "rate_pps": 300.0, "sent": 2971,
+                     "answered": 418}}
+    text = report.table({"failovers": [fo]})
+    assert "VIP released after 13 s (bound 13.0), converged: yes" in text
+    assert "fenced per client: c1=- (812 before the restart), c2=3" in text
+    assert "forced 300.0 pkt/s to c1 via 10.1.0.12: sent 2971, answered 418" in text
+
+
 def test_gaps_are_ms_from_the_kill_and_merged_across_directions() -> None:
     from hasync_lab.failover import Window, gaps_ms, master_down_ms, union
     w = Window(t_kill=100.0, t_end=104.0, wall_start=0.0)

@@ -182,6 +182,17 @@ class VrrpWatch:
         masters = [node for node, state in latest.items() if state == "MASTER"]
         return masters[0] if len(masters) == 1 else None
 
+    def wait_steady(self, hold_s: float, timeout: float) -> str | None:
+        """Wait until one node is VRRP master with no event for `hold_s` (steady_master);
+        that node, or None after `timeout`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.lock:
+                found = steady_master(list(self.events), time.monotonic(), hold_s)
+            if found or time.monotonic() >= deadline:
+                return found
+            time.sleep(0.5)
+
     def wait_master(self, t: float, timeout: float, exclude: str | None = None) -> VrrpEvent:
         """Wait for master_since(t, exclude); raise LabError on timeout."""
         deadline = time.monotonic() + timeout
@@ -197,6 +208,17 @@ class VrrpWatch:
         for fd in self.fds:
             os.close(fd)
         self.fds.clear()
+
+
+def steady_master(events: list[VrrpEvent], now: float, hold_s: float) -> str | None:
+    """The one node whose latest VRRP state is MASTER, when no event came in the last
+    `hold_s` (a flap is still settling otherwise); None if there is no such node."""
+    latest: dict[str, str] = {}
+    for e in events:
+        latest[e.node] = e.state
+    masters = [n for n, st in latest.items() if st == "MASTER"]
+    quiet = not events or now - max(e.t for e in events) >= hold_s
+    return masters[0] if len(masters) == 1 and quiet else None
 
 
 def start_keepalived(lab: Lab, node: str, priority: int, advert_int: float,

@@ -282,7 +282,7 @@ def run_failovers(run: Run) -> dict[str, object]:
         raise LabError(f"probe traffic does not flow for {len(want - flowing)} tunnels: "
                        f"{sorted(want - flowing)} (XFRM state of every node: "
                        f"lab-artifacts/log/*-dataplane.log)")
-    master, wall = lab.topo.by_role("gateway")[0].name, 0.0
+    master, wall = run.vrrp.current_master() or lab.topo.by_role("gateway")[0].name, 0.0
     before: dict[str, object] = {}
     if spec.mode == "hasync":
         before = _before_failovers(run, master)

@@ -4,9 +4,13 @@ own address, then healed (or restarted), and measured over the whole window.
 
 Rules: like failover.py, the result holds only measured values: VRRP events as keepalived's
 notify FIFO delivers them, `hasync status` of every cluster node, the client captures (the
-same seq-reuse detector as every failover). A partition is lifted (and the hasync restarted)
-inside the window, so reuse counts the heal too. Fields a product version does not report
-(the fence's per-SA counts) are null, never guessed. Times are relative to the fault.
+same seq-reuse detector as every failover), and a killed hasync's kernel fence counters read
+with nft before its restart (the restart replaces the table). The master struck is VRRP's
+steady master (scenario.steady_master: a flap under emulation may have moved the VIPs before
+the fault), and the result lists the VRRP events around the fault. A partition is lifted
+(and the hasync restarted) inside the window, so reuse counts the heal too. Fields a product
+version does not report (the fence's per-SA counts) are null, never guessed. Times are
+relative to the fault.
 """
 
 from __future__ import annotations
@@ -17,11 +21,18 @@ import signal
 import time
 from typing import Any
 
+from hasync.fence import rules as fence_rules
 from hasync.healthfile import VERDICT_PERIOD_S
 
 from . import confgen, hasyncd, partition
 from .failover import ClientCapture, GatewayDrops, Window, _tunnel_result, client_capture
-from .scenario import client_state, gateway_counters, read_probes, wait_flowing
+from .scenario import (
+    client_state,
+    gateway_counters,
+    read_probes,
+    steady_master,
+    wait_flowing,
+)
 from .session import Run
 
 log = logging.getLogger("hasync_lab")
@@ -30,6 +41,8 @@ QUORUM_TIMEOUT_MS = confgen.LAB_QUORUM_MS  # hasync's [cluster] quorum_timeout_m
 FORCE_LEAD_S = 2.0  # forced traffic runs this long before the fault
 CONVERGE_TIMEOUT_S = 120.0  # Raft re-election and catch-up under TCG took tens of seconds
 PARTITION_HOLD_S = 30.0  # a partition without --heal-after still ends before the window does
+RESTART_READ_S = 1.0  # the kernel fence read before a restart: an nft process under TCG
+EVENTS_BEFORE_S = 10.0  # VRRP events this long before the fault are reported with it
 
 
 def release_bound_s(timing: tuple[int, int, int, int] = confgen.LAB_HEALTH_TIMING) -> float:
@@ -60,6 +73,26 @@ def latest_state(run: Run, node: str) -> str | None:
     with run.vrrp.lock:
         states = [e.state for e in run.vrrp.events if e.node == node]
     return states[-1] if states else None
+
+
+def events_since(run: Run, t0: float, t_fault: float) -> list[list[object]]:
+    """VRRP events from `t0` on as [node, state, seconds from the fault]."""
+    with run.vrrp.lock:
+        return [[e.node, e.state, round(e.t - t_fault, 2)] for e in run.vrrp.events
+                if e.t >= t0]
+
+
+def kernel_fence(run: Run, node: str) -> dict[str, object] | None:
+    """What `node`'s kernel fence dropped so far, read with nft in its namespace (a restarted
+    hasync replaces the table and its counters): per SA as "spi@daddr", and unknown."""
+    out = run.lab.run(node, ["nft", "-j", "list", "table", fence_rules.FAMILY,
+                             fence_rules.TABLE], check=False)
+    try:
+        counts = fence_rules.counts_from_json([out], {})
+    except fence_rules.FenceParseError:
+        return None
+    return {"fenced": {f"{k[1]:08x}@{k[0]}": n for k, n in sorted(counts.per_sa.items())
+                       if n}, "unknown": counts.unknown}
 
 
 def find_counts(section: Any, spis: set[int]) -> int | None:
@@ -151,6 +184,8 @@ def one_partition(run: Run, master: str, wall_start: float, fault: str) -> dict[
     lab, spec = run.lab, run.spec
     gws = [g.name for g in lab.topo.by_role("gateway")]
     nodes = partition.cluster_nodes(lab.topo)
+    t_look = time.monotonic()
+    master = steady_master(run, master)
     node = target_of(fault, master, gws)
     clients = [c.name for c in lab.topo.by_role("client")]
     before = {c: client_state(run, c) for c in clients}
@@ -163,6 +198,10 @@ def one_partition(run: Run, master: str, wall_start: float, fault: str) -> dict[
     t_fault, t_struck = strike(run, fault, node)
     log.info("%s: %s struck (%.1f s to apply)", fault, node, t_struck - t_fault)
     hold = spec.restart_after_s if fault == "hasync" else (spec.heal_after_s or PARTITION_HOLD_S)
+    at_undo = None
+    if fault == "hasync":  # read the dead hasync's fence just before the restart resets it
+        time.sleep(max(0.0, t_fault + hold - RESTART_READ_S - time.monotonic()))
+        at_undo = kernel_fence(run, node)
     time.sleep(max(0.0, t_fault + hold - time.monotonic()))
     t_undo, t_undone, drops = undo(run, fault, node)
     log.info("%s undone after %.1f s", fault, t_undo - t_fault)
@@ -187,20 +226,26 @@ def one_partition(run: Run, master: str, wall_start: float, fault: str) -> dict[
         "vip_release_s": round(t_left - t_fault, 2) if t_left else None,
         "vip_release_bound_s": release_bound_s() if node == master else None,
         "cut_drops": drops, "forced": forced_out, "converge": conv,
+        "vrrp_events": events_since(run, min(t_look, t_fault - EVENTS_BEFORE_S), t_fault),
+        "fence_at_undo": at_undo,
         "converged": conv["converged"], "flowing_after_undo": sorted(ok),
         "window_s": round(t_end - t_fault, 2), "gateway_xfrm_stat": gw.stat(),
         "struck_status": _brief(sts.get(node)), "statuses": {n: _brief(s) for n, s in
                                                                sts.items()},
         "clients": [_client(run, t, before[t.client], after[t.client], caps[t.client], w, gw,
-                            sts.get(node), fc) for t in run.tunnels]}
+                            sts.get(node), fc, at_undo) for t in run.tunnels]}
 
 
 def _client(run: Run, tun: Any, before: dict[str, Any], after: dict[str, Any],
             cc: ClientCapture, w: Window, gw: GatewayDrops, struck: dict[str, Any] | None,
-            fc: tuple[str, str] | None) -> dict[str, object]:
-    """One client's failover numbers plus what the struck node's fence held for it."""
+            fc: tuple[str, str] | None, at_undo: dict[str, object] | None
+            ) -> dict[str, object]:
+    """One client's failover numbers plus what the struck node's fence held for it (its
+    status after the window; for a killed hasync also its kernel's count before the restart,
+    which the restart resets)."""
     out = _tunnel_result(run, tun, before, after, cc, w, gw)
     out["fenced"] = find_counts(fence_section(struck), set(cc.esp))
+    out["fenced_at_undo"] = find_counts((at_undo or {}).get("fenced"), set(cc.esp))
     out["forced"] = fc is not None and fc[0] == tun.client
     return out
 

@@ -108,6 +108,7 @@ class Forced:
     via: str
     rate: float
     proc: subprocess.Popen[bytes] | None
+    log_from: int = 0  # the ping log's size when this ping started (one log per lab run)
 
 
 def force_batch(vip: str, via: str) -> str:
@@ -126,15 +127,24 @@ def start_force(lab: Lab, client: str, vip: str, via: str, rate: float) -> Force
     if rate <= 0:
         return Forced(client, vip, via, rate, None)
     lab.run("srv", ["ip", "-batch", "-"], stdin=force_batch(vip, via))
+    path = lab.log_path("srv", "force")
+    start = path.stat().st_size if path.exists() else 0
     proc = lab.spawn("srv", "force", ping_argv(vip, rate), private_run=False)
-    return Forced(client, vip, via, rate, proc)
+    return Forced(client, vip, via, rate, proc, start)
 
 
 PING_SUMMARY = re.compile(r"(\d+) packets transmitted, (\d+) received")
 
 
+def ping_summary(text: str) -> tuple[int, int] | None:
+    """(transmitted, received) from the last summary iputils ping printed in `text`."""
+    found = PING_SUMMARY.findall(text)
+    return (int(found[-1][0]), int(found[-1][1])) if found else None
+
+
 def stop_force(lab: Lab, f: Forced) -> dict[str, object]:
-    """Stop the forced traffic; what ping says it sent and got back."""
+    """Stop the forced traffic; what ping says it sent and got back (its own summary: every
+    fault of a run appends its ping's output to the same log)."""
     out: dict[str, object] = {"client": f.client, "vip": f.vip, "via": f.via,
                               "rate_pps": f.rate, "sent": None, "answered": None}
     if f.proc is None:
@@ -143,8 +153,10 @@ def stop_force(lab: Lab, f: Forced) -> dict[str, object]:
         os.killpg(f.proc.pid, signal.SIGINT)  # ping prints its summary on SIGINT
     with contextlib.suppress(subprocess.TimeoutExpired):
         f.proc.wait(timeout=20)
-    m = PING_SUMMARY.search(lab.log_path("srv", "force").read_text(errors="replace"))
-    if m:
-        out["sent"], out["answered"] = int(m.group(1)), int(m.group(2))
+    with open(lab.log_path("srv", "force"), "rb") as fh:
+        fh.seek(f.log_from)
+        summary = ping_summary(fh.read().decode(errors="replace"))
+    if summary:
+        out["sent"], out["answered"] = summary
     lab.run("srv", ["ip", "rule", "del", "pref", str(FORCE_PREF)], check=False)
     return out

@@ -29,8 +29,13 @@ def table(result: dict[str, object]) -> str:
             lines.append(f"{label}: {fo['fault']}: VIP released after "
                          f"{_cell(fo['vip_release_s'])} s (bound {fo['vip_release_bound_s']}), "
                          f"converged: {_cell(fo['converged'])}; fenced per client: "
-                         + ", ".join(f"{c['name']}={_cell(c.get('fenced'))}"
-                                     for c in fo["clients"]))
+                         + ", ".join(f"{c['name']}={_fenced(c)}" for c in fo["clients"]))
+            forced = fo.get("forced") or {}
+            if forced:
+                lines.append(f"{label}: forced {forced.get('rate_pps')} pkt/s to "
+                             f"{forced.get('client')} via {forced.get('via')}: sent "
+                             f"{_cell(forced.get('sent'))}, answered "
+                             f"{_cell(forced.get('answered'))}")
         for c in fo["clients"]:
             lines.append(_row([label, c["name"], "yes" if c["nat"] else "no",
                                "yes" if c["reestablished"] else "no",
@@ -38,6 +43,12 @@ def table(result: dict[str, object]) -> str:
                                str(c["lost_to_client"]), str(c["lost_from_client"]),
                                str(c["replay_errors"]), str(c["seq_reuse"])]))
     return "\n".join(lines)
+
+
+def _fenced(c: dict[str, object]) -> str:
+    """A client's fenced count; a killed hasync's kernel count (before its restart) after it."""
+    at_undo = c.get("fenced_at_undo")
+    return _cell(c.get("fenced")) + (f" ({at_undo} before the restart)" if at_undo else "")
 
 
 def mirror_table(result: dict[str, object]) -> str:

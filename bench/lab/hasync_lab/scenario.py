@@ -104,14 +104,32 @@ def bring_up(run: Run) -> None:
     for n in clients:
         cluster.wait_charon(lab, n)
         cluster.load_config(lab, n)
-    gws = gateways(run)
-    if not cluster.holds_vip(lab, gws[0]):
-        raise LabError(f"{gws[0]} is VRRP master but does not hold {topology.PUBLIC_VIP}")
+    first = steady_master(run, gateways(run)[0])
+    if not cluster.holds_vip(lab, first):
+        raise LabError(f"{first} is VRRP master but does not hold {topology.PUBLIC_VIP}")
     if spec.tunnels:
         tunnels.initiate(lab, run.tunnels)
     else:
         cluster.initiate(lab, clients)
     log.info("tunnels up: %d on %s", len(run.tunnels), ", ".join(clients))
+
+
+STEADY_S = 3.0  # a master is steady when no VRRP event came for this long
+STEADY_TIMEOUT_S = 60.0
+
+
+def steady_master(run: Run, planned: str) -> str:
+    """VRRP's one steady master (VrrpWatch.wait_steady), else `planned` after
+    STEADY_TIMEOUT_S; a flap that moved the VIPs away from `planned` is logged: under
+    emulation a node's health failed for seconds at times (a stalled guard read)."""
+    found = run.vrrp.wait_steady(STEADY_S, STEADY_TIMEOUT_S)
+    if found is None:
+        log.warning("no steady VRRP master after %.0f s: taking %s as planned",
+                    STEADY_TIMEOUT_S, planned)
+    elif found != planned:
+        log.warning("%s is VRRP master, not %s as planned (a flap): taking %s", found,
+                    planned, found)
+    return found or planned
 
 
 def listen_adverts(run: Run) -> None:
