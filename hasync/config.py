@@ -91,7 +91,7 @@ class ClusterConfig:
     connection_timeout_ms: int = 3500
     batch_max_messages: int = 256
     batch_max_delay_ms: int = 5
-    quorum_timeout_ms: int = 3000  # no majority heard this long: health fails (quorum.py)
+    quorum_timeout_ms: int = 4000  # no majority heard this long: health fails (quorum.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,11 +377,13 @@ def _cross_check(config: Config) -> None:
         raise _Invalid(f"must be at least 2.5 x cluster.election_timeout_ms "
                        f"({cluster.election_timeout_ms}): pysyncobj requires it, got "
                        f"{cluster.connection_timeout_ms}", "cluster.connection_timeout_ms")
-    election_max = cluster.election_timeout_ms * 2.5 + 2 * cluster.heartbeat_ms
-    if cluster.quorum_timeout_ms < election_max:
-        raise _Invalid(f"must outlast a Raft election: at least 2.5 x cluster.election_timeout_"
-                       f"ms + 2 x cluster.heartbeat_ms ({election_max:.0f}), got "
-                       f"{cluster.quorum_timeout_ms}", "cluster.quorum_timeout_ms")
+    # quorum.py: after an election the probe's age peaks near election + limit/4 + 2 commits
+    election_max = cluster.election_timeout_ms * 2.5 + 4 * cluster.heartbeat_ms
+    if cluster.quorum_timeout_ms < election_max * 4 / 3:
+        raise _Invalid(f"must outlast a Raft election and a probe: at least 4/3 x (2.5 x "
+                       f"cluster.election_timeout_ms + 4 x cluster.heartbeat_ms) "
+                       f"({election_max * 4 / 3:.0f}), got {cluster.quorum_timeout_ms}",
+                       "cluster.quorum_timeout_ms")
     if config.takeover.tick_ms * 4 > config.takeover.reserve_horizon_ms:
         raise _Invalid(f"must be at most a quarter of takeover.reserve_horizon_ms "
                        f"({config.takeover.reserve_horizon_ms}), got {config.takeover.tick_ms}",

@@ -137,7 +137,8 @@ class Daemon:
             floor=t.reserve_floor, horizon_s=t.reserve_horizon_ms / 1000,
             takeover_floor=t.takeover_floor), self._activate,
             NftFence(nft="/usr/sbin/nft", natt_port=self.cfg.fence.natt_port),
-            tick_s=t.tick_ms / 1000, is_master=lambda: self.core.role.role is Role.MASTER)
+            tick_s=t.tick_ms / 1000, is_master=lambda: self.core.role.role is Role.MASTER,
+            stall_s=self.cfg.cluster.quorum_timeout_ms / 1000)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """A task in the daemon's TaskGroup: if it fails, the daemon stops."""

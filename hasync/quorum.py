@@ -1,13 +1,16 @@
 """Has this node heard a Raft majority lately? Measured, not guessed: a periodic probe.
 
 Rules: sans-IO (time is `now`, monotonic seconds, passed in). Every node commits a probe (an
-empty Raft entry: `ClusterJournal.barrier`) every `limit_s / 4`, one at a time; its success
+empty Raft entry: `ClusterJournal.barrier`) every `limit_s / 8`, whether or not earlier ones
+were answered: a probe forwarded to a leader that has just died stays pending until pysyncobj
+gives it up, and waiting for it would turn every election into a lost majority. Its success
 means a majority stored an entry this node asked for, through whoever leads. A probe without an
-answer for `limit_s` is given up and the next one goes out (a leader cut off from its majority
-never answers: pysyncobj keeps the entry pending until it loses leadership). Answers carry the
-probe's number, so a late answer to an older probe counts only as what it is: proof of contact
-when it was sent. The age since the last success, past `limit_s`, is a health reason
-(docs/takeover.md, The faults: a node that cannot commit must give up the VIP).
+answer for `limit_s` is given up (a leader cut off from its majority never answers: pysyncobj
+keeps the entry pending until it loses leadership). Answers carry the probe's number, so a late
+answer to an older probe counts only as what it is: proof of contact when it was sent. The age
+since the last success, past `limit_s`, is a health reason (docs/takeover.md, The faults: a node
+that cannot commit must give up the VIP). After an election of E seconds the age peaks near
+E + limit/4 + two commits, hence config.py's bound on `limit_s` (D206).
 """
 
 from __future__ import annotations
@@ -23,36 +26,34 @@ class QuorumProbe:
     started: float
     last_ok: float | None = None  # send time of the latest probe that committed
     number: int = 0
-    outstanding: tuple[int, float] | None = None  # (number, sent at)
+    last_sent: float | None = None
+    outstanding: dict[int, float] = field(default_factory=dict)  # number -> sent at
     counts: dict[str, int] = field(default_factory=dict)
 
     @property
     def interval_s(self) -> float:
         """How often a probe goes out."""
-        return self.limit_s / 4
+        return self.limit_s / 8
 
     def due(self, now: float) -> bool:
-        """Whether to send a probe now (none outstanding, or the outstanding one given up)."""
-        if self.outstanding is not None:
-            _, sent = self.outstanding
-            if now - sent < self.limit_s:
-                return False
-            self._count("probes_given_up")
-            self.outstanding = None
-        last = self.last_ok if self.last_ok is not None else -float("inf")
-        return now - last >= self.interval_s
+        """Whether to send a probe now: `interval_s` after the last one, answered or not (the
+        unanswered ones older than `limit_s` are given up)."""
+        for number, sent in list(self.outstanding.items()):
+            if now - sent >= self.limit_s:
+                self._count("probes_given_up")
+                del self.outstanding[number]
+        return self.last_sent is None or now - self.last_sent >= self.interval_s
 
     def sent(self, now: float) -> int:
         """A probe went out at `now`; its number."""
         self.number += 1
-        self.outstanding = (self.number, now)
+        self.outstanding[self.number] = self.last_sent = now
         self._count("probes_sent")
         return self.number
 
     def answered(self, number: int, ok: bool, sent_at: float) -> None:
         """Raft answered probe `number`, sent at `sent_at`."""
-        if self.outstanding is not None and self.outstanding[0] == number:
-            self.outstanding = None
+        self.outstanding.pop(number, None)
         self._count("probes_ok" if ok else "probes_failed")
         if ok and (self.last_ok is None or sent_at > self.last_ok):
             self.last_ok = sent_at

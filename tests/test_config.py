@@ -311,7 +311,7 @@ def test_schema_covers_every_field() -> None:
 
 def test_role_and_quorum_timeout() -> None:
     cfg = parse_config(MINIMAL, SRC)
-    assert (cfg.node.role, cfg.cluster.quorum_timeout_ms) == ("gateway", 3000)
+    assert (cfg.node.role, cfg.cluster.quorum_timeout_ms) == ("gateway", 4000)
     cfg = parse_config(_with("node", 'role = "witness"'), SRC)
     assert cfg.node.role == "witness"
     assert _error(_with("node", 'role = "arbiter"')) == (
@@ -328,6 +328,6 @@ def test_a_witness_refuses_gateway_sections(section: str) -> None:
 
 
 def test_the_quorum_timeout_must_outlast_an_election() -> None:
-    assert _error(_with("cluster", "quorum_timeout_ms = 2000")) == (
-        f"{SRC}: cluster.quorum_timeout_ms: must outlast a Raft election: at least 2.5 x "
-        "cluster.election_timeout_ms + 2 x cluster.heartbeat_ms (2700), got 2000")
+    assert _error(_with("cluster", "quorum_timeout_ms = 3800")) == (
+        f"{SRC}: cluster.quorum_timeout_ms: must outlast a Raft election and a probe: at least "
+        "4/3 x (2.5 x cluster.election_timeout_ms + 4 x cluster.heartbeat_ms) (3867), got 3800")

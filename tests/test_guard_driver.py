@@ -12,7 +12,7 @@ import pytest
 
 from hasync.fence.port import Permit
 from hasync.guard import Guard, Held, KernelSa, MarkFlight, SeqRecord
-from hasync.guard.driver import CLAIM_GRACE_S
+from hasync.guard.driver import STALL_S
 from hasync.journal.seal import EntryError
 from hasync.syncobj_compat import FailReason
 from hasync.xfrm.errors import XfrmError
@@ -50,6 +50,15 @@ def test_promotion_claims_jumps_restores_and_then_activates_with_timings_from_th
     assert not g.promoting and g.status()["last_promotion"]["done"]
     g.close()
     assert kernel.closed and fence.closed
+
+
+def test_a_promoted_backup_is_not_stale_for_its_last_backup_read() -> None:
+    journal = FakeJournal()
+    kernel = FakeKernel([KernelSa(KEY, False, 0, 0, (0,), 32)])
+    g = guard(journal, kernel)
+    journal.clock.t += 30.0  # a backup that last read long ago (or never)
+    asyncio.run(g.promote())
+    assert g.health(g.clock() + 1.0) == []  # the promotion's own read counts
 
 
 def test_a_claim_is_retried_with_backoff_until_it_commits() -> None:
@@ -503,13 +512,23 @@ def test_health_names_a_stale_or_failing_kernel_and_a_claim_pending_past_its_gra
     g = guard(journal, kernel)
     now = g.clock()
     assert g.health(now) == []
-    assert g.health(now + 2.5) == ["guard_kernel_stale"]  # a master reads every tick
+    assert g.health(now + STALL_S + 0.1) == ["guard_kernel_stale"]  # a master reads every tick
     asyncio.run(g.step(master=True, mirrored=0))  # master since now, not the sender
     assert g.health(now + 1.0) == []
-    assert g.health(now + CLAIM_GRACE_S + 0.1) == ["guard_kernel_stale", "not_sender"]
+    assert g.health(now + STALL_S + 0.1) == ["guard_kernel_stale", "not_sender"]
     kernel.fail_reads, kernel.error = 1, _timeout
     asyncio.run(g.tick(master=False))
     assert "guard_kernel_failing" in g.health(g.clock())
+
+
+def test_the_stall_bound_is_the_one_the_daemon_passes() -> None:
+    journal = FakeJournal()
+    g = guard(journal, FakeKernel([]))
+    g.stall_s = 8.0  # the daemon passes [cluster] quorum_timeout_ms: an election's bound
+    now = g.clock()
+    asyncio.run(g.step(master=True, mirrored=0))
+    assert "not_sender" not in g.health(now + STALL_S + 0.1)
+    assert g.health(now + 8.1) == ["guard_kernel_stale", "not_sender"]
 
 
 def test_a_child_add_wakes_the_loop() -> None:

@@ -12,7 +12,7 @@ import pytest
 from guardsim import Sim
 
 from hasync.guard import Reserve
-from hasync.guard.driver import CLAIM_GRACE_S
+from hasync.guard.driver import STALL_S
 
 K1 = ("192.0.2.101", 0xC0FFEE01, 50)
 K2 = ("192.0.2.101", 0xC0FFEE02, 50)  # K1 rekeyed: same reqid, same peer
@@ -203,7 +203,7 @@ def test_a_claim_that_never_commits_activates_nothing_and_permits_nothing() -> N
         sim.raft.cut.add("gw2")
         sim.become_master("gw2")
         sim.kernels["gw2"].rate(K1, 1000)  # traffic reaches it: all of it is fenced
-        await sim.run(CLAIM_GRACE_S + 1.0)
+        await sim.run(STALL_S + 1.0)
         g2 = sim.guards["gw2"]
         assert g2.health(sim.clock.t) == ["not_sender"]
         sim.become_backup("gw2")

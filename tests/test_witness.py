@@ -14,7 +14,7 @@ from hasync import control
 
 from localcluster import LocalCluster, Node
 
-TIMING = "heartbeat_ms = 50\nelection_timeout_ms = 300\nquorum_timeout_ms = 1000"
+TIMING = "heartbeat_ms = 50\nelection_timeout_ms = 300\nquorum_timeout_ms = 1400"
 
 
 @pytest.fixture

@@ -46,8 +46,8 @@ log = logging.getLogger("hasync.guard")
 CLAIM_WAIT_S = 1.0  # a claim not answered this long is submitted again
 CLAIM_RETRY_S = 0.05  # a failed claim is retried after this, doubling up to CLAIM_RETRY_MAX_S
 CLAIM_RETRY_MAX_S = 1.0
-CLAIM_GRACE_S = 3.0  # VRRP master this long without being the sender: `health()` fails
-READ_LIMIT_S = 2.0  # a master that has not read its kernel this long: `health()` fails
+STALL_S = 4.0  # default stall bound: VRRP master this long without being the sender, or a
+#               master this long without reading its kernel, and `health()` fails
 COUNTS_S = 1.0  # the fence's drop counters are read at most this often
 
 
@@ -60,8 +60,10 @@ class Guard:
                  clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 is_master: Callable[[], bool] = lambda: False) -> None:
+                 is_master: Callable[[], bool] = lambda: False,
+                 stall_s: float = STALL_S) -> None:
         self.node, self.journal, self.reserve = node, journal, reserve
+        self.stall_s = stall_s  # the daemon passes [cluster] quorum_timeout_ms (D206)
         self.activate, self.fence, self.tick_s = activate, fence, tick_s
         self.kernel: KernelPort = kernel if kernel is not None else KernelSas()
         self.clock, self.wall, self.sleep = clock, wall, sleep
@@ -243,7 +245,11 @@ class Guard:
     async def _read_and_act(self, master: bool) -> float:
         """Read the kernel, then journal (master) or pre-jump (others); the writes' time."""
         sas: list[KernelSa] = await self.kernel.snapshot()
-        now = self.last_read = self.clock()
+        now, before = self.clock(), self.last_read
+        self.last_read = now
+        if master and before is not None:
+            gap_ms = round((now - before) * 1000, 1)
+            self.stats.master_gap_max_ms = max(self.stats.master_gap_max_ms, gap_ms)
         self.stats.ticks += 1
         if self.failing:
             log.info("reading the kernel's SAs works again, after %d failures", self.failing)
@@ -445,7 +451,9 @@ class Guard:
         again = True
         while again:
             try:
-                writes = promo.plan(await self.kernel.snapshot(), self._records())
+                sas = await self.kernel.snapshot()
+                self.last_read = self.clock()  # a master's staleness counts from this read
+                writes = promo.plan(sas, self._records())
                 res = await self.kernel.write(writes)
             except KERNEL_FAILURES as e:
                 again = promo.read_failed(str(e), self.clock())
@@ -468,7 +476,7 @@ class Guard:
         """Why this node should not hold the VIPs, by name (empty: nothing against it)."""
         reasons = []
         master = self.is_master()
-        limit = READ_LIMIT_S if master else self.pace.full_s + READ_LIMIT_S
+        limit = self.stall_s if master else self.pace.full_s + self.stall_s
         since = self.last_read if self.last_read is not None else self.started
         if now - since > limit and not self.promoting:
             reasons.append("guard_kernel_stale")
@@ -477,7 +485,7 @@ class Guard:
         if self.fence_failing:
             reasons.append("fence_failing")
         if master and self.term.epoch is None and (self.deposed_by is not None or (
-                self.master_since is not None and now - self.master_since > CLAIM_GRACE_S)):
+                self.master_since is not None and now - self.master_since > self.stall_s)):
             reasons.append("not_sender")
         return reasons
 
@@ -497,4 +505,4 @@ class Guard:
             "last_promotion": asdict(self.last_promotion) if self.last_promotion else None}
 
 
-__all__ = ["CLAIM_GRACE_S", "COUNTS_S", "READ_LIMIT_S", "Guard"]
+__all__ = ["COUNTS_S", "STALL_S", "Guard"]

@@ -58,6 +58,7 @@ class GuardStats:
     read_ms: float = 0.0  # the last read's cost: dump, plan or journal (writes apart)
     write_ms: float = 0.0  # the last tick's writes
     read_max_ms: float = 0.0  # the largest of the last READS_KEPT
+    master_gap_max_ms: float = 0.0  # the longest a master went between two reads (a stall)
 
 
 def count(counts: dict[str, int], name: str) -> None:

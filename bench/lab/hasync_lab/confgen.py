@@ -218,8 +218,8 @@ LAB_HEALTH_MAX_AGE_S = 10  # the verdict's age the lab's check accepts (deploy/:
 #                           check's own sh took seconds to start while 1000 tunnels came up
 LAB_RAFT = (500, 2500, 7000)  # heartbeat, election, connection timeout (ms): emulated CPUs
 #                               stall for a second at times, and elections must not flap then
-LAB_QUORUM_MS = 8000  # no majority heard this long fails health: must outlast an election
-#                      (2.5 x 2500 + 2 x 500 = 7250 ms, config.py's cross-check)
+LAB_QUORUM_MS = 12000  # no majority heard this long fails health: must outlast an election
+#                        and a probe (config.py: 4/3 x (2.5 x 2500 + 4 x 500) = 11000)
 LAB_BARRIER_MS = 30000  # how long the lab waits for a promotion's claim: a Raft election
 #                         under emulation took over 10 s at times
 LAB_HA_TIMEOUT_MS = 10000  # how long charon's HA stream may pause before the node is unhealthy

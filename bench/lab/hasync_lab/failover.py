@@ -303,7 +303,7 @@ def run_failovers(run: Run) -> dict[str, object]:
         # a partition heals and a killed hasync restarts in the fault's own undo: that node
         # is alive and rejoins by itself; restoring it would kill its keepalived and charon
         if k + 1 < spec.failovers and fault not in TWO_SENDER_FAULTS:
-            restore(run, master)
+            restore(run, str(fo["from"]))  # the node struck, VRRP's master at the fault
             time.sleep(2.0)
         master = str(fo["to"] or master)
     rekeys = checks_on(spec) and not set(spec.faults or (spec.fault,)) & set(TWO_SENDER_FAULTS)
