@@ -194,8 +194,11 @@ class ClusterJournal:
 
     def claim(self, callback: Callback) -> None:
         """Make this node the sender of ESP marks; `callback(result, error)` gets the new
-        epoch once the claim is applied here (journal/machine.py, Kind.CLAIM)."""
-        self._propose(Kind.CLAIM, pack_claim(self.node), callback)
+        epoch once the claim is applied here, or REJECTED if the sender moved or committed since
+        this node's view of it (journal/machine.py, Kind.CLAIM)."""
+        with self.lock:
+            seen = self.seqs.view()
+        self._propose(Kind.CLAIM, pack_claim(self.node, seen), callback)
 
     def barrier(self, callback: Callback) -> None:
         """Commit an empty entry; when `callback` runs without error, this node has applied

@@ -184,7 +184,8 @@ class SimRaft:
             _, node, kind, payload, callback = self.queue.pop(0)
             with self.lock:
                 if kind == "claim":
-                    result: Any = self.seqs.claim(node)
+                    epoch = self.seqs.claim(node, payload)
+                    result: Any = REJECTED if epoch is None else epoch
                 else:
                     result = ACCEPTED if self.seqs.apply(payload).accepted else REJECTED
             callback(result, None)
@@ -204,7 +205,9 @@ class SimJournal:
         self.raft.submit(self.node, "seq", entry, callback)
 
     def claim(self, callback: Callback) -> None:
-        self.raft.submit(self.node, "claim", None, callback)
+        with self.lock:  # as raft.py: the claim carries this node's view of the sender
+            seen = self.raft.seqs.view()
+        self.raft.submit(self.node, "claim", seen, callback)
 
 
 class SimSleep:

@@ -12,7 +12,7 @@ import pytest
 
 from hasync.fence.port import Permit
 from hasync.guard import Guard, Held, KernelSa, MarkFlight, SeqRecord
-from hasync.guard.driver import STALL_S
+from hasync.guard.driver import BEACON_S, STALL_S
 from hasync.journal.seal import EntryError
 from hasync.syncobj_compat import FailReason
 from hasync.xfrm.errors import XfrmError
@@ -203,6 +203,24 @@ def test_a_master_tick_journals_and_a_backup_tick_prejumps() -> None:
     backup = guard(journal, backup_kernel)
     asyncio.run(backup.tick(master=False))
     assert backup_kernel.writes[0].oseq == 868 + 1 + 576 and backup.stats.prejumps == 1
+
+
+def test_a_sender_with_nothing_due_commits_an_empty_entry_every_beacon() -> None:
+    journal = FakeJournal()
+    g = guard(journal, FakeKernel([]))  # idle: no SA, nothing to renew
+    sender(g)
+
+    async def tick() -> None:
+        await g.tick(master=True)
+        await asyncio.sleep(0)
+    asyncio.run(tick())
+    asyncio.run(tick())  # within BEACON_S of the first: nothing
+    assert [(e.records, e.gone, e.epoch) for e in journal.entries] == [((), (), 1)]
+    stale = journal.seqs.view()
+    journal.clock.t += BEACON_S
+    asyncio.run(tick())
+    assert len(journal.entries) == 2 and journal.seqs.view() == (1, stale[1] + 1)
+    assert journal.seqs.claim("gw3", stale) is None  # a claim from before the beacon: stale
 
 
 def test_a_master_that_is_not_the_sender_journals_nothing() -> None:

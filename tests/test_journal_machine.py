@@ -73,7 +73,7 @@ def _seq(ts: float, *recs: SeqRecord, origin: str = "gw1", epoch: int = 1) -> En
 
 def test_seq_entries_move_marks_forward_only() -> None:
     m = ApplyMachine()
-    assert m.apply(open_entry(Kind.CLAIM, pack_claim("gw1"))).result == 1
+    assert m.apply(open_entry(Kind.CLAIM, pack_claim("gw1", (0, 0)))).result == 1
     first = m.apply(_seq(1.0, _rec(5000, 7)))
     assert first.moved and first.counts == {"seq_entries_applied": 1}
     assert first.result == ACCEPTED
@@ -85,8 +85,8 @@ def test_only_the_latest_claimant_s_entries_are_accepted() -> None:
     m = ApplyMachine()
     before = m.apply(_seq(1.0, _rec(5000, 7), epoch=0))  # nobody has claimed yet
     assert before.result == REJECTED and before.counts == {"seq_rejected:not_sender": 1}
-    assert m.apply(open_entry(Kind.CLAIM, pack_claim("gw1"))).result == 1
-    assert m.apply(open_entry(Kind.CLAIM, pack_claim("gw2"))).result == 2
+    assert m.apply(open_entry(Kind.CLAIM, pack_claim("gw1", (0, 0)))).result == 1
+    assert m.apply(open_entry(Kind.CLAIM, pack_claim("gw2", (1, 0)))).result == 2
     for origin, epoch in (("gw1", 1), ("gw2", 1), ("gw1", 2)):
         change = m.apply(_seq(2.0, _rec(9000, 9), origin=origin, epoch=epoch))
         assert change.result == REJECTED and not change.moved
@@ -96,8 +96,22 @@ def test_only_the_latest_claimant_s_entries_are_accepted() -> None:
     assert m.seqs.sender == ("gw2", 2)
 
 
+def test_a_claim_is_accepted_only_on_the_sender_its_claimant_saw() -> None:
+    m = ApplyMachine()
+    assert m.apply(open_entry(Kind.CLAIM, pack_claim("gw1", (0, 0)))).result == 1
+    assert m.apply(_seq(1.0, _rec(5000, 7))).result == ACCEPTED  # gw1 lives: life 1
+    stale = m.apply(open_entry(Kind.CLAIM, pack_claim("gw3", (1, 0))))  # queued in a partition
+    assert stale.result == REJECTED and stale.counts == {"claims_rejected:stale": 1}
+    assert m.seqs.sender == ("gw1", 1) and not stale.moved
+    old_epoch = m.apply(open_entry(Kind.CLAIM, pack_claim("gw3", (0, 0))))
+    assert old_epoch.result == REJECTED
+    assert m.apply(open_entry(Kind.CLAIM, pack_claim("gw2", (1, 1)))).result == 2
+    assert m.seqs.view() == (2, 0)
+
+
 @pytest.mark.parametrize("payload", [b"", b"\x92\x02\xa3gw1", b"\x92\x01\xa0",
-                                     b"\x91\x01", b"\x92\x01\x01"])
+                                     b"\x91\x01", b"\x92\x01\x01", b"\x94\x01\xa3gw1\x00\x00",
+                                     b"\x94\x02\xa3gw1\xff\x00", b"\x94\x02\xa3gw1\x00"])
 def test_a_bad_claim_is_refused(payload: bytes) -> None:
     with pytest.raises(EntryError):
         open_entry(Kind.CLAIM, payload)

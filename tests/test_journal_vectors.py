@@ -71,7 +71,7 @@ def _seq_entry() -> SeqEntry:
 def _snapshot_state() -> tuple[dict[str, Any], dict[str, Any]]:
     """The replicated state after one golden tunnel, gw1's claim and the seq entry."""
     m = ApplyMachine()
-    m.apply(open_entry(Kind.CLAIM, pack_claim("gw1")))
+    m.apply(open_entry(Kind.CLAIM, pack_claim("gw1", (0, 0))))
     golden = hastream.golden()
     m.apply(open_entry(Kind.BATCH, pack_batch([golden[n] for n in TUNNEL], "gw1", 1700000000.25)))
     m.apply(open_entry(Kind.SEQ, pack_seq(_seq_entry())))
@@ -87,7 +87,7 @@ def _values() -> dict[str, Any]:
         "member_report": ("gw1", {"vrrp": "MASTER", "raft": "leader", "applied": 42,
                                   "ts": 1700000000.75}),
         "barrier_entry": b"",
-        "claim_entry": "gw1",
+        "claim_entry": ("gw1", (0, 0)),
         "snapshot_chunks": bytes(range(200)),  # 64-byte chunks: four of them
         "snapshot_file": (*_snapshot_state(), RAFT_DATA),
     }
@@ -107,7 +107,7 @@ def make_vectors() -> dict[str, bytes]:
         elif name == "barrier_entry":
             out[name] = sealer.seal(value)
         elif name == "claim_entry":
-            out[name] = sealer.seal(pack_claim(value))
+            out[name] = sealer.seal(pack_claim(*value))
         elif name == "snapshot_chunks":
             out[name] = seal_chunks(sealer, value, chunk=64)
         else:
@@ -181,7 +181,7 @@ def test_every_truncation_is_refused(name: str) -> None:
 
 ENTRIES = {"batch_entry": lambda v: pack_batch(*v), "seq_entry": pack_seq,
            "member_report": lambda v: pack_member(*v), "barrier_entry": bytes,
-           "claim_entry": pack_claim}
+           "claim_entry": lambda v: pack_claim(*v)}
 
 
 @pytest.mark.parametrize("name", sorted(ENTRIES))

@@ -33,7 +33,7 @@ from typing import Any
 from ..fence import port as fenceport  # a module: hasync.fence.port imports guard.records
 from ..journal.seal import EntryError, SealError
 from ..syncobj_compat import FailReason, outcome
-from .entries import ACCEPTED, MAX_RECORDS, SeqEntry
+from .entries import ACCEPTED, MAX_RECORDS, REJECTED, SeqEntry
 from .kernel import KERNEL_FAILURES, KernelPort, KernelSas
 from .pacing import BACKUP_SEQ_TICK_S, BackupPace, ReadCosts
 from .permits import SenderTerm
@@ -46,6 +46,7 @@ log = logging.getLogger("hasync.guard")
 CLAIM_WAIT_S = 1.0  # a claim not answered this long is submitted again
 CLAIM_RETRY_S = 0.05  # a failed claim is retried after this, doubling up to CLAIM_RETRY_MAX_S
 CLAIM_RETRY_MAX_S = 1.0
+BEACON_S = 1.0  # a sender with nothing due commits an empty entry this often (D207)
 STALL_S = 4.0  # default stall bound: VRRP master this long without being the sender, or a
 #               master this long without reading its kernel, and `health()` fails
 COUNTS_S = 1.0  # the fence's drop counters are read at most this often
@@ -86,6 +87,7 @@ class Guard:
         self._fence_set_up = False
         self._counts_at = -math.inf
         self._forget: set[SaKey] = set()
+        self._submitted_at = -math.inf  # the sender's last entry (records or a beacon)
         self._kernel_lock, self._fence_lock = asyncio.Lock(), asyncio.Lock()
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -306,7 +308,8 @@ class Guard:
                         "(`hasync status`: takeover.fence.fenced, takeover.tracker.violations)",
                         self.tracker.stats.max_overrun)
         self._stop_wrapping(sas)
-        if (not plan.records and not plan.gone) or self.flight.open:
+        beacon = now - self._submitted_at >= BEACON_S  # an empty entry: the sender lives
+        if (not plan.records and not plan.gone and not beacon) or self.flight.open:
             return 0.0  # overruns are still counted; renewals wait for the commit
         res, write_s = await self._write(plan.writes)  # one behind the counter is harmless:
         self.stats.jumps += res.done  # what it re-exposes lies above the permits
@@ -314,6 +317,7 @@ class Guard:
         assert number is not None
         self.term.plan(plan.lows, {sa.key: sa.esn for sa in sas if sa.key in plan.lows})
         self.tracker.submitted(plan.records, now)
+        self._submitted_at = now
         self._submit(number, plan.records, plan.gone, epoch)
         return write_s
 
@@ -329,7 +333,7 @@ class Guard:
     def _submit(self, number: int, recs: list[SeqRecord], gone: list[SaKey],
                 epoch: int) -> None:
         loop, wall = asyncio.get_running_loop(), self.wall()
-        n = max(len(recs), len(gone))
+        n = max(len(recs), len(gone), 1)  # nothing due: one empty entry (a beacon)
         for i in range(0, n, MAX_RECORDS):
             entry = SeqEntry(self.node, wall, tuple(recs[i:i + MAX_RECORDS]),
                              tuple(gone[i:i + MAX_RECORDS]), epoch)
@@ -443,7 +447,7 @@ class Guard:
         reason, result = fut.result()
         if reason is FailReason.SUCCESS and type(result) is int:
             return result
-        count(self.stats.claim_failed, reason.name)
+        count(self.stats.claim_failed, "STALE" if result == REJECTED else reason.name)
         return None
 
     async def _promote_xfrm(self, promo: Promotion) -> None:

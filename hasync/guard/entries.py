@@ -4,9 +4,12 @@ Rules: an entry payload is msgpack `[format, origin, epoch, ts, records, gone]` 
 limits, checked when packing and when unpacking (violations raise `EntryError`, like ha
 batches); records carry no key material (addresses, SPIs, counters, a rate). One node at a
 time is the sender, `SeqLog.sender = (node, epoch)`: a CHILD_SA's marks may come only from it.
-A claim (`SeqLog.claim(node)`, a CLAIM entry) makes `node` the sender at the next epoch, the
-latest claim wins; `SeqLog.apply()` accepts an entry only if its (origin, epoch) is the current
-sender, else it changes nothing and is counted as rejected. It never raises on a valid entry;
+A claim (`SeqLog.claim(node, seen)`, a CLAIM entry) makes `node` the sender at the next epoch
+only if the sender is still as the claimant saw it, `seen = (epoch, life)`: no claim since, and
+no accepted entry from the sender since (`life` counts them; a master sends an empty entry at
+least every BEACON_S). A claim that waited out a partition in a queue thus cannot depose a
+sender that kept committing (D207). `SeqLog.apply()` accepts an entry only if its (origin,
+epoch) is the current sender, else it changes nothing and is counted as rejected. It never raises on a valid entry;
 marks and inbound counters only move forward per SA, so an entry applied twice or late changes
 nothing. Pure: no IO, no clocks.
 """
@@ -145,9 +148,18 @@ class SeqLog:
     moves: int = field(default=0, compare=False)  # entries that moved a mark or brought an SA
     sender: tuple[str, int] = ("", 0)  # (node, epoch): whose marks are accepted; "" none yet
     rejected: int = 0  # entries not from the sender (seq_rejected:not_sender)
+    life: int = 0  # entries accepted from the current sender (its signs of life)
 
-    def claim(self, node: str) -> int:
-        """`node` becomes the sender at the next epoch (the latest claim wins); the epoch."""
+    def view(self) -> tuple[int, int]:
+        """What a claim made now is based on: (the sender's epoch, its signs of life)."""
+        return self.sender[1], self.life
+
+    def claim(self, node: str, seen: tuple[int, int] | None = None) -> int | None:
+        """`node` becomes the sender at the next epoch if the sender is as `seen` (None: the
+        test helpers' unconditional claim); the epoch, or None for a stale claim."""
+        if seen is not None and tuple(seen) != self.view():
+            return None
+        self.life = 0
         epoch = min(self.sender[1] + 1, MAX_EPOCH)
         self.sender = (node, epoch)
         self.moves += 1  # a new term: every node re-reads what it holds against the sender
@@ -172,12 +184,13 @@ class SeqLog:
         for key in entry.gone:
             self.records.pop(key, None)
         self.applied += 1
+        self.life += 1
         self.moves += moved
         return SeqApplied(accepted=True, moved=moved)
 
     def to_dict(self) -> dict[str, Any]:
         """A snapshot as plain data (for the sealed Raft snapshot)."""
-        return {"applied": self.applied, "sender": list(self.sender),
+        return {"applied": self.applied, "sender": list(self.sender), "life": self.life,
                 "rejected": self.rejected, "records": [
                     [list(r.key), r.mark, r.seq, list(r.bitmap), r.rate, r.node, r.ts, r.epoch]
                     for r in self.records.values()]}
@@ -187,7 +200,7 @@ class SeqLog:
         """Rebuild from `to_dict()` output."""
         node, epoch = data.get("sender", ("", 0))
         log = cls(applied=int(data.get("applied", 0)), sender=(str(node), int(epoch)),
-                  rejected=int(data.get("rejected", 0)))
+                  rejected=int(data.get("rejected", 0)), life=int(data.get("life", 0)))
         for key, mark, seq, bitmap, rate, node_, ts, ep in data.get("records", []):
             k = (str(key[0]), int(key[1]), int(key[2]))
             log.records[k] = SeqRecord(k, mark, seq, tuple(bitmap), rate, node_, ts, int(ep))

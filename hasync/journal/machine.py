@@ -10,7 +10,9 @@ log and count. The machine holds the replicated state: the HA model (`JournalSta
 ESP replay-state log (`SeqLog`, with the sender and its epoch) and the members' latest reports.
 `Change.result` is what the replicated call returns, so pysyncobj hands it to the submitter's
 callback: a SEQ entry gives `entries.ACCEPTED` or `entries.REJECTED` (not from the sender:
-counted as `seq_rejected:not_sender`), a CLAIM its new epoch, others None. Member reports are plain
+counted as `seq_rejected:not_sender`), a CLAIM its new epoch or `REJECTED` (the sender moved or
+showed life since the claimant looked: counted as `claims_rejected:stale`), others None. Member
+reports are plain
 data, never secrets: at most `MAX_MEMBER_FIELDS` fields of str, int, float, bool or None.
 """
 
@@ -27,6 +29,7 @@ import msgpack
 from hasync.ha import HaMessage, MalformedMessage, MessageType, decode
 
 from ..guard.entries import ACCEPTED, REJECTED, SeqEntry, SeqLog, unpack_seq
+from ..guard.records import U64_MAX
 from .seal import MAX_ENTRY, Batch, EntryError, unpack_batch
 from .state import JournalState
 
@@ -42,7 +45,7 @@ class Kind(IntEnum):
 
 
 MEMBER_FORMAT = 1
-CLAIM_FORMAT = 1
+CLAIM_FORMAT = 2  # 2: the claimant's view of the sender, [format, node, epoch, life] (D207)
 MAX_MEMBER_FIELDS = 16
 MAX_NODE_NAME = 64  # characters
 MAX_MEMBER_STR = 64  # characters of a field name or string value
@@ -99,31 +102,36 @@ def unpack_member(raw: bytes) -> MemberReport:
     return MemberReport(node, info)
 
 
-def pack_claim(node: str) -> bytes:
-    """Pack a claim payload: msgpack [format, node]."""
+def pack_claim(node: str, seen: tuple[int, int]) -> bytes:
+    """Pack a claim payload: msgpack [format, node, epoch, life]; `seen` is the claimant's
+    view of the sender (its epoch, its signs of life: SeqLog.life)."""
     if not isinstance(node, str) or not 0 < len(node) <= MAX_NODE_NAME:
         raise EntryError(f"a claimant's name must be 1 to {MAX_NODE_NAME} characters")
-    return msgpack.packb([CLAIM_FORMAT, node], use_bin_type=True)
+    if not all(type(v) is int and 0 <= v <= U64_MAX for v in seen) or len(seen) != 2:
+        raise EntryError("a claim's view is two u64: (epoch, life)")
+    return msgpack.packb([CLAIM_FORMAT, node, *seen], use_bin_type=True)
 
 
-def unpack_claim(raw: bytes) -> str:
-    """The claimant of a claim payload; raise EntryError on any violation."""
+def unpack_claim(raw: bytes) -> tuple[str, tuple[int, int]]:
+    """The claimant and its view of the sender; raise EntryError on any violation."""
     if not isinstance(raw, bytes | bytearray) or len(raw) > MAX_ENTRY:
         raise EntryError("payload must be bytes within the entry limit")
     try:
         data = msgpack.unpackb(raw, raw=False, use_list=True, max_bin_len=0,
-                               max_str_len=MAX_NODE_NAME * 4, max_array_len=2, max_map_len=0,
+                               max_str_len=MAX_NODE_NAME * 4, max_array_len=4, max_map_len=0,
                                max_ext_len=0)
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise EntryError(f"payload is not a valid claim: {exc}") from None
-    if not isinstance(data, list) or len(data) != 2:
-        raise EntryError("payload must be [format, node]")
-    fmt, node = data
+    if not isinstance(data, list) or len(data) != 4:
+        raise EntryError("payload must be [format, node, epoch, life]")
+    fmt, node, epoch, life = data
     if type(fmt) is not int or fmt != CLAIM_FORMAT:
         raise EntryError(f"unknown claim format {fmt!r}")
     if not isinstance(node, str) or not 0 < len(node) <= MAX_NODE_NAME:
         raise EntryError(f"a claimant's name must be 1 to {MAX_NODE_NAME} characters")
-    return node
+    if not all(type(v) is int and 0 <= v <= U64_MAX for v in (epoch, life)):
+        raise EntryError("a claim's epoch and life must be u64")
+    return node, (epoch, life)
 
 
 Errors = tuple[tuple[str, Exception], ...]
@@ -140,6 +148,7 @@ class Entry:
     seq: SeqEntry | None = None
     member: MemberReport | None = None
     claimant: str = ""
+    seen: tuple[int, int] = (0, 0)  # a claim's view of the sender: (epoch, life)
     errors: Errors = ()  # unexpected decode errors, per datagram
 
 
@@ -172,7 +181,8 @@ def open_entry(kind: int, payload: bytes) -> Entry:
     if k is Kind.MEMBER:
         return Entry(k, member=unpack_member(payload))
     if k is Kind.CLAIM:
-        return Entry(k, claimant=unpack_claim(payload))
+        claimant, seen = unpack_claim(payload)
+        return Entry(k, claimant=claimant, seen=seen)
     if payload:
         raise EntryError("a barrier carries no payload")
     return Entry(k)
@@ -209,7 +219,9 @@ class ApplyMachine:
         if entry.kind is Kind.SEQ:
             return self._apply_seq(entry)
         if entry.kind is Kind.CLAIM and entry.claimant:
-            epoch = self.seqs.claim(entry.claimant)
+            epoch = self.seqs.claim(entry.claimant, entry.seen)
+            if epoch is None:
+                return Change(entry.kind, counts={"claims_rejected:stale": 1}, result=REJECTED)
             return Change(entry.kind, moved=True, counts={"claims_applied": 1}, result=epoch)
         if entry.kind is Kind.MEMBER and entry.member is not None:
             self.members[entry.member.node] = dict(entry.member.info)
