@@ -9,9 +9,9 @@ only if the sender is still as the claimant saw it, `seen = (epoch, life)`: no c
 no accepted entry from the sender since (`life` counts them; a master sends an empty entry at
 least every BEACON_S). A claim that waited out a partition in a queue thus cannot depose a
 sender that kept committing (D207). `SeqLog.apply()` accepts an entry only if its (origin,
-epoch) is the current sender, else it changes nothing and is counted as rejected. It never raises on a valid entry;
-marks and inbound counters only move forward per SA, so an entry applied twice or late changes
-nothing. Pure: no IO, no clocks.
+epoch) is the current sender, else it changes nothing and is counted as rejected. It never
+raises on a valid entry; marks and inbound counters only move forward per SA, so an entry
+applied twice or late changes nothing. Pure: no IO, no clocks.
 """
 
 from __future__ import annotations
