@@ -67,7 +67,7 @@ class FakeJournal:
         self.claims += 1
         self.clock.t += self.claim_s
         if self.claim_answer is FailReason.SUCCESS:
-            callback(self.seqs.claim(node), None)
+            callback(self.seqs.claim(node, self.seqs.view()), None)
         elif self.claim_answer is not None:
             callback(None, int(self.claim_answer))
 

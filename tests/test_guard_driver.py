@@ -27,7 +27,7 @@ def _timeout() -> XfrmError:
 def sender(g: Guard) -> int:
     """Make `g` (gw2) the sender, as a committed claim would."""
     with g.journal.lock:
-        epoch = g.journal.seqs.claim(g.node)
+        epoch = g.journal.seqs.claim(g.node, g.journal.seqs.view())
     g.term.start(epoch)
     return epoch
 
@@ -234,7 +234,7 @@ def test_a_rejected_entry_grants_nothing() -> None:
     journal = FakeJournal()
     g = guard(journal, FakeKernel([KernelSa(KEY, False, 100, 0, (0,), 32)]))
     sender(g)
-    journal.seqs.claim("gw1")  # gw1 claims after: gw2's entries are rejected
+    journal.seqs.claim("gw1", journal.seqs.view())  # gw1 claims after: gw2's entries are rejected
 
     async def tick() -> None:
         await g.tick(master=True)
@@ -451,7 +451,7 @@ def test_a_node_deposed_by_another_claim_revokes_and_health_says_not_sender(
     g = guard(journal, FakeKernel([KernelSa(KEY, False, 100, 0, (0,), 32)]), fence=fence)
     sender(g)
     asyncio.run(g.step(master=True, mirrored=0))  # the fence is set up
-    journal.seqs.claim("gw1")
+    journal.seqs.claim("gw1", journal.seqs.view())
     with caplog.at_level(logging.WARNING, logger="hasync.guard"):
         asyncio.run(g.step(master=True, mirrored=0))
     assert g.stats.deposed == 1 and g.deposed_by == ("gw1", 2) and g.term.epoch is None
@@ -464,7 +464,7 @@ def test_a_later_claim_of_its_own_starts_a_new_term_without_revoking() -> None:
     journal = FakeJournal()
     g = guard(journal, FakeKernel([]))
     sender(g)
-    journal.seqs.claim("gw2")  # a retried claim that committed after the first
+    journal.seqs.claim("gw2", journal.seqs.view())  # a retried claim that committed after the first
     asyncio.run(g.step(master=True, mirrored=0))
     assert g.term.epoch == 2 and g.stats.deposed == 0
 

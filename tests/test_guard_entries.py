@@ -119,11 +119,11 @@ def test_an_entry_round_trips_and_a_corrupted_one_is_refused_or_valid(
 
 def test_merging_moves_counters_forward_only() -> None:
     log = SeqLog()
-    log.claim("gw1")
+    log.claim("gw1", log.view())
     log.apply(SeqEntry("gw1", 1.0, (rec(2000, 50),), epoch=1))
     log.apply(SeqEntry("gw1", 2.0, (rec(1000, 40),), epoch=1))  # late or repeated: no change
     assert (log.records[KEY].mark, log.records[KEY].seq) == (2000, 50)
-    assert log.claim("gw2") == 2
+    assert log.claim("gw2", log.view()) == 2
     log.apply(SeqEntry("gw2", 3.0, (rec(1500, 60, node="gw2"),), epoch=2))
     assert (log.records[KEY].mark, log.records[KEY].seq, log.records[KEY].node) == (
         2000, 60, "gw2")
@@ -134,9 +134,9 @@ def test_merging_moves_counters_forward_only() -> None:
 def test_an_entry_not_from_the_sender_changes_nothing() -> None:
     log = SeqLog()
     assert not log.apply(SeqEntry("gw1", 1.0, (rec(2000, 50),), epoch=0)).accepted
-    log.claim("gw1")
+    log.claim("gw1", log.view())
     assert log.apply(SeqEntry("gw1", 1.0, (rec(2000, 50),), epoch=1)).accepted
-    log.claim("gw2")
+    log.claim("gw2", log.view())
     late = log.apply(SeqEntry("gw1", 2.0, (rec(9000, 90),), (KEY,), epoch=1))  # deposed
     assert not late.accepted and not late.moved
     assert log.records[KEY].mark == 2000 and log.rejected == 2
@@ -144,7 +144,7 @@ def test_an_entry_not_from_the_sender_changes_nothing() -> None:
 
 def test_apply_tells_whether_a_backup_s_targets_moved() -> None:
     log = SeqLog()
-    log.claim("gw1")
+    log.claim("gw1", log.view())
 
     def moved(e: SeqEntry) -> bool:
         return log.apply(e).moved
@@ -160,7 +160,7 @@ def test_apply_tells_whether_a_backup_s_targets_moved() -> None:
 
 def test_a_snapshot_restores_the_same_records_and_sender() -> None:
     log = SeqLog()
-    log.claim("gw1")
+    log.claim("gw1", log.view())
     log.apply(SeqEntry("gw1", 1.0, (rec(2000, 50), rec(3, key=("2001:db8::1", 2, 50))),
                        epoch=1))
     again = SeqLog.from_dict(log.to_dict())

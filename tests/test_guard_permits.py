@@ -88,7 +88,7 @@ def test_the_master_s_tick_empties_a_wrapping_esn_permit_in_the_fence(caplog: An
     kernel = FakeKernel([esn_sa(HI - 2000)])
     g = guard(journal, kernel, fence=fence)
     with journal.lock:
-        g.term.start(journal.seqs.claim("gw2"))
+        g.term.start(journal.seqs.claim("gw2", journal.seqs.view()))
 
     async def steps() -> None:
         await g.step(master=True, mirrored=0)  # first mark committed and accepted

@@ -158,7 +158,7 @@ def _simulate(rate: float, kill_at: float, latency: float, ramp: bool = True,
     at most doubles every `double_s` (the growth the reserve's module header states)."""
     dt = 0.01
     tracker, log = SeqTracker("gw1", tick_s=tick_s), SeqLog()
-    log.claim("gw1")
+    log.claim("gw1", log.view())
     settled, held = 0, {}
     pending: list[tuple[float, SeqEntry, dict]] = []
     oseq, carry, t, next_tick, in_flight, wire = 0, 0.0, 0.0, 0.0, False, 0

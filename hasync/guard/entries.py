@@ -154,10 +154,10 @@ class SeqLog:
         """What a claim made now is based on: (the sender's epoch, its signs of life)."""
         return self.sender[1], self.life
 
-    def claim(self, node: str, seen: tuple[int, int] | None = None) -> int | None:
-        """`node` becomes the sender at the next epoch if the sender is as `seen` (None: the
-        test helpers' unconditional claim); the epoch, or None for a stale claim."""
-        if seen is not None and tuple(seen) != self.view():
+    def claim(self, node: str, seen: tuple[int, int]) -> int | None:
+        """`node` becomes the sender at the next epoch if the sender is as `seen`; the epoch,
+        or None for a stale claim."""
+        if tuple(seen) != self.view():
             return None
         self.life = 0
         epoch = min(self.sender[1] + 1, MAX_EPOCH)

@@ -12,8 +12,8 @@ ESP replay-state log (`SeqLog`, with the sender and its epoch) and the members' 
 callback: a SEQ entry gives `entries.ACCEPTED` or `entries.REJECTED` (not from the sender:
 counted as `seq_rejected:not_sender`), a CLAIM its new epoch or `REJECTED` (the sender moved or
 showed life since the claimant looked: counted as `claims_rejected:stale`), others None. Member
-reports are plain
-data, never secrets: at most `MAX_MEMBER_FIELDS` fields of str, int, float, bool or None.
+reports are plain data, never secrets: at most `MAX_MEMBER_FIELDS` fields of str, int, float,
+bool or None.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def pack_claim(node: str, seen: tuple[int, int]) -> bytes:
     view of the sender (its epoch, its signs of life: SeqLog.life)."""
     if not isinstance(node, str) or not 0 < len(node) <= MAX_NODE_NAME:
         raise EntryError(f"a claimant's name must be 1 to {MAX_NODE_NAME} characters")
-    if not all(type(v) is int and 0 <= v <= U64_MAX for v in seen) or len(seen) != 2:
+    if len(seen) != 2 or not all(type(v) is int and 0 <= v <= U64_MAX for v in seen):
         raise EntryError("a claim's view is two u64: (epoch, life)")
     return msgpack.packb([CLAIM_FORMAT, node, *seen], use_bin_type=True)
 
