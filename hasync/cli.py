@@ -23,6 +23,8 @@ from .config import DEFAULT_PATH, ConfigError, load_config
 from .control import ControlError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from .config import Config
 
 DAEMON_CMDS = ("daemon", "status", "sas", "health", "keygen")
@@ -95,11 +97,46 @@ def _daemon_cmd(a: argparse.Namespace) -> int:
         run_daemon(cfg)
         return 0
     from . import control, views
+    if a.cmd == "sas":
+        return _sas_cmd(cfg.node.control_socket, a.json)
     result = control.request(cfg.node.control_socket, a.cmd)
     if a.json:
         print(json.dumps(result, indent=1))
     else:
         print(views.status_text(result) if a.cmd == "status" else views.sas_text(result))
+    return 0
+
+
+def sas_pages(path: Any, limit: int | None = None,
+              timeout: float = 5.0) -> Iterator[dict[str, Any]]:
+    """Every page of `hasync sas`, in order (status.py Answers.sas): one request per page,
+    so no answer outgrows the control protocol and the daemon's lock is held per page."""
+    from . import control
+    after: int | None = 0
+    while after is not None:
+        args = {"after": after} if limit is None else {"after": after, "limit": limit}
+        page = control.request(path, "sas", timeout, **args)
+        yield page
+        nxt = page.get("next")
+        if nxt is not None and (not isinstance(nxt, int) or nxt <= after):
+            raise control.ControlError(f"hasync sas: page after {after} points back to {nxt!r}")
+        after = nxt
+
+
+def _sas_cmd(path: Any, as_json: bool) -> int:
+    """`hasync sas`: print each page as it comes (text), or one JSON object at the end."""
+    from . import views
+    if as_json:
+        sas = [ike for page in sas_pages(path) for ike in page.get("ike_sas", [])]
+        print(json.dumps({"ike_sas": sas, "total": len(sas)}, indent=1))
+        return 0
+    shown = 0
+    for page in sas_pages(path):
+        if page.get("ike_sas"):
+            print(views.sas_text(page), flush=True)
+            shown += len(page["ike_sas"])
+    if not shown:
+        print(views.sas_text({}))
     return 0
 
 
@@ -126,7 +163,7 @@ def _health_cmd(cfg: Config, as_json: bool, timeout: float) -> int:
     if checker.is_alive():
         checker.join(timeout + 0.2)
     vici_ok, vici_error, vici_busy = out.get(
-        "vici", (False, f"no answer within {timeout} s", True))
+        "vici", (False, f"no answer within {timeout} s", True))[:3]
     healthy, reasons = verdict(resp, vici_ok, vici_error, vici_busy=vici_busy,
                                control_error=control_error)
     if as_json:

@@ -4,8 +4,10 @@ Rules: the only module that reads configuration (no environment variables); `par
 pure and `load_config` only adds reading the file; unknown sections or keys, wrong types, bad
 values and TOML syntax are all `ConfigError`, whose message names the file and the dotted key
 (or the line); addresses are IP literals with a port, never host names (no DNS at start or on
-failover); every value the daemon may read has a default here, except the node's name and the
-cluster's addresses.
+failover), and charon's HA link (`charon.ha_local`, `charon.ha_remote`) is loopback only: it
+carries IKE and ESP key material in clear; every timing key has a floor below which it breaks
+something (`MINIMUMS` says what); every value the daemon may read has a default here, except
+the node's name and the cluster's addresses.
 """
 
 from __future__ import annotations
@@ -245,6 +247,16 @@ def _address(value: Any) -> Address:
         raise _Invalid(str(exc)) from None
 
 
+def _loopback_address(value: Any) -> Address:
+    """An address on loopback (IPv4 127.0.0.0/8 or ::1): charon's HA datagrams hold IKE and
+    ESP keys in clear (the ha plugin does not encrypt them), so they never leave the host."""
+    addr = _address(value)
+    if not addr.host.is_loopback:
+        raise _Invalid(f"must be a loopback address (127.0.0.0/8 or [::1]), got {addr}: "
+                       "charon's HA datagrams carry keys in clear")
+    return addr
+
+
 def _peers(value: Any) -> tuple[Address, ...]:
     """1 to 6 distinct peer addresses; errors name the bad item as `[i]`."""
     if not isinstance(value, list):
@@ -285,6 +297,37 @@ def _role(value: Any) -> str:
 
 Check = Callable[[Any], Any]
 
+# The floor of each timing key, and what a smaller value breaks (issue 17 finding 8).
+MINIMUMS: dict[str, tuple[int, str]] = {
+    "cluster.heartbeat_ms": (50, "pysyncobj ticks at most every 50 ms (raft.py AUTO_TICK_MIN_S): "
+                             "a shorter heartbeat is not kept"),
+    "cluster.election_timeout_ms": (300, "six 50 ms ticks: below that a follower's timer "
+                                    "fires on one or two late heartbeats and the leader churns"),
+    "cluster.connection_timeout_ms": (750, "2.5 x the smallest election timeout: pysyncobj "
+                                      "requires connectionTimeout >= raftMaxTimeout "
+                                      "(pysyncobj/config.py, SyncObjConf.validate)"),
+    "cluster.quorum_timeout_ms": (1300, "4/3 x (2.5 x 300 + 4 x 50): a shorter bound fails "
+                                  "health during every Raft election (quorum.py)"),
+    "takeover.reserve_horizon_ms": (200, "four of the smallest guard ticks"),
+    "takeover.tick_ms": (50, "each tick reads every SA from the kernel; below 50 ms the "
+                         "reads run back to back (docs/benchmarks.md: 0.5 s for 2000 SAs)"),
+    "takeover.ha_timeout_ms": (2000, "two of charon's 1 s STATUS heartbeats: one late "
+                               "heartbeat must not fail health and move the VIP"),
+}
+
+
+def _timing(key: str, high: int) -> Check:
+    """A timing key: an integer from its floor in MINIMUMS (the error says why) to `high`."""
+    low, why = MINIMUMS[key]
+    within = _integer(low, high)
+
+    def check(value: Any) -> int:
+        if isinstance(value, int) and not isinstance(value, bool) and value < low:
+            raise _Invalid(f"must be at least {low} ({why}), got {value}")
+        return within(value)
+    return check
+
+
 # section -> (dataclass, key -> check); defaults and required keys come from the dataclasses.
 SCHEMA: dict[str, tuple[type, dict[str, Check]]] = {
     "node": (NodeConfig, {
@@ -293,30 +336,33 @@ SCHEMA: dict[str, tuple[type, dict[str, Check]]] = {
     }),
     "cluster": (ClusterConfig, {
         "name": _name, "key_file": _path, "bind": _address, "peers": _peers,
-        "heartbeat_ms": _integer(10, 10_000),
-        "election_timeout_ms": _integer(50, 60_000),
-        "connection_timeout_ms": _integer(100, 600_000),
+        "heartbeat_ms": _timing("cluster.heartbeat_ms", 10_000),
+        "election_timeout_ms": _timing("cluster.election_timeout_ms", 60_000),
+        "connection_timeout_ms": _timing("cluster.connection_timeout_ms", 600_000),
         "batch_max_messages": _integer(1, 512),  # seal.MAX_ITEMS
         "batch_max_delay_ms": _integer(0, 1000),
-        "quorum_timeout_ms": _integer(200, 60_000),
+        "quorum_timeout_ms": _timing("cluster.quorum_timeout_ms", 60_000),
     }),
     "charon": (CharonConfig, {
-        "ha_local": _address, "ha_remote": _address, "vici_socket": _socket_path,
+        "ha_local": _loopback_address, "ha_remote": _loopback_address,
+        "vici_socket": _socket_path,
         "control_fifo": _path, "segments": _integer(1, SEGMENTS_MAX),
         "protocol_version": _version,
     }),
     "keepalived": (KeepalivedConfig, {"instance": _instance, "notify_fifo": _path}),
     "takeover": (TakeoverConfig, {
         "reserve_floor": _integer(64, 1 << 30),
-        "reserve_horizon_ms": _integer(100, 60_000),
+        "reserve_horizon_ms": _timing("takeover.reserve_horizon_ms", 60_000),
         "takeover_floor": _integer(0, 1 << 30),
-        "tick_ms": _integer(20, 1000),
-        "ha_timeout_ms": _integer(1100, 60_000),  # charon's heartbeat is every 1 s
+        "tick_ms": _timing("takeover.tick_ms", 1000),
+        "ha_timeout_ms": _timing("takeover.ha_timeout_ms", 60_000),
     }),
     "fence": (FenceConfig, {"natt_port": _integer(1, 65535)}),
 }
 # Keys that once existed: loading a config that still has one is an error naming it and why.
 REMOVED: dict[str, str] = {
+    "cluster.connection_retry_ms": "no longer used (removed in issue 15): it was parsed and "
+    "never passed to Raft; delete the key",
     "takeover.no_quorum_reserve": "removed (issue 16): a node without a Raft majority does not "
     "promote, so no reserve is added; delete the key",
     "takeover.barrier_timeout_ms": "removed (issue 16): a promotion claims the sender epoch "

@@ -21,6 +21,8 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
+from . import vicicheck
+from .charonwatch import CharonWatch, Holdings
 from .config import Config
 from .control import ControlServer
 from .effects import Effects, Event
@@ -31,7 +33,8 @@ from .guard import Guard, Reserve
 from .ha import HaMessage, MessageType
 from .healthfile import HealthWriter
 from .journal.seal import Batch, derive_keys, load_cluster_key
-from .node import NodeCore, RaftView, Settings
+from .memguard import protect
+from .node import NodeCore, RaftView, Settings, SyncState
 from .quorum import QuorumProbe
 from .raft import ClusterJournal, RaftTiming
 from .role import Role, RoleState
@@ -40,6 +43,8 @@ from .syncobj_compat import FailReason, outcome
 
 log = logging.getLogger("hasync")
 TICK_S = 0.25  # the loop's idle tick (heartbeats, reports); a queued batch wakes it earlier
+CHARON_CHECK_S = 1.0  # charon's incarnation and readiness are asked this often (vici stats)
+VICI_TIMEOUT_S = 2.0
 
 
 class _Stopped(Exception):
@@ -52,6 +57,8 @@ class Daemon:
     def __init__(self, cfg: Config) -> None:
         self.cfg, self.started = cfg, time.monotonic()
         self.core = NodeCore(Settings.of(cfg), RoleState(since=self.started))
+        self.core.charon_ready = False  # the first replay waits for charon's connections
+        self.charon = CharonWatch()
         self.healthfile = HealthWriter(cfg.node.health_file, cfg.charon.vici_socket,
                                        lambda: self.answers.health({}))
         self.journal: ClusterJournal | None = None
@@ -88,7 +95,7 @@ class Daemon:
                 async with asyncio.TaskGroup() as self._tg:
                     for coro in (self._tick_loop(), self._guard_loop(), self.healthfile.run(),
                                  fx.feed.run(), quorum_loop(self.journal, self.quorum),
-                                 self._until_stopped()):
+                                 self._charon_loop(), self._until_stopped()):
                         self._spawn(coro)
                     loop.add_reader(fifo, self._on_fifo, fifo, LineBuffer())
                     opened.callback(loop.remove_reader, fifo)
@@ -109,21 +116,22 @@ class Daemon:
         self.seq = guard = self._guard(journal)
         journal.on_seq = guard.wake_threadsafe
         opened.callback(guard.close)
-        endpoint = await open_endpoint(cfg.charon.ha_remote.sockaddr,
-                                       cfg.charon.ha_local.sockaddr, self._on_ha)
-        assert endpoint.transport is not None
-        opened.callback(endpoint.transport.close)
+        endpoint = open_endpoint(cfg.charon.ha_remote.sockaddr, cfg.charon.ha_local.sockaddr,
+                                 self._on_ha)
+        opened.callback(endpoint.close)
         self.fx = Effects(self.core, journal, endpoint,
                           CharonFeed(endpoint.send, cfg.charon.ha_local.sockaddr), guard,
                           cfg.charon.control_fifo, post=self._threadsafe, wake=self._wake.set,
                           spawn=self._spawn)
-        self.answers = Answers(cfg, self.core, journal, self.fx, self.healthfile, guard.status,
+        self.answers = Answers(cfg, self.core, journal, self.fx, self.healthfile,
+                               lambda: {**guard.status(), "charon": self.charon.status()},
                                self.started, problems=self._problems, quorum=self.quorum.status)
         return self.fx, self.answers
 
     def _problems(self, now: float) -> list[str]:
         """The daemon's own failed conditions for `hasync health`: quorum, then the guard's."""
-        reasons = [r for r in (self.quorum.reason(now),) if r]
+        reasons = [r for r in (self.quorum.reason(now), self.charon.problem(now)) if r]
+        reasons.extend(self.core.problems())
         guard_health = getattr(self.seq, "health", None)
         if guard_health is not None:
             reasons.extend(guard_health(now))
@@ -214,6 +222,58 @@ class Daemon:
                            lambda: journal.child_adds)
 
 
+    async def _charon_loop(self) -> None:
+        """Ask charon who it is (a restart) and what it has loaded; compare its holdings."""
+        assert self.journal is not None and self.fx is not None and self.seq is not None
+        loop, path, watch = asyncio.get_running_loop(), self.cfg.charon.vici_socket, self.charon
+        quiet: tuple[int, float] | None = None  # journal entries applied, time of the check
+        while True:
+            stats = await loop.run_in_executor(None, vicicheck.incarnation, path,
+                                               VICI_TIMEOUT_S)
+            since, ikes = stats.value if stats.ok else (None, None)
+            seen = watch.on_stats(since)
+            if seen == "restart" or (seen == "first" and self.core.sync.state is not
+                                     SyncState.UNSYNCED):  # it replayed into no charon
+                self._event(self.core.on_charon_restart)
+            if stats.ok and not watch.ready:
+                needed = await loop.run_in_executor(None, self._needed_conns)
+                conns = await loop.run_in_executor(None, vicicheck.ask, path, VICI_TIMEOUT_S,
+                                                   vicicheck.conn_names)
+                if conns.ok:
+                    watch.on_conns(conns.value, needed)
+            if watch.ready != self.core.charon_ready:
+                self._event(lambda now, ready=watch.ready: self.core.on_charon_ready(ready))
+            quiet = self._compare_holdings(ikes, quiet)
+            await asyncio.sleep(CHARON_CHECK_S)
+
+    def _needed_conns(self) -> set[str]:
+        assert self.journal is not None
+        with self.journal.lock:
+            return self.journal.state.config_names()
+
+    def _compare_holdings(self, ikes: int | None,
+                          quiet: tuple[int, float] | None) -> tuple[int, float] | None:
+        """Compare charon and the kernel with the journal on a mirroring node, when the
+        journal applied nothing since the last check and the kernel was read since then
+        (charonwatch.py); returns what the next check compares against."""
+        assert self.journal is not None and self.fx is not None and self.seq is not None
+        now, j = time.monotonic(), self.journal
+        if ikes is None or not self.core.role.mirrors or not self.core.sync.synced:
+            self.charon.compare(None, now)
+            return None
+        if self.fx.feed.queued:
+            return None
+        with j.lock:
+            applied = j.state.applied
+        read = self.seq.last_read
+        if quiet is not None and quiet[0] == applied and read is not None and read > quiet[1]:
+            with j.lock:
+                n_ikes, n_children = j.state.counts()
+                missing = len(j.state.inbound_spis() - self.seq.kernel_spis)
+            self.charon.compare(Holdings(ikes, n_ikes, n_children, missing), now)
+        return applied, now
+
+
 async def quorum_loop(journal: ClusterJournal | None, probe: QuorumProbe) -> None:
     """Commit a probe entry every `probe.interval_s`, one at a time (quorum.py)."""
     assert journal is not None
@@ -232,10 +292,14 @@ async def quorum_loop(journal: ClusterJournal | None, probe: QuorumProbe) -> Non
 
 
 def run_daemon(cfg: Config) -> None:
-    """Run the daemon (or the witness, by `node.role`) in this process until it is stopped."""
+    """Run the daemon (or the witness, by `node.role`) in this process until it is stopped.
+    Core dumps go off and memory is locked before the cluster key is read (memguard.py)."""
+    protection = protect()
     Path(cfg.node.state_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
     if cfg.node.role == "witness":
         from .witness import Witness
         asyncio.run(Witness(cfg).run())
         return
-    asyncio.run(Daemon(cfg).run())
+    daemon = Daemon(cfg)
+    daemon.core.counters.update(protection.counters)  # `hasync status` counters
+    asyncio.run(daemon.run())

@@ -62,7 +62,8 @@ class Effects:
                 case node.SendToCharon(datagram=datagram):
                     self.endpoint.send(datagram)
                 case node.FeedCharon(datagrams=datagrams):
-                    self.feed.put(datagrams)
+                    if not self.feed.put(datagrams):  # dropped at the bound: start over
+                        self.do(self.core.on_feed_overflow(time.monotonic()))
                 case node.CharonFifo(command=command):
                     self.fifo(command)
                 case node.StartPromotion():
@@ -71,8 +72,10 @@ class Effects:
                     if self.promotion is not None:
                         self.promotion.cancel()
                     self.guard.wake()  # its step sees the role and revokes every permit
-                case node.StartReplay():
-                    self.replay()
+                case node.StartReplay(generation=generation):
+                    self.replay(generation)
+                case node.ClearFeed():
+                    self.feed.clear()
                 case node.Report(info=info):
                     self.report(info)
                 case node.Wake():
@@ -104,16 +107,16 @@ class Effects:
             self.counters["report_errors"] += 1
             log.exception("replicating this node's report failed")
 
-    def replay(self) -> None:
+    def replay(self, generation: int = 0) -> None:
         """Queue the journal's whole state for charon, in dependency order (feed.py's pace)."""
         with self.journal.lock:
             plan = self.journal.state.replay_plan()
-            self.feed.put(plan)  # under the lock: what is applied next queues behind it
-        self.spawn(self._replayed(len(plan)))
+            self.feed.put(plan, replay=True)  # under the lock: later applies queue behind it
+        self.spawn(self._replayed(len(plan), generation))
 
-    async def _replayed(self, count: int) -> None:
+    async def _replayed(self, count: int, generation: int) -> None:
         await self.feed.drained()
-        self.post(lambda now: self.core.on_replayed(count, now))
+        self.post(lambda now: self.core.on_replayed(count, now, generation))
 
     def fifo(self, command: str) -> None:
         """Write a command to charon's HA control FIFO; charon down (ENXIO, ENOENT) is only

@@ -9,6 +9,13 @@ until the receive queue of charon's socket (the `rx_queue` column of this namesp
 what is applied after it. Without that file the feed pauses FALLBACK_PAUSE_S per chunk; if
 charon reads nothing for STALL_S, the next chunk goes anyway and the stall is counted.
 `udp_rx_queue` is pure.
+
+Bound (issue 17 finding 7): what is queued beyond the replay under way is at most
+MAX_FEED_BYTES (a replay raises the ceiling by its own size: its datagrams are the journal's
+own bytes objects, so it costs pointers). A `put` past the ceiling drops the whole queue and
+returns False: charon then misses datagrams, so the caller must start over with a full replay
+(node.py `on_feed_overflow`); nothing is dropped without that and a count ("overflows",
+"overflow_dropped").
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ LOW_WATER = 32 * 1024  # bytes queued on charon's socket below which the next ch
 POLL_S = 0.005
 FALLBACK_PAUSE_S = 0.05
 STALL_S = 5.0
+MAX_FEED_BYTES = 64 * 1024 * 1024  # mirrored datagrams charon has not read yet, at most
 PROC_UDP = Path("/proc/net/udp")
 
 
@@ -49,20 +57,49 @@ class CharonFeed:
     """A FIFO of datagrams for charon, sent in chunks as charon's socket has room."""
 
     def __init__(self, send: Callable[[bytes], object], charon: Address,
-                 proc_udp: Path = PROC_UDP) -> None:
+                 proc_udp: Path = PROC_UDP, max_bytes: int = MAX_FEED_BYTES) -> None:
         self._send, self._charon, self._proc = send, charon, proc_udp
         self._queue: deque[bytes] = deque()
+        self._bytes = 0  # queued
+        self.max_bytes = max_bytes
+        self._ceiling = max_bytes  # max_bytes above the last replay's size, until empty
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
-        self.counters = {"fed": 0, "stalls": 0, "fallback": 0}
+        self.counters = {"fed": 0, "stalls": 0, "fallback": 0, "overflows": 0,
+                         "overflow_dropped": 0}
 
-    def put(self, datagrams: Iterable[bytes]) -> None:
-        """Queue datagrams behind those already queued."""
-        self._queue.extend(datagrams)
+    def put(self, datagrams: Iterable[bytes], replay: bool = False) -> bool:
+        """Queue datagrams behind those already queued; a `replay` raises the bound by its
+        size. False: past the bound, the queue (and these) were dropped and counted."""
+        batch = list(datagrams)
+        size = sum(len(d) for d in batch)
+        if replay:
+            self._ceiling = self._bytes + size + self.max_bytes
+        elif self._bytes + size > self._ceiling:
+            self.counters["overflows"] += 1
+            self.counters["overflow_dropped"] += len(self._queue) + len(batch)
+            self._drop()
+            return False
+        self._queue.extend(batch)
+        self._bytes += size
         if self._queue:
             self._idle.clear()
             self._wake.set()
+        return True
+
+    def _drop(self) -> None:
+        """Empty the queue."""
+        self._queue.clear()
+        self._bytes, self._ceiling = 0, self.max_bytes
+        self._idle.set()
+
+    def clear(self) -> int:
+        """Drop everything queued (charon restarted); how many datagrams were dropped."""
+        dropped = len(self._queue)
+        self._drop()
+        self.counters["cleared"] = self.counters.get("cleared", 0) + dropped
+        return dropped
 
     @property
     def queued(self) -> int:
@@ -80,9 +117,12 @@ class CharonFeed:
             self._wake.clear()
             while self._queue:
                 for _ in range(min(CHUNK, len(self._queue))):
-                    self._send(self._queue.popleft())
+                    datagram = self._queue.popleft()
+                    self._bytes -= len(datagram)
+                    self._send(datagram)
                     self.counters["fed"] += 1
                 await self._room()
+            self._bytes, self._ceiling = 0, self.max_bytes
             self._idle.set()
 
     def rx_queue(self) -> int | None:

@@ -20,6 +20,9 @@ JOURNALED = frozenset({MessageType.IKE_ADD, MessageType.IKE_UPDATE, MessageType.
                        MessageType.IKE_MID_RESPONDER, MessageType.IKE_DELETE,
                        MessageType.CHILD_ADD, MessageType.CHILD_DELETE, MessageType.IKE_IV})
 HEARTBEAT_S = 1.0  # charon's own heartbeat_delay; its timeout is 2.1 s
+# Datagrams waiting for Raft at most (issue 17 finding 7): ~60 MB of typical HA datagrams,
+# minutes of a busy gateway's stream; past it the node drops and resyncs (node.py, JournalGap)
+MAX_BACKLOG = 100_000
 
 
 @dataclass
@@ -28,16 +31,20 @@ class Batcher:
 
     max_messages: int = 256
     max_delay: float = 0.005
+    max_backlog: int = MAX_BACKLOG
     pending: list[bytes] = field(default_factory=list)
     first_at: float | None = None
     in_flight: list[bytes] | None = None
     retry_at: float | None = None
 
-    def add(self, raw: bytes, now: float) -> None:
-        """Queue one datagram."""
+    def add(self, raw: bytes, now: float) -> bool:
+        """Queue one datagram; False (not queued) once `max_backlog` are waiting."""
+        if self.backlog >= self.max_backlog:
+            return False
         if not self.pending:
             self.first_at = now
         self.pending.append(raw)
+        return True
 
     def next_batch(self, now: float) -> list[bytes] | None:
         """The batch to submit now, if one is due and none is in flight."""
@@ -80,6 +87,14 @@ def status_message(version: int, segments: int) -> bytes:
     """A STATUS heartbeat claiming segments 1..segments (ha_segments.c send_status())."""
     attrs = [("segment", i) for i in range(1, segments + 1)]
     return encode(HaMessage.build(version, MessageType.STATUS, *attrs))
+
+
+def resync_message(version: int, segments: int) -> bytes:
+    """A RESYNC for segments 1..segments: charon re-sends every cached IKE_SA of them and
+    rekeys their CHILD_SAs (ha_dispatcher.c process_resync(), ha_cache.c resync() and
+    rekey_segment() at 5.9.8), as it does for a peer that restarted (request_resync())."""
+    attrs = [("segment", i) for i in range(1, segments + 1)]
+    return encode(HaMessage.build(version, MessageType.RESYNC, *attrs))
 
 
 def claimed_segments(msg: HaMessage) -> set[int]:

@@ -20,7 +20,14 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from .ha import HaMessage, MessageType
-from .mirror import JOURNALED, Batcher, Heartbeat, claimed_segments, status_message
+from .mirror import (
+    JOURNALED,
+    Batcher,
+    Heartbeat,
+    claimed_segments,
+    resync_message,
+    status_message,
+)
 from .role import IllegalTransition, Role, RoleState, parse_vrrp_line
 from .syncobj_compat import FailReason
 
@@ -29,8 +36,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hasync")
 REPORT_S = 5.0  # how often a node tells the cluster its VRRP role and applied index
+RESYNC_MIN_S = 60.0  # a RESYNC rekeys every CHILD_SA (mirror.resync_message): not in a loop
 COUNTED = ("mirrored", "replays", "batches", "batch_messages", "commit_retries",
-           "batches_dropped", "messages_dropped", "vrrp_illegal")  # shown from the start
+           "batches_dropped", "messages_dropped", "messages_dropped:backlog_full",
+           "resyncs_requested", "vrrp_illegal")  # shown from the start
 
 
 # ---- commands -------------------------------------------------------------------------------
@@ -77,6 +86,13 @@ class CancelPromotion:
 class StartReplay:
     """Queue the journal's whole replay plan for charon; answer with `on_replayed`."""
 
+    generation: int = 0  # which replay: one that charon's restart abandoned is ignored
+
+
+@dataclass(frozen=True)
+class ClearFeed:
+    """Drop what is queued for charon (it restarted: a replay into it starts over)."""
+
 
 @dataclass(frozen=True)
 class Report:
@@ -91,7 +107,7 @@ class Wake:
 
 
 Command = (SubmitBatch | SendToCharon | FeedCharon | CharonFifo | StartPromotion
-           | CancelPromotion | StartReplay | Report | Wake)
+           | CancelPromotion | StartReplay | ClearFeed | Report | Wake)
 
 
 # ---- sync state -----------------------------------------------------------------------------
@@ -110,6 +126,8 @@ class SyncEvent(Enum):
     REPLAY = "replay"  # the journal caught up on a mirroring node: the replay starts
     REPLAYED = "replayed"  # the replay's last datagram went to charon
     RESYNC = "resync"  # charon sent RESYNC (it restarted and holds nothing)
+    RESTART = "restart"  # hasync saw charon restart (charonwatch.py): it holds nothing
+    OVERFLOW = "overflow"  # the feed dropped what charon had not read (feed.py): start over
 
 
 class IllegalSyncMove(RuntimeError):
@@ -123,6 +141,14 @@ SYNC_MOVES: dict[tuple[SyncState, SyncEvent], SyncState] = {
     # a RESYNC during a replay leaves it running, as before issue 15 (see the report)
     (SyncState.REPLAYING, SyncEvent.RESYNC): SyncState.REPLAYING,
     (SyncState.SYNCED, SyncEvent.RESYNC): SyncState.UNSYNCED,
+    # a restarted charon lost whatever it was given: start over, the replay under way too
+    (SyncState.UNSYNCED, SyncEvent.RESTART): SyncState.UNSYNCED,
+    (SyncState.REPLAYING, SyncEvent.RESTART): SyncState.UNSYNCED,
+    (SyncState.SYNCED, SyncEvent.RESTART): SyncState.UNSYNCED,
+    # charon missed datagrams the feed dropped at its bound: a full replay follows
+    (SyncState.UNSYNCED, SyncEvent.OVERFLOW): SyncState.UNSYNCED,
+    (SyncState.REPLAYING, SyncEvent.OVERFLOW): SyncState.UNSYNCED,
+    (SyncState.SYNCED, SyncEvent.OVERFLOW): SyncState.UNSYNCED,
 }
 
 
@@ -131,14 +157,22 @@ class Sync:
     """The sync state and its table."""
 
     state: SyncState = SyncState.UNSYNCED
+    generation: int = 0  # counts replays started: a replay's answer names its own
 
     def move(self, event: SyncEvent) -> SyncState:
         """Apply `event`; raises IllegalSyncMove naming the state and the event."""
         to = SYNC_MOVES.get((self.state, event))
         if to is None:
             raise IllegalSyncMove(f"sync state {self.state.value} cannot take {event.value}")
+        if event is SyncEvent.REPLAY:
+            self.generation += 1
         self.state = to
         return to
+
+    @property
+    def synced(self) -> bool:
+        """charon was given the whole journal and follows it."""
+        return self.state is SyncState.SYNCED
 
     @property
     def feeding(self) -> bool:
@@ -203,6 +237,10 @@ class NodeCore:
     last_report: float | None = None  # None: report at the next tick
     submitted_at: float = 0.0
     replay_started: float = 0.0
+    charon_ready: bool = True  # charon has the journal's connections (the daemon's watch)
+    journal_gap: int = 0  # datagrams dropped at the backlog bound since the last resync
+    resync_at: float | None = None  # when this node last asked charon for a RESYNC
+    master_lost_charon: bool = False  # charon restarted while this node was master
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -216,7 +254,8 @@ class NodeCore:
         self.ha_rx = now
         if msg.type in JOURNALED:
             first = not self.batcher.pending
-            self.batcher.add(raw, now)
+            if not self.batcher.add(raw, now):
+                return self._dropped(now)
             out: list[Command] = [Wake()] if first else []
             if len(self.batcher.pending) >= self.batcher.max_messages:
                 out += self._submit(now)  # a full batch goes at once, not at the next tick
@@ -233,6 +272,28 @@ class NodeCore:
             log.info("charon asked for a resync: replaying the journal")
             self.sync.move(SyncEvent.RESYNC)
         return []
+
+    def _dropped(self, now: float) -> list[Command]:
+        """The backlog is at its bound (Raft commits nothing): drop, count, fail health."""
+        if not self.journal_gap:
+            log.error("%d datagrams wait for Raft: dropping charon's datagrams until it "
+                      "commits again, then asking charon for a RESYNC (health fails meanwhile)",
+                      self.batcher.backlog)
+        self.journal_gap += 1
+        self.counters["messages_dropped:backlog_full"] += 1
+        return []
+
+    def _resync(self, now: float) -> list[Command]:
+        """Once a gap's backlog has drained, ask the active charon to send its SAs again
+        (mirror.resync_message), at most every RESYNC_MIN_S."""
+        if (not self.journal_gap or self.batcher.backlog or self.role.role is not Role.MASTER
+                or (self.resync_at is not None and now - self.resync_at < RESYNC_MIN_S)):
+            return []
+        log.warning("asking charon for a RESYNC: %d datagrams were dropped", self.journal_gap)
+        self.journal_gap, self.resync_at = 0, now
+        self.counters["resyncs_requested"] += 1
+        return [SendToCharon(resync_message(self.settings.protocol_version,
+                                            self.settings.segments))]
 
     def _submit(self, now: float) -> list[Command]:
         batch = self.batcher.next_batch(now)
@@ -252,7 +313,7 @@ class NodeCore:
             self.counters["batch_messages"] += len(self.batcher.in_flight or ())
             self.commit_ms += 0.1 * ((now - self.submitted_at) * 1000 - self.commit_ms)
         self.batcher.done(ok, now)
-        return self._submit(now)  # what queued meanwhile goes at once
+        return self._submit(now) + self._resync(now)  # what queued meanwhile goes at once
 
     def on_submit_failed(self, now: float) -> list[Command]:
         """Sealing the batch in flight raised (the adapter logged the traceback): drop it."""
@@ -275,12 +336,44 @@ class NodeCore:
         self.counters["mirrored"] += len(datagrams)
         return [FeedCharon(tuple(datagrams))]
 
-    def on_replayed(self, count: int, now: float) -> list[Command]:
-        """The replay's `count` datagrams were all sent to charon."""
+    def on_replayed(self, count: int, now: float, generation: int | None = None) -> list[Command]:
+        """The replay's `count` datagrams were all sent to charon (or dropped: see below)."""
+        if generation is not None and (generation != self.sync.generation
+                                       or self.sync.state is not SyncState.REPLAYING):
+            self.counters["replays_abandoned"] += 1  # charon restarted under it
+            return []
         self.sync.move(SyncEvent.REPLAYED)
         self.counters["replays"] += 1
         self.counters["mirrored"] += count
         log.info("replayed %d datagrams into charon in %.1f s", count, now - self.replay_started)
+        return []
+
+    def on_feed_overflow(self, now: float) -> list[Command]:
+        """The feed dropped its queue at its bound (feed.py): charon misses datagrams, so the
+        journal is replayed into it again once this node is caught up."""
+        log.error("charon reads slower than the journal applies: the feed dropped its queue "
+                  "at its bound; replaying the whole journal into charon")
+        self.counters["feed_overflows"] += 1
+        self.sync.move(SyncEvent.OVERFLOW)
+        return []
+
+    # charon's lifecycle (charonwatch.py)
+    def on_charon_restart(self, now: float) -> list[Command]:
+        """charon restarted and holds nothing: replay once its connections are loaded."""
+        log.warning("charon restarted: it holds nothing; the journal is replayed into it "
+                    "once its connections are loaded")
+        self.sync.move(SyncEvent.RESTART)
+        self.charon_ready = False
+        if self.role.role is Role.MASTER:  # its SAs are gone: a backup's passive ones are not
+            self.master_lost_charon = True
+        self.charon_segments = set()
+        return [ClearFeed()]
+
+    def on_charon_ready(self, ready: bool) -> list[Command]:
+        """charon has (True) or lacks (False) the connections the journal's IKE_SAs name."""
+        if ready and not self.charon_ready:
+            log.info("charon has its connections loaded: the replay may start")
+        self.charon_ready = ready
         return []
 
     # keepalived
@@ -299,6 +392,10 @@ class NodeCore:
         if not changed:
             return []
         log.info("VRRP %s: %s -> %s", ev.state, before.value, self.role.role.value)
+        self.master_lost_charon = False
+        if self.journal_gap and before is Role.MASTER:  # that charon's stream ended here
+            self.counters["journal_gaps_abandoned"] += 1
+            self.journal_gap = 0
         self.last_report = None  # tell the cluster at the next tick
         if self.role.role is Role.MASTER:
             return [StartPromotion()]
@@ -315,8 +412,8 @@ class NodeCore:
 
     # time
     def tick(self, now: float, wall: float, raft: RaftView) -> list[Command]:
-        """The periodic event: due batch, heartbeat, report, replay start."""
-        out = self._submit(now)
+        """The periodic event: due batch, heartbeat, report, replay start, resync."""
+        out = self._submit(now) + self._resync(now)
         if self.heartbeat.due(self.role.mirrors, now):
             out.append(SendToCharon(status_message(self.settings.protocol_version,
                                                    self.settings.segments)))
@@ -326,10 +423,10 @@ class NodeCore:
                                "applied": raft.applied_index, "ts": wall}))
         if raft.caught_up:
             self.raft_joined = True
-            if self.role.mirrors and self.sync.state is SyncState.UNSYNCED:
+            if self.role.mirrors and self.sync.state is SyncState.UNSYNCED and self.charon_ready:
                 self.sync.move(SyncEvent.REPLAY)
                 self.replay_started = now
-                out.append(StartReplay())
+                out.append(StartReplay(self.sync.generation))
         return out
 
     def wake_at(self) -> float | None:
@@ -341,8 +438,19 @@ class NodeCore:
         """This core's part of `hasync status`."""
         return {"role": self.role.role.value, "role_since_s": round(now - self.role.since, 1),
                 "synced": self.sync.state is SyncState.SYNCED, "sync": self.sync.state.value,
+                "charon_ready": self.charon_ready,
                 "charon_segments": sorted(self.charon_segments),
                 "backlog": self.batcher.backlog, "commit_ms": round(self.commit_ms, 2)}
+
+    def problems(self) -> list[str]:
+        """The core's health problems (the daemon adds them to `hasync health`)."""
+        out = []
+        if self.master_lost_charon:
+            out.append("charon_restarted_on_master: its SAs are gone; a backup holds them")
+        if self.journal_gap:
+            out.append(f"journal_gap: {self.journal_gap} datagrams from charon dropped at the "
+                       f"backlog bound; a RESYNC follows once Raft commits")
+        return out
 
     def ha_rx_age(self, now: float) -> float | None:
         """Seconds since charon's last datagram (None: none yet)."""

@@ -16,17 +16,19 @@ Rules:
   name is hit (with its traceback for unexpected errors; named rejections, SealError and
   EntryError, without one), then only counted; `hasync status` shows the counters under
   "raft_apply".
-- Threads: apply, snapshots and the status copy run on pysyncobj's tick thread. Replicated
-  state and counters change only under `lock`; readers take `lock` (or use `members_view`,
-  `counters`, which copy under it). `raft_status()` returns a copy of `getStatus()` taken on the
-  tick thread (getStatus iterates pysyncobj's dicts, unsafe from another thread). A snapshot
-  load decodes outside the lock and swaps the machine under it.
+- Threads: apply, snapshot copies and the status copy run on pysyncobj's tick thread; a
+  snapshot is packed, sealed and written on a worker and put in place on the tick thread
+  (snapwriter.py), so neither the lock nor Raft's thread waits for pickle, seal or fsync.
+  Replicated state and counters change only under `lock`; readers take `lock` (or use
+  `members_view`, `counters`, which copy under it). `raft_status()` returns a copy of
+  `getStatus()` taken on the tick thread (getStatus iterates pysyncobj's dicts, unsafe from
+  another thread). A snapshot load decodes outside the lock and swaps the machine under it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import os
 import pickle
 import threading
 import time
@@ -38,6 +40,7 @@ from typing import Any
 
 from .guard.entries import SeqEntry, SeqLog, pack_seq
 from .ha import HaMessage
+from .journal import durable
 from .journal.machine import ApplyMachine, Change, Kind, open_entry, pack_claim, pack_member
 from .journal.seal import (
     Batch,
@@ -50,9 +53,13 @@ from .journal.seal import (
     seal_chunks,
 )
 from .journal.state import JournalState
+from .raftnet import guarded_transport
+from .raftport import PortCounters
+from .snapwriter import SnapshotWriter, paused_gc
 from .syncobj_compat import FailReason, SyncObj, SyncObjConf, SyncObjConsumer, replicated
 
 log = logging.getLogger(__name__)
+durable.install()  # every SyncObj journal syncs before it answers (issue 17 finding 5)
 
 # pickle of (format, JournalState.to_dict(), SeqLog.to_dict(), raft_data); 3: the sender
 SNAPSHOT_FORMAT = 3
@@ -93,10 +100,29 @@ class _Replica(SyncObjConsumer):  # type: ignore[misc]
         return self._handler(kind, sealed)
 
 
+class _Frames:
+    """A pickle sink written in Python: the C pickler calls `write` once per frame (~64 KiB,
+    protocol 4 framing), and each call lets other threads take the GIL, which one
+    `pickle.dumps` call would hold for the whole snapshot (issue 17 finding 6)."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def write(self, data: Any) -> int:
+        """Keep one frame."""
+        self.parts.append(bytes(data))
+        return len(data)
+
+
 def pack_snapshot(state: dict[str, Any], seqs: dict[str, Any], raft_data: Any) -> bytes:
-    """The snapshot's plaintext (sealed by `seal_chunks` before it reaches disk)."""
-    return pickle.dumps((SNAPSHOT_FORMAT, state, seqs, raft_data),
-                        protocol=SNAPSHOT_PICKLE_PROTOCOL)
+    """The snapshot's plaintext (sealed by `seal_chunks` before it reaches disk); the same
+    bytes as `pickle.dumps`, written frame by frame."""
+    sink = _Frames()
+    pickle.Pickler(sink, protocol=SNAPSHOT_PICKLE_PROTOCOL).dump(
+        (SNAPSHOT_FORMAT, state, seqs, raft_data))
+    return b"".join(sink.parts)
 
 
 def unpack_snapshot(blob: bytes) -> tuple[dict[str, Any], dict[str, Any], Any]:
@@ -123,21 +149,26 @@ class ClusterJournal:
         self._logged: set[str] = set()
         self._child_adds = 0
         self._status: dict[str, Any] = {}  # replaced whole on Raft's thread, never mutated
-        self._sealer = Sealer(keys)
+        self._sealer = Sealer(keys, node)  # per-node subkeys (seal.py)
         self._destroyed = False
+        self._snap = SnapshotWriter(self._count)  # snapshots off Raft's thread
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._journal_file = str(state_dir / "raft.journal")  # durable.resume_compaction
         conf = SyncObjConf(
             password=keys.raft_password, appendEntriesUseBatch=False,
             journalFile=str(state_dir / "raft.journal"),
             fullDumpFile=str(state_dir / "raft.snapshot"),
             serializer=self._save_snapshot, deserializer=self._load_snapshot,
+            serializeChecker=self._snapshot_state,  # snapwriter.py
             raftMinTimeout=t.election_min_s, raftMaxTimeout=t.election_max_s,
             appendEntriesPeriod=t.heartbeat_s, connectionTimeout=t.connection_timeout_s,
             logCompactionMinEntries=t.compaction_min_entries,
             logCompactionMinTime=t.compaction_min_s, dynamicMembershipChange=False,
             autoTickPeriod=max(AUTO_TICK_MIN_S, t.heartbeat_s / 4))
         self._replica = _Replica(self._on_commit)
-        self._raft = SyncObj(bind, peers, conf, consumers=[self._replica])
+        self.raft_port = PortCounters()  # the Raft port's limits (raftport.py): "raft_port"
+        self._raft = SyncObj(bind, peers, conf, consumers=[self._replica],
+                             transportClass=guarded_transport(self.raft_port))
         self._raft.addOnTickCallback(self._copy_status)
 
     # ---- what other code reads ----
@@ -211,7 +242,7 @@ class ClusterJournal:
 
     def _propose(self, kind: Kind, payload: bytes, callback: Callback) -> None:
         """Seal `payload` and replicate it (the kind goes as a plain int into pysyncobj's log)."""
-        self._propose_sealed(kind, self._sealer.seal(payload), callback)
+        self._propose_sealed(kind, self._sealer.seal(payload, kind), callback)
 
     def _propose_sealed(self, kind: int, sealed: bytes, callback: Callback) -> None:
         """Replicate already sealed bytes (tests use it to send hostile entries). Once the
@@ -238,7 +269,7 @@ class ClusterJournal:
         prefix = _REJECTED.get(kind, "entry_rejected") if isinstance(kind, int) else (
             "entry_rejected")  # a hostile log could hold any picklable kind, even unhashable
         try:
-            entry = open_entry(kind, self._sealer.open(sealed))
+            entry = open_entry(kind, self._sealer.open(sealed, kind))
             with self.lock:
                 change = self._machine.apply(entry)
                 self._counters.update(change.counts)
@@ -290,19 +321,24 @@ class ClusterJournal:
             self._count("status_error", exc)
 
     def _save_snapshot(self, filename: str, raft_data: Any) -> None:
-        """pysyncobj serializer: our state and pysyncobj's, pickled, then sealed in chunks."""
+        """pysyncobj serializer (tick thread): copy the state under the lock (a structural copy,
+        JournalState.freeze), then pack, seal and write it on a worker (snapwriter.py); the
+        checker `_snapshot_state` puts it in place. `filename` is pysyncobj's `<file>.tmp`
+        (pysyncobj/serializer.py, Serializer.serialize)."""
         try:
-            with self.lock:
-                state, seqs = self._machine.snapshot()
-            sealed = seal_chunks(self._sealer, pack_snapshot(state, seqs, raft_data))
-            fd = os.open(filename, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(sealed)
-                f.flush()
-                os.fsync(f.fileno())
+            with paused_gc(), self.lock:
+                state = self._machine.state.freeze()
+                seqs = dataclasses.replace(self._machine.seqs,
+                                           records=dict(self._machine.seqs.records))
+            self._snap.start(filename.removesuffix(".tmp"), lambda: seal_chunks(
+                self._sealer, pack_snapshot(state.to_dict(), seqs.to_dict(), raft_data)))
         except Exception as exc:  # pysyncobj's Serializer drops it without a word
             self._count("snapshot_save_error", exc)
             raise
+
+    def _snapshot_state(self) -> int:
+        """pysyncobj serializeChecker (tick thread): the snapshot job's state, as an int."""
+        return int(self._snap.check())
 
     def _load_snapshot(self, filename: str) -> Any:
         """pysyncobj deserializer: open the sealed snapshot, build the state, swap it in."""
@@ -316,4 +352,9 @@ class ClusterJournal:
         with self.lock:
             machine.members = self._machine.members  # reports are not in snapshots
             self._machine = machine
+        self._snap.installed()  # a local snapshot still being written is now stale
+        try:  # before pysyncobj compares the log with the snapshot (journal/durable.py)
+            durable.resume_compaction(self._journal_file, raft_data)
+        except Exception as exc:  # pysyncobj then clears the log, as it always did
+            self._count("snapshot_resume_error", exc)
         return raft_data

@@ -1,4 +1,5 @@
-"""pysyncobj, imported so that it leaves the socket module alone.
+"""pysyncobj, imported so that it leaves the socket module alone, and whose followers never
+truncate entries they share with the leader.
 
 Rules: every hasync import of pysyncobj goes through here. pysyncobj 0.3.17
 (pysyncobj/win_inet_pton.py, imported by tcp_connection.py) assigns its ctypes Windows
@@ -14,10 +15,44 @@ from typing import Any
 
 _inet_ntop, _inet_pton = socket.inet_ntop, socket.inet_pton
 
-from pysyncobj import SyncObj, SyncObjConf, SyncObjConsumer, replicated  # noqa: E402
+from pysyncobj import SyncObj as _PySyncObj  # noqa: E402
+from pysyncobj import SyncObjConf, SyncObjConsumer, replicated  # noqa: E402
 
 socket.inet_ntop, socket.inet_pton = _inet_ntop, _inet_pton
 
+from .journal.rewind import rewrite  # noqa: E402
+
+
+class SyncObj(_PySyncObj):  # type: ignore[misc]
+    """pysyncobj's SyncObj; a leader no longer moves nextIndex back when a success arrives for
+    an older append_entries, and an append_entries re-sent after it did (or after a reset)
+    no longer deletes entries the follower shares with the leader (hasync/journal/rewind.py).
+    nextIndex is only where the leader sends from: Raft's safety never depends on it.
+
+    It overrides the private handler pysyncobj registers with its transport in
+    SyncObj.__init__ (`setOnMessageReceivedCallback(self.__onMessageReceived)`, looked up on
+    the instance, so the override is what the transport calls, with any transport class); it
+    runs on pysyncobj's tick thread, where the log and the commit index are read safely.
+    """
+
+    def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> None:
+        """Rewrite a re-sent append_entries (journal/rewind.py), keep a leader's nextIndex from
+        moving back on a late success, then let pysyncobj handle the message."""
+        kind = message.get("type") if isinstance(message, dict) else None
+        if kind == "append_entries":
+            # applied implies committed; after a restart the snapshot's index (lastApplied,
+            # SyncObj.__loadDumpFile) can be above the commit index stored once a second
+            committed = max(self.raftCommitIndex, self.raftLastApplied)
+            message = rewrite(self._SyncObj__raftLog, committed, message)
+        ahead = None
+        if kind == "next_node_idx" and message.get("success") and not message.get("reset"):
+            ahead = self._SyncObj__raftNextIndex.get(node)
+        _PySyncObj._SyncObj__onMessageReceived(self, node, message)
+        if ahead is not None and self._SyncObj__raftNextIndex.get(node, ahead) < ahead:
+            # pysyncobj sets nextIndex to the acknowledged position even when later entries
+            # are already in flight (SyncObj.__onMessageReceived, 'next_node_idx'): it would
+            # re-send them, or send a snapshot to a follower that is ahead of it
+            self._SyncObj__raftNextIndex[node] = ahead
 
 
 class FailReason(IntEnum):

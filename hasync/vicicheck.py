@@ -12,11 +12,13 @@ socket, refused, reset or a protocol error, which a live charon never gives.
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 
 class ViciAnswer(NamedTuple):
@@ -25,6 +27,7 @@ class ViciAnswer(NamedTuple):
     ok: bool
     error: str | None = None
     busy: bool = False
+    value: Any = None  # what the request's reader returned (`ask`)
 
 
 def _failures() -> tuple[type[BaseException], ...]:
@@ -35,14 +38,15 @@ def _failures() -> tuple[type[BaseException], ...]:
             DeserializationException)
 
 
-def _ask(path: Path, timeout: float, out: dict[str, ViciAnswer | BaseException]) -> None:
+def _ask(path: Path, timeout: float, out: dict[str, ViciAnswer | BaseException],
+         read: Callable[[Any], Any]) -> None:
     import vici
     failures = _failures()
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)
             sock.connect(str(path))
-            vici.Session(sock).version()
+            value = read(vici.Session(sock))
     except failures as exc:
         text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         out["vici"] = ViciAnswer(False, f"{path}: {text or type(exc).__name__}",
@@ -50,13 +54,62 @@ def _ask(path: Path, timeout: float, out: dict[str, ViciAnswer | BaseException])
     except BaseException as exc:  # a bug: handed to check()'s caller, which raises it
         out["bug"] = exc
     else:
-        out["vici"] = ViciAnswer(True)
+        out["vici"] = ViciAnswer(True, value=value)
 
 
 def check(path: Path, timeout: float) -> ViciAnswer:
-    """Whether charon answered within `timeout` seconds, and if not, why."""
+    """Whether charon answered `version` within `timeout` seconds, and if not, why."""
+    return ask(path, timeout, lambda session: session.version())._replace(value=None)
+
+
+def ike_total(stats: dict[str, Any]) -> int | None:
+    """ikesas.total of a `stats` answer (vici_query.c), None if absent or not a number."""
+    total = stats.get("ikesas", {}).get("total")
+    try:
+        return int(total)
+    except (TypeError, ValueError):
+        return None
+
+
+def stats(session: Any) -> int | None:
+    """The IKE_SA count of one `stats` request (passive IKE_SAs included)."""
+    return ike_total(session.stats())
+
+
+def socket_id(path: Path) -> str | None:
+    """Which vici socket is at `path` (device, inode, change time): charon unlinks and binds it
+    anew at every start, so it names charon's incarnation (`stats`' uptime.since does not: it
+    is computed from two clocks and moves by a second between answers)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return f"{st.st_dev}:{st.st_ino}:{st.st_ctime_ns}"
+
+
+def incarnation(path: Path, timeout: float) -> ViciAnswer:
+    """charon's incarnation and IKE_SA count, as value (socket_id, count); not ok if charon
+    did not answer or its socket changed while it did."""
+    before = socket_id(path)
+    answer = ask(path, timeout, stats)
+    if answer.ok and (before is None or socket_id(path) != before):
+        return ViciAnswer(False, f"{path}: replaced while asked", busy=False)
+    return answer._replace(value=(before, answer.value)) if answer.ok else answer
+
+
+def conn_names(session: Any) -> set[str]:
+    """The names of the connections charon has loaded (`list-conns`: one event per conn)."""
+    names: set[str] = set()
+    for conn in session.list_conns():
+        names.update(k.decode(errors="replace") if isinstance(k, bytes) else str(k)
+                     for k in conn)
+    return names
+
+
+def ask(path: Path, timeout: float, read: Callable[[Any], Any]) -> ViciAnswer:
+    """Run `read(session)` on a fresh vici session, bounded by `timeout` seconds."""
     out: dict[str, ViciAnswer | BaseException] = {}
-    worker = threading.Thread(target=_ask, args=(path, timeout, out), daemon=True)
+    worker = threading.Thread(target=_ask, args=(path, timeout, out, read), daemon=True)
     worker.start()
     worker.join(timeout + 0.1)
     bug = out.get("bug")

@@ -1,12 +1,15 @@
 """Text views of the daemon's answers for `hasync status` and `hasync sas`.
 
 Rules: pure (a JSON-ready dict in, text out); they print what the daemon sent and never
-a secret, because the daemon sends none.
+a secret, because the daemon sends none; a string a client chose is printed through
+`safe_text` (no terminal escapes).
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from .safetext import safe_text
 
 # Counters of failures that were caught, logged with their traceback and survived:
 # (status key, counter) -> shown on the `errors:` line whenever non-zero.
@@ -42,14 +45,25 @@ def status_text(st: dict[str, Any]) -> str:
         lines.append(f"charon feed: {fd.get('fed')} sent, {fd.get('queued')} queued, "
                      f"{fd.get('stalls')} stalls")
     ha = st.get("ha", {})
-    drops = {k: v for k, v in ha.items() if k.startswith("dropped")}
+    drops = {k: v for k, v in ha.items() if k.startswith(("dropped", "send_refused"))}
     lines.append(f"HA stream: {ha.get('accepted', 0)} accepted, {ha.get('sent', 0)} sent, "
-                 f"dropped {drops or 0}")
+                 f"dropped {drops or 0}, kernel drops {ha.get('kernel_drops', 0)}")
+    ch = (st.get("takeover") or {}).get("charon") or {}
+    if ch:
+        drift = ch.get("drift") or {}
+        lines.append(f"charon: {'up' if ch.get('up') else 'down'}, connections "
+                     f"{'loaded' if ch.get('ready') else 'missing ' + str(ch.get('missing_conns'))}"
+                     f", {ch.get('restarts', 0)} restarts seen" + (
+                         f"; holds {drift.get('charon_ikes')} of the journal's "
+                         f"{drift.get('journal_ikes')} IKE_SAs, {drift.get('children_missing')}"
+                         " CHILD_SAs missing in the kernel" if drift else ""))
     lines += _takeover_lines(st.get("takeover"), st.get("health"))
     if jr.get("anomalies"):
         lines.append(f"journal anomalies: {jr['anomalies']}")
     if st.get("raft_apply"):
         lines.append(f"raft apply: {st['raft_apply']}")
+    if st.get("raft_port"):
+        lines.append(f"raft port: {st['raft_port']}")
     errors = _errors(st)
     if errors:
         lines.append(f"errors: {errors}")
@@ -105,15 +119,18 @@ def _takeover_lines(tk: dict[str, Any] | None, health: dict[str, Any] | None) ->
 
 
 def sas_text(res: dict[str, Any]) -> str:
-    """Render `hasync sas`."""
+    """Render `hasync sas`; every field is escaped (safetext.py): identities are chosen by
+    clients, and a field could carry terminal escapes."""
     lines = []
     for ike in res.get("ike_sas", []):
-        lines.append(f"{ike.get('config_name')}: {ike.get('initiator_spi')}_i "
-                     f"{ike.get('responder_spi')}_r {ike.get('local_addr')} <-> "
-                     f"{ike.get('remote_addr')} [{ike.get('remote_id')}] mid i/r "
-                     f"{ike.get('mid_initiator')}/{ike.get('mid_responder')} "
+        f = {k: safe_text(ike.get(k)) for k in ("config_name", "initiator_spi", "responder_spi",
+                                                "local_addr", "remote_addr", "remote_id",
+                                                "mid_initiator", "mid_responder")}
+        lines.append(f"{f['config_name']}: {f['initiator_spi']}_i {f['responder_spi']}_r "
+                     f"{f['local_addr']} <-> {f['remote_addr']} [{f['remote_id']}] mid i/r "
+                     f"{f['mid_initiator']}/{f['mid_responder']} "
                      f"age {ike.get('age', 0):.0f} s")
         for c in ike.get("children", []):
-            lines.append(f"  {c.get('name')}: {c.get('inbound_spi')}_i "
-                         f"{c.get('outbound_spi')}_o age {c.get('age', 0):.0f} s")
+            lines.append(f"  {safe_text(c.get('name'))}: {safe_text(c.get('inbound_spi'))}_i "
+                         f"{safe_text(c.get('outbound_spi'))}_o age {c.get('age', 0):.0f} s")
     return "\n".join(lines) or "no journaled IKE_SAs"

@@ -117,7 +117,8 @@ class Witness:
                 "members": members_answer(j.members_view(), commit, time.time()),
                 "lag": max(0, commit - (raft.get("applied_index") or 0)),
                 "journal": journal.as_dict(), "quorum": self.quorum.status(now),
-                "raft_apply": dict(j.counters), "uptime_s": round(now - self.started, 1)}
+                "raft_apply": dict(j.counters),
+                "raft_port": j.raft_port.snapshot(), "uptime_s": round(now - self.started, 1)}
 
     def health(self, args: dict[str, Any]) -> dict[str, Any]:
         """`hasync health` of a witness: caught up and hearing a majority."""

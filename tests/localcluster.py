@@ -22,7 +22,8 @@ from typing import Any
 from hasync import control
 from hasync.journal.seal import generate_key_file
 
-from netutil import free_ports
+from fakevici import FakeCharon
+from netutil import free_ports, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout: `python -m hasync` runs from it
 
@@ -38,6 +39,7 @@ class Node:
     ha_local: int
     proc: subprocess.Popen[bytes] | None = None
     charon: socket.socket | None = None
+    vici: FakeCharon | None = None  # its stand-in vici: charon's incarnation and connections
 
     @property
     def config(self) -> Path:
@@ -62,6 +64,7 @@ def _config(node: Node, peers: str, extra: str, witness: bool) -> str:
     return text + (f'[charon]\nha_local = "127.0.0.1:{node.ha_local}"\n'
                    f'ha_remote = "127.0.0.2:{node.ha_remote}"\n'
                    f'control_fifo = "{node.dir / "run" / "charon.ha"}"\n'
+                   f'vici_socket = "{node.dir / "run" / "charon.vici"}"\n'
                    f'[keepalived]\nnotify_fifo = "{node.dir / "run" / "vrrp.fifo"}"\n')
 
 
@@ -93,6 +96,8 @@ class LocalCluster:
             node.charon = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             node.charon.bind(("127.0.0.1", node.ha_local))
             node.charon.settimeout(0.05)
+            if not witness:  # the golden stream's IKE_SAs name the connection "rw"
+                node.vici = FakeCharon(node.dir / "run" / "charon.vici", conns=("rw",))
 
     def start(self, node: Node) -> None:
         """Start `node`'s daemon."""
@@ -119,6 +124,8 @@ class LocalCluster:
             self.kill(node)
             if node.charon:
                 node.charon.close()
+            if node.vici:
+                node.vici.stop()
 
     def status(self, node: Node) -> dict[str, Any] | None:
         """`hasync status` of `node`, or None while it does not answer."""
@@ -133,12 +140,7 @@ class LocalCluster:
 
     def wait(self, pred: Any, timeout: float = 30.0, what: str = "condition") -> None:
         """Poll `pred()` until true, or fail naming `what`."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if pred():
-                return
-            time.sleep(0.1)
-        raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        wait_until(pred, timeout, f"{what} ({timeout} s)")
 
     def leader(self) -> Node | None:
         """The node every live node names as Raft leader, if they agree."""

@@ -1,4 +1,4 @@
-"""Network helpers for tests: ports free on loopback.
+"""Helpers for tests: ports free on loopback, waiting for a condition.
 
 Rules: test helper only; a port found free may be taken by someone else before it is bound.
 """
@@ -6,6 +6,8 @@ Rules: test helper only; a port found free may be taken by someone else before i
 from __future__ import annotations
 
 import socket
+import time
+from collections.abc import Callable
 
 
 def free_ports(n: int) -> list[int]:
@@ -19,3 +21,13 @@ def free_ports(n: int) -> list[int]:
     for s in socks:
         s.close()
     return ports
+
+
+def wait_until(pred: Callable[[], object], timeout: float = 30.0, what: str = "") -> None:
+    """Poll `pred` every 50 ms until true; AssertionError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out{' waiting for ' + what if what else ''}")

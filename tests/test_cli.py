@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib
 import importlib.util
 import types
@@ -61,3 +62,39 @@ def test_no_product_module_imports_the_lab() -> None:
             if any(n.split(".")[0] == "hasync_lab" for n in names):
                 importers.append(str(path.relative_to(product)))
     assert importers == []
+
+
+@dataclasses.dataclass
+class Named:
+    config_name: str
+
+
+def test_finding6_hasync_sas_follows_every_page(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """`hasync sas` asks page after page until "next" is None and prints every SA."""
+    from hasync import control
+    from hasync.status import sas_answer
+    names = [Named(f"c{i}") for i in range(7)]
+    asked: list[dict[str, Any]] = []
+
+    def fake_request(path: Any, cmd: str, timeout: float, **args: Any) -> dict[str, Any]:
+        asked.append({"cmd": cmd, **args})
+        start, limit = args["after"], args.get("limit", 3)
+        page = names[start:start + limit]
+        return sas_answer(page, start, len(names))
+
+    monkeypatch.setattr(control, "request", fake_request)
+    pages = list(cli.sas_pages("/nowhere", limit=3))
+    assert [a["after"] for a in asked] == [0, 3, 6] and len(pages) == 3
+    assert [s["config_name"] for p in pages for s in p["ike_sas"]] == [f"c{i}" for i in range(7)]
+    asked.clear()
+    assert cli._sas_cmd("/nowhere", as_json=False) == 0
+    out = capsys.readouterr().out
+    assert all(f"c{i}:" in out for i in range(7)) and len(asked) == 3
+
+
+def test_finding6_a_sas_page_that_points_back_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hasync import control
+    monkeypatch.setattr(control, "request", lambda *a, **k: {"ike_sas": [], "next": 0})
+    with pytest.raises(control.ControlError, match="points back"):
+        list(cli.sas_pages("/nowhere"))

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from hasync.config import (
+    MINIMUMS,
     SCHEMA,
     Address,
     CharonConfig,
@@ -116,7 +117,7 @@ def test_ipv6_cluster() -> None:
     (_with("cluster", "timeout = 3"), f"{SRC}: cluster.timeout: unknown key"),
     # removed in issue 15 (parsed, never used): a config still setting it is refused by name
     (_with("cluster", "connection_retry_ms = 1000"),
-     f"{SRC}: cluster.connection_retry_ms: unknown key"),
+     f"{SRC}: cluster.connection_retry_ms: no longer used"),
     (_with("node", "[node.extra]"), f"{SRC}: node.extra: unknown key"),
     (MINIMAL + "[raft]\n", f"{SRC}: raft: unknown section"),
     ("debug = true\n" + MINIMAL, f"{SRC}: debug: unknown section"),
@@ -331,3 +332,55 @@ def test_the_quorum_timeout_must_outlast_an_election() -> None:
     assert _error(_with("cluster", "quorum_timeout_ms = 3800")) == (
         f"{SRC}: cluster.quorum_timeout_ms: must outlast a Raft election and a probe: at least "
         "4/3 x (2.5 x cluster.election_timeout_ms + 4 x cluster.heartbeat_ms) (3867), got 3800")
+
+
+# --- issue 17 finding 8 ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["ha_local", "ha_remote"])
+@pytest.mark.parametrize("value", ["192.0.2.1:4510", "0.0.0.0:4510", "[2001:db8::1]:4510",
+                                   "[::]:4510", "[::ffff:127.0.0.1]:4510", "10.0.0.1:4510"])
+def test_finding8_ha_addresses_must_be_loopback(key: str, value: str) -> None:
+    message = _error(_with("charon", f'{key} = "{value}"'))
+    assert message.startswith(f"{SRC}: charon.{key}: must be a loopback address"), message
+
+
+def test_finding8_loopback_ha_addresses_load() -> None:
+    cfg = parse_config(_with("charon", 'ha_local = "127.0.0.5:4510"\nha_remote = "127.1.2.3:4511"'),
+                       SRC)
+    assert (str(cfg.charon.ha_local), str(cfg.charon.ha_remote)) == (
+        "127.0.0.5:4510", "127.1.2.3:4511")
+    cfg = parse_config(_with("charon", 'ha_local = "[::1]:4510"\nha_remote = "[::1]:4511"'), SRC)
+    assert cfg.charon.ha_remote.host.version == 6
+
+
+FLOORS = ("heartbeat_ms = 50\nelection_timeout_ms = 300\nconnection_timeout_ms = 750\n"
+          "quorum_timeout_ms = 1300\n")
+TAKEOVER_FLOORS = "reserve_horizon_ms = 200\ntick_ms = 50\nha_timeout_ms = 2000\n"
+
+
+@pytest.mark.parametrize("dotted", sorted(MINIMUMS))
+def test_finding8_a_timing_key_below_its_floor_is_refused(dotted: str) -> None:
+    key = dotted.split(".")[1]
+    low, why = MINIMUMS[dotted]
+    text = MINIMAL.replace("[cluster]\n", "[cluster]\n" + FLOORS.replace(
+        f"{key} = {low}\n", f"{key} = {low - 1}\n")) + "[takeover]\n" + TAKEOVER_FLOORS.replace(
+        f"{key} = {low}\n", f"{key} = {low - 1}\n")
+    assert _error(text) == f"{SRC}: {dotted}: must be at least {low} ({why}), got {low - 1}"
+
+
+def test_finding8_every_timing_key_at_its_floor_loads() -> None:
+    text = MINIMAL.replace("[cluster]\n", "[cluster]\n" + FLOORS) + "[takeover]\n" + (
+        TAKEOVER_FLOORS)
+    cfg = parse_config(text, SRC)
+    got = {f"cluster.{k}": getattr(cfg.cluster, k) for k in (
+        "heartbeat_ms", "election_timeout_ms", "connection_timeout_ms", "quorum_timeout_ms")}
+    got |= {f"takeover.{k}": getattr(cfg.takeover, k) for k in (
+        "reserve_horizon_ms", "tick_ms", "ha_timeout_ms")}
+    assert got == {key: low for key, (low, _) in MINIMUMS.items()}
+
+
+@pytest.mark.parametrize("name", ["hasync.toml", "witness.toml"])
+def test_finding8_shipped_configs_still_load(name: str) -> None:
+    cfg = parse_config((SAMPLE.parent / name).read_text(), name)
+    assert cfg.charon.ha_local.host.is_loopback and cfg.charon.ha_remote.host.is_loopback

@@ -103,3 +103,26 @@ def test_sigterm_stops_the_daemon_cleanly(cfg: Config) -> None:
     _run(daemon, 1.5, term)  # returns: no error
     assert seen == [True]
     assert not cfg.node.health_file.exists() and not cfg.node.control_socket.exists()
+
+
+def test_finding8_run_daemon_protects_memory_first_and_counts_failures(
+        cfg: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    """memguard.protect() runs before the daemon (and its key file) starts; what failed is
+    in the counters `hasync status` shows."""
+    import hasync.daemon as daemon_module
+    from hasync.memguard import Protection
+    order: list[object] = []
+
+    def fake_protect() -> Protection:
+        order.append("protect")
+        p = Protection()
+        p.counters["memguard_mlock_failed"] = 1
+        return p
+
+    async def fake_run(self: Daemon) -> None:
+        order.append(("run", self.core.counters["memguard_mlock_failed"]))
+
+    monkeypatch.setattr(daemon_module, "protect", fake_protect)
+    monkeypatch.setattr(Daemon, "run", fake_run)
+    daemon_module.run_daemon(cfg)
+    assert order == ["protect", ("run", 1)]

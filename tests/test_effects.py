@@ -49,8 +49,9 @@ class FakeFeed:
     def __init__(self) -> None:
         self.queued: list[bytes] = []
 
-    def put(self, datagrams: Any) -> None:
+    def put(self, datagrams: Any, replay: bool = False) -> bool:
         self.queued += list(datagrams)
+        return True
 
     async def drained(self) -> None:
         return None
@@ -161,7 +162,7 @@ def test_promotion_replay_feed_and_heartbeat(tmp_path: Path) -> None:
     asyncio.run(spawned.pop())
     assert fx.guard.promotions == 1  # type: ignore[attr-defined]
     fx.core.tick(1.0, 0.0, node.RaftView("follower", "n1", 3, 3))
-    fx.do([node.StartReplay()])  # an empty journal: the replay ends at once
+    fx.do([node.StartReplay(fx.core.sync.generation)])  # an empty journal: it ends at once
     asyncio.run(spawned.pop())
     assert fx.core.sync.state is node.SyncState.SYNCED and fx.core.counters["replays"] == 1
 

@@ -49,7 +49,8 @@ def test_feed_waits_for_room_and_keeps_order(tmp_path: Path,
     proc.write_text(PROC)
     f = asyncio.run(main())
     assert sent == [bytes([k]) for k in range(40)] + [b"late"]
-    assert f.counters == {"fed": 41, "stalls": 0, "fallback": 0} and f.queued == 0
+    assert f.counters == {"fed": 41, "stalls": 0, "fallback": 0, "overflows": 0,
+                          "overflow_dropped": 0} and f.queued == 0
 
 
 def test_feed_without_proc_file_pauses_and_a_stalled_reader_is_counted(
@@ -106,3 +107,33 @@ def test_a_slow_reader_with_a_small_buffer_loses_nothing() -> None:
         tx.close()
     assert [int.from_bytes(g[:2], "big") for g in got] == list(range(600))
     assert f.counters["fallback"] == 0
+
+
+def test_finding7_the_feed_is_bounded_beyond_a_replay_and_an_overflow_drops_and_says_so(
+        tmp_path: Path) -> None:
+    """Mirrored datagrams charon has not read stop at max_bytes beyond the replay under way;
+    past it the whole queue goes (charon must be replayed again), counted, and put says so."""
+    async def main() -> None:
+        f = CharonFeed(lambda raw: None, ("127.0.0.1", 4510), tmp_path / "none", max_bytes=1000)
+        assert f.put([b"r" * 100] * 30, replay=True)  # a replay of 3000 bytes is let in
+        assert f.put([b"m" * 100] * 10)  # and 1000 bytes of mirrored datagrams behind it
+        assert f.queued == 40
+        assert f.put([b"m" * 100]) is False  # before the fix: queued, without any bound
+        assert f.queued == 0 and f.counters["overflows"] == 1
+        assert f.counters["overflow_dropped"] == 41
+        await asyncio.wait_for(f.drained(), 1)  # whoever waited on the replay is released
+        assert f.put([b"m" * 100] * 10) and not f.put([b"m"])  # the ceiling is max_bytes again
+
+    asyncio.run(main())
+
+
+def test_finding7_a_feed_overflow_starts_a_full_replay_over() -> None:
+    """The core takes a feed overflow as 'charon misses datagrams': UNSYNCED, then a replay."""
+    from hasync.node import NodeCore, RaftView, Settings, StartReplay, SyncState
+    from hasync.role import Role, RoleState
+    core = NodeCore(Settings(), RoleState(role=Role.BACKUP))  # type: ignore[call-arg]
+    up = RaftView("follower", "127.0.0.1:7001", commit_index=5, applied_index=5)
+    assert any(isinstance(c, StartReplay) for c in core.tick(1.0, 0.0, up))
+    core.on_feed_overflow(1.5)
+    assert core.sync.state is SyncState.UNSYNCED and core.counters["feed_overflows"] == 1
+    assert any(isinstance(c, StartReplay) for c in core.tick(2.0, 0.0, up))

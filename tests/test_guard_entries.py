@@ -51,9 +51,17 @@ def test_entries_that_break_a_rule_are_refused(bad: object) -> None:
         unpack_seq(msgpack.packb(bad, use_bin_type=True))
 
 
+def test_a_beacon_packs_and_counts_as_a_sign_of_life() -> None:
+    """An empty entry is the sender's beacon (D207): it must pack (it raised EntryError on
+    every beacon until issue 17: the sender's `life` never grew from them)."""
+    beacon = SeqEntry("gw1", 1.0, (), (), 1)
+    assert unpack_seq(pack_seq(beacon)) == beacon
+    log = SeqLog()
+    log.claim("gw1", log.view())
+    assert log.apply(unpack_seq(pack_seq(beacon))).accepted and log.view() == (1, 1)
+
+
 def test_packing_refuses_what_unpacking_would() -> None:
-    with pytest.raises(EntryError):
-        pack_seq(SeqEntry("gw1", 1.0, ()))
     with pytest.raises(EntryError):
         pack_seq(SeqEntry("gw1", 1.0, tuple(rec(i, key=("192.0.2.1", i, 50))
                                             for i in range(MAX_RECORDS + 1))))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -238,3 +240,42 @@ def test_steady_traffic_read_slowly_stays_below_its_stretched_marks(rate: float)
     assert not violated and target > last
     # a tracker that took 1 s for its nominal tick does not stretch, and is fenced
     assert _simulate(rate, 9.0, 0.1, ramp=False, tick=1.0, tick_s=1.0, settle=4.0)[2]
+
+
+def _exact_peak(samples: list[tuple[float, int]], now: float, window: float) -> float:
+    """The peak step rate among steps that end within `window` of `now` (brute force)."""
+    steps = [(v1 - v0) / (t1 - t0) for (t0, v0), (t1, v1) in pairwise(samples)
+             if t1 > t0 and now - t1 <= window]
+    return max(steps, default=0.0)
+
+
+def test_a_rate_meter_never_reports_less_than_the_window_s_peak() -> None:
+    import random
+
+    from hasync.guard.rules import RATE_BUCKET_S, RATE_WINDOW_S
+    rng, m, samples, now, value = random.Random(7), RateMeter(), [], 0.0, 0
+    for _ in range(3000):
+        now += rng.choice((0.01, 0.1, 0.1, 0.3, 1.7))
+        value += rng.choice((0, 0, 5, 50, 5000))
+        samples.append((now, value))
+        got = m.update(now, value)
+        assert _exact_peak(samples, now, RATE_WINDOW_S) <= got
+        assert got <= _exact_peak(samples, now, RATE_WINDOW_S + RATE_BUCKET_S) + 1e-9
+
+
+def test_finding7_a_rate_meter_s_memory_stays_fixed_and_small() -> None:
+    """A meter fed a fast tick (100 samples a second) holds a few hundred bytes, whatever the
+    tick; a deque of samples held every sample of the window (~4.4 KB per SA at 0.1 s)."""
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        meters = [RateMeter() for _ in range(200)]
+        for step in range(500):
+            for m in meters:
+                m.update(step * 0.01, step * 1000 + 1)
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    grown = sum(s.size_diff for s in after.compare_to(before, "filename"))
+    assert grown / len(meters) < 400, f"{grown / len(meters):.0f} bytes per meter"

@@ -6,7 +6,6 @@ import asyncio
 import json
 import math
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -16,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from vici.protocol import Message, Packet
 
 from hasync import cli
 from hasync.control import ControlServer
 from hasync.health import verdict
 from hasync.vicicheck import ViciAnswer, check
 
+from fakevici import FakeCharon
 from nodeconf import write_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -137,54 +136,6 @@ class FakeDaemon:
         self.loop.close()
 
 
-class FakeCharon:
-    """A vici socket that answers `version`, never answers ("mute"), stalls after a byte or
-    answers with bytes that are not vici ("garbage")."""
-
-    def __init__(self, path: Path, mode: str = "answer") -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.bind(str(path))
-        self.sock.listen(8)
-        self.mode = mode
-        self.conns: list[socket.socket] = []
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.conns.append(conn)
-            if self.mode == "answer":
-                self._answer(conn)
-            elif self.mode == "stall":
-                conn.sendall(b"\0")
-            elif self.mode == "garbage":  # a framed answer that is not a vici response
-                conn.recv(4096)
-                conn.sendall(struct.pack("!I", 3) + b"\x63\xff\xfe")
-
-    def _answer(self, conn: socket.socket) -> None:
-        (size,) = struct.unpack("!I", conn.recv(4, socket.MSG_WAITALL))
-        request = conn.recv(size, socket.MSG_WAITALL)
-        assert request[0] == Packet.CMD_REQUEST and b"version" in request
-        body = bytes([Packet.CMD_RESPONSE]) + Message.serialize(
-            {"daemon": "charon", "version": "5.9.8"})
-        conn.sendall(struct.pack("!I", len(body)) + body)
-
-    def stop(self) -> None:
-        """Close the listening socket and every connection."""
-        self.sock.close()
-        for conn in self.conns:
-            conn.close()
-
-
-def _config(tmp: Path) -> Path:
-    vici = tmp / "charon.vici"
-    return write_config(tmp, extra=f'[charon]\nvici_socket = "{vici}"')
-
-
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[Callable[..., FakeDaemon]]:
     """Start a fake hasync daemon with the given handlers (stopped after the test)."""
@@ -209,6 +160,11 @@ def charon(tmp_path: Path) -> Iterator[Callable[..., FakeCharon]]:
     yield start
     for c in started:
         c.stop()
+
+
+def _config(tmp: Path) -> Path:
+    vici = tmp / "charon.vici"
+    return write_config(tmp, extra=f'[charon]\nvici_socket = "{vici}"')
 
 
 def _health(tmp: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> tuple[int, str]:

@@ -1,9 +1,9 @@
 """Tests of hasync.journal.seal: cluster key file, key derivation, sealing, batch codec.
 
 Rules: every refusal raises its named error (KeyFileError, KeyMaterialError, SealError,
-EntryError) and nothing else; derived keys are pinned by a known answer so a changed label
-cannot slip through; any byte flip of a sealed entry fails to open; batch limits hold on both
-pack and unpack, including for hand-crafted msgpack.
+SealFormatError, EntryError) and nothing else; derived keys are pinned by a known answer so a
+changed label cannot slip through; any byte flip of a sealed entry fails to open; batch limits
+hold on both pack and unpack, including for hand-crafted msgpack.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from hasync.journal.seal import (
     MAX_DATAGRAM,
     MAX_ENTRY,
     MAX_ITEMS,
+    MAX_NODE_NAME,
+    PURPOSE_SNAPSHOT,
     SEAL_OVERHEAD,
     Batch,
     EntryError,
@@ -28,7 +30,9 @@ from hasync.journal.seal import (
     KeyMaterialError,
     Sealer,
     SealError,
+    SealFormatError,
     derive_keys,
+    derive_subkey,
     generate_key_file,
     load_cluster_key,
     open_chunks,
@@ -169,8 +173,11 @@ def test_load_refuses_wrong_content(tmp_path: Path, content: str | bytes) -> Non
 
 def test_derive_keys_known_answer() -> None:
     keys = derive_keys(KEY, "lab")
-    assert keys.entry_key.hex() == (
-        "f96fc699ad42fbc6a8e9cb9fe9a224d26350394dd21c30cdef59d2690fa6b7e6"
+    assert keys.seal_root.hex() == (
+        "c3266f48761648ac477b1c14f84ed8826fe2cf59ed58e373bfe66f5217552ec9"
+    )
+    assert derive_subkey(keys, 1, bytes(8), "gw1").hex() == (
+        "4caa26cda5883f45846b481ead067a763debd6bb2ac03cab5a54b88ed16898b8"
     )
     assert keys.raft_password == (
         "dc5bab3123cb13bebcf59b06ed8ac74498127664c84a25a627c1557ed0ea2ce7"
@@ -180,16 +187,16 @@ def test_derive_keys_known_answer() -> None:
 def test_derive_keys_separates_uses_and_clusters() -> None:
     lab, other = derive_keys(KEY, "lab"), derive_keys(KEY, "lab2")
     assert lab == derive_keys(KEY, "lab")
-    assert lab.entry_key != other.entry_key and lab.raft_password != other.raft_password
-    assert lab.entry_key != bytes.fromhex(lab.raft_password)
-    assert KEY not in (lab.entry_key, bytes.fromhex(lab.raft_password))
+    assert lab.seal_root != other.seal_root and lab.raft_password != other.raft_password
+    assert lab.seal_root != bytes.fromhex(lab.raft_password)
+    assert KEY not in (lab.seal_root, bytes.fromhex(lab.raft_password))
 
 
 def test_keys_repr_hides_secrets() -> None:
     keys = derive_keys(KEY, "lab")
-    assert keys.entry_key.hex() not in repr(keys)
+    assert keys.seal_root.hex() not in repr(keys)
     assert keys.raft_password not in repr(keys)
-    assert repr(keys.entry_key) not in repr(keys)
+    assert repr(keys.seal_root) not in repr(keys)
 
 
 @pytest.mark.parametrize("key", [b"", KEY[:31], KEY + b"\0", KEY_HEX, bytearray(KEY)])
@@ -206,73 +213,76 @@ def test_derive_keys_refuses_bad_cluster_name(name: object) -> None:
 
 # --- sealing --------------------------------------------------------------------------------
 
-SEALER = Sealer(derive_keys(KEY, "lab"))
+SEALER = Sealer(derive_keys(KEY, "lab"), "gw1")
 
 
 @pytest.mark.parametrize("payload", [b"", b"x", b"hello journal" * 100, bytes(MAX_ENTRY)])
 def test_seal_round_trip(payload: bytes) -> None:
-    blob = SEALER.seal(payload)
-    assert blob[0] == 1 and len(blob) == len(payload) + SEAL_OVERHEAD
-    assert SEALER.open(blob) == payload
-    assert Sealer(derive_keys(KEY, "lab")).open(blob) == payload
+    blob = SEALER.seal(payload, 1)
+    assert blob[0] == 2 and len(blob) == len(payload) + SEAL_OVERHEAD - 1 + len("gw1")
+    assert SEALER.open(blob, 1) == payload
+    assert Sealer(derive_keys(KEY, "lab"), "gw2").open(blob, 1) == payload
 
 
 def test_seal_uses_fresh_nonces() -> None:
-    blobs = {SEALER.seal(b"same") for _ in range(64)}
+    blobs = {SEALER.seal(b"same", 1) for _ in range(64)}
     assert len(blobs) == 64
-    assert len({blob[1:13] for blob in blobs}) == 64
+    assert len({blob[14:26] for blob in blobs}) == 64  # header: 11 bytes + "gw1"
 
 
 def test_every_byte_flip_is_refused() -> None:
-    blob = SEALER.seal(b"a small entry payload")
+    blob = SEALER.seal(b"a small entry payload", 1)
     for index in range(len(blob)):
         for mask in (0x01, 0x80):
             tampered = bytearray(blob)
             tampered[index] ^= mask
             with pytest.raises(SealError):
-                SEALER.open(bytes(tampered))
+                SEALER.open(bytes(tampered), 1)
 
 
 def test_truncated_or_extended_is_refused() -> None:
-    blob = SEALER.seal(b"payload")
+    blob = SEALER.seal(b"payload", 1)
     for size in range(len(blob)):
         with pytest.raises(SealError):
-            SEALER.open(blob[:size])
+            SEALER.open(blob[:size], 1)
     with pytest.raises(SealError):
-        SEALER.open(blob + b"\0")
+        SEALER.open(blob + b"\0", 1)
 
 
 def test_wrong_cluster_or_key_is_refused() -> None:
-    blob = SEALER.seal(b"payload")
+    blob = SEALER.seal(b"payload", 1)
     with pytest.raises(SealError, match="authentication"):
-        Sealer(derive_keys(KEY, "lab2")).open(blob)
+        Sealer(derive_keys(KEY, "lab2"), "gw1").open(blob, 1)
     with pytest.raises(SealError, match="authentication"):
-        Sealer(derive_keys(bytes(32), "lab")).open(blob)
+        Sealer(derive_keys(bytes(32), "lab"), "gw1").open(blob, 1)
 
 
 def test_unknown_version_is_refused() -> None:
-    blob = bytearray(SEALER.seal(b"payload"))
-    blob[0] = 2
-    with pytest.raises(SealError, match="version"):
-        SEALER.open(bytes(blob))
+    blob = bytearray(SEALER.seal(b"payload", 1))
+    blob[0] = 3
+    with pytest.raises(SealError, match="unknown seal format 3"):
+        SEALER.open(bytes(blob), 1)
 
 
 def test_seal_limits_and_types() -> None:
     with pytest.raises(SealError):
-        SEALER.seal(bytes(MAX_ENTRY + 1))
+        SEALER.seal(bytes(MAX_ENTRY + 1), 1)
     with pytest.raises(SealError):
-        SEALER.seal("text")  # type: ignore[arg-type]
+        SEALER.seal("text", 1)  # type: ignore[arg-type]
     with pytest.raises(SealError):
-        SEALER.open("text")  # type: ignore[arg-type]
+        SEALER.open("text", 1)  # type: ignore[arg-type]
     with pytest.raises(SealError, match="too long"):
-        SEALER.open(b"\x01" + bytes(MAX_ENTRY + SEAL_OVERHEAD))
+        SEALER.open(b"\x02" + bytes(MAX_ENTRY + SEAL_OVERHEAD + MAX_NODE_NAME), 1)
+    for purpose in (-1, 256, True, None, [1]):
+        with pytest.raises(SealError, match="purpose"):
+            SEALER.seal(b"x", purpose)  # type: ignore[arg-type]
 
 
 @settings(max_examples=300)
 @given(st.binary(max_size=200))
 def test_open_of_random_bytes_only_raises_seal_error(blob: bytes) -> None:
     with pytest.raises(SealError):
-        SEALER.open(blob)
+        SEALER.open(blob, 1)
 
 
 # --- batch codec ----------------------------------------------------------------------------
@@ -382,37 +392,172 @@ def test_batch_round_trip_property(items: list[bytes], origin: str, ts: float) -
     except EntryError:
         return  # e.g. an origin with lone surrogates
     assert unpack_batch(raw) == Batch(tuple(items), origin, ts)
-    assert unpack_batch(SEALER.open(SEALER.seal(raw))) == Batch(tuple(items), origin, ts)
+    assert unpack_batch(SEALER.open(SEALER.seal(raw, 1), 1)) == Batch(tuple(items), origin, ts)
 
 
 def test_an_injected_nonce_is_used_and_checked() -> None:
     keys = derive_keys(KEY, "test")
-    sealed = Sealer(keys, nonce=lambda: bytes(12)).seal(b"payload")
-    assert sealed[1:13] == bytes(12) and Sealer(keys).open(sealed) == b"payload"
-    assert Sealer(keys, nonce=lambda: bytes(12)).seal(b"payload") == sealed  # deterministic
+    fixed = {"nonce": lambda: bytes(12), "key_id": lambda: bytes(8)}
+    sealed = Sealer(keys, "n1", **fixed).seal(b"payload", 1)
+    assert sealed[13:25] == bytes(12) and Sealer(keys, "n2").open(sealed, 1) == b"payload"
+    assert Sealer(keys, "n1", **fixed).seal(b"payload", 1) == sealed  # deterministic
     with pytest.raises(SealError, match="nonce"):
-        Sealer(keys, nonce=lambda: bytes(11)).seal(b"payload")
+        Sealer(keys, "n1", nonce=lambda: bytes(11)).seal(b"payload", 1)
+    with pytest.raises(SealError, match="key id"):
+        Sealer(keys, "n1", key_id=lambda: bytes(7)).seal(b"payload", 1)
 
 
 def test_default_nonces_differ() -> None:
-    sealer = Sealer(derive_keys(KEY, "test"))
-    assert len({sealer.seal(b"same")[1:13] for _ in range(64)}) == 64
+    sealer = Sealer(derive_keys(KEY, "test"), "n1")
+    assert len({sealer.seal(b"same", 1)[13:25] for _ in range(64)}) == 64
 
 
 def test_large_blobs_seal_in_chunks_and_detect_tampering() -> None:
-    sealer = Sealer(derive_keys(KEY, "test"))
+    sealer = Sealer(derive_keys(KEY, "test"), "n1")
     blob = bytes(range(256)) * 3000  # several chunks
     sealed = seal_chunks(sealer, blob)
     assert open_chunks(sealer, sealed) == blob and blob[:1000] not in sealed
     assert open_chunks(sealer, seal_chunks(sealer, b"")) == b""
-    first = 4 + int.from_bytes(sealed[:4], "big")
+    first = 28 + int.from_bytes(sealed[24:28], "big")
     for bad in (sealed[:-1], sealed[: len(sealed) // 2], sealed + sealed[:first],
                 sealed[first:], sealed[:first], b""):
         with pytest.raises(SealError):
             open_chunks(sealer, bad)
 
 
-@pytest.mark.parametrize("chunk", [0, MAX_ENTRY])
+@pytest.mark.parametrize("chunk", [0, MAX_ENTRY + 1])
 def test_a_chunk_size_beyond_one_entry_is_refused(chunk: int) -> None:
     with pytest.raises(SealError, match="chunk size"):
-        seal_chunks(Sealer(derive_keys(KEY, "test")), b"x", chunk)
+        seal_chunks(Sealer(derive_keys(KEY, "test"), "n1"), b"x", chunk)
+
+
+# --- issue 17 finding 8 ---------------------------------------------------------------------
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+def test_finding8_key_file_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    path = write_key(tmp_path / "k", KEY_HEX)
+    os.chown(path, 65534, 65534)  # nobody, mode still 0600
+    with pytest.raises(KeyFileError, match="owned by uid 65534") as info:
+        load_cluster_key(path)
+    assert str(path) in str(info.value)
+    os.chown(path, os.geteuid(), os.getegid())
+    assert load_cluster_key(path) == KEY
+
+
+def _hkdf_by_hand(key: bytes, info: bytes) -> bytes:
+    """RFC 5869 HKDF-SHA256 of 32 bytes, written out (not through seal.py)."""
+    import hashlib
+    import hmac
+    prk = hmac.new(b"hasync cluster key v1", key, hashlib.sha256).digest()
+    return hmac.new(prk, info + b"\x01", hashlib.sha256).digest()
+
+
+def _header(blob: bytes) -> tuple[int, bytes, bytes, int]:
+    """(purpose, key id, node, header length) of a format-2 sealed entry."""
+    node_len = blob[10]
+    return blob[1], blob[2:10], blob[11:11 + node_len], 11 + node_len
+
+
+def test_finding8_each_node_and_purpose_seals_under_its_own_subkey() -> None:
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    keys = derive_keys(KEY, "lab")
+    root = _hkdf_by_hand(KEY, b"hasync/v2/seal-root\0lab")
+    assert root == keys.seal_root
+    gw1, gw2 = Sealer(keys, "gw1"), Sealer(keys, "gw2")
+    blobs = {(node, purpose): sealer.seal(b"payload", purpose)
+             for node, sealer in (("gw1", gw1), ("gw2", gw2)) for purpose in (1, 2)}
+    subkeys = set()
+    for (node, purpose), blob in blobs.items():
+        p, key_id, named, head = _header(blob)
+        assert (p, named) == (purpose, node.encode())
+        subkey = _hkdf_by_hand(root, b"hasync/v2/seal-subkey\0" + bytes((purpose,)) + key_id
+                               + b"lab\0" + node.encode())
+        aad = b"hasync sealed v2" + bytes((3,)) + b"lab" + blob[:head]
+        assert AESGCM(subkey).decrypt(blob[head:head + 12], blob[head + 12:], aad) == (
+            b"payload")
+        with pytest.raises(InvalidTag):  # the one cluster-wide key of format 1 does not open it
+            AESGCM(_hkdf_by_hand(KEY, b"hasync/v1/journal-entry-key\0lab")).decrypt(
+                blob[head:head + 12], blob[head + 12:], aad)
+        subkeys.add(subkey)
+        assert gw2.open(blob, purpose) == gw1.open(blob, purpose) == b"payload"
+    assert len(subkeys) == 4
+    forged = bytearray(blobs[("gw1", 1)])
+    forged[13] = ord("2")  # the header now names gw2
+    with pytest.raises(SealError, match="authentication"):
+        gw1.open(bytes(forged), 1)
+    # a new Sealer (a restart) starts a new generation: it never continues an uncounted key
+    assert _header(Sealer(keys, "gw1").seal(b"x", 1))[1] != _header(blobs[("gw1", 1)])[1]
+
+
+def test_finding8_an_entry_does_not_open_as_another_purpose() -> None:
+    blob = SEALER.seal(b"payload", 1)
+    with pytest.raises(SealError, match="purpose"):
+        SEALER.open(blob, 2)
+    moved = bytes((blob[0], 2)) + blob[2:]
+    with pytest.raises(SealError, match="authentication"):
+        SEALER.open(moved, 2)
+    with pytest.raises(SealError):
+        SEALER.open(blob, PURPOSE_SNAPSHOT)
+
+
+def test_finding8_seals_are_counted_and_the_key_rotates_before_the_limit() -> None:
+    from hasync.journal.seal import KEY_SEAL_LIMIT
+    assert KEY_SEAL_LIMIT <= 2**32  # NIST SP 800-38D section 8.3, random 96-bit nonces
+    sealer = Sealer(derive_keys(KEY, "lab"), "gw1", limit=3)
+    blobs = [sealer.seal(bytes([i]), 1) for i in range(7)]
+    ids = [_header(blob)[1] for blob in blobs]
+    assert ids[0] == ids[1] == ids[2] != ids[3] == ids[4] == ids[5] != ids[6]
+    assert len(set(ids)) == 3
+    assert sealer.counts() == {"seals_purpose_1": 1, "key_rotations": 2}
+    sealer.seal(b"other purpose", 4)
+    assert sealer.counts()["seals_purpose_4"] == 1
+    reader = Sealer(derive_keys(KEY, "lab"), "gw2")
+    assert [reader.open(blob, 1) for blob in blobs] == [bytes([i]) for i in range(7)]
+
+
+def test_finding8_a_format_1_entry_is_refused_by_name() -> None:
+    old = b"\x01" + bytes(12) + bytes(40)  # format 1: version || nonce || ciphertext and tag
+    with pytest.raises(SealFormatError, match=r"format 1 .*issue 17"):
+        SEALER.open(old, 1)
+    with pytest.raises(SealFormatError):
+        open_chunks(SEALER, bytes(24) + (53).to_bytes(4, "big") + old)
+
+
+def _chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    """(24-byte chunk header, sealed entry) of each chunk of a sealed snapshot."""
+    out, pos = [], 0
+    while pos < len(data):
+        n = int.from_bytes(data[pos + 24:pos + 28], "big")
+        out.append((data[pos:pos + 24], data[pos + 28:pos + 28 + n]))
+        pos += 28 + n
+    return out
+
+
+def _join(chunks: list[tuple[bytes, bytes]]) -> bytes:
+    return b"".join(head + len(s).to_bytes(4, "big") + s for head, s in chunks)
+
+
+def test_finding8_snapshot_chunks_are_bound_to_their_snapshot() -> None:
+    sealer = Sealer(derive_keys(KEY, "lab"), "gw1")
+    a = _chunks(seal_chunks(sealer, b"A" * 300, chunk=100))
+    b = _chunks(seal_chunks(sealer, b"B" * 300, chunk=100))
+    assert len(a) == len(b) == 3 and a[0][0][:16] != b[0][0][:16]
+    assert open_chunks(sealer, _join(a)) == b"A" * 300
+    spliced = [a[0], b[1], a[2]]
+    with pytest.raises(SealError, match="another snapshot"):
+        open_chunks(sealer, _join(spliced))
+    relabelled = [a[0], (a[1][0], b[1][1]), a[2]]  # B's chunk under A's header
+    with pytest.raises(SealError, match="authentication"):
+        open_chunks(sealer, _join(relabelled))
+    swapped = [(a[0][0], a[1][1]), (a[1][0], a[0][1]), a[2]]  # reordered, headers kept
+    with pytest.raises(SealError, match="authentication"):
+        open_chunks(sealer, _join(swapped))
+    dropped = [(h[:20] + (2).to_bytes(4, "big"), s) for h, s in a[:2]]  # count rewritten
+    with pytest.raises(SealError, match="authentication"):
+        open_chunks(sealer, _join(dropped))
+    with pytest.raises(SealError, match="truncated"):
+        open_chunks(sealer, _join(a[:2]))
+    with pytest.raises(SealError):  # a chunk is not an entry of any kind
+        sealer.open(a[0][1], 1)

@@ -1,13 +1,14 @@
 """Golden vectors for what the journal writes to disk: sealed entries of every kind and sealed
 snapshot chunks, in tests/data/journal/<name>.hex.
 
-Rules: each vector is checked both ways (sealing its value with fixed nonces gives the
-committed bytes; opening the committed bytes gives the value) and every strict prefix of it
-is refused. A missing or extra vector file fails. The vectors are made by `make_vectors()`;
-after a deliberate format change, re-make them with `write_vectors()`:
+Rules: each vector is checked both ways (sealing its value with fixed nonces, key ids and
+snapshot ids gives the committed bytes; opening the committed bytes gives the value) and every
+strict prefix of it is refused. A missing or extra vector file fails. The vectors are made by
+`make_vectors()`; after a deliberate format change, re-make them with `write_vectors()`:
     PYTHONPATH=$PWD:tests python -c 'import test_journal_vectors as t; t.write_vectors()'
-and say in the commit why the bytes changed. Fixed nonces are for vectors only: production
-seals under random nonces (hasync/journal/seal.py).
+and say in the commit why the bytes changed (issue 17 finding 8: seal format 2, per-node and
+per-purpose subkeys, snapshot chunks bound to their snapshot). Fixed nonces, key ids and
+snapshot ids are for vectors only: production draws them at random (hasync/journal/seal.py).
 """
 
 from __future__ import annotations
@@ -34,10 +35,12 @@ from hasync.journal.machine import (
     unpack_member,
 )
 from hasync.journal.seal import (
+    PURPOSE_SNAPSHOT,
     EntryError,
     Sealer,
     SealError,
     derive_keys,
+    derive_subkey,
     open_chunks,
     pack_batch,
     seal_chunks,
@@ -53,10 +56,29 @@ TUNNEL = ("ike_add", "ike_mid_responder", "ike_update", "child_add")
 RAFT_DATA = ((b"\x01cmd-2", 2, 1), (b"\x01cmd-1", 1, 1), ("127.0.0.1:4321",))  # opaque to us
 
 
+ENTRIES: dict[str, Callable[[Any], bytes]] = {
+    "batch_entry": lambda v: pack_batch(*v), "seq_entry": pack_seq,
+    "member_report": lambda v: pack_member(*v), "barrier_entry": bytes,
+    "claim_entry": lambda v: pack_claim(*v)}
+NODE = "gw1"  # the sealing node of every vector
+KINDS = {"batch_entry": Kind.BATCH, "seq_entry": Kind.SEQ, "member_report": Kind.MEMBER,
+         "barrier_entry": Kind.BARRIER, "claim_entry": Kind.CLAIM}
+
+
 def _fixed_nonces(name: str) -> Callable[[], bytes]:
     """Deterministic nonces, distinct per vector: sha256(name)[:8] || counter (4 bytes)."""
     prefix, counter = hashlib.sha256(name.encode()).digest()[:8], itertools.count(1)
     return lambda: prefix + next(counter).to_bytes(4, "big")
+
+
+def _fixed_id(name: str, size: int) -> Callable[[], bytes]:
+    """A deterministic key id or snapshot id: sha256(what || name)[:size]."""
+    return lambda: hashlib.sha256(f"{size}:{name}".encode()).digest()[:size]
+
+
+def _sealer(name: str) -> Sealer:
+    """gw1's Sealer with fixed nonces and key ids for vector `name`."""
+    return Sealer(KEYS, NODE, nonce=_fixed_nonces(name), key_id=_fixed_id(name, 8))
 
 
 def _seq_entry() -> SeqEntry:
@@ -97,32 +119,24 @@ def make_vectors() -> dict[str, bytes]:
     """Every vector's bytes, sealed under `KEYS` with `_fixed_nonces(name)`."""
     out: dict[str, bytes] = {}
     for name, value in _values().items():
-        sealer = Sealer(KEYS, nonce=_fixed_nonces(name))
-        if name == "batch_entry":
-            out[name] = sealer.seal(pack_batch(*value))
-        elif name == "seq_entry":
-            out[name] = sealer.seal(pack_seq(value))
-        elif name == "member_report":
-            out[name] = sealer.seal(pack_member(*value))
-        elif name == "barrier_entry":
-            out[name] = sealer.seal(value)
-        elif name == "claim_entry":
-            out[name] = sealer.seal(pack_claim(*value))
+        sealer, snap_id = _sealer(name), _fixed_id(name, 16)
+        if name in KINDS:
+            out[name] = sealer.seal(ENTRIES[name](value), KINDS[name])
         elif name == "snapshot_chunks":
-            out[name] = seal_chunks(sealer, value, chunk=64)
+            out[name] = seal_chunks(sealer, value, chunk=64, snapshot_id=snap_id)
         else:
-            out[name] = seal_chunks(sealer, pack_snapshot(*value))
+            out[name] = seal_chunks(sealer, pack_snapshot(*value), snapshot_id=snap_id)
     return out
 
 
 def _open(name: str, data: bytes) -> Any:
     """Open a vector's bytes back to its value (raises SealError or EntryError)."""
-    sealer = Sealer(KEYS)
+    sealer = Sealer(KEYS, "gw2")  # another node opens what gw1 sealed
     if name == "snapshot_chunks":
         return open_chunks(sealer, data)
     if name == "snapshot_file":
         return unpack_snapshot(open_chunks(sealer, data))
-    plain = sealer.open(data)
+    plain = sealer.open(data, KINDS[name])
     if name == "batch_entry":
         batch = unpack_batch(plain)
         return (list(batch.items), batch.origin, batch.ts)
@@ -141,7 +155,8 @@ def write_vectors(directory: Path = VECTORS) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     for name, data in make_vectors().items():
         head = (f"# {name}: hasync journal golden vector (tests/test_journal_vectors.py "
-                f"make_vectors); cluster key bytes(range(32)), cluster 'vectors', fixed nonces. "
+                f"make_vectors); cluster key bytes(range(32)), cluster 'vectors', node "
+                f"{NODE!r}, fixed nonces, key ids and snapshot ids; seal format 2. "
                 f"snapshot format {SNAPSHOT_FORMAT}.")
         comment = "\n".join("# " + line for line in textwrap.wrap(head[2:], 94))
         body = "\n".join(textwrap.wrap(data.hex(), 64))
@@ -179,19 +194,30 @@ def test_every_truncation_is_refused(name: str) -> None:
             _open(name, data[:n])
 
 
-ENTRIES = {"batch_entry": lambda v: pack_batch(*v), "seq_entry": pack_seq,
-           "member_report": lambda v: pack_member(*v), "barrier_entry": bytes,
-           "claim_entry": lambda v: pack_claim(*v)}
-
-
 @pytest.mark.parametrize("name", sorted(ENTRIES))
-def test_an_entry_is_version_nonce_and_gcm_as_documented(name: str) -> None:
+def test_an_entry_is_header_nonce_and_gcm_as_documented(name: str) -> None:
     """Read with AES-GCM directly, following seal.py's header, not through Sealer."""
     data = _read(name)
-    assert data[0] == 1 and data[1:13] == _fixed_nonces(name)()
-    aad = b"hasync journal entry" + bytes((1,)) + b"vectors"
-    assert AESGCM(KEYS.entry_key).decrypt(data[1:13], data[13:], aad) == (
+    key_id = _fixed_id(name, 8)()
+    header = bytes((2, KINDS[name])) + key_id + bytes((len(NODE),)) + NODE.encode()
+    assert data.startswith(header) and data[14:26] == _fixed_nonces(name)()
+    aad = b"hasync sealed v2" + bytes((len("vectors"),)) + b"vectors" + header
+    subkey = derive_subkey(KEYS, KINDS[name], key_id, NODE)
+    assert AESGCM(subkey).decrypt(data[14:26], data[26:], aad) == (
         ENTRIES[name](_values()[name]))
+
+
+def test_a_snapshot_chunk_binds_its_snapshot_id_index_and_count() -> None:
+    """The first chunk of `snapshot_chunks`, read with AES-GCM directly."""
+    data = _read("snapshot_chunks")
+    head = _fixed_id("snapshot_chunks", 16)() + (0).to_bytes(4, "big") + (4).to_bytes(4, "big")
+    assert data.startswith(head)
+    sealed = data[28:28 + int.from_bytes(data[24:28], "big")]
+    key_id = _fixed_id("snapshot_chunks", 8)()
+    header = bytes((2, PURPOSE_SNAPSHOT)) + key_id + bytes((len(NODE),)) + NODE.encode()
+    aad = b"hasync sealed v2" + bytes((len("vectors"),)) + b"vectors" + header + head
+    subkey = derive_subkey(KEYS, PURPOSE_SNAPSHOT, key_id, NODE)
+    assert AESGCM(subkey).decrypt(sealed[14:26], sealed[26:], aad) == bytes(range(64))
 
 
 def test_the_snapshot_vector_restores_the_machine() -> None:

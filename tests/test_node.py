@@ -18,6 +18,7 @@ from hasync.node import (
     SYNC_MOVES,
     CancelPromotion,
     CharonFifo,
+    ClearFeed,
     FeedCharon,
     IllegalSyncMove,
     NodeCore,
@@ -48,6 +49,10 @@ BEHIND = RaftView("follower", "127.0.0.1:7001", commit_index=9, applied_index=5)
 
 def _core(role: Role = Role.BACKUP, **kw: object) -> NodeCore:
     return NodeCore(Settings(**kw), RoleState(role=role))  # type: ignore[arg-type]
+
+
+def _replays(commands: list[object]) -> bool:
+    return any(isinstance(c, StartReplay) for c in commands)
 
 
 def _ha(core: NodeCore, raw: bytes, now: float) -> list[object]:
@@ -167,11 +172,11 @@ def test_heartbeats_only_while_mirroring() -> None:
 def test_the_replay_starts_only_once_caught_up_then_applied_datagrams_follow() -> None:
     core = _core(Role.BACKUP)
     assert core.on_applied(TUNNEL) == []  # not synced: the replay will carry them
-    assert StartReplay() not in core.tick(1.0, 0.0, BEHIND) and not core.raft_joined
-    assert StartReplay() not in core.tick(1.1, 0.0, RaftView("follower", None, 5, 5))
-    assert StartReplay() in core.tick(1.2, 0.0, CAUGHT_UP) and core.raft_joined
+    assert not _replays(core.tick(1.0, 0.0, BEHIND)) and not core.raft_joined
+    assert not _replays(core.tick(1.1, 0.0, RaftView("follower", None, 5, 5)))
+    assert _replays(core.tick(1.2, 0.0, CAUGHT_UP)) and core.raft_joined
     assert core.sync.state is SyncState.REPLAYING
-    assert StartReplay() not in core.tick(1.3, 0.0, CAUGHT_UP)
+    assert not _replays(core.tick(1.3, 0.0, CAUGHT_UP))
     assert core.on_applied(TUNNEL[:1]) == [FeedCharon(tuple(TUNNEL[:1]))]  # queued behind it
     assert core.on_replayed(40, 3.2) == [] and core.sync.state is SyncState.SYNCED
     assert core.counters["replays"] == 1 and core.counters["mirrored"] == 41
@@ -180,7 +185,7 @@ def test_the_replay_starts_only_once_caught_up_then_applied_datagrams_follow() -
 
 def test_a_master_does_not_replay_or_mirror() -> None:
     core = _core(Role.MASTER)
-    assert StartReplay() not in core.tick(1.0, 0.0, CAUGHT_UP) and core.raft_joined
+    assert not _replays(core.tick(1.0, 0.0, CAUGHT_UP)) and core.raft_joined
     assert core.sync.state is SyncState.UNSYNCED and core.on_applied(TUNNEL) == []
 
 
@@ -191,7 +196,7 @@ def test_resync_from_charon_on_a_backup_returns_to_unsynced_and_replays_again() 
     core.on_replayed(0, 1.5)
     assert _ha(core, resync, 2.0) == [] and core.sync.state is SyncState.UNSYNCED
     assert core.on_applied(TUNNEL) == []
-    assert StartReplay() in core.tick(2.1, 0.0, CAUGHT_UP)
+    assert _replays(core.tick(2.1, 0.0, CAUGHT_UP))
     master = _core(Role.MASTER)
     master.sync.state = SyncState.SYNCED
     assert _ha(master, resync, 1.0) == [] and master.sync.state is SyncState.SYNCED
@@ -233,7 +238,76 @@ def test_health_fields() -> None:
 def test_a_resync_during_a_replay_leaves_it_running() -> None:
     resync = encode(HaMessage.build(3, MessageType.RESYNC))
     core = _core(Role.BACKUP)
-    assert StartReplay() in core.tick(1.0, 0.0, CAUGHT_UP)
+    assert _replays(core.tick(1.0, 0.0, CAUGHT_UP))
     assert _ha(core, resync, 1.5) == [] and core.sync.state is SyncState.REPLAYING
     core.on_replayed(3, 2.0)
     assert core.sync.state is SyncState.SYNCED
+
+
+def test_finding3_a_charon_restart_replays_again_once_its_connections_are_loaded() -> None:
+    core = _core(Role.BACKUP)
+    core.tick(1.0, 0.0, CAUGHT_UP)
+    first = core.sync.generation
+    core.on_replayed(3, 2.0, first)
+    assert core.sync.synced
+    assert core.on_charon_restart(3.0) == [ClearFeed()] and not core.sync.synced
+    assert core.on_applied(TUNNEL) == []  # a restarted charon gets the replay, not these
+    assert not _replays(core.tick(3.1, 0.0, CAUGHT_UP))  # its connections are not loaded yet
+    assert core.on_charon_ready(True) == []
+    out = core.tick(3.2, 0.0, CAUGHT_UP)
+    assert out[-1] == StartReplay(first + 1) and core.sync.state is SyncState.REPLAYING
+    core.on_replayed(3, 4.0, first + 1)
+    assert core.sync.synced and core.counters["replays"] == 2
+
+
+def test_finding3_a_replay_that_a_charon_restart_abandoned_is_ignored() -> None:
+    core = _core(Role.BACKUP)
+    core.tick(1.0, 0.0, CAUGHT_UP)
+    abandoned = core.sync.generation
+    core.on_charon_restart(1.5)  # the feed is cleared: the old replay's answer comes anyway
+    assert core.on_replayed(2, 1.6, abandoned) == [] and core.sync.state is SyncState.UNSYNCED
+    assert core.counters["replays_abandoned"] == 1 and core.counters["replays"] == 0
+    core.on_charon_ready(True)
+    assert _replays(core.tick(2.0, 0.0, CAUGHT_UP))
+    core.on_replayed(2, 2.5, abandoned + 1)
+    assert core.sync.synced
+
+
+def test_finding3_a_master_whose_charon_restarted_fails_health_until_it_is_not_master() -> None:
+    core = _core(Role.MASTER)
+    assert core.problems() == []
+    core.on_charon_restart(1.0)
+    assert core.problems() and "charon_restarted_on_master" in core.problems()[0]
+    _vrrp(core, "FAULT", 2.0)
+    assert core.problems() == []
+
+
+def _resyncs(cmds: list[object]) -> list[HaMessage]:
+    msgs = [decode(c.datagram) for c in cmds if isinstance(c, SendToCharon)]
+    return [m for m in msgs if m.type == MessageType.RESYNC]
+
+
+def test_finding7_the_batch_backlog_is_bounded_fails_health_then_resyncs(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """While Raft commits nothing the backlog stops at its bound; what it drops is counted and
+    fails health; once Raft drained it, charon is asked once for a RESYNC of every segment."""
+    core = _core(Role.MASTER, batch_max_messages=4)
+    core.batcher.max_backlog = 8
+    for i in range(20):
+        _ha(core, TUNNEL[i % 4], 1.0)
+    assert core.batcher.backlog == 8  # before the fix: all 20 wait in memory
+    assert core.counters["messages_dropped:backlog_full"] == 12
+    (problem,) = core.problems()
+    assert problem.startswith("journal_gap: 12 datagrams")
+    assert "RESYNC" in caplog.text and _resyncs(core.tick(1.5, 0.0, CAUGHT_UP)) == []
+    assert _submitted(core.on_committed(FailReason.SUCCESS, 2.0)) == TUNNEL  # the second four
+    out = core.on_committed(FailReason.SUCCESS, 2.1)
+    (resync,) = _resyncs(out)
+    assert [a.value for a in resync.attributes] == [1]  # segment 1 (segments = 1)
+    assert core.problems() == [] and core.counters["resyncs_requested"] == 1
+    for i in range(9):  # a second overflow within RESYNC_MIN_S waits for it to pass
+        _ha(core, TUNNEL[i % 4], 3.0)
+    core.on_committed(FailReason.SUCCESS, 3.1)
+    core.on_committed(FailReason.SUCCESS, 3.2)
+    assert _resyncs(core.tick(3.3, 0.0, CAUGHT_UP)) == [] and core.problems()
+    assert len(_resyncs(core.tick(62.2, 0.0, CAUGHT_UP))) == 1 and core.problems() == []

@@ -4,6 +4,7 @@ and restore, shared state is read through copies."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,19 +21,14 @@ from hasync.raft import ClusterJournal
 from hasync.syncobj_compat import FailReason, outcome
 
 import hastream
-from netutil import free_ports
+from netutil import free_ports, wait_until
 
 KEYS = derive_keys(bytes(range(32)), "test")
 KEY = ("192.0.2.101", 0xC0FFEE01, 50)
 
 
 def _wait(pred: Callable[[], object], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.05)
-    raise AssertionError("timed out")
+    wait_until(pred, timeout)
 
 
 def _node(tmp: Path, port: int, **kw: Any) -> ClusterJournal:
@@ -79,7 +75,7 @@ def test_stream_applies_snapshot_is_sealed_and_restores(tmp_path: Path) -> None:
         done: list[object] = []
         for i in range(0, len(s.datagrams), 8):
             j.submit(s.datagrams[i:i + 8], lambda r, e: done.append(e))
-        j._propose_sealed(Kind.BATCH, b"\x01not a sealed entry", lambda r, e: done.append(e))
+        j._propose_sealed(Kind.BATCH, b"\x02not a sealed entry", lambda r, e: done.append(e))
         j._propose_sealed(Kind.BATCH, b"", lambda r, e: done.append(e))
         _wait(lambda: len(done) == 17)
         assert j.counters["entry_rejected:SealError"] == 2  # counted, never raised
@@ -110,20 +106,21 @@ def test_each_rejection_is_logged_once_and_counted_each_time(
     for _ in range(3):
         assert _commit(lambda cb: leader._propose_sealed(Kind.SEQ, b"garbage", cb)) == (
             FailReason.SUCCESS)
-    other = Sealer(derive_keys(bytes(32), "test"))  # another cluster's key
-    sealed = other.seal(pack_batch([b"x"], "n9", 1.0))
+    other = Sealer(derive_keys(bytes(32), "test"), "n9")  # another cluster's key
+    sealed = other.seal(pack_batch([b"x"], "n9", 1.0), Kind.BATCH)
     assert _commit(lambda cb: leader._propose_sealed(Kind.BATCH, sealed, cb)) == (
         FailReason.SUCCESS)
-    mine = Sealer(KEYS).seal(b"\x93\x01")  # opens, but is no batch
+    mine = Sealer(KEYS, "n9").seal(b"\x93\x01", Kind.BATCH)  # opens, but is no batch
     assert _commit(lambda cb: leader._propose_sealed(Kind.BATCH, mine, cb)) == (
         FailReason.SUCCESS)
-    assert _commit(lambda cb: leader._propose_sealed(99, mine, cb)) == FailReason.SUCCESS
+    unknown = Sealer(KEYS, "n9").seal(b"\x93\x01", 99)  # opens as kind 99: no such kind
+    assert _commit(lambda cb: leader._propose_sealed(99, unknown, cb)) == FailReason.SUCCESS
     leader._replica.apply([1], mine, callback=lambda r, e: None)  # unhashable kind
     assert _commit(leader.barrier) == FailReason.SUCCESS  # applied after it: not wedged
     counters = leader.counters
     assert counters["seq_rejected:SealError"] == 3
-    assert counters["entry_rejected:SealError"] == 1
-    assert counters["entry_rejected:EntryError"] == 3  # not a batch; unknown kinds
+    assert counters["entry_rejected:SealError"] == 2  # another key; a kind it was not sealed for
+    assert counters["entry_rejected:EntryError"] == 2  # not a batch; an unknown kind
     assert set(counters) == {"seq_rejected:SealError", "entry_rejected:SealError",
                              "entry_rejected:EntryError", "barriers_applied"}
     for name in set(counters) - {"barriers_applied"}:
@@ -234,3 +231,82 @@ def test_a_state_bug_is_counted_per_datagram_and_logged_once_with_its_traceback(
     (r,) = _logged(caplog, "apply_error")
     assert r.exc_info is not None and "state bug" in str(r.exc_info[1])
     assert len(caplog.records) == 1
+
+
+def test_finding8_an_entry_is_bound_to_its_kind_and_an_old_format_is_named(
+        leader: ClusterJournal) -> None:
+    """A sealed member report resubmitted as a claim does not open (the kind is the seal's
+    purpose: seal.py); a format-1 entry (before issue 17) is counted under its own name."""
+    from hasync.journal.machine import pack_member
+    report = Sealer(KEYS, "n9").seal(pack_member("n9", {"vrrp": "BACKUP"}), Kind.MEMBER)
+    assert _commit(lambda cb: leader._propose_sealed(Kind.CLAIM, report, cb)) == (
+        FailReason.SUCCESS)
+    old = b"\x01" + bytes(12) + bytes(40)
+    assert _commit(lambda cb: leader._propose_sealed(Kind.BATCH, old, cb)) == FailReason.SUCCESS
+    counters = leader.counters
+    assert counters["claim_rejected:SealError"] == 1
+    assert counters["entry_rejected:SealFormatError"] == 1
+
+
+def _fill(j: ClusterJournal, n: int, seed: int = 1) -> None:
+    """Commit `n` tunnels of the synthetic stream (within _wait's 20 s)."""
+    s, done = hastream.tunnels(n, seed=seed), []
+    for i in range(0, len(s.datagrams), 8):
+        j.submit(s.datagrams[i:i + 8], lambda r, e: done.append(e))
+    _wait(lambda: len(done) == (len(s.datagrams) + 7) // 8)
+
+
+def _gated_pack(monkeypatch: pytest.MonkeyPatch, j: ClusterJournal) -> tuple[
+        threading.Event, list[tuple[str, bool]]]:
+    """Make snapshot packing wait for a gate (30 s at most); record its thread and whether
+    the journal lock was free meanwhile."""
+    import hasync.raft as raft
+    gate, seen = threading.Event(), []
+    real = raft.pack_snapshot
+
+    def slow_pack(*args: Any) -> bytes:
+        free = j.lock.acquire(timeout=5)  # what the event loop would wait for
+        if free:
+            j.lock.release()
+        seen.append((threading.current_thread().name, free))
+        gate.wait(30)
+        return real(*args)
+
+    monkeypatch.setattr(raft, "pack_snapshot", slow_pack)
+    return gate, seen
+
+
+def test_finding6_a_snapshot_is_packed_off_the_lock_and_off_rafts_thread(
+        leader: ClusterJournal, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While a snapshot is being packed, the lock is free and Raft keeps committing; the
+    snapshot lands once packed and holds the state as it was copied."""
+    import hasync.raft as raft
+    _fill(leader, 20)
+    before = leader.state.to_dict()
+    gate, seen = _gated_pack(monkeypatch, leader)
+    leader.compact()
+    _wait(lambda: seen)
+    assert seen == [("hasync-snapshot", True)]
+    _fill(leader, 3, seed=2)  # before the fix: Raft's thread is stuck in the serializer
+    assert not (tmp_path / "raft.snapshot").exists()  # only a finished snapshot is put in place
+    gate.set()
+    _wait(lambda: (tmp_path / "raft.snapshot").exists())
+    state, _seqs, _raft_data = raft.unpack_snapshot(
+        raft.open_chunks(leader._sealer, (tmp_path / "raft.snapshot").read_bytes()))
+    assert state == before and "snapshot_save_error" not in leader.counters
+
+
+def test_a_local_snapshot_finishing_after_an_installed_one_is_discarded(
+        leader: ClusterJournal, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A local snapshot that finishes after one from the leader was installed is discarded."""
+    _fill(leader, 5)
+    final = tmp_path / "raft.snapshot"
+    gate, seen = _gated_pack(monkeypatch, leader)
+    leader.compact()
+    _wait(lambda: seen)
+    final.write_bytes(b"the leader's snapshot")  # as Serializer.setTransmissionData does
+    leader._snap.installed()  # then _load_snapshot
+    gate.set()
+    _wait(lambda: not leader._snap.busy)
+    assert final.read_bytes() == b"the leader's snapshot"
+    assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())

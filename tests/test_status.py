@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+import pytest
 
 from hasync.status import (
     JournalView,
@@ -48,4 +51,58 @@ def test_sas_answer_is_plain_dicts() -> None:
     class S:
         config_name: str
 
-    assert sas_answer([S("a")]) == {"ike_sas": [{"config_name": "a"}]}
+    assert sas_answer([S("a")]) == {"ike_sas": [{"config_name": "a"}], "total": 1, "start": 0,
+                                    "next": None}
+
+
+def _journal(n: int) -> Any:
+    """What Answers.sas reads of a ClusterJournal: its lock and a state of `n` tunnels."""
+    import threading
+    import types
+
+    from hasync.ha import decode
+    from hasync.journal.state import JournalState
+
+    import hastream
+    st = JournalState()
+    for i, raw in enumerate(hastream.tunnels(n).datagrams):
+        st.apply(raw, decode(raw), 1000.0 + i)
+    return types.SimpleNamespace(lock=threading.RLock(), state=st)
+
+
+def _answers(journal: Any) -> Any:
+    from hasync.status import Answers
+    return Answers(cfg=None, core=None, journal=journal, fx=None, healthfile=None,  # type: ignore[arg-type]
+                   takeover=dict, started=0.0)
+
+
+def test_finding6_sas_answers_a_page_and_summarizes_only_that_page(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A `sas` request summarizes at most one page under the lock; following "next" visits
+    every IKE_SA once, and every answer fits the control protocol."""
+    import hasync.journal.summary as summary
+    from hasync.control import encode_line
+    from hasync.status import SAS_PAGE
+    calls: list[int] = []
+    real = summary.summarize
+    monkeypatch.setattr(summary, "summarize", lambda *a: calls.append(1) or real(*a))
+    answers, seen, after = _answers(_journal(SAS_PAGE + 37)), [], 0
+    while after is not None:
+        calls.clear()
+        page = answers.sas({"after": after})
+        assert len(calls) == len(page["ike_sas"]) <= SAS_PAGE  # before the fix: every SA
+        assert page["total"] == SAS_PAGE + 37 and page["start"] == after
+        encode_line({"ok": True, "result": page})  # raises past control.MAX_RESPONSE
+        seen += [(s["initiator_spi"], s["responder_spi"]) for s in page["ike_sas"]]
+        after = page["next"]
+    assert len(seen) == len(set(seen)) == SAS_PAGE + 37
+    assert answers.sas({"after": 10, "limit": 3})["next"] == 13
+
+
+@pytest.mark.parametrize("args", [{"after": -1}, {"after": "0"}, {"limit": 0},
+                                  {"limit": 10**6}, {"limit": True}])
+def test_finding6_a_bad_sas_page_is_refused_by_name(args: dict[str, Any]) -> None:
+    from hasync.control import BadRequest
+    with pytest.raises(BadRequest) as err:
+        _answers(_journal(1)).sas(args)
+    assert err.value.reason == "bad_args" and "sas:" in err.value.message

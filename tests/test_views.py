@@ -72,3 +72,34 @@ def test_status_shows_every_nonzero_counter_by_name() -> None:
     assert "counters: batches_dropped 2, report_errors 1, reports_failed:QUEUE_FULL 3" in text
     assert "fifo_errors" not in text
     assert "counters:" not in status_text({"counters": {"fifo_errors": 0}})
+
+
+def test_finding8_sas_escapes_client_chosen_identities() -> None:
+    """A client identity holding terminal escapes is shown escaped, never obeyed."""
+    from hasync.views import sas_text
+    evil = "CN=alice\x1b]0;owned\x07\x1b[2J\x9b31m\u202eexe.txt\r\nfake line"
+    text = sas_text({"ike_sas": [{
+        "config_name": "rw\x1b[5m", "initiator_spi": "0a", "responder_spi": "0b",
+        "local_addr": "192.0.2.1", "remote_addr": "198.51.100.7", "remote_id": evil,
+        "mid_initiator": 1, "mid_responder": 2, "age": 3.0,
+        "children": [{"name": "net\x07", "inbound_spi": "c1", "outbound_spi": "c2",
+                      "age": 1.0}]}]})
+    assert not any((ord(c) < 0x20 and c != "\n") or 0x7F <= ord(c) < 0xA0 or c == "\u202e"
+                   for c in text)
+    assert text.count("\n") == 1  # the identity's CR LF did not start a line of its own
+    assert "[CN=alice\\x1b]0;owned\\x07\\x1b[2J\\x9b31m\\u202eexe.txt\\x0d\\x0afake line]" in text
+    assert text.startswith("rw\\x1b[5m: 0a_i 0b_r 192.0.2.1 <-> 198.51.100.7 [")
+    assert "  net\\x07: c1_i c2_o age 1 s" in text
+
+
+def test_finding3_status_shows_charons_incarnation_readiness_and_drift() -> None:
+    text = status_text({"node": "gw2", "ha": {"accepted": 5, "dropped:not_root": 3,
+                                              "send_refused:not_root": 1, "kernel_drops": 7},
+                        "takeover": {"charon": {
+                            "up": True, "ready": False, "missing_conns": ["rw"], "restarts": 1,
+                            "drift": {"charon_ikes": 0, "journal_ikes": 3,
+                                      "journal_children": 3, "children_missing": 3}}}})
+    assert "kernel drops 7" in text and "'dropped:not_root': 3" in text
+    assert "'send_refused:not_root': 1" in text
+    assert ("charon: up, connections missing ['rw'], 1 restarts seen; holds 0 of the journal's "
+            "3 IKE_SAs, 3 CHILD_SAs missing in the kernel") in text

@@ -96,9 +96,8 @@ def _record(item: Any, origin: str, epoch: int) -> SeqRecord:
 
 
 def pack_seq(entry: SeqEntry) -> bytes:
-    """Pack an entry payload; raise EntryError if it breaks a limit."""
-    if not entry.records and not entry.gone:
-        raise EntryError("an entry carries at least one record or gone key")
+    """Pack an entry payload (one without records or gone keys is a sender's beacon, D207);
+    raise EntryError if it breaks a limit."""
     if len(entry.records) > MAX_RECORDS or len(entry.gone) > MAX_RECORDS:
         raise EntryError(f"an entry carries at most {MAX_RECORDS} records and gone keys")
     recs = [[list(r.key), r.mark, r.seq, list(r.bitmap), float(r.rate), float(r.ts)]

@@ -3,33 +3,41 @@
 Rules: pysyncobj keeps its journal and snapshots as plaintext pickle (pysyncobj 0.3.17:
 pysyncobj/journal.py FileJournal, pysyncobj/serializer.py), so every entry is sealed before it
 enters Raft and opened after commit; nothing secret reaches Raft in clear. The cluster key file
-holds 64 hex digits (32 random bytes), mode 0600 or stricter; anything else is refused with
-`KeyFileError` naming the file and the reason. From it, HKDF-SHA256 (RFC 5869) with a fixed
-salt and one `info` label per use derives the AES-256-GCM entry key and pysyncobj's password;
-the cluster name is part of every label and of the AAD, so clusters sharing a key file cannot
-open each other's entries. A sealed entry is `version (1 byte) || nonce (12 random bytes) ||
-AES-GCM ciphertext and 16-byte tag` (NIST SP 800-38D), the AAD binding the format version and
-the cluster name; anything that does not open raises `SealError`. Payloads are msgpack batches
-of raw ha datagrams with explicit limits (`MAX_ENTRY`, `MAX_ITEMS`, `MAX_DATAGRAM`,
+holds 64 hex digits (32 random bytes), is a regular file owned by the daemon's uid (root) and
+mode 0600 or stricter; anything else is refused with `KeyFileError` naming the file and the
+reason. From it, HKDF-SHA256 (RFC 5869) with a fixed salt and one `info` label per use derives
+the seal root and pysyncobj's password; the cluster name is part of every label and of the
+AAD, so clusters sharing a key file cannot open each other's entries. Payloads are msgpack
+batches of raw ha datagrams with explicit limits (`MAX_ENTRY`, `MAX_ITEMS`, `MAX_DATAGRAM`,
 `MAX_ORIGIN`), checked both when packing and unpacking; violations raise `EntryError`. Only the
 key file functions do I/O.
 
-Nonce collisions: nonces are random 96-bit values, so among n entries sealed under one key
-(by any node) two collide with probability at most n^2 / 2^97 (birthday bound): 2^-33 at
-n = 2^32, 2^-41 at n = 2^28. A collision under GCM leaks the XOR of two plaintexts and lets
-an attacker forge tags, so NIST SP 800-38D section 8.3 caps random-nonce use at 2^32
-invocations per key. Batching keeps the count low (one entry carries up to 512 datagrams;
-at a sustained 100 entries/s, 2^32 entries take 1.4 years), but rotate the cluster key
-(new key file on every node, fresh journal) well before 2^32 sealed entries, and at once
-if the key file may have leaked. Sealing does not bind the Raft index: someone who can
-write the journal can drop, repeat or reorder whole entries, not alter or read them.
-The nonce source is injectable only so that tests can make golden vectors (deterministic
-bytes); production code never passes one, and a repeated nonce would break GCM.
+Sealed format 2 (issue 17 finding 8): `header || nonce (12 random bytes) || AES-256-GCM
+ciphertext and 16-byte tag` (NIST SP 800-38D), header = `format (1 byte, 2) || purpose (1) ||
+key id (8) || node length (1) || node (UTF-8)`. The AES key is a subkey: HKDF-SHA256 of the seal
+root with info = label, purpose, key id, cluster name and the sealing node's name, so every
+node, purpose (each journal entry kind, and snapshot chunks) and key generation has its own
+key and its own nonce space. The AAD is a label, the cluster name, the whole header and the
+caller's context, so the opener derives the subkey from what the header names and a header
+that was altered does not open. Anything that does not open raises `SealError`; an entry of
+format 1 (before issue 17) raises `SealFormatError` by name, never mis-opened.
+
+Nonce limit: among n entries under one key with random 96-bit nonces, two collide with
+probability at most n^2 / 2^97 (birthday bound); a collision under GCM leaks the XOR of two
+plaintexts and lets an attacker forge tags, so NIST SP 800-38D section 8.3 caps random-nonce
+use at 2^32 invocations per key. A `Sealer` counts its seals per subkey and moves to a fresh
+random key id (a new generation, a new subkey) after `KEY_SEAL_LIMIT` (2^31, collision
+probability under 2^-35); every Sealer also starts with fresh key ids, so a restart never
+reuses a key whose count it does not know. Sealing does not bind the Raft index: someone who
+can write the journal can drop, repeat or reorder whole entries, not alter or read them.
+The nonce, key id and snapshot id sources are injectable only so that tests can make golden
+vectors (deterministic bytes); production code never passes them.
 
 Blobs larger than one entry (Raft snapshots) are sealed as chunks by `seal_chunks`: each
-chunk is `length (4 bytes, big-endian) || sealed entry`, the entry's plaintext starting with
-its index and the chunk count (4 bytes each, big-endian); `open_chunks` refuses a missing,
-extra, reordered or altered chunk with `SealError`.
+chunk is `snapshot id (16 random bytes) || index (4, big-endian) || count (4) || length (4) ||
+sealed entry`, sealed with purpose `PURPOSE_SNAPSHOT` and the first 24 bytes as its context
+(AAD), so a chunk cannot be reordered, dropped, repeated or spliced in from another snapshot;
+`open_chunks` refuses any of these with `SealError`.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ import os
 import re
 import secrets
 import stat
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,15 +66,22 @@ _HEX_KEY = re.compile(rb"[0-9a-fA-F]{64}")
 # RFC 5869 section 3.1: the salt need not be secret; a fixed one separates hasync's
 # derivations from any other use of the same key material.
 HKDF_SALT = b"hasync cluster key v1"
-_INFO_ENTRY = b"hasync/v1/journal-entry-key"
+_INFO_SEAL_ROOT = b"hasync/v2/seal-root"
+_INFO_SUBKEY = b"hasync/v2/seal-subkey"
 _INFO_RAFT = b"hasync/v1/raft-password"
 MAX_CLUSTER_NAME = 255  # UTF-8 bytes
+MAX_NODE_NAME = 255  # UTF-8 bytes
 
-SEAL_VERSION = 1
+SEAL_VERSION = 2  # 1: one cluster-wide key, header = version || nonce (before issue 17)
 NONCE_SIZE = 12
 TAG_SIZE = 16
-SEAL_OVERHEAD = 1 + NONCE_SIZE + TAG_SIZE
-_AAD_PREFIX = b"hasync journal entry"
+KEY_ID_SIZE = 8
+_HEAD_FIXED = 1 + 1 + KEY_ID_SIZE + 1  # format, purpose, key id, node length
+SEAL_OVERHEAD = _HEAD_FIXED + 1 + NONCE_SIZE + TAG_SIZE  # with a one-byte node name
+_AAD_PREFIX = b"hasync sealed v2"
+PURPOSE_SNAPSHOT = 0  # snapshot chunks; journal entries use their kind (1 to 255)
+KEY_SEAL_LIMIT = 1 << 31  # seals per subkey, half of NIST SP 800-38D's 2^32 for random nonces
+_OPEN_CACHE = 256  # subkeys kept for opening (one per node, purpose and generation seen)
 
 MAX_ENTRY = 256 * 1024  # a packed batch, before sealing
 MAX_ITEMS = 512  # datagrams per batch
@@ -79,11 +95,15 @@ class KeyFileError(ValueError):
 
 
 class KeyMaterialError(ValueError):
-    """A cluster key or cluster name passed to derive_keys() is not usable."""
+    """A cluster key, cluster name or node name given for sealing is not usable."""
 
 
 class SealError(ValueError):
-    """A sealed entry does not open: too short, unknown version, or failed authentication."""
+    """A sealed entry does not open: too short, malformed header, or failed authentication."""
+
+
+class SealFormatError(SealError):
+    """A sealed entry of an older format (format 1, before issue 17): never opened."""
 
 
 class EntryError(ValueError):
@@ -93,6 +113,19 @@ class EntryError(ValueError):
 def _key_file_error(path: Path, reason: str) -> KeyFileError:
     """The error for `path` with `reason`."""
     return KeyFileError(f"cluster key file {str(path)!r}: {reason}")
+
+
+def _check_key_file(path: Path, info: os.stat_result) -> None:
+    """Raise KeyFileError unless `info` is a regular file of ours that no one else can read."""
+    if not stat.S_ISREG(info.st_mode):
+        raise _key_file_error(path, "not a regular file")
+    uid = os.geteuid()
+    if info.st_uid != uid:
+        raise _key_file_error(path, f"owned by uid {info.st_uid}, not by this daemon's uid "
+                              f"{uid}; chown it to uid {uid} and chmod 0600")
+    if info.st_mode & 0o077:
+        mode = stat.S_IMODE(info.st_mode)
+        raise _key_file_error(path, f"mode {mode:04o} lets group or others in; use 0600")
 
 
 def load_cluster_key(path: str | os.PathLike[str]) -> bytes:
@@ -106,12 +139,7 @@ def load_cluster_key(path: str | os.PathLike[str]) -> bytes:
     except OSError as exc:
         raise _key_file_error(path, f"cannot open: {exc.strerror}") from None
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise _key_file_error(path, "not a regular file")
-        if info.st_mode & 0o077:
-            mode = stat.S_IMODE(info.st_mode)
-            raise _key_file_error(path, f"mode {mode:04o} lets group or others in; use 0600")
+        _check_key_file(path, os.fstat(fd))
         with os.fdopen(os.dup(fd), "rb") as handle:
             content = handle.read(_KEY_FILE_MAX + 1)
     except OSError as exc:
@@ -157,39 +185,52 @@ class Keys:
     """Keys derived from the cluster key for one cluster; secrets are kept out of repr()."""
 
     cluster_name: str
-    entry_key: bytes = field(repr=False)
+    seal_root: bytes = field(repr=False)  # the HKDF input of every sealing subkey
     raft_password: str = field(repr=False)
+
+
+def _name_bytes(name: str, what: str, limit: int) -> bytes:
+    """A cluster or node name as UTF-8, validated for use in labels, headers and AAD."""
+    if not isinstance(name, str) or not name or "\0" in name:
+        raise KeyMaterialError(f"{what} name must be a non-empty string without NUL")
+    try:
+        raw = name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise KeyMaterialError(f"{what} name is not valid UTF-8") from None
+    if len(raw) > limit:
+        raise KeyMaterialError(f"{what} name longer than {limit} bytes")
+    return raw
 
 
 def _cluster_name_bytes(cluster_name: str) -> bytes:
     """The cluster name as UTF-8, validated for use in labels and AAD."""
-    if not isinstance(cluster_name, str) or not cluster_name or "\0" in cluster_name:
-        raise KeyMaterialError("cluster name must be a non-empty string without NUL")
-    try:
-        raw = cluster_name.encode("utf-8")
-    except UnicodeEncodeError:
-        raise KeyMaterialError("cluster name is not valid UTF-8") from None
-    if len(raw) > MAX_CLUSTER_NAME:
-        raise KeyMaterialError(f"cluster name longer than {MAX_CLUSTER_NAME} bytes")
-    return raw
+    return _name_bytes(cluster_name, "cluster", MAX_CLUSTER_NAME)
 
 
-def _hkdf(cluster_key: bytes, label: bytes, name: bytes) -> bytes:
-    """HKDF-SHA256 (RFC 5869) of 32 bytes for one label and cluster."""
-    info = label + b"\0" + name
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=HKDF_SALT, info=info).derive(cluster_key)
+def _hkdf(key: bytes, info: bytes) -> bytes:
+    """HKDF-SHA256 (RFC 5869) of 32 bytes for one `info`."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=HKDF_SALT, info=info).derive(key)
 
 
 def derive_keys(cluster_key: bytes, cluster_name: str) -> Keys:
-    """Derive the entry key and the pysyncobj password of one cluster from the cluster key."""
+    """Derive the seal root and the pysyncobj password of one cluster from the cluster key."""
     if not isinstance(cluster_key, bytes) or len(cluster_key) != KEY_SIZE:
         raise KeyMaterialError(f"cluster key must be {KEY_SIZE} bytes")
     name = _cluster_name_bytes(cluster_name)
     return Keys(
         cluster_name=cluster_name,
-        entry_key=_hkdf(cluster_key, _INFO_ENTRY, name),
-        raft_password=_hkdf(cluster_key, _INFO_RAFT, name).hex(),
+        seal_root=_hkdf(cluster_key, _INFO_SEAL_ROOT + b"\0" + name),
+        raft_password=_hkdf(cluster_key, _INFO_RAFT + b"\0" + name).hex(),
     )
+
+
+def derive_subkey(keys: Keys, purpose: int, key_id: bytes, node: str) -> bytes:
+    """The AES-256 key of one node, purpose and generation (`key_id`): HKDF of the seal root,
+    info = label NUL purpose key_id cluster NUL node (the cluster name holds no NUL)."""
+    info = (_INFO_SUBKEY + b"\0" + bytes((purpose,)) + key_id
+            + _cluster_name_bytes(keys.cluster_name) + b"\0"
+            + _name_bytes(node, "node", MAX_NODE_NAME))
+    return _hkdf(keys.seal_root, info)
 
 
 def random_nonce() -> bytes:
@@ -197,41 +238,135 @@ def random_nonce() -> bytes:
     return os.urandom(NONCE_SIZE)
 
 
+def random_key_id() -> bytes:
+    """A fresh random key id: a new generation of subkeys."""
+    return os.urandom(KEY_ID_SIZE)
+
+
+def _purpose(purpose: object) -> int:
+    """A purpose byte (0 to 255), or SealError (a hostile log may hold any kind)."""
+    if isinstance(purpose, bool) or not isinstance(purpose, int):
+        raise SealError(f"purpose must be an integer, not {type(purpose).__name__}")
+    if not 0 <= purpose <= 255:
+        raise SealError(f"purpose {purpose} outside 0..255")
+    return int(purpose)
+
+
+@dataclass(slots=True)
+class _SealKey:
+    """One purpose's current subkey on the sealing side, and how often it sealed."""
+
+    key_id: bytes
+    aead: AESGCM
+    seals: int = 0
+
+
 class Sealer:
-    """Seals and opens journal entries of one cluster with AES-256-GCM."""
+    """Seals (as `node`) and opens (any node's) journal entries of one cluster; thread-safe."""
 
-    def __init__(self, keys: Keys, nonce: Callable[[], bytes] = random_nonce) -> None:
-        self._aead = AESGCM(keys.entry_key)
-        self._nonce = nonce  # tests only: golden vectors need fixed nonces
-        name = _cluster_name_bytes(keys.cluster_name)
-        self._aad = _AAD_PREFIX + bytes((SEAL_VERSION,)) + name
+    def __init__(self, keys: Keys, node: str, nonce: Callable[[], bytes] = random_nonce,
+                 key_id: Callable[[], bytes] = random_key_id,
+                 limit: int = KEY_SEAL_LIMIT) -> None:
+        self._keys = keys
+        self._node = node
+        node_raw = _name_bytes(node, "node", MAX_NODE_NAME)
+        self._node_field = bytes((len(node_raw),)) + node_raw
+        self._nonce, self._key_id = nonce, key_id  # tests only: golden vectors
+        self._limit = limit
+        self._aad = (_AAD_PREFIX + bytes((len(_cluster_name_bytes(keys.cluster_name)),))
+                     + _cluster_name_bytes(keys.cluster_name))
+        self._lock = threading.Lock()
+        self._sealing: dict[int, _SealKey] = {}
+        self._opening: dict[tuple[int, bytes, bytes], AESGCM] = {}
+        self._rotations = 0
 
-    def seal(self, payload: bytes) -> bytes:
-        """Encrypt and authenticate `payload` under a fresh random nonce."""
+    def counts(self) -> dict[str, int]:
+        """Seals under each purpose's current subkey, and generations moved on (rotations)."""
+        with self._lock:
+            out = {f"seals_purpose_{p}": k.seals for p, k in sorted(self._sealing.items())}
+            out["key_rotations"] = self._rotations
+            return out
+
+    def _sealing_key(self, purpose: int) -> _SealKey:
+        """This purpose's subkey, counted; a fresh generation once the limit is reached."""
+        with self._lock:
+            current = self._sealing.get(purpose)
+            if current is None or current.seals >= self._limit:
+                key_id = self._key_id()
+                if not isinstance(key_id, bytes) or len(key_id) != KEY_ID_SIZE:
+                    raise SealError(f"key id source gave {key_id!r}, not {KEY_ID_SIZE} bytes")
+                if current is not None:
+                    self._rotations += 1
+                current = _SealKey(key_id, AESGCM(derive_subkey(self._keys, purpose, key_id,
+                                                                self._node)))
+                self._sealing[purpose] = current
+            current.seals += 1
+            return current
+
+    def seal(self, payload: bytes, purpose: int, context: bytes = b"") -> bytes:
+        """Encrypt and authenticate `payload` for `purpose` under a fresh random nonce;
+        `context` is bound as AAD but not stored (the opener must pass the same)."""
         if not isinstance(payload, bytes | bytearray):
             raise SealError(f"payload must be bytes, not {type(payload).__name__}")
         if len(payload) > MAX_ENTRY:
             raise SealError(f"payload of {len(payload)} bytes exceeds {MAX_ENTRY}")
+        purpose = _purpose(purpose)
         nonce = self._nonce()
         if not isinstance(nonce, bytes) or len(nonce) != NONCE_SIZE:
             raise SealError(f"nonce source gave {nonce!r}, not {NONCE_SIZE} bytes")
-        return bytes((SEAL_VERSION,)) + nonce + self._aead.encrypt(nonce, bytes(payload), self._aad)
+        key = self._sealing_key(purpose)
+        header = bytes((SEAL_VERSION, purpose)) + key.key_id + self._node_field
+        return header + nonce + key.aead.encrypt(nonce, bytes(payload),
+                                                 self._aad + header + bytes(context))
 
-    def open(self, blob: bytes) -> bytes:
-        """Authenticate and decrypt a sealed entry; raise SealError if anything is wrong."""
+    def _opening_key(self, purpose: int, key_id: bytes, node_raw: bytes) -> AESGCM:
+        """The subkey a header names (derived once, kept in a bounded cache)."""
+        ident = (purpose, key_id, node_raw)
+        with self._lock:
+            aead = self._opening.get(ident)
+        if aead is None:
+            try:
+                node = node_raw.decode("utf-8")
+                aead = AESGCM(derive_subkey(self._keys, purpose, key_id, node))
+            except (UnicodeDecodeError, KeyMaterialError):
+                raise SealError("sealed entry names an invalid node") from None
+            with self._lock:
+                if len(self._opening) >= _OPEN_CACHE:
+                    del self._opening[next(iter(self._opening))]
+                self._opening[ident] = aead
+        return aead
+
+    def open(self, blob: bytes, purpose: object, context: bytes = b"") -> bytes:
+        """Authenticate and decrypt an entry sealed for `purpose` (and `context`) by any node
+        of the cluster; raise SealError (SealFormatError for another format) if anything is
+        wrong."""
         if not isinstance(blob, bytes | bytearray):
             raise SealError(f"sealed entry must be bytes, not {type(blob).__name__}")
+        if blob[:1] == b"\x01":
+            raise SealFormatError("sealed entry of format 1 (before issue 17: one cluster-wide "
+                                  "key) is no longer opened: start with a fresh journal")
+        if blob[:1] and blob[0] != SEAL_VERSION:
+            raise SealError(f"unknown seal format {blob[0]}, expected {SEAL_VERSION}")
         if len(blob) < SEAL_OVERHEAD:
             raise SealError(f"sealed entry of {len(blob)} bytes is shorter than {SEAL_OVERHEAD}")
-        if len(blob) > MAX_ENTRY + SEAL_OVERHEAD:
+        if len(blob) > MAX_ENTRY + SEAL_OVERHEAD + MAX_NODE_NAME:
             raise SealError(f"sealed entry of {len(blob)} bytes is too long")
-        if blob[0] != SEAL_VERSION:
-            raise SealError(f"unknown seal version {blob[0]}")
-        nonce = bytes(blob[1 : 1 + NONCE_SIZE])
+        expected = _purpose(purpose)
+        if blob[1] != expected:
+            raise SealError(f"sealed for purpose {blob[1]}, not {expected}")
+        node_len = blob[_HEAD_FIXED - 1]
+        head_len = _HEAD_FIXED + node_len
+        if node_len == 0 or len(blob) < head_len + NONCE_SIZE + TAG_SIZE:
+            raise SealError("sealed entry header cut short")
+        header = bytes(blob[:head_len])
+        aead = self._opening_key(expected, header[2:2 + KEY_ID_SIZE], header[_HEAD_FIXED:])
+        nonce = bytes(blob[head_len:head_len + NONCE_SIZE])
         try:
-            return self._aead.decrypt(nonce, bytes(blob[1 + NONCE_SIZE :]), self._aad)
+            return aead.decrypt(nonce, bytes(blob[head_len + NONCE_SIZE:]),
+                                self._aad + header + bytes(context))
         except InvalidTag:
-            raise SealError("authentication failed (tampered, or another key or cluster)") from None
+            raise SealError("authentication failed (tampered, moved, or another key or "
+                            "cluster)") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,40 +436,57 @@ def unpack_batch(raw: bytes) -> Batch:
     return Batch(tuple(items), origin, ts)
 
 
-CHUNK = 192 * 1024  # plaintext bytes per snapshot chunk (8-byte header included: under MAX_ENTRY)
-_CHUNK_HEAD = 8
+CHUNK = 192 * 1024  # plaintext bytes per snapshot chunk (under MAX_ENTRY)
+SNAPSHOT_ID_SIZE = 16
+_CHUNK_HEAD = SNAPSHOT_ID_SIZE + 4 + 4  # snapshot id, index, count: the chunk's AAD context
+_MAX_CHUNKS = 1 << 20  # 192 GiB of snapshot: a larger count is a corrupt header
 
 
-def seal_chunks(sealer: Sealer, blob: bytes, chunk: int = CHUNK) -> bytes:
-    """Seal `blob` as length-prefixed sealed chunks (an empty blob is one empty chunk)."""
-    if not 0 < chunk <= MAX_ENTRY - _CHUNK_HEAD:
-        raise SealError(f"chunk size {chunk} outside 1..{MAX_ENTRY - _CHUNK_HEAD}")
+def random_snapshot_id() -> bytes:
+    """A fresh random snapshot id (binds the chunks of one snapshot together)."""
+    return os.urandom(SNAPSHOT_ID_SIZE)
+
+
+def seal_chunks(sealer: Sealer, blob: bytes, chunk: int = CHUNK,
+                snapshot_id: Callable[[], bytes] = random_snapshot_id) -> bytes:
+    """Seal `blob` as chunks bound to one snapshot (an empty blob is one empty chunk)."""
+    if not 0 < chunk <= MAX_ENTRY:
+        raise SealError(f"chunk size {chunk} outside 1..{MAX_ENTRY}")
+    ident = snapshot_id()
+    if not isinstance(ident, bytes) or len(ident) != SNAPSHOT_ID_SIZE:
+        raise SealError(f"snapshot id source gave {ident!r}, not {SNAPSHOT_ID_SIZE} bytes")
     parts = [blob[i:i + chunk] for i in range(0, len(blob), chunk)] or [b""]
+    if len(parts) > _MAX_CHUNKS:
+        raise SealError(f"snapshot of {len(parts)} chunks exceeds {_MAX_CHUNKS}")
     out = bytearray()
     for i, part in enumerate(parts):
-        sealed = sealer.seal(i.to_bytes(4, "big") + len(parts).to_bytes(4, "big") + part)
-        out += len(sealed).to_bytes(4, "big") + sealed
+        head = ident + i.to_bytes(4, "big") + len(parts).to_bytes(4, "big")
+        sealed = sealer.seal(part, PURPOSE_SNAPSHOT, context=head)
+        out += head + len(sealed).to_bytes(4, "big") + sealed
     return bytes(out)
 
 
 def open_chunks(sealer: Sealer, data: bytes) -> bytes:
-    """Open what `seal_chunks` made; raise SealError if anything is missing or altered."""
-    pos, parts, total = 0, [], None
+    """Open what `seal_chunks` made; raise SealError if a chunk is missing, extra, moved,
+    from another snapshot or altered."""
+    pos, parts, first = 0, [], b""
     while pos < len(data):
-        if pos + 4 > len(data):
-            raise SealError("snapshot chunk length cut short")
-        n = int.from_bytes(data[pos:pos + 4], "big")
-        if pos + 4 + n > len(data):
+        if pos + _CHUNK_HEAD + 4 > len(data):
+            raise SealError("snapshot chunk header cut short")
+        head = bytes(data[pos:pos + _CHUNK_HEAD])
+        n = int.from_bytes(data[pos + _CHUNK_HEAD:pos + _CHUNK_HEAD + 4], "big")
+        pos += _CHUNK_HEAD + 4
+        if pos + n > len(data):
             raise SealError("snapshot chunk cut short")
-        plain = sealer.open(data[pos + 4:pos + 4 + n])
-        pos += 4 + n
-        if len(plain) < _CHUNK_HEAD:
-            raise SealError("snapshot chunk without its header")
-        idx, count = int.from_bytes(plain[:4], "big"), int.from_bytes(plain[4:8], "big")
-        if idx != len(parts) or (total is not None and count != total):
+        idx = int.from_bytes(head[SNAPSHOT_ID_SIZE:SNAPSHOT_ID_SIZE + 4], "big")
+        if not parts:
+            first = head
+        if head[:SNAPSHOT_ID_SIZE] != first[:SNAPSHOT_ID_SIZE]:
+            raise SealError("snapshot chunk from another snapshot")
+        if idx != len(parts) or head[SNAPSHOT_ID_SIZE + 4:] != first[SNAPSHOT_ID_SIZE + 4:]:
             raise SealError("snapshot chunks out of order")
-        total = count
-        parts.append(plain[_CHUNK_HEAD:])
-    if total is None or len(parts) != total:
+        parts.append(sealer.open(data[pos:pos + n], PURPOSE_SNAPSHOT, context=head))
+        pos += n
+    if not parts or len(parts) != int.from_bytes(first[SNAPSHOT_ID_SIZE + 4:], "big"):
         raise SealError("snapshot truncated")
     return b"".join(parts)

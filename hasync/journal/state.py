@@ -49,8 +49,10 @@ Upstream facts (5.9.8) and the model built on them:
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -62,6 +64,7 @@ from hasync.ha import (
     HaMessage,
     IkeSaId,
     MessageType,
+    child_spi,
     encode,
 )
 
@@ -329,16 +332,16 @@ class JournalState:
 
     def to_dict(self) -> dict[str, Any]:
         """A msgpack-friendly snapshot (lists, dicts, ints, floats, str, bytes, None)."""
-        return {
-            "format": SNAPSHOT_FORMAT,
-            "applied": self.applied,
-            "last_ts": self.last_ts,
-            "anomalies": dict(sorted(self.anomalies.items())),
-            "lineages": [
-                [[_ike_to_list(i) for i in lin.ikes], [_child_to_list(c) for c in lin.children]]
-                for lin in self._lineages.values()
-            ],
-        }
+        return self.freeze().to_dict()
+
+    def freeze(self) -> FrozenState:
+        """A structural copy that later applies cannot change, cheap enough to take under the
+        journal's lock (issue 17 finding 6): stored _Update and _Child objects are never
+        mutated, so they are shared; _Ike fields and the lists that change are copied."""
+        lineages = [([(i.key, i.add, i.created, i.inherited, tuple(i.updates), i.mid_i, i.mid_r,
+                       i.iv) for i in lin.ikes], tuple(lin.children))
+                    for lin in self._lineages.values()]
+        return FrozenState(self.applied, self.last_ts, dict(self.anomalies), lineages)
 
     @classmethod
     def from_dict(cls, data: Any) -> JournalState:
@@ -389,10 +392,49 @@ class JournalState:
         """(live IKE_SAs, live CHILD_SAs), without building summaries."""
         return len(self._lineages), sum(len(x.children) for x in self._lineages.values())
 
-    def summaries(self, now: float) -> list[IkeSummary]:
-        """Read-only, secret-free view of every live IKE_SA for `hasync sas`."""
+    def config_names(self) -> set[str]:
+        """The peer configs the live IKE_SAs name (charon needs them loaded for a replay)."""
+        names: set[str] = set()
+        for lineage in self._lineages.values():
+            state, _ = _effective(lineage.ikes[-1])
+            names.update(a.value for a in state.get("config_name", []) if isinstance(a.value, str))
+        return names
+
+    def inbound_spis(self) -> set[int]:
+        """The live CHILD_SAs' inbound SPIs as the kernel names them (attrs.child_spi)."""
+        return {child_spi(c.spi & 0xFFFFFFFF) for x in self._lineages.values() for c in x.children}
+
+    def summaries(self, now: float, start: int = 0,
+                  limit: int | None = None) -> list[IkeSummary]:
+        """Read-only, secret-free view of the live IKE_SAs for `hasync sas`: all of them, or
+        `limit` from position `start` in creation order (a page)."""
         from .summary import summarize  # summary.py builds on this module's types
-        return [summarize(lineage, now) for lineage in self._lineages.values()]
+        end = None if limit is None else start + limit
+        page = itertools.islice(self._lineages.values(), start, end)
+        return [summarize(lineage, now) for lineage in page]
+
+
+@dataclass(frozen=True, slots=True)
+class FrozenState:
+    """`JournalState.freeze()`: what `to_dict()` formats, outside the lock if need be."""
+
+    applied: int
+    last_ts: float
+    anomalies: dict[str, int]
+    lineages: list[tuple[list[tuple[Any, ...]], tuple[_Child, ...]]]  # never mutated
+
+    def to_dict(self) -> dict[str, Any]:
+        """`JournalState.to_dict()` of the state as it was when frozen."""
+        return {
+            "format": SNAPSHOT_FORMAT,
+            "applied": self.applied,
+            "last_ts": self.last_ts,
+            "anomalies": dict(sorted(self.anomalies.items())),
+            "lineages": [
+                [[_ike_to_list(i) for i in ikes], [_child_to_list(c) for c in children]]
+                for ikes, children in self.lineages
+            ],
+        }
 
 
 _HANDLERS: dict[int, Callable[[JournalState, bytes, HaMessage], None]] = {
@@ -454,19 +496,11 @@ _IKE_KINDS = (
 _CHILD_KINDS = (int, _key_from, bytes, float)
 
 
-def _ike_to_list(ike: _Ike) -> list[Any]:
-    """Snapshot form of one IKE_SA, in _Ike field order."""
-    updates = [[u.raw, list(u.fields), u.extensions, u.additive] for u in ike.updates]
-    return [
-        list(ike.key),
-        ike.add,
-        ike.created,
-        ike.inherited,
-        updates,
-        ike.mid_i,
-        ike.mid_r,
-        ike.iv,
-    ]
+def _ike_to_list(ike: tuple[Any, ...]) -> list[Any]:
+    """Snapshot form of one frozen IKE_SA (`JournalState.freeze()`), in _Ike field order."""
+    key, add, created, inherited, updates, mid_i, mid_r, iv = ike
+    ups = [[u.raw, list(u.fields), u.extensions, u.additive] for u in updates]
+    return [list(key), add, created, inherited, ups, mid_i, mid_r, iv]
 
 
 def _child_to_list(child: _Child) -> list[Any]:

@@ -76,7 +76,9 @@ def _failover_parser(lsub: argparse._SubParsersAction) -> None:  # type: ignore[
     fo.add_argument("--fault", default="kill",
                     help=f"one of {', '.join(FAULTS)} (kill: links down and kill -9 of every "
                          "process; links: links down; stop: clean stop; charon: kill -9 of "
-                         "charon alone; partition: the master cut off from every other "
+                         "charon alone; upgrade: the next master's charon restarted as a "
+                         "package upgrade would, then kill; partition: the master cut off "
+                         "from every other "
                          "cluster node; partition-backup: the last backup cut off; hasync: "
                          "kill -9 of the master's hasync), or a comma-separated list, one per "
                          "failover")

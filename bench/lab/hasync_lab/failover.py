@@ -40,6 +40,7 @@ from .scenario import (
 )
 from .session import LabSpec, Run, kernel_release, lab_run, ps_snapshot, spec_dict
 from .tunnels import Tunnel
+from .upgrade import upgrade_charon
 
 log = logging.getLogger("hasync_lab")
 LOSS_GRACE_S = 1.0  # packets sent this close to the end of a window may still be in flight
@@ -184,6 +185,7 @@ def one_failover(run: Run, master: str, wall_start: float, fault: str) -> dict[s
     if actual is not None and actual != master:  # VRRP moved the VIP on its own (a flap)
         log.warning("%s is VRRP master, not %s as planned: failing %s", actual, master, actual)
         master = actual
+    upgraded = upgrade_charon(run, master) if fault == "upgrade" else None
     before = {c: client_state(run, c) for c in clients}
     gw_before = {g.name: gateway_counters(run, g.name)
                  for g in lab.topo.by_role("gateway") if g.name != master}
@@ -210,6 +212,7 @@ def one_failover(run: Run, master: str, wall_start: float, fault: str) -> dict[s
              t_read - t_end, time.monotonic() - t_read)
     started = (promotion or {}).get("started")
     return {"from": master, "to": ev.node, "fault": fault, "promotion": promotion,
+            "upgrade": upgraded,
             "promotion_start_ms": round((started - t_kill - run.wall_offset) * 1000, 1)
             if started else None,
             "vrrp_detect_ms": round((ev.t - t_kill) * 1000, 1), "vip_moved": vip,

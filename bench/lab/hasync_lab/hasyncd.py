@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from hasync import control
+from hasync.cli import sas_pages
 from hasync.journal.seal import generate_key_file
 
 from . import cluster, confgen, observe
@@ -142,7 +143,8 @@ def settled_status(lab: Lab, gws: list[str], timeout: float = 30.0
     for gw, st in sts.items():
         if st is not None:
             with contextlib.suppress(control.ControlError):
-                st["sas"] = control.request(control_socket(lab, gw), "sas", timeout=10.0)
+                pages = sas_pages(control_socket(lab, gw), timeout=10.0)  # every page
+                st["sas"] = {"ike_sas": [ike for page in pages for ike in page["ike_sas"]]}
     return sts, ok
 
 

@@ -36,8 +36,8 @@ from .session import LabSpec, Run
 log = logging.getLogger("hasync_lab")
 PROBE_PORT = 7000
 ANY_SOURCE = "0.0.0.0"  # a flow bound to it sends from whatever address the kernel picks
-FAULTS = ("kill", "links", "stop", "charon", "partition", "partition-backup", "hasync")
-TWO_SENDER_FAULTS = FAULTS[4:]  # partfault.py runs these (issue 16)
+FAULTS = ("kill", "links", "stop", "charon", "upgrade", "partition", "partition-backup", "hasync")
+TWO_SENDER_FAULTS = FAULTS[5:]  # partfault.py runs these (issue 16)
 
 
 def gateways(run: Run, late: bool = False) -> list[str]:
@@ -299,7 +299,8 @@ def fail(run: Run, node: str, fault: str) -> float:
     """Apply `fault` to `node`; return the time it struck."""
     lab = run.lab
     t = time.monotonic()
-    if fault == "kill":  # a dead machine: its kernel silent at once, every process gone
+    if fault in ("kill", "upgrade"):  # a dead machine: its kernel silent, every process gone
+        # (upgrade: the next master's charon was restarted first, upgrade.py)
         t = links_down(lab, node)
         lab.kill_node(node, signal.SIGKILL)
     elif fault == "charon":  # charon dies; keepalived (tracking hasync health) and hasync stay

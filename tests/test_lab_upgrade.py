@@ -1,0 +1,45 @@
+"""Lab test of issue 17, finding 3: a backup's charon restarted as a package upgrade would
+(SIGTERM, deploy/'s `ip xfrm` flush, a new charon, its connections loaded seconds later), then
+the master killed, so the failover lands on that backup. hasync must notice the restart, wait
+for the connections, replay the journal into the new charon, and the failover must keep every
+client's tunnel with 0 reused (SPI, seq). Real charon, keepalived and kernel XFRM in the VM."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+from labrun import run_lab
+
+pytestmark = [pytest.mark.lab,
+              pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """`hasync lab failover --failovers 1 --fault upgrade`."""
+    return run_lab(tmp_path_factory, "upgrade", ["failover", "--failovers", "1", "--fault",
+                                                 "upgrade"], 3600)[0]
+
+
+def test_finding3_hasync_refills_a_backups_charon_restarted_as_an_upgrade_would(
+        run: dict[str, Any]) -> None:
+    (fo,) = run["failovers"]
+    up = fo["upgrade"]
+    assert up["node"] == fo["to"] == "gw2", up
+    assert up["charon_restarts_seen"] == 1 and up["replays"] >= 1, up
+    assert up["refilled"] and up["charon_ikes"] == up["tunnels"], up
+    assert up["kernel_sas"] >= 2 * up["tunnels"], up
+
+
+def test_finding3_the_failover_onto_the_upgraded_backup_keeps_every_tunnel(
+        run: dict[str, Any]) -> None:
+    (fo,) = run["failovers"]
+    assert fo["vip_moved"]
+    for c in fo["clients"]:
+        assert c["reestablished"] is False and c["ike_sa_init"] == 0, c["name"]
+        assert c["ike_spi_after"] == c["ike_spi_before"], c["name"]
+        assert c["resumed"] and c["esp_to_client"] > 0, c["name"]
+        assert c["seq_reuse"] == 0, c["name"]
