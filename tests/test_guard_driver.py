@@ -296,6 +296,18 @@ def test_a_late_answer_to_an_earlier_submission_leaves_a_newer_one_open() -> Non
     assert not flight.open
 
 
+def test_a_submission_raft_never_answers_is_given_up_after_the_stall_bound() -> None:
+    """A forwarded command whose message was lost is never answered by pysyncobj while the
+    leader stays: without a bound the sender would never submit marks again (fenced)."""
+    flight = MarkFlight()
+    first = flight.start(10.0)
+    assert not flight.expire(13.9, 4.0) and flight.open
+    assert flight.expire(14.1, 4.0) and not flight.open
+    assert flight.start(14.2) == first + 1
+    flight.answered(first, ok=True, last=True)  # the lost one answers after all: ignored
+    assert flight.open
+
+
 def test_an_entry_that_cannot_be_sealed_is_logged_with_its_traceback_and_counted(
         caplog: Any) -> None:
     journal = FakeJournal()

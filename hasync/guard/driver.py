@@ -311,11 +311,15 @@ class Guard:
                         self.tracker.stats.max_overrun)
         self._stop_wrapping(sas)
         beacon = now - self._submitted_at >= BEACON_S  # an empty entry: the sender lives
+        if self.flight.expire(now, self.stall_s):  # pysyncobj lost the command (ports.py)
+            self.stats.answers_lost += 1
+            log.warning("Raft never answered marks submitted %.1f s ago; submitting again "
+                        "(takeover.loop.answers_lost)", now - self.flight.since)
         if (not plan.records and not plan.gone and not beacon) or self.flight.open:
             return 0.0  # overruns are still counted; renewals wait for the commit
         res, write_s = await self._write(plan.writes)  # one behind the counter is harmless:
         self.stats.jumps += res.done  # what it re-exposes lies above the permits
-        number = self.flight.start()
+        number = self.flight.start(now)
         assert number is not None
         self.term.plan(plan.lows, {sa.key: sa.esn for sa in sas if sa.key in plan.lows})
         self.tracker.submitted(plan.records, now)
@@ -386,6 +390,7 @@ class Guard:
                 self.master_since = self.clock()
             async with self._fence_lock:  # a fresh term: nothing from before stays permitted
                 self.term.drop()
+                self.flight.expire(math.inf, 0.0)  # an old term's submission: its answer is moot
                 try:
                     await self.fence.revoke_all()
                     self.term.revoke = False

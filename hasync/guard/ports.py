@@ -45,6 +45,7 @@ class GuardStats:
     failed: int = 0
     commit_failed: dict[str, int] = field(default_factory=dict)  # FailReason name -> count
     submit_errors: int = 0  # entries that could not be sealed (logged with a traceback)
+    answers_lost: int = 0  # submissions Raft never answered within the stall bound
     claim_failed: dict[str, int] = field(default_factory=dict)  # reason name or TIMEOUT
     deposed: int = 0  # times another node's claim ended this node's term
     revocations: int = 0  # revoke_all() done by the fence
@@ -75,17 +76,30 @@ class MarkFlight:
     """Marks go one submission at a time: the records one read finds due go as entries of up
     to MAX_RECORDS; until the last of them commits or any of them fails, later reads still
     count overruns but submit nothing, so a renewal never races an older one. Answers carry
-    the submission's number: a late answer to an earlier submission changes nothing."""
+    the submission's number: a late answer to an earlier submission changes nothing. pysyncobj
+    may never answer a command a follower forwarded if the message is lost and the leader does
+    not change (pysyncobj/syncobj.py: `__commandsWaitingReply` is answered only by the leader
+    or on a leader change), so a submission unanswered for `limit` seconds is given up
+    (`expire`): the next read submits again (safe: marks only move forward, and a late accepted
+    answer still grants only what its committed entry holds)."""
 
     open: bool = False
     number: int = 0
+    since: float = 0.0  # when the open submission started
 
-    def start(self) -> int | None:
+    def start(self, now: float = 0.0) -> int | None:
         """Open a submission; its number, or None while one is open."""
         if self.open:
             return None
-        self.open, self.number = True, self.number + 1
+        self.open, self.number, self.since = True, self.number + 1, now
         return self.number
+
+    def expire(self, now: float, limit: float) -> bool:
+        """Give up the open submission if unanswered for `limit` seconds; True if it was."""
+        if self.open and now - self.since > limit:
+            self.open = False
+            return True
+        return False
 
     def answered(self, number: int, ok: bool, last: bool) -> None:
         """Raft answered one entry of submission `number`."""
