@@ -12,6 +12,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -217,12 +218,13 @@ def _leave_free(n: int) -> int:
 
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     limit = max(map(int, os.listdir("/proc/self/fd"))) + 1 + n
-    for _ in range(8):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+    for _ in range(200):  # Raft's threads open and close files meanwhile (the journal's meta)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(limit, 3), hard))
         have = free()
         if have == n:
             return limit
         limit += n - have
+        time.sleep(0.01)
     raise AssertionError(f"could not leave {n} descriptors free")
 
 
