@@ -21,12 +21,12 @@ returns False: charon then misses datagrams, so the caller must start over with 
 from __future__ import annotations
 
 import asyncio
-import socket
-import struct
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from pathlib import Path
+
+from . import procudp
 
 Address = tuple[str, int]
 CHUNK = 16  # datagrams per send burst: about 16 KiB of charon's ~208 KiB default buffer
@@ -39,18 +39,9 @@ PROC_UDP = Path("/proc/net/udp")
 
 
 def udp_rx_queue(text: str, addr: Address) -> int | None:
-    """Bytes queued on the IPv4 UDP socket bound to `addr`, from /proc/net/udp text (the
-    address as the kernel prints a __be32: native-order hex; net/ipv4/udp.c udp4_format_sock)."""
-    ip = struct.unpack("=I", socket.inet_aton(addr[0]))[0]
-    want = f"{ip:08X}:{addr[1]:04X}"
-    for line in text.splitlines()[1:]:
-        parts = line.split()
-        if len(parts) > 4 and parts[1] == want and ":" in parts[4]:
-            try:
-                return int(parts[4].split(":")[1], 16)
-            except ValueError:
-                return None
-    return None
+    """Bytes queued on the UDP socket bound to `addr`, from /proc/net/udp text (procudp.py)."""
+    rows = procudp.sockets_at(addr, text)
+    return rows[0].rx_queue if rows else None
 
 
 class CharonFeed:
