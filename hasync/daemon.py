@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import time
 from collections.abc import Coroutine
 from pathlib import Path
@@ -32,9 +33,11 @@ from .fifos import LineBuffer, open_notify_fifo, read_available
 from .guard import Guard, Reserve
 from .ha import HaMessage, MessageType
 from .healthfile import HealthWriter
+from .ikesniff import open_sniffer, read_all
 from .journal.seal import Batch, derive_keys, load_cluster_key
 from .memguard import protect
-from .node import NodeCore, RaftView, Settings, SyncState
+from .midsync import key_of, request_key
+from .node import Command, NodeCore, RaftView, Settings, SyncState
 from .quorum import QuorumProbe
 from .raft import ClusterJournal, RaftTiming
 from .role import Role, RoleState
@@ -45,6 +48,7 @@ log = logging.getLogger("hasync")
 TICK_S = 0.25  # the loop's idle tick (heartbeats, reports); a queued batch wakes it earlier
 CHARON_CHECK_S = 1.0  # charon's incarnation and readiness are asked this often (vici stats)
 VICI_TIMEOUT_S = 2.0
+MID_TYPES = (MessageType.IKE_MID_RESPONDER, MessageType.CHILD_ADD)  # what midsync.py follows
 
 
 class _Stopped(Exception):
@@ -85,6 +89,8 @@ class Daemon:
             opened.push_async_callback(control.close)
             fifo = open_notify_fifo(self.cfg.keepalived.notify_fifo)
             opened.callback(os.close, fifo)
+            sniffer = open_sniffer()
+            opened.callback(sniffer.close)
             opened.callback(self.healthfile.remove)  # keepalived's check fails from now on
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._stop.set)
@@ -99,6 +105,8 @@ class Daemon:
                         self._spawn(coro)
                     loop.add_reader(fifo, self._on_fifo, fifo, LineBuffer())
                     opened.callback(loop.remove_reader, fifo)
+                    loop.add_reader(sniffer, self._on_ike, sniffer)
+                    opened.callback(loop.remove_reader, sniffer)
             except* _Stopped:
                 pass
 
@@ -196,7 +204,32 @@ class Daemon:
 
     def _applied_threadsafe(self, batch: Batch, applied: list[tuple[bytes, HaMessage]]) -> None:
         datagrams = [raw for raw, _ in applied]
-        self._threadsafe(lambda now: self.core.on_applied(datagrams))
+        mids = [(key, raw if msg.type == MessageType.IKE_MID_RESPONDER else spi)
+                for raw, msg in applied if msg.type in MID_TYPES
+                and (key := key_of(msg.get("ike_id")))
+                and isinstance(spi := msg.get("inbound_spi", 0), int)]
+        self._threadsafe(lambda now: self.core.on_applied(datagrams, mids, now))
+
+    def _on_ike(self, sock: socket.socket) -> None:
+        """Clients' IKE packets (ikesniff.py), read as one event."""
+        self._event(lambda now: self._ike_requests(sock))
+
+    def _ike_requests(self, sock: socket.socket) -> list[Command]:
+        """On the master, clients' requests set charon's responder message IDs where the old
+        master may have left an exchange in flight (midsync.py)."""
+        assert self.journal is not None
+        seen = read_all(sock, self.core.counters)
+        out: list[Command] = []
+        if not self.core.mids.active:
+            return out
+        for s in seen:
+            if not s.header.is_request:
+                continue
+            key = request_key(s.header.spi_i, s.header.spi_r, s.header.from_initiator)
+            with self.journal.lock:
+                raw = self.journal.state.responder_mid(key)
+            out += self.core.on_ike_request(key, s.header.mid, raw)
+        return out
 
     def _activate(self) -> None:
         """The promotion's last step (the guard calls it on the loop)."""

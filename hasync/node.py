@@ -20,6 +20,8 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from .ha import HaMessage, MessageType
+from .midsync import COUNTED as MID_COUNTED
+from .midsync import Applied, Key, MidSync, key_of
 from .mirror import (
     JOURNALED,
     Batcher,
@@ -39,7 +41,7 @@ REPORT_S = 5.0  # how often a node tells the cluster its VRRP role and applied i
 RESYNC_MIN_S = 60.0  # a RESYNC rekeys every CHILD_SA (mirror.resync_message): not in a loop
 COUNTED = ("mirrored", "replays", "batches", "batch_messages", "commit_retries",
            "batches_dropped", "messages_dropped", "messages_dropped:backlog_full",
-           "resyncs_requested", "vrrp_illegal")  # shown from the start
+           "resyncs_requested", "vrrp_illegal", *MID_COUNTED)  # shown from the start
 
 
 # ---- commands -------------------------------------------------------------------------------
@@ -247,11 +249,14 @@ class NodeCore:
         self.batcher = Batcher(s.batch_max_messages, s.batch_max_delay_s)
         self.heartbeat = Heartbeat()
         self.counters.update(dict.fromkeys(COUNTED, 0))
+        self.mids = MidSync(counters=self.counters)  # responder MIDs on a new master
 
     # charon -> journal
     def on_ha(self, raw: bytes, msg: HaMessage, now: float) -> list[Command]:
         """A datagram from the local charon."""
         self.ha_rx = now
+        if msg.type == MessageType.IKE_MID_RESPONDER and (key := key_of(msg.get("ike_id"))):
+            self.mids.charon_moved(key)  # this charon answered: it holds the response
         if msg.type in JOURNALED:
             first = not self.batcher.pending
             if not self.batcher.add(raw, now):
@@ -329,8 +334,12 @@ class NodeCore:
         return []
 
     # journal -> charon
-    def on_applied(self, datagrams: list[bytes]) -> list[Command]:
-        """Committed datagrams: a mirroring node feeds them to charon behind the replay."""
+    def on_applied(self, datagrams: list[bytes], mids: list[Applied] | None = None,
+                   now: float | None = None) -> list[Command]:
+        """Committed datagrams: a mirroring node feeds them to charon behind the replay;
+        `mids` (the IKE_MID_RESPONDERs and CHILD_ADDs among them) go to midsync.py."""
+        if now is not None:
+            self.mids.applied(mids or [], now)
         if not datagrams or not (self.sync.feeding and self.role.mirrors):
             return []
         self.counters["mirrored"] += len(datagrams)
@@ -397,11 +406,22 @@ class NodeCore:
             self.counters["journal_gaps_abandoned"] += 1
             self.journal_gap = 0
         self.last_report = None  # tell the cluster at the next tick
-        if self.role.role is Role.MASTER:
-            return [StartPromotion()]
+        if self.role.role is Role.MASTER:  # the rewinds queue behind what charon is fed
+            rewinds = self.mids.promoted()
+            if rewinds:
+                log.info("%d IKE_SAs had a request applied just before the promotion: their "
+                         "responder message IDs go back by one (midsync.py)", len(rewinds))
+            return [StartPromotion(), *([FeedCharon(tuple(rewinds))] if rewinds else [])]
+        self.mids.demoted()
         if before is Role.MASTER:  # charon keeps its SAs, passive again; no replay
             return [CancelPromotion(), *self._segments("-")]
         return []
+
+    def on_ike_request(self, key: Key, mid: int, journal_raw: bytes | None) -> list[Command]:
+        """A client's IKE request seen on the wire (ikesniff.py), with the journal's
+        IKE_MID_RESPONDER datagram of its IKE_SA: set charon's responder MID if needed."""
+        datagrams = self.mids.request(key, mid, journal_raw)
+        return [FeedCharon(tuple(datagrams))] if datagrams else []
 
     def on_activate(self) -> list[Command]:
         """The promotion's last step: activate every segment in charon, if still master."""

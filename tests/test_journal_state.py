@@ -737,3 +737,14 @@ def test_apply_never_raises(items: list[tuple[HaMessage, bytes | None, float]]) 
     state.replay_plan()
     state.summaries(0.0)
     assert through_msgpack(state).to_dict() == state.to_dict()
+
+
+def test_responder_mid_is_the_live_sas_latest_for_midsync() -> None:
+    state = build([ike_add(1), ike_update(1), mid(1, 2), mid(1, 7), mid(1, 9, initiator=True)])
+    key = (2, 0xA001, 0xB001, False)
+    raw = state.responder_mid(key)
+    assert raw is not None and decode(raw).get("mid") == 7
+    assert state.responder_mid((2, 0xA001, 0xB001, True)) is None  # the other role
+    assert state.responder_mid((2, 0xA002, 0xB002, False)) is None
+    feed(state, [ike_delete(1)])
+    assert state.responder_mid(key) is None

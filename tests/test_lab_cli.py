@@ -5,6 +5,7 @@ These run the real command; they need no VM, and they check that nothing is left
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -13,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from hasync_lab import cli, prereq
+from hasync_lab import cli, prereq, runner
+from hasync_lab.session import spec_dict
 
 HASYNC = [sys.executable, "-m", "hasync"]
 
@@ -100,3 +102,23 @@ def test_every_lab_run_takes_runner_json_and_out(argv: list[str], out: str) -> N
 def test_hasync_lab_alone_names_itself_in_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["failover", "--baseline", "--gateways", "9"]) == 2
     assert capsys.readouterr().err.startswith("hasync-lab: gateways must be 2 to 5")
+
+
+def test_proposals_and_leases_make_a_spec_and_bad_ones_are_refused() -> None:
+    a = cli.parser().parse_args(["failover", "--proposals", "aes128gcm, chacha20,aes256cbc",
+                                 "--leases"])
+    spec = cli.spec_of(a)
+    assert spec.proposals == ("aes128gcm", "chacha20", "aes256cbc") and spec.leases
+    assert [spec.cipher_of(i) for i in range(4)] == ["aes128gcm", "chacha20", "aes256cbc",
+                                                     "aes256gcm"]
+    for argv, msg in ((["--proposals", "des"], "--proposals"),
+                      (["--proposals", "aes128gcm,aes128gcm,aes128gcm,aes128gcm"], "per client"),
+                      (["--leases", "--tunnels", "4"], "--leases")):
+        with pytest.raises(cli.LabError, match=msg):
+            cli.spec_of(cli.parser().parse_args(["failover", *argv]))
+
+
+def test_a_spec_with_proposals_survives_its_trip_to_the_vm() -> None:
+    spec = cli.spec_of(cli.parser().parse_args(["failover", "--proposals", "chacha20"]))
+    back = runner.spec_from_dict(json.loads(json.dumps(spec_dict(spec))))
+    assert back == spec and back.proposals == ("chacha20",)

@@ -60,3 +60,23 @@ def test_the_lab_gateways_hasync_toml_is_one_the_daemon_accepts() -> None:
     cfg = parse_config(text, "lab gw1")
     assert cfg.cluster.quorum_timeout_ms == confgen.LAB_QUORUM_MS
     assert cfg.node.role == "gateway"
+
+
+@pytest.mark.parametrize(("cipher", "want"), [
+    ("aes256gcm", "aes256gcm16-ecp256"), ("aes128gcm", "aes128gcm16-ecp256"),
+    ("aes256cbc", "aes256-sha256-ecp256"), ("chacha20", "chacha20poly1305-ecp256")])
+def test_each_client_cipher_is_one_the_gateways_accept(cipher: str, want: str) -> None:
+    assert confgen.client_esp("c1", cipher) == want
+    assert confgen.client_esp("c2", cipher) == want + "-esn"  # c2 asks for ESN
+    offered = want.split("-")[:-1]  # the algorithms without the DH group
+    accepted = [p.strip().split("-") for p in confgen.GATEWAY_ESP.split(",")]
+    assert any(set(offered) <= set(p) and "ecp256" in p and {"esn", "noesn"} <= set(p)
+               for p in accepted)
+    text = confgen.swanctl_client("c1", "192.0.2.1", "10.1.0.0/24", confgen.LabTimers(),
+                                  cipher=cipher)
+    assert f"esp_proposals = {want}\n" in text
+
+
+def test_an_unknown_cipher_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown ESP cipher"):
+        confgen.client_esp("c1", "des")

@@ -376,7 +376,8 @@ def test_every_cut_body_is_malformed_unless_it_ends_on_an_attribute(lean: bool) 
 
 
 def test_a_lean_dump_reads_what_the_full_one_does() -> None:
-    for raw in (GOLDEN_SA, GOLDEN_SA_KEYED, KERNEL["getsa_dump.0"], KERNEL["getsa_dump.1"]):
+    for raw in (GOLDEN_SA, GOLDEN_SA_KEYED, KERNEL["getsa_dump.0"], KERNEL["getsa_dump.1"],
+                encode_message(BODIES[0])):  # the last one marked (and with XFRMA_IF_ID)
         for full, lean in zip(parse_messages(raw), parse_messages(raw, lean=True), strict=True):
             assert (full.type, full.flags, full.seq) == (lean.type, lean.flags, lean.seq)
             if isinstance(full.body, SaInfo):
@@ -385,7 +386,8 @@ def test_a_lean_dump_reads_what_the_full_one_does() -> None:
                 assert (got.id, got.reqid, got.family, got.replay_window, got.flags) == (
                     full.body.id, full.body.reqid, full.body.family, full.body.replay_window,
                     full.body.flags)
-                assert (got.replay, got.replay_esn) == (full.body.replay, full.body.replay_esn)
+                assert (got.replay, got.replay_esn, got.mark) == (
+                    full.body.replay, full.body.replay_esn, full.body.mark)
             else:
                 assert lean.body == full.body
 
@@ -408,8 +410,8 @@ def _check_decoded(data: bytes) -> None:
     assert [(m.type, m.flags, m.seq) for m in lean] == [(m.type, m.flags, m.seq) for m in full]
     for f, m in zip(full, lean, strict=True):
         if isinstance(f.body, SaInfo):
-            assert (m.body.id, m.body.reqid, m.body.replay, m.body.replay_esn) == (
-                f.body.id, f.body.reqid, f.body.replay, f.body.replay_esn)
+            assert (m.body.id, m.body.reqid, m.body.replay, m.body.replay_esn, m.body.mark) == (
+                f.body.id, f.body.reqid, f.body.replay, f.body.replay_esn, f.body.mark)
 
 
 @FUZZ
@@ -669,3 +671,16 @@ def test_a_long_dump_times_out_only_when_the_kernel_stops_answering() -> None:
     with pytest.raises(XfrmError) as late:
         xs.dump_sas()
     assert late.value.errno == errno.ETIMEDOUT
+
+
+def test_a_lean_dump_keeps_the_mark_of_a_marked_sa() -> None:
+    """Finding (issue 18): the lean decode dropped XFRMA_MARK, so the guard could not name a
+    marked SA (route-based tunnel) to NEWAE, and the kernel's lookup missed it."""
+    marked = dataclasses.replace(EXPECTED_SA, mark=Mark(42, 0xFFFFFFFF))
+    raw = encode_message(Message(MessageType.NEWSA, NlmFlag.MULTI, 15, 0, marked))
+    (msg,) = parse_messages(raw, lean=True)
+    assert isinstance(msg.body, SaReplay) and msg.body.mark == Mark(42, 0xFFFFFFFF)
+    assert msg.body.replay == EXPECTED_SA.replay
+    (plain,) = parse_messages(GOLDEN_SA, lean=True)
+    assert isinstance(plain.body, SaReplay) and plain.body.mark is None
+

@@ -4,7 +4,8 @@ Rules: its rows agree field for field with the full codec (`parse_messages`) on 
 NEWSA, on the host kernel's captured dumps and on ESP SAs dumped by the lab VM's kernel
 (tests/data/xfrm/vm_kernel_6.1_esp.txt: ESN and not, IPv4 and IPv6, UDP-encapsulated); every
 cut body is malformed unless it ends on an attribute; only `MalformedMessage` escapes it;
-`XfrmSocket.dump_replay_rows` retries an interrupted dump and names the kernel's errors.
+`XfrmSocket.dump_replay_rows` retries an interrupted dump and names the kernel's errors; a row
+keeps the SA's XFRMA_MARK (None without one), as the lean codec does.
 """
 
 from __future__ import annotations
@@ -17,24 +18,32 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from test_xfrm_codec import (
+    ENCAP_ATTR,
     EXPECTED_SA,
     FUZZ,
     GOLDEN_SA,
     GOLDEN_SA_KEYED,
+    HDR,
     KERNEL,
+    REPLAY_ATTR,
+    SA_BODY,
     _attribute_ends,
     _messages,
     _scripted,
 )
 
 from hasync.xfrm import (
+    Attr,
     Done,
     MalformedMessage,
+    Mark,
     Message,
     MessageType,
     NlmFlag,
     NlmsgType,
+    ReplayStateEsn,
     SaInfo,
+    SaReplay,
     XfrmError,
     encode_message,
     parse_messages,
@@ -59,10 +68,11 @@ def _expected(info: SaInfo) -> ReplayRow | None:
     if info.replay_esn is not None:
         r = info.replay_esn
         return ReplayRow(*key, r.replay_window, True, r.oseq_hi << 32 | r.oseq,
-                         r.seq_hi << 32 | r.seq, tuple(r.bmp))
+                         r.seq_hi << 32 | r.seq, tuple(r.bmp), info.mark)
     if info.replay is not None:
         r1 = info.replay
-        return ReplayRow(*key, info.replay_window, False, r1.oseq, r1.seq, (r1.bitmap,))
+        return ReplayRow(*key, info.replay_window, False, r1.oseq, r1.seq, (r1.bitmap,),
+                         info.mark)
     return None
 
 
@@ -82,7 +92,7 @@ def test_the_vm_kernels_esp_dump_reads_as_the_full_codec_does() -> None:
     assert v6 == ReplayRow("2001:db8::2", 0xC0FFEE03, 50, 2, 64, True, 5, 0x40, (0xFFFF, 0))
     assert by_spi[0xC0FFEE02] == ReplayRow("192.0.2.1", 0xC0FFEE02, 50, 1, 32, False, 0x1234,
                                            0x300, (0xFFFFFFFF,))
-    assert by_spi[0xC0FFEE04][4:] == (0, False, 0, 0, (0,))
+    assert by_spi[0xC0FFEE04][4:] == (0, False, 0, 0, (0,), None)
     assert parse_replay_rows(VM[-1], 21).done and not parse_replay_rows(VM[-1], 21).error
 
 
@@ -217,3 +227,66 @@ def test_socket_dump_rows_retries_an_interrupted_dump_and_names_errors() -> None
     with pytest.raises(XfrmError) as late:
         xs.dump_replay_rows()
     assert late.value.errno == errno.ETIMEDOUT
+
+
+# GOLDEN_SA with the SA's XFRMA_MARK (value 42, mask 0xffffffff, as swanctl's mark_in = 42
+# installs it) where copy_to_user_state_extra() puts it: after XFRMA_ENCAP, before the replay
+MARK_ATTR = "0c00" "1500" "2a000000" "ffffffff"
+GOLDEN_SA_MARKED = bytes.fromhex(HDR.format(len="28010000") + SA_BODY + ENCAP_ATTR + MARK_ATTR
+                                 + REPLAY_ATTR)
+
+
+def _with_attrs(newsa: bytes, attrs: str) -> bytes:
+    """One NEWSA message with `attrs` (hex) put right after its xfrm_usersa_info."""
+    cut = 16 + 224
+    out = newsa[4:cut] + bytes.fromhex(attrs) + newsa[cut:]
+    return (len(out) + 4).to_bytes(4, "little") + out
+
+
+def test_a_marked_sa_reads_with_its_mark_in_both_decoders() -> None:
+    """Finding (issue 18): the guard's rows had no XFRMA_MARK, so its NEWAE could not carry
+    it and the kernel's lookup (xfrm_state_lookup with mark 0) missed every marked SA."""
+    marked = dataclasses.replace(EXPECTED_SA, mark=Mark(42, 0xFFFFFFFF))
+    built = encode_message(Message(MessageType.NEWSA, NlmFlag.MULTI, 15, 0x3DA7, marked))
+    assert built == GOLDEN_SA_MARKED  # the codec's encoder writes what the kernel sends
+    (row,) = parse_replay_rows(GOLDEN_SA_MARKED, 15).rows
+    assert row == ReplayRow("198.51.100.4", 0xC0FFEE01, 50, 1, 32, False, 0x1234, 0x56,
+                            (0xFFFFFFFF,), Mark(42, 0xFFFFFFFF))
+    (lean,) = parse_messages(GOLDEN_SA_MARKED, lean=True)
+    assert isinstance(lean.body, SaReplay) and lean.body.mark == row.mark
+    assert parse_replay_rows(GOLDEN_SA_MARKED, 15).rows == _rows_by_codec(GOLDEN_SA_MARKED, 15)
+    # the VM kernel's ESN IPv6 SA with a partial mark, an XFRMA_IF_ID, and the mark repeated:
+    # the last one wins, as in nla_parse() and the codec
+    v6 = next(m for m in _single_newsas(VM) if m[56 + 16 + 16 : 56 + 16 + 20]
+              == (0xC0FFEE03).to_bytes(4, "big"))
+    raw = _with_attrs(v6, "0c00" "1500" "01000000" "ff000000" "0800" "1f00" "07000000"
+                          "0c00" "1500" "05000000" "ff000000")
+    (row,) = parse_replay_rows(raw, 21).rows
+    assert (row.spi, row.esn, row.oseq, row.mark) == (0xC0FFEE03, True, 5, Mark(5, 0xFF))
+    assert [row] == _rows_by_codec(raw, 21)
+    (lean,) = parse_messages(raw, lean=True)
+    assert isinstance(lean.body, SaReplay) and lean.body.mark == Mark(5, 0xFF)
+    assert parse_replay_rows(GOLDEN_SA, 15).rows[0].mark is None  # no attribute, no mark
+    assert parse_messages(GOLDEN_SA, lean=True)[0].body.mark is None
+
+
+def test_a_short_mark_is_malformed_in_both_decoders() -> None:
+    raw = _with_attrs(GOLDEN_SA, "0800" "1500" "2a000000")  # xfrm_mark cut to 4 bytes
+    with pytest.raises(MalformedMessage) as rows:
+        parse_replay_rows(raw, 15)
+    with pytest.raises(MalformedMessage) as lean:
+        parse_messages(raw, lean=True)
+    assert rows.value.attribute == lean.value.attribute == f"XFRMA_{Attr.MARK.name}"
+    assert rows.value.offset == lean.value.offset == 16 + 224 + 4
+
+
+def test_socket_dump_rows_carry_the_mark() -> None:
+    marked = dataclasses.replace(EXPECTED_SA, mark=Mark(42, 0xFFFFFFFF), if_id=3,
+                                 replay=None, flags=128, replay_esn=ReplayStateEsn(
+                                     1, 2, 3, 0, 0, 32, (7,)))
+    sa_msg = encode_message(Message(MessageType.NEWSA, NlmFlag.MULTI, 1, 0, marked))
+    done = encode_message(Message(NlmsgType.DONE, NlmFlag.MULTI, 1, 0, Done()))
+    xs, _ = _scripted([(sa_msg + done, 0)])
+    (row,) = xs.dump_replay_rows()
+    assert (row.esn, row.oseq, row.seq, row.mark) == (True, 2, 3, Mark(42, 0xFFFFFFFF))
+

@@ -5,7 +5,10 @@ Rules: `KernelPort` is what the driver needs (an async snapshot and write; tests
 (the socket is used by one thread at a time, and the event loop never blocks on netlink); the
 socket opens on first use, and failing to open it is an `XfrmError` like any other kernel
 refusal; conversions between the kernel's structs and `KernelSa` are pure functions; a failed
-write is reported with the SA and the kernel's error and never stops the other writes.
+write is reported with the SA and the kernel's error and never stops the other writes; every
+NEWAE carries the SA's XFRM mark as dumped (value and mask), since xfrm_new_ae() finds an SA
+through xfrm_state_lookup(), which skips one whose (mark & mask) != value (net/xfrm/xfrm_user.c,
+net/xfrm/xfrm_state.c __xfrm_state_lookup()); XFRMA_IF_ID takes no part in that lookup.
 Replay state: torvalds/linux include/uapi/linux/xfrm.h (xfrm_replay_state[_esn], XFRM_MSG_NEWAE).
 """
 
@@ -46,7 +49,7 @@ class KernelPort(Protocol):
 def row_sa(row: ReplayRow) -> KernelSa:
     """The guard's view of one row of its own dump (`XfrmSocket.dump_replay_rows`)."""
     return KernelSa((row.daddr, row.spi, row.proto), row.esn, row.oseq, row.seq, row.bitmap,
-                    row.window, row.reqid)
+                    row.window, row.reqid, row.mark)
 
 
 def esn_state(w: Write) -> ReplayStateEsn:
@@ -101,10 +104,11 @@ class KernelSas:
             daddr, spi, proto = w.sa.key
             try:
                 if w.sa.esn:
-                    sock.set_replay_esn(daddr, spi, proto, state=esn_state(w))
+                    sock.set_replay_esn(daddr, spi, proto, state=esn_state(w),
+                                        mark=w.sa.xfrm_mark)
                 else:
                     sock.set_replay(daddr, spi, proto, seq=w.seq, oseq=w.oseq,
-                                    bitmap=w.bitmap[0] if w.bitmap else 0)
+                                    bitmap=w.bitmap[0] if w.bitmap else 0, mark=w.sa.xfrm_mark)
                 res.done += 1
             except XfrmError as e:
                 res.errors.append(str(e))

@@ -3,12 +3,17 @@ driver (no logic, no imports from the rest of the guard, so none of them imports
 
 Rules: plain frozen data; no key material anywhere (addresses, SPIs, counters, a rate); an SA
 is named the way XFRM names it, (destination address, SPI, IPPROTO_*); 64-bit counters for
-ESN SAs (torvalds/linux include/uapi/linux/xfrm.h, struct xfrm_replay_state_esn).
+ESN SAs (torvalds/linux include/uapi/linux/xfrm.h, struct xfrm_replay_state_esn). A kernel SA
+also keeps its XFRM mark (`xfrm_mark`, route-based tunnels: swanctl mark_in/mark_out), which
+every NEWAE for it must carry: net/xfrm/xfrm_state.c __xfrm_state_lookup() skips an SA unless
+(request mark & SA mask) == SA value. It is not part of the key: XFRM names an SA without it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from ..xfrm.structs import Mark
 
 SaKey = tuple[str, int, int]  # (destination address, SPI, IPPROTO_*): how XFRM names an SA
 U32_MAX = 0xFFFFFFFF
@@ -26,6 +31,7 @@ class KernelSa:
     bitmap: tuple[int, ...]  # non-ESN: (bitmap,); ESN: the bmp words
     window: int  # replay window in packets
     reqid: int = 0  # charon keeps a CHILD_SA's reqid across rekeys
+    xfrm_mark: Mark | None = None  # XFRMA_MARK (value, mask); not the journal's outbound mark
 
 
 @dataclass(frozen=True, slots=True)

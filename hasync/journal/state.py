@@ -392,6 +392,12 @@ class JournalState:
         """(live IKE_SAs, live CHILD_SAs), without building summaries."""
         return len(self._lineages), sum(len(x.children) for x in self._lineages.values())
 
+    def responder_mid(self, key: Key) -> bytes | None:
+        """The latest IKE_MID_RESPONDER datagram of live IKE_SA `key`, if any (midsync.py)."""
+        if self._owner.get(key) != key:
+            return None
+        return self._lineages[key].ikes[-1].mid_r
+
     def config_names(self) -> set[str]:
         """The peer configs the live IKE_SAs name (charon needs them loaded for a replay)."""
         names: set[str] = set()

@@ -166,7 +166,9 @@ _DECODERS: dict[int, tuple[str, Decoder]] = {
 }
 _SA_ATTRS = frozenset({Attr.ENCAP, Attr.REPLAY_VAL, Attr.REPLAY_ESN_VAL, Attr.MARK,
                        Attr.IF_ID, Attr.SA_DIR, *_ALG_KINDS})
-_REPLAY_ATTRS = frozenset({Attr.REPLAY_VAL, Attr.REPLAY_ESN_VAL})
+# what the lean decode (`SaReplay`) reads: the replay state, and the mark that GETAE and
+# NEWAE need to find a marked SA (xfrm_get_ae()/xfrm_new_ae() look up by xfrm_mark_get())
+_LEAN_SA_ATTRS = frozenset({Attr.REPLAY_VAL, Attr.REPLAY_ESN_VAL, Attr.MARK})
 _POLICY_ATTRS = frozenset({Attr.TMPL, Attr.MARK, Attr.IF_ID, Attr.POLICY_TYPE})
 _AEVENT_ATTRS = frozenset({Attr.REPLAY_VAL, Attr.REPLAY_ESN_VAL, Attr.LTIME_VAL,
                            Attr.REPLAY_THRESH, Attr.ETIMER_THRESH, Attr.MARK, Attr.IF_ID})
@@ -221,7 +223,8 @@ def _decode_sa_replay(buf: bytes, start: int, end: int) -> SaReplay:
     need(buf, start, USERSA_INFO_SIZE, "xfrm_usersa_info", end)
     _, reqid, family, _, window, flags = SA_TAIL.unpack_from(buf, start + 204)
     return SaReplay(XfrmId.decode(buf, start + 56, family), reqid, family, window, flags,
-                    **_decode_attrs(buf, start + USERSA_INFO_SIZE, end, family, _REPLAY_ATTRS))
+                    **_decode_attrs(buf, start + USERSA_INFO_SIZE, end, family,
+                                   _LEAN_SA_ATTRS))
 
 
 def _decode_policy(buf: bytes, start: int, end: int) -> PolicyInfo:

@@ -66,8 +66,8 @@ class SaInfo:
 
 @dataclass(frozen=True, slots=True)
 class SaReplay:
-    """The part of a dumped NEWSA the sequence guard reads: id, reqid, window, replay state
-    (`parse_messages(lean=True)`: decoding every SA whole cost 0.17 ms each on hardware)."""
+    """The part of a dumped NEWSA the sequence guard reads: id, reqid, window, replay state,
+    mark (`parse_messages(lean=True)`: decoding every SA whole cost 0.17 ms each on hardware)."""
 
     id: XfrmId
     reqid: int
@@ -76,6 +76,7 @@ class SaReplay:
     flags: int
     replay: ReplayState | None = None
     replay_esn: ReplayStateEsn | None = None
+    mark: Mark | None = None  # GETAE/NEWAE find a marked SA only with it (xfrm_new_ae())
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,16 +2,21 @@
 
 Rules: pure (bytes in, `ReplayRow` tuples out; no sockets, clocks or logging); reads the same
 bytes as `codec.parse_messages(lean=True)` and agrees with it field for field (tested), but
-builds no dataclass per SA: the guard dumps every SA of the node on every read, and for 2000
-SAs the lean codec took 45 ms on hardware and 1.4 s under QEMU/TCG, this decoder 11 ms
-(bench/xfrm_decode.py; docs/decisions.md, "The guard decodes its dumps itself"); every short
-or inconsistent length raises `MalformedMessage` with the attribute and the offset. Layouts:
+builds no dataclass per SA (a marked one shares a cached, frozen `Mark`): the guard dumps
+every SA of the node on every read, and for 2000 SAs the lean codec took 45 ms on hardware and
+1.4 s under QEMU/TCG, this decoder 11 ms (bench/xfrm_decode.py; docs/decisions.md, "The guard
+decodes its dumps itself"); every short
+or inconsistent length raises `MalformedMessage` with the attribute and the offset; a row
+keeps the SA's XFRMA_MARK (struct xfrm_mark), without which GETAE/NEWAE cannot find a marked SA
+(net/xfrm/xfrm_user.c xfrm_new_ae() looks it up by xfrm_mark_get(); the dump has the attribute
+only when value or mask is set: include/net/xfrm.h xfrm_mark_put()). Layouts:
 torvalds/linux include/uapi/linux/xfrm.h (struct xfrm_usersa_info, 224 bytes: xfrm_id at 56,
 reqid at 208, family at 212, replay_window at 215) and include/uapi/linux/netlink.h.
 """
 
 from __future__ import annotations
 
+import functools
 import socket
 import struct
 from dataclasses import dataclass, field
@@ -22,17 +27,23 @@ from hasync.xfrm.codec import USERSA_INFO_SIZE
 from hasync.xfrm.enums import AF_INET6, Attr, MessageType, NlmFlag, NlmsgType
 from hasync.xfrm.errors import MalformedMessage
 from hasync.xfrm.netlink import Done, NetlinkError
+from hasync.xfrm.structs import Mark
 
 _HEADER = struct.Struct("=IHHII")  # struct nlmsghdr: len, type, flags, seq, pid
 _NLA = struct.Struct("=HH")  # struct nlattr: len, type
 _SPI = struct.Struct("!I")  # xfrm_id.spi, network order, at 72
 _TAIL = struct.Struct("=IHBB")  # reqid, family, mode, replay_window, at 208
 _REPLAY = struct.Struct("=III")  # struct xfrm_replay_state: oseq, seq, bitmap
+_MARK = struct.Struct("=II")  # struct xfrm_mark: v, m
 _ESN = struct.Struct("=IIIIII")  # struct xfrm_replay_state_esn: bmp_len, oseq, seq, oseq_hi,
 #                                  seq_hi, replay_window, then bmp_len u32 words
 _TYPE_MASK = 0x3FFF  # NLA_TYPE_MASK: NLA_F_NESTED and NLA_F_NET_BYTEORDER off
 _NEWSA, _ERROR, _DONE = int(MessageType.NEWSA), int(NlmsgType.ERROR), int(NlmsgType.DONE)
 _REPLAY_VAL, _ESN_VAL = int(Attr.REPLAY_VAL), int(Attr.REPLAY_ESN_VAL)
+_MARK_ATTR = int(Attr.MARK)
+# Mark is frozen, so rows may share one: the guard dumps the same SAs every tick, and a cached
+# Mark costs 60 ns where a new one costs 290 ns (python -m timeit, this host)
+_mark = functools.lru_cache(maxsize=4096)(Mark)
 _INTR = int(NlmFlag.DUMP_INTR)
 
 
@@ -48,6 +59,7 @@ class ReplayRow(NamedTuple):
     oseq: int
     seq: int
     bitmap: tuple[int, ...]  # non-ESN: (bitmap,); ESN: the bmp words
+    mark: Mark | None = None  # XFRMA_MARK: GETAE/NEWAE must carry it to find the SA
 
 
 @dataclass
@@ -78,6 +90,7 @@ def _row(buf: bytes, start: int, end: int) -> ReplayRow | None:
         daddr = socket.inet_ntop(socket.AF_INET, buf[start + 56 : start + 60])
     spi, proto = _SPI.unpack_from(buf, start + 72)[0], buf[start + 76]
     state: tuple[bool, int, int, tuple[int, ...], int] | None = None
+    mark: Mark | None = None
     offset = start + USERSA_INFO_SIZE
     while offset < end:  # attributes are TLV; the last of a kind wins, as in the codec
         if end - offset < _NLA.size:
@@ -89,11 +102,16 @@ def _row(buf: bytes, start: int, end: int) -> ReplayRow | None:
                              f"XFRMA_{kind}")
         if kind in (_REPLAY_VAL, _ESN_VAL):
             state = _state(buf, offset + _NLA.size, length - _NLA.size, kind, window)
+        elif kind == _MARK_ATTR:
+            if length - _NLA.size < _MARK.size:
+                raise _malformed(f"xfrm_mark needs 8 bytes, {length - _NLA.size} left",
+                                 offset + _NLA.size, "XFRMA_MARK")
+            mark = _mark(*_MARK.unpack_from(buf, offset + _NLA.size))
         offset += min((length + 3) & ~3, end - offset)
     if state is None:
         return None
     esn, oseq, seq, bitmap, window = state
-    return ReplayRow(daddr, spi, proto, reqid, window, esn, oseq, seq, bitmap)
+    return ReplayRow(daddr, spi, proto, reqid, window, esn, oseq, seq, bitmap, mark)
 
 
 def _state(buf: bytes, offset: int, length: int, kind: int,

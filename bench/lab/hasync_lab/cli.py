@@ -16,7 +16,9 @@ from pathlib import Path
 from hasync.journal.seal import KeyFileError
 
 from . import confgen, report, runner, topology
+from .inflight import KINDS as INFLIGHT_KINDS
 from .prereq import LabError
+from .routebased import KINDS as ROUTE_KINDS
 from .scenario import FAULTS
 from .session import LabSpec
 
@@ -92,6 +94,22 @@ def _failover_parser(lsub: argparse._SubParsersAction) -> None:  # type: ignore[
                          "client through the struck node's own address (0: none)")
     fo.add_argument("--witness", action="store_true",
                     help="a witness (hasync alone, a Raft voter) on the protected network")
+    fo.add_argument("--leases", action="store_true",
+                    help="virtual IP lease rounds on c2 before and after every failover: "
+                         "re-authenticate a kept tunnel, bring two up, one down; check that "
+                         "no address is held twice and released ones are free on the next "
+                         "master")
+    fo.add_argument("--inflight", choices=("", *INFLIGHT_KINDS), default="",
+                    help="an IKE exchange of the first client in flight at the first fault: "
+                         "its request processed by the master, the response lost (clients "
+                         "then retransmit on strongSwan's default schedule)")
+    fo.add_argument("--route-based", choices=("", *ROUTE_KINDS), default="",
+                    help="gateways' tunnels through an XFRM interface (if_id) or a VTI device "
+                         "(marks), the pool routed through it (default: policy-based)")
+    fo.add_argument("--proposals", default="",
+                    help="ESP cipher of each client in order, comma-separated, from "
+                         f"{', '.join(confgen.ESP_CIPHERS)} (default: aes256gcm for all; "
+                         "c2 adds ESN)")
     fo.add_argument("--timeout", type=float, default=90.0,
                     help="per failover, how long to wait for every client's traffic (s)")
     _run_options(fo, "out/lab", what="logs and captures")
@@ -124,15 +142,27 @@ def spec_of(a: argparse.Namespace) -> LabSpec:
             a.force_rate < 0:
         raise LabError("--heal-after must be positive, --restart-after and --force-rate "
                        "not negative")
+    if a.leases and (a.tunnels or a.clients < 2):
+        raise LabError("--leases uses the classic clients' c2: not with --tunnels, and "
+                       "with --clients 2 or more")
+    proposals = tuple(p.strip() for p in a.proposals.split(",") if p.strip())
+    bad = [p for p in proposals if p not in confgen.ESP_CIPHERS]
+    if bad or len(proposals) > a.clients:
+        raise LabError(f"--proposals takes up to one of {', '.join(confgen.ESP_CIPHERS)} "
+                       f"per client, not {a.proposals!r}")
     if a.witness and a.baseline:
         raise LabError("--witness runs hasync: not with --baseline")
-    timers = confgen.LabTimers(advert_int_s=a.advert_int)
+    if a.inflight and a.baseline:
+        raise LabError("--inflight measures hasync's takeover: not with --baseline")
+    timers = confgen.LabTimers(advert_int_s=a.advert_int,
+                               **(confgen.IN_FLIGHT_TIMERS if a.inflight else {}))
     return LabSpec(mode="baseline" if a.baseline else "hasync", gateways=a.gateways,
                    clients=a.clients, nat_clients=a.nat_clients, failovers=a.failovers, rate=a.rate,
                    fault=faults[0], faults=faults if len(faults) > 1 else (),
                    timeout_s=a.timeout, timers=timers, tunnels=a.tunnels, witness=a.witness,
                    heal_after_s=a.heal_after, restart_after_s=a.restart_after,
-                   force_rate=a.force_rate)
+                   force_rate=a.force_rate, leases=a.leases, proposals=proposals,
+                   inflight=a.inflight, route_based=a.route_based)
 
 
 def _plan_ok(spec: LabSpec) -> None:

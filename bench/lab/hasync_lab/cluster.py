@@ -33,9 +33,14 @@ def vici_path(lab: Lab, node: str) -> Path:
 
 
 def write_configs(lab: Lab, timers: confgen.LabTimers, keys_in_log: bool = False,
-                  tunnels: dict[str, list[Any]] | None = None, hasync: bool = False) -> None:
+                  tunnels: dict[str, list[Any]] | None = None, hasync: bool = False,
+                  extra: dict[str, tuple[str, ...]] | None = None,
+                  ciphers: dict[str, str] | None = None, route: str = "") -> None:
     """Write PKI, strongswan.conf and swanctl.conf for every charon of the lab; with
-    `tunnels` (client: its benchmark tunnels), each client carries those instead of one."""
+    `tunnels` (client: its benchmark tunnels), each client carries those instead of one;
+    with `extra` (client: connection names), a client also carries those (leases.py); with
+    `ciphers` (client: confgen.ESP_CIPHERS name), a client's tunnel uses that cipher; with
+    `route` (routebased.KINDS), the gateways' tunnels are route-based."""
     clients = [n.name for n in lab.topo.by_role("client")]
     creds = pki.make_lab_pki(clients, datetime.datetime.now(datetime.UTC))
     for node in lab.topo.nodes:
@@ -46,18 +51,20 @@ def write_configs(lab: Lab, timers: confgen.LabTimers, keys_in_log: bool = False
         (etc / "strongswan.conf").write_text(confgen.strongswan_conf(
             str(lab.log_path(node.name, "charon-file")), str(vici_path(lab, node.name)),
             timers, ha=gw, keys_in_log=keys_in_log and gw, many_peers=tunnels is not None,
-            hasync_peer=hasync and gw))
+            hasync_peer=hasync and gw, install_routes=not (gw and route == "vti")))
         (etc / "swanctl-tool.conf").write_text(SWANCTL_TOOL_CONF)
         swan = etc / "swanctl"
         pki.install_swanctl_dir(swan, creds["ca"], creds["gateway" if gw else node.name])
         if gw:
-            text = confgen.swanctl_gateway(PUBLIC_VIP, PROTECTED)
+            text = confgen.swanctl_gateway(PUBLIC_VIP, PROTECTED, route)
         elif tunnels is not None:
             text = confgen.swanctl_client_tunnels(
                 [t.conn for t in tunnels.get(node.name, [])], node.name in confgen.ESN_CLIENTS,
                 PUBLIC_VIP, PROTECTED, timers)
         else:
-            text = confgen.swanctl_client(node.name, PUBLIC_VIP, PROTECTED, timers)
+            text = confgen.swanctl_client(node.name, PUBLIC_VIP, PROTECTED, timers,
+                                          (extra or {}).get(node.name, ()),
+                                          (ciphers or {}).get(node.name, "aes256gcm"))
         (swan / "swanctl.conf").write_text(text)
 
 

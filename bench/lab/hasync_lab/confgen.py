@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from .pki import GATEWAY_ID, client_id
+from .routebased import child_options
 from .topology import POOL
 
 # openssl gives AES, SHA-2, HMAC, GCM, ECDSA and the ECP groups; kdf is needed for IKEv2's
@@ -18,7 +19,16 @@ PLUGINS = ("random nonce openssl pem pkcs1 pkcs8 x509 constraints pubkey kdf "
 IKE_PROPOSAL = "aes256-sha256-ecp256"
 ESP_PROPOSAL = "aes256gcm16-ecp256"
 ESN_CLIENTS = ("c2",)  # these clients ask for 64-bit extended sequence numbers (RFC 4303 2.2.1)
-GATEWAY_ESP = "aes256gcm16-ecp256-esn-noesn"  # a gateway accepts either
+# ESP ciphers a lab client can ask for (`hasync lab failover --proposals`): name -> strongSwan's
+# proposal keywords. cbc is AES-256-CBC with HMAC-SHA2-256-128 (RFC 4868); chacha20 is
+# ChaCha20-Poly1305 (RFC 7634, the kernel's rfc7539esp).
+ESP_CIPHERS = {"aes256gcm": "aes256gcm16", "aes128gcm": "aes128gcm16",
+               "aes256cbc": "aes256-sha256", "chacha20": "chacha20poly1305"}
+# a gateway accepts each of them, with or without ESN (AEAD and integrity algorithms cannot
+# share one proposal)
+GATEWAY_ESP = ("aes256gcm16-aes128gcm16-chacha20poly1305-ecp256-esn-noesn, "
+               "aes256-sha256-ecp256-esn-noesn")
+POOL_NAME = "rw_pool"  # the gateways' pool of virtual IPs: charon's ha plugin holds it
 
 
 @dataclass(frozen=True)
@@ -37,9 +47,15 @@ class LabTimers:
         return asdict(self)
 
 
+# strongSwan's own retransmission schedule (charon.retransmit_*: 4 s x 1.8^n, 5 tries, given up
+# after 165 s), for runs with an exchange in flight at the fault (inflight.py): the lab's
+# 7-second schedule would end the exchange before any new master could answer it
+IN_FLIGHT_TIMERS = {"retransmit_tries": 5, "retransmit_timeout_s": 4.0, "retransmit_base": 1.8}
+
+
 def strongswan_conf(log_path: str, vici_socket: str, timers: LabTimers, ha: bool,
                     keys_in_log: bool = False, many_peers: bool = False,
-                    hasync_peer: bool = False) -> str:
+                    hasync_peer: bool = False, install_routes: bool = True) -> str:
     """strongswan.conf for one charon; with `ha`, the ha plugin talks to 127.0.0.2:4510.
 
     With `hasync_peer` (hasync is that peer), charon waits HA_HEARTBEAT_TIMEOUT_MS, as
@@ -52,16 +68,20 @@ def strongswan_conf(log_path: str, vici_socket: str, timers: LabTimers, ha: bool
     """
     levels = "ike = 4\n                chd = 4" if keys_in_log else "ike = 2"
     timeout = f"\n         heartbeat_timeout = {HA_HEARTBEAT_TIMEOUT_MS}" if hasync_peer else ""
+    # the ha plugin's own pool (ha_attribute.c): a passive node reserves the virtual IPs of the
+    # IKE_SAs it mirrors and frees them with the IKE_SA, so a new master never hands out a
+    # kept tunnel's address (a swanctl pool knows only the leases it gave itself)
     ha_block = f"""
     ha {{ local = 127.0.0.1
          remote = 127.0.0.2
-         segment_count = 1{timeout} }}""" if ha else ""
+         segment_count = 1{timeout}
+         pools {{ {POOL_NAME} = {POOL} }} }}""" if ha else ""
     return f"""charon {{
   load = {PLUGINS}{' ha' if ha else ''}
   retransmit_tries = {timers.retransmit_tries}
   retransmit_timeout = {timers.retransmit_timeout_s}
   retransmit_base = {timers.retransmit_base}
-  install_virtual_ip = yes{DOS_RELAXED if many_peers else ""}
+  install_virtual_ip = yes{DOS_RELAXED if many_peers else ""}{"" if install_routes else NO_ROUTES}
   filelog {{ f {{ path = {log_path}
                 flush_line = yes
                 time_format = %H:%M:%S
@@ -75,6 +95,7 @@ def strongswan_conf(log_path: str, vici_socket: str, timers: LabTimers, ha: bool
 """
 
 
+NO_ROUTES = "\n  install_routes = no"  # VTI gateways: routebased.py
 DOS_RELAXED = "\n  dos_protection = no"  # no cookies, no block_threshold (network/receiver.c)
 TUNNEL_DOMAIN = "tunnels.lab"  # the benchmark's tunnels: identity tNNNN.tunnels.lab, PSK
 TUNNEL_PSK = "hasync-lab-benchmark-tunnels"  # lab only: every tunnel shares it
@@ -85,32 +106,34 @@ def tunnel_id(name: str) -> str:
     return f"{name}.{TUNNEL_DOMAIN}"
 
 
-def _gateway_conn(conn: str, local: str, remote: str, vip: str, protected: str) -> str:
-    """One gateway connection for road warriors, virtual IPs from the pool."""
+def _gateway_conn(conn: str, local: str, remote: str, vip: str, protected: str,
+                  route: str = "") -> str:
+    """One gateway connection for road warriors, virtual IPs from the ha plugin's pool;
+    `route`: routebased.KINDS, or "" for policy-based."""
+    bind = f"\n                     {child_options(route)}" if route else ""
     return f"""  {conn} {{
     local_addrs = {vip}
-    pools = rw_pool
+    pools = {POOL_NAME}
     mobike = no
     proposals = {IKE_PROPOSAL}
     local {{ {local}
             id = {GATEWAY_ID} }}
     remote {{ {remote} }}
     children {{ net {{ local_ts = {protected}
-                     esp_proposals = {GATEWAY_ESP} }} }}
+                     esp_proposals = {GATEWAY_ESP}{bind} }} }}
   }}
 """
 
 
-def swanctl_gateway(vip: str, protected: str) -> str:
+def swanctl_gateway(vip: str, protected: str, route: str = "") -> str:
     """swanctl.conf of a gateway: road warriors with certificates (rw) or a pre-shared key
-    (tunnels, the benchmark's), virtual IPs from one pool."""
+    (tunnels, the benchmark's), virtual IPs from the ha plugin's pool (strongswan_conf)."""
     rw = _gateway_conn("rw", "auth = pubkey\n            certs = own.pem",
-                       "auth = pubkey\n             cacerts = ca.pem", vip, protected)
+                       "auth = pubkey\n             cacerts = ca.pem", vip, protected, route)
     psk = _gateway_conn("tunnels", "auth = psk", f"auth = psk\n             id = *.{TUNNEL_DOMAIN}",
-                        vip, protected)
+                        vip, protected, route)
     return f"""connections {{
 {rw}{psk}}}
-pools {{ rw_pool {{ addrs = {POOL} }} }}
 secrets {{ ike-tunnels {{ secret = "{TUNNEL_PSK}" }} }}
 """
 
@@ -182,11 +205,23 @@ def _client_conn(conn: str, child: str, auth: str, local_id: str, esp: str, vip:
 """
 
 
-def swanctl_client(name: str, vip: str, protected: str, timers: LabTimers) -> str:
-    """swanctl.conf of a road-warrior client that asks for a virtual IP and runs DPD."""
-    esp = ESP_PROPOSAL + ("-esn" if name in ESN_CLIENTS else "")
+def client_esp(name: str, cipher: str = "aes256gcm") -> str:
+    """The ESP proposal of lab client `name` with ESP_CIPHERS' `cipher` (ESN: ESN_CLIENTS)."""
+    if cipher not in ESP_CIPHERS:
+        raise ValueError(f"unknown ESP cipher {cipher!r}: one of {', '.join(ESP_CIPHERS)}")
+    return f"{ESP_CIPHERS[cipher]}-ecp256" + ("-esn" if name in ESN_CLIENTS else "")
+
+
+def swanctl_client(name: str, vip: str, protected: str, timers: LabTimers,
+                   extra: tuple[str, ...] = (), cipher: str = "aes256gcm") -> str:
+    """swanctl.conf of a road-warrior client that asks for a virtual IP and runs DPD; with
+    `extra`, also those connections (benchmark-style, pre-shared key), started by hand."""
+    esp = client_esp(name, cipher)
     conn = _client_conn("home", "net", "pubkey", client_id(name), esp, vip, protected, timers)
-    return f"connections {{\n{conn}}}\n"
+    more = "".join(_client_conn(n, n, "psk", tunnel_id(n), ESP_PROPOSAL, vip, protected, timers)
+                   for n in extra)
+    secret = f'secrets {{ ike-tunnels {{ secret = "{TUNNEL_PSK}" }} }}\n' if extra else ""
+    return f"connections {{\n{conn}{more}}}\n{secret}"
 
 
 def swanctl_client_tunnels(names: list[str], esn: bool, vip: str, protected: str,

@@ -20,7 +20,18 @@ from typing import Any
 
 from hasync.guard import Reserve
 
-from . import aftercheck, cluster, confgen, hasyncd, pcap, probe, tunnels
+from . import (
+    aftercheck,
+    cluster,
+    confgen,
+    hasyncd,
+    inflight,
+    leases,
+    pcap,
+    probe,
+    routebased,
+    tunnels,
+)
 from .prereq import LabError
 from .scenario import (
     TWO_SENDER_FAULTS,
@@ -289,19 +300,28 @@ def run_failovers(run: Run) -> dict[str, object]:
     before: dict[str, object] = {}
     if spec.mode == "hasync":
         before = _before_failovers(run, master)
+    book = leases.Book() if spec.leases else None
+    if book is not None:
+        before["leases"] = leases.one_round(lab, book, master, running_gateways(run))
     time.sleep(2.0)
     warmup = _received_so_far(run)
     fos = []
     for k in range(spec.failovers):
         fault = fault_of(spec, k)
+        flight = inflight.start(run, master, spec.inflight) if k == 0 and spec.inflight \
+            else None
         if fault in TWO_SENDER_FAULTS:  # imported here: partfault builds on this module
             from .partfault import one_partition
             fo = one_partition(run, master, wall, fault)
         else:
             fo = one_failover(run, master, wall, fault)
+        if flight is not None:
+            fo["inflight"] = inflight.finish(run, str(fo["from"]), flight)
         fos.append(fo)
         ps_snapshot(run, f"ps-failover-{k + 1}.txt")
         join_vrrp(run)
+        if book is not None and fo["to"]:
+            fo["leases"] = leases.one_round(lab, book, str(fo["to"]), running_gateways(run))
         wall = time.monotonic() + run.wall_offset
         # a partition heals and a killed hasync restarts in the fault's own undo: that node
         # is alive and rejoins by itself; restoring it would kill its keepalived and charon
@@ -309,12 +329,14 @@ def run_failovers(run: Run) -> dict[str, object]:
             restore(run, str(fo["from"]))  # the node struck, VRRP's master at the fault
             time.sleep(2.0)
         master = str(fo["to"] or master)
+    bound = routebased.observe(lab, spec.route_based) if spec.route_based else {}
     rekeys = checks_on(spec) and not set(spec.faults or (spec.fault,)) & set(TWO_SENDER_FAULTS)
     after = _after_failovers(run) if spec.mode == "hasync" and rekeys else {}
     gws = [n.name for n in lab.topo.nodes if n.role in ("gateway", "witness")]
     final, settled = hasyncd.settled_status(lab, gws) if spec.mode == "hasync" else ({}, None)
     names = {c.name for c in lab.topo.by_role("client")}
     return {"mode": spec.mode, "before_failovers": before, "after_failovers": after,
+            "route_based": bound,
             "final_status": final, "final_settled": settled,
             "esn_clients": sorted(names & set(confgen.ESN_CLIENTS)),
             "kernel": kernel_release(), "advert_int": spec.timers.advert_int_s,
@@ -322,6 +344,12 @@ def run_failovers(run: Run) -> dict[str, object]:
             "gateways": [g.name for g in lab.topo.by_role("gateway")], "tunnels": tunnels,
             "tunnel_count": len(run.tunnels),
             "warmup": warmup, "failovers": fos, "duration_s": round(time.monotonic() - t0, 1)}
+
+
+def running_gateways(run: Run) -> list[str]:
+    """The gateways whose charon runs now."""
+    up = {n for n, w, p in run.lab.procs if w == "charon" and p.poll() is None}
+    return [g.name for g in run.lab.topo.by_role("gateway") if g.name in up]
 
 
 def checks_on(spec: LabSpec) -> bool:

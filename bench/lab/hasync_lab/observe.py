@@ -50,6 +50,7 @@ class IkeSa:
     child_spis: tuple[tuple[str, str], ...]  # (spi-in, spi-out) of each INSTALLED CHILD_SA
     encap: bool  # any CHILD_SA UDP-encapsulated (NAT-T)
     local_vips: tuple[str, ...]
+    remote_vips: tuple[str, ...] = ()  # the peer's virtual IPs (a gateway's leases)
 
     @property
     def spis(self) -> str:
@@ -140,7 +141,8 @@ def parse_list_sas(entries: list[dict[str, object]]) -> list[IkeSa]:
                 _s(sa.get("responder-spi", "")),
                 tuple((_s(c.get("spi-in", "")), _s(c.get("spi-out", ""))) for c in kids),
                 any(_s(c.get("encap", "no")) == "yes" for c in kids),
-                tuple(_s(v) for v in sa.get("local-vips", []) or [])))
+                tuple(_s(v) for v in sa.get("local-vips", []) or []),
+                tuple(_s(v) for v in sa.get("remote-vips", []) or [])))
     return out
 
 

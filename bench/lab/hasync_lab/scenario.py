@@ -19,13 +19,17 @@ from typing import Any
 
 from . import (
     adverts,
+    aftercheck,
     cluster,
+    confgen,
     hasyncd,
+    leases,
     linkfault,
     observe,
     pcap,
     prereq,
     probe,
+    routebased,
     topology,
     tunnels,
 )
@@ -92,10 +96,16 @@ def bring_up(run: Run) -> None:
     topology.build(lab.topo, lambda argv, stdin: lab.run(None, argv, stdin=stdin) and None)
     listen_adverts(run)
     lab.prepare_dirs()
+    for gw in (n.name for n in lab.topo.by_role("gateway")) if spec.route_based else ():
+        for argv in routebased.setup(spec.route_based, topology.PUBLIC_VIP):
+            lab.run(gw, argv)
     clients = [n.name for n in lab.topo.by_role("client")]
     run.tunnels = tunnels.plan(spec.tunnels, clients)
+    extra = {leases.LEASE_CLIENT: leases.conns(spec.failovers + 1)} if spec.leases else None
     cluster.write_configs(lab, spec.timers, tunnels=tunnels.by_client(run.tunnels)
-                          if spec.tunnels else None, hasync=spec.mode == "hasync")
+                          if spec.tunnels else None, hasync=spec.mode == "hasync", extra=extra,
+                          ciphers={c: spec.cipher_of(i) for i, c in enumerate(clients)},
+                          route=spec.route_based)
     if spec.mode == "hasync":
         hasyncd.write_configs(lab)
     for n in clients:
@@ -278,7 +288,8 @@ def client_state(run: Run, name: str) -> dict[str, object]:
             break
         time.sleep(1.0)
     states, stat = observe.xfrm_states_and_stat(lab, name)
-    return {"ike": sas[-1] if sas else None, "ikes": {s.name: s for s in sas},
+    home = [s for s in sas if s.name == aftercheck.CONNECTION]  # not a leases.py tunnel
+    return {"ike": (home or sas or [None])[-1], "ikes": {s.name: s for s in sas},
             "seq_errors": stat.get("XfrmInStateSeqError", 0),
             "sa_replay": {s.spi: s.replay for s in states},
             "encap": any(s.encap for s in states)}
@@ -403,12 +414,14 @@ def stop_probes(run: Run) -> None:
 
 def tunnel_table(run: Run) -> list[dict[str, object]]:
     """Each tunnel as it came up."""
-    states = {c.name: client_state(run, c.name) for c in run.lab.topo.by_role("client")}
+    clients = [c.name for c in run.lab.topo.by_role("client")]
+    states = {c: client_state(run, c) for c in clients}
     out = []
     for t in run.tunnels:
         st = states[t.client]
         ike = st["ikes"].get(t.conn)  # type: ignore[attr-defined]
-        out.append({"name": t.name, "client": t.client,
+        out.append({"name": t.name, "client": t.client, "esp": confgen.client_esp(
+                        t.client, run.spec.cipher_of(clients.index(t.client))),
                     "nat": run.lab.topo.node(t.client).behind_nat,
                     "encap": ike.encap if run.spec.tunnels and ike else st["encap"],
                     "established": ike is not None, "ike_spi": ike.spis if ike else "",

@@ -49,6 +49,15 @@ class LabSpec:
     restart_after_s: float = 3.0  # the hasync fault: start hasync again this long after
     force_rate: float = 300.0  # pkt/s the server sends one client through the master's own
     #                            address during partition and hasync faults (partition.py)
+    leases: bool = False  # lease rounds before and after every failover (leases.py)
+    route_based: str = ""  # gateways' tunnels through an XFRM interface or VTI (routebased.py)
+    inflight: str = ""  # an exchange in flight at the first fault (inflight.KINDS), or none
+    proposals: tuple[str, ...] = ()  # ESP cipher of each client in order (confgen.ESP_CIPHERS);
+    #                                  () or a shorter list: aes256gcm for the rest
+
+    def cipher_of(self, index: int) -> str:
+        """The ESP cipher of the client at `index` (0-based, plan order)."""
+        return self.proposals[index] if index < len(self.proposals) else "aes256gcm"
 
 
 @dataclass

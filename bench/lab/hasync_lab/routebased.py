@@ -1,0 +1,67 @@
+"""Route-based tunnels on the lab's gateways (issue 18, item 4): an XFRM interface (`xfrmi`,
+the SAs and policies carry XFRMA_IF_ID) or a VTI device (`vti`, they carry XFRMA_MARK), with
+the clients' pool routed through it instead of policy-based lookups.
+
+Rules: pure text and argument lists; scenario.py runs them in every gateway's namespace after
+the network is built and before charon starts. One interface id / VTI key for all clients
+(static values: every node must install the same ones, and charon's `%unique` would differ
+between nodes). strongSwan's side: swanctl children `if_id_in/if_id_out` or `mark_in/mark_out`
+(confgen.py); with VTI, charon must not install its own routes (`install_routes = no`): a
+route to the client's virtual IP via the LAN would bypass the VTI (kernel_netlink_ipsec.c
+install_route() skips only policies with an interface id).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from .topology import POOL
+
+if TYPE_CHECKING:
+    from .procs import Lab
+
+KINDS = ("xfrmi", "vti")
+IF_ID = 0x42  # XFRM interface id, and the VTI key = mark of its SAs and policies
+DEVICE = {"xfrmi": "xfrm42", "vti": "vti42"}
+
+
+def child_options(kind: str) -> str:
+    """The swanctl child options that bind a gateway's CHILD_SAs to the interface."""
+    if kind == "xfrmi":
+        return f"if_id_in = {IF_ID:#x}\n                     if_id_out = {IF_ID:#x}"
+    if kind == "vti":
+        return f"mark_in = {IF_ID:#x}\n                     mark_out = {IF_ID:#x}"
+    raise ValueError(f"route-based kind must be one of {', '.join(KINDS)}, not {kind!r}")
+
+
+def setup(kind: str, local: str, lan_if: str = "e0") -> list[list[str]]:
+    """Commands that make the interface and route the pool through it (`local`: the VIP)."""
+    dev = DEVICE[kind]
+    if kind == "xfrmi":
+        make = ["ip", "link", "add", dev, "type", "xfrm", "dev", lan_if, "if_id", f"{IF_ID:#x}"]
+        extra: list[list[str]] = []
+    else:  # any remote, the VIP as local: vti_rcv() finds it and marks what it decrypts
+        make = ["ip", "link", "add", dev, "type", "vti", "local", local, "remote", "0.0.0.0",
+                "key", f"{IF_ID:#x}"]
+        extra = [["sysctl", "-qw", f"net.ipv4.conf.{dev}.disable_policy=1"]]
+    return [make, *extra, ["ip", "link", "set", dev, "up"],
+            ["ip", "route", "replace", POOL, "dev", dev]]
+
+
+def bound_sas(xfrm_state: str, kind: str) -> tuple[int, int]:
+    """(SAs, SAs bound to the interface) in `ip xfrm state` output: an `if_id` line (xfrmi)
+    or a `mark` line (vti) with IF_ID."""
+    blocks = re.split(r"^src ", xfrm_state, flags=re.M)[1:]
+    want = re.compile(rf"^\s+if_id {IF_ID:#x}$" if kind == "xfrmi" else
+                      rf"^\s+mark {IF_ID:#x}/0xffffffff$", re.M)
+    return len(blocks), sum(1 for b in blocks if want.search(b))
+
+
+def observe(lab: Lab, kind: str) -> dict[str, dict[str, int]]:
+    """Per gateway: its ESP SAs and how many of them are bound to the interface."""
+    out = {}
+    for gw in (n.name for n in lab.topo.by_role("gateway")):
+        total, bound = bound_sas(lab.run(gw, ["ip", "xfrm", "state"], check=False), kind)
+        out[gw] = {"sas": total, "bound": bound}
+    return out

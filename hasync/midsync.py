@@ -1,0 +1,168 @@
+"""A new master's responder message IDs, set from what the clients show (issue 18, in-flight
+exchanges).
+
+The problem (strongswan 5.9.8): charon's ha plugin syncs IKE_MID_RESPONDER = n + 1 when a
+request n arrives (ha_ike.c message_hook(), before the response is built), and a new master's
+charon holds no cached response (task_manager_v2.c is_retransmit(): a retransmit of n without
+one is ignored). A client whose response the old master never delivered retransmits n until
+it gives up and re-authenticates. RFC 6311 MID sync cannot help: a strongSwan responder never
+sends IKEV2_MESSAGE_ID_SYNC_SUPPORTED (ike_auth.c build_i() only), so a strongSwan client
+ignores the sync (ike_mid_sync.c pre_process()).
+
+What hasync does instead, on the master only, per IKE_SA whose responder MID this node's
+charon has not moved since the promotion (it then holds the response itself):
+- at the promotion, the IKE_SAs whose responder MID was applied within RECENT_S of the last
+  one applied (the exchanges the old master may have left in flight) get J - 1, J being the
+  journal's value: the client's retransmit of request J - 1 is then processed again;
+- later, a request the client sends with J - 1 or J (seen by ikesniff.py) sets charon to that
+  value if it is not already there: a wrong guess costs the client one retransmission. A
+  retransmit of J - 1 also deletes (HA CHILD_DELETE) the CHILD_SAs the lost request created on
+  the old master: a passive charon installs a CHILD_ADD's outbound SA at once, so the new
+  master would send with an SA the client never got (ha_dispatcher.c process_child_add()).
+charon is set through an HA IKE_MID_RESPONDER datagram (ha_dispatcher.c process_ike_mid()
+applies it to any IKE_SA, active ones included; ike_sa.c set_message_id() resets its tasks).
+Never below 2: request 1 is IKE_AUTH, which an established IKE_SA cannot process again.
+
+Rules: pure (time comes as `now`), no IO, no logging; counters by name for `hasync status`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from .ha import Attribute, HaMessage, IkeSaId, MessageType, decode, encode
+from .ha.errors import MalformedMessage
+
+Key = tuple[int, int, int, bool]  # journal/model.py's key: version, SPIs, our role
+RECENT_S = 2.0  # applied this close to the old master's last MID: maybe in flight
+RECENT_MAX = 200_000  # keys remembered at most (memory bound; the oldest go first)
+MIN_MID = 2  # never rewind to 1 (IKE_AUTH)
+COUNTED = ("mid_sync:rewound_at_promotion", "mid_sync:rewound", "mid_sync:restored",
+           "mid_sync:orphans_deleted")
+
+
+def key_of(ike_id: object) -> Key | None:
+    """The journal key of an IkeSaId (ike_sa_id.c equals(); IKEv1 ignores the role)."""
+    if not isinstance(ike_id, IkeSaId):
+        return None
+    return (ike_id.ike_version, ike_id.initiator_spi, ike_id.responder_spi,
+            ike_id.is_initiator and ike_id.ike_version != 1)
+
+
+def request_key(spi_i: int, spi_r: int, from_initiator: bool) -> Key:
+    """The gateway's key of an IKEv2 request: we are the initiator if the client is not."""
+    return (2, spi_i, spi_r, not from_initiator)
+
+
+def mid_of(raw: bytes) -> tuple[Key, int, HaMessage] | None:
+    """(key, mid, message) of an IKE_MID_RESPONDER datagram, or None."""
+    try:
+        msg = decode(raw)
+    except MalformedMessage:
+        return None
+    if msg.type != MessageType.IKE_MID_RESPONDER:
+        return None
+    key, mids = key_of(msg.get("ike_id")), msg.get_all("mid")
+    if key is None or not mids or not isinstance(mids[-1], int):
+        return None
+    return key, mids[-1], msg
+
+
+def with_mid(msg: HaMessage, mid: int) -> bytes:
+    """The same IKE_MID_RESPONDER datagram carrying `mid` instead."""
+    attrs = tuple(Attribute(a.name, mid) if a.name == "mid" else a for a in msg.attributes)
+    return encode(HaMessage(msg.version, msg.type, attrs))
+
+
+Applied = tuple[Key, "bytes | int"]  # an IKE_MID_RESPONDER datagram, or a CHILD_ADD's inbound_spi
+
+
+@dataclass
+class _Recent:
+    """An IKE_SA's last applied responder MID and the CHILD_SAs applied after it."""
+
+    t: float
+    raw: bytes
+    children: list[int] = field(default_factory=list)  # CHILD_ADD inbound_spi values
+
+
+def child_delete(msg: HaMessage, inbound_spi: int) -> bytes:
+    """A CHILD_DELETE for the IKE_SA `msg` (an IKE_MID_RESPONDER) names (ha_child.c)."""
+    return encode(HaMessage.build(msg.version, MessageType.CHILD_DELETE,
+                                  ("ike_id", msg.get("ike_id")), ("inbound_spi", inbound_spi)))
+
+
+@dataclass
+class MidSync:
+    """Which responder MID each IKE_SA's charon should hold on a new master."""
+
+    active: bool = False  # this node is master
+    recent: dict[Key, _Recent] = field(default_factory=dict)  # in apply order
+    newest: float = 0.0  # when the journal last applied anything here
+    touched: set[Key] = field(default_factory=set)  # charon moved them since the promotion
+    told: dict[Key, int] = field(default_factory=dict)  # what hasync set charon to
+    orphans: dict[Key, list[int]] = field(default_factory=dict)  # created by a rewound request
+    counters: Counter[str] = field(default_factory=Counter)
+
+    def applied(self, items: list[Applied], now: float) -> None:
+        """Committed datagrams applied on this (mirroring) node, in commit order: the
+        IKE_MID_RESPONDERs and CHILD_ADDs among them, with their IKE_SA's key."""
+        if self.active:
+            return
+        self.newest = now
+        for key, item in items:
+            if isinstance(item, bytes):  # a new request: what came before it is answered
+                self.recent.pop(key, None)  # re-insert: dict order is apply order
+                self.recent[key] = _Recent(now, item)
+            elif key in self.recent:  # created while processing that request
+                self.recent[key].children.append(item)
+        while len(self.recent) > RECENT_MAX:
+            del self.recent[next(iter(self.recent))]
+
+    def promoted(self) -> list[bytes]:
+        """This node became master: the rewinds of the exchanges that may be in flight."""
+        self.active, self.touched, self.told, self.orphans = True, set(), {}, {}
+        out = []
+        for key, r in self.recent.items():
+            found = mid_of(r.raw) if r.t >= self.newest - RECENT_S else None
+            if found is not None and found[1] - 1 >= MIN_MID:
+                self.told[key] = found[1] - 1
+                self.orphans[key] = r.children
+                out.append(with_mid(found[2], found[1] - 1))
+        self.recent.clear()
+        self.counters["mid_sync:rewound_at_promotion"] += len(out)
+        return out
+
+    def demoted(self) -> None:
+        """No longer master: charon is passive again and the journal leads."""
+        self.active, self.touched, self.told, self.orphans = False, set(), {}, {}
+
+    def charon_moved(self, key: Key) -> None:
+        """The local charon synced a responder MID for this IKE_SA: it holds the response."""
+        if self.active:
+            self.touched.add(key)
+            self.told.pop(key, None)
+            self.orphans.pop(key, None)
+
+    def request(self, key: Key, mid: int, journal_raw: bytes | None) -> list[bytes]:
+        """A client's request `mid` on IKE_SA `key`: the datagrams for charon, if any.
+
+        A retransmit of J - 1 proves the old master's response was lost: the CHILD_SAs that
+        request created (known for the IKE_SAs rewound at the promotion) are orphans the client
+        never knew; they go first, so charon's outbound policies fall back to the SA the client
+        still uses. A request J proves the response arrived: the orphans were real."""
+        if not self.active or journal_raw is None or key in self.touched:
+            return []
+        found = mid_of(journal_raw)
+        if found is None or mid not in (found[1] - 1, found[1]) or mid < MIN_MID:
+            return []
+        lost = mid < found[1]
+        gone = self.orphans.pop(key, [])
+        out = [child_delete(found[2], spi) for spi in gone] if lost else []
+        self.counters["mid_sync:orphans_deleted"] += len(out)
+        if self.told.get(key, found[1]) != mid:
+            self.told[key] = mid
+            self.counters["mid_sync:rewound" if lost else "mid_sync:restored"] += 1
+            out.append(with_mid(found[2], mid))
+        return out

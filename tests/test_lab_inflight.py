@@ -1,0 +1,77 @@
+"""An IKE exchange in flight at the fault (issue 18, item 2): the lab's drop rules, the
+client-log verdict, and the lab run (`hasync lab failover --inflight child-rekey`) in the VM:
+the first client rekeys its CHILD_SA, the master processes the request but the response is
+lost, the master is killed, and the client must keep its IKE_SA and complete the rekey with
+the new master."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+from hasync_lab import cli, confgen, inflight
+
+from labrun import run_lab
+
+CLIENT_LOG = """\
+10:00:01 05[IKE] <home|1> retransmit 1 of request with message ID 7
+10:00:05 05[IKE] <home|1> retransmit 2 of request with message ID 7
+10:00:09 07[IKE] <home|1> CHILD_SA net{4} established with SPIs c1f0a4b2_i ca5e2c10_o
+"""
+
+
+def test_the_rules_drop_ike_to_the_client_and_leave_esp_alone() -> None:
+    text = inflight.rules("192.0.2.11")
+    assert "ip daddr 192.0.2.11 udp sport 500 counter drop" in text
+    assert "udp sport 4500 @th,64,32 0 counter drop" in text  # IKE's zero marker only
+    assert "hook output" in text
+
+
+def test_dropped_packets_add_up_over_both_rules() -> None:
+    listing = ("ip daddr 1.2.3.4 udp sport 500 counter packets 2 bytes 300 drop\n"
+               "ip daddr 1.2.3.4 udp sport 4500 @th,64,32 0x0 counter packets 1 bytes 90 drop")
+    assert inflight.dropped(listing) == 3 and inflight.dropped("") == 0
+
+
+def test_the_verdict_reads_retransmits_and_completion() -> None:
+    v = inflight.verdict(CLIENT_LOG, "child-rekey")
+    assert v == {"retransmits": 2, "gave_up": False, "completed": True}
+    given_up = "10:00:20 05[IKE] <home|1> giving up after 5 retransmits\n"
+    assert inflight.verdict(given_up, "ike-rekey") == {"retransmits": 0, "gave_up": True,
+                                                        "completed": False}
+
+
+def test_inflight_runs_on_strongswans_default_retransmissions() -> None:
+    spec = cli.spec_of(cli.parser().parse_args(["failover", "--inflight", "child-rekey"]))
+    assert spec.inflight == "child-rekey"
+    assert spec.timers.retransmit_tries == 5 and spec.timers.retransmit_timeout_s == 4.0
+    assert confgen.IN_FLIGHT_TIMERS["retransmit_base"] == 1.8
+    with pytest.raises(cli.LabError, match="--inflight"):
+        cli.spec_of(cli.parser().parse_args(["failover", "--inflight", "child-rekey",
+                                             "--baseline"]))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """`hasync lab failover --failovers 1 --inflight child-rekey`."""
+    return run_lab(tmp_path_factory, "inflight", ["failover", "--failovers", "1",
+                                                  "--inflight", "child-rekey"], 3600)[0]
+
+
+@pytest.mark.lab
+@pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")
+def test_a_child_rekey_in_flight_at_the_fault_completes_on_the_new_master(
+        run: dict[str, Any]) -> None:
+    (fo,) = run["failovers"]
+    flight = fo["inflight"]
+    assert flight["responses_dropped"] >= 1, flight  # the master answered; the client never saw
+    assert flight["completed"] and not flight["gave_up"], flight
+    first = next(c for c in fo["clients"] if c["client"] == flight["client"])
+    for c in fo["clients"]:
+        assert c["reestablished"] is False and c["ike_sa_init"] == 0, c
+        assert c["ike_spi_after"] == c["ike_spi_before"] and c["seq_reuse"] == 0, c
+    assert first["resumed"], first
+    counters = (run["final_status"][fo["to"]] or {})["counters"]
+    assert counters["mid_sync:rewound_at_promotion"] + counters["mid_sync:rewound"] >= 1, counters
