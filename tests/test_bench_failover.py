@@ -239,8 +239,10 @@ def test_merge_keeps_the_saved_runs_not_run_again(tmp_path: Path) -> None:
     assert failover.kept_runs(None, [("hasync", 3)]) == []
 
 # ---- the smallest case on the real lab (conftest.bench_smoke): shape and outputs, no timings
+# (make test-lab-extended since issue 18: `make test` gave its time to the matrix lab runs)
 
 @pytest.mark.lab
+@pytest.mark.lab_extended
 def test_smoke_json_has_every_raw_number_and_a_summary(bench_smoke: dict[str, Any]) -> None:
     doc = bench_smoke["doc"]
     assert [(r["mode"], r["tunnels"], r["error"]) for r in doc["runs"]] == [
@@ -275,6 +277,7 @@ def test_smoke_json_has_every_raw_number_and_a_summary(bench_smoke: dict[str, An
 
 
 @pytest.mark.lab
+@pytest.mark.lab_extended
 def test_smoke_prints_a_table_and_draws_three_plots(bench_smoke: dict[str, Any]) -> None:
     out = bench_smoke["stdout"]
     assert "outage p50" in out and "overall:" in out

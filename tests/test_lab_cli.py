@@ -122,3 +122,14 @@ def test_a_spec_with_proposals_survives_its_trip_to_the_vm() -> None:
     spec = cli.spec_of(cli.parser().parse_args(["failover", "--proposals", "chacha20"]))
     back = runner.spec_from_dict(json.loads(json.dumps(spec_dict(spec))))
     assert back == spec and back.proposals == ("chacha20",)
+
+
+def test_matrix_stands_for_the_matrix_options_and_given_ones_win() -> None:
+    spec = cli.spec_of(cli.parser().parse_args(cli.with_matrix(["failover", "--matrix"])))
+    assert (spec.failovers, spec.faults, spec.inflight, spec.route_based) == (
+        3, ("kill", "kill", "charon"), "child-rekey", "vti")
+    assert spec.proposals == ("aes128gcm", "aes256cbc", "chacha20")
+    argv = cli.with_matrix(["failover", "--route-based", "xfrmi", "--matrix", "--leases"])
+    spec = cli.spec_of(cli.parser().parse_args(argv))
+    assert spec.route_based == "xfrmi" and spec.leases and spec.failovers == 3
+    assert cli.with_matrix(["failover", "--leases"]) == ["failover", "--leases"]

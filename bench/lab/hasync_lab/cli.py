@@ -106,6 +106,9 @@ def _failover_parser(lsub: argparse._SubParsersAction) -> None:  # type: ignore[
     fo.add_argument("--route-based", choices=("", *ROUTE_KINDS), default="",
                     help="gateways' tunnels through an XFRM interface (if_id) or a VTI device "
                          "(marks), the pool routed through it (default: policy-based)")
+    fo.add_argument("--matrix", action="store_true",
+                    help="the lab's matrix run: " + " ".join(MATRIX) + " (given options "
+                         "override it; --leases and --route-based xfrmi run apart)")
     fo.add_argument("--proposals", default="",
                     help="ESP cipher of each client in order, comma-separated, from "
                          f"{', '.join(confgen.ESP_CIPHERS)} (default: aes256gcm for all; "
@@ -123,6 +126,22 @@ def parser(prog: str = "hasync-lab") -> argparse.ArgumentParser:
     _small_parsers(lsub)
     _failover_parser(lsub)
     return p
+
+
+# what --matrix stands for: three failovers (two kills, then charon alone), a client per ESP
+# proposal, VTI gateways, a CHILD rekey in flight at the first fault (docs/operations.md)
+MATRIX = ("--failovers", "3", "--fault", "kill,kill,charon", "--inflight", "child-rekey",
+          "--proposals", "aes128gcm,aes256cbc,chacha20", "--route-based", "vti")
+
+
+def with_matrix(argv: list[str]) -> list[str]:
+    """`failover` arguments with --matrix replaced by what it stands for (given ones win)."""
+    if "--matrix" not in argv:
+        return argv
+    rest = [x for x in argv if x != "--matrix"]
+    given = {x.split("=")[0] for x in rest if x.startswith("--")}
+    pairs = [MATRIX[i:i + 2] for i in range(0, len(MATRIX), 2)]
+    return [*rest[:1], *(x for p in pairs if p[0] not in given for x in p), *rest[1:]]
 
 
 def spec_of(a: argparse.Namespace) -> LabSpec:
@@ -257,7 +276,7 @@ COMMANDS = {"check": lab_check, "failover": lab_failover, "capture-ha": lab_capt
 
 def main(argv: list[str] | None = None, prog: str = "hasync-lab") -> int:
     """Entry point of `hasync-lab` (and of `hasync lab`, with prog "hasync lab")."""
-    a = parser(prog).parse_args(sys.argv[1:] if argv is None else argv)
+    a = parser(prog).parse_args(with_matrix(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     command = prog.split()[0]  # errors say "hasync: ..." as they did before the lab moved out
     try:

@@ -316,7 +316,8 @@ def run_failovers(run: Run) -> dict[str, object]:
         else:
             fo = one_failover(run, master, wall, fault)
         if flight is not None:
-            fo["inflight"] = inflight.finish(run, str(fo["from"]), flight)
+            fo["inflight"] = inflight.finish(run, str(fo["from"]),
+                                             str(fo["to"]) if fo["to"] else None, flight)
         fos.append(fo)
         ps_snapshot(run, f"ps-failover-{k + 1}.txt")
         join_vrrp(run)

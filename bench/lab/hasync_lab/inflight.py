@@ -19,7 +19,7 @@ import re
 import time
 from typing import Any
 
-from . import aftercheck, cluster, topology
+from . import aftercheck, cluster, hasyncd, topology
 from .session import Run
 
 log = logging.getLogger("hasync_lab")
@@ -87,14 +87,19 @@ def start(run: Run, master: str, kind: str) -> dict[str, Any]:
             "response_after_s": round(time.monotonic() - t0, 2)}
 
 
-def finish(run: Run, master: str, info: dict[str, Any]) -> dict[str, Any]:
+def finish(run: Run, master: str, new_master: str | None, info: dict[str, Any]
+           ) -> dict[str, Any]:
     """After the failover: drop the table at the struck node, wait until the client's log
-    tells how the exchange ended (up to OUTCOME_TIMEOUT_S), and judge."""
+    tells how the exchange ended (up to OUTCOME_TIMEOUT_S), and judge; with what the new
+    master's hasync counted (midsync.py)."""
     run.lab.run(master, ["nft", "delete", "table", "inet", TABLE], check=False)
     offset = info.pop("offset")
     deadline = time.monotonic() + OUTCOME_TIMEOUT_S
     while True:
         seen = verdict(aftercheck.read_log(run.lab, info["client"], offset), info["kind"])
         if seen["completed"] or seen["gave_up"] or time.monotonic() > deadline:
-            return {**info, **seen}
+            break
         time.sleep(1.0)
+    st = (hasyncd.status(run.lab, new_master) if new_master else None) or {}
+    counted = {k: v for k, v in (st.get("counters") or {}).items() if k.startswith("mid_sync:")}
+    return {**info, **seen, "mid_sync": counted}
