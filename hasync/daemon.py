@@ -208,13 +208,14 @@ class Daemon:
                 for raw, msg in applied if msg.type in MID_TYPES
                 and (key := key_of(msg.get("ike_id")))
                 and isinstance(spi := msg.get("inbound_spi", 0), int)]
-        self._threadsafe(lambda now: self.core.on_applied(datagrams, mids, now))
+        ts = batch.ts  # the sender's clock: a catch-up replays old entries with their times
+        self._threadsafe(lambda now: self.core.on_applied(datagrams, mids, ts))
 
     def _on_ike(self, sock: socket.socket) -> None:
         """Clients' IKE packets (ikesniff.py), read as one event."""
-        self._event(lambda now: self._ike_requests(sock))
+        self._event(lambda now: self._ike_requests(sock, now))
 
-    def _ike_requests(self, sock: socket.socket) -> list[Command]:
+    def _ike_requests(self, sock: socket.socket, now: float) -> list[Command]:
         """On the master, clients' requests set charon's responder message IDs where the old
         master may have left an exchange in flight (midsync.py)."""
         assert self.journal is not None
@@ -228,7 +229,7 @@ class Daemon:
             key = request_key(s.header.spi_i, s.header.spi_r, s.header.from_initiator)
             with self.journal.lock:
                 raw = self.journal.state.responder_mid(key)
-            out += self.core.on_ike_request(key, s.header.mid, raw)
+            out += self.core.on_ike_request(key, s.header.mid, raw, now)
         return out
 
     def _activate(self) -> None:

@@ -11,14 +11,18 @@ ignores the sync (ike_mid_sync.c pre_process()).
 
 What hasync does instead, on the master only, per IKE_SA whose responder MID this node's
 charon has not moved since the promotion (it then holds the response itself):
-- at the promotion, the IKE_SAs whose responder MID was applied within RECENT_S of the last
-  one applied (the exchanges the old master may have left in flight) get J - 1, J being the
-  journal's value: the client's retransmit of request J - 1 is then processed again;
+- at the promotion, the IKE_SAs whose responder MID was journaled within RECENT_S of the last
+  entry (by the batches' sender time: a node catching up replays old entries with their own
+  times), the exchanges the old master may have left in flight, get J - 1, J being the
+  journal's value: the client's retransmit of request J - 1 is then processed again; unless
+  that request created CHILD_SAs (a CHILD rekey or creation): those wait for the client;
 - later, a request the client sends with J - 1 or J (seen by ikesniff.py) sets charon to that
   value if it is not already there: a wrong guess costs the client one retransmission. A
-  retransmit of J - 1 also deletes (HA CHILD_DELETE) the CHILD_SAs the lost request created on
-  the old master: a passive charon installs a CHILD_ADD's outbound SA at once, so the new
-  master would send with an SA the client never got (ha_dispatcher.c process_child_add()).
+  retransmit of J - 1 first deletes the CHILD_SAs the lost request created on the old master
+  (an HA CHILD_DELETE to charon, and the same datagram journaled), then rewinds: the retransmission
+  carries the client's SPI again, and a CHILD_SA re-created beside the orphan would collide
+  with its outbound SA (the kernel refuses it, ALREADY_DONE, on every backup), while a passive
+  charon installs a CHILD_ADD's outbound SA at once (ha_dispatcher.c process_child_add()).
 charon is set through an HA IKE_MID_RESPONDER datagram (ha_dispatcher.c process_ike_mid()
 applies it to any IKE_SA, active ones included; ike_sa.c set_message_id() resets its tasks).
 Never below 2: request 1 is IKE_AUTH, which an established IKE_SA cannot process again.
@@ -99,15 +103,15 @@ class MidSync:
 
     active: bool = False  # this node is master
     recent: dict[Key, _Recent] = field(default_factory=dict)  # in apply order
-    newest: float = 0.0  # when the journal last applied anything here
+    newest: float = 0.0  # the sender time of the last batch applied here
     touched: set[Key] = field(default_factory=set)  # charon moved them since the promotion
     told: dict[Key, int] = field(default_factory=dict)  # what hasync set charon to
     orphans: dict[Key, list[int]] = field(default_factory=dict)  # created by a rewound request
     counters: Counter[str] = field(default_factory=Counter)
 
     def applied(self, items: list[Applied], now: float) -> None:
-        """Committed datagrams applied on this (mirroring) node, in commit order: the
-        IKE_MID_RESPONDERs and CHILD_ADDs among them, with their IKE_SA's key."""
+        """A committed batch applied on this (mirroring) node, sent at `now` (its sender's
+        clock): the IKE_MID_RESPONDERs and CHILD_ADDs in it, in order, with their keys."""
         if self.active:
             return
         self.newest = now
@@ -126,9 +130,12 @@ class MidSync:
         out = []
         for key, r in self.recent.items():
             found = mid_of(r.raw) if r.t >= self.newest - RECENT_S else None
-            if found is not None and found[1] - 1 >= MIN_MID:
-                self.told[key] = found[1] - 1
+            if found is None or found[1] - 1 < MIN_MID:
+                continue
+            if r.children:  # a CHILD_SA may be an orphan: wait for the client to tell
                 self.orphans[key] = r.children
+            else:
+                self.told[key] = found[1] - 1
                 out.append(with_mid(found[2], found[1] - 1))
         self.recent.clear()
         self.counters["mid_sync:rewound_at_promotion"] += len(out)
@@ -139,30 +146,34 @@ class MidSync:
         self.active, self.touched, self.told, self.orphans = False, set(), {}, {}
 
     def charon_moved(self, key: Key) -> None:
-        """The local charon synced a responder MID for this IKE_SA: it holds the response."""
+        """The local charon synced a responder MID for this IKE_SA: it holds the response
+        from now on (and any orphan was deleted before it processed the request again)."""
         if self.active:
             self.touched.add(key)
             self.told.pop(key, None)
             self.orphans.pop(key, None)
 
-    def request(self, key: Key, mid: int, journal_raw: bytes | None) -> list[bytes]:
-        """A client's request `mid` on IKE_SA `key`: the datagrams for charon, if any.
+    def request(self, key: Key, mid: int, journal_raw: bytes | None
+                ) -> tuple[list[bytes], bytes | None]:
+        """A client's request `mid` on IKE_SA `key`: (CHILD_DELETEs of orphans, the datagram
+        that sets charon's responder MID), either empty.
 
         A retransmit of J - 1 proves the old master's response was lost: the CHILD_SAs that
-        request created (known for the IKE_SAs rewound at the promotion) are orphans the client
-        never knew; they go first, so charon's outbound policies fall back to the SA the client
-        still uses. A request J proves the response arrived: the orphans were real."""
+        request created (known for the IKE_SAs applied just before the promotion) are orphans
+        the client never knew. They go before the rewind, to charon and to the journal (a
+        passive charon deletes without syncing, ha_child.c child_state_change()). A request J
+        proves the response arrived: the children were real."""
         if not self.active or journal_raw is None or key in self.touched:
-            return []
+            return [], None
         found = mid_of(journal_raw)
         if found is None or mid not in (found[1] - 1, found[1]) or mid < MIN_MID:
-            return []
+            return [], None
         lost = mid < found[1]
         gone = self.orphans.pop(key, [])
-        out = [child_delete(found[2], spi) for spi in gone] if lost else []
-        self.counters["mid_sync:orphans_deleted"] += len(out)
-        if self.told.get(key, found[1]) != mid:
-            self.told[key] = mid
-            self.counters["mid_sync:rewound" if lost else "mid_sync:restored"] += 1
-            out.append(with_mid(found[2], mid))
-        return out
+        deletes = [child_delete(found[2], spi) for spi in gone] if lost else []
+        self.counters["mid_sync:orphans_deleted"] += len(deletes)
+        if self.told.get(key, found[1]) == mid:
+            return deletes, None
+        self.told[key] = mid
+        self.counters["mid_sync:rewound" if lost else "mid_sync:restored"] += 1
+        return deletes, with_mid(found[2], mid)

@@ -258,13 +258,7 @@ class NodeCore:
         if msg.type == MessageType.IKE_MID_RESPONDER and (key := key_of(msg.get("ike_id"))):
             self.mids.charon_moved(key)  # this charon answered: it holds the response
         if msg.type in JOURNALED:
-            first = not self.batcher.pending
-            if not self.batcher.add(raw, now):
-                return self._dropped(now)
-            out: list[Command] = [Wake()] if first else []
-            if len(self.batcher.pending) >= self.batcher.max_messages:
-                out += self._submit(now)  # a full batch goes at once, not at the next tick
-            return out
+            return self._journal(raw, now)
         if msg.type in (MessageType.STATUS, MessageType.SEGMENT_TAKE):
             taken = claimed_segments(msg)
             self.charon_segments = taken if msg.type == MessageType.STATUS else \
@@ -277,6 +271,16 @@ class NodeCore:
             log.info("charon asked for a resync: replaying the journal")
             self.sync.move(SyncEvent.RESYNC)
         return []
+
+    def _journal(self, raw: bytes, now: float) -> list[Command]:
+        """Queue one datagram for the journal."""
+        first = not self.batcher.pending
+        if not self.batcher.add(raw, now):
+            return self._dropped(now)
+        out: list[Command] = [Wake()] if first else []
+        if len(self.batcher.pending) >= self.batcher.max_messages:
+            out += self._submit(now)  # a full batch goes at once, not at the next tick
+        return out
 
     def _dropped(self, now: float) -> list[Command]:
         """The backlog is at its bound (Raft commits nothing): drop, count, fail health."""
@@ -335,11 +339,12 @@ class NodeCore:
 
     # journal -> charon
     def on_applied(self, datagrams: list[bytes], mids: list[Applied] | None = None,
-                   now: float | None = None) -> list[Command]:
+                   ts: float | None = None) -> list[Command]:
         """Committed datagrams: a mirroring node feeds them to charon behind the replay;
-        `mids` (the IKE_MID_RESPONDERs and CHILD_ADDs among them) go to midsync.py."""
-        if now is not None:
-            self.mids.applied(mids or [], now)
+        `mids` (the IKE_MID_RESPONDERs and CHILD_ADDs among them) go to midsync.py with `ts`,
+        the batch's time on its sender's clock."""
+        if ts is not None:
+            self.mids.applied(mids or [], ts)
         if not datagrams or not (self.sync.feeding and self.role.mirrors):
             return []
         self.counters["mirrored"] += len(datagrams)
@@ -417,11 +422,16 @@ class NodeCore:
             return [CancelPromotion(), *self._segments("-")]
         return []
 
-    def on_ike_request(self, key: Key, mid: int, journal_raw: bytes | None) -> list[Command]:
+    def on_ike_request(self, key: Key, mid: int, journal_raw: bytes | None,
+                       now: float) -> list[Command]:
         """A client's IKE request seen on the wire (ikesniff.py), with the journal's
-        IKE_MID_RESPONDER datagram of its IKE_SA: set charon's responder MID if needed."""
-        datagrams = self.mids.request(key, mid, journal_raw)
-        return [FeedCharon(tuple(datagrams))] if datagrams else []
+        IKE_MID_RESPONDER datagram of its IKE_SA: delete orphaned CHILD_SAs (in charon and
+        the journal) and set charon's responder MID, if needed (midsync.py)."""
+        deletes, rewind = self.mids.request(key, mid, journal_raw)
+        out: list[Command] = [FeedCharon(tuple(deletes))] if deletes else []
+        for datagram in deletes:
+            out += self._journal(datagram, now)
+        return out + ([FeedCharon((rewind,))] if rewind else [])
 
     def on_activate(self) -> list[Command]:
         """The promotion's last step: activate every segment in charon, if still master."""

@@ -102,3 +102,24 @@ def test_pki_certificates_chain_to_the_ca_and_carry_ids() -> None:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         assert san.get_values_for_type(x509.DNSName) == [want]
         assert isinstance(cert.public_key(), ec.EllipticCurvePublicKey)
+
+
+def test_ipv6_clients_and_the_gateways_get_a_public_ipv6_address() -> None:
+    topo = topology.plan(3, 3, 1, ipv6_clients=1)
+    assert topo.node("gw1").address6 == "2001:db8:2::11"
+    assert topo.node("c1").address6 == "2001:db8:2::101" and topo.node("c1").address == \
+        "192.0.2.101"
+    assert topo.node("c2").address6 is None and topo.node("c3").address6 is None
+    inside = "".join(stdin or "" for _, stdin in topology.build_steps(topo))
+    assert "addr add 2001:db8:2::101/64 dev e0 nodad" in inside
+    with pytest.raises(ValueError, match="ipv6 clients"):
+        topology.plan(3, 3, 1, ipv6_clients=3)  # c3 is behind the NAT
+    assert topology.plan(3, 3, 1).node("gw1").address6 is None
+
+
+def test_gateways_of_an_ipv6_lab_hold_the_ipv6_vip_beside_the_others() -> None:
+    text = confgen.keepalived_conf("gw1", 190, 0.5, "/r/f", [("192.0.2.1/24", "e0")], "e0",
+                                   excluded=[("2001:db8:2::1/64", "e0")])
+    assert "virtual_ipaddress_excluded {\n    2001:db8:2::1/64 dev e0\n  }" in text
+    assert "excluded" not in confgen.keepalived_conf("gw1", 190, 0.5, "/r/f",
+                                                     [("192.0.2.1/24", "e0")], "e0")

@@ -106,6 +106,9 @@ def _failover_parser(lsub: argparse._SubParsersAction) -> None:  # type: ignore[
     fo.add_argument("--route-based", choices=("", *ROUTE_KINDS), default="",
                     help="gateways' tunnels through an XFRM interface (if_id) or a VTI device "
                          "(marks), the pool routed through it (default: policy-based)")
+    fo.add_argument("--ipv6", action="store_true",
+                    help="the first client reaches the VIP over IPv6 (the gateways hold an "
+                         "IPv6 VIP too); its tunnel's inner addresses stay IPv4")
     fo.add_argument("--matrix", action="store_true",
                     help="the lab's matrix run: " + " ".join(MATRIX) + " (given options "
                          "override it; --leases and --route-based xfrmi run apart)")
@@ -181,12 +184,13 @@ def spec_of(a: argparse.Namespace) -> LabSpec:
                    timeout_s=a.timeout, timers=timers, tunnels=a.tunnels, witness=a.witness,
                    heal_after_s=a.heal_after, restart_after_s=a.restart_after,
                    force_rate=a.force_rate, leases=a.leases, proposals=proposals,
-                   inflight=a.inflight, route_based=a.route_based)
+                   inflight=a.inflight, route_based=a.route_based, ipv6=a.ipv6)
 
 
 def _plan_ok(spec: LabSpec) -> None:
     try:
-        topology.plan(spec.gateways, spec.clients, spec.nat_clients, witness=spec.witness)
+        topology.plan(spec.gateways, spec.clients, spec.nat_clients, witness=spec.witness,
+                      ipv6_clients=int(spec.ipv6))
     except ValueError as e:
         raise LabError(str(e)) from e
 

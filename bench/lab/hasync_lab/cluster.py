@@ -20,7 +20,7 @@ from typing import Any
 from . import confgen, pki
 from .prereq import LabError
 from .procs import Lab
-from .topology import PRIVATE_VIP, PROTECTED, PUBLIC_VIP
+from .topology import PRIVATE_VIP, PROTECTED, PUBLIC_VIP, PUBLIC_VIP6
 
 CHARON = "/usr/lib/ipsec/charon"
 # swanctl itself only needs to read PEM files; a short plugin list keeps it fast under TCG
@@ -56,13 +56,16 @@ def write_configs(lab: Lab, timers: confgen.LabTimers, keys_in_log: bool = False
         swan = etc / "swanctl"
         pki.install_swanctl_dir(swan, creds["ca"], creds["gateway" if gw else node.name])
         if gw:
-            text = confgen.swanctl_gateway(PUBLIC_VIP, PROTECTED, route)
+            six = node.address6 is not None  # it holds the IPv6 VIP as well
+            text = confgen.swanctl_gateway(f"{PUBLIC_VIP}, {PUBLIC_VIP6}" if six else PUBLIC_VIP,
+                                           PROTECTED, route)
         elif tunnels is not None:
             text = confgen.swanctl_client_tunnels(
                 [t.conn for t in tunnels.get(node.name, [])], node.name in confgen.ESN_CLIENTS,
                 PUBLIC_VIP, PROTECTED, timers)
         else:
-            text = confgen.swanctl_client(node.name, PUBLIC_VIP, PROTECTED, timers,
+            text = confgen.swanctl_client(node.name, PUBLIC_VIP6 if node.address6 else PUBLIC_VIP,
+                                          PROTECTED, timers,
                                           (extra or {}).get(node.name, ()),
                                           (ciphers or {}).get(node.name, "aes256gcm"))
         (swan / "swanctl.conf").write_text(text)
@@ -239,7 +242,8 @@ def start_keepalived(lab: Lab, node: str, priority: int, advert_int: float,
     conf.write_text(confgen.keepalived_conf(
         node, priority, advert_int, str(fifo),
         [(f"{PUBLIC_VIP}/24", "e0"), (f"{PRIVATE_VIP}/24", "e1")], "e0",
-        str(hasync_fifo) if hasync_fifo else None, health_cmd))
+        str(hasync_fifo) if hasync_fifo else None, health_cmd,
+        [(f"{PUBLIC_VIP6}/64", "e0")] if lab.topo.node(node).address6 else []))
     for stale in ("keepalived.pid", "vrrp.pid"):  # left by a keepalived killed with -9
         (run / stale).unlink(missing_ok=True)
     lab.spawn(node, "keepalived", ["keepalived", "--dont-fork", "--log-console", "--vrrp",

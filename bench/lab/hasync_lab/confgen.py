@@ -286,7 +286,8 @@ def health_check(health_cmd: str | None,
 
 def keepalived_conf(node: str, priority: int, advert_int: float, fifo: str,
                     vips: list[tuple[str, str]], lan_if: str,
-                    hasync_fifo: str | None = None, health_cmd: str | None = None) -> str:
+                    hasync_fifo: str | None = None, health_cmd: str | None = None,
+                    excluded: list[tuple[str, str]] | None = None) -> str:
     """keepalived.conf: one VRRPv3 instance holding the public and the protected VIP.
 
     The lab reads `notify_fifo`; hasync, when it runs, reads `vrrp_notify_fifo` (keepalived
@@ -294,6 +295,10 @@ def keepalived_conf(node: str, priority: int, advert_int: float, fifo: str,
     With `health_cmd`, the instance tracks it (`health_check`).
     """
     vip_lines = "\n".join(f"    {addr} dev {dev}" for addr, dev in vips)
+    # an IPv6 VIP beside IPv4 ones: VRRPv3 carries one family per instance, the excluded
+    # addresses move with it all the same (keepalived.conf(5))
+    six = "\n".join(f"    {addr} dev {dev}" for addr, dev in excluded or [])
+    six_block = f"  virtual_ipaddress_excluded {{\n{six}\n  }}\n" if six else ""
     hasync = f"\n  vrrp_notify_fifo {hasync_fifo}" if hasync_fifo else ""
     script, track = health_check(health_cmd, LAB_HEALTH_TIMING)
     return f"""global_defs {{
@@ -315,5 +320,5 @@ def keepalived_conf(node: str, priority: int, advert_int: float, fifo: str,
   virtual_ipaddress {{
 {vip_lines}
   }}
-{track}}}
+{six_block}{track}}}
 """

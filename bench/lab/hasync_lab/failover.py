@@ -87,10 +87,11 @@ def client_capture(run: Run, name: str, w: Window) -> ClientCapture:
     """Tally `name`'s capture: IKE_SA_INITs, sequence jumps, reuse and ESP count per SPI."""
     node, cap = run.lab.topo.node(name), capture(run, name)
     kill_wall, end_wall = w.t_kill + run.wall_offset, w.t_end + run.wall_offset
-    spis = tunnels.by_spi(cap.packets, node.address)
-    jumps = pcap.seq_jumps(cap.packets, node.address, kill_wall)
+    addr = node.address6 or node.address  # its tunnel's outer address (--ipv6: IPv6)
+    spis = tunnels.by_spi(cap.packets, addr)
+    jumps = pcap.seq_jumps(cap.packets, addr, kill_wall)
     return ClientCapture(
-        pcap.ike_sa_inits(cap.ike, kill_wall, end_wall, initiator=node.address),
+        pcap.ike_sa_inits(cap.ike, kill_wall, end_wall, initiator=addr),
         {j.spi: j for j in jumps}, tunnels.reuse_by_spi(spis, w.wall_start, end_wall),
         {spi: sum(1 for p in ps if w.wall_start <= p.ts < end_wall)
          for spi, ps in spis.items()})

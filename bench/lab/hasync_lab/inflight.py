@@ -35,11 +35,12 @@ _IKE_REKEYED = re.compile(r"IKE_SA home\[\d+\] rekeyed between")
 
 def rules(client_addr: str) -> str:
     """nft script: drop (and count) IKE the gateway sends to `client_addr`."""
+    ip = "ip6" if ":" in client_addr else "ip"
     return f"""table inet {TABLE} {{
   chain out {{
     type filter hook output priority 0; policy accept;
-    ip daddr {client_addr} udp sport 500 counter drop
-    ip daddr {client_addr} udp sport 4500 @th,64,32 0 counter drop
+    {ip} daddr {client_addr} udp sport 500 counter drop
+    {ip} daddr {client_addr} udp sport 4500 @th,64,32 0 counter drop
   }}
 }}
 """
@@ -63,7 +64,7 @@ def verdict(log_text: str, kind: str) -> dict[str, Any]:
 def client_address(run: Run, client: str) -> str:
     """The address the gateways see for `client` (the NAT router's outside one behind NAT)."""
     node = run.lab.topo.node(client)
-    return topology.NAT_OUTSIDE if node.behind_nat else node.address
+    return topology.NAT_OUTSIDE if node.behind_nat else node.address6 or node.address
 
 
 def start(run: Run, master: str, kind: str) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .runner import run_native, spec_from_dict
 
-MODULES = ["esp4", "xfrm_user", "xfrm_algo", "gcm", "chacha20poly1305", "veth", "bridge",
+MODULES = ["esp4", "esp6", "xfrm_user", "xfrm_algo", "gcm", "chacha20poly1305", "veth", "bridge",
            "nf_tables", "nft_nat", "nft_masq", "nft_chain_nat"]
 # Every namespace of the lab shares this kernel's per-CPU receive backlog, which a network of
 # separate hosts never does: 1000 flows sending in step overflowed the default 1000 packets.

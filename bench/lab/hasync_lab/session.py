@@ -51,6 +51,7 @@ class LabSpec:
     #                            address during partition and hasync faults (partition.py)
     leases: bool = False  # lease rounds before and after every failover (leases.py)
     route_based: str = ""  # gateways' tunnels through an XFRM interface or VTI (routebased.py)
+    ipv6: bool = False  # the first client reaches the VIP over IPv6 (topology.PUBLIC_VIP6)
     inflight: str = ""  # an exchange in flight at the first fault (inflight.KINDS), or none
     proposals: tuple[str, ...] = ()  # ESP cipher of each client in order (confgen.ESP_CIPHERS);
     #                                  () or a shorter list: aes256gcm for the rest
@@ -82,7 +83,8 @@ class Run:
 def lab_run(spec: LabSpec, out_dir: Path) -> Iterator[Run]:
     """The run of `spec`: planned, cleared of an earlier run's leftovers, on a fresh tmpfs;
     torn down when the block ends, whatever ended it."""
-    topo = topology.plan(spec.gateways, spec.clients, spec.nat_clients, witness=spec.witness)
+    topo = topology.plan(spec.gateways, spec.clients, spec.nat_clients, witness=spec.witness,
+                         ipv6_clients=int(spec.ipv6))
     cleanup_stale(topo)
     run = Run(spec, Lab(topo, mount_base()), out_dir)
     try:

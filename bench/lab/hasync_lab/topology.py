@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 PUBLIC_VIP = "192.0.2.1"  # the address clients connect to; held by the VRRP master
+PUBLIC_VIP6 = "2001:db8:2::1"  # the same over IPv6 (`ipv6_clients`): keepalived's excluded VIP
 PRIVATE_VIP = "10.1.0.1"  # the protected network's gateway address; moves with PUBLIC_VIP
 PROTECTED = "10.1.0.0/24"
 SERVER_IP = "10.1.0.100"
@@ -50,6 +51,12 @@ class Node:
         """The node's first address without prefix length."""
         return self.ifaces[0].addrs[0].split("/")[0]
 
+    @property
+    def address6(self) -> str | None:
+        """The node's IPv6 address on its first interface, if it has one."""
+        six = [a.split("/")[0] for a in self.ifaces[0].addrs if ":" in a]
+        return six[0] if six else None
+
 
 @dataclass(frozen=True)
 class Topology:
@@ -84,9 +91,13 @@ WITNESS_IP = "10.1.0.9"  # the witness: a Raft voter on the protected network, n
 
 
 def plan(gateways: int, clients: int, nat_clients: int = 1, prefix: str = "hl",
-         witness: bool = False) -> Topology:
+         witness: bool = False, ipv6_clients: int = 0) -> Topology:
     """Plan a lab with `gateways` gateways and `clients` clients, the last `nat_clients` NAT'd;
-    with `witness`, a witness node (hasync alone) on the protected network."""
+    with `witness`, a witness node (hasync alone) on the protected network; with
+    `ipv6_clients`, the gateways and that many first clients (not NAT'd) also get an IPv6
+    address on the public LAN, and those clients reach the VIP over IPv6 (PUBLIC_VIP6)."""
+    if not 0 <= ipv6_clients <= clients - nat_clients:
+        raise ValueError(f"ipv6 clients must be 0 to {clients - nat_clients} (not behind NAT)")
     if not 2 <= gateways <= 5:
         raise ValueError(f"gateways must be 2 to 5, not {gateways}")
     if not 1 <= clients <= 20 or not 0 <= nat_clients <= clients:
@@ -96,7 +107,8 @@ def plan(gateways: int, clients: int, nat_clients: int = 1, prefix: str = "hl",
     for k in range(1, gateways + 1):
         i = len(nodes)
         nodes.append(Node(f"gw{k}", "gateway", (
-            Iface("e0", pub, _mac(i, 0, False), (f"192.0.2.{10 + k}/24",)),
+            Iface("e0", pub, _mac(i, 0, False), (f"192.0.2.{10 + k}/24",
+                                                 *_six(ipv6_clients, 10 + k))),
             Iface("e1", priv, _mac(i, 1, False), (f"10.1.0.{10 + k}/24",)),
         ), routes=(f"{POOL} via {UPSTREAM} dev e0",), forward=True))
     if witness:
@@ -117,7 +129,8 @@ def plan(gateways: int, clients: int, nat_clients: int = 1, prefix: str = "hl",
             iface = Iface("e0", natin, _mac(i, 0, False), (f"198.51.100.{1 + c}/24",))
             routes: tuple[str, ...] = ("default via 198.51.100.1",)
         else:
-            iface = Iface("e0", pub, _mac(i, 0, False), (f"192.0.2.{100 + c}/24",))
+            iface = Iface("e0", pub, _mac(i, 0, False), (f"192.0.2.{100 + c}/24",
+                                                         *_six(c <= ipv6_clients, 100 + c)))
             routes = ()
         nodes.append(Node(f"c{c}", "client", (iface,), routes=routes, behind_nat=behind))
     bridges = (pub, priv, natin) if nat_clients else (pub, priv)
@@ -126,6 +139,11 @@ def plan(gateways: int, clients: int, nat_clients: int = 1, prefix: str = "hl",
                   "{ type nat hook postrouting priority 100 ; }"),
                  ("add", "rule", "ip", "lab_nat", "post", "oifname", "e0", "masquerade"))
     return Topology(prefix, tuple(nodes), bridges, nat_rules if nat_clients else ())
+
+
+def _six(on: int | bool, host: int) -> tuple[str, ...]:
+    """The public LAN's IPv6 address of `host`, if `on`."""
+    return (f"2001:db8:2::{host}/64",) if on else ()
 
 
 Runner = Callable[[list[str], str | None], None]  # argv, standard input
@@ -153,7 +171,9 @@ def build_steps(topo: Topology) -> list[tuple[list[str], str | None]]:
             host.append(f"link add {h} address {_mac(idx, j, True)} type veth peer name "
                         f"{ifc.name} address {ifc.mac} netns {ns}")
             host.append(f"link set {h} master {ifc.bridge} up")
-            lines += [f"addr add {a} dev {ifc.name}" for a in ifc.addrs]
+            # IPv6 without duplicate address detection: a tentative address cannot be used
+            lines += [f"addr add {a} dev {ifc.name}" + (" nodad" if ":" in a else "")
+                      for a in ifc.addrs]
             lines.append(f"link set {ifc.name} up")
         lines += [f"route add {r}" for r in node.routes]
         if node.role == "gateway":
