@@ -52,8 +52,7 @@ XFRM_STATE = """src 192.0.2.1 dst 192.0.2.101
 \tif_id 0x42
 src 192.0.2.101 dst 192.0.2.1
 \tproto esp spi 0xc7654321 reqid 1 mode tunnel
-\tmark 0x42/0xffffffff
-src 192.0.2.102 dst 192.0.2.1
+\tmark 0x42/0xffffffff \n""" + """src 192.0.2.102 dst 192.0.2.1
 \tproto esp spi 0xc7654322 reqid 2 mode tunnel
 """
 

@@ -53,8 +53,8 @@ def bound_sas(xfrm_state: str, kind: str) -> tuple[int, int]:
     """(SAs, SAs bound to the interface) in `ip xfrm state` output: an `if_id` line (xfrmi)
     or a `mark` line (vti) with IF_ID."""
     blocks = re.split(r"^src ", xfrm_state, flags=re.M)[1:]
-    want = re.compile(rf"^\s+if_id {IF_ID:#x}$" if kind == "xfrmi" else
-                      rf"^\s+mark {IF_ID:#x}/0xffffffff$", re.M)
+    want = re.compile(rf"^\s+if_id {IF_ID:#x}[ \t]*$" if kind == "xfrmi" else
+                      rf"^\s+mark {IF_ID:#x}/0xffffffff[ \t]*$", re.M)  # ip prints a blank
     return len(blocks), sum(1 for b in blocks if want.search(b))
 
 
