@@ -125,7 +125,8 @@ def test_every_tunnel_of_the_last_master_goes_through_its_xfrm_interface(
         run: dict[str, Any]) -> None:
     master = run["failovers"][-1]["to"]
     seen = run["route_based"][master]
-    assert seen["sas"] >= 2 * len(run["tunnels"]) and seen["bound"] == seen["sas"], seen
+    assert seen["sas"] >= 2 * len(run["tunnels"]) and seen["bound"] == seen["to_bind"] == \
+        seen["sas"], seen
     after = run["after_failovers"]
     for name, checks in after.items():  # IKE rekey, CHILD rekey and DPD through it
         for what in ("ike_rekey", "child_rekey", "dpd"):

@@ -58,6 +58,8 @@ src 192.0.2.101 dst 192.0.2.1
 
 
 def test_bound_sas_are_counted_by_kind() -> None:
-    assert routebased.bound_sas(XFRM_STATE, "xfrmi") == (3, 1)
-    assert routebased.bound_sas(XFRM_STATE, "vti") == (3, 1)
-    assert routebased.bound_sas("", "vti") == (0, 0)
+    assert routebased.bound_sas(XFRM_STATE, "xfrmi", "192.0.2.1") == (3, 3, 1)
+    # VTI: only the outbound SA (from the VIP) must carry the mark, and it does not
+    assert routebased.bound_sas(XFRM_STATE, "vti", "192.0.2.1") == (3, 1, 0)
+    assert routebased.bound_sas(XFRM_STATE, "vti", "192.0.2.101") == (3, 1, 1)
+    assert routebased.bound_sas("", "vti", "192.0.2.1") == (0, 0, 0)

@@ -72,8 +72,9 @@ def _keeps_tunnels(result: dict[str, Any], relaxed: str | None = None) -> None:
         in_flight = c["lost_to_client"] + c["lost_from_client"]
         assert c["replay_errors"] <= in_flight, where
         assert c["seq_jumps"], where  # the capture saw the old and the new master's packets
-        for j in c["seq_jumps"]:
-            assert 0 <= j["seq_skipped"] <= max(j["packets_2s"], FLOOR), (where, j)
+        for j in c["seq_jumps"]:  # beyond the reserve: packets the old master sent, lost
+            bound = max(j["packets_2s"], FLOOR) + c["lost_to_client"]
+            assert 0 <= j["seq_skipped"] <= bound, (where, j, c["lost_to_client"])
         assert c["seq_skip_ok"], where
 
 
@@ -153,7 +154,7 @@ def test_every_client_ran_its_own_proposal_through_the_vti(run: dict[str, Any]) 
                    "c3": "chacha20poly1305-ecp256"}, esp
     master = run["failovers"][-1]["to"]
     seen = run["route_based"][master]
-    assert seen["sas"] >= 6 and seen["bound"] == seen["sas"], seen  # every SA carries the mark
+    assert seen["to_bind"] >= 3 and seen["bound"] == seen["to_bind"], seen  # marked outbound
 
 
 def test_a_child_rekey_in_flight_at_the_first_fault_completes_on_the_new_master(

@@ -30,6 +30,7 @@ from . import (
     pcap,
     probe,
     routebased,
+    topology,
     tunnels,
 )
 from .prereq import LabError
@@ -161,7 +162,8 @@ def _tunnel_result(run: Run, tun: Tunnel, before: dict[str, Any], after: dict[st
         "seq_jumps": [dataclasses.asdict(j) for j in jumps],
         "seq_skipped": max((j.seq_skipped for j in jumps), default=None),
         "rate_pps": max((j.rate_pps for j in jumps), default=None),
-        "seq_skip_ok": all(0 <= j.seq_skipped <= max(j.packets_2s, SKIP_FLOOR) for j in jumps),
+        "seq_skip_ok": all(0 <= j.seq_skipped <= max(j.packets_2s, SKIP_FLOOR) + loss_to.lost
+                           for j in jumps),
         "esp_to_client": sum(cc.esp.get(s, 0) for s in spis),
     }
 
@@ -331,7 +333,8 @@ def run_failovers(run: Run) -> dict[str, object]:
             restore(run, str(fo["from"]))  # the node struck, VRRP's master at the fault
             time.sleep(2.0)
         master = str(fo["to"] or master)
-    bound = routebased.observe(lab, spec.route_based) if spec.route_based else {}
+    bound = routebased.observe(lab, spec.route_based, topology.PUBLIC_VIP) \
+        if spec.route_based else {}
     rekeys = checks_on(spec) and not set(spec.faults or (spec.fault,)) & set(TWO_SENDER_FAULTS)
     after = _after_failovers(run) if spec.mode == "hasync" and rekeys else {}
     gws = [n.name for n in lab.topo.nodes if n.role in ("gateway", "witness")]

@@ -49,19 +49,23 @@ def setup(kind: str, local: str, lan_if: str = "e0") -> list[list[str]]:
             ["ip", "route", "replace", POOL, "dev", dev]]
 
 
-def bound_sas(xfrm_state: str, kind: str) -> tuple[int, int]:
-    """(SAs, SAs bound to the interface) in `ip xfrm state` output: an `if_id` line (xfrmi)
-    or a `mark` line (vti) with IF_ID."""
+def bound_sas(xfrm_state: str, kind: str, local: str) -> tuple[int, int, int]:
+    """(SAs, SAs that must be bound, those bound) in `ip xfrm state` output: every SA carries
+    the interface id (xfrmi); only outbound ones (source `local`) carry the mark (vti:
+    strongSwan sets mark_in on the inbound policy only, not on the SA without `mark_in_sa`,
+    and vti_rcv()'s marked lookup matches an unmarked SA)."""
     blocks = re.split(r"^src ", xfrm_state, flags=re.M)[1:]
     want = re.compile(rf"^\s+if_id {IF_ID:#x}[ \t]*$" if kind == "xfrmi" else
                       rf"^\s+mark {IF_ID:#x}/0xffffffff[ \t]*$", re.M)  # ip prints a blank
-    return len(blocks), sum(1 for b in blocks if want.search(b))
+    must = [b for b in blocks if kind == "xfrmi" or b.startswith(f"{local} ")]
+    return len(blocks), len(must), sum(1 for b in must if want.search(b))
 
 
-def observe(lab: Lab, kind: str) -> dict[str, dict[str, int]]:
-    """Per gateway: its ESP SAs and how many of them are bound to the interface."""
+def observe(lab: Lab, kind: str, local: str) -> dict[str, dict[str, int]]:
+    """Per gateway: its ESP SAs, how many must be bound to the interface, how many are."""
     out = {}
     for gw in (n.name for n in lab.topo.by_role("gateway")):
-        total, bound = bound_sas(lab.run(gw, ["ip", "xfrm", "state"], check=False), kind)
-        out[gw] = {"sas": total, "bound": bound}
+        total, must, bound = bound_sas(lab.run(gw, ["ip", "xfrm", "state"], check=False), kind,
+                                       local)
+        out[gw] = {"sas": total, "to_bind": must, "bound": bound}
     return out
