@@ -1,8 +1,9 @@
 """Virtual IP leases across failovers (issue 18, item 1): the verdict of leases.py on listings,
 the lab's and deploy/'s pools, and the lab run itself in the VM (`hasync lab failover
---failovers 2 --leases --route-based xfrmi`): after each failover the new master
+--failovers 2 --leases --route-based xfrmi --ipv6`): after each failover the new master
 re-authenticates a kept tunnel and gives out new addresses, and no address is held twice on
-any gateway or client. The gateways' tunnels go through an XFRM interface (issue 18, item 4)."""
+any gateway or client. The gateways' tunnels go through an XFRM interface (issue 18, item 4),
+and the first client reaches the VIP over IPv6 (item 5, outer addresses)."""
 
 from __future__ import annotations
 
@@ -77,13 +78,14 @@ def test_the_lease_client_carries_extra_psk_connections() -> None:
                                   ("l0a", "l0b"))
     assert "home {" in text and "l0a {" in text and "l0b {" in text
     assert confgen.TUNNEL_PSK in text and "id = l0a.tunnels.lab" in text
+    assert text.count("dpd_delay = 0s") == 2 and "dpd_delay = 10s" in text  # home keeps DPD
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """`hasync lab failover --failovers 2 --leases --route-based xfrmi`."""
+    """`hasync lab failover --failovers 2 --leases --route-based xfrmi --ipv6`."""
     return run_lab(tmp_path_factory, "leases", ["failover", "--failovers", "2", "--leases",
-                                                "--route-based", "xfrmi"], 3600)[0]
+                                                "--route-based", "xfrmi", "--ipv6"], 3600)[0]
 
 
 def _rounds(run: dict[str, Any]) -> list[dict[str, Any]]:
@@ -131,3 +133,15 @@ def test_every_tunnel_of_the_last_master_goes_through_its_xfrm_interface(
     for name, checks in after.items():  # IKE rekey, CHILD rekey and DPD through it
         for what in ("ike_rekey", "child_rekey", "dpd"):
             assert checks[what]["ok"], (name, what, checks[what])
+
+
+@pytest.mark.lab
+@needs_root
+def test_the_ipv6_client_keeps_its_tunnel_through_both_failovers(run: dict[str, Any]) -> None:
+    (six,) = [t for t in run["tunnels"] if t["outer"] != "ipv4"]
+    assert six["client"] == "c1" and six["outer"] == "2001:db8:2::101", six
+    for fo in run["failovers"]:
+        (c1,) = [c for c in fo["clients"] if c["client"] == "c1"]
+        assert c1["reestablished"] is False and c1["ike_sa_init"] == 0, c1
+        # its capture is read at its IPv6 address: ESP from the old and the new master
+        assert c1["esp_to_client"] > 0 and c1["seq_jumps"] and c1["seq_reuse"] == 0, c1

@@ -420,7 +420,9 @@ def tunnel_table(run: Run) -> list[dict[str, object]]:
     for t in run.tunnels:
         st = states[t.client]
         ike = st["ikes"].get(t.conn)  # type: ignore[attr-defined]
-        out.append({"name": t.name, "client": t.client, "esp": confgen.client_esp(
+        out.append({"name": t.name, "client": t.client,
+                    "outer": run.lab.topo.node(t.client).address6 or "ipv4",
+                    "esp": confgen.client_esp(
                         t.client, run.spec.cipher_of(clients.index(t.client))),
                     "nat": run.lab.topo.node(t.client).behind_nat,
                     "encap": ike.encap if run.spec.tunnels and ike else st["encap"],
