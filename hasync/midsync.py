@@ -32,6 +32,7 @@ Rules: pure (time comes as `now`), no IO, no logging; counters by name for `hasy
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -40,7 +41,7 @@ from .ha.errors import MalformedMessage
 
 Key = tuple[int, int, int, bool]  # journal/model.py's key: version, SPIs, our role
 RECENT_S = 2.0  # applied this close to the old master's last MID: maybe in flight
-RECENT_MAX = 200_000  # keys remembered at most (memory bound; the oldest go first)
+RECENT_MAX = 200_000  # keys remembered at most within RECENT_S (memory bound; oldest go first)
 MIN_MID = 2  # never rewind to 1 (IKE_AUTH)
 COUNTED = ("mid_sync:rewound_at_promotion", "mid_sync:rewound", "mid_sync:restored",
            "mid_sync:orphans_deleted")
@@ -121,8 +122,13 @@ class MidSync:
                 self.recent[key] = _Recent(now, item)
             elif key in self.recent:  # created while processing that request
                 self.recent[key].children.append(item)
-        while len(self.recent) > RECENT_MAX:
-            del self.recent[next(iter(self.recent))]
+        for key in list(itertools.islice(self.recent, max(0, len(self.recent) - RECENT_MAX))):
+            del self.recent[key]  # the memory bound
+        while self.recent:  # only the last RECENT_S can matter at a promotion
+            first = next(iter(self.recent))
+            if self.recent[first].t >= now - RECENT_S:
+                break
+            del self.recent[first]
 
     def promoted(self) -> list[bytes]:
         """This node became master: the rewinds of the exchanges that may be in flight."""

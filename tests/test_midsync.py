@@ -166,3 +166,12 @@ def test_the_node_journals_the_orphans_delete_and_feeds_it_before_the_rewind() -
     assert [decode(d).type for f in feeds for d in f.datagrams] == [
         MessageType.CHILD_DELETE, MessageType.IKE_MID_RESPONDER]
     assert [decode(d).type for d in core.batcher.pending] == [MessageType.CHILD_DELETE]
+
+
+def test_only_the_last_seconds_are_remembered() -> None:
+    m = MidSync()
+    m.applied([(request_key(n, n, True), mid_datagram(n, n, 5)) for n in range(1, 4)], now=1.0)
+    m.applied([(KEY, J)], now=1.0 + RECENT_S / 2)
+    assert len(m.recent) == 4
+    m.applied([], now=2.0 + RECENT_S)  # the first three are older than RECENT_S now
+    assert list(m.recent) == [KEY]
