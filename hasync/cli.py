@@ -182,6 +182,8 @@ def _user_errors() -> tuple[type[Exception], ...]:
     errors: list[type[Exception]] = [ConfigError, ControlError]
     if "hasync.journal.seal" in sys.modules:
         errors.append(sys.modules["hasync.journal.seal"].KeyFileError)
+    if "hasync.ikesniff" in sys.modules:
+        errors.append(sys.modules["hasync.ikesniff"].SnifferUnavailable)
     return tuple(errors)
 
 

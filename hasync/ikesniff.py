@@ -230,11 +230,21 @@ def bind_hook(sock: socket.socket, ifname: str | None) -> None:
         raise OSError(err, os.strerror(err))
 
 
+class SnifferUnavailable(RuntimeError):
+    """This process may not open a packet socket (it lacks CAP_NET_RAW)."""
+
+
 def open_sniffer(ifname: str | None = None) -> socket.socket:
     """A non-blocking packet socket that reads IKE requests sent to this host (root only)."""
     # Protocol 0: no hook until bind(), after the filter is attached, so no unfiltered
     # packet is ever queued (net/packet/af_packet.c packet_create, packet_do_bind).
-    sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, 0)
+    try:
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, 0)
+    except PermissionError as e:
+        raise SnifferUnavailable(
+            "reading clients' IKE headers (midsync.py) needs a packet socket: run hasync as "
+            "root with CAP_NET_RAW in its unit's CapabilityBoundingSet (deploy/hasync.service)"
+        ) from e
     try:
         attach_filter(sock, bpf_program())
         sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)

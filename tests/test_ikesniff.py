@@ -365,3 +365,21 @@ print(json.dumps({"mids": got, "counters": counters}))
 def test_on_a_link_only_frames_for_this_host_pass_and_the_link_going_down_is_counted() -> None:
     out = in_netns(VETH_PROBE)
     assert out == {"mids": [1, 3], "counters": {"ike_sniff:netdown": 1}}
+
+
+def test_the_shipped_unit_lets_the_daemon_open_its_sniffer() -> None:
+    unit = (Path(__file__).resolve().parent.parent / "deploy" / "hasync.service").read_text()
+    (bounding,) = [ln for ln in unit.splitlines() if ln.startswith("CapabilityBoundingSet=")]
+    assert "CAP_NET_RAW" in bounding.split("=", 1)[1].split()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
+                    reason="needs root to drop CAP_NET_RAW from the bounding set")
+def test_without_cap_net_raw_the_sniffer_says_what_it_needs() -> None:
+    code = ("from hasync.ikesniff import open_sniffer, SnifferUnavailable\n"
+            "try:\n    open_sniffer()\nexcept SnifferUnavailable as e:\n    print(e)\n")
+    res = subprocess.run(["setpriv", "--bounding-set", "-net_raw", "--inh-caps", "-net_raw",
+                          sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parent.parent, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert "CAP_NET_RAW" in res.stdout and "deploy/hasync.service" in res.stdout
