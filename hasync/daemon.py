@@ -19,6 +19,7 @@ import signal
 import socket
 import time
 from collections.abc import Coroutine
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from .endpoint import open_endpoint
 from .feed import CharonFeed
 from .fifos import LineBuffer, open_notify_fifo, read_available
 from .guard import Guard, Reserve
-from .ha import HaMessage, MessageType
+from .ha import HaMessage, Host, MessageType
 from .healthfile import HealthWriter
 from .ikesniff import open_sniffer, read_all
 from .journal.seal import Batch, derive_keys, load_cluster_key
@@ -202,8 +203,9 @@ class Daemon:
         for line in lines.feed(read_available(fd)):
             self._event(lambda now, line=line: self.core.on_vrrp(line, now))
 
-    def _applied_threadsafe(self, batch: Batch, applied: list[tuple[bytes, HaMessage]]) -> None:
-        datagrams = [raw for raw, _ in applied]
+    def _applied_threadsafe(self, batch: Batch, applied: list[tuple[bytes, HaMessage]],
+                            refeed: list[bytes]) -> None:
+        datagrams = [raw for raw, _ in applied] + refeed  # refeed: peers that moved (rehome.py)
         mids = [(key, raw if msg.type == MessageType.IKE_MID_RESPONDER else spi)
                 for raw, msg in applied if msg.type in MID_TYPES
                 and (key := key_of(msg.get("ike_id")))
@@ -221,16 +223,36 @@ class Daemon:
         assert self.journal is not None
         seen = read_all(sock, self.core.counters)
         out: list[Command] = []
-        if not self.core.mids.active:
-            return out
+        master = self.core.role.role is Role.MASTER
         for s in seen:
-            if not s.header.is_request:
+            if not s.header.is_request or not (master or self.core.mids.active):
                 continue
             key = request_key(s.header.spi_i, s.header.spi_r, s.header.from_initiator)
             with self.journal.lock:
-                raw = self.journal.state.responder_mid(key)
-            out += self.core.on_ike_request(key, s.header.mid, raw, now)
+                state = self.journal.state
+                raw = state.responder_mid(key) if self.core.mids.active else None
+                host = state.remote_host(key) if master else None
+                spis = state.outbound_spis(key) if host is not None and \
+                    (host.address, host.port) != (ip_address(s.src), s.sport) else ()
+            if host is not None:  # roam.py: a request from elsewhere may be a move
+                self.core.roams.seen(key, Host(ip_address(s.src), s.sport), host, spis, now)
+            if self.core.mids.active:
+                out += self.core.on_ike_request(key, s.header.mid, raw, now)
         return out
+
+    def _roams(self, now: float) -> list[Command]:
+        """Journal the moves the kernel confirms (roam.py, rehome.py)."""
+        assert self.journal is not None and self.seq is not None
+        confirmed = self.core.roams.confirm(self.seq.kernel_keys, now)
+        if not confirmed:
+            return []
+        with self.journal.lock:
+            raws = [(key, host, self.journal.state.roam_update(key, host))
+                    for key, host in confirmed]
+        for key, host, raw in raws:
+            log.info("the peer of IKE_SA %016x_i %016x_r moved to %s:%d%s", key[1], key[2],
+                     host.address, host.port, "" if raw else " (the journal has it already)")
+        return self.core.on_roamed([raw for _, _, raw in raws if raw], now)
 
     def _activate(self) -> None:
         """The promotion's last step (the guard calls it on the loop)."""
@@ -243,6 +265,8 @@ class Daemon:
             self._wake.clear()  # a batch queued from here on wakes the wait below
             self._event(lambda now: self.core.tick(now, time.time(),
                                                    RaftView.of(journal.status())))
+            if self.core.roams.pending:
+                self._event(self._roams)
             wake = self.core.wake_at()
             delay = TICK_S if wake is None else min(TICK_S, max(0.0, wake - time.monotonic()))
             with contextlib.suppress(TimeoutError):

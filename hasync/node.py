@@ -30,6 +30,8 @@ from .mirror import (
     resync_message,
     status_message,
 )
+from .roam import COUNTED as ROAM_COUNTED
+from .roam import Roams
 from .role import IllegalTransition, Role, RoleState, parse_vrrp_line
 from .syncobj_compat import FailReason
 
@@ -41,7 +43,8 @@ REPORT_S = 5.0  # how often a node tells the cluster its VRRP role and applied i
 RESYNC_MIN_S = 60.0  # a RESYNC rekeys every CHILD_SA (mirror.resync_message): not in a loop
 COUNTED = ("mirrored", "replays", "batches", "batch_messages", "commit_retries",
            "batches_dropped", "messages_dropped", "messages_dropped:backlog_full",
-           "resyncs_requested", "vrrp_illegal", *MID_COUNTED)  # shown from the start
+           "resyncs_requested", "vrrp_illegal", *MID_COUNTED,
+           *ROAM_COUNTED)  # shown from the start
 
 
 # ---- commands -------------------------------------------------------------------------------
@@ -250,6 +253,7 @@ class NodeCore:
         self.heartbeat = Heartbeat()
         self.counters.update(dict.fromkeys(COUNTED, 0))
         self.mids = MidSync(counters=self.counters)  # responder MIDs on a new master
+        self.roams = Roams(counters=self.counters)  # peers that moved (roam.py)
 
     # charon -> journal
     def on_ha(self, raw: bytes, msg: HaMessage, now: float) -> list[Command]:
@@ -418,6 +422,7 @@ class NodeCore:
                          "responder message IDs go back by one (midsync.py)", len(rewinds))
             return [StartPromotion(), *([FeedCharon(tuple(rewinds))] if rewinds else [])]
         self.mids.demoted()
+        self.roams.clear()
         if before is Role.MASTER:  # charon keeps its SAs, passive again; no replay
             return [CancelPromotion(), *self._segments("-")]
         return []
@@ -432,6 +437,16 @@ class NodeCore:
         for datagram in deletes:
             out += self._journal(datagram, now)
         return out + ([FeedCharon((rewind,))] if rewind else [])
+
+    def on_roamed(self, datagrams: list[bytes], now: float) -> list[Command]:
+        """IKE_UPDATEs for peers the master's charon moved (roam.py): journaled like
+        charon's own datagrams, so that every mirroring node moves them too (rehome.py)."""
+        if self.role.role is not Role.MASTER:
+            return []
+        out: list[Command] = []
+        for datagram in datagrams:
+            out += self._journal(datagram, now)
+        return out
 
     def on_activate(self) -> list[Command]:
         """The promotion's last step: activate every segment in charon, if still master."""

@@ -65,7 +65,7 @@ durable.install()  # every SyncObj journal syncs before it answers (issue 17 fin
 SNAPSHOT_FORMAT = 3
 SNAPSHOT_PICKLE_PROTOCOL = 4  # what main wrote (3.11 default), pinned: same state, same bytes
 AUTO_TICK_MIN_S = 0.05  # pysyncobj's default poll timeout; a slow heartbeat polls less often
-Applied = Callable[[Batch, list[tuple[bytes, HaMessage]]], None]
+Applied = Callable[[Batch, list[tuple[bytes, HaMessage]], list[bytes]], None]  # + refeed
 Callback = Callable[[Any, Any], None]
 # Counter prefix of a rejected entry, by kind (the names `hasync status` has always shown).
 _REJECTED: dict[int, str] = {Kind.BATCH: "entry_rejected", Kind.SEQ: "seq_rejected",
@@ -289,7 +289,7 @@ class ClusterJournal:
         """Tell the daemon and the guard what changed; their errors are counted."""
         if change.kind is Kind.BATCH and self.on_applied is not None and change.batch:
             try:
-                self.on_applied(change.batch, list(change.applied))
+                self.on_applied(change.batch, list(change.applied), list(change.refeed))
             except Exception as exc:
                 self._count("on_applied_error", exc)
         if change.moved and self.on_seq is not None:

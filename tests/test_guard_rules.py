@@ -279,3 +279,32 @@ def test_finding7_a_rate_meter_s_memory_stays_fixed_and_small() -> None:
         tracemalloc.stop()
     grown = sum(s.size_diff for s in after.compare_to(before, "filename"))
     assert grown / len(meters) < 400, f"{grown / len(meters):.0f} bytes per meter"
+
+
+MOVED = ("192.0.2.121", KEY[1], KEY[2])  # the same SA after its peer moved (MOBIKE)
+
+
+def test_a_moved_sa_s_backup_target_is_past_the_mark_journaled_at_its_old_address() -> None:
+    # The old master journaled marks under the peer's first address only, then the peer
+    # moved: the backup's SA (re-installed at the new address) must not start below them.
+    moved = KernelSa(MOVED, False, 0, 0, (0,), 32)
+    (w,) = plan_writes([moved], {KEY: rec(5000)}, R)
+    assert w.oseq == 5000 + 1 + R.takeover_floor and w.sa.key == MOVED
+
+
+def test_a_moved_sa_s_target_takes_the_highest_mark_of_its_spi_under_any_address() -> None:
+    records = {KEY: rec(5000), MOVED: SeqRecord(MOVED, 9000, 0, (0,), 0.0, "gw1", 1000.0)}
+    assert [w.oseq for w in plan_writes([sa(oseq=10)], records, R)] == [9000 + 1 + 576]
+    other_spi = ("192.0.2.101", KEY[1] + 1, 50)
+    assert plan_writes([sa(key=other_spi)], records, R) == []  # another SPI: no record
+
+
+def test_the_master_s_first_mark_after_a_move_starts_past_the_old_address_s_mark() -> None:
+    # On the master itself charon moved the SA (kernel_netlink update_sa() keeps its counter);
+    # the new key has no permit yet, so its first mark starts past the old key's.
+    t = SeqTracker("gw1")
+    plan = observe(t, [KernelSa(MOVED, False, 4990, 0, (0,), 32)], {KEY: rec(5000)},
+                   held={KEY: Held(0, 5000)})
+    (w,) = plan.writes
+    assert w.oseq == 5000 + 1 + R.takeover_floor
+    assert plan.lows[MOVED] == w.oseq and plan.records[0].mark > w.oseq

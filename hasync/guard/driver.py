@@ -82,6 +82,7 @@ class Guard:
         self.started = clock()
         self.last_read: float | None = None  # the last successful kernel read (clock)
         self.kernel_spis: frozenset[int] = frozenset()  # the SPIs of that read (charonwatch)
+        self.kernel_keys: frozenset[SaKey] = frozenset()  # its SAs (roam.py)
         self.master_since: float | None = None
         self.deposed_by: tuple[str, int] | None = None
         self.tally = FenceTally()
@@ -257,7 +258,8 @@ class Guard:
         if self.failing:
             log.info("reading the kernel's SAs works again, after %d failures", self.failing)
             self.failing = 0
-        seen = {sa.key for sa in sas}
+        seen = frozenset(sa.key for sa in sas)
+        self.kernel_keys = seen
         self.kernel_spis = frozenset(key[1] for key in seen)
         gone = (set(self.tally.fenced) | set(self.term.held) | set(self.term.pending)) - seen
         if gone:

@@ -28,7 +28,12 @@ argument. In short:
 - inbound replay state (seq, bitmap) is journaled at least every `inbound_interval_s` while it
   moves and restored forward only, so packets the old master accepted stay rejected;
 - counters only move forward; a non-ESN target past 2^32 - 1 is clamped there, which stops the
-  SA (the kernel refuses to wrap) instead of reusing a number.
+  SA (the kernel refuses to wrap) instead of reusing a number;
+- an outbound target follows the SA across destinations: it is taken from the highest mark
+  journaled for the SA's (SPI, protocol) under ANY destination (`spi_peaks`), since a peer that
+  moves (MOBIKE, a NAT rebinding) takes its SA, keys and counter with it to a new XFRM key
+  (kernel_netlink_ipsec.c update_sa() copies the replay state). Two peers that picked the same
+  SPI only make each other's targets larger: never a reuse, a longer jump at worst.
 The kernel semantics are torvalds/linux net/xfrm/xfrm_replay.c (xfrm_replay_overflow*: the
 next packet carries oseq + 1).
 """
@@ -189,11 +194,12 @@ class SeqTracker:
         plan = MasterPlan()
         seen: set[SaKey] = set()
         extra = self._stretch(now)
+        peaks = spi_peaks(committed)
         for sa in sas:
             seen.add(sa.key)
             rate = self._rate(sa, now)
-            self._one(plan, sa, committed.get(sa.key), held.get(sa.key), rate, now,
-                      (wall, epoch, extra))
+            self._one(plan, sa, (committed.get(sa.key), peaks.get(sa.key[1:])),
+                      held.get(sa.key), rate, now, (wall, epoch, extra))
         for key in [k for k in self.meters if k not in seen]:
             del self.meters[key]
             self.inbound_at.pop(key, None)
@@ -224,10 +230,12 @@ class SeqTracker:
             self.lineage[lineage] = (now, rate) if rate >= inherited else (t, inherited)
         return max(rate, inherited)
 
-    def _one(self, plan: MasterPlan, sa: KernelSa, rec: SeqRecord | None, held: Held | None,
-             rate: float, now: float, at: tuple[float, int, float]) -> None:
-        """Add one SA's record (and its first jump) to `plan` if due."""
+    def _one(self, plan: MasterPlan, sa: KernelSa, recs: tuple[SeqRecord | None, SeqRecord | None],
+             held: Held | None, rate: float, now: float, at: tuple[float, int, float]) -> None:
+        """Add one SA's record (and its first jump) to `plan` if due; `recs`: its own record
+        and the highest-mark one of its (SPI, protocol) (`spi_peaks`)."""
         wall, epoch, extra = at
+        rec, peak = recs
         ahead = self.reserve.ahead(rate, extra)
         if held is not None and sa.oseq > held.hi:
             self.stats.violations += 1
@@ -237,7 +245,7 @@ class SeqTracker:
             or now - self.inbound_at.get(sa.key, -math.inf) >= self.reserve.inbound_interval_s)))
         top = U64_MAX if sa.esn else U32_MAX
         if held is None:  # the term's first mark: past the target, after a jump to it
-            target = target_oseq(sa, rec, self.reserve)
+            target = target_oseq(sa, peak, self.reserve)
             if sa.oseq < target:
                 plan.writes.append(Write(sa, target, sa.seq, sa.bitmap))
             base = max(sa.oseq, target)
@@ -263,6 +271,16 @@ def _fit(bitmap: tuple[int, ...], sa: KernelSa) -> tuple[int, ...]:
     return (0,) * len(sa.bitmap)
 
 
+def spi_peaks(records: Mapping[SaKey, SeqRecord]) -> dict[tuple[int, int], SeqRecord]:
+    """Per (SPI, protocol), the record with the highest mark under any destination."""
+    peaks: dict[tuple[int, int], SeqRecord] = {}
+    for (_, spi, proto), rec in records.items():
+        best = peaks.get((spi, proto))
+        if best is None or rec.mark > best.mark:
+            peaks[spi, proto] = rec
+    return peaks
+
+
 def target_oseq(sa: KernelSa, rec: SeqRecord | None, reserve: Reserve) -> int:
     """The outbound counter a non-master keeps (and a new term starts from) for `sa`: past
     every number any node can have been permitted (journaled mark + 1, plus the constant
@@ -274,15 +292,17 @@ def target_oseq(sa: KernelSa, rec: SeqRecord | None, reserve: Reserve) -> int:
 
 def plan_writes(sas: Iterable[KernelSa], records: Mapping[SaKey, SeqRecord],
                 reserve: Reserve, inbound: bool = True) -> list[Write]:
-    """Writes that move every SA's counters up to the journal's targets; never down. Those
+    """Writes that move every SA's counters up to the journal's targets (outbound: its
+    (SPI, protocol)'s highest mark, `spi_peaks`); never down. Those
     that move an outbound counter come first; without `inbound`, only those (a write still
     carries the journaled inbound state of its SA: a backup's steady state)."""
     writes = []
+    peaks = spi_peaks(records)
     for sa in sas:
-        rec = records.get(sa.key)
-        oseq = max(sa.oseq, target_oseq(sa, rec, reserve))
+        rec, peak = records.get(sa.key), peaks.get(sa.key[1:])
+        oseq = max(sa.oseq, target_oseq(sa, peak, reserve))
         if oseq > sa.oseq:  # the kernel may send between our read and this write
-            margin = max(RACE_MARGIN, math.ceil((rec.rate if rec else 0.0) * RACE_S))
+            margin = max(RACE_MARGIN, math.ceil((peak.rate if peak else 0.0) * RACE_S))
             oseq = min(max(oseq, sa.oseq + margin), U64_MAX if sa.esn else U32_MAX)
         seq, bitmap = sa.seq, sa.bitmap
         if rec is not None and rec.seq > sa.seq:

@@ -196,6 +196,7 @@ class Change:
     batch: Batch | None = None
     applied: tuple[tuple[bytes, HaMessage], ...] = ()  # datagrams now in the state
     child_adds: int = 0  # CHILD_ADDs among them
+    refeed: tuple[bytes, ...] = ()  # datagrams a passive charon needs besides (rehome.py)
     moved: bool = False  # an outbound mark rose or a new SA came (SeqLog.apply)
     member: MemberReport | None = None
     counts: dict[str, int] = field(default_factory=dict)  # counters to add
@@ -241,9 +242,16 @@ class ApplyMachine:
                 errors.append(("apply_error", exc))
                 continue
             applied.append((raw, msg))
+        refeed: list[bytes] = []
+        try:  # after the whole batch: the lineage as it now stands (rehome.py)
+            refeed = self.state.take_rehomed() if self.state.rehomed else []
+        except Exception as exc:  # pure and total: a bug, logged upstream
+            self.state.rehomed.clear()
+            errors.append(("rehome_error", exc))
         counts = Counter({"batches_applied": 1, "messages_applied": len(applied),
-                          "datagram_rejected": entry.malformed})
-        return Change(entry.kind, batch=entry.batch, applied=tuple(applied),
+                          "datagram_rejected": entry.malformed,
+                          "peers_moved": sum(d[1] == MessageType.IKE_DELETE for d in refeed)})
+        return Change(entry.kind, batch=entry.batch, applied=tuple(applied), refeed=tuple(refeed),
                       child_adds=sum(m.type == MessageType.CHILD_ADD for _, m in applied),
                       counts={k: v for k, v in counts.items() if v}, errors=tuple(errors))
 

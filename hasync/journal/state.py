@@ -62,12 +62,14 @@ from hasync.ha import (
     Attribute,
     EncodeError,
     HaMessage,
+    Host,
     IkeSaId,
     MessageType,
     child_spi,
     encode,
 )
 
+from . import rehome
 from .model import (
     Key,
     _Child,
@@ -107,6 +109,8 @@ class JournalState:
         self.anomalies: dict[str, int] = {}
         self.applied = 0
         self.last_ts = 0.0
+        self.rehomed: list[Key] = []  # live IKE_SAs whose remote host moved (take_rehomed())
+        self._hosts: dict[Key, Host | None] = {}  # remote_host() cache, by live IKE_SA
 
     def _count(self, reason: str) -> None:
         """Count one ignored input."""
@@ -198,6 +202,7 @@ class JournalState:
         self._lineages[key] = lineage
         for member in lineage.ikes:
             self._owner[member.key] = key
+            self._hosts.pop(member.key, None)
         self._prune(lineage)
 
     def _inherit(self, old: _Ike, new_id: IkeSaId, add: HaMessage) -> bytes | None:
@@ -254,7 +259,12 @@ class JournalState:
         if len(updates) > MAX_UPDATES:
             self._count("too_many_updates")
             return
+        self._hosts.pop(ike.key, None)
+        moves = "remote_addr" in update.fields and bool(found[0].children)
+        before = rehome.remote_host(ike) if moves else None
         ike.updates = updates
+        if moves and before is not None and rehome.remote_host(ike) != before:
+            self.rehomed.append(ike.key)  # its CHILD_SAs sit at the old host (rehome.py)
 
     def _on_mid(self, raw: bytes, msg: HaMessage) -> None:
         """IKE_MID_INITIATOR/RESPONDER: latest message ID (process_ike_mid() skips 0)."""
@@ -288,6 +298,7 @@ class JournalState:
             lineage = self._lineages.pop(found[1].key)
             for member in lineage.ikes:
                 del self._owner[member.key]
+                self._hosts.pop(member.key, None)
 
     def _on_child_add(self, raw: bytes, msg: HaMessage) -> None:
         """CHILD_ADD: a CHILD_SA under the live IKE_SA it names (process_child_add())."""
@@ -321,14 +332,62 @@ class JournalState:
         """Datagrams that rebuild every live IKE_SA and CHILD_SA in a fresh charon, in order."""
         plan: list[bytes] = []
         for lineage in self._lineages.values():
-            for index, ike in enumerate(lineage.ikes):
-                plan.append(ike.add)
-                if index == 0 and ike.inherited is not None:
-                    plan.append(ike.inherited)
-                plan.extend(update.raw for update in ike.updates)
-                plan.extend(m for m in (ike.mid_i, ike.mid_r, ike.iv) if m is not None)
-                plan.extend(c.add for c in lineage.children if c.origin == ike.key)
+            plan.extend(self.lineage_plan(lineage))
         return plan
+
+    def lineage_plan(self, lineage: _Lineage) -> list[bytes]:
+        """One lineage's part of `replay_plan()`; a retired IKE_SA whose peer has moved
+        since gets the live SA's remote host before its CHILD_ADDs (rehome.py)."""
+        plan: list[bytes] = []
+        fixes = rehome.address_fixes(lineage) if len(lineage.ikes) > 1 else {}
+        for index, ike in enumerate(lineage.ikes):
+            plan.append(ike.add)
+            if index == 0 and ike.inherited is not None:
+                plan.append(ike.inherited)
+            plan.extend(update.raw for update in ike.updates)
+            if ike.key in fixes:
+                plan.append(fixes[ike.key])
+            plan.extend(m for m in (ike.mid_i, ike.mid_r, ike.iv) if m is not None)
+            plan.extend(c.add for c in lineage.children if c.origin == ike.key)
+        return plan
+
+    def lineage(self, key: Key) -> _Lineage | None:
+        """The lineage of live IKE_SA `key`, if it is live."""
+        return self._lineages.get(key) if self._owner.get(key) == key else None
+
+    def take_rehomed(self) -> list[bytes]:
+        """Datagrams that move the CHILD_SAs of IKE_SAs whose peer moved since the last call
+        to their new host in a passive charon (rehome.py); empty if none moved."""
+        out: list[bytes] = []
+        for key in dict.fromkeys(self.rehomed):
+            out += rehome.rehome_plan(self, key)
+        self.rehomed.clear()
+        return out
+
+    def remote_host(self, key: Key) -> Host | None:
+        """Live IKE_SA `key`'s remote host as a passive charon holds it."""
+        if key in self._hosts:
+            return self._hosts[key]
+        lineage = self.lineage(key)
+        if lineage is None:
+            return None
+        host = self._hosts[key] = rehome.remote_host(lineage.ikes[-1])
+        return host
+
+    def roam_update(self, key: Key, host: Host) -> bytes | None:
+        """The IKE_UPDATE that journals live IKE_SA `key`'s move to `host` (rehome.py)."""
+        return rehome.roam_update(self, key, host)
+
+    def outbound_spis(self, key: Key) -> set[int]:
+        """Live IKE_SA `key`'s CHILD_SAs' outbound SPIs as the kernel names them."""
+        lineage = self.lineage(key)
+        spis: set[int] = set()
+        for child in lineage.children if lineage is not None else ():
+            msg = _decode(child.add)
+            value = _last_uint(msg, "outbound_spi") if msg is not None else None
+            if value is not None:
+                spis.add(child_spi(value & 0xFFFFFFFF))
+        return spis
 
     def to_dict(self) -> dict[str, Any]:
         """A msgpack-friendly snapshot (lists, dicts, ints, floats, str, bytes, None)."""
