@@ -311,3 +311,25 @@ def test_finding7_the_batch_backlog_is_bounded_fails_health_then_resyncs(
     core.on_committed(FailReason.SUCCESS, 3.2)
     assert _resyncs(core.tick(3.3, 0.0, CAUGHT_UP)) == [] and core.problems()
     assert len(_resyncs(core.tick(62.2, 0.0, CAUGHT_UP))) == 1 and core.problems() == []
+
+
+def test_a_moved_peer_s_update_is_journaled_on_the_master_only() -> None:
+    """roam.py's confirmed moves go into the journal like charon's own datagrams; a node that
+    is no longer master journals nothing (its charon's moves are not the cluster's)."""
+    update = b"\x03\x02moved"
+    master = _core(Role.MASTER, batch_max_messages=1)
+    out = master.on_roamed([update], 1.0)
+    assert SubmitBatch((update,)) in out
+    backup = _core(Role.BACKUP)
+    assert backup.on_roamed([update], 1.0) == [] and not backup.batcher.pending
+    master.roams.seen((2, 1, 2, False), *_hosts(), {7}, now=1.0)
+    assert master.roams.pending
+    _vrrp(master, "BACKUP", 2.0)
+    assert not master.roams.pending  # demoted: nothing left to follow
+
+
+def _hosts() -> tuple[object, object]:
+    from ipaddress import IPv4Address
+
+    from hasync.ha import Host
+    return Host(IPv4Address("192.0.2.121"), 4500), Host(IPv4Address("192.0.2.101"), 4500)
