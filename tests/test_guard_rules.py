@@ -308,3 +308,16 @@ def test_the_master_s_first_mark_after_a_move_starts_past_the_old_address_s_mark
     (w,) = plan.writes
     assert w.oseq == 5000 + 1 + R.takeover_floor
     assert plan.lows[MOVED] == w.oseq and plan.records[0].mark > w.oseq
+
+
+def test_the_jump_after_a_move_does_not_count_as_traffic() -> None:
+    # The master's own write past the old address's mark must not size the SA's reserve:
+    # a reserve of 10,000 packets would make the next failover skip that far (lab, --mobike).
+    t = SeqTracker("gw1")
+    moved = KernelSa(MOVED, False, 4990, 0, (0,), 32)
+    plan = observe(t, [moved], {KEY: rec(5000)}, held={KEY: Held(0, 5000)}, now=0.0)
+    (w,) = plan.writes
+    after = KernelSa(MOVED, False, w.oseq + 2, 0, (0,), 32)  # 2 packets in 0.1 s
+    held = {MOVED: Held(w.oseq, plan.records[0].mark)}
+    observe(t, [after], {KEY: rec(5000)}, held=held, now=0.1)
+    assert t._rate(after, 0.2) == pytest.approx(20.0)

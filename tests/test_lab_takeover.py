@@ -165,3 +165,17 @@ def test_a_child_rekey_in_flight_at_the_first_fault_completes_on_the_new_master(
     assert flight["completed"] and not flight["gave_up"], flight
     counted = flight["mid_sync"]  # the new master's hasync acted on that IKE_SA
     assert counted["mid_sync:rewound_at_promotion"] + counted["mid_sync:rewound"] >= 1, counted
+
+
+def test_the_mobike_client_roams_and_every_gateway_follows(run: dict[str, Any]) -> None:
+    """c2 moves before the first fault and after its takeover; every gateway lists its IKE_SA
+    and holds its kernel SAs at the new address (roam.py, journal/rehome.py), and no gateway
+    offered its own address (only the VIP)."""
+    m = run["mobike"]
+    assert m["ok"], m["errors"]
+    assert [r["when"] for r in m["roams"]] == ["before", "after"]
+    for r in m["roams"]:
+        assert r["master_ms"] is not None and r["client_kept_ike_sa"], r
+        assert r["backups"] and all(b["followed"] for b in r["backups"].values()), r
+    assert m["advertised"]["c2"]["error"] is None and not m["advertised"]["c2"]["additional"]
+    assert [c["mobike"] for c in run["failovers"][0]["clients"]] == [False, True, False]

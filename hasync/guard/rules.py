@@ -121,6 +121,11 @@ class RateMeter:
         return max((cells[i + 1] for i in range(0, len(cells), 2) if cells[i] >= first),
                    default=0.0)
 
+    def rebase(self, value: int) -> None:
+        """The guard wrote the counter up to `value`: the next step counts from there (a
+        jump is not traffic, and must not size the reserve)."""
+        self.last_v = max(self.last_v, value)
+
 
 @dataclass
 class TrackerStats:
@@ -248,6 +253,8 @@ class SeqTracker:
             target = target_oseq(sa, peak, self.reserve)
             if sa.oseq < target:
                 plan.writes.append(Write(sa, target, sa.seq, sa.bitmap))
+                if (meter := self.meters.get(sa.key)) is not None:
+                    meter.rebase(target)  # a moved SA's jump (spi_peaks) is not its rate
             base = max(sa.oseq, target)
             lo, mark = base, min(base + ahead, top)
             self.stats.first_marks += 1

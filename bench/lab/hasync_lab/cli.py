@@ -15,7 +15,7 @@ from pathlib import Path
 
 from hasync.journal.seal import KeyFileError
 
-from . import confgen, report, runner, topology
+from . import confgen, leases, mobike, report, runner, topology
 from .inflight import KINDS as INFLIGHT_KINDS
 from .prereq import LabError
 from .routebased import KINDS as ROUTE_KINDS
@@ -109,6 +109,10 @@ def _failover_parser(lsub: argparse._SubParsersAction) -> None:  # type: ignore[
     fo.add_argument("--ipv6", action="store_true",
                     help="the first client reaches the VIP over IPv6 (the gateways hold an "
                          "IPv6 VIP too); its tunnel's inner addresses stay IPv4")
+    fo.add_argument("--mobike", default="", metavar="CLIENTS",
+                    help="comma-separated clients (not behind NAT) with MOBIKE on: each "
+                         "changes its address before the first failover and after it, and "
+                         "every gateway must follow; gateways advertise only the VIP")
     fo.add_argument("--matrix", action="store_true",
                     help="the lab's matrix run: " + " ".join(MATRIX) + " (given options "
                          "override it; --leases and --route-based xfrmi run apart)")
@@ -134,7 +138,8 @@ def parser(prog: str = "hasync-lab") -> argparse.ArgumentParser:
 # what --matrix stands for: three failovers (two kills, then charon alone), a client per ESP
 # proposal, VTI gateways, a CHILD rekey in flight at the first fault (docs/operations.md)
 MATRIX = ("--failovers", "3", "--fault", "kill,kill,charon", "--inflight", "child-rekey",
-          "--proposals", "aes128gcm,aes256cbc,chacha20", "--route-based", "vti")
+          "--proposals", "aes128gcm,aes256cbc,chacha20", "--route-based", "vti",
+          "--mobike", "c2")
 
 
 def with_matrix(argv: list[str]) -> list[str]:
@@ -176,6 +181,7 @@ def spec_of(a: argparse.Namespace) -> LabSpec:
         raise LabError("--witness runs hasync: not with --baseline")
     if a.inflight and a.baseline:
         raise LabError("--inflight measures hasync's takeover: not with --baseline")
+    roaming = _mobike_of(a)
     timers = confgen.LabTimers(advert_int_s=a.advert_int,
                                **(confgen.IN_FLIGHT_TIMERS if a.inflight else {}))
     return LabSpec(mode="baseline" if a.baseline else "hasync", gateways=a.gateways,
@@ -184,7 +190,29 @@ def spec_of(a: argparse.Namespace) -> LabSpec:
                    timeout_s=a.timeout, timers=timers, tunnels=a.tunnels, witness=a.witness,
                    heal_after_s=a.heal_after, restart_after_s=a.restart_after,
                    force_rate=a.force_rate, leases=a.leases, proposals=proposals,
-                   inflight=a.inflight, route_based=a.route_based, ipv6=a.ipv6)
+                   inflight=a.inflight, route_based=a.route_based, ipv6=a.ipv6,
+                   mobike=roaming)
+
+
+def _mobike_of(a: argparse.Namespace) -> tuple[str, ...]:
+    """The --mobike clients; LabError if a name is not a client that can roam in the lab."""
+    if not a.mobike.strip():
+        return ()
+    if a.baseline or a.tunnels:
+        raise LabError("--mobike measures hasync following a roam of the classic clients: "
+                       "not with --baseline or --tunnels")
+    names = [f"c{k}" for k in range(1, a.clients + 1)]
+    unable = {n: "is behind NAT" for n in names[max(0, a.clients - a.nat_clients):]}
+    if a.ipv6 and names:
+        unable.setdefault(names[0], "reaches the VIP over IPv6 (--ipv6): the lab roams "
+                                    "IPv4 clients only")
+    if a.leases:
+        unable.setdefault(leases.LEASE_CLIENT, "carries --leases' tunnels, which do not "
+                                               "use MOBIKE")
+    try:
+        return mobike.parse_clients(a.mobike, names, unable)
+    except ValueError as e:
+        raise LabError(str(e)) from e
 
 
 def _plan_ok(spec: LabSpec) -> None:
@@ -209,6 +237,10 @@ def lab_failover(a: argparse.Namespace) -> int:
     result = runner.run_task("failover", spec, a.out.resolve(), a.runner, runner.vm_budget(spec))
     print(report.table(result))
     _write(result, a.json)
+    moved = result.get("mobike")
+    if isinstance(moved, dict) and not moved.get("ok"):
+        print(f"MOBIKE check failed: {'; '.join(moved.get('errors') or [])}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -35,12 +35,14 @@ def vici_path(lab: Lab, node: str) -> Path:
 def write_configs(lab: Lab, timers: confgen.LabTimers, keys_in_log: bool = False,
                   tunnels: dict[str, list[Any]] | None = None, hasync: bool = False,
                   extra: dict[str, tuple[str, ...]] | None = None,
-                  ciphers: dict[str, str] | None = None, route: str = "") -> None:
+                  ciphers: dict[str, str] | None = None, route: str = "",
+                  mobike: tuple[str, ...] = ()) -> None:
     """Write PKI, strongswan.conf and swanctl.conf for every charon of the lab; with
     `tunnels` (client: its benchmark tunnels), each client carries those instead of one;
     with `extra` (client: connection names), a client also carries those (leases.py); with
     `ciphers` (client: confgen.ESP_CIPHERS name), a client's tunnel uses that cipher; with
-    `route` (routebased.KINDS), the gateways' tunnels are route-based."""
+    `route` (routebased.KINDS), the gateways' tunnels are route-based; with `mobike`, those
+    clients and the gateways use MOBIKE (mobike.py)."""
     clients = [n.name for n in lab.topo.by_role("client")]
     creds = pki.make_lab_pki(clients, datetime.datetime.now(datetime.UTC))
     for node in lab.topo.nodes:
@@ -58,7 +60,7 @@ def write_configs(lab: Lab, timers: confgen.LabTimers, keys_in_log: bool = False
         if gw:
             six = node.address6 is not None  # it holds the IPv6 VIP as well
             text = confgen.swanctl_gateway(f"{PUBLIC_VIP}, {PUBLIC_VIP6}" if six else PUBLIC_VIP,
-                                           PROTECTED, route)
+                                           PROTECTED, route, mobike=bool(mobike))
         elif tunnels is not None:
             text = confgen.swanctl_client_tunnels(
                 [t.conn for t in tunnels.get(node.name, [])], node.name in confgen.ESN_CLIENTS,
@@ -67,7 +69,8 @@ def write_configs(lab: Lab, timers: confgen.LabTimers, keys_in_log: bool = False
             text = confgen.swanctl_client(node.name, PUBLIC_VIP6 if node.address6 else PUBLIC_VIP,
                                           PROTECTED, timers,
                                           (extra or {}).get(node.name, ()),
-                                          (ciphers or {}).get(node.name, "aes256gcm"))
+                                          (ciphers or {}).get(node.name, "aes256gcm"),
+                                          mobike=node.name in mobike)
         (swan / "swanctl.conf").write_text(text)
 
 
@@ -233,8 +236,9 @@ def steady_master(events: list[VrrpEvent], now: float, hold_s: float) -> str | N
 
 def start_keepalived(lab: Lab, node: str, priority: int, advert_int: float,
                      watch: VrrpWatch, hasync_fifo: Path | None = None,
-                     health_cmd: str | None = None) -> None:
-    """Write `node`'s keepalived.conf and start keepalived with its FIFO watched."""
+                     health_cmd: str | None = None, hide_private: bool = False) -> None:
+    """Write `node`'s keepalived.conf and start keepalived with its FIFO watched; with
+    `hide_private`, the protected VIP has link scope (never advertised by MOBIKE)."""
     run = lab.run_dir(node)
     fifo = run / "vrrp.fifo"
     watch.watch(node, fifo)
@@ -243,7 +247,8 @@ def start_keepalived(lab: Lab, node: str, priority: int, advert_int: float,
         node, priority, advert_int, str(fifo),
         [(f"{PUBLIC_VIP}/24", "e0"), (f"{PRIVATE_VIP}/24", "e1")], "e0",
         str(hasync_fifo) if hasync_fifo else None, health_cmd,
-        [(f"{PUBLIC_VIP6}/64", "e0")] if lab.topo.node(node).address6 else []))
+        [(f"{PUBLIC_VIP6}/64", "e0")] if lab.topo.node(node).address6 else [],
+        (f"{PRIVATE_VIP}/24",) if hide_private else ()))
     for stale in ("keepalived.pid", "vrrp.pid"):  # left by a keepalived killed with -9
         (run / stale).unlink(missing_ok=True)
     lab.spawn(node, "keepalived", ["keepalived", "--dont-fork", "--log-console", "--vrrp",

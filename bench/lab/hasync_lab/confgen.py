@@ -106,15 +106,20 @@ def tunnel_id(name: str) -> str:
     return f"{name}.{TUNNEL_DOMAIN}"
 
 
+def _yes(on: bool) -> str:
+    return "yes" if on else "no"
+
+
 def _gateway_conn(conn: str, local: str, remote: str, vip: str, protected: str,
-                  route: str = "") -> str:
+                  route: str = "", mobike: bool = False) -> str:
     """One gateway connection for road warriors, virtual IPs from the ha plugin's pool;
-    `route`: routebased.KINDS, or "" for policy-based."""
+    `route`: routebased.KINDS, or "" for policy-based; `mobike`: MOBIKE allowed (a client
+    still needs its own `mobike = yes` to use it)."""
     bind = f"\n                     {child_options(route)}" if route else ""
     return f"""  {conn} {{
     local_addrs = {vip}
     pools = {POOL_NAME}
-    mobike = no
+    mobike = {_yes(mobike)}
     proposals = {IKE_PROPOSAL}
     local {{ {local}
             id = {GATEWAY_ID} }}
@@ -125,11 +130,13 @@ def _gateway_conn(conn: str, local: str, remote: str, vip: str, protected: str,
 """
 
 
-def swanctl_gateway(vip: str, protected: str, route: str = "") -> str:
+def swanctl_gateway(vip: str, protected: str, route: str = "", mobike: bool = False) -> str:
     """swanctl.conf of a gateway: road warriors with certificates (rw) or a pre-shared key
-    (tunnels, the benchmark's), virtual IPs from the ha plugin's pool (strongswan_conf)."""
+    (tunnels, the benchmark's), virtual IPs from the ha plugin's pool (strongswan_conf);
+    with `mobike`, the certificate clients may use MOBIKE (mobike.py)."""
     rw = _gateway_conn("rw", "auth = pubkey\n            certs = own.pem",
-                       "auth = pubkey\n             cacerts = ca.pem", vip, protected, route)
+                       "auth = pubkey\n             cacerts = ca.pem", vip, protected, route,
+                       mobike)
     psk = _gateway_conn("tunnels", "auth = psk", f"auth = psk\n             id = *.{TUNNEL_DOMAIN}",
                         vip, protected, route)
     return f"""connections {{
@@ -184,14 +191,15 @@ def witness_toml(node: str, raft: str, peers: list[str], state_dir: str, key_fil
 
 
 def _client_conn(conn: str, child: str, auth: str, local_id: str, esp: str, vip: str,
-                 protected: str, timers: LabTimers, dpd: bool = True) -> str:
+                 protected: str, timers: LabTimers, dpd: bool = True,
+                 mobike: bool = False) -> str:
     """One road-warrior connection: a virtual IP asked for, DPD (unless not `dpd`), retried
-    for ever."""
+    for ever; MOBIKE with `mobike`."""
     certs = "\n            certs = own.pem" if auth == "pubkey" else ""
     return f"""  {conn} {{
     remote_addrs = {vip}
     vips = 0.0.0.0
-    mobike = no
+    mobike = {_yes(mobike)}
     proposals = {IKE_PROPOSAL}
     dpd_delay = {timers.dpd_delay_s if dpd else 0}s
     keyingtries = 0
@@ -214,11 +222,14 @@ def client_esp(name: str, cipher: str = "aes256gcm") -> str:
 
 
 def swanctl_client(name: str, vip: str, protected: str, timers: LabTimers,
-                   extra: tuple[str, ...] = (), cipher: str = "aes256gcm") -> str:
+                   extra: tuple[str, ...] = (), cipher: str = "aes256gcm",
+                   mobike: bool = False) -> str:
     """swanctl.conf of a road-warrior client that asks for a virtual IP and runs DPD; with
-    `extra`, also those connections (benchmark-style, pre-shared key), started by hand."""
+    `extra`, also those connections (benchmark-style, pre-shared key), started by hand; with
+    `mobike`, its own connection uses MOBIKE."""
     esp = client_esp(name, cipher)
-    conn = _client_conn("home", "net", "pubkey", client_id(name), esp, vip, protected, timers)
+    conn = _client_conn("home", "net", "pubkey", client_id(name), esp, vip, protected, timers,
+                        mobike=mobike)
     # leases.py's tunnels carry no traffic and no DPD: an idle DPD in flight at a slow
     # failover would re-establish them, which is not what their rounds measure
     more = "".join(_client_conn(n, n, "psk", tunnel_id(n), ESP_PROPOSAL, vip, protected, timers,
@@ -290,14 +301,18 @@ def health_check(health_cmd: str | None,
 def keepalived_conf(node: str, priority: int, advert_int: float, fifo: str,
                     vips: list[tuple[str, str]], lan_if: str,
                     hasync_fifo: str | None = None, health_cmd: str | None = None,
-                    excluded: list[tuple[str, str]] | None = None) -> str:
+                    excluded: list[tuple[str, str]] | None = None,
+                    link_scope: tuple[str, ...] = ()) -> str:
     """keepalived.conf: one VRRPv3 instance holding the public and the protected VIP.
 
     The lab reads `notify_fifo`; hasync, when it runs, reads `vrrp_notify_fifo` (keepalived
     writes every VRRP event to both: keepalived/vrrp/vrrp_notify.c notify_fifo(), 2.2.7).
-    With `health_cmd`, the instance tracks it (`health_check`).
+    With `health_cmd`, the instance tracks it (`health_check`). The VIPs in `link_scope`
+    (as given in `vips`) get `scope link`: charon's MOBIKE never advertises them
+    (kernel_netlink_net.c filter_addresses(); mobike.py).
     """
-    vip_lines = "\n".join(f"    {addr} dev {dev}" for addr, dev in vips)
+    vip_lines = "\n".join(f"    {addr} dev {dev}" + (" scope link" if addr in link_scope
+                                                      else "") for addr, dev in vips)
     # an IPv6 VIP beside IPv4 ones: VRRPv3 carries one family per instance, the excluded
     # addresses move with it all the same (keepalived.conf(5))
     six = "\n".join(f"    {addr} dev {dev}" for addr, dev in excluded or [])

@@ -27,6 +27,7 @@ from . import (
     hasyncd,
     inflight,
     leases,
+    mobike,
     pcap,
     probe,
     routebased,
@@ -86,9 +87,10 @@ class ClientCapture:
 
 def client_capture(run: Run, name: str, w: Window) -> ClientCapture:
     """Tally `name`'s capture: IKE_SA_INITs, sequence jumps, reuse and ESP count per SPI."""
-    node, cap = run.lab.topo.node(name), capture(run, name)
+    cap = capture(run, name)
     kill_wall, end_wall = w.t_kill + run.wall_offset, w.t_end + run.wall_offset
-    addr = node.address6 or node.address  # its tunnel's outer address (--ipv6: IPv6)
+    # its tunnel's outer addresses (--ipv6: IPv6; --mobike: every one it roamed to)
+    addr = mobike.addresses(run, name)
     spis = tunnels.by_spi(cap.packets, addr)
     jumps = pcap.seq_jumps(cap.packets, addr, kill_wall)
     return ClientCapture(
@@ -141,6 +143,7 @@ def _tunnel_result(run: Run, tun: Tunnel, before: dict[str, Any], after: dict[st
     min_gap = max(3.0 / run.spec.rate, 0.3) if run.spec.rate > 0 else 1.0
     return {
         "name": tun.name, "client": tun.client, "nat": node.behind_nat,
+        "mobike": tun.client in run.spec.mobike,
         "encap": ike_a.encap if multi and ike_a else after["encap"],
         "ike_spi_before": spi_b, "ike_spi_after": spi_a, "ike_sa_init": cc.ike_sa_inits,
         "reestablished": spi_a != spi_b if multi else
@@ -306,6 +309,7 @@ def run_failovers(run: Run) -> dict[str, object]:
     book = leases.Book() if spec.leases else None
     if book is not None:
         before["leases"] = leases.one_round(lab, book, master, running_gateways(run))
+    roams = [mobike.roam(run, c, 0, master, running_gateways(run)) for c in spec.mobike]
     time.sleep(2.0)
     warmup = _received_so_far(run)
     fos = []
@@ -324,6 +328,10 @@ def run_failovers(run: Run) -> dict[str, object]:
         fos.append(fo)
         ps_snapshot(run, f"ps-failover-{k + 1}.txt")
         join_vrrp(run)
+        if k == 0 and spec.mobike:  # the second roam: after the first takeover
+            roams += [mobike.roam(run, c, 1, str(fo["to"] or master), running_gateways(run))
+                      for c in spec.mobike]
+            attach_roams(fo, roams)
         if book is not None and fo["to"]:
             fo["leases"] = leases.one_round(lab, book, str(fo["to"]), running_gateways(run))
         wall = time.monotonic() + run.wall_offset
@@ -340,7 +348,8 @@ def run_failovers(run: Run) -> dict[str, object]:
     gws = [n.name for n in lab.topo.nodes if n.role in ("gateway", "witness")]
     final, settled = hasyncd.settled_status(lab, gws) if spec.mode == "hasync" else ({}, None)
     names = {c.name for c in lab.topo.by_role("client")}
-    return {"mode": spec.mode, "before_failovers": before, "after_failovers": after,
+    moved = {"mobike": mobike.summary(run, roams)} if spec.mobike else {}
+    return {"mode": spec.mode, **moved, "before_failovers": before, "after_failovers": after,
             "route_based": bound,
             "final_status": final, "final_settled": settled,
             "esn_clients": sorted(names & set(confgen.ESN_CLIENTS)),
@@ -349,6 +358,14 @@ def run_failovers(run: Run) -> dict[str, object]:
             "gateways": [g.name for g in lab.topo.by_role("gateway")], "tunnels": tunnels,
             "tunnel_count": len(run.tunnels),
             "warmup": warmup, "failovers": fos, "duration_s": round(time.monotonic() - t0, 1)}
+
+
+def attach_roams(fo: dict[str, Any], roams: list[dict[str, Any]]) -> None:
+    """The roams around failover `fo` (before its fault, after its takeover), on the
+    failover and on each roaming client's row."""
+    fo["roams"] = roams
+    for c in fo["clients"]:
+        c["roams"] = [r for r in roams if r["client"] == c["client"]]
 
 
 def running_gateways(run: Run) -> list[str]:

@@ -19,7 +19,7 @@ import re
 import time
 from typing import Any
 
-from . import aftercheck, cluster, hasyncd, topology
+from . import aftercheck, cluster, hasyncd, mobike, topology
 from .session import Run
 
 log = logging.getLogger("hasync_lab")
@@ -64,7 +64,7 @@ def verdict(log_text: str, kind: str) -> dict[str, Any]:
 def client_address(run: Run, client: str) -> str:
     """The address the gateways see for `client` (the NAT router's outside one behind NAT)."""
     node = run.lab.topo.node(client)
-    return topology.NAT_OUTSIDE if node.behind_nat else node.address6 or node.address
+    return topology.NAT_OUTSIDE if node.behind_nat else mobike.current(run, client)
 
 
 def start(run: Run, master: str, kind: str) -> dict[str, Any]:

@@ -51,6 +51,7 @@ class IkeSa:
     encap: bool  # any CHILD_SA UDP-encapsulated (NAT-T)
     local_vips: tuple[str, ...]
     remote_vips: tuple[str, ...] = ()  # the peer's virtual IPs (a gateway's leases)
+    remote_host: str = ""  # the peer's outer address (it moves when a MOBIKE peer roams)
 
     @property
     def spis(self) -> str:
@@ -142,7 +143,8 @@ def parse_list_sas(entries: list[dict[str, object]]) -> list[IkeSa]:
                 tuple((_s(c.get("spi-in", "")), _s(c.get("spi-out", ""))) for c in kids),
                 any(_s(c.get("encap", "no")) == "yes" for c in kids),
                 tuple(_s(v) for v in sa.get("local-vips", []) or []),
-                tuple(_s(v) for v in sa.get("remote-vips", []) or [])))
+                tuple(_s(v) for v in sa.get("remote-vips", []) or []),
+                _s(sa.get("remote-host", ""))))
     return out
 
 

@@ -423,9 +423,15 @@ def spi_summary(packets: Iterable[EspPacket], dst: str | None = None) -> dict[in
     return out
 
 
-def seq_jumps(packets: Iterable[EspPacket], dst: str, t_kill: float, *,
+def addresses(a: str | Iterable[str]) -> frozenset[str]:
+    """One address or several (a peer that moved, MOBIKE), as a set."""
+    return frozenset((a,) if isinstance(a, str) else a)
+
+
+def seq_jumps(packets: Iterable[EspPacket], dst: str | Iterable[str], t_kill: float, *,
               rate_window_s: float = 2.0) -> list[SeqJump]:
-    """Per SPI to dst seen before and at/after t_kill: its sequence-number jump across it.
+    """Per SPI to dst (one address or several: a roaming peer's) seen before and at/after
+    t_kill: its sequence-number jump across it.
 
     The jump is where, at or after t_kill, the stream departs most from continuity (each
     packet's seq against the highest seen before it): a step back (numbers sent again) if
@@ -436,7 +442,8 @@ def seq_jumps(packets: Iterable[EspPacket], dst: str, t_kill: float, *,
     if rate_window_s <= 0:
         raise ValueError(f"rate_window_s must be positive, not {rate_window_s}")
     by_spi: dict[int, list[EspPacket]] = {}
-    for p in sorted((p for p in packets if p.dst == dst), key=lambda p: p.ts):
+    want = addresses(dst)
+    for p in sorted((p for p in packets if p.dst in want), key=lambda p: p.ts):
         by_spi.setdefault(p.spi, []).append(p)
     jumps = []
     for spi, seq in by_spi.items():
@@ -470,7 +477,9 @@ def _worse(dev: int, than: int) -> bool:
 
 
 def ike_sa_inits(ike: Iterable[IkePacket], start: float, end: float, *,
-                 initiator: str | None = None) -> int:
-    """IKE_SA_INIT request packets in [start, end) (retransmissions count), from initiator."""
+                 initiator: str | Iterable[str] | None = None) -> int:
+    """IKE_SA_INIT request packets in [start, end) (retransmissions count), from initiator
+    (one address or several)."""
+    src = None if initiator is None else addresses(initiator)
     return sum(1 for p in ike if p.exchange == IKE_SA_INIT and not p.flags & FLAG_RESPONSE
-               and start <= p.ts < end and (initiator is None or p.src == initiator))
+               and start <= p.ts < end and (src is None or p.src in src))

@@ -6,7 +6,8 @@ shows "-" for what a result lacks.
 
 from __future__ import annotations
 
-COLUMNS = (("failover", 12), ("client", 6), ("nat", 4), ("re-est", 6), ("resumed", 7),
+COLUMNS = (("failover", 12), ("client", 6), ("nat", 4), ("mobike", 6), ("re-est", 6),
+           ("resumed", 7),
            ("outage ms", 10), ("lost to", 8), ("lost from", 9), ("replay err", 10),
            ("seq reuse", 9))
 
@@ -38,11 +39,33 @@ def table(result: dict[str, object]) -> str:
                              f"{_cell(forced.get('answered'))}")
         for c in fo["clients"]:
             lines.append(_row([label, c["name"], "yes" if c["nat"] else "no",
+                               "yes" if c.get("mobike") else "no",
                                "yes" if c["reestablished"] else "no",
                                "yes" if c["resumed"] else "NO", f"{c['outage_ms']:.0f}",
                                str(c["lost_to_client"]), str(c["lost_from_client"]),
                                str(c["replay_errors"]), str(c["seq_reuse"])]))
+        lines.extend(roam_lines(label, fo.get("roams") or []))
+    moved = result.get("mobike")
+    if isinstance(moved, dict):
+        lines.append("MOBIKE: " + ("ok" if moved.get("ok") else
+                                   "FAILED: " + "; ".join(moved.get("errors") or [])))
     return "\n".join(lines)
+
+
+def roam_lines(label: str, roams: list[dict[str, object]]) -> list[str]:
+    """One line per roam (mobike.py): from -> to, and how long each gateway took to follow
+    (backups: IKE_SA / kernel SAs, ms from the roam)."""
+    out = []
+    for r in roams:
+        backups = r.get("backups") or {}
+        assert isinstance(backups, dict)
+        follow = ", ".join(f"{g} {_cell(b.get('ike_ms'))}/{_cell(b.get('xfrm_ms'))} ms"
+                           + ("" if b.get("followed") else " NOT FOLLOWED")
+                           for g, b in backups.items())
+        out.append(f"{label}: roam {r.get('when')} of {r.get('client')}: {r.get('from')} -> "
+                   f"{r.get('to')}; master {r.get('master')} after {_cell(r.get('master_ms'))} "
+                   f"ms; backups (IKE_SA/kernel SAs) {follow or '-'}")
+    return out
 
 
 def _fenced(c: dict[str, object]) -> str:

@@ -25,6 +25,7 @@ from . import (
     hasyncd,
     leases,
     linkfault,
+    mobike,
     observe,
     pcap,
     prereq,
@@ -99,13 +100,15 @@ def bring_up(run: Run) -> None:
     for gw in (n.name for n in lab.topo.by_role("gateway")) if spec.route_based else ():
         for argv in routebased.setup(spec.route_based, topology.PUBLIC_VIP):
             lab.run(gw, argv)
+    for gw in lab.topo.by_role("gateway") if spec.mobike else ():  # advertise only the VIP
+        lab.run(gw.name, ["ip", "-batch", "-"], stdin=mobike.deprecate_batch(gw))
     clients = [n.name for n in lab.topo.by_role("client")]
     run.tunnels = tunnels.plan(spec.tunnels, clients)
     extra = {leases.LEASE_CLIENT: leases.conns(spec.failovers + 1)} if spec.leases else None
     cluster.write_configs(lab, spec.timers, tunnels=tunnels.by_client(run.tunnels)
                           if spec.tunnels else None, hasync=spec.mode == "hasync", extra=extra,
                           ciphers={c: spec.cipher_of(i) for i, c in enumerate(clients)},
-                          route=spec.route_based)
+                          route=spec.route_based, mobike=spec.mobike)
     if spec.mode == "hasync":
         hasyncd.write_configs(lab)
     for n in clients:
@@ -404,7 +407,8 @@ def _keepalived(run: Run, gw: str) -> None:
     hasync = run.spec.mode == "hasync"
     cluster.start_keepalived(run.lab, gw, run.priorities[gw], run.spec.timers.advert_int_s,
                              run.vrrp, hasyncd.vrrp_fifo(run.lab, gw) if hasync else None,
-                             hasyncd.health_cmd(run.lab, gw) if hasync else None)
+                             hasyncd.health_cmd(run.lab, gw) if hasync else None,
+                             hide_private=bool(run.spec.mobike))
 
 
 def stop_probes(run: Run) -> None:

@@ -55,6 +55,7 @@ class LabSpec:
     inflight: str = ""  # an exchange in flight at the first fault (inflight.KINDS), or none
     proposals: tuple[str, ...] = ()  # ESP cipher of each client in order (confgen.ESP_CIPHERS);
     #                                  () or a shorter list: aes256gcm for the rest
+    mobike: tuple[str, ...] = ()  # clients with MOBIKE on, each roaming twice (mobike.py)
 
     def cipher_of(self, index: int) -> str:
         """The ESP cipher of the client at `index` (0-based, plan order)."""
@@ -77,6 +78,8 @@ class Run:
     adverts: adverts.AdvertLog | None = None  # VRRP as a client on the public LAN hears it
     captures: dict[str, pcap.PcapTail] = field(default_factory=dict)
     vrrp_later: list[str] = field(default_factory=list)  # restored; keepalived still to start
+    roamed: dict[str, list[str]] = field(default_factory=dict)  # client: outer addresses so
+    #                                                             far, oldest first (mobike.py)
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ from pathlib import Path
 import vici
 
 from . import cluster, cpustat, observe
-from .pcap import EspPacket
+from .pcap import EspPacket, addresses
 from .prereq import LabError
 from .probeflows import parse_flow_specs
 from .procs import Lab
@@ -226,10 +226,12 @@ def outbound_spis(sa: observe.IkeSa | None) -> set[int]:
     return {int(spi_out, 16) for _, spi_out in sa.child_spis} if sa else set()
 
 
-def by_spi(packets: Iterable[EspPacket], dst: str) -> dict[int, list[EspPacket]]:
-    """The ESP packets to `dst`, by SPI, each list in capture order."""
+def by_spi(packets: Iterable[EspPacket], dst: str | Iterable[str]) -> dict[int, list[EspPacket]]:
+    """The ESP packets to `dst` (one address, or every address a roaming client had: an SA
+    keeps its keys and numbers across a move), by SPI, each list in capture order."""
     out: dict[int, list[EspPacket]] = {}
-    for p in sorted((p for p in packets if p.dst == dst), key=lambda p: p.ts):
+    want = addresses(dst)
+    for p in sorted((p for p in packets if p.dst in want), key=lambda p: p.ts):
         out.setdefault(p.spi, []).append(p)
     return out
 
