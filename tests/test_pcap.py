@@ -449,3 +449,16 @@ def test_a_growing_capture_is_read_incrementally_to_the_same_result(tmp_path: Pa
         got = tail.read()
     assert got == parse_pcap(whole)
     assert tail.read() == got  # nothing new, nothing added
+
+
+def test_seq_jumps_ignores_a_burst_captured_slightly_out_of_order() -> None:
+    # the matrix run: the new master's first burst behind NAT, timestamped within 1 ms and
+    # not in sequence order; the jump is the step from the old master's last number
+    packets = [packet(1, n, ts=8.0 + 0.05 * n) for n in range(1, 11)]  # up to 10 at 8.5
+    burst = [(3831, 12.00015), (3795, 12.0), *[(3796 + k, 12.0001 + k * 1e-5) for k in range(35)]]
+    packets += [packet(1, n, ts=t) for n, t in burst]
+    (j,) = seq_jumps(packets, B, 10.0)
+    assert (j.last_before, j.first_after, j.seq_skipped) == (10, 3795, 3784)
+    # a real step back (below what was captured well before) still wins
+    late = [*packets, packet(1, 5, ts=13.0)]
+    assert seq_jumps(late, B, 10.0)[0].seq_skipped < 0

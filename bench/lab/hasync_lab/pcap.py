@@ -455,15 +455,27 @@ def seq_jumps(packets: Iterable[EspPacket], dst: str | Iterable[str], t_kill: fl
     return jumps
 
 
+REORDER_S = 0.01  # packets this close in capture time may be timestamped out of order
+
+
 def _jump(seq: list[EspPacket], t_kill: float) -> tuple[int, int] | None:
     """(highest seq before, seq) at the step of one SPI's time-ordered packets that departs
-    most from continuity at or after t_kill (steps back first); None without both sides."""
+    most from continuity at or after t_kill (steps back first); None without both sides.
+    A step back counts only below every number captured REORDER_S or more earlier: one
+    sender's burst can be captured a few packets out of order (seen in the lab behind NAT,
+    under TCG), and that is no number sent again."""
     high: int | None = None
+    settled: int | None = None  # the highest seq captured at least REORDER_S before p
     best: tuple[int, int] | None = None
+    j = 0
     for p in seq:
+        while seq[j] is not p and seq[j].ts <= p.ts - REORDER_S:
+            settled = seq[j].seq if settled is None else max(settled, seq[j].seq)
+            j += 1
         if p.ts >= t_kill and high is not None:
+            reordered = p.seq <= high and (settled is None or p.seq > settled)
             dev = p.seq - high - 1
-            if best is None or _worse(dev, best[1] - best[0] - 1):
+            if not reordered and (best is None or _worse(dev, best[1] - best[0] - 1)):
                 best = (high, p.seq)
         high = p.seq if high is None else max(high, p.seq)
     return best
