@@ -128,8 +128,9 @@ def test_matrix_stands_for_the_matrix_options_and_given_ones_win() -> None:
     spec = cli.spec_of(cli.parser().parse_args(cli.with_matrix(["failover", "--matrix"])))
     assert (spec.failovers, spec.faults, spec.inflight, spec.route_based) == (
         3, ("kill", "kill", "charon"), "child-rekey", "vti")
-    assert spec.proposals == ("aes128gcm", "aes256cbc", "chacha20")
-    argv = cli.with_matrix(["failover", "--route-based", "xfrmi", "--matrix", "--leases"])
+    assert spec.proposals == ("aes128gcm", "aes256cbc", "chacha20") and spec.mobike == ("c2",)
+    argv = cli.with_matrix(["failover", "--route-based", "xfrmi", "--matrix", "--mobike", "",
+                            "--leases"])  # c2 runs the lease tunnels: not with --mobike c2
     spec = cli.spec_of(cli.parser().parse_args(argv))
     assert spec.route_based == "xfrmi" and spec.leases and spec.failovers == 3
     assert cli.with_matrix(["failover", "--leases"]) == ["failover", "--leases"]
