@@ -10,15 +10,34 @@ VENV := .venv
 BIN := $(VENV)/bin
 OUT ?= out
 
+# libreswan, the lab's second IKE implementation (a road warrior: hasync_lab/libreswan.py),
+# conflicts with strongswan-charon as a package: `make setup` unpacks it into LIBRESWAN_ROOT
+# and installs only the libraries pluto links against (`apt-cache depends libreswan`, less
+# those every Debian 12 has).
+LIBRESWAN_ROOT := /opt/hasync-lab/libreswan
+LIBRESWAN_LIBS := libnss3-tools libnss3 libnspr4 libldns3 libunbound8 libevent-core-2.1-7 \
+	libevent-pthreads-2.1-7 libcurl3-nss libldap-2.5-0 libcap-ng0
 # Debian packages: the lab kernel and QEMU (our host kernel has no ESP), strongSwan with the ha
 # plugin, keepalived, and the tools the lab drives.
 APT_PACKAGES := linux-image-amd64 qemu-system-x86 strongswan-charon strongswan-swanctl \
 	libcharon-extra-plugins libstrongswan-standard-plugins keepalived iproute2 nftables \
-	tcpdump iputils-ping arping kmod udev procps psmisc util-linux busybox-static python3-venv
+	tcpdump iputils-ping arping kmod udev procps psmisc util-linux busybox-static python3-venv \
+	$(LIBRESWAN_LIBS)
 
-.PHONY: setup apt venv bytecode demo test test-unit test-lab test-lab-extended lint clean
+.PHONY: setup apt libreswan venv bytecode demo test test-unit test-lab test-lab-extended lint clean
 
-setup: apt venv bytecode
+setup: apt libreswan venv bytecode
+
+libreswan: $(LIBRESWAN_ROOT)/usr/libexec/ipsec/pluto
+
+$(LIBRESWAN_ROOT)/usr/libexec/ipsec/pluto: | apt
+	@if [ "$$(id -u)" != 0 ]; then echo "make setup needs root to unpack libreswan into $(LIBRESWAN_ROOT)" >&2; exit 1; fi
+	set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	(cd "$$tmp" && apt-get -q -o APT::Sandbox::User=root download libreswan); \
+	rm -rf $(LIBRESWAN_ROOT).new; dpkg-deb -x "$$tmp"/libreswan_*.deb $(LIBRESWAN_ROOT).new; \
+	if ldd $(LIBRESWAN_ROOT).new/usr/libexec/ipsec/pluto | grep 'not found'; then \
+		echo "pluto lacks the libraries above: add their packages to LIBRESWAN_LIBS" >&2; exit 1; fi; \
+	rm -rf $(LIBRESWAN_ROOT); mv $(LIBRESWAN_ROOT).new $(LIBRESWAN_ROOT)
 
 # The lab VM runs Python with PYTHONDONTWRITEBYTECODE: compile here, once, what every daemon
 # and probe it starts would otherwise compile again under emulation.

@@ -140,8 +140,12 @@ def test_every_tunnel_of_the_last_master_goes_through_its_xfrm_interface(
 def test_the_ipv6_client_keeps_its_tunnel_through_both_failovers(run: dict[str, Any]) -> None:
     (six,) = [t for t in run["tunnels"] if t["outer"] != "ipv4"]
     assert six["client"] == "c1" and six["outer"] == "2001:db8:2::101", six
+    assert len(six["virtual_ip"]) == 2 and six["virtual_ip"][1].startswith("fd00:3::"), six
     for fo in run["failovers"]:
-        (c1,) = [c for c in fo["clients"] if c["client"] == "c1"]
+        (c1,) = [c for c in fo["clients"] if c["name"] == "c1"]
         assert c1["reestablished"] is False and c1["ike_sa_init"] == 0, c1
         # its capture is read at its IPv6 address: ESP from the old and the new master
         assert c1["esp_to_client"] > 0 and c1["seq_jumps"] and c1["seq_reuse"] == 0, c1
+        # and its IPv6 virtual IP's flow to srv's IPv6 address resumed (inner6.py)
+        (v6,) = [c for c in fo["clients"] if c["name"] == "c1/v6"]
+        assert v6["inner"] == "ipv6" and v6["resumed"] and v6["reestablished"] is False, v6

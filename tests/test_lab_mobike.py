@@ -72,7 +72,8 @@ def test_every_gateway_address_is_deprecated_ipv6_without_dad() -> None:
     assert mobike.deprecate_batch(gw).splitlines() == [
         "addr change 192.0.2.12/24 dev e0 preferred_lft 0",
         "addr change 2001:db8:2::12/64 dev e0 preferred_lft 0 nodad",
-        "addr change 10.1.0.12/24 dev e1 preferred_lft 0"]
+        "addr change 10.1.0.12/24 dev e1 preferred_lft 0",
+        "addr change fd00:1::12/64 dev e1 preferred_lft 0 nodad"]  # --ipv6's inner (inner6.py)
 
 
 def test_roams_move_each_client_to_its_own_new_addresses() -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from hasync.journal.seal import KeyFileError
 
-from . import confgen, leases, mobike, report, runner, topology
+from . import confgen, inner6, leases, mobike, report, runner, topology
 from .inflight import KINDS as INFLIGHT_KINDS
 from .prereq import LabError
 from .routebased import KINDS as ROUTE_KINDS
@@ -108,7 +108,9 @@ def _failover_parser(lsub: argparse._SubParsersAction) -> None:  # type: ignore[
                          "(marks), the pool routed through it (default: policy-based)")
     fo.add_argument("--ipv6", action="store_true",
                     help="the first client reaches the VIP over IPv6 (the gateways hold an "
-                         "IPv6 VIP too); its tunnel's inner addresses stay IPv4")
+                         "IPv6 VIP too) and gets an IPv6 virtual IP beside its IPv4 one, with "
+                         "an IPv6 probe flow (c1/v6) to the server's IPv6 address; the run "
+                         "fails if that flow does not resume (not with --route-based vti)")
     fo.add_argument("--mobike", default="", metavar="CLIENTS",
                     help="comma-separated clients (not behind NAT) with MOBIKE on: each "
                          "changes its address before the first failover and after it, and "
@@ -181,6 +183,9 @@ def spec_of(a: argparse.Namespace) -> LabSpec:
         raise LabError("--witness runs hasync: not with --baseline")
     if a.inflight and a.baseline:
         raise LabError("--inflight measures hasync's takeover: not with --baseline")
+    if a.ipv6 and a.route_based == "vti":
+        raise LabError("--ipv6 puts IPv6 inside the tunnel, which a VTI device (ip_vti) "
+                       "does not carry: use --route-based xfrmi")
     roaming = _mobike_of(a)
     timers = confgen.LabTimers(advert_int_s=a.advert_int,
                                **(confgen.IN_FLIGHT_TIMERS if a.inflight else {}))
@@ -240,6 +245,10 @@ def lab_failover(a: argparse.Namespace) -> int:
     moved = result.get("mobike")
     if isinstance(moved, dict) and not moved.get("ok"):
         print(f"MOBIKE check failed: {'; '.join(moved.get('errors') or [])}", file=sys.stderr)
+        return 1
+    stalled = inner6.unresumed(result)
+    if stalled:
+        print(f"IPv6 inner flow did not resume: {'; '.join(stalled)}", file=sys.stderr)
         return 1
     return 0
 

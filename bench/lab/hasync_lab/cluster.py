@@ -20,7 +20,7 @@ from typing import Any
 from . import confgen, pki
 from .prereq import LabError
 from .procs import Lab
-from .topology import PRIVATE_VIP, PROTECTED, PUBLIC_VIP, PUBLIC_VIP6
+from .topology import PRIVATE_VIP, PRIVATE_VIP6, PROTECTED, PUBLIC_VIP, PUBLIC_VIP6
 
 CHARON = "/usr/lib/ipsec/charon"
 # swanctl itself only needs to read PEM files; a short plugin list keeps it fast under TCG
@@ -53,14 +53,15 @@ def write_configs(lab: Lab, timers: confgen.LabTimers, keys_in_log: bool = False
         (etc / "strongswan.conf").write_text(confgen.strongswan_conf(
             str(lab.log_path(node.name, "charon-file")), str(vici_path(lab, node.name)),
             timers, ha=gw, keys_in_log=keys_in_log and gw, many_peers=tunnels is not None,
-            hasync_peer=hasync and gw, install_routes=not (gw and route == "vti")))
+            hasync_peer=hasync and gw, install_routes=not (gw and route == "vti"),
+            six=gw and node.address6 is not None))
         (etc / "swanctl-tool.conf").write_text(SWANCTL_TOOL_CONF)
         swan = etc / "swanctl"
         pki.install_swanctl_dir(swan, creds["ca"], creds["gateway" if gw else node.name])
         if gw:
             six = node.address6 is not None  # it holds the IPv6 VIP as well
             text = confgen.swanctl_gateway(f"{PUBLIC_VIP}, {PUBLIC_VIP6}" if six else PUBLIC_VIP,
-                                           PROTECTED, route, mobike=bool(mobike))
+                                           PROTECTED, route, mobike=bool(mobike), six=six)
         elif tunnels is not None:
             text = confgen.swanctl_client_tunnels(
                 [t.conn for t in tunnels.get(node.name, [])], node.name in confgen.ESN_CLIENTS,
@@ -70,7 +71,8 @@ def write_configs(lab: Lab, timers: confgen.LabTimers, keys_in_log: bool = False
                                           PROTECTED, timers,
                                           (extra or {}).get(node.name, ()),
                                           (ciphers or {}).get(node.name, "aes256gcm"),
-                                          mobike=node.name in mobike)
+                                          mobike=node.name in mobike,
+                                          six=node.address6 is not None)
         (swan / "swanctl.conf").write_text(text)
 
 
@@ -247,8 +249,9 @@ def start_keepalived(lab: Lab, node: str, priority: int, advert_int: float,
         node, priority, advert_int, str(fifo),
         [(f"{PUBLIC_VIP}/24", "e0"), (f"{PRIVATE_VIP}/24", "e1")], "e0",
         str(hasync_fifo) if hasync_fifo else None, health_cmd,
-        [(f"{PUBLIC_VIP6}/64", "e0")] if lab.topo.node(node).address6 else [],
-        (f"{PRIVATE_VIP}/24",) if hide_private else ()))
+        [(f"{PUBLIC_VIP6}/64", "e0"), (f"{PRIVATE_VIP6}/64", "e1")]
+        if lab.topo.node(node).address6 else [],
+        (f"{PRIVATE_VIP}/24", f"{PRIVATE_VIP6}/64") if hide_private else ()))
     for stale in ("keepalived.pid", "vrrp.pid"):  # left by a keepalived killed with -9
         (run / stale).unlink(missing_ok=True)
     lab.spawn(node, "keepalived", ["keepalived", "--dont-fork", "--log-console", "--vrrp",

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 
 from .pki import GATEWAY_ID, client_id
 from .routebased import child_options
-from .topology import POOL
+from .topology import POOL, POOL6, PROTECTED6
 
 # openssl gives AES, SHA-2, HMAC, GCM, ECDSA and the ECP groups; kdf is needed for IKEv2's
 # PRF+ in 5.9.8; pkcs8 reads the lab's keys.
@@ -29,6 +29,7 @@ ESP_CIPHERS = {"aes256gcm": "aes256gcm16", "aes128gcm": "aes128gcm16",
 GATEWAY_ESP = ("aes256gcm16-aes128gcm16-chacha20poly1305-ecp256-esn-noesn, "
                "aes256-sha256-ecp256-esn-noesn")
 POOL_NAME = "rw_pool"  # the gateways' pool of virtual IPs: charon's ha plugin holds it
+POOL6_NAME = "rw_pool6"  # its IPv6 twin (`six`: the lab's --ipv6, inner6.py)
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,8 @@ IN_FLIGHT_TIMERS = {"retransmit_tries": 5, "retransmit_timeout_s": 4.0, "retrans
 
 def strongswan_conf(log_path: str, vici_socket: str, timers: LabTimers, ha: bool,
                     keys_in_log: bool = False, many_peers: bool = False,
-                    hasync_peer: bool = False, install_routes: bool = True) -> str:
+                    hasync_peer: bool = False, install_routes: bool = True,
+                    six: bool = False) -> str:
     """strongswan.conf for one charon; with `ha`, the ha plugin talks to 127.0.0.2:4510.
 
     With `hasync_peer` (hasync is that peer), charon waits HA_HEARTBEAT_TIMEOUT_MS, as
@@ -65,17 +67,20 @@ def strongswan_conf(log_path: str, vici_socket: str, timers: LabTimers, ha: bool
     With `many_peers` (the benchmark's tunnels: hundreds of IKE_SAs from one client address),
     charon's DoS protection is relaxed: its defaults drop IKE_SA_INITs beyond 5 half-open
     IKE_SAs per peer address (libcharon/network/receiver.c, block_threshold).
+    With `six`, the ha plugin also holds the IPv6 pool (POOL6_NAME).
     """
     levels = "ike = 4\n                chd = 4" if keys_in_log else "ike = 2"
     timeout = f"\n         heartbeat_timeout = {HA_HEARTBEAT_TIMEOUT_MS}" if hasync_peer else ""
     # the ha plugin's own pool (ha_attribute.c): a passive node reserves the virtual IPs of the
     # IKE_SAs it mirrors and frees them with the IKE_SA, so a new master never hands out a
     # kept tunnel's address (a swanctl pool knows only the leases it gave itself)
+    # one setting a line: a value runs to the end of its line (strongswan.conf(5))
+    pool6 = f"\n                  {POOL6_NAME} = {POOL6}" if six else ""
     ha_block = f"""
     ha {{ local = 127.0.0.1
          remote = 127.0.0.2
          segment_count = 1{timeout}
-         pools {{ {POOL_NAME} = {POOL} }} }}""" if ha else ""
+         pools {{ {POOL_NAME} = {POOL}{pool6} }} }}""" if ha else ""
     return f"""charon {{
   load = {PLUGINS}{' ha' if ha else ''}
   retransmit_tries = {timers.retransmit_tries}
@@ -111,34 +116,37 @@ def _yes(on: bool) -> str:
 
 
 def _gateway_conn(conn: str, local: str, remote: str, vip: str, protected: str,
-                  route: str = "", mobike: bool = False) -> str:
+                  route: str = "", mobike: bool = False, six: bool = False) -> str:
     """One gateway connection for road warriors, virtual IPs from the ha plugin's pool;
     `route`: routebased.KINDS, or "" for policy-based; `mobike`: MOBIKE allowed (a client
-    still needs its own `mobike = yes` to use it)."""
+    still needs its own `mobike = yes` to use it); `six`: the IPv6 pool and protected network
+    as well (a client asking for one family gets that one)."""
     bind = f"\n                     {child_options(route)}" if route else ""
     return f"""  {conn} {{
     local_addrs = {vip}
-    pools = {POOL_NAME}
+    pools = {POOL_NAME}{f", {POOL6_NAME}" if six else ""}
     mobike = {_yes(mobike)}
     proposals = {IKE_PROPOSAL}
     local {{ {local}
             id = {GATEWAY_ID} }}
     remote {{ {remote} }}
-    children {{ net {{ local_ts = {protected}
+    children {{ net {{ local_ts = {protected}{f", {PROTECTED6}" if six else ""}
                      esp_proposals = {GATEWAY_ESP}{bind} }} }}
   }}
 """
 
 
-def swanctl_gateway(vip: str, protected: str, route: str = "", mobike: bool = False) -> str:
+def swanctl_gateway(vip: str, protected: str, route: str = "", mobike: bool = False,
+                    six: bool = False) -> str:
     """swanctl.conf of a gateway: road warriors with certificates (rw) or a pre-shared key
     (tunnels, the benchmark's), virtual IPs from the ha plugin's pool (strongswan_conf);
-    with `mobike`, the certificate clients may use MOBIKE (mobike.py)."""
+    with `mobike`, the certificate clients may use MOBIKE (mobike.py); with `six`, they may
+    also ask for an IPv6 virtual IP and reach the IPv6 protected network."""
     rw = _gateway_conn("rw", "auth = pubkey\n            certs = own.pem",
                        "auth = pubkey\n             cacerts = ca.pem", vip, protected, route,
-                       mobike)
+                       mobike, six)
     psk = _gateway_conn("tunnels", "auth = psk", f"auth = psk\n             id = *.{TUNNEL_DOMAIN}",
-                        vip, protected, route)
+                        vip, protected, route, six=six)
     return f"""connections {{
 {rw}{psk}}}
 secrets {{ ike-tunnels {{ secret = "{TUNNEL_PSK}" }} }}
@@ -192,13 +200,14 @@ def witness_toml(node: str, raft: str, peers: list[str], state_dir: str, key_fil
 
 def _client_conn(conn: str, child: str, auth: str, local_id: str, esp: str, vip: str,
                  protected: str, timers: LabTimers, dpd: bool = True,
-                 mobike: bool = False) -> str:
+                 mobike: bool = False, six: bool = False) -> str:
     """One road-warrior connection: a virtual IP asked for, DPD (unless not `dpd`), retried
-    for ever; MOBIKE with `mobike`."""
+    for ever; MOBIKE with `mobike`; with `six`, an IPv6 virtual IP and the IPv6 protected
+    network as well (one CHILD_SA carries both families)."""
     certs = "\n            certs = own.pem" if auth == "pubkey" else ""
     return f"""  {conn} {{
     remote_addrs = {vip}
-    vips = 0.0.0.0
+    vips = 0.0.0.0{", ::" if six else ""}
     mobike = {_yes(mobike)}
     proposals = {IKE_PROPOSAL}
     dpd_delay = {timers.dpd_delay_s if dpd else 0}s
@@ -207,7 +216,7 @@ def _client_conn(conn: str, child: str, auth: str, local_id: str, esp: str, vip:
             id = {local_id} }}
     remote {{ auth = {auth}
              id = {GATEWAY_ID} }}
-    children {{ {child} {{ remote_ts = {protected}
+    children {{ {child} {{ remote_ts = {protected}{f", {PROTECTED6}" if six else ""}
                      esp_proposals = {esp}
                      dpd_action = {timers.dpd_action} }} }}
   }}
@@ -223,13 +232,14 @@ def client_esp(name: str, cipher: str = "aes256gcm") -> str:
 
 def swanctl_client(name: str, vip: str, protected: str, timers: LabTimers,
                    extra: tuple[str, ...] = (), cipher: str = "aes256gcm",
-                   mobike: bool = False) -> str:
+                   mobike: bool = False, six: bool = False) -> str:
     """swanctl.conf of a road-warrior client that asks for a virtual IP and runs DPD; with
     `extra`, also those connections (benchmark-style, pre-shared key), started by hand; with
-    `mobike`, its own connection uses MOBIKE."""
+    `mobike`, its own connection uses MOBIKE; with `six`, it asks for an IPv6 virtual IP too
+    (inner6.py)."""
     esp = client_esp(name, cipher)
     conn = _client_conn("home", "net", "pubkey", client_id(name), esp, vip, protected, timers,
-                        mobike=mobike)
+                        mobike=mobike, six=six)
     # leases.py's tunnels carry no traffic and no DPD: an idle DPD in flight at a slow
     # failover would re-establish them, which is not what their rounds measure
     more = "".join(_client_conn(n, n, "psk", tunnel_id(n), ESP_PROPOSAL, vip, protected, timers,
@@ -308,14 +318,15 @@ def keepalived_conf(node: str, priority: int, advert_int: float, fifo: str,
     The lab reads `notify_fifo`; hasync, when it runs, reads `vrrp_notify_fifo` (keepalived
     writes every VRRP event to both: keepalived/vrrp/vrrp_notify.c notify_fifo(), 2.2.7).
     With `health_cmd`, the instance tracks it (`health_check`). The VIPs in `link_scope`
-    (as given in `vips`) get `scope link`: charon's MOBIKE never advertises them
+    (as given in `vips` or `excluded`) get `scope link`: charon's MOBIKE never advertises them
     (kernel_netlink_net.c filter_addresses(); mobike.py).
     """
     vip_lines = "\n".join(f"    {addr} dev {dev}" + (" scope link" if addr in link_scope
                                                       else "") for addr, dev in vips)
     # an IPv6 VIP beside IPv4 ones: VRRPv3 carries one family per instance, the excluded
     # addresses move with it all the same (keepalived.conf(5))
-    six = "\n".join(f"    {addr} dev {dev}" for addr, dev in excluded or [])
+    six = "\n".join(f"    {addr} dev {dev}" + (" scope link" if addr in link_scope else "")
+                    for addr, dev in excluded or [])
     six_block = f"  virtual_ipaddress_excluded {{\n{six}\n  }}\n" if six else ""
     hasync = f"\n  vrrp_notify_fifo {hasync_fifo}" if hasync_fifo else ""
     script, track = health_check(health_cmd, LAB_HEALTH_TIMING)

@@ -26,6 +26,7 @@ from . import (
     confgen,
     hasyncd,
     inflight,
+    inner6,
     leases,
     mobike,
     pcap,
@@ -143,6 +144,7 @@ def _tunnel_result(run: Run, tun: Tunnel, before: dict[str, Any], after: dict[st
     min_gap = max(3.0 / run.spec.rate, 0.3) if run.spec.rate > 0 else 1.0
     return {
         "name": tun.name, "client": tun.client, "nat": node.behind_nat,
+        "inner": "ipv6" if inner6.is_flow(tun.name) else "ipv4",
         "mobike": tun.client in run.spec.mobike,
         "encap": ike_a.encap if multi and ike_a else after["encap"],
         "ike_spi_before": spi_b, "ike_spi_after": spi_a, "ike_sa_init": cc.ike_sa_inits,

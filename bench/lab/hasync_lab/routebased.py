@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from .topology import POOL
+from .topology import POOL, POOL6
 
 if TYPE_CHECKING:
     from .procs import Lab
@@ -35,8 +35,11 @@ def child_options(kind: str) -> str:
     raise ValueError(f"route-based kind must be one of {', '.join(KINDS)}, not {kind!r}")
 
 
-def setup(kind: str, local: str, lan_if: str = "e0") -> list[list[str]]:
-    """Commands that make the interface and route the pool through it (`local`: the VIP)."""
+def setup(kind: str, local: str, lan_if: str = "e0", six: bool = False) -> list[list[str]]:
+    """Commands that make the interface and route the pool through it (`local`: the VIP);
+    with `six`, the IPv6 pool too (xfrmi only: ip_vti carries IPv4, cli.py refuses it)."""
+    if six and kind != "xfrmi":
+        raise ValueError(f"an IPv6 pool needs route-based kind xfrmi, not {kind!r}")
     dev = DEVICE[kind]
     if kind == "xfrmi":
         make = ["ip", "link", "add", dev, "type", "xfrm", "dev", lan_if, "if_id", f"{IF_ID:#x}"]
@@ -46,7 +49,8 @@ def setup(kind: str, local: str, lan_if: str = "e0") -> list[list[str]]:
                 "key", f"{IF_ID:#x}"]
         extra = [["sysctl", "-qw", f"net.ipv4.conf.{dev}.disable_policy=1"]]
     return [make, *extra, ["ip", "link", "set", dev, "up"],
-            ["ip", "route", "replace", POOL, "dev", dev]]
+            ["ip", "route", "replace", POOL, "dev", dev],
+            *([["ip", "-6", "route", "replace", POOL6, "dev", dev]] if six else [])]
 
 
 def bound_sas(xfrm_state: str, kind: str, local: str) -> tuple[int, int, int]:

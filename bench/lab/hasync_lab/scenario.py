@@ -23,6 +23,7 @@ from . import (
     cluster,
     confgen,
     hasyncd,
+    inner6,
     leases,
     linkfault,
     mobike,
@@ -98,12 +99,14 @@ def bring_up(run: Run) -> None:
     listen_adverts(run)
     lab.prepare_dirs()
     for gw in (n.name for n in lab.topo.by_role("gateway")) if spec.route_based else ():
-        for argv in routebased.setup(spec.route_based, topology.PUBLIC_VIP):
+        for argv in routebased.setup(spec.route_based, topology.PUBLIC_VIP, six=spec.ipv6):
             lab.run(gw, argv)
     for gw in lab.topo.by_role("gateway") if spec.mobike else ():  # advertise only the VIP
         lab.run(gw.name, ["ip", "-batch", "-"], stdin=mobike.deprecate_batch(gw))
     clients = [n.name for n in lab.topo.by_role("client")]
     run.tunnels = tunnels.plan(spec.tunnels, clients)
+    if spec.ipv6 and not spec.tunnels:  # the IPv6 client's IPv6 flow (inner6.py)
+        run.tunnels += inner6.flows(lab.topo)
     extra = {leases.LEASE_CLIENT: leases.conns(spec.failovers + 1)} if spec.leases else None
     cluster.write_configs(lab, spec.timers, tunnels=tunnels.by_client(run.tunnels)
                           if spec.tunnels else None, hasync=spec.mode == "hasync", extra=extra,
@@ -180,8 +183,10 @@ def start_traffic(run: Run) -> None:
                                       "-Z", "root", "-s", "128",
                                       "-w", str(lab.base / "cap" / f"{c.name}.pcap"),
                                       "esp or udp port 4500 or udp port 500"], private_run=False)
+    six = any(inner6.is_flow(t.name) for t in run.tunnels)
     lab.spawn("srv", "probe", [py, "-m", "hasync_lab.probe", "server", "--bind",
-                               f"0.0.0.0:{PROBE_PORT}", "--rate", str(run.spec.rate), "--log",
+                               inner6.server_bind(PROBE_PORT, six), "--rate",
+                               str(run.spec.rate), "--log",
                                str(lab.base / "probe" / "srv.log")], env=env, private_run=False)
     server = ["--server", f"{topology.SERVER_IP}:{PROBE_PORT}", "--rate", str(run.spec.rate)]
     for c, ts in tunnels.by_client(run.tunnels).items():
@@ -190,6 +195,11 @@ def start_traffic(run: Run) -> None:
             lab.spawn(c, "probe", [py, "-m", "hasync_lab.probeflows", "client", *server,
                                    "--flow", f"{c}@{ANY_SOURCE}", "--log", logf],
                       env=env, private_run=False)
+            for t in (t for t in ts if inner6.is_flow(t.name)):  # and its IPv6 flow
+                lab.spawn(c, "probe", inner6.client_argv(
+                    py, t.name, PROBE_PORT, run.spec.rate,
+                    str(lab.base / "probe" / inner6.log_name(t.name))), env=env,
+                    private_run=False)
             continue
         flows = lab.base / "probe" / f"{c}.flows"
         flows.write_text(tunnels.flows_text(ts, tunnels.all_vips(lab, c, ts)))
@@ -283,7 +293,7 @@ def client_state(run: Run, name: str) -> dict[str, object]:
     """What one client's charon and kernel say now (`ikes`: ESTABLISHED IKE_SAs by
     connection; `ike`: the last of them, the classic lab's one tunnel)."""
     lab = run.lab
-    want = sum(1 for t in run.tunnels if t.client == name)
+    want = len({t.conn for t in run.tunnels if t.client == name})  # IKE_SAs, not flows
     for _ in range(LIST_TRIES):  # a busy IKE_SA is not listed (noblock): ask again
         sas = [s for s in observe.list_sas(str(cluster.vici_path(lab, name)))
                if s.state == "ESTABLISHED"]
@@ -371,8 +381,11 @@ def restore(run: Run, node: str) -> None:
 def _restore(run: Run, node: str) -> None:
     lab = run.lab
     lab.kill_node(node, signal.SIGKILL)
-    for addr, dev in ((topology.PUBLIC_VIP, "e0"), (topology.PRIVATE_VIP, "e1")):
-        lab.run(node, ["ip", "addr", "del", f"{addr}/24", "dev", dev], check=False)
+    six = ((f"{topology.PUBLIC_VIP6}/64", "e0"), (f"{topology.PRIVATE_VIP6}/64", "e1")) \
+        if lab.topo.node(node).address6 else ()
+    for addr, dev in ((f"{topology.PUBLIC_VIP}/24", "e0"), (f"{topology.PRIVATE_VIP}/24", "e1"),
+                      *six):
+        lab.run(node, ["ip", "addr", "del", addr, "dev", dev], check=False)
     _links(lab, node, "up")
     for what in ("state", "policy"):  # a rebooted kernel holds no SAs (deploy/: on a restart)
         lab.run(node, ["ip", "xfrm", what, "flush"], check=False)
@@ -417,11 +430,11 @@ def stop_probes(run: Run) -> None:
 
 
 def tunnel_table(run: Run) -> list[dict[str, object]]:
-    """Each tunnel as it came up."""
+    """Each tunnel as it came up (IKE tunnels: not inner6's extra flows)."""
     clients = [c.name for c in run.lab.topo.by_role("client")]
     states = {c: client_state(run, c) for c in clients}
     out = []
-    for t in run.tunnels:
+    for t in (t for t in run.tunnels if not inner6.is_flow(t.name)):
         st = states[t.client]
         ike = st["ikes"].get(t.conn)  # type: ignore[attr-defined]
         out.append({"name": t.name, "client": t.client,

@@ -23,6 +23,14 @@ POOL = "10.3.0.0/22"  # clients' virtual IPs: room for the benchmark's 1000 tunn
 # traffic for a client's virtual IP goes nowhere. (An on-link route would deliver it in clear
 # to the client, whose inbound policy use time then keeps charon's DPD from ever firing.)
 UPSTREAM = "192.0.2.254"
+# With `ipv6_clients`, the protected network and the pool have IPv6 twins (the IPv6 client's
+# inner addresses: it asks for a virtual IP of each family, inner6.py); the gateways route the
+# IPv6 pool to an upstream that is not there either.
+PROTECTED6 = "fd00:1::/64"
+SERVER_IP6 = "fd00:1::100"
+PRIVATE_VIP6 = "fd00:1::1"  # moves with the others (keepalived's excluded VIPs)
+POOL6 = "fd00:3::/112"  # as deploy/strongswan-ha.conf's rw_pool6
+UPSTREAM6 = "2001:db8:2::254"
 
 
 @dataclass(frozen=True)
@@ -95,7 +103,9 @@ def plan(gateways: int, clients: int, nat_clients: int = 1, prefix: str = "hl",
     """Plan a lab with `gateways` gateways and `clients` clients, the last `nat_clients` NAT'd;
     with `witness`, a witness node (hasync alone) on the protected network; with
     `ipv6_clients`, the gateways and that many first clients (not NAT'd) also get an IPv6
-    address on the public LAN, and those clients reach the VIP over IPv6 (PUBLIC_VIP6)."""
+    address on the public LAN, and those clients reach the VIP over IPv6 (PUBLIC_VIP6); the
+    protected network is dual-stack then (PROTECTED6, SERVER_IP6 behind PRIVATE_VIP6) and the
+    gateways route POOL6 as they route POOL."""
     if not 0 <= ipv6_clients <= clients - nat_clients:
         raise ValueError(f"ipv6 clients must be 0 to {clients - nat_clients} (not behind NAT)")
     if not 2 <= gateways <= 5:
@@ -109,14 +119,19 @@ def plan(gateways: int, clients: int, nat_clients: int = 1, prefix: str = "hl",
         nodes.append(Node(f"gw{k}", "gateway", (
             Iface("e0", pub, _mac(i, 0, False), (f"192.0.2.{10 + k}/24",
                                                  *_six(ipv6_clients, 10 + k))),
-            Iface("e1", priv, _mac(i, 1, False), (f"10.1.0.{10 + k}/24",)),
-        ), routes=(f"{POOL} via {UPSTREAM} dev e0",), forward=True))
+            Iface("e1", priv, _mac(i, 1, False), (f"10.1.0.{10 + k}/24",
+                                                 *_inner6(ipv6_clients, 10 + k))),
+        ), routes=(f"{POOL} via {UPSTREAM} dev e0",
+                   *((f"{POOL6} via {UPSTREAM6} dev e0",) if ipv6_clients else ())),
+            forward=True))
     if witness:
         nodes.append(Node("wit", "witness", (
             Iface("e0", priv, _mac(len(nodes), 0, False), (f"{WITNESS_IP}/24",)),)))
     nodes.append(Node("srv", "server", (
-        Iface("e0", priv, _mac(len(nodes), 0, False), (f"{SERVER_IP}/24",)),),
-        routes=(f"default via {PRIVATE_VIP}",)))
+        Iface("e0", priv, _mac(len(nodes), 0, False), (f"{SERVER_IP}/24",
+                                                       *_inner6(ipv6_clients, 100))),),
+        routes=(f"default via {PRIVATE_VIP}",
+                *((f"::/0 via {PRIVATE_VIP6}",) if ipv6_clients else ()))))
     if nat_clients:
         nodes.append(Node("nat", "nat", (
             Iface("e0", pub, _mac(len(nodes), 0, False), (f"{NAT_OUTSIDE}/24",)),
@@ -144,6 +159,11 @@ def plan(gateways: int, clients: int, nat_clients: int = 1, prefix: str = "hl",
 def _six(on: int | bool, host: int) -> tuple[str, ...]:
     """The public LAN's IPv6 address of `host`, if `on`."""
     return (f"2001:db8:2::{host}/64",) if on else ()
+
+
+def _inner6(on: int | bool, host: int) -> tuple[str, ...]:
+    """The protected network's IPv6 address of `host`, if `on`."""
+    return (f"fd00:1::{host}/64",) if on else ()
 
 
 Runner = Callable[[list[str], str | None], None]  # argv, standard input
@@ -180,9 +200,11 @@ def build_steps(topo: Topology) -> list[tuple[list[str], str | None]]:
             # charon's ha plugin talks from 127.0.0.1 to its peer at 127.0.0.2 (hasync)
             lines.append("addr add 127.0.0.2/8 dev lo")
         inside.append((["ip", "-n", ns, "-batch", "-"], "\n".join(lines) + "\n"))
-        if node.forward:
+        if node.forward:  # and IPv6 where the node has an IPv6 address
+            six = any(":" in a for ifc in node.ifaces for a in ifc.addrs)
             inside.append((["ip", "netns", "exec", ns, "sysctl", "-q", "-w",
-                            "net.ipv4.ip_forward=1"], None))
+                            "net.ipv4.ip_forward=1",
+                            *(["net.ipv6.conf.all.forwarding=1"] if six else [])], None))
         if node.role == "nat":
             inside.append((["ip", "netns", "exec", ns, "nft", "-f", "-"],
                            "".join(" ".join(rule) + "\n" for rule in topo.nat_rules)))

@@ -50,7 +50,7 @@ def kernel_sas(run: Run, node: str) -> int:
 def upgrade_charon(run: Run, master: str) -> dict[str, Any]:
     """Restart the next master's charon as an upgrade would; wait until hasync refilled it."""
     lab, node = run.lab, next_master(run, master)
-    want = len(run.tunnels)
+    want = len({(t.client, t.conn) for t in run.tunnels})  # IKE_SAs (inner6: 2 flows, 1 SA)
     before = hasyncd.status(lab, node) or {}
     replays_before = (before.get("counters") or {}).get("replays", 0)
     t0 = time.monotonic()
