@@ -36,17 +36,22 @@ def remote_host(ike: _Ike) -> Host | None:
     return values[-1] if values else None
 
 
-def _update(ike: _Ike, host: Host) -> bytes | None:
-    """An IKE_UPDATE that sets `ike`'s remote host to `host`, or None if it cannot be made."""
+def _message(ike: _Ike, kind: MessageType, *attrs: Attribute) -> bytes | None:
+    """A datagram of `kind` naming `ike` (its IKE_ADD's version and id), then `attrs`; None
+    if its IKE_ADD does not decode or the message does not encode."""
     add = _decode(ike.add)
     ike_id = add.get("ike_id") if add is not None else None
     if add is None or ike_id is None:
         return None
     try:
-        return encode(HaMessage(add.version, MessageType.IKE_UPDATE,
-                                (Attribute("ike_id", ike_id), Attribute("remote_addr", host))))
+        return encode(HaMessage(add.version, kind, (Attribute("ike_id", ike_id), *attrs)))
     except EncodeError:
         return None
+
+
+def _update(ike: _Ike, host: Host) -> bytes | None:
+    """An IKE_UPDATE that sets `ike`'s remote host to `host`, or None if it cannot be made."""
+    return _message(ike, MessageType.IKE_UPDATE, Attribute("remote_addr", host))
 
 
 def roam_update(state: JournalState, key: Key, host: Host) -> bytes | None:
@@ -79,15 +84,5 @@ def rehome_plan(state: JournalState, key: Key) -> list[bytes]:
     """Datagrams that move live IKE_SA `key`'s CHILD_SAs in a passive charon to its current
     remote host: IKE_DELETE, then the lineage's replay."""
     lineage = state.lineage(key)
-    if lineage is None:
-        return []
-    add = _decode(lineage.ikes[-1].add)
-    ike_id = add.get("ike_id") if add is not None else None
-    if add is None or ike_id is None:
-        return []
-    try:
-        delete = encode(HaMessage(add.version, MessageType.IKE_DELETE,
-                                  (Attribute("ike_id", ike_id),)))
-    except EncodeError:
-        return []
-    return [delete, *state.lineage_plan(lineage)]
+    delete = _message(lineage.ikes[-1], MessageType.IKE_DELETE) if lineage is not None else None
+    return [] if lineage is None or delete is None else [delete, *state.lineage_plan(lineage)]
