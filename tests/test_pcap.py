@@ -360,7 +360,7 @@ def test_seq_jumps_per_spi_across_the_fault() -> None:
         packet(1, 102, ts=9.99),
         packet(3, 7, ts=9.0),  # only before: no jump
         packet(1, 100_203, ts=12.0),
-        packet(2, 48, ts=10.0),  # at t_kill counts as after: reused numbers
+        packet(2, 48, ts=10.2),  # after the fault, 0.3 s after 50: numbers used again
         packet(1, 100_200, ts=11.0),  # the first after, though listed later
         packet(2, 60, ts=13.0),
         packet(4, 1, ts=11.0),  # only after: no jump
@@ -462,3 +462,18 @@ def test_seq_jumps_ignores_a_burst_captured_slightly_out_of_order() -> None:
     # a real step back (below what was captured well before) still wins
     late = [*packets, packet(1, 5, ts=13.0)]
     assert seq_jumps(late, B, 10.0)[0].seq_skipped < 0
+
+
+def test_seq_jumps_ignores_a_burst_the_old_master_sent_out_of_order() -> None:
+    # CI, the charon fault: the old master's chacha20 burst completed out of order, 5549 on
+    # the wire about 40 ms before 5511..5548 (async crypto); the new master came 3 s later
+    packets = [packet(1, n, ts=10.0 + 0.025 * (n - 5400)) for n in range(5400, 5511)]
+    packets.append(packet(1, 5549, ts=12.8))
+    packets += [packet(1, n, ts=12.84 + 1e-4 * (n - 5511)) for n in range(5511, 5549)]
+    packets += [packet(1, 6700 + n, ts=16.0 + 0.025 * n) for n in range(10)]
+    (j,) = seq_jumps(packets, B, 12.5)
+    assert (j.last_before, j.first_after, j.seq_skipped) == (5549, 6700, 1150)
+    # the same numbers again a second after, their first copies lost: a step back
+    again = [*packets, packet(1, 5520, ts=17.0)]
+    (j,) = seq_jumps(again, B, 12.5)
+    assert (j.last_before, j.first_after) == (6709, 5520)

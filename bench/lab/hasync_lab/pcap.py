@@ -455,15 +455,22 @@ def seq_jumps(packets: Iterable[EspPacket], dst: str | Iterable[str], t_kill: fl
     return jumps
 
 
-REORDER_S = 0.01  # packets this close in capture time may be timestamped out of order
+# One sender's packets can reach the wire out of sequence order: the kernel numbers an ESP
+# packet before it encrypts it, and an asynchronous AEAD (chacha20poly1305 through cryptd when
+# the FPU is not usable in softirq) completes out of order. In the lab's captures (TCG) such a
+# burst lagged by up to 31 ms (mx3) and by more than 10 ms in CI; a failover's silence on an SA
+# is seconds (VRRP detection, then a claim and a mark committed through Raft before the fence
+# passes anything). A real reuse whose first copy was lost therefore shows as a step back far
+# more than REORDER_S after the numbers it repeats; a reused pair captured twice is seq_reuse.
+REORDER_S = 0.25
 
 
 def _jump(seq: list[EspPacket], t_kill: float) -> tuple[int, int] | None:
     """(highest seq before, seq) at the step of one SPI's time-ordered packets that departs
     most from continuity at or after t_kill (steps back first); None without both sides.
     A step back counts only below every number captured REORDER_S or more earlier: one
-    sender's burst can be captured a few packets out of order (seen in the lab behind NAT,
-    under TCG), and that is no number sent again."""
+    sender's burst can reach the wire out of order (asynchronous crypto, see REORDER_S), and
+    that is no number sent again."""
     high: int | None = None
     settled: int | None = None  # the highest seq captured at least REORDER_S before p
     best: tuple[int, int] | None = None
