@@ -124,13 +124,39 @@ def test_a_spec_with_proposals_survives_its_trip_to_the_vm() -> None:
     assert back == spec and back.proposals == ("chacha20",)
 
 
+def test_client_impl_makes_a_spec_and_a_libreswan_client_never_drives_charon_s_roles() -> None:
+    spec = cli.spec_of(cli.parser().parse_args(["failover", "--client-impl", ",,libreswan"]))
+    assert spec.client_impl == ("strongswan", "strongswan", "libreswan")
+    back = runner.spec_from_dict(json.loads(json.dumps(spec_dict(spec))))
+    assert back == spec
+    for argv, msg in ((["--client-impl", "racoon"], "--client-impl takes"),
+                      (["--client-impl", "strongswan,strongswan,strongswan,libreswan"],
+                       "per client"),
+                      (["--client-impl", "libreswan", "--inflight", "child-rekey"], "c1 is"),
+                      (["--client-impl", "libreswan", "--ipv6"], "c1 is"),
+                      (["--client-impl", ",libreswan", "--mobike", "c2"], "c2 is a --mobike"),
+                      (["--client-impl", ",libreswan", "--leases"], "c2 is --leases"),
+                      (["--client-impl", ",,libreswan", "--tunnels", "6"], "--tunnels")):
+        with pytest.raises(cli.LabError, match=msg):
+            cli.spec_of(cli.parser().parse_args(["failover", *argv]))
+
+
 def test_matrix_stands_for_the_matrix_options_and_given_ones_win() -> None:
     spec = cli.spec_of(cli.parser().parse_args(cli.with_matrix(["failover", "--matrix"])))
-    assert (spec.failovers, spec.faults, spec.inflight, spec.route_based) == (
-        3, ("kill", "kill", "charon"), "child-rekey", "vti")
-    assert spec.proposals == ("aes128gcm", "aes256cbc", "chacha20") and spec.mobike == ("c2",)
-    argv = cli.with_matrix(["failover", "--route-based", "xfrmi", "--matrix", "--mobike", "",
-                            "--leases"])  # c2 runs the lease tunnels: not with --mobike c2
+    assert (spec.clients, spec.failovers, spec.faults, spec.inflight, spec.route_based) == (
+        4, 3, ("kill", "kill", "charon"), "child-rekey", "xfrmi")
+    assert spec.proposals == ("aes128gcm", "aes256cbc", "chacha20", "aes256gcm")
+    assert spec.mobike == ("c2",) and spec.ipv6 and spec.leases and spec.lease_client == "c3"
+    assert spec.client_impl == ("strongswan",) * 3 + ("libreswan",) and spec.nat_clients == 1
+    argv = cli.with_matrix(["failover", "--route-based", "vti", "--matrix", "--mobike", "",
+                            "--lease-client", "c2"])
+    with pytest.raises(cli.LabError, match="--ipv6"):  # the matrix's --ipv6 needs xfrmi
+        cli.spec_of(cli.parser().parse_args(argv))
+    argv = cli.with_matrix(["failover", "--matrix", "--mobike", "", "--lease-client", "c2"])
     spec = cli.spec_of(cli.parser().parse_args(argv))
-    assert spec.route_based == "xfrmi" and spec.leases and spec.failovers == 3
+    assert spec.lease_client == "c2" and spec.mobike == () and spec.failovers == 3
     assert cli.with_matrix(["failover", "--leases"]) == ["failover", "--leases"]
+    with pytest.raises(cli.LabError, match="c2 carries"):  # the lease client cannot roam
+        cli.spec_of(cli.parser().parse_args(["failover", "--leases", "--mobike", "c2"]))
+    with pytest.raises(cli.LabError, match="--lease-client"):
+        cli.spec_of(cli.parser().parse_args(["failover", "--leases", "--lease-client", "c9"]))

@@ -75,13 +75,13 @@ def test_an_ipv6_gateway_offers_both_pools_and_both_protected_networks() -> None
     assert "rw_pool6" not in confgen.strongswan_conf("/l", "/s", confgen.LabTimers(), ha=True)
 
 
-def test_the_ipv6_protected_vip_moves_with_the_others_and_can_be_link_scoped() -> None:
+def test_the_ipv6_protected_vip_moves_with_the_others_and_can_be_hidden_from_mobike() -> None:
     excluded = [("2001:db8:2::1/64", "e0"), ("fd00:1::1/64", "e1")]
     conf = confgen.keepalived_conf("gw1", 200, 0.5, "/f", [("192.0.2.1/24", "e0")], "e0",
                                    excluded=excluded, link_scope=("fd00:1::1/64",))
     block = conf.split("virtual_ipaddress_excluded {\n")[1].split("}")[0]
     assert block.splitlines() == ["    2001:db8:2::1/64 dev e0",
-                                  "    fd00:1::1/64 dev e1 scope link", "  "]
+                                  "    fd00:1::1/64 dev e1 preferred_lft 0", "  "]
 
 
 def test_an_xfrm_interface_routes_the_ipv6_pool_too_and_vti_refuses_it() -> None:

@@ -26,7 +26,7 @@ from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from . import cluster, observe
+from . import cluster
 from .observe import IkeSa
 from .prereq import LabError
 from .procs import Lab
@@ -182,7 +182,7 @@ def read_log(lab: Lab, client: str, offset: int) -> str:
 def _sas(lab: Lab, client: str) -> list[IkeSa]:
     """The client's IKE_SAs; none while its vici does not answer."""
     try:
-        return observe.list_sas(str(cluster.vici_path(lab, client)))
+        return cluster.client_sas(lab, client)
     except OSError:
         return []
 

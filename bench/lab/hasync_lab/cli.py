@@ -15,7 +15,7 @@ from pathlib import Path
 
 from hasync.journal.seal import KeyFileError
 
-from . import confgen, inner6, leases, mobike, report, runner, topology
+from . import confgen, inner6, leases, lswclients, mobike, report, runner, topology
 from .inflight import KINDS as INFLIGHT_KINDS
 from .prereq import LabError
 from .routebased import KINDS as ROUTE_KINDS
@@ -95,10 +95,14 @@ def _failover_parser(lsub: argparse._SubParsersAction) -> None:  # type: ignore[
     fo.add_argument("--witness", action="store_true",
                     help="a witness (hasync alone, a Raft voter) on the protected network")
     fo.add_argument("--leases", action="store_true",
-                    help="virtual IP lease rounds on c2 before and after every failover: "
+                    help="virtual IP lease rounds on the lease client before and after every "
+                         "failover: "
                          "re-authenticate a kept tunnel, bring two up, one down; check that "
                          "no address is held twice and released ones are free on the next "
                          "master")
+    fo.add_argument("--lease-client", default=leases.LEASE_CLIENT, metavar="CLIENT",
+                    help="the client whose extra tunnels --leases' rounds move (default "
+                         f"{leases.LEASE_CLIENT})")
     fo.add_argument("--inflight", choices=("", *INFLIGHT_KINDS), default="",
                     help="an IKE exchange of the first client in flight at the first fault: "
                          "its request processed by the master, the response lost (clients "
@@ -116,12 +120,18 @@ def _failover_parser(lsub: argparse._SubParsersAction) -> None:  # type: ignore[
                          "changes its address before the first failover and after it, and "
                          "every gateway must follow; gateways advertise only the VIP")
     fo.add_argument("--matrix", action="store_true",
-                    help="the lab's matrix run: " + " ".join(MATRIX) + " (given options "
-                         "override it; --leases and --route-based xfrmi run apart)")
+                    help="the lab's matrix run: " + " ".join(x for o in MATRIX for x in o)
+                         + " (given options override it)")
     fo.add_argument("--proposals", default="",
                     help="ESP cipher of each client in order, comma-separated, from "
                          f"{', '.join(confgen.ESP_CIPHERS)} (default: aes256gcm for all; "
                          "c2 adds ESN)")
+    fo.add_argument("--client-impl", default="", metavar="IMPLS",
+                    help="IKE implementation of each client in order, comma-separated, from "
+                         "strongswan, libreswan (default: strongswan for all); a libreswan "
+                         "client (4.10, unpacked by `make setup`) runs its own DPD and "
+                         "retransmission timers, and is not the --inflight, --mobike, --ipv6 "
+                         "or --leases client")
     fo.add_argument("--timeout", type=float, default=90.0,
                     help="per failover, how long to wait for every client's traffic (s)")
     _run_options(fo, "out/lab", what="logs and captures")
@@ -137,11 +147,16 @@ def parser(prog: str = "hasync-lab") -> argparse.ArgumentParser:
     return p
 
 
-# what --matrix stands for: three failovers (two kills, then charon alone), a client per ESP
-# proposal, VTI gateways, a CHILD rekey in flight at the first fault (docs/operations.md)
-MATRIX = ("--failovers", "3", "--fault", "kill,kill,charon", "--inflight", "child-rekey",
-          "--proposals", "aes128gcm,aes256cbc,chacha20", "--route-based", "vti",
-          "--mobike", "c2")
+# what --matrix stands for (docs/operations.md): four clients, each on its own ESP proposal
+# (c2 with ESN); c1 over IPv6 with an IPv6 virtual IP and a CHILD rekey in flight at the first
+# fault, c2 roaming with MOBIKE, c3 carrying the lease rounds, c4 libreswan behind NAT;
+# gateways route-based through an XFRM interface; three failovers (two kills, then charon
+# alone). VTI, IPv4 only, runs apart (tests/test_lab_leases.py).
+MATRIX: tuple[tuple[str, ...], ...] = (
+    ("--clients", "4"), ("--failovers", "3"), ("--fault", "kill,kill,charon"),
+    ("--inflight", "child-rekey"), ("--proposals", "aes128gcm,aes256cbc,chacha20,aes256gcm"),
+    ("--route-based", "xfrmi"), ("--ipv6",), ("--mobike", "c2"), ("--leases",),
+    ("--lease-client", "c3"), ("--client-impl", ",,,libreswan"))
 
 
 def with_matrix(argv: list[str]) -> list[str]:
@@ -150,8 +165,7 @@ def with_matrix(argv: list[str]) -> list[str]:
         return argv
     rest = [x for x in argv if x != "--matrix"]
     given = {x.split("=")[0] for x in rest if x.startswith("--")}
-    pairs = [MATRIX[i:i + 2] for i in range(0, len(MATRIX), 2)]
-    return [*rest[:1], *(x for p in pairs if p[0] not in given for x in p), *rest[1:]]
+    return [*rest[:1], *(x for opt in MATRIX if opt[0] not in given for x in opt), *rest[1:]]
 
 
 def spec_of(a: argparse.Namespace) -> LabSpec:
@@ -171,9 +185,11 @@ def spec_of(a: argparse.Namespace) -> LabSpec:
             a.force_rate < 0:
         raise LabError("--heal-after must be positive, --restart-after and --force-rate "
                        "not negative")
-    if a.leases and (a.tunnels or a.clients < 2):
-        raise LabError("--leases uses the classic clients' c2: not with --tunnels, and "
-                       "with --clients 2 or more")
+    if a.leases and (a.tunnels or a.lease_client not in
+                     [f"c{k}" for k in range(1, a.clients + 1)]):
+        raise LabError(f"--leases uses the classic client {a.lease_client} "
+                       "(--lease-client): not with --tunnels, and it must be one of the "
+                       "--clients")
     proposals = tuple(p.strip() for p in a.proposals.split(",") if p.strip())
     bad = [p for p in proposals if p not in confgen.ESP_CIPHERS]
     if bad or len(proposals) > a.clients:
@@ -187,6 +203,7 @@ def spec_of(a: argparse.Namespace) -> LabSpec:
         raise LabError("--ipv6 puts IPv6 inside the tunnel, which a VTI device (ip_vti) "
                        "does not carry: use --route-based xfrmi")
     roaming = _mobike_of(a)
+    impls = _impls_of(a, roaming)
     timers = confgen.LabTimers(advert_int_s=a.advert_int,
                                **(confgen.IN_FLIGHT_TIMERS if a.inflight else {}))
     return LabSpec(mode="baseline" if a.baseline else "hasync", gateways=a.gateways,
@@ -194,9 +211,10 @@ def spec_of(a: argparse.Namespace) -> LabSpec:
                    fault=faults[0], faults=faults if len(faults) > 1 else (),
                    timeout_s=a.timeout, timers=timers, tunnels=a.tunnels, witness=a.witness,
                    heal_after_s=a.heal_after, restart_after_s=a.restart_after,
-                   force_rate=a.force_rate, leases=a.leases, proposals=proposals,
+                   force_rate=a.force_rate, leases=a.leases, lease_client=a.lease_client,
+                   proposals=proposals,
                    inflight=a.inflight, route_based=a.route_based, ipv6=a.ipv6,
-                   mobike=roaming)
+                   mobike=roaming, client_impl=impls)
 
 
 def _mobike_of(a: argparse.Namespace) -> tuple[str, ...]:
@@ -212,12 +230,35 @@ def _mobike_of(a: argparse.Namespace) -> tuple[str, ...]:
         unable.setdefault(names[0], "reaches the VIP over IPv6 (--ipv6): the lab roams "
                                     "IPv4 clients only")
     if a.leases:
-        unable.setdefault(leases.LEASE_CLIENT, "carries --leases' tunnels, which do not "
+        unable.setdefault(a.lease_client, "carries --leases' tunnels, which do not "
                                                "use MOBIKE")
     try:
         return mobike.parse_clients(a.mobike, names, unable)
     except ValueError as e:
         raise LabError(str(e)) from e
+
+
+def _impls_of(a: argparse.Namespace, roaming: tuple[str, ...]) -> tuple[str, ...]:
+    """The --client-impl list; LabError if it names an unknown implementation or gives
+    libreswan to a client whose role drives charon (lswclients.py)."""
+    impls = tuple(p.strip() or "strongswan" for p in a.client_impl.split(",")) \
+        if a.client_impl.strip() else ()
+    bad = [p for p in impls if p not in lswclients.IMPLS]
+    if bad or len(impls) > a.clients:
+        raise LabError(f"--client-impl takes up to one of {', '.join(lswclients.IMPLS)} per "
+                       f"client, not {a.client_impl!r}")
+    other = {f"c{k + 1}" for k, p in enumerate(impls) if p == "libreswan"}
+    if other and a.tunnels:
+        raise LabError("--client-impl libreswan runs the classic clients: not with --tunnels")
+    roles = {"c1": "--inflight's and --ipv6's client"} if a.inflight or a.ipv6 else {}
+    roles.update({c: "a --mobike client" for c in roaming})
+    if a.leases:
+        roles.setdefault(a.lease_client, "--leases' client")
+    clash = sorted(c for c in other if c in roles)
+    if clash:
+        raise LabError(f"{clash[0]} is {roles[clash[0]]}, which drives charon: give "
+                       "libreswan another client")
+    return impls
 
 
 def _plan_ok(spec: LabSpec) -> None:

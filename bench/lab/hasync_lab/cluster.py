@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import confgen, pki
+from . import confgen, observe, pki
 from .prereq import LabError
 from .procs import Lab
 from .topology import PRIVATE_VIP, PRIVATE_VIP6, PROTECTED, PUBLIC_VIP, PUBLIC_VIP6
@@ -32,17 +32,24 @@ def vici_path(lab: Lab, node: str) -> Path:
     return lab.run_dir(node) / "charon.vici"
 
 
+def client_sas(lab: Lab, node: str) -> list[observe.IkeSa]:
+    """`node`'s IKE_SAs: its charon's over vici, or what its lister says (a libreswan
+    client, lswclients.py)."""
+    lister = lab.listers.get(node)
+    return lister() if lister else observe.list_sas(str(vici_path(lab, node)))
+
+
 def write_configs(lab: Lab, timers: confgen.LabTimers, keys_in_log: bool = False,
                   tunnels: dict[str, list[Any]] | None = None, hasync: bool = False,
                   extra: dict[str, tuple[str, ...]] | None = None,
                   ciphers: dict[str, str] | None = None, route: str = "",
-                  mobike: tuple[str, ...] = ()) -> None:
+                  mobike: tuple[str, ...] = ()) -> dict[str, pki.Credential]:
     """Write PKI, strongswan.conf and swanctl.conf for every charon of the lab; with
     `tunnels` (client: its benchmark tunnels), each client carries those instead of one;
     with `extra` (client: connection names), a client also carries those (leases.py); with
     `ciphers` (client: confgen.ESP_CIPHERS name), a client's tunnel uses that cipher; with
     `route` (routebased.KINDS), the gateways' tunnels are route-based; with `mobike`, those
-    clients and the gateways use MOBIKE (mobike.py)."""
+    clients and the gateways use MOBIKE (mobike.py). Returns the lab's credentials."""
     clients = [n.name for n in lab.topo.by_role("client")]
     creds = pki.make_lab_pki(clients, datetime.datetime.now(datetime.UTC))
     for node in lab.topo.nodes:
@@ -74,6 +81,7 @@ def write_configs(lab: Lab, timers: confgen.LabTimers, keys_in_log: bool = False
                                           mobike=node.name in mobike,
                                           six=node.address6 is not None)
         (swan / "swanctl.conf").write_text(text)
+    return creds
 
 
 def start_charon(lab: Lab, node: str) -> None:

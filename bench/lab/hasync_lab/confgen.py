@@ -308,6 +308,13 @@ def health_check(health_cmd: str | None,
     return script, "  track_script {\n    chk_hasync\n  }\n"
 
 
+def _hidden(addr: str, hide: tuple[str, ...]) -> str:
+    """keepalived's option that keeps charon from offering `addr` if it is in `hide`."""
+    if addr not in hide:
+        return ""
+    return " preferred_lft 0" if ":" in addr else " scope link"
+
+
 def keepalived_conf(node: str, priority: int, advert_int: float, fifo: str,
                     vips: list[tuple[str, str]], lan_if: str,
                     hasync_fifo: str | None = None, health_cmd: str | None = None,
@@ -318,14 +325,17 @@ def keepalived_conf(node: str, priority: int, advert_int: float, fifo: str,
     The lab reads `notify_fifo`; hasync, when it runs, reads `vrrp_notify_fifo` (keepalived
     writes every VRRP event to both: keepalived/vrrp/vrrp_notify.c notify_fifo(), 2.2.7).
     With `health_cmd`, the instance tracks it (`health_check`). The VIPs in `link_scope`
-    (as given in `vips` or `excluded`) get `scope link`: charon's MOBIKE never advertises them
-    (kernel_netlink_net.c filter_addresses(); mobike.py).
+    (as given in `vips` or `excluded`) are hidden from charon's MOBIKE, which skips link-scoped
+    and deprecated addresses (kernel_netlink_net.c filter_addresses(); mobike.py): an IPv4
+    one gets `scope link`, an IPv6 one `preferred_lft 0` (the kernel derives an IPv6
+    address's scope from the address and ignores the one asked for: the lab saw fd00:1::1
+    offered with `scope link`).
     """
-    vip_lines = "\n".join(f"    {addr} dev {dev}" + (" scope link" if addr in link_scope
-                                                      else "") for addr, dev in vips)
+    vip_lines = "\n".join(f"    {addr} dev {dev}" + _hidden(addr, link_scope)
+                          for addr, dev in vips)
     # an IPv6 VIP beside IPv4 ones: VRRPv3 carries one family per instance, the excluded
     # addresses move with it all the same (keepalived.conf(5))
-    six = "\n".join(f"    {addr} dev {dev}" + (" scope link" if addr in link_scope else "")
+    six = "\n".join(f"    {addr} dev {dev}" + _hidden(addr, link_scope)
                     for addr, dev in excluded or [])
     six_block = f"  virtual_ipaddress_excluded {{\n{six}\n  }}\n" if six else ""
     hasync = f"\n  vrrp_notify_fifo {hasync_fifo}" if hasync_fifo else ""

@@ -28,6 +28,7 @@ from . import (
     inflight,
     inner6,
     leases,
+    lswclients,
     mobike,
     pcap,
     probe,
@@ -144,6 +145,7 @@ def _tunnel_result(run: Run, tun: Tunnel, before: dict[str, Any], after: dict[st
     min_gap = max(3.0 / run.spec.rate, 0.3) if run.spec.rate > 0 else 1.0
     return {
         "name": tun.name, "client": tun.client, "nat": node.behind_nat,
+        "impl": "libreswan" if tun.client in run.libreswan else "strongswan",
         "inner": "ipv6" if inner6.is_flow(tun.name) else "ipv4",
         "mobike": tun.client in run.spec.mobike,
         "encap": ike_a.encap if multi and ike_a else after["encap"],
@@ -308,7 +310,7 @@ def run_failovers(run: Run) -> dict[str, object]:
     before: dict[str, object] = {}
     if spec.mode == "hasync":
         before = _before_failovers(run, master)
-    book = leases.Book() if spec.leases else None
+    book = leases.Book(spec.lease_client) if spec.leases else None
     if book is not None:
         before["leases"] = leases.one_round(lab, book, master, running_gateways(run))
     roams = [mobike.roam(run, c, 0, master, running_gateways(run)) for c in spec.mobike]
@@ -336,6 +338,8 @@ def run_failovers(run: Run) -> dict[str, object]:
             attach_roams(fo, roams)
         if book is not None and fo["to"]:
             fo["leases"] = leases.one_round(lab, book, str(fo["to"]), running_gateways(run))
+        if not spec.tunnels:  # no virtual IP held twice, on any gateway or client
+            fo["vips"] = leases.census(lab, running_gateways(run))
         wall = time.monotonic() + run.wall_offset
         # a partition heals and a killed hasync restarts in the fault's own undo: that node
         # is alive and rejoins by itself; restoring it would kill its keepalived and charon
@@ -396,17 +400,21 @@ def _before_failovers(run: Run, master: str) -> dict[str, object]:
 
 def _after_failovers(run: Run) -> dict[str, object]:
     """Against the last master: each client rekeys its IKE_SA and CHILD_SA, then runs DPD."""
-    lab, timers = run.lab, run.spec.timers
+    lab, timers, other = run.lab, run.spec.timers, run.libreswan
     clients = [c.name for c in lab.topo.by_role("client")]
-    out: dict[str, dict[str, object]] = {c: {"ike_rekey": aftercheck.ike_rekey(lab, c)}
-                                         for c in clients}
-    for c in clients:
+    out: dict[str, dict[str, object]] = {
+        c: lswclients.checks_after(other[c]) if c in other else
+        {"ike_rekey": aftercheck.ike_rekey(lab, c)} for c in clients}
+    for c in (c for c in clients if c not in other):
         out[c]["child_rekey"] = aftercheck.child_rekey(lab, c)
-    offsets = {c: aftercheck.log_offset(lab, c) for c in clients}
+    offsets = {c: lswclients.dpd_begin(other[c]) if c in other else
+               aftercheck.log_offset(lab, c) for c in clients}
     stop_probes(run)  # DPD runs only after dpd_delay without inbound traffic
+    window = timers.dpd_delay_s + 30
     for c in clients:
-        out[c]["dpd"] = aftercheck.dpd(lab, c, timers.dpd_delay_s, timers.dpd_delay_s + 30,
-                                       offset=offsets[c])
+        out[c]["dpd"] = lswclients.dpd(other[c], offsets[c], timers.dpd_delay_s, window) \
+            if c in other else aftercheck.dpd(lab, c, timers.dpd_delay_s, window,
+                                              offset=offsets[c])
     return out
 
 

@@ -7,9 +7,12 @@ Rules: the lab's part only. The response is dropped by an nftables table in the 
 namespace (IKE from port 500, or from 4500 with the zero non-ESP marker, RFC 3948 2.2, to the
 client's address as the master sees it); the fault strikes as soon as the table's counter shows
 the response was sent, then the table goes. Kinds: `child-rekey` (CREATE_CHILD_SA rekeying the
-CHILD_SA), `ike-rekey` (CREATE_CHILD_SA rekeying the IKE_SA). The verdict reads the client's
-charon log (strongSwan 5.9.8's lines: "giving up after N retransmits", "CHILD_SA net{N}
-established", "IKE_SA home[N] rekeyed") and its IKE_SAs.
+CHILD_SA), `ike-rekey` (CREATE_CHILD_SA rekeying the IKE_SA), `dpd` (an empty INFORMATIONAL:
+the table also drops the master's ESP to the client, so after dpd_delay without inbound
+traffic the client's charon sends a DPD, whose response the table drops too). The verdict
+reads the client's charon log (strongSwan 5.9.8's lines: "giving up after N retransmits",
+"CHILD_SA net{N} established", "IKE_SA home[N] rekeyed", a DPD answered as aftercheck.py
+reads it) and its IKE_SAs.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from . import aftercheck, cluster, hasyncd, mobike, topology
 from .session import Run
 
 log = logging.getLogger("hasync_lab")
-KINDS = ("child-rekey", "ike-rekey")
+KINDS = ("child-rekey", "ike-rekey", "dpd")
 TABLE = "hasync_lab_inflight"
 SENT_TIMEOUT_S = 20.0  # the master processes the request and answers within this
 OUTCOME_TIMEOUT_S = 120.0  # the client's retransmissions (IN_FLIGHT_TIMERS) end within this
@@ -33,15 +36,18 @@ _CHILD_UP = re.compile(r"CHILD_SA net\{\d+\} established")
 _IKE_REKEYED = re.compile(r"IKE_SA home\[\d+\] rekeyed between")
 
 
-def rules(client_addr: str) -> str:
-    """nft script: drop (and count) IKE the gateway sends to `client_addr`."""
+def rules(client_addr: str, esp: bool = False) -> str:
+    """nft script: drop (and count) IKE the gateway sends to `client_addr`; with `esp`, drop
+    its ESP to the client as well (not counted: the count is the IKE responses dropped)."""
     ip = "ip6" if ":" in client_addr else "ip"
+    quiet = (f"    {ip} daddr {client_addr} meta l4proto esp drop\n"
+             f"    {ip} daddr {client_addr} udp sport 4500 @th,64,32 != 0 drop\n") if esp else ""
     return f"""table inet {TABLE} {{
   chain out {{
     type filter hook output priority 0; policy accept;
     {ip} daddr {client_addr} udp sport 500 counter drop
     {ip} daddr {client_addr} udp sport 4500 @th,64,32 0 counter drop
-  }}
+{quiet}  }}
 }}
 """
 
@@ -55,10 +61,13 @@ def verdict(log_text: str, kind: str) -> dict[str, Any]:
     """What the client's log says happened to the exchange after the fault."""
     lines = aftercheck.log_lines(log_text)
     retransmits = [m.groups() for line in lines if (m := _RETRANSMIT.search(line))]
-    done = _CHILD_UP if kind == "child-rekey" else _IKE_REKEYED
+    if kind == "dpd":
+        completed = any(d.answered for d in aftercheck.dpd_exchanges(log_text))
+    else:
+        done = _CHILD_UP if kind == "child-rekey" else _IKE_REKEYED
+        completed = any(done.search(line) for line in lines)
     return {"retransmits": len(retransmits),
-            "gave_up": any(_GAVE_UP.search(line) for line in lines),
-            "completed": any(done.search(line) for line in lines)}
+            "gave_up": any(_GAVE_UP.search(line) for line in lines), "completed": completed}
 
 
 def client_address(run: Run, client: str) -> str:
@@ -73,13 +82,17 @@ def start(run: Run, master: str, kind: str) -> dict[str, Any]:
     lab = run.lab
     client = lab.topo.by_role("client")[0].name
     offset = aftercheck.log_offset(lab, client)
-    lab.run(master, ["nft", "-f", "-"], stdin=rules(client_address(run, client)))
-    args = ["--child", aftercheck.CHILD] if kind == "child-rekey" else \
-        ["--ike", aftercheck.CONNECTION]
+    lab.run(master, ["nft", "-f", "-"], stdin=rules(client_address(run, client), kind == "dpd"))
     t0 = time.monotonic()
-    cluster.swanctl(lab, client, ["--rekey", *args], check=False)
+    wait_s = SENT_TIMEOUT_S
+    if kind == "dpd":  # the client's charon starts it after dpd_delay without inbound packets
+        wait_s += run.spec.timers.dpd_delay_s
+    else:
+        args = ["--child", aftercheck.CHILD] if kind == "child-rekey" else \
+            ["--ike", aftercheck.CONNECTION]
+        cluster.swanctl(lab, client, ["--rekey", *args], check=False)
     sent = 0
-    while time.monotonic() < t0 + SENT_TIMEOUT_S and not sent:
+    while time.monotonic() < t0 + wait_s and not sent:
         time.sleep(0.05)
         sent = dropped(lab.run(master, ["nft", "list", "table", "inet", TABLE], check=False))
     log.info("%s in flight on %s: %d responses dropped at %s after %.2f s", kind, client, sent,

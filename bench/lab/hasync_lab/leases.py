@@ -2,8 +2,9 @@
 address a kept tunnel holds, and an address released on one master is free on the next.
 
 Rules: the verdict is pure (IkeSa listings in, findings out); the driver runs swanctl on the
-lease client (LEASE_CLIENT), whose extra connections (confgen.swanctl_client `extra`, pre-shared
-key, `l<round><a|b>`) come and go while every `home` tunnel stays. One round, on the master of
+lease client (`--lease-client`, LEASE_CLIENT by default), whose extra connections
+(confgen.swanctl_client `extra`, pre-shared key, `l<round><a|b>`) come and go while every
+`home` tunnel stays. One round, on the master of
 the moment: re-authenticate the lease tunnel kept through the failover (`l<round-1>b`: it
 releases its address and asks for one again), bring up two new ones, take the first of them
 down again (its address released on this master), wait until every running gateway lists the
@@ -19,12 +20,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from . import cluster, observe
+from . import cluster
 from .observe import IkeSa
 from .procs import Lab
 
 log = logging.getLogger("hasync_lab")
-LEASE_CLIENT = "c2"
+LEASE_CLIENT = "c2"  # the default lease client
 HOLDING = ("ESTABLISHED", "PASSIVE")  # states whose virtual IPs count as leases
 AGREE_TIMEOUT_S = 90.0  # a backup's listing follows the master's through Raft and a replay
 UP_TIMEOUT_S = 60
@@ -70,7 +71,10 @@ def changed(before: Mapping[str, Sequence[str]], after: Mapping[str, Sequence[st
 
 @dataclass
 class Book:
-    """What the rounds remember: the client leases after the last round, what it released."""
+    """What the rounds remember: the lease client, the client leases after the last round,
+    what it released."""
+
+    client: str = LEASE_CLIENT
 
     clients: dict[str, tuple[str, ...]] = field(default_factory=dict)  # 'client/conn': vips
     released: set[str] = field(default_factory=set)
@@ -80,7 +84,7 @@ class Book:
 def _sas(lab: Lab, node: str) -> list[IkeSa]:
     """`node`'s IKE_SAs; none while its vici does not answer."""
     try:
-        return observe.list_sas(str(cluster.vici_path(lab, node)))
+        return cluster.client_sas(lab, node)
     except OSError:
         return []
 
@@ -93,9 +97,9 @@ def client_leases(lab: Lab) -> dict[str, tuple[str, ...]]:
     return out
 
 
-def _vip_of(lab: Lab, conn: str) -> tuple[str, tuple[str, ...]] | None:
+def _vip_of(lab: Lab, client: str, conn: str) -> tuple[str, tuple[str, ...]] | None:
     """(spis, vips) of the lease client's ESTABLISHED IKE_SA `conn`, or None."""
-    for s in _sas(lab, LEASE_CLIENT):
+    for s in _sas(lab, client):
         if s.name == conn and s.state == "ESTABLISHED":
             return s.spis, s.local_vips
     return None
@@ -111,13 +115,13 @@ def _wait(probe: Callable[[], T], timeout: float) -> T:
         time.sleep(0.5)
 
 
-def reauth(lab: Lab, conn: str) -> dict[str, object]:
+def reauth(lab: Lab, client: str, conn: str) -> dict[str, object]:
     """Re-authenticate lease tunnel `conn` (a new IKE_SA); wait for it."""
-    old = _vip_of(lab, conn)
+    old = _vip_of(lab, client, conn)
     if old is None:
         return {"ok": False, "error": f"{conn} not ESTABLISHED"}
-    cluster.swanctl(lab, LEASE_CLIENT, ["--rekey", "--ike", conn, "--reauth"], check=False)
-    new = _wait(lambda: (v := _vip_of(lab, conn)) and v[0] != old[0] and v, UP_TIMEOUT_S)
+    cluster.swanctl(lab, client, ["--rekey", "--ike", conn, "--reauth"], check=False)
+    new = _wait(lambda: (v := _vip_of(lab, client, conn)) and v[0] != old[0] and v, UP_TIMEOUT_S)
     if not new:
         return {"ok": False, "error": f"{conn} not re-authenticated in {UP_TIMEOUT_S} s",
                 "vips_before": list(old[1])}
@@ -125,20 +129,20 @@ def reauth(lab: Lab, conn: str) -> dict[str, object]:
     return {"ok": True, "vips_before": list(old[1]), "vips_after": list(new[1])}
 
 
-def bring_up(lab: Lab, conn: str) -> list[str] | None:
+def bring_up(lab: Lab, client: str, conn: str) -> list[str] | None:
     """Initiate lease tunnel `conn`; its virtual IPs, or None if it did not come up."""
-    cluster.swanctl(lab, LEASE_CLIENT, ["--initiate", "--ike", conn, "--child", conn,
-                                        "--timeout", str(UP_TIMEOUT_S)], check=False,
+    cluster.swanctl(lab, client, ["--initiate", "--ike", conn, "--child", conn,
+                                  "--timeout", str(UP_TIMEOUT_S)], check=False,
                     timeout=UP_TIMEOUT_S + 30)
-    got = _wait(lambda: _vip_of(lab, conn), 10)
+    got = _wait(lambda: _vip_of(lab, client, conn), 10)
     return list(got[1]) if isinstance(got, tuple) else None
 
 
-def take_down(lab: Lab, conn: str) -> bool:
+def take_down(lab: Lab, client: str, conn: str) -> bool:
     """Terminate lease tunnel `conn`; whether it is gone."""
-    cluster.swanctl(lab, LEASE_CLIENT, ["--terminate", "--ike", conn, "--timeout", "30"],
+    cluster.swanctl(lab, client, ["--terminate", "--ike", conn, "--timeout", "30"],
                     check=False, timeout=60)
-    return bool(_wait(lambda: _vip_of(lab, conn) is None, 10))
+    return bool(_wait(lambda: _vip_of(lab, client, conn) is None, 10))
 
 
 def gateways_agree(lab: Lab, master: str, running: list[str]
@@ -154,6 +158,17 @@ def gateways_agree(lab: Lab, master: str, running: list[str]
     return views, bool(_wait(same, AGREE_TIMEOUT_S))
 
 
+def census(lab: Lab, running: list[str]) -> dict[str, object]:
+    """Every virtual IP held now, on each running gateway (its IKE_SAs' leases) and on the
+    clients (theirs), and any held twice: the check every failover of a run makes."""
+    views = {g: leases(_sas(lab, g), True) for g in running}
+    clients = client_leases(lab)
+    return {"gateway_leases": {g: len(v) for g, v in views.items()},
+            "gateway_duplicates": {g: duplicates(v) for g, v in views.items()},
+            "client_vips": sorted(v for vips in clients.values() for v in vips),
+            "client_duplicates": duplicates(clients)}
+
+
 def one_round(lab: Lab, book: Book, master: str, running: list[str]) -> dict[str, object]:
     """One round of lease changes on `master`, judged on every running gateway and client."""
     k = book.rounds
@@ -163,15 +178,15 @@ def one_round(lab: Lab, book: Book, master: str, running: list[str]) -> dict[str
     released: set[str] = set()
     allocated: set[str] = set()
     if k > 0:
-        ra = reauth(lab, f"l{k - 1}b")
+        ra = reauth(lab, book.client, f"l{k - 1}b")
         result["reauth"] = ra
         if ra["ok"]:
             released |= set(ra["vips_before"]) - set(ra["vips_after"])  # type: ignore[arg-type]
             allocated |= set(ra["vips_after"])  # type: ignore[arg-type]
-    new = {c: bring_up(lab, c) for c in (f"l{k}a", f"l{k}b")}
+    new = {c: bring_up(lab, book.client, c) for c in (f"l{k}a", f"l{k}b")}
     result["new"] = new
     allocated |= {v for vips in new.values() for v in vips or []}
-    if new[f"l{k}a"] and take_down(lab, f"l{k}a"):
+    if new[f"l{k}a"] and take_down(lab, book.client, f"l{k}a"):
         released |= set(new[f"l{k}a"] or [])
     views, agree = gateways_agree(lab, master, running)
     clients = client_leases(lab)

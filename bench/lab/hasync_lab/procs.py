@@ -14,8 +14,10 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .prereq import LabError
 from .topology import Topology
@@ -32,6 +34,8 @@ class Lab:
     base: Path  # tmpfs: run/<node> (each node's /run), etc/<node>, log/
     procs: list[tuple[str, str, subprocess.Popen[bytes]]] = field(default_factory=list)
     quiet_errors: bool = False
+    # node: how to list its IKE SAs, for a client that runs no charon (lswclients.py)
+    listers: dict[str, Callable[[], list[Any]]] = field(default_factory=dict)
 
     def run_dir(self, node: str) -> Path:
         """The directory mounted over /run in `node`'s daemons."""

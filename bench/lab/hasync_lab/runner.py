@@ -51,7 +51,7 @@ def check(runner: str) -> None:
 def spec_from_dict(d: dict[str, object]) -> LabSpec:
     """Rebuild a LabSpec from its JSON form."""
     timers = confgen.LabTimers(**d.pop("timers"))  # type: ignore[arg-type]
-    for key in ("faults", "proposals", "mobike"):  # JSON made the tuples lists
+    for key in ("faults", "proposals", "mobike", "client_impl"):  # JSON made tuples lists
         if key in d:
             d[key] = tuple(d[key])  # type: ignore[call-overload]
     return LabSpec(**d, timers=timers)  # type: ignore[arg-type]

@@ -25,7 +25,9 @@ from . import (
     hasyncd,
     inner6,
     leases,
+    libreswan_text,
     linkfault,
+    lswclients,
     mobike,
     observe,
     pcap,
@@ -107,17 +109,21 @@ def bring_up(run: Run) -> None:
     run.tunnels = tunnels.plan(spec.tunnels, clients)
     if spec.ipv6 and not spec.tunnels:  # the IPv6 client's IPv6 flow (inner6.py)
         run.tunnels += inner6.flows(lab.topo)
-    extra = {leases.LEASE_CLIENT: leases.conns(spec.failovers + 1)} if spec.leases else None
-    cluster.write_configs(lab, spec.timers, tunnels=tunnels.by_client(run.tunnels)
-                          if spec.tunnels else None, hasync=spec.mode == "hasync", extra=extra,
-                          ciphers={c: spec.cipher_of(i) for i, c in enumerate(clients)},
-                          route=spec.route_based, mobike=spec.mobike)
+    extra = {spec.lease_client: leases.conns(spec.failovers + 1)} if spec.leases else None
+    ciphers = {c: spec.cipher_of(i) for i, c in enumerate(clients)}
+    creds = cluster.write_configs(lab, spec.timers, tunnels=tunnels.by_client(run.tunnels)
+                                  if spec.tunnels else None, hasync=spec.mode == "hasync",
+                                  extra=extra, ciphers=ciphers, route=spec.route_based,
+                                  mobike=spec.mobike)
     if spec.mode == "hasync":
         hasyncd.write_configs(lab)
-    for n in clients:
+    other = lswclients.names(lab, spec.client_impl)  # libreswan: pluto, not charon
+    charons = [n for n in clients if n not in other]
+    for n in charons:
         cluster.start_charon(lab, n)
+    run.libreswan = lswclients.start(lab, other, creds, spec.timers, ciphers)
     start_gateways(run, gateways(run))
-    for n in clients:
+    for n in charons:
         cluster.wait_charon(lab, n)
         cluster.load_config(lab, n)
     first = steady_master(run, gateways(run)[0])
@@ -126,7 +132,8 @@ def bring_up(run: Run) -> None:
     if spec.tunnels:
         tunnels.initiate(lab, run.tunnels)
     else:
-        cluster.initiate(lab, clients)
+        cluster.initiate(lab, charons)
+        lswclients.up(run.libreswan)
     log.info("tunnels up: %d on %s", len(run.tunnels), ", ".join(clients))
 
 
@@ -295,8 +302,7 @@ def client_state(run: Run, name: str) -> dict[str, object]:
     lab = run.lab
     want = len({t.conn for t in run.tunnels if t.client == name})  # IKE_SAs, not flows
     for _ in range(LIST_TRIES):  # a busy IKE_SA is not listed (noblock): ask again
-        sas = [s for s in observe.list_sas(str(cluster.vici_path(lab, name)))
-               if s.state == "ESTABLISHED"]
+        sas = [s for s in cluster.client_sas(lab, name) if s.state == "ESTABLISHED"]
         if len({s.name for s in sas}) >= want:
             break
         time.sleep(1.0)
@@ -429,6 +435,14 @@ def stop_probes(run: Run) -> None:
     signal_probes(run, signal.SIGTERM)
 
 
+def _esp_of(run: Run, client: str, index: int) -> str:
+    """The ESP proposal `client` makes, in its implementation's syntax."""
+    cipher = run.spec.cipher_of(index)
+    if client in run.libreswan:
+        return libreswan_text.ESP[cipher]
+    return confgen.client_esp(client, cipher)
+
+
 def tunnel_table(run: Run) -> list[dict[str, object]]:
     """Each tunnel as it came up (IKE tunnels: not inner6's extra flows)."""
     clients = [c.name for c in run.lab.topo.by_role("client")]
@@ -438,9 +452,9 @@ def tunnel_table(run: Run) -> list[dict[str, object]]:
         st = states[t.client]
         ike = st["ikes"].get(t.conn)  # type: ignore[attr-defined]
         out.append({"name": t.name, "client": t.client,
+                    "impl": "libreswan" if t.client in run.libreswan else "strongswan",
                     "outer": run.lab.topo.node(t.client).address6 or "ipv4",
-                    "esp": confgen.client_esp(
-                        t.client, run.spec.cipher_of(clients.index(t.client))),
+                    "esp": _esp_of(run, t.client, clients.index(t.client)),
                     "nat": run.lab.topo.node(t.client).behind_nat,
                     "encap": ike.encap if run.spec.tunnels and ike else st["encap"],
                     "established": ike is not None, "ike_spi": ike.spis if ike else "",

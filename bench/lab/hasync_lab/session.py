@@ -19,6 +19,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from . import adverts, cluster, confgen, pcap, probe, topology, tunnels
 from .procs import Lab
@@ -50,12 +51,15 @@ class LabSpec:
     force_rate: float = 300.0  # pkt/s the server sends one client through the master's own
     #                            address during partition and hasync faults (partition.py)
     leases: bool = False  # lease rounds before and after every failover (leases.py)
+    lease_client: str = "c2"  # the client whose extra tunnels the lease rounds move
     route_based: str = ""  # gateways' tunnels through an XFRM interface or VTI (routebased.py)
     ipv6: bool = False  # the first client reaches the VIP over IPv6 (topology.PUBLIC_VIP6)
     inflight: str = ""  # an exchange in flight at the first fault (inflight.KINDS), or none
     proposals: tuple[str, ...] = ()  # ESP cipher of each client in order (confgen.ESP_CIPHERS);
     #                                  () or a shorter list: aes256gcm for the rest
     mobike: tuple[str, ...] = ()  # clients with MOBIKE on, each roaming twice (mobike.py)
+    client_impl: tuple[str, ...] = ()  # IKE implementation of each client in order
+    #                                    (lswclients.IMPLS); () or shorter: strongswan
 
     def cipher_of(self, index: int) -> str:
         """The ESP cipher of the client at `index` (0-based, plan order)."""
@@ -80,6 +84,7 @@ class Run:
     vrrp_later: list[str] = field(default_factory=list)  # restored; keepalived still to start
     roamed: dict[str, list[str]] = field(default_factory=dict)  # client: outer addresses so
     #                                                             far, oldest first (mobike.py)
+    libreswan: dict[str, Any] = field(default_factory=dict)  # client: its lswclients pluto
 
 
 @contextlib.contextmanager
