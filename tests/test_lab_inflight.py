@@ -101,16 +101,26 @@ def test_a_child_rekey_in_flight_at_the_fault_completes_on_the_new_master(
     assert counted["mid_sync:rewound_at_promotion"] + counted["mid_sync:rewound"] >= 1, counted
 
 
+def _in_flight(factory: pytest.TempPathFactory, kind: str) -> dict[str, Any]:
+    """`hasync lab failover --failovers 1 --inflight KIND`."""
+    return run_lab(factory, f"inflight-{kind}", ["failover", "--failovers", "1",
+                                                 "--inflight", kind], 3600)[0]
+
+
+def extended(test: Any) -> Any:
+    """A lab test of `make test-lab-extended` (it needs root)."""
+    for mark in (pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root"),
+                 pytest.mark.lab_extended, pytest.mark.lab):
+        test = mark(test)
+    return test
+
+
 @pytest.fixture(scope="module")
 def ike_rekey(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """`hasync lab failover --failovers 1 --inflight ike-rekey`."""
-    return run_lab(tmp_path_factory, "inflight-ike", ["failover", "--failovers", "1",
-                                                      "--inflight", "ike-rekey"], 3600)[0]
+    return _in_flight(tmp_path_factory, "ike-rekey")
 
 
-@pytest.mark.lab
-@pytest.mark.lab_extended
-@pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")
+@extended
 def test_an_ike_rekey_in_flight_is_not_completed_but_the_tunnels_carry_on(
         ike_rekey: dict[str, Any]) -> None:
     """docs/operations.md: the passive charons destroyed the old IKE_SA when the rekeyed one
@@ -128,14 +138,10 @@ def test_an_ike_rekey_in_flight_is_not_completed_but_the_tunnels_carry_on(
 
 @pytest.fixture(scope="module")
 def dpd(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """`hasync lab failover --failovers 1 --inflight dpd`."""
-    return run_lab(tmp_path_factory, "inflight-dpd", ["failover", "--failovers", "1",
-                                                      "--inflight", "dpd"], 3600)[0]
+    return _in_flight(tmp_path_factory, "dpd")
 
 
-@pytest.mark.lab
-@pytest.mark.lab_extended
-@pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")
+@extended
 def test_a_dpd_in_flight_at_the_fault_is_answered_by_the_new_master(
         dpd: dict[str, Any]) -> None:
     """The master answered the client's DPD, the answer was lost, the master died: the
