@@ -80,6 +80,11 @@ def test_the_lease_client_carries_extra_psk_connections() -> None:
     assert "home {" in text and "l0a {" in text and "l0b {" in text
     assert confgen.TUNNEL_PSK in text and "id = l0a.tunnels.lab" in text
     assert text.count("dpd_delay = 0s") == 2 and "dpd_delay = 10s" in text  # home keeps DPD
+    assert "vips = 0.0.0.0\n" in text and "::" not in text
+    both = confgen.swanctl_client("c3", "192.0.2.1", "10.1.0.0/24", confgen.LabTimers(),
+                                  ("l0a",), extra_six=True)  # gateways with IPv6: both pools
+    assert both.count("vips = 0.0.0.0, ::") == 1 and "home {\n" in both
+    assert both.split("l0a {")[1].count("vips = 0.0.0.0, ::") == 1
 
 
 @pytest.fixture(scope="module")

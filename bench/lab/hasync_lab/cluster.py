@@ -52,6 +52,8 @@ def write_configs(lab: Lab, timers: confgen.LabTimers, keys_in_log: bool = False
     clients and the gateways use MOBIKE (mobike.py). Returns the lab's credentials."""
     clients = [n.name for n in lab.topo.by_role("client")]
     creds = pki.make_lab_pki(clients, datetime.datetime.now(datetime.UTC))
+    # gateways with IPv6 (--ipv6) offer the IPv6 pool too: the lease tunnels ask for both
+    six_pools = any(g.address6 for g in lab.topo.by_role("gateway"))
     for node in lab.topo.nodes:
         if node.role not in ("gateway", "client"):
             continue
@@ -79,7 +81,7 @@ def write_configs(lab: Lab, timers: confgen.LabTimers, keys_in_log: bool = False
                                           (extra or {}).get(node.name, ()),
                                           (ciphers or {}).get(node.name, "aes256gcm"),
                                           mobike=node.name in mobike,
-                                          six=node.address6 is not None)
+                                          six=node.address6 is not None, extra_six=six_pools)
         (swan / "swanctl.conf").write_text(text)
     return creds
 

@@ -232,18 +232,18 @@ def client_esp(name: str, cipher: str = "aes256gcm") -> str:
 
 def swanctl_client(name: str, vip: str, protected: str, timers: LabTimers,
                    extra: tuple[str, ...] = (), cipher: str = "aes256gcm",
-                   mobike: bool = False, six: bool = False) -> str:
+                   mobike: bool = False, six: bool = False, extra_six: bool = False) -> str:
     """swanctl.conf of a road-warrior client that asks for a virtual IP and runs DPD; with
     `extra`, also those connections (benchmark-style, pre-shared key), started by hand; with
     `mobike`, its own connection uses MOBIKE; with `six`, it asks for an IPv6 virtual IP too
-    (inner6.py)."""
+    (inner6.py); with `extra_six`, so do the `extra` connections (leases.py: both pools)."""
     esp = client_esp(name, cipher)
     conn = _client_conn("home", "net", "pubkey", client_id(name), esp, vip, protected, timers,
                         mobike=mobike, six=six)
     # leases.py's tunnels carry no traffic and no DPD: an idle DPD in flight at a slow
     # failover would re-establish them, which is not what their rounds measure
     more = "".join(_client_conn(n, n, "psk", tunnel_id(n), ESP_PROPOSAL, vip, protected, timers,
-                                dpd=False) for n in extra)
+                                dpd=False, six=extra_six) for n in extra)
     secret = f'secrets {{ ike-tunnels {{ secret = "{TUNNEL_PSK}" }} }}\n' if extra else ""
     return f"connections {{\n{conn}{more}}}\n{secret}"
 
