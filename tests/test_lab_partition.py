@@ -6,7 +6,8 @@ and a witness: the master cut off from the other gateway and the witness, healed
 then a kill of the new master (the other promotes with the witness's vote). And a backup cut
 off for 20 s, which must not promote nor, once healed, depose the master. Real charon,
 keepalived and kernel XFRM in the VM; each module fixture is one lab run (2 to 4 minutes under
-QEMU/TCG)."""
+QEMU/TCG). The witness run is in `make test-lab-extended` since issue 18's matrix needed the
+time in `make test`."""
 
 from __future__ import annotations
 
@@ -83,6 +84,7 @@ def test_a_killed_hasync_on_the_master_causes_no_reuse(three: dict[str, Any]) ->
     assert fo["converged"], fo["converge"]
 
 
+@pytest.mark.lab_extended
 def test_with_a_witness_a_kill_promotes_the_other_gateway(witness: dict[str, Any]) -> None:
     fo = witness["failovers"][1]
     assert fo["fault"] == "kill" and fo["to"] not in (None, fo["from"]) and fo["vip_moved"], fo
@@ -91,6 +93,7 @@ def test_with_a_witness_a_kill_promotes_the_other_gateway(witness: dict[str, Any
         assert c["seq_reuse"] == 0 and c["reestablished"] is False and c["resumed"], c
 
 
+@pytest.mark.lab_extended
 def test_with_a_witness_a_partitioned_master_causes_no_reuse(witness: dict[str, Any]) -> None:
     _partitioned_master(witness["failovers"][0])
 
