@@ -74,13 +74,17 @@ def build_net(nat: bool) -> str:
     veth(NAT, "lswchk3", "10.0.3.1/24", CLIENT, "lswchk1", f"{NATTED_ADDR}/24")
     sh(["ip", "-n", CLIENT, "route", "add", "default", "via", "10.0.3.1"])
     sh(netns(NAT, ["sysctl", "-qw", "net.ipv4.ip_forward=1"]))
-    rules = ("table ip lswchk_nat {\n chain post {\n  type nat hook postrouting priority 100;\n"
+    nft(NAT, "table ip lswchk_nat {\n chain post {\n  type nat hook postrouting priority 100;\n"
              "  oifname lswchk2 masquerade\n }\n}\n")
-    res = subprocess.run(netns(NAT, ["nft", "-f", "-"]), input=rules, text=True, check=False,
+    return NATTED_ADDR
+
+
+def nft(ns: str, rules: str) -> None:
+    """Load an nft script into namespace `ns`; LabError with nft's message if it fails."""
+    res = subprocess.run(netns(ns, ["nft", "-f", "-"]), input=rules, text=True, check=False,
                          capture_output=True)
     if res.returncode != 0:
         raise LabError(f"nft: {res.stderr.strip()}")
-    return NATTED_ADDR
 
 
 def veth(ns_a: str, dev_a: str, addr_a: str, ns_b: str, dev_b: str, addr_b: str) -> None:
@@ -163,12 +167,8 @@ def dpd_dead(client: libreswan.Client) -> dict[str, object]:
     re-initiates; let packets through again: a new IKE SA comes up."""
     before = client.status().ike_sas
     offset = client.log_offset()
-    rules = ("table inet lswchk {\n chain in {\n  type filter hook input priority 0;\n"
-             "  udp dport { 500, 4500 } drop\n }\n}\n")
-    res = subprocess.run(netns(GW, ["nft", "-f", "-"]), input=rules, text=True, check=False,
-                         capture_output=True)
-    if res.returncode != 0:
-        raise LabError(f"nft: {res.stderr.strip()}")
+    nft(GW, "table inet lswchk {\n chain in {\n  type filter hook input priority 0;\n"
+            "  udp dport { 500, 4500 } drop\n }\n}\n")
     t0 = time.monotonic()
     deadline = t0 + DPD_DELAY_S + 7 + 30
     restarted = None
