@@ -204,14 +204,14 @@ class Daemon:
             self._event(lambda now, line=line: self.core.on_vrrp(line, now))
 
     def _applied_threadsafe(self, batch: Batch, applied: list[tuple[bytes, HaMessage]],
-                            refeed: list[bytes]) -> None:
+                            refeed: list[bytes], number: int) -> None:
         datagrams = [raw for raw, _ in applied] + refeed  # refeed: peers that moved (rehome.py)
         mids = [(key, raw if msg.type == MessageType.IKE_MID_RESPONDER else spi)
                 for raw, msg in applied if msg.type in MID_TYPES
                 and (key := key_of(msg.get("ike_id")))
                 and isinstance(spi := msg.get("inbound_spi", 0), int)]
         ts = batch.ts  # the sender's clock: a catch-up replays old entries with their times
-        self._threadsafe(lambda now: self.core.on_applied(datagrams, mids, ts))
+        self._threadsafe(lambda now: self.core.on_applied(datagrams, mids, ts, number))
 
     def _on_ike(self, sock: socket.socket) -> None:
         """Clients' IKE packets (ikesniff.py), read as one event."""

@@ -112,6 +112,8 @@ class Effects:
         with self.journal.lock:
             plan = self.journal.state.replay_plan()
             self.feed.put(plan, replay=True)  # under the lock: later applies queue behind it
+            # applies announced to the loop but not yet handled are in the plan: not again
+            self.core.on_replay_planned(self.journal.applied_batches)
         self.spawn(self._replayed(len(plan), generation))
 
     async def _replayed(self, count: int, generation: int) -> None:

@@ -41,8 +41,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("hasync")
 REPORT_S = 5.0  # how often a node tells the cluster its VRRP role and applied index
 RESYNC_MIN_S = 60.0  # a RESYNC rekeys every CHILD_SA (mirror.resync_message): not in a loop
-COUNTED = ("mirrored", "replays", "batches", "batch_messages", "commit_retries",
-           "batches_dropped", "messages_dropped", "messages_dropped:backlog_full",
+COUNTED = ("mirrored", "replays", "replay_covered", "batches", "batch_messages",
+           "commit_retries", "batches_dropped", "messages_dropped", "messages_dropped:backlog_full",
            "resyncs_requested", "vrrp_illegal", *MID_COUNTED,
            *ROAM_COUNTED)  # shown from the start
 
@@ -163,6 +163,7 @@ class Sync:
 
     state: SyncState = SyncState.UNSYNCED
     generation: int = 0  # counts replays started: a replay's answer names its own
+    covered: int = 0  # the last batch number the latest replay's plan holds (raft.py)
 
     def move(self, event: SyncEvent) -> SyncState:
         """Apply `event`; raises IllegalSyncMove naming the state and the event."""
@@ -343,16 +344,26 @@ class NodeCore:
 
     # journal -> charon
     def on_applied(self, datagrams: list[bytes], mids: list[Applied] | None = None,
-                   ts: float | None = None) -> list[Command]:
+                   ts: float | None = None, number: int | None = None) -> list[Command]:
         """Committed datagrams: a mirroring node feeds them to charon behind the replay;
         `mids` (the IKE_MID_RESPONDERs and CHILD_ADDs among them) go to midsync.py with `ts`,
-        the batch's time on its sender's clock."""
+        the batch's time on its sender's clock. A batch numbered at or below what the replay's
+        plan covers is in that plan already: fed twice, an IKE_ADD would make charon hold two
+        IKE_SAs with one ID (ha_dispatcher.c process_ike_add, checkout_new), and the IKE_DELETE
+        that follows destroys only one of them."""
         if ts is not None:
             self.mids.applied(mids or [], ts)
         if not datagrams or not (self.sync.feeding and self.role.mirrors):
             return []
+        if number is not None and number <= self.sync.covered:
+            self.counters["replay_covered"] += len(datagrams)
+            return []
         self.counters["mirrored"] += len(datagrams)
         return [FeedCharon(tuple(datagrams))]
+
+    def on_replay_planned(self, covered: int) -> None:
+        """The replay's plan was taken from the state holding batches up to `covered`."""
+        self.sync.covered = covered
 
     def on_replayed(self, count: int, now: float, generation: int | None = None) -> list[Command]:
         """The replay's `count` datagrams were all sent to charon (or dropped: see below)."""

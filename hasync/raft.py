@@ -65,7 +65,8 @@ durable.install()  # every SyncObj journal syncs before it answers (issue 17 fin
 SNAPSHOT_FORMAT = 3
 SNAPSHOT_PICKLE_PROTOCOL = 4  # what main wrote (3.11 default), pinned: same state, same bytes
 AUTO_TICK_MIN_S = 0.05  # pysyncobj's default poll timeout; a slow heartbeat polls less often
-Applied = Callable[[Batch, list[tuple[bytes, HaMessage]], list[bytes]], None]  # + refeed
+# batch, its datagrams, the refeed, and its number (`ClusterJournal.applied_batches`)
+Applied = Callable[[Batch, list[tuple[bytes, HaMessage]], list[bytes], int], None]
 Callback = Callable[[Any, Any], None]
 # Counter prefix of a rejected entry, by kind (the names `hasync status` has always shown).
 _REJECTED: dict[int, str] = {Kind.BATCH: "entry_rejected", Kind.SEQ: "seq_rejected",
@@ -148,6 +149,7 @@ class ClusterJournal:
         self._counters: Counter[str] = Counter()
         self._logged: set[str] = set()
         self._child_adds = 0
+        self._batches = 0  # batches applied; stamped on each under `lock` (applied_batches)
         self._status: dict[str, Any] = {}  # replaced whole on Raft's thread, never mutated
         self._sealer = Sealer(keys, node)  # per-node subkeys (seal.py)
         self._destroyed = False
@@ -187,6 +189,12 @@ class ClusterJournal:
         """A copy of the apply counters (`hasync status` "raft_apply")."""
         with self.lock:
             return Counter(self._counters)
+
+    @property
+    def applied_batches(self) -> int:
+        """HA batches applied so far; read under `lock` with `state`, it names the last batch
+        that state holds (a replay planned from it covers every batch up to this number)."""
+        return self._batches
 
     @property
     def child_adds(self) -> int:
@@ -274,6 +282,9 @@ class ClusterJournal:
                 change = self._machine.apply(entry)
                 self._counters.update(change.counts)
                 self._child_adds += change.child_adds
+                if change.kind is Kind.BATCH:
+                    self._batches += 1
+                number = self._batches
         except (SealError, EntryError) as exc:
             self._count(f"{prefix}:{type(exc).__name__}", exc, trace=False)
             return None
@@ -282,14 +293,15 @@ class ClusterJournal:
             return None
         for name, error in change.errors:
             self._count(name, error)
-        self._announce(change)
+        self._announce(change, number)
         return change.result
 
-    def _announce(self, change: Change) -> None:
+    def _announce(self, change: Change, number: int) -> None:
         """Tell the daemon and the guard what changed; their errors are counted."""
         if change.kind is Kind.BATCH and self.on_applied is not None and change.batch:
             try:
-                self.on_applied(change.batch, list(change.applied), list(change.refeed))
+                self.on_applied(change.batch, list(change.applied), list(change.refeed),
+                                number)
             except Exception as exc:
                 self._count("on_applied_error", exc)
         if change.moved and self.on_seq is not None:
@@ -352,6 +364,7 @@ class ClusterJournal:
         with self.lock:
             machine.members = self._machine.members  # reports are not in snapshots
             self._machine = machine
+            self._batches += 1  # the state holds every batch announced before it
         self._snap.installed()  # a local snapshot still being written is now stale
         try:  # before pysyncobj compares the log with the snapshot (journal/durable.py)
             durable.resume_compaction(self._journal_file, raft_data)

@@ -18,13 +18,15 @@ import pytest
 
 from hasync import node
 from hasync.effects import Effects
-from hasync.ha import decode
-from hasync.journal.seal import SealError
+from hasync.ha import MessageType, decode
+from hasync.journal.seal import SealError, derive_keys
 from hasync.journal.state import JournalState
+from hasync.raft import ClusterJournal
 from hasync.role import Role, RoleState
-from hasync.syncobj_compat import FailReason
+from hasync.syncobj_compat import FailReason, outcome
 
 from hastream import tunnels
+from netutil import free_ports, wait_until
 
 
 class FakeJournal:
@@ -32,6 +34,7 @@ class FakeJournal:
 
     def __init__(self, fail: Exception | None = None) -> None:
         self.fail, self.lock, self.state = fail, threading.RLock(), JournalState()
+        self.applied_batches = 0
         self.submitted: list[list[bytes]] = []
         self.callbacks: list[Callable[[Any, Any], None]] = []
 
@@ -174,3 +177,44 @@ def test_leaving_master_cancels_the_promotion_and_wakes_the_guard_to_revoke(
     assert isinstance(guard, FakeGuard)
     fx.do([node.CancelPromotion()])
     assert guard.wakes == 1  # its next step sees the role and revokes every send permit
+
+
+def test_applies_queued_behind_the_replay_start_are_not_fed_twice(tmp_path: Path) -> None:
+    """A batch Raft applied before the plan was taken, whose announcement the loop handles
+    after the replay started, is in the plan: fed again, its IKE_ADDs would leave charon two
+    IKE_SAs with one ID, and a later IKE_DELETE would destroy only one (the CI run of d3be1c0:
+    a restored backup kept a deleted lease tunnel and went to FAULT on charon_drift)."""
+    announced: list[tuple[list[bytes], int]] = []  # the loop's queue (daemon._threadsafe)
+    (port,) = free_ports(1)
+    journal = ClusterJournal("n1", f"127.0.0.1:{port}", [], tmp_path / "raft",
+                             derive_keys(bytes(range(32)), "test"),
+                             on_applied=lambda batch, applied, refeed, number: announced.append(
+                                 ([raw for raw, _ in applied] + refeed, number)))
+    try:
+        wait_until(lambda: journal.status()["role"] == "leader", 20)
+        fx, spawned, _ = _fx(tmp_path, journal, Role.BACKUP)  # type: ignore[arg-type]
+        stream = tunnels(5).datagrams
+        first, later = stream[:12], stream[12:]  # three tunnels, then two
+        _commit(journal, first)
+        fx.do(fx.core.tick(1.0, 0.0, node.RaftView("leader", "n1", 3, 3)))  # the replay starts
+        assert len(spawned) == 1
+        spawned.pop().close()  # its end (`_replayed`) is not what this test is about
+        plan = list(fx.feed.queued)  # type: ignore[attr-defined]
+        assert plan and set(plan) <= set(first)
+        _commit(journal, later)
+        for datagrams, number in announced:  # now the loop handles what Raft announced
+            fx.do(fx.core.on_applied(datagrams, None, None, number))
+        queued = fx.feed.queued  # type: ignore[attr-defined]
+        assert queued == plan + list(later)  # the first batch once (in the plan), then later
+        adds = [raw for raw in queued if decode(raw).type is MessageType.IKE_ADD]
+        assert len(adds) == len(set(adds)) == 5
+        assert fx.core.counters["replay_covered"] == len(first)
+    finally:
+        journal.destroy()
+
+
+def _commit(journal: ClusterJournal, datagrams: list[bytes]) -> None:
+    done: list[object] = []
+    journal.submit(datagrams, lambda result, error: done.append(error))
+    wait_until(lambda: done, 20)
+    assert outcome(done[0]) is FailReason.SUCCESS
