@@ -18,11 +18,12 @@ LIBRESWAN_ROOT := /opt/hasync-lab/libreswan
 LIBRESWAN_LIBS := libnss3-tools libnss3 libnspr4 libldns3 libunbound8 libevent-core-2.1-7 \
 	libevent-pthreads-2.1-7 libcurl3-nss libldap-2.5-0 libcap-ng0
 # Debian packages: the lab kernel and QEMU (our host kernel has no ESP), strongSwan with the ha
-# plugin, keepalived, and the tools the lab drives.
+# plugin, keepalived, the tools the lab drives, and Prometheus (the lab's monitoring server;
+# its promtool tests deploy/hasync-alerts.yml).
 APT_PACKAGES := linux-image-amd64 qemu-system-x86 strongswan-charon strongswan-swanctl \
 	libcharon-extra-plugins libstrongswan-standard-plugins keepalived iproute2 nftables \
 	tcpdump iputils-ping arping kmod udev procps psmisc util-linux busybox-static python3-venv \
-	$(LIBRESWAN_LIBS)
+	prometheus $(LIBRESWAN_LIBS)
 
 .PHONY: setup apt libreswan venv bytecode demo test test-unit test-lab test-lab-extended lint clean
 

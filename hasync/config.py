@@ -135,6 +135,13 @@ class FenceConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """[metrics]: the Prometheus endpoint (hasync/metrics.py); off unless `listen` is set."""
+
+    listen: Address | None = None  # host:port of GET /metrics, e.g. "10.1.0.11:9812"
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration; `source` is the file it came from."""
 
@@ -144,6 +151,7 @@ class Config:
     keepalived: KeepalivedConfig = field(default_factory=KeepalivedConfig)
     takeover: TakeoverConfig = field(default_factory=TakeoverConfig)
     fence: FenceConfig = field(default_factory=FenceConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     source: str = str(DEFAULT_PATH)
 
 
@@ -285,7 +293,7 @@ def _version(value: Any) -> int:
 
 
 ROLES = ("gateway", "witness")
-GATEWAY_ONLY = ("charon", "keepalived", "takeover", "fence")  # a witness has none of these
+GATEWAY_ONLY = ("charon", "keepalived", "takeover", "fence", "metrics")  # not on a witness
 
 
 def _role(value: Any) -> str:
@@ -358,6 +366,7 @@ SCHEMA: dict[str, tuple[type, dict[str, Check]]] = {
         "ha_timeout_ms": _timing("takeover.ha_timeout_ms", 60_000),
     }),
     "fence": (FenceConfig, {"natt_port": _integer(1, 65535)}),
+    "metrics": (MetricsConfig, {"listen": _address}),
 }
 # Keys that once existed: loading a config that still has one is an error naming it and why.
 REMOVED: dict[str, str] = {
@@ -407,7 +416,7 @@ def _witness_sections(data: dict[str, Any]) -> None:
     for section in GATEWAY_ONLY:
         if section in data:
             raise _Invalid("a witness (node.role = \"witness\") has no charon, keepalived, "
-                           "takeover or fence: remove this section", section)
+                           "takeover, fence or metrics endpoint: remove this section", section)
 
 
 def _cross_check(config: Config) -> None:
@@ -471,6 +480,7 @@ def parse_config(text: str, source: str = "<string>") -> Config:
             keepalived=_section(data, "keepalived"),
             takeover=_section(data, "takeover"),
             fence=_section(data, "fence"),
+            metrics=_section(data, "metrics"),
             source=source,
         )
         _cross_check(config)

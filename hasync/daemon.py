@@ -88,6 +88,7 @@ class Daemon:
             await control.start()
             answers.control = lambda: control.counters
             opened.push_async_callback(control.close)
+            await self._open_metrics(opened, answers)
             fifo = open_notify_fifo(self.cfg.keepalived.notify_fifo)
             opened.callback(os.close, fifo)
             sniffer = open_sniffer()
@@ -157,6 +158,24 @@ class Daemon:
             tick_s=t.tick_ms / 1000, is_master=lambda: self.core.role.role is Role.MASTER,
             stall_s=self.cfg.cluster.quorum_timeout_ms / 1000)
 
+    async def _open_metrics(self, opened: contextlib.AsyncExitStack, answers: Answers) -> None:
+        """The Prometheus endpoint, if [metrics] listen is set (imported here: the package is
+        needed only then)."""
+        listen = self.cfg.metrics.listen
+        if listen is None:
+            return
+        from .metrics import MetricsServer, registry_for
+        server = MetricsServer(*listen.sockaddr,
+                               registry_for(lambda: answers.status({"digest": False})))
+        try:
+            await server.start()
+        except OSError as e:
+            raise OSError(e.errno, f"{self.cfg.source}: metrics.listen: cannot listen on "
+                          f"{listen}: {e.strerror}") from None
+        answers.metrics = lambda: server.counters
+        opened.push_async_callback(server.close)
+        log.info("metrics: GET http://%s/metrics", listen)
+
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """A task in the daemon's TaskGroup: if it fails, the daemon stops."""
         if self._tg is None:
@@ -203,14 +222,19 @@ class Daemon:
         for line in lines.feed(read_available(fd)):
             self._event(lambda now, line=line: self.core.on_vrrp(line, now))
 
-    def _applied_threadsafe(self, batch: Batch, applied: list[tuple[bytes, HaMessage]],
+    def _applied_threadsafe(self, batch: Batch | None, applied: list[tuple[bytes, HaMessage]],
                             refeed: list[bytes], number: int) -> None:
+        """Raft's thread: a batch applied (None: a snapshot's jump, all in `refeed`). Before
+        the loop runs (a snapshot loaded as Raft starts) charon was fed nothing: dropped."""
+        if self._loop is None:
+            return
         datagrams = [raw for raw, _ in applied] + refeed  # refeed: peers that moved (rehome.py)
         mids = [(key, raw if msg.type == MessageType.IKE_MID_RESPONDER else spi)
                 for raw, msg in applied if msg.type in MID_TYPES
                 and (key := key_of(msg.get("ike_id")))
                 and isinstance(spi := msg.get("inbound_spi", 0), int)]
-        ts = batch.ts  # the sender's clock: a catch-up replays old entries with their times
+        ts = batch.ts if batch is not None else None  # the sender's clock (a catch-up replays
+        # old entries with their times)
         self._threadsafe(lambda now: self.core.on_applied(datagrams, mids, ts, number))
 
     def _on_ike(self, sock: socket.socket) -> None:

@@ -1,6 +1,6 @@
 """`hasync health`'s verdict: is this node fit to hold the VIP?
 
-Rules: pure (no IO, no clock; imports only math and typing), so that the command keepalived
+Rules: pure (no IO, no clock; imports only math, re and typing), so that the command keepalived
 runs every second stays cheap; the daemon's answer to the control command "health" is
 untrusted input: a missing or mistyped field is a failed check with its reason, never an
 exception; one short reason per failed check, in a fixed order (vici, control, HA stream,
@@ -19,7 +19,17 @@ The daemon's answer:
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
+
+# The fixed reasons' causes, by their opening words; a problem named `word: ...` (or just
+# `word`) is its own cause: the label set of `hasync_health_verdicts_total` stays small.
+_CAUSES = (("charon does not answer over vici", "vici"),
+           ("hasync does not answer on its control socket", "control"),
+           ("no HA datagram", "ha_stream"), ("hasync's health answer", "bad_answer"),
+           ("not yet caught up with the Raft journal", "raft_catchup"),
+           ("no Raft majority", "quorum"))
+_NAMED = re.compile(r"([a-z][a-z0-9_]{1,40})(?::|$)")
 
 
 def _seconds(value: Any) -> float | None:
@@ -66,6 +76,15 @@ def verdict(resp: dict[str, Any] | None, vici_ok: bool, vici_error: str | None, 
         reasons.append("not yet caught up with the Raft journal")
     reasons.extend(_problems(resp))
     return not reasons, reasons
+
+
+def cause(reason: str) -> str:
+    """A reason's cause, a short name for metrics ("other" when it names none)."""
+    for opening, name in _CAUSES:
+        if reason.startswith(opening):
+            return name
+    m = _NAMED.match(reason)
+    return m[1] if m else "other"
 
 
 def _problems(resp: dict[str, Any]) -> list[str]:

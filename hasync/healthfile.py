@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from . import vicicheck
-from .health import verdict
+from .health import cause, verdict
 
 log = logging.getLogger("hasync")
 VERDICT_PERIOD_S = 1.0  # the verdict is judged and written this often
@@ -44,6 +44,8 @@ class HealthWriter:
         self.path, self.vici_socket, self.answer, self.check = path, vici_socket, answer, check
         self.counters: Counter[str] = Counter(vici_busy=0, health_late=0, health_write_errors=0)
         self.healthy: tuple[bool, list[str]] = (False, ["not checked yet"])
+        self.verdicts: Counter[str] = Counter()  # verdicts judged: "ok", or each failed cause
+        self.judged_at: float | None = None  # time.monotonic() of the last verdict
         self.vici_busy = False  # the last vici check found charon slow, not dead
 
     async def run(self) -> None:
@@ -69,6 +71,8 @@ class HealthWriter:
             log.log(logging.INFO if healthy else logging.WARNING, "health: %s",
                     "ok" if healthy else "; ".join(reasons))
         self.healthy = (healthy, reasons)
+        self.verdicts.update([cause(r) for r in reasons] if not healthy else ["ok"])
+        self.judged_at = time.monotonic()
 
     def write(self, boottime: int) -> None:
         """Replace the file with the current verdict; a failed write is logged and counted."""

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import pickle
 import threading
 import time
@@ -66,7 +67,7 @@ SNAPSHOT_FORMAT = 3
 SNAPSHOT_PICKLE_PROTOCOL = 4  # what main wrote (3.11 default), pinned: same state, same bytes
 AUTO_TICK_MIN_S = 0.05  # pysyncobj's default poll timeout; a slow heartbeat polls less often
 # batch, its datagrams, the refeed, and its number (`ClusterJournal.applied_batches`)
-Applied = Callable[[Batch, list[tuple[bytes, HaMessage]], list[bytes], int], None]
+Applied = Callable[[Batch | None, list[tuple[bytes, HaMessage]], list[bytes], int], None]
 Callback = Callable[[Any, Any], None]
 # Counter prefix of a rejected entry, by kind (the names `hasync status` has always shown).
 _REJECTED: dict[int, str] = {Kind.BATCH: "entry_rejected", Kind.SEQ: "seq_rejected",
@@ -150,16 +151,18 @@ class ClusterJournal:
         self._logged: set[str] = set()
         self._child_adds = 0
         self._batches = 0  # batches applied; stamped on each under `lock` (applied_batches)
+        self._running = False  # SyncObj's constructor loads this node's own snapshot
         self._status: dict[str, Any] = {}  # replaced whole on Raft's thread, never mutated
         self._sealer = Sealer(keys, node)  # per-node subkeys (seal.py)
         self._destroyed = False
         self._snap = SnapshotWriter(self._count)  # snapshots off Raft's thread
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._journal_file = str(state_dir / "raft.journal")  # durable.resume_compaction
+        self._snapshot_file = str(state_dir / "raft.snapshot")
         conf = SyncObjConf(
             password=keys.raft_password, appendEntriesUseBatch=False,
             journalFile=str(state_dir / "raft.journal"),
-            fullDumpFile=str(state_dir / "raft.snapshot"),
+            fullDumpFile=self._snapshot_file,
             serializer=self._save_snapshot, deserializer=self._load_snapshot,
             serializeChecker=self._snapshot_state,  # snapwriter.py
             raftMinTimeout=t.election_min_s, raftMaxTimeout=t.election_max_s,
@@ -172,6 +175,7 @@ class ClusterJournal:
         self._raft = SyncObj(bind, peers, conf, consumers=[self._replica],
                              transportClass=guarded_transport(self.raft_port))
         self._raft.addOnTickCallback(self._copy_status)
+        self._running = True  # a snapshot loaded from here on may replace a fed state
 
     # ---- what other code reads ----
     @property
@@ -221,6 +225,17 @@ class ClusterJournal:
                 "leader": str(leader) if leader else None,
                 "commit_index": st.get("commit_idx"), "applied_index": st.get("last_applied"),
                 "log_len": st.get("log_len"), "peers": peers}
+
+    def disk_bytes(self) -> dict[str, int]:
+        """The sizes of Raft's files on disk (0: absent): the journal (log) and the snapshot."""
+        out = {}
+        for name, path in (("journal_bytes", self._journal_file),
+                           ("snapshot_bytes", self._snapshot_file)):
+            try:
+                out[name] = os.stat(path).st_size
+            except OSError:
+                out[name] = 0
+        return out
 
     # ---- proposals (any thread); callback(result, error) as pysyncobj calls it ----
     def submit(self, datagrams: list[bytes], callback: Callback) -> None:
@@ -296,6 +311,24 @@ class ClusterJournal:
         self._announce(change, number)
         return change.result
 
+    def _announce_jump(self, before: JournalState, after: JournalState, number: int) -> None:
+        """A snapshot replaced the state: a charon already fed from the old one gets the
+        datagrams that take it to the new one (JournalState.jump_plan), as batch `number`.
+        Both states are this thread's alone now (the old one is gone, applies wait for this
+        load), so the plan is built outside the lock."""
+        if self.on_applied is None or not self._running:
+            return
+        try:
+            jump = after.jump_plan(before)
+            if jump:
+                with self.lock:
+                    self._counters["snapshot_jumps"] += 1
+                log.info("a snapshot replaced the journal's state: %d datagrams take charon "
+                         "from the old state to it", len(jump))
+                self.on_applied(None, [], jump, number)
+        except Exception as exc:
+            self._count("snapshot_jump_error", exc)
+
     def _announce(self, change: Change, number: int) -> None:
         """Tell the daemon and the guard what changed; their errors are counted."""
         if change.kind is Kind.BATCH and self.on_applied is not None and change.batch:
@@ -363,8 +396,10 @@ class ClusterJournal:
             raise
         with self.lock:
             machine.members = self._machine.members  # reports are not in snapshots
-            self._machine = machine
+            before, self._machine = self._machine, machine
             self._batches += 1  # the state holds every batch announced before it
+            number = self._batches
+        self._announce_jump(before.state, machine.state, number)
         self._snap.installed()  # a local snapshot still being written is now stale
         try:  # before pysyncobj compares the log with the snapshot (journal/durable.py)
             durable.resume_compaction(self._journal_file, raft_data)

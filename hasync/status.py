@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .node import REPORT_S
 from .snapwriter import paused_gc
 
 if TYPE_CHECKING:
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
 # so a page holds the lock ~40 ms and stays far below control.MAX_RESPONSE (16 MiB)
 SAS_PAGE = 500
 SAS_PAGE_MAX = 5000
+# A member that has not reported for three report periods is unreachable (clocks in sync: NTP)
+STALE_REPORT_S = 3 * REPORT_S
 
 
 @dataclass(frozen=True)
@@ -46,20 +49,29 @@ class JournalView:
         return dataclasses.asdict(self)
 
 
-def members_answer(members: dict[str, dict[str, Any]], commit: int,
-                   wall: float) -> dict[str, dict[str, Any]]:
-    """Every member's last report with its lag behind `commit` and the report's age."""
-    return {name: {**m, "lag": max(0, commit - (m.get("applied") or 0)),
-                   "report_age_s": round(wall - m.get("ts", 0), 1)}
-            for name, m in sorted(members.items())}
+def members_answer(members: dict[str, dict[str, Any]], commit: int, wall: float,
+                   me: str | None = None) -> dict[str, dict[str, Any]]:
+    """Every member's last report with its lag behind `commit`, the report's age, and whether
+    it is reachable: a member other than `me` whose last report is older than STALE_REPORT_S
+    is not (a dead node's last report says what it was, not what it is)."""
+    out = {}
+    for name, m in sorted(members.items()):
+        age = round(wall - m.get("ts", 0), 1)
+        out[name] = {**m, "lag": max(0, commit - (m.get("applied") or 0)),
+                     "report_age_s": age, "reachable": name == me or age <= STALE_REPORT_S}
+    return out
 
 
 def health_section(healthy: tuple[bool, list[str]], vici_busy: bool,
-                   counters: dict[str, int]) -> dict[str, Any]:
-    """The "health" section: the last verdict and how the checks went."""
+                   counters: dict[str, int], verdicts: dict[str, int] | None = None,
+                   age_s: float | None = None) -> dict[str, Any]:
+    """The "health" section: the last verdict, its age, verdicts so far by cause ("ok" or
+    health.cause of each failed check) and how the checks went."""
     return {"healthy": healthy[0], "reasons": healthy[1], "vici_busy": vici_busy,
             "vici_busy_checks": counters.get("vici_busy", 0),
-            "late_verdicts": counters.get("health_late", 0)}
+            "late_verdicts": counters.get("health_late", 0),
+            "verdicts": dict(sorted((verdicts or {}).items())),
+            "verdict_age_s": None if age_s is None else round(age_s, 2)}
 
 
 def status_answer(*, node: str, cluster: str, core: dict[str, Any], raft: dict[str, Any],
@@ -73,7 +85,7 @@ def status_answer(*, node: str, cluster: str, core: dict[str, Any], raft: dict[s
     """
     commit = raft.get("commit_index") or 0
     return {"node": node, "cluster": cluster, **core, "raft": raft,
-            "members": members_answer(members, commit, wall),
+            "members": members_answer(members, commit, wall, node),
             "lag": max(0, commit - (raft.get("applied_index") or 0)),
             "journal": journal.as_dict(), **sections, "counters": dict(counters),
             "uptime_s": round(uptime_s, 1)}
@@ -125,6 +137,7 @@ class Answers:
     takeover: Callable[[], dict[str, Any]]
     started: float
     control: Callable[[], dict[str, int]] = dict  # the control server's counters, once it runs
+    metrics: Callable[[], dict[str, int]] = dict  # the metrics endpoint's, if it runs
     problems: Callable[[float], list[str]] = _no_problems  # quorum, guard, fence, sender
     quorum: Callable[[float], dict[str, Any]] = lambda now: {}  # the probe's status
 
@@ -136,14 +149,18 @@ class Answers:
         """`hasync status`: this node, its Raft view, the journal and the counters."""
         now, wall, j, h, fx = time.monotonic(), time.time(), self.journal, self.healthfile, self.fx
         raft = j.status()
-        with j.lock:
-            journal = JournalView(*j.state.counts(), dict(j.state.anomalies), j.state.digest())
+        with j.lock:  # the digest hashes every SA: a scrape (metrics.py) asks without it
+            journal = JournalView(*j.state.counts(), dict(j.state.anomalies),
+                                  j.state.digest() if args.get("digest", True) else "")
         sections = {"feed": {**fx.feed.counters, "queued": fx.feed.queued},
                     "ha": dict(fx.endpoint.counters), "raft_apply": dict(j.counters),
-                    "raft_port": j.raft_port.snapshot(),
+                    "raft_port": j.raft_port.snapshot(), "raft_files": j.disk_bytes(),
                     "takeover": self.takeover(), "control": self.control(),
+                    "metrics": self.metrics(),
                     "quorum": self.quorum(now),
-                    "health": health_section(h.healthy, h.vici_busy, h.counters)}
+                    "health": health_section(
+                        h.healthy, h.vici_busy, h.counters, h.verdicts,
+                        None if h.judged_at is None else now - h.judged_at)}
         return status_answer(node=self.cfg.node.name, cluster=self.cfg.cluster.name,
                              core=self.core.snapshot(now), raft=raft, journal=journal,
                              members=j.members_view(), sections=sections,

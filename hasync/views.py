@@ -15,7 +15,8 @@ from .safetext import safe_text
 # (status key, counter) -> shown on the `errors:` line whenever non-zero.
 ERROR_COUNTERS = (("ha", "handler_error"), ("control", "internal"),
                   ("control", "handler_error"), ("control", "bad_result"),
-                  ("counters", "fifo_errors"), ("counters", "batches_dropped"))
+                  ("counters", "fifo_errors"), ("counters", "batches_dropped"),
+                  ("metrics", "errors"))
 
 
 def status_text(st: dict[str, Any]) -> str:
@@ -35,9 +36,13 @@ def status_text(st: dict[str, Any]) -> str:
     for peer, state in sorted((raft.get("peers") or {}).items()):
         lines.append(f"  peer {peer}: {state}")
     for node, m in sorted((st.get("members") or {}).items()):
-        lines.append(f"  member {node}: VRRP {m.get('vrrp')}, raft {m.get('raft')}, applied "
-                     f"{m.get('applied')} (lag {m.get('lag')}), reported {m.get('report_age_s')}"
-                     f" s ago")
+        said = (f"VRRP {m.get('vrrp')}, raft {m.get('raft')}, applied {m.get('applied')} "
+                f"(lag {m.get('lag')})")
+        if m.get("reachable", True):
+            lines.append(f"  member {node}: {said}, reported {m.get('report_age_s')} s ago")
+        else:
+            lines.append(f"  member {node}: UNREACHABLE, no report for {m.get('report_age_s')} "
+                         f"s (it last said {said})")
     lines.append(f"journal: {jr.get('ike_sas')} IKE_SAs, {jr.get('child_sas')} CHILD_SAs; "
                  f"synced into charon: {st.get('synced')}; backlog {st.get('backlog')}")
     fd = st.get("feed") or {}

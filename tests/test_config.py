@@ -321,11 +321,19 @@ def test_role_and_quorum_timeout() -> None:
         f"{SRC}: cluster.quorum_timeout_ms: ")
 
 
-@pytest.mark.parametrize("section", ["charon", "keepalived", "takeover", "fence"])
+@pytest.mark.parametrize("section", ["charon", "keepalived", "takeover", "fence", "metrics"])
 def test_a_witness_refuses_gateway_sections(section: str) -> None:
     text = _with("node", 'role = "witness"') + f"[{section}]\n"
     assert _error(text) == (f'{SRC}: {section}: a witness (node.role = "witness") has no '
-                            "charon, keepalived, takeover or fence: remove this section")
+                            "charon, keepalived, takeover, fence or metrics endpoint: remove "
+                            "this section")
+
+
+def test_metrics_are_off_by_default_and_listen_where_the_config_says() -> None:
+    assert parse_config(_with("node", ""), SRC).metrics.listen is None
+    cfg = parse_config(_with("metrics", 'listen = "[fd00::1]:9812"'), SRC)
+    assert str(cfg.metrics.listen) == "[fd00::1]:9812"
+    assert _error(_with("metrics", 'listen = "9812"')).startswith(f"{SRC}: metrics.listen: ")
 
 
 def test_the_quorum_timeout_must_outlast_an_election() -> None:

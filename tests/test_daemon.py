@@ -6,6 +6,7 @@ SIGTERM stops it cleanly. No charon, no keepalived: their sockets and FIFOs are 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import socket
@@ -15,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from hasync.config import Config, parse_config
+from hasync.config import Config, MetricsConfig, parse_address, parse_config
 from hasync.daemon import Daemon
 from hasync.journal.seal import generate_key_file
 from hasync.vicicheck import ViciAnswer
@@ -126,3 +127,35 @@ def test_finding8_run_daemon_protects_memory_first_and_counts_failures(
     monkeypatch.setattr(Daemon, "run", fake_run)
     daemon_module.run_daemon(cfg)
     assert order == ["protect", ("run", 1)]
+
+
+def test_the_metrics_endpoint_serves_the_daemons_status_when_configured(cfg: Config) -> None:
+    port = _free_port()
+    cfg = dataclasses.replace(cfg, metrics=MetricsConfig(parse_address(f"127.0.0.1:{port}")))
+    daemon = Daemon(cfg)
+    daemon.healthfile.check = lambda path, timeout: ViciAnswer(False, "no charon here")
+    scraped: list[bytes] = []
+
+    async def scrape() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: gw1\r\n\r\n")
+        scraped.append(await reader.read())
+        writer.close()
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    _run(daemon, 1.5, lambda: asyncio.ensure_future(scrape()))
+    assert scraped[0].startswith(b"HTTP/1.1 200 OK")
+    assert b'hasync_info{cluster="hasync",node="gw1"} 1.0' in scraped[0]
+    assert b'hasync_vrrp_state{state="joining"} 1.0' in scraped[0]
+    with socket.socket() as s:  # closed with the daemon
+        assert s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_a_metrics_address_in_use_names_the_key(cfg: Config) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        addr = parse_address(f"127.0.0.1:{taken.getsockname()[1]}")
+        daemon = Daemon(dataclasses.replace(cfg, metrics=MetricsConfig(addr)))
+        with pytest.raises(OSError, match=f"test.toml: metrics.listen: cannot listen on {addr}"):
+            _run(daemon, 0)

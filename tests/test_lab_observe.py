@@ -77,3 +77,19 @@ def test_states_and_stat_come_from_one_command() -> None:
     assert lab.calls[0][1] == observe.XFRM_DUMP_TIMEOUT_S  # 2000 SAs took over 60 s
     assert [s.spi for s in states] == [s.spi for s in observe.parse_xfrm_states(XFRM)]
     assert stat == {"XfrmInError": 0, "XfrmInStateSeqError": 4}
+
+
+def test_prometheus_answers_reduce_to_changes_and_name_errors() -> None:
+    from hasync_lab import monitor
+    values = [[1.0, "0"], [2.0, "0"], [3.0, "1"], [4.0, "1"], [5.0, "1"]]
+    assert monitor.changes(values) == [[1.0, 0.0], [3.0, 1.0], [5.0, 1.0]]
+    assert monitor.changes(values[:3]) == [[1.0, 0.0], [3.0, 1.0]]
+    answer = {"status": "success", "data": {"result": [
+        {"metric": {"instance": "gw2", "__name__": "up"}, "values": values},
+        {"metric": {"instance": "gw1", "alertname": "HasyncDown"}, "values": values[2:]}]}}
+    assert monitor.series(answer) == {"gw2": monitor.changes(values),
+                                      "gw1/HasyncDown": [[3.0, 1.0], [5.0, 1.0]]}
+    assert monitor.series({"status": "error", "error": "bad query"}) == "bad query"
+    text = monitor.config({"gw2": "10.1.0.12:9812", "gw1": "10.1.0.11:9812"})
+    assert "  - job_name: hasync\n" in text and text.index("gw1") < text.index("gw2")
+    assert f"rule_files:\n  - {monitor.RULES}\n" in text and monitor.RULES.exists()

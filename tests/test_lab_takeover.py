@@ -4,7 +4,8 @@ over IPv6 with an IPv6 virtual IP beside its IPv4 one and its CHILD_SA rekey in 
 first fault; c2 AES-256-CBC with HMAC-SHA2-256 and ESN, roaming with MOBIKE before and after
 the first failover; c3 ChaCha20-Poly1305, carrying the lease rounds (virtual IPs given,
 released and re-authenticated on every master); c4 a libreswan client with AES-256-GCM behind
-NAT. The gateways' tunnels are route-based through an XFRM interface. Two kills of every
+NAT. The gateways' tunnels are route-based through an XFRM interface, and a real Prometheus on
+the server scrapes every gateway's metrics every 2 s. Two kills of every
 process of the master in a row (gw1 -> gw2 -> gw3 from the planned order), then a kill of the
 master's charon alone, which fails over onto the gateway restored empty after the first kill;
 real charon, pluto, keepalived and kernel XFRM (in the VM when this kernel has no ESP). One lab
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 
 from hasync.guard import Reserve
+from hasync_lab.monitor import QUERIES
 from hasync_lab.topology import PUBLIC_VIP6
 
 from labrun import check_promotion_phases, run_lab
@@ -238,3 +240,26 @@ def test_no_virtual_ip_is_held_twice_after_any_failover(run: dict[str, Any]) -> 
     # handed out again on the next master as IPv4 ones are
     assert any(":" in v for r in rounds for vips in r["new"].values() for v in vips), rounds
     assert any(":" in v for r in rounds[1:] for v in r["released_reused"]), rounds
+
+
+def test_prometheus_scraped_each_promotion_role_change_and_quorum(run: dict[str, Any]) -> None:
+    """Issue 19: what the real Prometheus scraped around each fault shows the new master's
+    role change and promotion after the fault, its quorum, the old master's end, and no
+    sequence violation alert."""
+    assert run["before_failovers"]["prometheus_ready"]
+    for k, fo in enumerate(run["failovers"]):
+        p, to, frm, at = fo["prometheus"], fo["to"], fo["from"], fo["fault_at"]
+        assert all(not isinstance(p[q], str) for q in QUERIES), (k, p)  # every query answered
+        master = p["master"][to]
+        assert master[0][1] == 0 and any(v == 1 and t >= at for t, v in master), (k, master)
+        promotions = p["promotions"][to]
+        rise = next((t for t, v in promotions if v > promotions[0][1]), None)
+        assert rise is not None and rise >= at, (k, promotions)
+        assert p["promotion_s"][to][-1][1] > 0, (k, p["promotion_s"])
+        assert p["quorum"][to][-1][1] == 1, (k, p["quorum"])
+        if fo["fault"] == "kill":  # every process died: its scrapes fail
+            assert p["up"][frm][-1][1] == 0, (k, p["up"])
+            assert p["master"][frm][-1][0] < min(at + 10, p["end"] - 5), (k, p["master"])
+        else:  # only charon died: hasync answers, no longer master (keepalived: FAULT)
+            assert p["up"][frm][-1][1] == 1 and p["master"][frm][-1][1] == 0, (k, p["master"])
+        assert not [a for a in p["alerts"] if a.endswith("/HasyncSequenceViolation")], p["alerts"]

@@ -17,6 +17,7 @@ from hasync.guard.records import SeqRecord
 from hasync.ha import MessageType, decode
 from hasync.journal.machine import Kind
 from hasync.journal.seal import Sealer, derive_keys, pack_batch
+from hasync.journal.state import JournalState
 from hasync.raft import ClusterJournal
 from hasync.syncobj_compat import FailReason, outcome
 
@@ -310,3 +311,38 @@ def test_a_local_snapshot_finishing_after_an_installed_one_is_discarded(
     _wait(lambda: not leader._snap.busy)
     assert final.read_bytes() == b"the leader's snapshot"
     assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+
+
+def test_a_snapshot_installed_over_a_fed_state_announces_the_jump(tmp_path: Path) -> None:
+    """A node that fed charon from its own (older) state and then installs the leader's
+    snapshot announces, as one numbered batch, the datagrams that take charon from the one
+    to the other (JournalState.jump_plan): without them charon kept the old SAs (the CI run
+    of 37f02a7: a restored gateway with its journal on disk, a CHILD_SA lost)."""
+    ports = free_ports(2)
+    leader_stream, own_stream = hastream.tunnels(3, seed=1), hastream.tunnels(2, seed=2)
+    leader = _node(tmp_path / "leader", ports[0])
+    try:
+        _wait(lambda: leader.status()["role"] == "leader")
+        assert _commit(lambda cb: leader.submit(leader_stream.datagrams, cb)) == (
+            FailReason.SUCCESS)
+        leader.compact()
+        _wait(lambda: (tmp_path / "leader" / "raft.snapshot").exists())
+    finally:
+        leader.destroy()
+    heard: list[tuple[Any, list[Any], list[bytes], int]] = []
+    node = _node(tmp_path / "node", ports[1], on_applied=lambda *a: heard.append(a))
+    try:
+        _wait(lambda: node.status()["role"] == "leader")
+        assert _commit(lambda cb: node.submit(own_stream.datagrams, cb)) == FailReason.SUCCESS
+        _wait(lambda: heard)
+        with node.lock:
+            old = JournalState.from_dict(node.state.to_dict())
+        node._load_snapshot(str(tmp_path / "leader" / "raft.snapshot"))
+        batch, applied, jump, number = heard[-1]
+        assert batch is None and applied == [] and number == node.applied_batches == 2
+        assert jump == node.state.jump_plan(old) and node.counters["snapshot_jumps"] == 1
+        deleted = {decode(raw).get("ike_id") for raw in jump
+                   if decode(raw).type == MessageType.IKE_DELETE}
+        assert len(deleted) == 2 and len(node.state.summaries(0.0)) == 3
+    finally:
+        node.destroy()

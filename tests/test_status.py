@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from hasync.status import (
+    STALE_REPORT_S,
     JournalView,
     health_answer,
     health_section,
@@ -15,6 +16,7 @@ from hasync.status import (
     sas_answer,
     status_answer,
 )
+from hasync.views import status_text
 
 
 def test_members_lag_and_report_age() -> None:
@@ -22,8 +24,22 @@ def test_members_lag_and_report_age() -> None:
                           "n1": {"vrrp": "master", "ts": 99.5}}, commit=10, wall=100.0)
     assert list(got) == ["n1", "n2"]
     assert got["n2"] == {"vrrp": "backup", "applied": 7, "ts": 95.0, "lag": 3,
-                         "report_age_s": 5.0}
+                         "report_age_s": 5.0, "reachable": True}
     assert got["n1"]["lag"] == 10
+
+
+def test_a_member_whose_report_is_stale_is_unreachable_but_never_this_node() -> None:
+    """A killed gateway's last report said "VRRP master": 24 s later it is unreachable, beside
+    the real master; this node's own report ages too when reports cannot commit."""
+    members = {"gw1": {"vrrp": "master", "raft": "follower", "applied": 9, "ts": 76.0},
+               "gw2": {"vrrp": "master", "raft": "leader", "applied": 10, "ts": 99.0},
+               "gw3": {"vrrp": "backup", "raft": "follower", "applied": 10, "ts": 70.0}}
+    got = members_answer(members, commit=10, wall=100.0, me="gw3")
+    assert [got[g]["reachable"] for g in ("gw1", "gw2", "gw3")] == [False, True, True]
+    assert members_answer(members, 10, 76.0 + STALE_REPORT_S, "gw3")["gw1"]["reachable"]
+    text = status_text({"members": got})
+    assert "member gw1: UNREACHABLE, no report for 24.0 s (it last said VRRP master" in text
+    assert "member gw2: VRRP master, raft leader" in text
 
 
 def test_status_answer_shape() -> None:
@@ -41,7 +57,7 @@ def test_status_answer_shape() -> None:
 def test_health_answers() -> None:
     assert health_section((False, ["x"]), True, {"vici_busy": 2}) == {
         "healthy": False, "reasons": ["x"], "vici_busy": True, "vici_busy_checks": 2,
-        "late_verdicts": 0}
+        "late_verdicts": 0, "verdicts": {}, "verdict_age_s": None}
     assert health_answer(node="gw1", role="master", ha_rx_age_s=None, ha_timeout_s=3.0,
                          raft_joined=False, raft_leader=None)["raft_joined"] is False
 

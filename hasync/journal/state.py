@@ -351,6 +351,19 @@ class JournalState:
             plan.extend(c.add for c in lineage.children if c.origin == ike.key)
         return plan
 
+    def jump_plan(self, before: JournalState) -> list[bytes]:
+        """Datagrams that take a passive charon fed `before` to this state (a snapshot from
+        the leader installed over it): every IKE_SA of each lineage that changed or went is
+        deleted (process_ike_delete() destroys its CHILD_SAs with it), then each lineage that
+        changed or came is replayed; a lineage whose replay is the same is left alone."""
+        was = {key: before.lineage_plan(lineage) for key, lineage in before._lineages.items()}
+        now = {key: self.lineage_plan(lineage) for key, lineage in self._lineages.items()}
+        deletes = [raw for key, lineage in before._lineages.items() if now.get(key) != was[key]
+                   for ike in lineage.ikes
+                   if (raw := rehome._message(ike, MessageType.IKE_DELETE)) is not None]
+        return deletes + [raw for key, plan in now.items() if was.get(key) != plan
+                          for raw in plan]
+
     def lineage(self, key: Key) -> _Lineage | None:
         """The lineage of live IKE_SA `key`, if it is live."""
         return self._lineages.get(key) if self._owner.get(key) == key else None

@@ -107,6 +107,10 @@ def _failover_parser(lsub: argparse._SubParsersAction) -> None:  # type: ignore[
                     help="an IKE exchange of the first client in flight at the first fault: "
                          "its request processed by the master, the response lost (clients "
                          "then retransmit on strongSwan's default schedule)")
+    fo.add_argument("--prometheus", action="store_true",
+                    help="a real Prometheus (Debian's) on the server node scrapes every "
+                         "gateway's metrics every 2 s; the result holds what it scraped "
+                         "around each fault")
     fo.add_argument("--route-based", choices=("", *ROUTE_KINDS), default="",
                     help="gateways' tunnels through an XFRM interface (if_id) or a VTI device "
                          "(marks), the pool routed through it (default: policy-based)")
@@ -151,12 +155,13 @@ def parser(prog: str = "hasync-lab") -> argparse.ArgumentParser:
 # (c2 with ESN); c1 over IPv6 with an IPv6 virtual IP and a CHILD rekey in flight at the first
 # fault, c2 roaming with MOBIKE, c3 carrying the lease rounds, c4 libreswan behind NAT;
 # gateways route-based through an XFRM interface; three failovers (two kills, then charon
-# alone). VTI, IPv4 only, runs apart (tests/test_lab_leases.py).
+# alone); a real Prometheus scraping every gateway. VTI, IPv4 only, runs apart
+# (tests/test_lab_leases.py).
 MATRIX: tuple[tuple[str, ...], ...] = (
     ("--clients", "4"), ("--failovers", "3"), ("--fault", "kill,kill,charon"),
     ("--inflight", "child-rekey"), ("--proposals", "aes128gcm,aes256cbc,chacha20,aes256gcm"),
     ("--route-based", "xfrmi"), ("--ipv6",), ("--mobike", "c2"), ("--leases",),
-    ("--lease-client", "c3"), ("--client-impl", ",,,libreswan"))
+    ("--lease-client", "c3"), ("--client-impl", ",,,libreswan"), ("--prometheus",))
 
 
 def with_matrix(argv: list[str]) -> list[str]:
@@ -197,6 +202,8 @@ def spec_of(a: argparse.Namespace) -> LabSpec:
                        f"per client, not {a.proposals!r}")
     if a.witness and a.baseline:
         raise LabError("--witness runs hasync: not with --baseline")
+    if a.prometheus and a.baseline:
+        raise LabError("--prometheus scrapes hasync's metrics: not with --baseline")
     if a.inflight and a.baseline:
         raise LabError("--inflight measures hasync's takeover: not with --baseline")
     if a.ipv6 and a.route_based == "vti":
@@ -214,7 +221,7 @@ def spec_of(a: argparse.Namespace) -> LabSpec:
                    force_rate=a.force_rate, leases=a.leases, lease_client=a.lease_client,
                    proposals=proposals,
                    inflight=a.inflight, route_based=a.route_based, ipv6=a.ipv6,
-                   mobike=roaming, client_impl=impls)
+                   mobike=roaming, client_impl=impls, prometheus=a.prometheus)
 
 
 def _mobike_of(a: argparse.Namespace) -> tuple[str, ...]:

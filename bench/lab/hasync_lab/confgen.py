@@ -155,8 +155,9 @@ secrets {{ ike-tunnels {{ secret = "{TUNNEL_PSK}" }} }}
 
 def hasync_toml(node: str, raft: str, peers: list[str], state_dir: str, key_file: str,
                 control_socket: str, vrrp_fifo: str, vici_socket: str,
-                health_file: str = "/run/hasync/health") -> str:
-    """hasync.toml of a lab gateway (charon's ha plugin: local 127.0.0.1, remote 127.0.0.2)."""
+                health_file: str = "/run/hasync/health", metrics: str = "") -> str:
+    """hasync.toml of a lab gateway (charon's ha plugin: local 127.0.0.1, remote 127.0.0.2;
+    the metrics endpoint on `metrics`, if given)."""
     peer_list = ", ".join(f'"{p}"' for p in peers)
     return f"""[node]
 name = "{node}"
@@ -187,7 +188,7 @@ notify_fifo = "{vrrp_fifo}"
 [takeover]
 tick_ms = {LAB_TICK_MS}
 ha_timeout_ms = {LAB_HA_TIMEOUT_MS}
-"""
+""" + (f'\n[metrics]\nlisten = "{metrics}"\n' if metrics else "")
 
 
 def witness_toml(node: str, raft: str, peers: list[str], state_dir: str, key_file: str,

@@ -30,6 +30,7 @@ from . import (
     leases,
     lswclients,
     mobike,
+    monitor,
     pcap,
     probe,
     routebased,
@@ -240,7 +241,8 @@ def one_failover(run: Run, master: str, wall_start: float, fault: str) -> dict[s
             **measured_master_down(run, master, t_kill, ev.t),
             "master_down_config_ms": master_down_ms(spec.timers.advert_int_s,
                                                     run.priorities.get(ev.node, 0)),
-            "window_s": round(t_end - t_kill, 2), "gateway_xfrm_stat": gw.stat(),
+            "window_s": round(t_end - t_kill, 2), "fault_at": round(t_kill + run.wall_offset, 3),
+            "gateway_xfrm_stat": gw.stat(),
             "clients": [_tunnel_result(run, t, before[t.client], after[t.client],
                                        caps[t.client], w, gw) for t in run.tunnels]}
 
@@ -295,7 +297,11 @@ def run_failovers(run: Run) -> dict[str, object]:
     """Bring up, start traffic, run the spec's failovers; return the result document."""
     spec, lab = run.spec, run.lab
     t0 = time.monotonic()
+    scraping = spec.prometheus and spec.mode == "hasync"
     bring_up(run)
+    if scraping:  # it starts while the traffic does
+        monitor.start(lab, {g.name: hasyncd.metrics_addr(lab, g.name)
+                            for g in lab.topo.by_role("gateway")})
     tunnels = tunnel_table(run)
     start_traffic(run)
     want = {t.name for t in run.tunnels}
@@ -313,6 +319,8 @@ def run_failovers(run: Run) -> dict[str, object]:
     book = leases.Book(spec.lease_client) if spec.leases else None
     if book is not None:
         before["leases"] = leases.one_round(lab, book, master, running_gateways(run))
+    if scraping:
+        before["prometheus_ready"] = monitor.wait_ready(lab)
     roams = [mobike.roam(run, c, 0, master, running_gateways(run)) for c in spec.mobike]
     time.sleep(2.0)
     warmup = _received_so_far(run)
@@ -347,6 +355,12 @@ def run_failovers(run: Run) -> dict[str, object]:
             restore(run, str(fo["from"]))  # the node struck, VRRP's master at the fault
             time.sleep(2.0)
         master = str(fo["to"] or master)
+    if scraping:  # what Prometheus scraped around each fault (a partition's has no fault_at)
+        spans = [(float(fo["fault_at"]) - 10, float(fo["fault_at"]) + float(fo["window_s"]) + 5)
+                 for fo in fos if "fault_at" in fo]
+        for fo, scraped in zip([fo for fo in fos if "fault_at" in fo], monitor.around(lab, spans),
+                               strict=True):
+            fo["prometheus"] = scraped
     bound = routebased.observe(lab, spec.route_based, topology.PUBLIC_VIP) \
         if spec.route_based else {}
     rekeys = checks_on(spec) and not set(spec.faults or (spec.fault,)) & set(TWO_SENDER_FAULTS)

@@ -21,7 +21,7 @@ from hasync import control
 from hasync.cli import sas_pages
 from hasync.journal.seal import generate_key_file
 
-from . import cluster, confgen, observe
+from . import cluster, confgen, monitor, observe
 from .prereq import LabError
 from .procs import Lab
 
@@ -70,8 +70,13 @@ def write_configs(lab: Lab) -> None:
             text = confgen.hasync_toml(
                 gw, raft_addr(lab, gw), peers, str(lab.base / "state" / gw),
                 str(etc / "cluster.key"), str(control_socket(lab, gw)), str(vrrp_fifo(lab, gw)),
-                str(cluster.vici_path(lab, gw)), str(health_file(lab, gw)))
+                str(cluster.vici_path(lab, gw)), str(health_file(lab, gw)), metrics_addr(lab, gw))
         (etc / "hasync.toml").write_text(text)
+
+
+def metrics_addr(lab: Lab, gw: str) -> str:
+    """A gateway's metrics endpoint: its protected-network address (monitor.py scrapes it)."""
+    return f"{raft_addr(lab, gw).rsplit(':', 1)[0]}:{monitor.METRICS_PORT}"
 
 
 def start(lab: Lab, gw: str) -> None:

@@ -46,6 +46,7 @@ COMMON: tuple[Need, ...] = (
     Need("/usr/lib/ipsec/plugins/libstrongswan-ha.so", "libcharon-extra-plugins", "file"),
     Need("/usr/lib/ipsec/plugins/libstrongswan-openssl.so", "libstrongswan-standard-plugins",
          "file"),
+    Need("prometheus", "prometheus"),  # --prometheus (monitor.py)
 )
 # The VM runner boots Debian's stock kernel under QEMU with virtme-ng.
 VM: tuple[Need, ...] = (

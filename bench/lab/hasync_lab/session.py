@@ -58,6 +58,7 @@ class LabSpec:
     proposals: tuple[str, ...] = ()  # ESP cipher of each client in order (confgen.ESP_CIPHERS);
     #                                  () or a shorter list: aes256gcm for the rest
     mobike: tuple[str, ...] = ()  # clients with MOBIKE on, each roaming twice (mobike.py)
+    prometheus: bool = False  # a real Prometheus scrapes every gateway (monitor.py)
     client_impl: tuple[str, ...] = ()  # IKE implementation of each client in order
     #                                    (lswclients.IMPLS); () or shorter: strongswan
 
