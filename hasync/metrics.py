@@ -86,16 +86,76 @@ def _num(value: Any) -> float:
     return float(value) if isinstance(value, int | float) else 0.0
 
 
-def _gauge(name: str, doc: str, value: Any) -> GaugeMetricFamily:
-    return GaugeMetricFamily(name, doc, value=_num(value))
+GAUGE, COUNTER = GaugeMetricFamily, CounterMetricFamily
+Kind = type[GaugeMetricFamily] | type[CounterMetricFamily]
+# Metrics read straight from the status answer: (kind, name, help, path of keys, scale)
+PLAIN: tuple[tuple[Kind, str, str, tuple[str, ...], float], ...] = (
+    (GAUGE, "hasync_vrrp_state_seconds", "Time in the current VRRP state", ("role_since_s",), 1),
+    (GAUGE, "hasync_charon_synced", "1 when the local charon holds the whole journal and "
+     "follows it", ("synced",), 1),
+    (GAUGE, "hasync_uptime_seconds", "Time since this hasync started", ("uptime_s",), 1),
+    (GAUGE, "hasync_raft_term", "Raft term", ("raft", "term"), 1),
+    (GAUGE, "hasync_raft_commit_index", "Raft commit index", ("raft", "commit_index"), 1),
+    (GAUGE, "hasync_raft_applied_index", "Raft index applied here", ("raft", "applied_index"), 1),
+    (GAUGE, "hasync_raft_commit_lag_entries", "Committed entries not yet applied here",
+     ("lag",), 1),
+    (GAUGE, "hasync_raft_log_entries", "Entries in the Raft log", ("raft", "log_len"), 1),
+    (GAUGE, "hasync_commit_latency_seconds", "Latency of this node's HA batches into Raft "
+     "(moving average)", ("commit_ms",), 1e-3),
+    (COUNTER, "hasync_ha_datagrams_received", "HA datagrams received from charon",
+     ("ha", "received"), 1),
+    (COUNTER, "hasync_ha_datagrams_accepted", "HA datagrams accepted from charon",
+     ("ha", "accepted"), 1),
+    (COUNTER, "hasync_ha_datagrams_sent", "HA datagrams sent to charon", ("ha", "sent"), 1),
+    (COUNTER, "hasync_ha_kernel_drops", "HA datagrams the kernel dropped (socket full)",
+     ("ha", "kernel_drops"), 1),
+    (COUNTER, "hasync_ha_datagrams_journaled", "HA datagrams committed into Raft",
+     ("counters", "batch_messages"), 1),
+    (COUNTER, "hasync_ha_datagrams_mirrored", "Journaled datagrams fed to the local charon",
+     ("counters", "mirrored"), 1),
+    (COUNTER, "hasync_replays", "Whole-journal replays into the local charon",
+     ("counters", "replays"), 1),
+    (GAUGE, "hasync_journal_ike_sas", "IKE_SAs in the journal", ("journal", "ike_sas"), 1),
+    (GAUGE, "hasync_journal_child_sas", "CHILD_SAs in the journal", ("journal", "child_sas"), 1),
+    (GAUGE, "hasync_guard_sas_tracked", "Outbound SAs the guard tracks",
+     ("takeover", "tracker", "tracked"), 1),
+    (COUNTER, "hasync_guard_mark_renewals", "Marks renewed (journaled) by the guard",
+     ("takeover", "tracker", "renewals"), 1),
+    (COUNTER, "hasync_guard_violations", "Times an SA's sequence number passed its mark",
+     ("takeover", "tracker", "violations"), 1),
+    (GAUGE, "hasync_fence_permits", "SAs the fence lets send", ("takeover", "fence", "permits"),
+     1),
+    (GAUGE, "hasync_fence_failing", "1 while the fence cannot be programmed",
+     ("takeover", "fence", "failing"), 1),
+    (GAUGE, "hasync_healthy", "1 when the last health verdict was ok", ("health", "healthy"), 1),
+)
+# Per member, from its last report: (name, help, value of the report)
+MEMBER: tuple[tuple[str, str, Callable[[dict[str, Any]], Any]], ...] = (
+    ("hasync_member_reachable", "1 when the member's last report is fresh",
+     lambda r: r.get("reachable", True)),
+    ("hasync_member_lag_entries", "Entries the member's last report lags behind the commit "
+     "index", lambda r: r.get("lag")),
+    ("hasync_member_report_age_seconds", "Age of the member's last report",
+     lambda r: r.get("report_age_s")),
+    ("hasync_member_vrrp_master", "1 when the member's last report said VRRP master",
+     lambda r: r.get("vrrp") == "master"),
+)
 
 
-def _counter(name: str, doc: str, value: Any) -> CounterMetricFamily:
-    return CounterMetricFamily(name, doc, value=_num(value))
+def _at(st: dict[str, Any], path: tuple[str, ...]) -> Any:
+    """The value at `path` in the status answer (None where a section is missing)."""
+    value: Any = st
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
 
 
-def _labelled(kind: type[GaugeMetricFamily] | type[CounterMetricFamily], name: str, doc: str,
-              label: str, values: Iterable[tuple[str, Any]]) -> Metric:
+def _one(kind: Kind, name: str, doc: str, value: Any) -> Metric:
+    return kind(name, doc, value=_num(value))
+
+
+def _labelled(kind: Kind, name: str, doc: str, label: str,
+              values: Iterable[tuple[str, Any]]) -> Metric:
     family = kind(name, doc, labels=[label])
     for key, value in values:
         family.add_metric([str(key)], _num(value))
@@ -103,146 +163,85 @@ def _labelled(kind: type[GaugeMetricFamily] | type[CounterMetricFamily], name: s
 
 
 def node_families(st: dict[str, Any]) -> Iterator[Metric]:
-    """The node: identity, VRRP role, sync into charon."""
-    info = GaugeMetricFamily("hasync_info", "This hasync node (always 1)",
-                             labels=["node", "cluster"])
+    """Identity, VRRP state, Raft role and quorum, peers, members and files: the values that
+    are not a plain read (PLAIN has those)."""
+    info = GAUGE("hasync_info", "This hasync node (always 1)", labels=["node", "cluster"])
     info.add_metric([str(st.get("node")), str(st.get("cluster"))], 1.0)
     yield info
-    role = st.get("role")
-    yield _labelled(GaugeMetricFamily, "hasync_vrrp_state",
-                    "keepalived's VRRP state for this node (1 for the current one)", "state",
-                    ((s, s == role) for s in VRRP_STATES))
-    yield _gauge("hasync_vrrp_state_seconds", "Time in the current VRRP state",
-                 st.get("role_since_s"))
-    yield _gauge("hasync_charon_synced",
-                 "1 when the local charon holds the whole journal and follows it",
-                 st.get("synced"))
-    yield _gauge("hasync_uptime_seconds", "Time since this hasync started", st.get("uptime_s"))
-
-
-def raft_families(st: dict[str, Any]) -> Iterator[Metric]:
-    """Raft: leader, quorum, indexes, commit lag and latency, peers, members, files."""
-    raft, quorum = st.get("raft") or {}, st.get("quorum") or {}
-    yield _gauge("hasync_raft_leader", "1 when this node leads Raft", raft.get("role") == "leader")
-    yield _gauge("hasync_raft_has_leader", "1 when this node knows a Raft leader",
-                 raft.get("leader") is not None)
-    yield _gauge("hasync_raft_term", "Raft term", raft.get("term"))
-    yield _gauge("hasync_raft_commit_index", "Raft commit index", raft.get("commit_index"))
-    yield _gauge("hasync_raft_applied_index", "Raft index applied here", raft.get("applied_index"))
-    yield _gauge("hasync_raft_commit_lag_entries", "Committed entries not yet applied here",
-                 st.get("lag"))
-    yield _gauge("hasync_raft_log_entries", "Entries in the Raft log", raft.get("log_len"))
-    yield _gauge("hasync_commit_latency_seconds",
-                 "Latency of this node's HA batches into Raft (moving average)",
-                 _num(st.get("commit_ms")) / 1000)
-    if quorum:
-        yield _gauge("hasync_quorum", "1 while a Raft majority was heard within the limit",
-                     quorum.get("ok"))
-        yield _gauge("hasync_quorum_heard_age_seconds", "Time since a Raft majority was heard",
-                     quorum.get("age_s"))
-    yield _labelled(GaugeMetricFamily, "hasync_raft_peer_up",
-                    "1 when the Raft connection to the peer is up", "peer",
-                    ((p, s == "connected") for p, s in sorted((raft.get("peers") or {}).items())))
+    role, raft = st.get("role"), st.get("raft") or {}
+    yield _labelled(GAUGE, "hasync_vrrp_state", "keepalived's VRRP state for this node (1 for "
+                    "the current one)", "state", ((s, s == role) for s in VRRP_STATES))
+    yield _one(GAUGE, "hasync_raft_leader", "1 when this node leads Raft",
+               raft.get("role") == "leader")
+    yield _one(GAUGE, "hasync_raft_has_leader", "1 when this node knows a Raft leader",
+               raft.get("leader") is not None)
+    quorum = st.get("quorum") or {}
+    if quorum:  # a half-started daemon has no probe yet: no sample rather than a false 0
+        yield _one(GAUGE, "hasync_quorum", "1 while a Raft majority was heard within the limit",
+                   quorum.get("ok"))
+        yield _one(GAUGE, "hasync_quorum_heard_age_seconds",
+                   "Time since a Raft majority was heard", quorum.get("age_s"))
+    yield _labelled(GAUGE, "hasync_raft_peer_up", "1 when the Raft connection to the peer is up",
+                    "peer", ((p, s == "connected")
+                             for p, s in sorted((raft.get("peers") or {}).items())))
     members = sorted((st.get("members") or {}).items())
-    yield _labelled(GaugeMetricFamily, "hasync_member_reachable",
-                    "1 when the member's last report is fresh", "member",
-                    ((m, r.get("reachable", True)) for m, r in members))
-    yield _labelled(GaugeMetricFamily, "hasync_member_lag_entries",
-                    "Entries the member's last report lags behind the commit index", "member",
-                    ((m, r.get("lag")) for m, r in members))
-    yield _labelled(GaugeMetricFamily, "hasync_member_report_age_seconds",
-                    "Age of the member's last report", "member",
-                    ((m, r.get("report_age_s")) for m, r in members))
-    yield _labelled(GaugeMetricFamily, "hasync_member_vrrp_master",
-                    "1 when the member's last report said VRRP master", "member",
-                    ((m, r.get("vrrp") == "master") for m, r in members))
+    for name, doc, value in MEMBER:
+        yield _labelled(GAUGE, name, doc, "member", ((m, value(r)) for m, r in members))
     files = st.get("raft_files") or {}
-    yield _labelled(GaugeMetricFamily, "hasync_raft_file_bytes", "Raft's files on disk", "file",
+    yield _labelled(GAUGE, "hasync_raft_file_bytes", "Raft's files on disk", "file",
                     (("journal", files.get("journal_bytes")),
                      ("snapshot", files.get("snapshot_bytes"))))
 
 
-def stream_families(st: dict[str, Any]) -> Iterator[Metric]:
-    """charon's HA stream in and out, what was dropped by reason, the journal's contents."""
+def counted_families(st: dict[str, Any]) -> Iterator[Metric]:
+    """Counters by reason, kind or cause: drops, applied entries, health verdicts; fenced
+    packets; the health verdict's age."""
     ha, counters = st.get("ha") or {}, st.get("counters") or {}
-    yield _counter("hasync_ha_datagrams_received", "HA datagrams received from charon",
-                   ha.get("received"))
-    yield _counter("hasync_ha_datagrams_accepted", "HA datagrams accepted from charon",
-                   ha.get("accepted"))
-    yield _counter("hasync_ha_datagrams_sent", "HA datagrams sent to charon", ha.get("sent"))
     drops = sorted((k.partition(":")[2] or k, v) for k, v in ha.items()
                    if k.startswith(("dropped", "send_refused")))
     drops += sorted((k.partition(":")[2] or "other", v) for k, v in counters.items()
                     if k.startswith("messages_dropped:"))
-    yield _labelled(CounterMetricFamily, "hasync_ha_datagrams_dropped",
-                    "HA datagrams dropped, by reason", "reason", drops)
-    yield _counter("hasync_ha_kernel_drops", "HA datagrams the kernel dropped (socket full)",
-                   ha.get("kernel_drops"))
-    yield _counter("hasync_ha_datagrams_journaled", "HA datagrams committed into Raft",
-                   counters.get("batch_messages"))
-    yield _counter("hasync_ha_datagrams_mirrored", "Journaled datagrams fed to the local charon",
-                   counters.get("mirrored"))
-    yield _counter("hasync_replays", "Whole-journal replays into the local charon",
-                   counters.get("replays"))
-    journal = st.get("journal") or {}
-    yield _gauge("hasync_journal_ike_sas", "IKE_SAs in the journal", journal.get("ike_sas"))
-    yield _gauge("hasync_journal_child_sas", "CHILD_SAs in the journal",
-                 journal.get("child_sas"))
-    apply = st.get("raft_apply") or {}
-    yield _labelled(CounterMetricFamily, "hasync_journal_entries_applied",
+    yield _labelled(COUNTER, "hasync_ha_datagrams_dropped", "HA datagrams dropped, by reason",
+                    "reason", drops)
+    yield _labelled(COUNTER, "hasync_journal_entries_applied",
                     "Journal entries applied here, by kind", "kind",
-                    sorted((k.removesuffix("_applied"), v) for k, v in apply.items()
+                    sorted((k.removesuffix("_applied"), v)
+                           for k, v in (st.get("raft_apply") or {}).items()
                            if k.endswith("_applied")))
-
-
-def guard_families(st: dict[str, Any], history: PromotionHistory) -> Iterator[Metric]:
-    """The sequence guard and the fence: SAs tracked, marks, violations, fenced packets, and
-    the promotions."""
-    takeover = st.get("takeover") or {}
-    tracker, fence = takeover.get("tracker") or {}, takeover.get("fence") or {}
-    yield _gauge("hasync_guard_sas_tracked", "Outbound SAs the guard tracks",
-                 tracker.get("tracked"))
-    yield _counter("hasync_guard_mark_renewals", "Marks renewed (journaled) by the guard",
-                   tracker.get("renewals"))
-    yield _counter("hasync_guard_violations", "Times an SA's sequence number passed its mark",
-                   tracker.get("violations"))
-    yield _counter("hasync_fence_dropped_packets", "ESP packets the kernel fence dropped",
-                   sum(v for v in (fence.get("fenced") or {}).values() if isinstance(v, int)))
-    yield _gauge("hasync_fence_permits", "SAs the fence lets send", fence.get("permits"))
-    yield _gauge("hasync_fence_failing", "1 while the fence cannot be programmed",
-                 fence.get("failing"))
-    last = takeover.get("last_promotion")
-    history.observe(last)
-    yield _counter("hasync_promotions", "Promotions this process completed", history.total)
-    if last:
-        yield _gauge("hasync_last_promotion_timestamp_seconds",
-                     "When the last promotion started (Unix time)", last.get("started"))
-        yield _gauge("hasync_last_promotion_duration_seconds", "The last promotion's duration",
-                     _num(last.get("total_ms")) / 1000)
-        yield _gauge("hasync_last_promotion_claimed",
-                     "1 when the last promotion's sender claim committed", last.get("claimed"))
-    yield history.family()
-
-
-def health_families(st: dict[str, Any]) -> Iterator[Metric]:
-    """The health verdict keepalived reads, its age, and verdicts by cause."""
+    fenced = _at(st, ("takeover", "fence", "fenced")) or {}
+    yield _one(COUNTER, "hasync_fence_dropped_packets", "ESP packets the kernel fence dropped",
+               sum(v for v in fenced.values() if isinstance(v, int)))
     health = st.get("health") or {}
-    yield _gauge("hasync_healthy", "1 when the last health verdict was ok", health.get("healthy"))
     age = health.get("verdict_age_s")
-    yield _gauge("hasync_health_verdict_age_seconds", "Age of the last health verdict",
-                 -1 if age is None else age)
-    yield _labelled(CounterMetricFamily, "hasync_health_verdicts",
-                    "Health verdicts judged, by cause (ok, or each failed check's cause)",
-                    "cause", sorted((health.get("verdicts") or {}).items()))
+    yield _one(GAUGE, "hasync_health_verdict_age_seconds", "Age of the last health verdict",
+               -1 if age is None else age)
+    yield _labelled(COUNTER, "hasync_health_verdicts", "Health verdicts judged, by cause (ok, "
+                    "or each failed check's cause)", "cause",
+                    sorted((health.get("verdicts") or {}).items()))
+
+
+def promotion_families(st: dict[str, Any], history: PromotionHistory) -> Iterator[Metric]:
+    """The last promotion and the histogram of every promotion's phases."""
+    last = _at(st, ("takeover", "last_promotion"))
+    history.observe(last)
+    yield _one(COUNTER, "hasync_promotions", "Promotions this process completed", history.total)
+    if last:
+        yield _one(GAUGE, "hasync_last_promotion_timestamp_seconds",
+                   "When the last promotion started (Unix time)", last.get("started"))
+        yield _one(GAUGE, "hasync_last_promotion_duration_seconds",
+                   "The last promotion's duration", _num(last.get("total_ms")) / 1000)
+        yield _one(GAUGE, "hasync_last_promotion_claimed",
+                   "1 when the last promotion's sender claim committed", last.get("claimed"))
+    yield history.family()
 
 
 def families(st: dict[str, Any], history: PromotionHistory) -> Iterator[Metric]:
     """Every metric of one status answer."""
+    for kind, name, doc, path, scale in PLAIN:
+        yield _one(kind, name, doc, _num(_at(st, path)) * scale)
     yield from node_families(st)
-    yield from raft_families(st)
-    yield from stream_families(st)
-    yield from guard_families(st, history)
-    yield from health_families(st)
+    yield from counted_families(st)
+    yield from promotion_families(st, history)
 
 
 class StatusCollector(Collector):
