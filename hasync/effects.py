@@ -80,6 +80,8 @@ class Effects:
                     self.report(info)
                 case node.Wake():
                     self.wake()
+                case node.HandOffLeadership():
+                    self.journal.hand_off()
                 case _:
                     raise TypeError(f"unknown command {cmd!r}")
 

@@ -20,6 +20,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from .ha import HaMessage, MessageType
+from .handoff import LeaderHandoff
 from .midsync import COUNTED as MID_COUNTED
 from .midsync import Applied, Key, MidSync, key_of
 from .mirror import (
@@ -41,9 +42,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("hasync")
 REPORT_S = 5.0  # how often a node tells the cluster its VRRP role and applied index
 RESYNC_MIN_S = 60.0  # a RESYNC rekeys every CHILD_SA (mirror.resync_message): not in a loop
-COUNTED = ("mirrored", "replays", "replay_covered", "batches", "batch_messages",
-           "commit_retries", "batches_dropped", "messages_dropped", "messages_dropped:backlog_full",
-           "resyncs_requested", "vrrp_illegal", *MID_COUNTED,
+COUNTED = ("mirrored", "replays", "replay_covered", "leader_handoffs", "batches",
+           "batch_messages", "commit_retries", "batches_dropped", "messages_dropped",
+           "messages_dropped:backlog_full", "resyncs_requested", "vrrp_illegal", *MID_COUNTED,
            *ROAM_COUNTED)  # shown from the start
 
 
@@ -100,6 +101,11 @@ class ClearFeed:
 
 
 @dataclass(frozen=True)
+class HandOffLeadership:
+    """Ask Raft to move its leadership to another voter (handoff.py)."""
+
+
+@dataclass(frozen=True)
 class Report:
     """Replicate this node's report (VRRP role, Raft role, applied index; no secrets)."""
 
@@ -112,7 +118,7 @@ class Wake:
 
 
 Command = (SubmitBatch | SendToCharon | FeedCharon | CharonFifo | StartPromotion
-           | CancelPromotion | StartReplay | ClearFeed | Report | Wake)
+           | CancelPromotion | StartReplay | ClearFeed | Report | Wake | HandOffLeadership)
 
 
 # ---- sync state -----------------------------------------------------------------------------
@@ -213,12 +219,15 @@ class RaftView:
     leader: str | None = None
     commit_index: int = 0
     applied_index: int = 0
+    peers_up: int = 0  # other voters this node's Raft is connected to
 
     @classmethod
     def of(cls, status: dict[str, Any]) -> RaftView:
         """From ClusterJournal.status()."""
+        peers = status.get("peers") or {}
         return cls(str(status.get("role")), status.get("leader"),
-                   status.get("commit_index") or 0, status.get("applied_index") or 0)
+                   status.get("commit_index") or 0, status.get("applied_index") or 0,
+                   sum(state == "connected" for state in peers.values()))
 
     @property
     def caught_up(self) -> bool:
@@ -255,6 +264,7 @@ class NodeCore:
         self.counters.update(dict.fromkeys(COUNTED, 0))
         self.mids = MidSync(counters=self.counters)  # responder MIDs on a new master
         self.roams = Roams(counters=self.counters)  # peers that moved (roam.py)
+        self.handoff = LeaderHandoff()  # the Raft leader off the VRRP master (handoff.py)
 
     # charon -> journal
     def on_ha(self, raw: bytes, msg: HaMessage, now: float) -> list[Command]:
@@ -477,6 +487,10 @@ class NodeCore:
             self.last_report = now
             out.append(Report({"vrrp": self.role.role.value, "raft": raft.role,
                                "applied": raft.applied_index, "ts": wall}))
+        master_since = self.role.since if self.role.role is Role.MASTER else None
+        if self.handoff.due(master_since, raft.role == "leader", raft.peers_up, now):
+            self.counters["leader_handoffs"] += 1
+            out.append(HandOffLeadership())
         if raft.caught_up:
             self.raft_joined = True
             if self.role.mirrors and self.sync.state is SyncState.UNSYNCED and self.charon_ready:

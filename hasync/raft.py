@@ -57,7 +57,7 @@ from .journal.state import JournalState
 from .raftnet import guarded_transport
 from .raftport import PortCounters
 from .snapwriter import SnapshotWriter, paused_gc
-from .syncobj_compat import FailReason, SyncObj, SyncObjConf, SyncObjConsumer, replicated
+from .syncobj_compat import FailReason, SyncObj, SyncObjConf, SyncObjConsumer, outcome, replicated
 
 log = logging.getLogger(__name__)
 durable.install()  # every SyncObj journal syncs before it answers (issue 17 finding 5)
@@ -152,6 +152,7 @@ class ClusterJournal:
         self._child_adds = 0
         self._batches = 0  # batches applied; stamped on each under `lock` (applied_batches)
         self._running = False  # SyncObj's constructor loads this node's own snapshot
+        self._hand_off = False  # asked by the loop, done on Raft's thread (handoff.py)
         self._status: dict[str, Any] = {}  # replaced whole on Raft's thread, never mutated
         self._sealer = Sealer(keys, node)  # per-node subkeys (seal.py)
         self._destroyed = False
@@ -359,11 +360,24 @@ class ClusterJournal:
             self._counters[name] += 1
 
     def _copy_status(self) -> None:
-        """pysyncobj on-tick callback: publish a fresh copy of getStatus()."""
+        """pysyncobj on-tick callback: publish a fresh copy of getStatus(); hand the
+        leadership off if asked (transferLeadership touches Raft's state: this thread only)."""
         try:
             self._status = self._raft.getStatus()
+            if self._hand_off:
+                self._hand_off = False
+                self._raft.transferLeadership(callback=self._handed_off)
         except Exception as exc:  # an exception here would abort pysyncobj's tick
             self._count("status_error", exc)
+
+    def hand_off(self) -> None:
+        """Ask Raft to move the leadership to the most caught-up connected follower (Raft's
+        TimeoutNow), at its next tick; the outcome is counted (`leader_handoff:<reason>`)."""
+        self._hand_off = True
+
+    def _handed_off(self, result: Any, error: Any) -> None:
+        with self.lock:
+            self._counters[f"leader_handoff:{outcome(error).name}"] += 1
 
     def _save_snapshot(self, filename: str, raft_data: Any) -> None:
         """pysyncobj serializer (tick thread): copy the state under the lock (a structural copy,
