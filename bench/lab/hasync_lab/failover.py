@@ -356,8 +356,8 @@ def run_failovers(run: Run) -> dict[str, object]:
             time.sleep(2.0)
         master = str(fo["to"] or master)
     if scraping:  # what Prometheus scraped around each fault (a partition's has no fault_at)
-        spans = [(float(fo["fault_at"]) - 10, float(fo["fault_at"]) + float(fo["window_s"]) + 5)
-                 for fo in fos if "fault_at" in fo]
+        spans = [(float(fo["fault_at"]) - 10, float(fo["fault_at"]) + float(fo["window_s"]) + 30)
+                 for fo in fos if "fault_at" in fo]  # +30 s: a dead member's report goes stale
         for fo, scraped in zip([fo for fo in fos if "fault_at" in fo], monitor.around(lab, spans),
                                strict=True):
             fo["prometheus"] = scraped

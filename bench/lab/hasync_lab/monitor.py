@@ -34,6 +34,7 @@ QUERIES = {
     "raft_leader": "hasync_raft_leader",
     "promotions": "hasync_promotions_total",
     "promotion_s": "hasync_last_promotion_duration_seconds",
+    "reachable": "hasync_member_reachable",
     "alerts": 'ALERTS{alertstate="firing"}',
 }
 
@@ -110,13 +111,15 @@ def changes(values: list[list[Any]]) -> list[list[float]]:
 
 
 def series(answer: dict[str, Any]) -> dict[str, list[list[float]]] | str:
-    """One query_range answer: "instance[/alertname]" -> its changes, or the error text."""
+    """One query_range answer: "instance[/member][/alertname]" -> its changes, or the error
+    text."""
     if answer.get("status") != "success":
         return str(answer.get("error") or answer)
     out: dict[str, list[list[float]]] = {}
     for s in answer.get("data", {}).get("result", []):
         labels = s.get("metric", {})
-        key = "/".join(x for x in (labels.get("instance"), labels.get("alertname")) if x)
+        key = "/".join(x for x in (labels.get("instance"), labels.get("member"),
+                                   labels.get("alertname")) if x)
         out[key or "_"] = changes(s.get("values", []))
     return out
 
