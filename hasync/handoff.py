@@ -6,8 +6,9 @@ commit (bench/results: 5.1 s of a 9.2 s promotion). So a master that has led Raf
 SETTLE_S since it became master (its promotion and the clients' recovery come first) asks
 pysyncobj to hand leadership to the most caught-up connected follower (Raft's TimeoutNow,
 pysyncobj `transferLeadership`), and asks again at most every RETRY_S while it still
-leads. A cluster with no other voter connected has nowhere to hand it. The commit pause of a
-handoff is one election among live nodes, which the guard's reserve horizon covers.
+leads (the lab saw a master win back the election it handed off, once). A cluster with no
+other voter connected has nowhere to hand it. The commit pause of a handoff is one election
+among live nodes, which the guard's reserve horizon covers.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SETTLE_S = 10.0  # after becoming master: the promotion and the clients' recovery first
-RETRY_S = 5.0  # a denied or lost request (the target not caught up) is asked again
+# a denied request (the target not caught up) or an election the master won back is asked
+# again this much later: each handoff that goes through costs an election
+RETRY_S = 15.0
 
 
 @dataclass
