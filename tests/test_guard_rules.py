@@ -68,6 +68,21 @@ def test_a_term_s_first_mark_starts_at_the_target_after_a_jump() -> None:
     assert plan.writes == [] and plan.lows[KEY] == 9000 and plan.records[0].mark == 9768
 
 
+def test_an_sa_re_created_under_a_held_key_is_jumped_past_the_key_s_mark() -> None:
+    """The orphan of an in-flight CHILD rekey sent 1410..1855 on the new master; the CHILD_SA
+    re-created for the client's retransmission has the orphan's (address, SPI) and a counter
+    at 0: it must start past every mark of the key, not continue the orphan's permit (the
+    final clean-clone run of a85649c saw it resend 1396..1784 under its new keys)."""
+    t = SeqTracker("gw2")
+    committed, held = {KEY: rec(2600, node="gw2")}, {KEY: Held(1410, 2600)}
+    plan = observe(t, [sa(oseq=3)], committed, held, epoch=2)
+    (w,) = plan.writes
+    assert w.oseq == 2600 + 1 + R.takeover_floor and plan.lows[KEY] == w.oseq
+    assert t.stats.recreated == 1 and t.stats.first_marks == 1 and t.stats.violations == 0
+    # the same SA read again below nothing: an ordinary renewal, never a second jump
+    assert observe(t, [sa(oseq=1500)], committed, held).writes == []
+
+
 def test_a_new_sa_without_a_record_starts_at_zero_and_is_journaled_at_once() -> None:
     plan = observe(SeqTracker("gw1"), [sa()], {})
     assert plan.writes == [] and plan.lows == {KEY: 0} and plan.records[0].mark == R.floor

@@ -133,6 +133,7 @@ class TrackerStats:
 
     renewals: int = 0
     first_marks: int = 0  # marks that opened a term for an SA (after a jump to its target)
+    recreated: int = 0  # SAs found below their permit: re-created under the same key
     inbound_updates: int = 0
     violations: int = 0  # reads that found a counter past this node's accepted mark: the
     #                      fence dropped what it sent above it (takeover.fence.fenced)
@@ -249,6 +250,10 @@ class SeqTracker:
             sa.seq - rec.seq >= ahead // 2
             or now - self.inbound_at.get(sa.key, -math.inf) >= self.reserve.inbound_interval_s)))
         top = U64_MAX if sa.esn else U32_MAX
+        if held is not None and sa.oseq < held.lo:  # a counter never goes down: another SA
+            held = None  # under this key (an orphan's CHILD_SA re-created with the client's
+            # SPI, D229): a new term, jumped past every mark of the key like any first mark
+            self.stats.recreated += 1
         if held is None:  # the term's first mark: past the target, after a jump to it
             target = target_oseq(sa, peak, self.reserve)
             if sa.oseq < target:
