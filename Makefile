@@ -35,7 +35,7 @@ $(LIBRESWAN_ROOT)/usr/libexec/ipsec/pluto: | apt
 	@if [ "$$(id -u)" != 0 ]; then echo "make setup needs root to unpack libreswan into $(LIBRESWAN_ROOT)" >&2; exit 1; fi
 	set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
 	(cd "$$tmp" && apt-get -q -o APT::Sandbox::User=root download libreswan); \
-	rm -rf $(LIBRESWAN_ROOT).new; dpkg-deb -x "$$tmp"/libreswan_*.deb $(LIBRESWAN_ROOT).new; \
+	rm -rf $(LIBRESWAN_ROOT).new; mkdir -p $(dir $(LIBRESWAN_ROOT)); dpkg-deb -x "$$tmp"/libreswan_*.deb $(LIBRESWAN_ROOT).new; \
 	if ldd $(LIBRESWAN_ROOT).new/usr/libexec/ipsec/pluto | grep 'not found'; then \
 		echo "pluto lacks the libraries above: add their packages to LIBRESWAN_LIBS" >&2; exit 1; fi; \
 	rm -rf $(LIBRESWAN_ROOT); mv $(LIBRESWAN_ROOT).new $(LIBRESWAN_ROOT)
