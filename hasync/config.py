@@ -93,6 +93,7 @@ class ClusterConfig:
     connection_timeout_ms: int = 3500
     batch_max_messages: int = 256
     batch_max_delay_ms: int = 5
+    batch_window: int = 4  # batches in flight at once (pipeline.py); 1: one at a time
     quorum_timeout_ms: int = 4000  # no majority heard this long: health fails (quorum.py)
 
 
@@ -349,6 +350,7 @@ SCHEMA: dict[str, tuple[type, dict[str, Check]]] = {
         "connection_timeout_ms": _timing("cluster.connection_timeout_ms", 600_000),
         "batch_max_messages": _integer(1, 512),  # seal.MAX_ITEMS
         "batch_max_delay_ms": _integer(0, 1000),
+        "batch_window": _integer(1, 64),
         "quorum_timeout_ms": _timing("cluster.quorum_timeout_ms", 60_000),
     }),
     "charon": (CharonConfig, {

@@ -38,6 +38,7 @@ from .ikesniff import open_sniffer, read_all
 from .journal.seal import Batch, derive_keys, load_cluster_key
 from .memguard import protect
 from .midsync import key_of, request_key
+from .mirror import READ_ON_HA
 from .node import Command, NodeCore, RaftView, Settings, SyncState
 from .quorum import QuorumProbe
 from .raft import ClusterJournal, RaftTiming
@@ -61,7 +62,9 @@ class Daemon:
 
     def __init__(self, cfg: Config) -> None:
         self.cfg, self.started = cfg, time.monotonic()
-        self.core = NodeCore(Settings.of(cfg), RoleState(since=self.started))
+        # a restarted daemon's batch stream is newer than its predecessor's (pipeline.py)
+        self.core = NodeCore(Settings.of(cfg, stream=time.time_ns()),
+                             RoleState(since=self.started))
         self.core.charon_ready = False  # the first replay waits for charon's connections
         self.charon = CharonWatch()
         self.healthfile = HealthWriter(cfg.node.health_file, cfg.charon.vici_socket,
@@ -127,7 +130,7 @@ class Daemon:
         journal.on_seq = guard.wake_threadsafe
         opened.callback(guard.close)
         endpoint = open_endpoint(cfg.charon.ha_remote.sockaddr, cfg.charon.ha_local.sockaddr,
-                                 self._on_ha)
+                                 self._on_ha, wanted=READ_ON_HA)
         opened.callback(endpoint.close)
         self.fx = Effects(self.core, journal, endpoint,
                           CharonFeed(endpoint.send, cfg.charon.ha_local.sockaddr), guard,

@@ -57,8 +57,8 @@ class Effects:
         """Carry out the core's commands in order."""
         for cmd in commands:
             match cmd:
-                case node.SubmitBatch(datagrams=datagrams):
-                    self.submit(list(datagrams))
+                case node.SubmitBatch(datagrams=datagrams, stream=stream, seq=seq):
+                    self.submit(list(datagrams), stream, seq)
                 case node.SendToCharon(datagram=datagram):
                     self.endpoint.send(datagram)
                 case node.FeedCharon(datagrams=datagrams):
@@ -90,15 +90,16 @@ class Effects:
         """A promotion is under way."""
         return self.promotion is not None and not self.promotion.done()
 
-    def submit(self, datagrams: list[bytes]) -> None:
+    def submit(self, datagrams: list[bytes], stream: int = 0, seq: int = 0) -> None:
         """Seal a batch into Raft; a batch that cannot be sealed is logged and dropped."""
         try:
             self.journal.submit(datagrams, lambda result, error: self.post(
-                lambda now: self.core.on_committed(outcome(error), now)))
+                lambda now: self.core.on_committed(seq, outcome(error), result, now)),
+                stream, seq)
         except Exception:
             log.exception("sealing a batch of %d datagrams failed; dropping it",
                           len(datagrams))
-            self.do(self.core.on_submit_failed(time.monotonic()))
+            self.do(self.core.on_submit_failed(seq, time.monotonic()))
 
     def report(self, info: dict[str, Any]) -> None:
         """Replicate this node's report; a failed hand-over is logged and counted."""

@@ -30,10 +30,10 @@ import socket
 import struct
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from . import procudp
-from .ha import HaMessage, MalformedMessage, decode
+from .ha import HaMessage, MalformedMessage, decode_only
 
 log = logging.getLogger("hasync.ha")
 Address = tuple[str, int]
@@ -72,8 +72,10 @@ class HaEndpoint:
     """Receives charon's HA stream and sends datagrams to charon."""
 
     def __init__(self, sock: socket.socket, charon: Address, handler: Handler,
-                 lookup: Lookup, clock: Callable[[], float] = time.monotonic) -> None:
+                 lookup: Lookup, clock: Callable[[], float] = time.monotonic,
+                 wanted: Mapping[int, frozenset[str]] | None = None) -> None:
         self.sock, self.charon, self.handler, self.clock = sock, charon, handler, clock
+        self.wanted = wanted or {}  # attributes the handler reads, by type (decode_only)
         self.lookup = lookup
         self.counters: Counter[str] = Counter(kernel_drops=0)
         self.last_rx: float | None = None  # when charon was last heard
@@ -135,7 +137,7 @@ class HaEndpoint:
 
     def _accept(self, data: bytes) -> None:
         try:
-            msg = decode(data)
+            msg = decode_only(data, self.wanted)  # checks all of it, builds what is wanted
         except MalformedMessage as e:
             self._drop(drop_reason(e), str(e))
             return
@@ -199,7 +201,8 @@ class HaEndpoint:
 
 
 def open_endpoint(bind: Address, charon: Address, handler: Handler,
-                  lookup: Lookup | None = None) -> HaEndpoint:
+                  lookup: Lookup | None = None,
+                  wanted: Mapping[int, frozenset[str]] | None = None) -> HaEndpoint:
     """Bind and connect the HA socket, start reading it on the running loop."""
     sock = socket.socket(procudp.family(bind), socket.SOCK_DGRAM)
     try:
@@ -211,7 +214,8 @@ def open_endpoint(bind: Address, charon: Address, handler: Handler,
     except OSError:
         sock.close()
         raise
-    ep = HaEndpoint(sock, charon, handler, lookup or (lambda: procudp.sockets_at(charon)))
+    ep = HaEndpoint(sock, charon, handler, lookup or (lambda: procudp.sockets_at(charon)),
+                    wanted=wanted)
     ep.start(asyncio.get_running_loop())
     return ep
 

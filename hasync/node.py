@@ -8,7 +8,8 @@ and counts every failure it is told of under a name `hasync status` shows. Roles
 keepalived through role.py's table; the sync state (charon given the whole journal?) is
 `SyncState` with its own table: an illegal move raises `IllegalSyncMove` naming the state and
 the event (a local bug). A keepalived line the role table refuses is outside input: logged
-and counted (`vrrp_illegal`), never raised. One batch is in flight at a time (mirror.Batcher).
+and counted (`vrrp_illegal`), never raised. Up to `batch_window` batches are in flight at
+once, numbered so that every node applies them once and in charon's order (pipeline.py).
 """
 
 from __future__ import annotations
@@ -21,16 +22,17 @@ from typing import TYPE_CHECKING, Any
 
 from .ha import HaMessage, MessageType
 from .handoff import LeaderHandoff
+from .journal.machine import APPLIED, DUPLICATE
 from .midsync import COUNTED as MID_COUNTED
 from .midsync import Applied, Key, MidSync, key_of
 from .mirror import (
     JOURNALED,
-    Batcher,
     Heartbeat,
     claimed_segments,
     resync_message,
     status_message,
 )
+from .pipeline import Pipeline
 from .roam import COUNTED as ROAM_COUNTED
 from .roam import Roams
 from .role import IllegalTransition, Role, RoleState, parse_vrrp_line
@@ -52,9 +54,12 @@ COUNTED = ("mirrored", "replays", "replay_covered", "leader_handoffs", "batches"
 
 @dataclass(frozen=True)
 class SubmitBatch:
-    """Seal these datagrams as one batch and hand it to Raft; answer with `on_committed`."""
+    """Seal these datagrams as batch `seq` of `stream` and hand it to Raft; answer with
+    `on_committed` (pipeline.py)."""
 
     datagrams: tuple[bytes, ...]
+    stream: int = 0
+    seq: int = 0
 
 
 @dataclass(frozen=True)
@@ -203,12 +208,15 @@ class Settings:
     segments: int = 1
     batch_max_messages: int = 256
     batch_max_delay_s: float = 0.005
+    batch_window: int = 4  # batches in flight at once (pipeline.py)
+    stream: int = 0  # the first batch stream: the adapter seeds it from the wall clock
 
     @classmethod
-    def of(cls, cfg: Config) -> Settings:
+    def of(cls, cfg: Config, stream: int = 0) -> Settings:
         """From the daemon's configuration."""
         return cls(cfg.keepalived.instance, cfg.charon.protocol_version, cfg.charon.segments,
-                   cfg.cluster.batch_max_messages, cfg.cluster.batch_max_delay_ms / 1000)
+                   cfg.cluster.batch_max_messages, cfg.cluster.batch_max_delay_ms / 1000,
+                   cfg.cluster.batch_window, stream)
 
 
 @dataclass(frozen=True)
@@ -250,7 +258,7 @@ class NodeCore:
     raft_joined: bool = False  # caught up with the journal at least once since start
     commit_ms: float = 0.0  # moving average of batch commit latency
     last_report: float | None = None  # None: report at the next tick
-    submitted_at: float = 0.0
+    submitted_at: dict[int, float] = field(default_factory=dict)  # by batch number
     replay_started: float = 0.0
     charon_ready: bool = True  # charon has the journal's connections (the daemon's watch)
     journal_gap: int = 0  # datagrams dropped at the backlog bound since the last resync
@@ -259,7 +267,8 @@ class NodeCore:
 
     def __post_init__(self) -> None:
         s = self.settings
-        self.batcher = Batcher(s.batch_max_messages, s.batch_max_delay_s)
+        self.batcher = Pipeline(s.batch_max_messages, s.batch_max_delay_s, s.batch_window,
+                                s.stream)
         self.heartbeat = Heartbeat()
         self.counters.update(dict.fromkeys(COUNTED, 0))
         self.mids = MidSync(counters=self.counters)  # responder MIDs on a new master
@@ -320,30 +329,36 @@ class NodeCore:
                                             self.settings.segments))]
 
     def _submit(self, now: float) -> list[Command]:
-        batch = self.batcher.next_batch(now)
-        if batch is None:
-            return []
-        self.submitted_at = now
-        return [SubmitBatch(tuple(batch))]
+        """Every batch due, while the window has room."""
+        out: list[Command] = []
+        while (flight := self.batcher.next_batch(now)) is not None:
+            self.submitted_at.setdefault(flight.seq, now)
+            out.append(SubmitBatch(tuple(flight.items), self.batcher.stream, flight.seq))
+        return out
 
-    def on_committed(self, reason: FailReason, now: float) -> list[Command]:
-        """The batch in flight committed (SUCCESS) or failed (retried after a backoff)."""
-        ok = reason is FailReason.SUCCESS
-        if not ok:
+    def on_committed(self, seq: int, reason: FailReason, result: Any,
+                     now: float) -> list[Command]:
+        """Batch `seq` committed with the machine's answer `result`, or failed (pipeline.py
+        resends what is not applied)."""
+        sent = self.submitted_at.pop(seq, now)
+        if reason is not FailReason.SUCCESS:
             self.counters["commit_retries"] += 1
-            log.warning("batch not committed (%s); retrying", reason.name)
-        else:
-            self.counters["batches"] += 1
-            self.counters["batch_messages"] += len(self.batcher.in_flight or ())
-            self.commit_ms += 0.1 * ((now - self.submitted_at) * 1000 - self.commit_ms)
-        self.batcher.done(ok, now)
+            log.warning("batch %d not committed (%s); resending", seq, reason.name)
+            result = None
+        elif isinstance(result, tuple) and result and result[0] not in (APPLIED, DUPLICATE):
+            self.counters[f"batches_resent:{result[0]}"] += 1
+        done = self.batcher.answered(seq, result, now)
+        if done:
+            self.counters["batches"] += len(done)
+            self.counters["batch_messages"] += sum(len(f.items) for f in done)
+            self.commit_ms += 0.1 * ((now - sent) * 1000 - self.commit_ms)
         return self._submit(now) + self._resync(now)  # what queued meanwhile goes at once
 
-    def on_submit_failed(self, now: float) -> list[Command]:
-        """Sealing the batch in flight raised (the adapter logged the traceback): drop it."""
+    def on_submit_failed(self, seq: int, now: float) -> list[Command]:
+        """Sealing batch `seq` raised (the adapter logged the traceback): drop it."""
         self.counters["batches_dropped"] += 1
-        self.counters["messages_dropped"] += len(self.batcher.in_flight or ())
-        self.batcher.done(True, now)
+        self.counters["messages_dropped"] += len(self.batcher.dropped(seq))
+        self.submitted_at.pop(seq, None)
         return []
 
     def on_reported(self, reason: FailReason) -> list[Command]:

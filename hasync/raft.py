@@ -63,7 +63,7 @@ log = logging.getLogger(__name__)
 durable.install()  # every SyncObj journal syncs before it answers (issue 17 finding 5)
 
 # pickle of (format, JournalState.to_dict(), SeqLog.to_dict(), raft_data); 3: the sender
-SNAPSHOT_FORMAT = 3
+SNAPSHOT_FORMAT = 4  # 4: the origins' batch streams (pipeline.py); 3 is still read
 SNAPSHOT_PICKLE_PROTOCOL = 4  # what main wrote (3.11 default), pinned: same state, same bytes
 AUTO_TICK_MIN_S = 0.05  # pysyncobj's default poll timeout; a slow heartbeat polls less often
 # batch, its datagrams, the refeed, and its number (`ClusterJournal.applied_batches`)
@@ -118,22 +118,26 @@ class _Frames:
         return len(data)
 
 
-def pack_snapshot(state: dict[str, Any], seqs: dict[str, Any], raft_data: Any) -> bytes:
+def pack_snapshot(state: dict[str, Any], seqs: dict[str, Any], raft_data: Any,
+                  streams: dict[str, list[int]] | None = None) -> bytes:
     """The snapshot's plaintext (sealed by `seal_chunks` before it reaches disk); the same
     bytes as `pickle.dumps`, written frame by frame."""
     sink = _Frames()
     pickle.Pickler(sink, protocol=SNAPSHOT_PICKLE_PROTOCOL).dump(
-        (SNAPSHOT_FORMAT, state, seqs, raft_data))
+        (SNAPSHOT_FORMAT, state, seqs, raft_data, streams or {}))
     return b"".join(sink.parts)
 
 
-def unpack_snapshot(blob: bytes) -> tuple[dict[str, Any], dict[str, Any], Any]:
-    """(state, seqs, raft_data) from an opened snapshot; raise ValueError on another format."""
+def unpack_snapshot(blob: bytes) -> tuple[dict[str, Any], dict[str, Any], Any, Any]:
+    """(state, seqs, raft_data, streams) from an opened snapshot (format 3, from before
+    numbered batches, has no streams); raise ValueError on another format."""
     loaded = pickle.loads(blob)  # authenticated by open_chunks: only the cluster wrote it
-    if not isinstance(loaded, tuple) or len(loaded) != 4 or loaded[0] != SNAPSHOT_FORMAT:
+    if isinstance(loaded, tuple) and len(loaded) == 4 and loaded[0] == 3:
+        return loaded[1], loaded[2], loaded[3], {}
+    if not isinstance(loaded, tuple) or len(loaded) != 5 or loaded[0] != SNAPSHOT_FORMAT:
         found = loaded[0] if isinstance(loaded, tuple) and loaded else type(loaded).__name__
         raise ValueError(f"snapshot format {found!r}, expected {SNAPSHOT_FORMAT}")
-    return loaded[1], loaded[2], loaded[3]
+    return loaded[1], loaded[2], loaded[3], loaded[4]
 
 
 class ClusterJournal:
@@ -239,9 +243,12 @@ class ClusterJournal:
         return out
 
     # ---- proposals (any thread); callback(result, error) as pysyncobj calls it ----
-    def submit(self, datagrams: list[bytes], callback: Callback) -> None:
-        """Seal a batch of ha datagrams and hand it to Raft."""
-        self._propose(Kind.BATCH, pack_batch(datagrams, self.node, time.time()), callback)
+    def submit(self, datagrams: list[bytes], callback: Callback, stream: int = 0,
+               seq: int = 0) -> None:
+        """Seal a batch of ha datagrams (number `seq` of `stream`, if seq) and hand it to
+        Raft; the callback's result is the machine's answer (journal/machine.py order)."""
+        self._propose(Kind.BATCH, pack_batch(datagrams, self.node, time.time(), stream, seq),
+                      callback)
 
     def submit_seq(self, entry: SeqEntry, callback: Callback) -> None:
         """Seal replay-state records and hand them to Raft."""
@@ -389,8 +396,10 @@ class ClusterJournal:
                 state = self._machine.state.freeze()
                 seqs = dataclasses.replace(self._machine.seqs,
                                            records=dict(self._machine.seqs.records))
+                streams = self._machine.streams_data()
             self._snap.start(filename.removesuffix(".tmp"), lambda: seal_chunks(
-                self._sealer, pack_snapshot(state.to_dict(), seqs.to_dict(), raft_data)))
+                self._sealer, pack_snapshot(state.to_dict(), seqs.to_dict(), raft_data,
+                                            streams)))
         except Exception as exc:  # pysyncobj's Serializer drops it without a word
             self._count("snapshot_save_error", exc)
             raise
@@ -403,8 +412,9 @@ class ClusterJournal:
         """pysyncobj deserializer: open the sealed snapshot, build the state, swap it in."""
         try:
             with open(filename, "rb") as f:
-                state, seqs, raft_data = unpack_snapshot(open_chunks(self._sealer, f.read()))
-            machine = ApplyMachine.restore(state, seqs)
+                state, seqs, raft_data, streams = unpack_snapshot(
+                    open_chunks(self._sealer, f.read()))
+            machine = ApplyMachine.restore(state, seqs, streams)
         except Exception as exc:
             self._count("snapshot_load_error", exc)
             raise

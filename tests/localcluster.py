@@ -127,10 +127,11 @@ class LocalCluster:
             if node.vici:
                 node.vici.stop()
 
-    def status(self, node: Node) -> dict[str, Any] | None:
-        """`hasync status` of `node`, or None while it does not answer."""
+    def status(self, node: Node, digest: bool = True) -> dict[str, Any] | None:
+        """`hasync status` of `node` (without the journal's digest, which hashes every SA,
+        if not `digest`), or None while it does not answer."""
         try:
-            return control.request(node.sock, "status", timeout=3.0)
+            return control.request(node.sock, "status", timeout=3.0, digest=digest)
         except control.ControlError:
             return None
 

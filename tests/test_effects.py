@@ -19,8 +19,10 @@ import pytest
 from hasync import node
 from hasync.effects import Effects
 from hasync.ha import MessageType, decode
+from hasync.journal.machine import APPLIED
 from hasync.journal.seal import SealError, derive_keys
 from hasync.journal.state import JournalState
+from hasync.pipeline import Flight
 from hasync.raft import ClusterJournal
 from hasync.role import Role, RoleState
 from hasync.syncobj_compat import FailReason, outcome
@@ -38,7 +40,8 @@ class FakeJournal:
         self.submitted: list[list[bytes]] = []
         self.callbacks: list[Callable[[Any, Any], None]] = []
 
-    def submit(self, datagrams: list[bytes], callback: Callable[[Any, Any], None]) -> None:
+    def submit(self, datagrams: list[bytes], callback: Callable[[Any, Any], None],
+               stream: int = 0, seq: int = 0) -> None:
         if self.fail is not None:
             raise self.fail
         self.submitted.append(datagrams)
@@ -111,11 +114,13 @@ def test_a_batch_that_does_not_seal_is_logged_counted_and_dropped(
 def test_a_committed_batch_comes_back_as_an_event(tmp_path: Path) -> None:
     journal = FakeJournal()
     fx, _, _ = _fx(tmp_path, journal)
-    fx.do([node.SubmitBatch((b"a", b"b"))])
-    fx.core.batcher.in_flight = [b"a", b"b"]
+    flight = Flight(1, [b"a", b"b"])
+    fx.core.batcher.flights.append(flight)
+    fx.do([node.SubmitBatch((b"a", b"b"), 0, 1)])
     journal.callbacks[0](None, FailReason.NOT_LEADER.value)
-    assert fx.core.counters["commit_retries"] == 1
-    journal.callbacks[0](None, None)
+    assert fx.core.counters["commit_retries"] == 1 and fx.core.batcher.rewinding
+    flight.awaited = True  # resent
+    journal.callbacks[0]((APPLIED, 2), None)
     assert fx.core.counters["batches"] == 1 and fx.core.counters["batch_messages"] == 2
 
 

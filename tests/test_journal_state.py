@@ -30,9 +30,10 @@ from hasync.ha import (
     IkeSaId,
     MessageType,
     decode,
+    decode_only,
     encode,
 )
-from hasync.journal.state import JournalState, StateError
+from hasync.journal.state import NEEDED, JournalState, StateError
 from hasync.journal.summary import ChildSummary, IkeSummary
 
 from hastream import golden
@@ -652,6 +653,20 @@ def test_snapshot_mid_stream_equals_whole_stream(
     assert part.to_dict() == whole.to_dict()
     assert part.replay_plan() == whole.replay_plan()
     assert part.digest() == whole.digest()
+
+
+@PROPERTY
+@given(streams())
+def test_the_journal_s_lean_decode_gives_the_state_a_full_decode_gives(
+    msgs: list[HaMessage]
+) -> None:
+    full, lean = JournalState(), JournalState()
+    for i, msg in enumerate(msgs):
+        raw = encode(msg)
+        full.apply(raw, decode(raw), float(i))
+        lean.apply(raw, decode_only(raw, NEEDED), float(i))
+        assert lean.to_dict() == full.to_dict()
+        assert lean.take_rehomed() == full.take_rehomed()
 
 
 @settings(PROPERTY, max_examples=200)

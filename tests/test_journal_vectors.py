@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import pickle
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -57,12 +58,13 @@ RAFT_DATA = ((b"\x01cmd-2", 2, 1), (b"\x01cmd-1", 1, 1), ("127.0.0.1:4321",))  #
 
 
 ENTRIES: dict[str, Callable[[Any], bytes]] = {
-    "batch_entry": lambda v: pack_batch(*v), "seq_entry": pack_seq,
+    "batch_entry": lambda v: pack_batch(*v), "numbered_batch_entry": lambda v: pack_batch(*v),
+    "seq_entry": pack_seq,
     "member_report": lambda v: pack_member(*v), "barrier_entry": bytes,
     "claim_entry": lambda v: pack_claim(*v)}
 NODE = "gw1"  # the sealing node of every vector
-KINDS = {"batch_entry": Kind.BATCH, "seq_entry": Kind.SEQ, "member_report": Kind.MEMBER,
-         "barrier_entry": Kind.BARRIER, "claim_entry": Kind.CLAIM}
+KINDS = {"batch_entry": Kind.BATCH, "numbered_batch_entry": Kind.BATCH, "seq_entry": Kind.SEQ,
+         "member_report": Kind.MEMBER, "barrier_entry": Kind.BARRIER, "claim_entry": Kind.CLAIM}
 
 
 def _fixed_nonces(name: str) -> Callable[[], bytes]:
@@ -90,14 +92,19 @@ def _seq_entry() -> SeqEntry:
     return SeqEntry("gw1", 1700000000.5, (out, inb), (("192.0.2.100", 0x01020304, 50),), 1)
 
 
-def _snapshot_state() -> tuple[dict[str, Any], dict[str, Any]]:
-    """The replicated state after one golden tunnel, gw1's claim and the seq entry."""
+STREAM = 1700000000123456789  # a numbered batch's stream (pipeline.py: seeded from the clock)
+
+
+def _snapshot_state() -> tuple[Any, ...]:
+    """The replicated state after one golden tunnel (batch 1 of gw1's stream), gw1's claim and
+    the seq entry: (state, seqs, raft data, streams) as the snapshot file holds them."""
     m = ApplyMachine()
     m.apply(open_entry(Kind.CLAIM, pack_claim("gw1", (0, 0))))
     golden = hastream.golden()
-    m.apply(open_entry(Kind.BATCH, pack_batch([golden[n] for n in TUNNEL], "gw1", 1700000000.25)))
+    m.apply(open_entry(Kind.BATCH, pack_batch([golden[n] for n in TUNNEL], "gw1", 1700000000.25,
+                                              STREAM, 1)))
     m.apply(open_entry(Kind.SEQ, pack_seq(_seq_entry())))
-    return m.snapshot()
+    return (*m.snapshot(), RAFT_DATA, m.streams_data())
 
 
 def _values() -> dict[str, Any]:
@@ -105,13 +112,14 @@ def _values() -> dict[str, Any]:
     golden = hastream.golden()
     return {
         "batch_entry": ([golden[n] for n in TUNNEL], "gw1", 1700000000.25),
+        "numbered_batch_entry": ([golden[n] for n in TUNNEL], "gw1", 1700000000.25, STREAM, 7),
         "seq_entry": _seq_entry(),
         "member_report": ("gw1", {"vrrp": "MASTER", "raft": "leader", "applied": 42,
                                   "ts": 1700000000.75}),
         "barrier_entry": b"",
         "claim_entry": ("gw1", (0, 0)),
         "snapshot_chunks": bytes(range(200)),  # 64-byte chunks: four of them
-        "snapshot_file": (*_snapshot_state(), RAFT_DATA),
+        "snapshot_file": _snapshot_state(),
     }
 
 
@@ -140,6 +148,9 @@ def _open(name: str, data: bytes) -> Any:
     if name == "batch_entry":
         batch = unpack_batch(plain)
         return (list(batch.items), batch.origin, batch.ts)
+    if name == "numbered_batch_entry":
+        batch = unpack_batch(plain)
+        return (list(batch.items), batch.origin, batch.ts, batch.stream, batch.seq)
     if name == "seq_entry":
         return unpack_seq(plain)
     if name == "member_report":
@@ -221,8 +232,16 @@ def test_a_snapshot_chunk_binds_its_snapshot_id_index_and_count() -> None:
 
 
 def test_the_snapshot_vector_restores_the_machine() -> None:
-    state, seqs, raft_data = _open("snapshot_file", _read("snapshot_file"))
-    m = ApplyMachine.restore(state, seqs)
+    state, seqs, raft_data, streams = _open("snapshot_file", _read("snapshot_file"))
+    m = ApplyMachine.restore(state, seqs, streams)
     assert len(m.state.summaries(0.0)) == 1 and len(m.seqs.records) == 2
     assert m.seqs.sender == ("gw1", 1)
-    assert raft_data == RAFT_DATA
+    assert raft_data == RAFT_DATA and m.streams == {"gw1": (STREAM, 2)}
+
+
+def test_a_format_3_snapshot_from_before_numbered_batches_still_loads() -> None:
+    state, seqs, raft_data, _ = _snapshot_state()
+    old = pickle.dumps((3, state, seqs, raft_data))
+    assert unpack_snapshot(old) == (state, seqs, raft_data, {})
+    with pytest.raises(ValueError, match="snapshot format 2"):
+        unpack_snapshot(pickle.dumps((2, state, seqs, raft_data)))

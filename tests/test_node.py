@@ -12,6 +12,7 @@ import pytest
 
 from hasync import role as role_mod
 from hasync.ha import HaMessage, MessageType, decode, encode
+from hasync.journal.machine import APPLIED, GAP
 from hasync.mirror import HEARTBEAT_S, status_message
 from hasync.node import (
     REPORT_S,
@@ -67,6 +68,11 @@ def _submitted(cmds: list[object]) -> list[bytes]:
     return [d for c in cmds if isinstance(c, SubmitBatch) for d in c.datagrams]
 
 
+def _applied(core: NodeCore, seq: int, now: float) -> list[object]:
+    """Batch `seq` committed and applied (the machine expects seq + 1 next)."""
+    return list(core.on_committed(seq, FailReason.SUCCESS, (APPLIED, seq + 1), now))
+
+
 def test_a_masters_tunnel_is_submitted_in_order_once_the_delay_passed() -> None:
     core = _core(Role.MASTER, batch_max_delay_s=0.005)
     out = [c for raw in TUNNEL for c in _ha(core, raw, 1.0)]
@@ -74,7 +80,7 @@ def test_a_masters_tunnel_is_submitted_in_order_once_the_delay_passed() -> None:
     assert _submitted(core.tick(1.001, 0.0, CAUGHT_UP)) == []
     assert _submitted(core.tick(1.006, 0.0, CAUGHT_UP)) == TUNNEL
     assert core.batcher.backlog == 4 and core.wake_at() is None  # in flight until committed
-    assert core.on_committed(FailReason.SUCCESS, 1.012) == []
+    assert _applied(core, 1, 1.012) == []
     assert core.counters["batches"] == 1 and core.counters["batch_messages"] == 4
     assert core.batcher.backlog == 0 and core.commit_ms == pytest.approx(0.6)
 
@@ -87,27 +93,30 @@ def test_a_recorded_lifecycle_is_journaled_in_charons_order_in_full_batches() ->
         for c in core.on_ha(raw, decode(raw), float(i)):
             if isinstance(c, SubmitBatch):
                 batches.append(c.datagrams)
-                assert core.on_committed(FailReason.SUCCESS, float(i)) == []
+                assert _applied(core, c.seq, float(i)) == []
     batches += [c.datagrams for c in core.tick(1e3, 0.0, CAUGHT_UP) if isinstance(c, SubmitBatch)]
     assert all(len(b) == 3 for b in batches[:-1]) and [d for b in batches for d in b] == journaled
 
 
-def test_a_failed_commit_is_retried_first_and_counted(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_failed_commit_is_resent_first_and_counted(caplog: pytest.LogCaptureFixture) -> None:
     core = _core(Role.MASTER, batch_max_messages=2)
     assert _submitted([c for raw in TUNNEL[:2] for c in _ha(core, raw, 1.0)]) == TUNNEL[:2]
-    for raw in TUNNEL[2:]:
-        _ha(core, raw, 1.0)
-    assert core.on_committed(FailReason.NOT_LEADER, 1.1) == []  # backs off 0.2 s
+    assert _submitted([c for raw in TUNNEL[2:] for c in _ha(core, raw, 1.0)]) == TUNNEL[2:]
+    assert core.on_committed(1, FailReason.NOT_LEADER, None, 1.1) == []  # backs off 0.2 s
     assert core.counters["commit_retries"] == 1 and "NOT_LEADER" in caplog.text
+    assert core.on_committed(2, FailReason.SUCCESS, (GAP, 1), 1.15) == []  # 2 skipped: 1 first
+    assert core.counters["batches_resent:gap"] == 1
     assert _submitted(core.tick(1.2, 0.0, CAUGHT_UP)) == []
     assert _submitted(core.tick(1.3, 0.0, CAUGHT_UP)) == TUNNEL[:2]  # the same batch again
-    assert _submitted(core.on_committed(FailReason.SUCCESS, 1.4)) == TUNNEL[2:]
+    assert _submitted(_applied(core, 1, 1.4)) == TUNNEL[2:]  # then the next, alone
+    assert _applied(core, 2, 1.5) == [] and core.batcher.backlog == 0
+    assert core.counters["batches"] == 2 and core.counters["batch_messages"] == 4
 
 
 def test_a_batch_that_does_not_seal_is_dropped_and_counted() -> None:
     core = _core(Role.MASTER, batch_max_messages=2)
     assert _submitted([c for raw in TUNNEL[:2] for c in _ha(core, raw, 1.0)]) == TUNNEL[:2]
-    assert core.on_submit_failed(1.0) == []
+    assert core.on_submit_failed(1, 1.0) == []
     assert core.counters["batches_dropped"] == 1 and core.counters["messages_dropped"] == 2
     assert core.batcher.backlog == 0
 
@@ -300,15 +309,15 @@ def test_finding7_the_batch_backlog_is_bounded_fails_health_then_resyncs(
     (problem,) = core.problems()
     assert problem.startswith("journal_gap: 12 datagrams")
     assert "RESYNC" in caplog.text and _resyncs(core.tick(1.5, 0.0, CAUGHT_UP)) == []
-    assert _submitted(core.on_committed(FailReason.SUCCESS, 2.0)) == TUNNEL  # the second four
-    out = core.on_committed(FailReason.SUCCESS, 2.1)
+    assert _submitted(_applied(core, 1, 2.0)) == []  # the second four are in flight already
+    out = _applied(core, 2, 2.1)
     (resync,) = _resyncs(out)
     assert [a.value for a in resync.attributes] == [1]  # segment 1 (segments = 1)
     assert core.problems() == [] and core.counters["resyncs_requested"] == 1
     for i in range(9):  # a second overflow within RESYNC_MIN_S waits for it to pass
         _ha(core, TUNNEL[i % 4], 3.0)
-    core.on_committed(FailReason.SUCCESS, 3.1)
-    core.on_committed(FailReason.SUCCESS, 3.2)
+    _applied(core, 3, 3.1)
+    _applied(core, 4, 3.2)
     assert _resyncs(core.tick(3.3, 0.0, CAUGHT_UP)) == [] and core.problems()
     assert len(_resyncs(core.tick(62.2, 0.0, CAUGHT_UP))) == 1 and core.problems() == []
 
@@ -319,7 +328,7 @@ def test_a_moved_peer_s_update_is_journaled_on_the_master_only() -> None:
     update = b"\x03\x02moved"
     master = _core(Role.MASTER, batch_max_messages=1)
     out = master.on_roamed([update], 1.0)
-    assert SubmitBatch((update,)) in out
+    assert SubmitBatch((update,), 0, 1) in out
     backup = _core(Role.BACKUP)
     assert backup.on_roamed([update], 1.0) == [] and not backup.batcher.pending
     master.roams.seen((2, 1, 2, False), *_hosts(), {7}, now=1.0)

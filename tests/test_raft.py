@@ -292,7 +292,7 @@ def test_finding6_a_snapshot_is_packed_off_the_lock_and_off_rafts_thread(
     assert not (tmp_path / "raft.snapshot").exists()  # only a finished snapshot is put in place
     gate.set()
     _wait(lambda: (tmp_path / "raft.snapshot").exists())
-    state, _seqs, _raft_data = raft.unpack_snapshot(
+    state, _seqs, _raft_data, _streams = raft.unpack_snapshot(
         raft.open_chunks(leader._sealer, (tmp_path / "raft.snapshot").read_bytes()))
     assert state == before and "snapshot_save_error" not in leader.counters
 

@@ -26,6 +26,7 @@ from hasync.ha.codec import (
     AttrSpec,
     HaMessage,
     decode,
+    decode_only,
     encode,
 )
 from hasync.ha.enums import (
@@ -63,5 +64,6 @@ __all__ = [
     "child_cpi",
     "child_spi",
     "decode",
+    "decode_only",
     "encode",
 ]

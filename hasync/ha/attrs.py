@@ -3,7 +3,8 @@
 Rules: one `Kind` per layout in upstream's add_attribute()/attribute_enumerate() switch
 (strongswan/strongswan src/libcharon/plugins/ha/ha_message.c, tags 5.9.8, 6.0.1, 6.0.2);
 integers are network byte order; decoders take (data, offset) and return (value, next
-offset) or raise `DecodeFailure`; encoders validate the value and raise `EncodeError`;
+offset) or raise `DecodeFailure`, skippers check the same bytes the same way and return only
+the next offset; encoders validate the value and raise `EncodeError`;
 decode-then-encode reproduces the input bytes exactly; no I/O.
 """
 
@@ -110,11 +111,13 @@ class DecodeFailure(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Kind:
-    """A value layout: its name (as in the enums' comments), decoder and encoder."""
+    """A value layout: its name (as in the enums' comments), decoder, encoder, and a skipper
+    that checks what the decoder checks but builds no value (returns the next offset)."""
 
     name: str
     decode: Callable[[bytes, int], tuple[Any, int]]
     encode: Callable[[Any], bytes]
+    skip: Callable[[bytes, int], int]
 
 
 def _take(data: bytes, pos: int, size: int, what: str) -> bytes:
@@ -122,6 +125,13 @@ def _take(data: bytes, pos: int, size: int, what: str) -> bytes:
     if pos + size > len(data):
         raise DecodeFailure(f"truncated {what}: need {size} bytes, have {len(data) - pos}", pos)
     return data[pos : pos + size]
+
+
+def _need(data: bytes, pos: int, size: int, what: str) -> int:
+    """The offset after `size` bytes at `pos`, or fail as `_take` does."""
+    if pos + size > len(data):
+        raise DecodeFailure(f"truncated {what}: need {size} bytes, have {len(data) - pos}", pos)
+    return pos + size
 
 
 def _flag(raw: int, what: str, pos: int) -> bool:
@@ -170,7 +180,10 @@ def _uint_kind(bits: int) -> Kind:
     def encode(value: object) -> bytes:
         return fmt.pack(_check_int(value, bits, f"u{bits} value"))
 
-    return Kind(f"u{bits}", decode, encode)
+    def skip(data: bytes, pos: int) -> int:
+        return _need(data, pos, fmt.size, f"u{bits}")
+
+    return Kind(f"u{bits}", decode, encode, skip)
 
 
 # ha_message.c, chunk_t case: u16 length, then that many bytes.
@@ -178,6 +191,12 @@ def _decode_chunk(data: bytes, pos: int) -> tuple[bytes, int]:
     """Decode a length-prefixed byte string."""
     (size,) = struct.unpack(">H", _take(data, pos, 2, "chunk length"))
     return _take(data, pos + 2, size, "chunk data"), pos + 2 + size
+
+
+def _skip_chunk(data: bytes, pos: int) -> int:
+    """Check and pass a length-prefixed byte string."""
+    _need(data, pos, 2, "chunk length")
+    return _need(data, pos + 2, (data[pos] << 8) | data[pos + 1], "chunk data")
 
 
 def _encode_chunk(value: object) -> bytes:
@@ -196,6 +215,14 @@ def _decode_string(data: bytes, pos: int) -> tuple[str, int]:
     if end < 0:
         raise DecodeFailure("string has no NUL terminator", pos)
     return data[pos:end].decode("utf-8", "surrogateescape"), end + 1
+
+
+def _skip_string(data: bytes, pos: int) -> int:
+    """Check and pass a NUL-terminated string."""
+    end = data.find(b"\0", pos)
+    if end < 0:
+        raise DecodeFailure("string has no NUL terminator", pos)
+    return end + 1
 
 
 def _encode_string(value: object) -> bytes:
@@ -218,11 +245,16 @@ _IKE_SA_ID = struct.Struct(">BQQB")
 
 def _decode_ike_sa_id(data: bytes, pos: int) -> tuple[IkeSaId, int]:
     """Decode an ike_sa_id."""
-    version, spi_i, spi_r, initiator = _IKE_SA_ID.unpack(
-        _take(data, pos, _IKE_SA_ID.size, "ike_sa_id")
-    )
-    flag = _flag(initiator, "initiator", pos + _IKE_SA_ID.size - 1)
-    return IkeSaId(version, spi_i, spi_r, flag), pos + _IKE_SA_ID.size
+    end = _need(data, pos, _IKE_SA_ID.size, "ike_sa_id")
+    version, spi_i, spi_r, initiator = _IKE_SA_ID.unpack_from(data, pos)
+    return IkeSaId(version, spi_i, spi_r, _flag(initiator, "initiator", end - 1)), end
+
+
+def _skip_ike_sa_id(data: bytes, pos: int) -> int:
+    """Check and pass an ike_sa_id."""
+    end = _need(data, pos, _IKE_SA_ID.size, "ike_sa_id")
+    _flag(data[end - 1], "initiator", end - 1)
+    return end
 
 
 def _encode_ike_sa_id(value: object) -> bytes:
@@ -244,6 +276,12 @@ def _decode_identification(data: bytes, pos: int) -> tuple[Identification, int]:
     id_type, size = _take(data, pos, 2, "identification header")
     raw = _take(data, pos + 2, size, "identification data")
     return Identification(id_type, raw), pos + 2 + size
+
+
+def _skip_identification(data: bytes, pos: int) -> int:
+    """Check and pass an identification."""
+    _need(data, pos, 2, "identification header")
+    return _need(data, pos + 2, data[pos + 1], "identification data")
 
 
 def _encode_identification(value: object) -> bytes:
@@ -274,6 +312,15 @@ def _decode_host(data: bytes, pos: int) -> tuple[Host, int]:
     return Host(address, port), pos + _HOST.size + size
 
 
+def _skip_host(data: bytes, pos: int) -> int:
+    """Check and pass a host."""
+    _need(data, pos, _HOST.size, "host header")
+    size = _ADDR_LEN_BY_FAMILY.get(data[pos + 2])
+    if size is None:
+        raise DecodeFailure(f"unsupported address family {data[pos + 2]}", pos + 2)
+    return _need(data, pos + _HOST.size, size, "host address")
+
+
 def _encode_host(value: object) -> bytes:
     """Encode a host."""
     if not isinstance(value, Host):
@@ -301,6 +348,16 @@ def _decode_ts(data: bytes, pos: int) -> tuple[TrafficSelector, int]:
     return ts, pos + _TS.size + 2 * size
 
 
+def _skip_ts(data: bytes, pos: int) -> int:
+    """Check and pass a traffic selector."""
+    _need(data, pos, _TS.size, "ts header")
+    size = _ADDR_LEN_BY_TS_TYPE.get(data[pos])
+    if size is None:
+        raise DecodeFailure(f"unsupported traffic selector type {data[pos]}", pos)
+    _flag(data[pos + _TS.size - 1], "dynamic", pos + _TS.size - 1)
+    return _need(data, pos + _TS.size, 2 * size, "ts addresses")
+
+
 def _encode_ts(value: object) -> bytes:
     """Encode a traffic selector."""
     if not isinstance(value, TrafficSelector):
@@ -322,12 +379,13 @@ def _encode_ts(value: object) -> bytes:
 U8 = _uint_kind(8)
 U16 = _uint_kind(16)
 U32 = _uint_kind(32)
-CHUNK = Kind("chunk", _decode_chunk, _encode_chunk)
-STRING = Kind("string", _decode_string, _encode_string)
-IKE_SA_ID = Kind("ike_sa_id", _decode_ike_sa_id, _encode_ike_sa_id)
-IDENTIFICATION = Kind("identification", _decode_identification, _encode_identification)
-HOST = Kind("host", _decode_host, _encode_host)
-TRAFFIC_SELECTOR = Kind("traffic_selector", _decode_ts, _encode_ts)
+CHUNK = Kind("chunk", _decode_chunk, _encode_chunk, _skip_chunk)
+STRING = Kind("string", _decode_string, _encode_string, _skip_string)
+IKE_SA_ID = Kind("ike_sa_id", _decode_ike_sa_id, _encode_ike_sa_id, _skip_ike_sa_id)
+IDENTIFICATION = Kind("identification", _decode_identification, _encode_identification,
+                      _skip_identification)
+HOST = Kind("host", _decode_host, _encode_host, _skip_host)
+TRAFFIC_SELECTOR = Kind("traffic_selector", _decode_ts, _encode_ts, _skip_ts)
 
 
 def _names(kind: Kind, names: str) -> dict[str, Kind]:

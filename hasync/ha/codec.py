@@ -11,7 +11,7 @@ message `EncodeError`; attribute order and repeats are kept so that
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +20,7 @@ from hasync.ha.enums import ATTRIBUTES_BY_VERSION, MessageType
 from hasync.ha.errors import EncodeError, MalformedMessage
 
 HEADER_SIZE = 2
+_INT_SIZES = {"u8": 1, "u16": 2, "u32": 4}  # fixed layouts whose every value is valid
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,12 @@ def _build_table(version: int) -> dict[int, AttrSpec]:
 TABLES: dict[int, dict[int, AttrSpec]] = {v: _build_table(v) for v in ATTRIBUTES_BY_VERSION}
 _BY_NAME: dict[int, dict[str, AttrSpec]] = {
     version: {spec.name: spec for spec in table.values()} for version, table in TABLES.items()
+}
+# decode_only()'s rows: number -> (name, size of an integer layout or 0, layout).
+_STEPS: dict[int, dict[int, tuple[str, int, Kind]]] = {
+    version: {n: (spec.name, _INT_SIZES.get(spec.kind.name, 0), spec.kind)
+              for n, spec in table.items()}
+    for version, table in TABLES.items()
 }
 SUPPORTED_VERSIONS: tuple[int, ...] = tuple(sorted(TABLES))
 LATEST_VERSION = max(SUPPORTED_VERSIONS)
@@ -103,6 +110,38 @@ def decode(data: bytes | bytearray | memoryview) -> HaMessage:
     except ValueError:
         raise MalformedMessage(f"unknown message type {buf[1]}", offset=1) from None
     return HaMessage(buf[0], msg_type, tuple(_decode_attributes(buf, table)))
+
+
+def decode_only(data: bytes | bytearray | memoryview,
+                wanted: Mapping[int, frozenset[str]]) -> HaMessage:
+    """Decode one datagram keeping only the attributes `wanted[type]` names (all of them for
+    a type not in `wanted`); the others are checked as `decode` checks them and skipped, so
+    this raises exactly when `decode` does, and its attributes are the wanted subsequence of
+    `decode`'s."""
+    buf = bytes(data)
+    if len(buf) < HEADER_SIZE or buf[0] not in TABLES or buf[1] not in wanted:
+        return decode(buf)
+    steps, keep = _STEPS[buf[0]], wanted[buf[1]]
+    out: list[Attribute] = []
+    pos, end = HEADER_SIZE, len(buf)
+    while pos < end:
+        step = steps.get(buf[pos])
+        if step is None:
+            raise MalformedMessage(f"unknown attribute {buf[pos]} in version {buf[0]}",
+                                   attribute=buf[pos], offset=pos)
+        name, size, kind = step
+        if size and name not in keep and pos + 1 + size <= end:
+            pos += 1 + size  # a whole integer: nothing to check
+            continue
+        try:
+            if name in keep:
+                value, pos = kind.decode(buf, pos + 1)
+                out.append(Attribute(name, value))
+            else:
+                pos = kind.skip(buf, pos + 1)
+        except DecodeFailure as exc:
+            raise MalformedMessage(exc.reason, attribute=name, offset=exc.offset) from None
+    return HaMessage(buf[0], MessageType(buf[1]), tuple(out))
 
 
 def _decode_attributes(buf: bytes, table: dict[int, AttrSpec]) -> Iterable[Attribute]:

@@ -26,12 +26,12 @@ from typing import Any
 
 import msgpack
 
-from hasync.ha import HaMessage, MalformedMessage, MessageType, decode
+from hasync.ha import HaMessage, MalformedMessage, MessageType, decode_only
 
 from ..guard.entries import ACCEPTED, REJECTED, SeqEntry, SeqLog, unpack_seq
 from ..guard.records import U64_MAX
 from .seal import MAX_ENTRY, Batch, EntryError, unpack_batch
-from .state import JournalState
+from .state import NEEDED, JournalState, StateError
 
 
 class Kind(IntEnum):
@@ -136,6 +136,11 @@ def unpack_claim(raw: bytes) -> tuple[str, tuple[int, int]]:
 
 Errors = tuple[tuple[str, Exception], ...]
 
+# A numbered batch's answer to its submitter (pipeline.py): (code, number). APPLIED and
+# DUPLICATE give the next number the origin's stream expects (everything below it is in),
+# GAP the number it waits for (this batch was skipped), OTHER_STREAM the stream it follows.
+APPLIED, DUPLICATE, GAP, OTHER_STREAM = "applied", "duplicate", "gap", "other_stream"
+
 
 @dataclass(frozen=True, slots=True)
 class Entry:
@@ -159,7 +164,7 @@ def _open_batch(payload: bytes) -> Entry:
     malformed, errors = 0, []
     for raw in batch.items:
         try:
-            messages.append((raw, decode(raw)))
+            messages.append((raw, decode_only(raw, NEEDED)))
         except MalformedMessage:
             malformed += 1
         except Exception as exc:  # a decoder bug: the journal logs it with its traceback
@@ -208,10 +213,13 @@ class ApplyMachine:
     """The replicated state and the rules that apply committed entries to it."""
 
     def __init__(self, state: JournalState | None = None, seqs: SeqLog | None = None,
-                 members: dict[str, dict[str, Any]] | None = None) -> None:
+                 members: dict[str, dict[str, Any]] | None = None,
+                 streams: dict[str, tuple[int, int]] | None = None) -> None:
         self.state = state if state is not None else JournalState()
         self.seqs = seqs if seqs is not None else SeqLog()
         self.members: dict[str, dict[str, Any]] = members if members is not None else {}
+        # origin -> (its stream, the next number it expects): replicated, in snapshots
+        self.streams: dict[str, tuple[int, int]] = streams if streams is not None else {}
 
     def apply(self, entry: Entry) -> Change:
         """Apply one opened entry in commit order; never raises."""
@@ -230,9 +238,28 @@ class ApplyMachine:
                           counts={"member_reports_applied": 1})
         return Change(entry.kind, counts={"barriers_applied": 1})
 
+    def order(self, batch: Batch) -> Change | None:
+        """A numbered batch goes in only as the next of its origin's stream (a newer stream
+        starts at 1); the Change that refuses or skips it, or None to apply it."""
+        stream, expected = self.streams.get(batch.origin, (-1, 1))
+        if batch.stream != stream:
+            if batch.stream < stream:  # an older process's, or a renumbered, late batch
+                return Change(Kind.BATCH, counts={"batches_refused:other_stream": 1},
+                              result=(OTHER_STREAM, stream))
+            expected = 1
+        if batch.seq < expected:
+            return Change(Kind.BATCH, counts={"batches_duplicate": 1},
+                          result=(DUPLICATE, expected))
+        if batch.seq > expected:
+            return Change(Kind.BATCH, counts={"batches_refused:gap": 1}, result=(GAP, expected))
+        self.streams[batch.origin] = (batch.stream, expected + 1)
+        return None
+
     def _apply_batch(self, entry: Entry) -> Change:
-        """Feed each decoded datagram to the HA model."""
+        """Feed each decoded datagram to the HA model (a numbered batch only in its turn)."""
         assert entry.batch is not None
+        if entry.batch.seq and (refused := self.order(entry.batch)) is not None:
+            return refused
         applied: list[tuple[bytes, HaMessage]] = []
         errors = list(entry.errors)
         for raw, msg in entry.messages:
@@ -251,9 +278,11 @@ class ApplyMachine:
         counts = Counter({"batches_applied": 1, "messages_applied": len(applied),
                           "datagram_rejected": entry.malformed,
                           "peers_moved": sum(d[1] == MessageType.IKE_DELETE for d in refeed)})
-        return Change(entry.kind, batch=entry.batch, applied=tuple(applied), refeed=tuple(refeed),
+        b = entry.batch
+        return Change(entry.kind, batch=b, applied=tuple(applied), refeed=tuple(refeed),
                       child_adds=sum(m.type == MessageType.CHILD_ADD for _, m in applied),
-                      counts={k: v for k, v in counts.items() if v}, errors=tuple(errors))
+                      counts={k: v for k, v in counts.items() if v}, errors=tuple(errors),
+                      result=(APPLIED, b.seq + 1) if b.seq else None)
 
     def _apply_seq(self, entry: Entry) -> Change:
         """Merge replay-state records from the sender; marks only move forward (SeqLog.apply)."""
@@ -268,10 +297,29 @@ class ApplyMachine:
                       result=ACCEPTED)
 
     def snapshot(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The replicated state as fresh plain data (members are not snapshotted)."""
+        """The HA model and replay state as fresh plain data (members and streams apart)."""
         return self.state.to_dict(), self.seqs.to_dict()
 
+    def streams_data(self) -> dict[str, list[int]]:
+        """The streams as fresh plain data, for a snapshot."""
+        return {origin: list(value) for origin, value in self.streams.items()}
+
     @classmethod
-    def restore(cls, state: dict[str, Any], seqs: dict[str, Any]) -> ApplyMachine:
-        """A machine rebuilt from `snapshot()` output; raise StateError if it is malformed."""
-        return cls(JournalState.from_dict(state), SeqLog.from_dict(seqs))
+    def restore(cls, state: dict[str, Any], seqs: dict[str, Any],
+                streams: Any = None) -> ApplyMachine:
+        """A machine rebuilt from snapshot data; raise StateError if it is malformed."""
+        return cls(JournalState.from_dict(state), SeqLog.from_dict(seqs),
+                   streams=check_streams(streams or {}))
+
+
+def check_streams(data: Any) -> dict[str, tuple[int, int]]:
+    """The streams of a snapshot ({origin: [stream, next]}), or StateError."""
+    if not isinstance(data, dict):
+        raise StateError("streams must be a dict")
+    out = {}
+    for origin, value in data.items():
+        if (not isinstance(origin, str) or not isinstance(value, list | tuple) or len(value) != 2
+                or not all(type(v) is int and 0 <= v <= U64_MAX for v in value)):
+            raise StateError(f"bad stream record {origin!r}: {value!r}")
+        out[origin] = (value[0], value[1])
+    return out

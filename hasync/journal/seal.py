@@ -51,6 +51,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import msgpack
 from cryptography.exceptions import InvalidTag
@@ -88,6 +89,8 @@ MAX_ITEMS = 512  # datagrams per batch
 MAX_DATAGRAM = 64 * 1024  # one ha datagram (UDP payload)
 MAX_ORIGIN = 255  # UTF-8 bytes of the origin node's name
 BATCH_FORMAT = 1
+NUMBERED_FORMAT = 2  # a batch with its stream and number (pipeline.py)
+U64_MAX = (1 << 64) - 1
 
 
 class KeyFileError(ValueError):
@@ -376,6 +379,8 @@ class Batch:
     items: tuple[bytes, ...]
     origin: str
     ts: float
+    stream: int = 0  # format 2: the origin's stream and the batch's number in it (pipeline.py)
+    seq: int = 0  # 0: format 1, not numbered (applied as it comes)
 
 
 def _check_batch(items: object, origin: object, ts: object) -> None:
@@ -393,13 +398,27 @@ def _check_batch(items: object, origin: object, ts: object) -> None:
         raise EntryError("ts must be a finite float")
 
 
-def pack_batch(items: list[bytes], origin: str, ts: float) -> bytes:
-    """Pack datagrams into an entry payload: msgpack [format, origin, ts, [datagrams]]."""
+def _check_number(stream: object, seq: object) -> None:
+    """Raise EntryError unless (stream, seq) is a u64 and a positive u64."""
+    if type(stream) is not int or not 0 <= stream <= U64_MAX:
+        raise EntryError("a batch's stream must be a u64")
+    if type(seq) is not int or not 0 < seq <= U64_MAX:
+        raise EntryError("a batch's number must be a positive u64")
+
+
+def pack_batch(items: list[bytes], origin: str, ts: float, stream: int = 0,
+               seq: int = 0) -> bytes:
+    """Pack datagrams into an entry payload: msgpack [format, origin, ts, [datagrams]], and
+    for a numbered batch (seq > 0) format 2: [2, origin, ts, [datagrams], stream, seq]."""
     if isinstance(ts, int) and not isinstance(ts, bool):
         ts = float(ts)
     _check_batch(items, origin, ts)
+    fields: list[Any] = [BATCH_FORMAT, origin, ts, list(items)]
+    if seq:
+        _check_number(stream, seq)
+        fields = [NUMBERED_FORMAT, origin, ts, list(items), stream, seq]
     try:
-        raw = msgpack.packb([BATCH_FORMAT, origin, ts, list(items)], use_bin_type=True)
+        raw = msgpack.packb(fields, use_bin_type=True)
     except (ValueError, TypeError) as exc:
         raise EntryError(f"cannot pack batch: {exc}") from None
     if len(raw) > MAX_ENTRY:
@@ -427,12 +446,17 @@ def unpack_batch(raw: bytes) -> Batch:
         )
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise EntryError(f"payload is not a valid batch: {exc}") from None
-    if not isinstance(data, list) or len(data) != 4:
-        raise EntryError("payload must be [format, origin, ts, datagrams]")
-    version, origin, ts, items = data
-    if type(version) is not int or version != BATCH_FORMAT:
-        raise EntryError(f"unknown batch format {version!r}")
+    if not isinstance(data, list) or not data or type(data[0]) is not int or data[0] not in (
+            BATCH_FORMAT, NUMBERED_FORMAT):
+        found = data[0] if isinstance(data, list) and data else type(data).__name__
+        raise EntryError(f"unknown batch format {found!r}")
+    if len(data) != (4 if data[0] == BATCH_FORMAT else 6):
+        raise EntryError("payload must be [format, origin, ts, datagrams(, stream, seq)]")
+    _, origin, ts, items, *number = data
     _check_batch(items, origin, ts)
+    if number:
+        _check_number(*number)
+        return Batch(tuple(items), origin, ts, number[0], number[1])
     return Batch(tuple(items), origin, ts)
 
 

@@ -526,6 +526,19 @@ _HANDLERS: dict[int, Callable[[JournalState, bytes, HaMessage], None]] = {
     MessageType.CHILD_DELETE: JournalState._on_child_delete,
 }
 
+# What `apply()` and the journal's readers (daemon.py: ike_id and inbound_spi of the MID
+# types) read of each message type; hasync.ha.decode_only() skips the rest (nonces, keys,
+# proposals, selectors stay bytes in `raw`). A type not named here is decoded whole.
+NEEDED: dict[int, frozenset[str]] = {
+    MessageType.IKE_ADD: frozenset({"ike_id", "ike_rekey_id", "remote_addr"}),
+    MessageType.IKE_MID_INITIATOR: frozenset({"ike_id", "mid"}),
+    MessageType.IKE_MID_RESPONDER: frozenset({"ike_id", "mid"}),
+    MessageType.IKE_IV: frozenset({"ike_id", "iv"}),
+    MessageType.IKE_DELETE: frozenset({"ike_id"}),
+    MessageType.CHILD_ADD: frozenset({"ike_id", "inbound_spi"}),
+    MessageType.CHILD_DELETE: frozenset({"ike_id", "inbound_spi"}),
+}
+
 
 def _check(value: Any, kind: type) -> Any:
     """`value` if it is exactly of `kind` (bool is not int), else StateError."""
