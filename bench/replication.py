@@ -9,7 +9,11 @@ directory joining a cluster that holds 100k tunnels, until it has replayed them 
 
 Usage: .venv/bin/python bench/replication.py [--tunnels 100000] [--json PATH]
 The streams clone a tunnel captured from the real charon (tests/data/ha) with fresh SPIs,
-nonces and DH secrets; the stand-in charons are UDP sockets, so this measures hasync alone.
+nonces and DH secrets; the stand-in charons are UDP sockets, read as fast as they fill (as
+charon's HA thread reads), so this measures hasync alone. Also saved: cpu_us_per_msg (each
+daemon's CPU time per datagram while saturated, with its part: VRRP master, Raft leader,
+follower), stage_us_per_msg (each step of the path timed in this process) and catchup_parts
+(journal_s: the snapshot and log in; the rest of catchup_s: the replay into charon).
 """
 
 from __future__ import annotations
@@ -45,6 +49,52 @@ def rss_bytes(node: Node) -> int:
     raise RuntimeError("no VmRSS")
 
 
+def cpu_seconds(node: Node) -> float:
+    """User and system CPU time of `node`'s daemon so far (/proc/PID/stat)."""
+    assert node.proc is not None
+    fields = Path(f"/proc/{node.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def roles(c: LocalCluster, master: Node) -> dict[str, str]:
+    """Each node's part in replication: the VRRP master, the Raft leader, or a follower."""
+    leader = c.leader()
+    return {n.name: "master" if n is master else "leader" if n is leader else "follower"
+            for n in c.nodes}
+
+
+def stage_costs(n: int = 2500) -> dict[str, float]:
+    """Microseconds per datagram of each step on the replication path, in this process:
+    charon's datagrams of `n` tunnels, in batches of 256."""
+    from hasync.ha import decode, decode_only
+    from hasync.journal.machine import ApplyMachine, open_entry
+    from hasync.journal.seal import Sealer, derive_keys, pack_batch
+    from hasync.journal.state import NEEDED
+    from hasync.mirror import READ_ON_HA
+    d = hastream.tunnels(n, seed=3).datagrams
+    sealer = Sealer(derive_keys(bytes(32), "bench"), "n1")
+    batches = [d[i:i + 256] for i in range(0, len(d), 256)]
+    out: dict[str, float] = {}
+
+    def timed(name: str, fn: Any) -> Any:
+        t0 = time.perf_counter()
+        result = fn()
+        out[name] = round((time.perf_counter() - t0) / len(d) * 1e6, 2)
+        return result
+
+    timed("decode_whole", lambda: [decode(x) for x in d])
+    timed("decode_endpoint", lambda: [decode_only(x, READ_ON_HA) for x in d])
+    timed("decode_journal", lambda: [decode_only(x, NEEDED) for x in d])
+    packed = timed("pack", lambda: [pack_batch(b, "n1", 1.0, 1, i + 1)
+                                    for i, b in enumerate(batches)])
+    sealed = timed("seal", lambda: [sealer.seal(p, 1) for p in packed])
+    opened = timed("open", lambda: [sealer.open(x, 1) for x in sealed])
+    entries = timed("unpack_and_decode", lambda: [open_entry(1, p) for p in opened])
+    m = ApplyMachine()
+    timed("apply", lambda: [m.apply(e) for e in entries])
+    return out
+
+
 def journaled(c: LocalCluster, node: Node) -> tuple[int, bool]:
     """(IKE_SAs in `node`'s journal, synced into its charon)."""
     st = c.status(node, digest=False)  # polled often: the digest would hash every SA
@@ -53,20 +103,21 @@ def journaled(c: LocalCluster, node: Node) -> tuple[int, bool]:
 
 def feed_saturated(c: LocalCluster, master: Node, datagrams: list[bytes], want: int,
                    window: int = 4000) -> float:
-    """Keep the master busy: at most `window` datagrams sent and not yet read by hasync (its
-    socket buffer holds about that many; a real charon never bursts more), checked every
-    0.1 s; return the seconds until every node journaled `want` tunnels."""
-    def accepted() -> int:
+    """Keep the master busy: at most `window` datagrams sent and not yet committed (the
+    socket buffer holds about that many; more would only queue in the master's backlog,
+    which drops at its bound), checked every 0.05 s; return the seconds until every node
+    journaled `want` tunnels."""
+    def committed() -> int:
         st = c.status(master, digest=False)
-        return st["ha"].get("accepted", 0) if st else 0
+        return st["counters"].get("batch_messages", 0) if st else 0
 
-    t0, sent, acc0 = time.monotonic(), 0, accepted()
+    t0, sent, done0 = time.monotonic(), 0, committed()
     while sent < len(datagrams):
-        room = window - (sent - (accepted() - acc0))
+        room = window - (sent - (committed() - done0))
         if room > 0:
             c.feed(master, datagrams[sent:sent + room])
             sent = min(sent + room, len(datagrams))
-        time.sleep(0.1)
+        time.sleep(0.05)
     deadline = time.monotonic() + 900
     while not all(journaled(c, n)[0] >= want for n in c.nodes):
         if time.monotonic() > deadline:
@@ -108,24 +159,50 @@ def latency(c: LocalCluster, master: Node, backup: Node, rate: float, seconds: f
     return [(arrived[d] - ts) * 1000 for d, ts in sent_at.items() if d in arrived]
 
 
-def catchup(c: LocalCluster, node: Node, want: int) -> float:
-    """Wipe `node`'s state, restart it, and time until it journaled and replayed `want`."""
+def reader(node: Node) -> tuple[threading.Event, list[int]]:
+    """Read `node`'s stand-in charon socket as fast as it can, as charon's HA thread does
+    (unread, the socket fills and the feed waits on it, feed.py); returns (stop, [count])."""
+    stop, count = threading.Event(), [0]
+    assert node.charon is not None
+    sock = node.charon
+
+    def run() -> None:
+        while not stop.is_set():
+            try:
+                sock.recv(65535)
+                count[0] += 1
+            except TimeoutError:
+                continue
+
+    threading.Thread(target=run, daemon=True).start()
+    return stop, count
+
+
+def catchup(c: LocalCluster, node: Node, want: int, fed: list[int]) -> dict[str, float]:
+    """Wipe `node`'s state, restart it, and time until it journaled `want` tunnels
+    (`journal_s`) and until it replayed them into its charon (`catchup_s`); `fed` counts
+    what its stand-in charon read (reader())."""
     c.kill(node, signal.SIGKILL)
     shutil.rmtree(node.dir / "state")
-    t0 = time.monotonic()
+    t0, before = time.monotonic(), fed[0]
     c.start(node)
-    deadline = t0 + 600
-    while journaled(c, node) != (want, True):
+    deadline, journal_s = t0 + 600, None
+    while (got := journaled(c, node)) != (want, True):
+        if journal_s is None and got[0] == want:
+            journal_s = time.monotonic() - t0
         if time.monotonic() > deadline:
             raise RuntimeError(f"{node.name} did not catch up within 600 s")
         time.sleep(0.05)
-    return time.monotonic() - t0
+    done = time.monotonic() - t0
+    return {"catchup_s": round(done, 1), "journal_s": round(journal_s or done, 1),
+            "replayed": fed[0] - before}
 
 
 def run(tunnels: int) -> dict[str, Any]:
     """The whole benchmark; returns the results."""
     base = Path(tempfile.mkdtemp(prefix="hasync-bench."))
     c = LocalCluster(base)
+    stops: list[tuple[threading.Event, list[int]]] = []
     out: dict[str, Any] = {"nodes": 3, "tunnels": tunnels, "targets": TARGETS,
                            "machine": {"cpus": os.cpu_count(),
                                        "python": platform.python_version()}}
@@ -137,24 +214,36 @@ def run(tunnels: int) -> dict[str, Any]:
             c.vrrp(n, "MASTER" if n is master else "BACKUP")
         c.wait(lambda: all(journaled(c, b)[1] for b in backups), 30, "backups synced")
         rss0 = rss_bytes(backups[0])
+        stops.append(reader(backups[1]))  # the backups' charons read what they are fed
         lat = sorted(latency(c, master, backups[0], 2000.0, 5.0, first_tunnel=10**6))
+        stops.append(reader(backups[0]))
         done = journaled(c, master)[0]
         out["p50_ms"] = round(statistics.median(lat), 2)
         out["p99_ms"] = round(lat[int(len(lat) * 0.99) - 1], 2)
         out["latency_samples"] = len(lat)
         small = hastream.tunnels(10000 - done, seed=1)
+        part, cpu0 = roles(c, master), {n.name: cpu_seconds(n) for n in c.nodes}
         secs = feed_saturated(c, master, small.datagrams, 10000)
         out["msgs_per_s"] = round(len(small.datagrams) / secs)
+        out["cpu_us_per_msg"] = {  # the whole daemon: every thread, the loop and Raft's
+            f"{n.name} ({part[n.name]})": round(
+                (cpu_seconds(n) - cpu0[n.name]) / len(small.datagrams) * 1e6, 1)
+            for n in c.nodes}
         out["bytes_per_tunnel"] = {"10k": round((rss_bytes(backups[0]) - rss0) / 10000)}
         big = hastream.tunnels(tunnels - 10000, seed=2)
         secs = feed_saturated(c, master, big.datagrams, tunnels)
         out["msgs_per_s_100k"] = round(len(big.datagrams) / secs)
         out["bytes_per_tunnel"][f"{tunnels // 1000}k"] = round(
             (rss_bytes(backups[0]) - rss0) / tunnels)
-        out["catchup_s"] = round(catchup(c, backups[1], tunnels), 1)
+        caught = catchup(c, backups[1], tunnels, stops[0][1])
+        out["catchup_s"] = caught.pop("catchup_s")
+        out["catchup_parts"] = caught
     finally:
+        for stop, _ in stops:
+            stop.set()
         c.close()
         shutil.rmtree(base, ignore_errors=True)
+    out["stage_us_per_msg"] = stage_costs()
     return out
 
 
@@ -166,7 +255,7 @@ def main() -> int:
     a = ap.parse_args()
     res = run(a.tunnels)
     for k in ("msgs_per_s", "msgs_per_s_100k", "p50_ms", "p99_ms", "bytes_per_tunnel",
-              "catchup_s"):
+              "catchup_s", "catchup_parts", "cpu_us_per_msg", "stage_us_per_msg"):
         print(f"{k:>18}: {res[k]}   (target {TARGETS.get(k.split('_100k')[0], '-')})")
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
