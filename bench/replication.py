@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import shutil
 import signal
+import socket
 import statistics
 import sys
 import tempfile
@@ -59,8 +61,9 @@ def cpu_seconds(node: Node) -> float:
 def roles(c: LocalCluster, master: Node) -> dict[str, str]:
     """Each node's part in replication: the VRRP master, the Raft leader, or a follower."""
     leader = c.leader()
-    return {n.name: "master" if n is master else "leader" if n is leader else "follower"
-            for n in c.nodes}
+    return {n.name: ", ".join(part for part, yes in (("VRRP master", n is master),
+                                                     ("Raft leader", n is leader)) if yes)
+            or "follower" for n in c.nodes}
 
 
 def stage_costs(n: int = 2500) -> dict[str, float]:
@@ -159,50 +162,68 @@ def latency(c: LocalCluster, master: Node, backup: Node, rate: float, seconds: f
     return [(arrived[d] - ts) * 1000 for d, ts in sent_at.items() if d in arrived]
 
 
-def reader(node: Node) -> tuple[threading.Event, list[int]]:
-    """Read `node`'s stand-in charon socket as fast as it can, as charon's HA thread does
-    (unread, the socket fills and the feed waits on it, feed.py); returns (stop, [count])."""
-    stop, count = threading.Event(), [0]
-    assert node.charon is not None
-    sock = node.charon
+class Reader:
+    """A process that reads `node`'s stand-in charon socket as fast as it fills, as charon's
+    HA thread does (unread, the socket fills and the feed waits on it, feed.py); in its own
+    process, so the benchmark's GIL does not pace it. `count` is what it read so far."""
 
-    def run() -> None:
-        while not stop.is_set():
+    def __init__(self, node: Node) -> None:
+        assert node.charon is not None
+        ctx = multiprocessing.get_context("fork")  # the child inherits the bound socket
+        self._count, self._stop = ctx.Value("q", 0), ctx.Event()
+        self._proc = ctx.Process(target=self._run, args=(node.charon,), daemon=True)
+        self._proc.start()
+
+    def _run(self, sock: socket.socket) -> None:
+        while not self._stop.is_set():
             try:
                 sock.recv(65535)
-                count[0] += 1
             except TimeoutError:
                 continue
+            with self._count.get_lock():
+                self._count.value += 1
 
-    threading.Thread(target=run, daemon=True).start()
-    return stop, count
+    @property
+    def count(self) -> int:
+        """Datagrams read so far."""
+        return int(self._count.value)
+
+    def stop(self) -> None:
+        """End the reading process."""
+        self._stop.set()
+        self._proc.join(5)
 
 
-def catchup(c: LocalCluster, node: Node, want: int, fed: list[int]) -> dict[str, float]:
+def fed_all(c: LocalCluster, node: Node) -> bool:
+    """`node` is synced and its feed has sent charon everything (nothing queued)."""
+    st = c.status(node, digest=False)
+    return bool(st and st["synced"] and not st["feed"].get("queued"))
+
+
+def catchup(c: LocalCluster, node: Node, want: int, fed: Reader) -> dict[str, float]:
     """Wipe `node`'s state, restart it, and time until it journaled `want` tunnels
-    (`journal_s`) and until it replayed them into its charon (`catchup_s`); `fed` counts
-    what its stand-in charon read (reader())."""
+    (`journal_s`) and until its charon has read every datagram of them (`catchup_s`)."""
     c.kill(node, signal.SIGKILL)
     shutil.rmtree(node.dir / "state")
-    t0, before = time.monotonic(), fed[0]
+    t0, before = time.monotonic(), fed.count
     c.start(node)
     deadline, journal_s = t0 + 600, None
-    while (got := journaled(c, node)) != (want, True):
-        if journal_s is None and got[0] == want:
+    while journaled(c, node)[0] != want or not fed_all(c, node):
+        if journal_s is None and journaled(c, node)[0] == want:
             journal_s = time.monotonic() - t0
         if time.monotonic() > deadline:
             raise RuntimeError(f"{node.name} did not catch up within 600 s")
         time.sleep(0.05)
     done = time.monotonic() - t0
     return {"catchup_s": round(done, 1), "journal_s": round(journal_s or done, 1),
-            "replayed": fed[0] - before}
+            "replayed": fed.count - before}
 
 
 def run(tunnels: int) -> dict[str, Any]:
     """The whole benchmark; returns the results."""
     base = Path(tempfile.mkdtemp(prefix="hasync-bench."))
     c = LocalCluster(base)
-    stops: list[tuple[threading.Event, list[int]]] = []
+    readers: list[Reader] = []
     out: dict[str, Any] = {"nodes": 3, "tunnels": tunnels, "targets": TARGETS,
                            "machine": {"cpus": os.cpu_count(),
                                        "python": platform.python_version()}}
@@ -214,9 +235,9 @@ def run(tunnels: int) -> dict[str, Any]:
             c.vrrp(n, "MASTER" if n is master else "BACKUP")
         c.wait(lambda: all(journaled(c, b)[1] for b in backups), 30, "backups synced")
         rss0 = rss_bytes(backups[0])
-        stops.append(reader(backups[1]))  # the backups' charons read what they are fed
+        readers.append(Reader(backups[1]))  # the backups' charons read what they are fed
         lat = sorted(latency(c, master, backups[0], 2000.0, 5.0, first_tunnel=10**6))
-        stops.append(reader(backups[0]))
+        readers.append(Reader(backups[0]))
         done = journaled(c, master)[0]
         out["p50_ms"] = round(statistics.median(lat), 2)
         out["p99_ms"] = round(lat[int(len(lat) * 0.99) - 1], 2)
@@ -235,12 +256,12 @@ def run(tunnels: int) -> dict[str, Any]:
         out["msgs_per_s_100k"] = round(len(big.datagrams) / secs)
         out["bytes_per_tunnel"][f"{tunnels // 1000}k"] = round(
             (rss_bytes(backups[0]) - rss0) / tunnels)
-        caught = catchup(c, backups[1], tunnels, stops[0][1])
+        caught = catchup(c, backups[1], tunnels, readers[0])
         out["catchup_s"] = caught.pop("catchup_s")
         out["catchup_parts"] = caught
     finally:
-        for stop, _ in stops:
-            stop.set()
+        for r in readers:
+            r.stop()
         c.close()
         shutil.rmtree(base, ignore_errors=True)
     out["stage_us_per_msg"] = stage_costs()
