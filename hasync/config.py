@@ -140,6 +140,7 @@ class MetricsConfig:
     """[metrics]: the Prometheus endpoint (hasync/metrics.py); off unless `listen` is set."""
 
     listen: Address | None = None  # host:port of GET /metrics, e.g. "10.1.0.11:9812"
+    sas: int = 0  # per-SA series for up to this many journaled IKE_SAs (0: none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,7 +369,7 @@ SCHEMA: dict[str, tuple[type, dict[str, Check]]] = {
         "ha_timeout_ms": _timing("takeover.ha_timeout_ms", 60_000),
     }),
     "fence": (FenceConfig, {"natt_port": _integer(1, 65535)}),
-    "metrics": (MetricsConfig, {"listen": _address}),
+    "metrics": (MetricsConfig, {"listen": _address, "sas": _integer(0, 5000)}),  # SAS_PAGE_MAX
 }
 # Keys that once existed: loading a config that still has one is an error naming it and why.
 REMOVED: dict[str, str] = {

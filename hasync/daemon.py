@@ -168,8 +168,10 @@ class Daemon:
         if listen is None:
             return
         from .metrics import MetricsServer, registry_for
-        server = MetricsServer(*listen.sockaddr,
-                               registry_for(lambda: answers.status({"digest": False})))
+        limit = self.cfg.metrics.sas  # per-SA series: the first page of that many IKE_SAs
+        server = MetricsServer(*listen.sockaddr, registry_for(
+            lambda: answers.status({"digest": False}),
+            (lambda: answers.sas({"limit": limit})) if limit else None))
         try:
             await server.start()
         except OSError as e:

@@ -235,6 +235,40 @@ def promotion_families(st: dict[str, Any], history: PromotionHistory) -> Iterato
     yield history.family()
 
 
+# The label sets of the common strongSwan exporters' SA metrics (sergeymakinen/ipsec_exporter
+# ipsec_ike_sa_*, ipsec_child_sa_*), less charon's `uid` (not in the HA stream), plus the
+# SPIs, which keep two SAs of one connection and peer apart.
+IKE_LABELS = ("name", "version", "local_host", "local_id", "remote_host", "remote_id", "vips",
+              "ike_spis")
+CHILD_LABELS = ("ike_sa_name", "name", "mode", "protocol", "spi_in", "spi_out", "ike_spis")
+MODES = {1: "TRANSPORT", 2: "TUNNEL", 3: "BEET", 4: "PASS", 5: "DROP"}  # ipsec_types.h
+
+
+def sa_families(page: dict[str, Any]) -> Iterator[Metric]:
+    """Per-SA series from one `hasync sas` page (status.py sas_answer): each journaled IKE_SA
+    and CHILD_SA with its age in the journal; whether the page left SAs out."""
+    ike = GAUGE("hasync_ike_sa_journaled_seconds", "Age of a journaled IKE_SA",
+                labels=list(IKE_LABELS))
+    child = GAUGE("hasync_child_sa_journaled_seconds", "Age of a journaled CHILD_SA",
+                  labels=list(CHILD_LABELS))
+    sas = page.get("ike_sas") or []
+    for sa in sas:
+        spis = f"{sa.get('initiator_spi')}_i {sa.get('responder_spi')}_r"
+        name = sa.get("config_name") or ""
+        ike.add_metric([name, str(sa.get("ike_version")), sa.get("local_addr") or "",
+                        sa.get("local_id") or "", sa.get("remote_addr") or "",
+                        sa.get("remote_id") or "", ",".join(sa.get("remote_vips") or ()),
+                        spis], _num(sa.get("age")))
+        for c in sa.get("children") or ():
+            child.add_metric([name, c.get("name") or "", MODES.get(c.get("mode"), ""), "esp",
+                              c.get("inbound_spi") or "", c.get("outbound_spi") or "", spis],
+                             _num(c.get("age")))
+    yield ike
+    yield child
+    yield _one(GAUGE, "hasync_sa_series_truncated", "1 when [metrics] sas left journaled IKE_SAs "
+               "out of the per-SA series", _num(page.get("total")) > len(sas))
+
+
 def families(st: dict[str, Any], history: PromotionHistory) -> Iterator[Metric]:
     """Every metric of one status answer."""
     for kind, name, doc, path, scale in PLAIN:
@@ -245,20 +279,25 @@ def families(st: dict[str, Any], history: PromotionHistory) -> Iterator[Metric]:
 
 
 class StatusCollector(Collector):
-    """A prometheus_client collector over `status()` (the control answer)."""
+    """A prometheus_client collector over `status()` (the control answer) and, if given,
+    `sas()` (a `hasync sas` page: the per-SA series)."""
 
-    def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
-        self.status, self.history = status, PromotionHistory()
+    def __init__(self, status: Callable[[], dict[str, Any]],
+                 sas: Callable[[], dict[str, Any]] | None = None) -> None:
+        self.status, self.sas, self.history = status, sas, PromotionHistory()
 
     def collect(self) -> Iterator[Metric]:
-        """One scrape: one status answer."""
+        """One scrape: one status answer (and one page of SAs)."""
         yield from families(self.status(), self.history)
+        if self.sas is not None:
+            yield from sa_families(self.sas())
 
 
-def registry_for(status: Callable[[], dict[str, Any]]) -> CollectorRegistry:
+def registry_for(status: Callable[[], dict[str, Any]],
+                 sas: Callable[[], dict[str, Any]] | None = None) -> CollectorRegistry:
     """A registry holding only hasync's collector (no process or platform collectors)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StatusCollector(status))
+    registry.register(StatusCollector(status, sas))
     return registry
 
 

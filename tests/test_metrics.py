@@ -15,13 +15,21 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from hasync.ha import decode
+from hasync.journal.state import JournalState
 from hasync.metrics import (
     BUCKETS,
+    CHILD_LABELS,
+    IKE_LABELS,
     MetricsServer,
     PromotionHistory,
     registry_for,
     response,
+    sa_families,
 )
+from hasync.status import sas_answer
+
+from hastream import tunnels
 
 STATUS = json.loads((Path(__file__).parent / "data" / "status-master.json").read_text())
 
@@ -143,3 +151,26 @@ def test_the_endpoint_serves_scrapes_and_counts_what_fails(
     assert counters == {"scrapes": 1, "refused": 2, "errors": 1}
     (record,) = [r for r in caplog.records if "scrape failed" in r.getMessage()]
     assert record.exc_info is not None and "status bug" in str(record.exc_info[1])
+
+
+def test_per_sa_series_carry_the_exporters_labels_and_say_when_truncated() -> None:
+    state = JournalState()
+    for raw in tunnels(3).datagrams:
+        state.apply(raw, decode(raw), 1000.0)
+    page = sas_answer(state.summaries(1010.0, 0, 2), 0, state.counts()[0])
+    registry = registry_for(lambda: STATUS, lambda: page)
+    text = response(b"GET /metrics HTTP/1.1\r\n\r\n", registry).split(b"\r\n\r\n", 1)[1]
+    fams = {f.name: f for f in text_string_to_metric_families(text.decode())}
+    ikes = fams["hasync_ike_sa_journaled_seconds"].samples
+    children = fams["hasync_child_sa_journaled_seconds"].samples
+    assert len(ikes) == 2 and len(children) == 2 and all(s.value == 10.0 for s in ikes)
+    assert set(ikes[0].labels) == set(IKE_LABELS) and set(children[0].labels) == set(CHILD_LABELS)
+    first = page["ike_sas"][0]
+    assert ikes[0].labels["name"] == first["config_name"] == children[0].labels["ike_sa_name"]
+    assert children[0].labels["mode"] == "TUNNEL" and children[0].labels["protocol"] == "esp"
+    assert children[0].labels["spi_in"] == first["children"][0]["inbound_spi"]
+    assert fams["hasync_sa_series_truncated"].samples[0].value == 1.0  # 2 of 3
+    whole = sas_answer(state.summaries(1010.0), 0, 3)
+    assert dict(next(f for f in sa_families(whole)
+                     if f.name == "hasync_sa_series_truncated").samples[0]._asdict())[
+        "value"] == 0.0
