@@ -20,6 +20,20 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
+from .commands import (
+    CancelPromotion,
+    CharonFifo,
+    ClearFeed,
+    Command,
+    FeedCharon,
+    HandOffLeadership,
+    Report,
+    SendToCharon,
+    StartPromotion,
+    StartReplay,
+    SubmitBatch,
+    Wake,
+)
 from .ha import HaMessage, MessageType
 from .handoff import LeaderHandoff
 from .journal.machine import APPLIED, DUPLICATE
@@ -48,82 +62,6 @@ COUNTED = ("mirrored", "replays", "replay_covered", "leader_handoffs", "batches"
            "batch_messages", "commit_retries", "batches_dropped", "messages_dropped",
            "messages_dropped:backlog_full", "resyncs_requested", "vrrp_illegal", *MID_COUNTED,
            *ROAM_COUNTED)  # shown from the start
-
-
-# ---- commands -------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class SubmitBatch:
-    """Seal these datagrams as batch `seq` of `stream` and hand it to Raft; answer with
-    `on_committed` (pipeline.py)."""
-
-    datagrams: tuple[bytes, ...]
-    stream: int = 0
-    seq: int = 0
-
-
-@dataclass(frozen=True)
-class SendToCharon:
-    """Send one datagram to the local charon now (the STATUS heartbeat)."""
-
-    datagram: bytes
-
-
-@dataclass(frozen=True)
-class FeedCharon:
-    """Queue datagrams for the local charon behind those already queued (feed.py's pace)."""
-
-    datagrams: tuple[bytes, ...]
-
-
-@dataclass(frozen=True)
-class CharonFifo:
-    """Write one command to charon's HA control FIFO (ha_ctl.c: +N, -N, *N)."""
-
-    command: str
-
-
-@dataclass(frozen=True)
-class StartPromotion:
-    """Run the sequence guard's promotion (it calls back `on_activate` at its end)."""
-
-
-@dataclass(frozen=True)
-class CancelPromotion:
-    """Cancel a promotion under way, if any."""
-
-
-@dataclass(frozen=True)
-class StartReplay:
-    """Queue the journal's whole replay plan for charon; answer with `on_replayed`."""
-
-    generation: int = 0  # which replay: one that charon's restart abandoned is ignored
-
-
-@dataclass(frozen=True)
-class ClearFeed:
-    """Drop what is queued for charon (it restarted: a replay into it starts over)."""
-
-
-@dataclass(frozen=True)
-class HandOffLeadership:
-    """Ask Raft to move its leadership to another voter (handoff.py)."""
-
-
-@dataclass(frozen=True)
-class Report:
-    """Replicate this node's report (VRRP role, Raft role, applied index; no secrets)."""
-
-    info: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Wake:
-    """The next deadline moved earlier: run `tick` by `wake_at()`."""
-
-
-Command = (SubmitBatch | SendToCharon | FeedCharon | CharonFifo | StartPromotion
-           | CancelPromotion | StartReplay | ClearFeed | Report | Wake | HandOffLeadership)
 
 
 # ---- sync state -----------------------------------------------------------------------------
