@@ -1,8 +1,10 @@
-"""Tests of hasync.ha.decode_only, the decoder that builds only the attributes a reader wants.
+"""Tests of hasync.ha.decode_only, the decoder that builds only the attributes a reader wants,
+and attribute_names, which builds none.
 
-Rules: for any bytes and any wanted table, decode_only raises MalformedMessage exactly when
-decode does (same attribute, same offset), and otherwise gives decode's message with only the
-wanted attributes, in wire order; checked on charon's golden datagrams, their truncations and
+Rules: for any bytes and any wanted table, decode_only and attribute_names raise
+MalformedMessage exactly when decode does (same attribute, same offset); otherwise
+decode_only gives decode's message with only the wanted attributes, in wire order, and
+attribute_names every name. Checked on charon's golden datagrams, their truncations and
 mutations, and random valid messages.
 """
 
@@ -15,7 +17,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_ha_codec import FUZZ, messages
 
-from hasync.ha import TABLES, HaMessage, MalformedMessage, MessageType, decode, decode_only, encode
+from hasync.ha import (
+    TABLES,
+    HaMessage,
+    MalformedMessage,
+    MessageType,
+    attribute_names,
+    decode,
+    decode_only,
+    encode,
+)
 from hasync.journal.state import NEEDED
 from hasync.mirror import READ_ON_HA
 
@@ -36,11 +47,13 @@ def same_as_decode(data: bytes, wanted: Mapping[int, frozenset[str]]) -> None:
     try:
         full = decode(data)
     except MalformedMessage as exc:
-        with pytest.raises(MalformedMessage) as lean:
-            decode_only(data, wanted)
-        assert (lean.value.attribute, lean.value.offset, str(lean.value)) == (
-            exc.attribute, exc.offset, str(exc))
+        for fn in (lambda: decode_only(data, wanted), lambda: attribute_names(data)):
+            with pytest.raises(MalformedMessage) as lean:
+                fn()
+            assert (lean.value.attribute, lean.value.offset, str(lean.value)) == (
+                exc.attribute, exc.offset, str(exc))
         return
+    assert attribute_names(data) == full.names()
     lean_msg = decode_only(data, wanted)
     keep = wanted.get(full.type)
     kept = full.attributes if keep is None else tuple(

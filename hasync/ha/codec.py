@@ -121,7 +121,24 @@ def decode_only(data: bytes | bytearray | memoryview,
     buf = bytes(data)
     if len(buf) < HEADER_SIZE or buf[0] not in TABLES or buf[1] not in wanted:
         return decode(buf)
-    steps, keep = _STEPS[buf[0]], wanted[buf[1]]
+    return HaMessage(buf[0], MessageType(buf[1]), tuple(_walk(buf, wanted[buf[1]], None)))
+
+
+def attribute_names(data: bytes | bytearray | memoryview) -> tuple[str, ...]:
+    """The names of a datagram's attributes in wire order, building no value; raises exactly
+    when `decode` does."""
+    buf = bytes(data)
+    if len(buf) < HEADER_SIZE or buf[0] not in TABLES or buf[1] not in _MESSAGE_TYPES:
+        decode(buf)  # raises the header's MalformedMessage
+    names: list[str] = []
+    _walk(buf, frozenset(), names)
+    return tuple(names)
+
+
+def _walk(buf: bytes, keep: frozenset[str], names: list[str] | None) -> list[Attribute]:
+    """The attributes after the header that `keep` names, each other one checked and
+    skipped; every name goes to `names` if given."""
+    steps = _STEPS[buf[0]]
     out: list[Attribute] = []
     pos, end = HEADER_SIZE, len(buf)
     while pos < end:
@@ -130,6 +147,8 @@ def decode_only(data: bytes | bytearray | memoryview,
             raise MalformedMessage(f"unknown attribute {buf[pos]} in version {buf[0]}",
                                    attribute=buf[pos], offset=pos)
         name, size, kind = step
+        if names is not None:
+            names.append(name)
         if size and name not in keep and pos + 1 + size <= end:
             pos += 1 + size  # a whole integer: nothing to check
             continue
@@ -141,7 +160,7 @@ def decode_only(data: bytes | bytearray | memoryview,
                 pos = kind.skip(buf, pos + 1)
         except DecodeFailure as exc:
             raise MalformedMessage(exc.reason, attribute=name, offset=exc.offset) from None
-    return HaMessage(buf[0], MessageType(buf[1]), tuple(out))
+    return out
 
 
 def _decode_attributes(buf: bytes, table: dict[int, AttrSpec]) -> Iterable[Attribute]:

@@ -92,9 +92,10 @@ class _Lineage:
     children: list[_Child] = field(default_factory=list)
 
 
-def _update_shape(msg: HaMessage) -> _Update:
-    """What an IKE_UPDATE sets, for compaction (process_ike_update())."""
-    names = [a.name for a in msg.attributes[1:]]
+def _update_shape(all_names: tuple[str, ...], msg: HaMessage) -> _Update:
+    """What an IKE_UPDATE sets, for compaction (process_ike_update()): from the names of all
+    its attributes (the first is its ike_id) and its extensions."""
+    names = all_names[1:]
     fields = sorted({n for n in names if n in _SET_FIELDS or n in _LIST_FIELDS})
     extensions = 0
     for value in msg.get_all("extensions"):

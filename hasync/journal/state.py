@@ -64,7 +64,9 @@ from hasync.ha import (
     HaMessage,
     Host,
     IkeSaId,
+    MalformedMessage,
     MessageType,
+    attribute_names,
     child_spi,
     encode,
 )
@@ -150,12 +152,13 @@ class JournalState:
         matches = [k for k in self._owner if (k[0], k[1], k[3]) == (key[0], key[1], key[3])]
         return min(matches) if matches else None
 
-    def _live(self, msg: HaMessage, stored: bool = True) -> tuple[_Lineage, _Ike] | None:
-        """The lineage and live IKE_SA a message names, or None (counted)."""
+    def _live(self, msg: HaMessage, stored: bool = True,
+              first: str = "ike_id") -> tuple[_Lineage, _Ike] | None:
+        """The lineage and live IKE_SA a message names, or None (counted); `first` is the
+        datagram's first attribute (an IKE_UPDATE's must be its ike_id)."""
         ok, value = _single(msg, "ike_id")
         key = _key(value) if ok else None
-        update = msg.type == MessageType.IKE_UPDATE  # ike_id must come first
-        if key is None or (update and msg.attributes[0].name != "ike_id"):
+        if key is None or first != "ike_id":
             self._count("bad_ike_id")
             return None
         # A datagram kept for replay must name its IKE_SA exactly: with responder SPI 0 it
@@ -248,12 +251,18 @@ class JournalState:
         return encode(HaMessage(msg.version, msg.type, kept))
 
     def _on_ike_update(self, raw: bytes, msg: HaMessage) -> None:
-        """IKE_UPDATE: fields of the IKE_SA (process_ike_update(): ike_id must come first)."""
-        found = self._live(msg)
+        """IKE_UPDATE: fields of the IKE_SA (process_ike_update(): ike_id must come first).
+        The fields' names come from the datagram (`msg` may hold only the ike_id and the
+        extensions: NEEDED), or from `msg` if the datagram does not decode."""
+        try:
+            names = attribute_names(raw)
+        except MalformedMessage:
+            names = msg.names()
+        found = self._live(msg, first=names[0] if names else "")
         if found is None:
             return
         ike = found[1]
-        update = _update_shape(msg)
+        update = _update_shape(names, msg)
         update.raw = raw
         updates = _compact([*ike.updates, update])
         if len(updates) > MAX_UPDATES:
@@ -528,9 +537,11 @@ _HANDLERS: dict[int, Callable[[JournalState, bytes, HaMessage], None]] = {
 
 # What `apply()` and the journal's readers (daemon.py: ike_id and inbound_spi of the MID
 # types) read of each message type; hasync.ha.decode_only() skips the rest (nonces, keys,
-# proposals, selectors stay bytes in `raw`). A type not named here is decoded whole.
+# proposals, selectors stay bytes in `raw`; an IKE_UPDATE's fields are read from `raw` when
+# it is kept or folded). A type not named here is decoded whole.
 NEEDED: dict[int, frozenset[str]] = {
     MessageType.IKE_ADD: frozenset({"ike_id", "ike_rekey_id", "remote_addr"}),
+    MessageType.IKE_UPDATE: frozenset({"ike_id", "extensions"}),
     MessageType.IKE_MID_INITIATOR: frozenset({"ike_id", "mid"}),
     MessageType.IKE_MID_RESPONDER: frozenset({"ike_id", "mid"}),
     MessageType.IKE_IV: frozenset({"ike_id", "iv"}),
