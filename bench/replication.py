@@ -237,6 +237,11 @@ def run(tunnels: int) -> dict[str, Any]:
         for n in c.nodes:
             c.vrrp(n, "MASTER" if n is master else "BACKUP")
         c.wait(lambda: all(journaled(c, b)[1] for b in backups), 30, "backups synced")
+        # as in production, the master hands the Raft leadership off (handoff.py, D242): one
+        # backup leads Raft, the other follows (it is the one measured and caught up)
+        c.wait(lambda: c.leader() not in (None, master), 60, "the Raft leader off the master")
+        leader = c.leader()
+        backups = sorted(backups, key=lambda b: b is leader)  # the follower first
         rss0 = rss_bytes(backups[0])
         readers.append(Reader(backups[1]))  # the backups' charons read what they are fed
         lat = sorted(latency(c, master, backups[0], 2000.0, 5.0, first_tunnel=10**6))
@@ -259,7 +264,7 @@ def run(tunnels: int) -> dict[str, Any]:
         out["msgs_per_s_100k"] = round(len(big.datagrams) / secs)
         out["bytes_per_tunnel"][f"{tunnels // 1000}k"] = round(
             (rss_bytes(backups[0]) - rss0) / tunnels)
-        caught = catchup(c, backups[1], tunnels, readers[0])
+        caught = catchup(c, backups[0], tunnels, readers[1])
         out["catchup_s"] = caught.pop("catchup_s")
         out["catchup_parts"] = caught
     finally:

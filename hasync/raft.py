@@ -65,6 +65,10 @@ durable.install()  # every SyncObj journal syncs before it answers (issue 17 fin
 # pickle of (format, JournalState.to_dict(), SeqLog.to_dict(), raft_data); 3: the sender
 SNAPSHOT_FORMAT = 4  # 4: the origins' batch streams (pipeline.py); 3 is still read
 SNAPSHOT_PICKLE_PROTOCOL = 4  # what main wrote (3.11 default), pinned: same state, same bytes
+# A leadership handoff runs this long at most, this node's proposals held meanwhile
+# (_try_hand_off): about an election's length (RaftTiming.election_max_s), which the handoff
+# costs anyway and the guard's reserve covers; one that goes through takes milliseconds
+HANDOFF_TRY_S = 1.5
 AUTO_TICK_MIN_S = 0.05  # pysyncobj's default poll timeout; a slow heartbeat polls less often
 # batch, its datagrams, the refeed, and its number (`ClusterJournal.applied_batches`)
 Applied = Callable[[Batch | None, list[tuple[bytes, HaMessage]], list[bytes], int], None]
@@ -157,6 +161,10 @@ class ClusterJournal:
         self._batches = 0  # batches applied; stamped on each under `lock` (applied_batches)
         self._running = False  # SyncObj's constructor loads this node's own snapshot
         self._hand_off = False  # asked by the loop, done on Raft's thread (handoff.py)
+        self._hand_off_until: float | None = None  # tried at each tick until then
+        self._held: list[tuple[int, bytes, Callback]] = []  # proposals held meanwhile
+        self._held_lock = threading.Lock()  # _held and _hand_off_until
+        self._hand_off_sent = False  # TimeoutNow went: wait to step down
         self._status: dict[str, Any] = {}  # replaced whole on Raft's thread, never mutated
         self._sealer = Sealer(keys, node)  # per-node subkeys (seal.py)
         self._destroyed = False
@@ -282,7 +290,11 @@ class ClusterJournal:
         if self._destroyed:
             callback(None, int(FailReason.MISSING_LEADER))
             return
-        self._replica.apply(int(kind), sealed, callback=callback)
+        with self._held_lock:
+            if self._hand_off_until is not None:  # a handoff is being tried: hold (in order)
+                self._held.append((int(kind), sealed, callback))
+                return
+            self._replica.apply(int(kind), sealed, callback=callback)
 
     def compact(self) -> None:
         """Snapshot at the next tick (pysyncobj forceLogCompaction)."""
@@ -291,6 +303,10 @@ class ClusterJournal:
     def destroy(self) -> None:
         """Stop Raft's thread and close its sockets (pysyncobj destroy: asynchronous)."""
         self._destroyed = True
+        with self._held_lock:
+            held, self._held = self._held, []
+        for _, _, callback in held:
+            callback(None, int(FailReason.MISSING_LEADER))
         self._raft.destroy()
 
     # ---- Raft's thread ----
@@ -373,7 +389,10 @@ class ClusterJournal:
             self._status = self._raft.getStatus()
             if self._hand_off:
                 self._hand_off = False
-                self._raft.transferLeadership(callback=self._handed_off)
+                with self._held_lock:
+                    self._hand_off_until = time.monotonic() + HANDOFF_TRY_S
+            if self._hand_off_until is not None:
+                self._try_hand_off(time.monotonic())
         except Exception as exc:  # an exception here would abort pysyncobj's tick
             self._count("status_error", exc)
 
@@ -382,9 +401,45 @@ class ClusterJournal:
         TimeoutNow), at its next tick; the outcome is counted (`leader_handoff:<reason>`)."""
         self._hand_off = True
 
-    def _handed_off(self, result: Any, error: Any) -> None:
+    def _try_hand_off(self, now: float) -> None:
+        """One step of a handoff (Raft's thread). pysyncobj denies a transfer while the best
+        follower lacks the leader's last entry (transferLeadership), which under a steady
+        stream is every tick, and the target then loses its election if the leader appended
+        more meanwhile. So while a handoff runs, this node holds its own proposals (the
+        master's batches and marks: most of the stream); a denied try is tried again at the
+        next tick; after TimeoutNow went, the hold lasts until this node is no longer the
+        leader. At HANDOFF_TRY_S at most, the held proposals go, in order. Counted once as
+        `leader_handoff:<reason>` (SUCCESS: it stepped down; KEPT: it still leads), the
+        denied tries as `leader_handoff_tries`."""
+        if self._hand_off_sent:
+            stepped_down = self._status.get("state") != 2  # pysyncobj _RAFT_STATE.LEADER
+            if stepped_down or now >= self._hand_off_until_or(now):
+                self._end_hand_off("SUCCESS" if stepped_down else "KEPT")
+            return
+        answer: list[Any] = []
+        self._raft.transferLeadership(callback=lambda result, error: answer.append(error))
+        reason = outcome(answer[0]) if answer else FailReason.UNKNOWN_OUTCOME
+        if reason is FailReason.SUCCESS:
+            self._hand_off_sent = True  # TimeoutNow is on its way: hold until we step down
+        elif reason is FailReason.REQUEST_DENIED and now < self._hand_off_until_or(now):
+            with self.lock:
+                self._counters["leader_handoff_tries"] += 1
+        else:
+            self._end_hand_off(reason.name)
+
+    def _hand_off_until_or(self, now: float) -> float:
+        """The running handoff's deadline."""
+        return self._hand_off_until if self._hand_off_until is not None else now
+
+    def _end_hand_off(self, result: str) -> None:
+        """Release the held proposals, in order, and count the handoff's outcome."""
+        with self._held_lock:
+            self._hand_off_until, self._hand_off_sent = None, False
+            held, self._held = self._held, []
+            for kind, sealed, callback in held:  # under the lock: before any newer one
+                self._replica.apply(kind, sealed, callback=callback)
         with self.lock:
-            self._counters[f"leader_handoff:{outcome(error).name}"] += 1
+            self._counters[f"leader_handoff:{result}"] += 1
 
     def _save_snapshot(self, filename: str, raft_data: Any) -> None:
         """pysyncobj serializer (tick thread): copy the state under the lock (a structural copy,
