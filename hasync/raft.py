@@ -392,7 +392,11 @@ class ClusterJournal:
                 with self._held_lock:
                     self._hand_off_until = time.monotonic() + HANDOFF_TRY_S
             if self._hand_off_until is not None:
-                self._try_hand_off(time.monotonic())
+                try:
+                    self._try_hand_off(time.monotonic())
+                except Exception:
+                    self._end_hand_off("ERROR")  # never hold this node's proposals for good
+                    raise
         except Exception as exc:  # an exception here would abort pysyncobj's tick
             self._count("status_error", exc)
 

@@ -7,6 +7,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from hasync.handoff import RETRY_S, SETTLE_S, LeaderHandoff
 from hasync.journal.seal import derive_keys
 from hasync.node import HandOffLeadership, NodeCore, RaftView, Settings
@@ -74,6 +76,31 @@ def test_a_handoff_goes_through_a_steady_stream_of_entries(tmp_path: Path) -> No
         assert leader.counters["leader_handoff:SUCCESS"] == 1
     finally:
         stop.set()
+        for n in nodes:
+            n.destroy()
+
+
+def test_a_handoff_that_fails_releases_what_it_held(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A handoff holds this node's proposals; one that raises must not hold them for good."""
+    nodes = _journals(tmp_path)
+    try:
+        wait_until(lambda: sum(n.status()["role"] == "leader" for n in nodes) == 1
+                   and all(n.status()["leader"] for n in nodes), 30)
+        leader = next(n for n in nodes if n.status()["role"] == "leader")
+
+        def broken(*args: object, **kwargs: object) -> None:
+            raise RuntimeError("transfer failed")
+
+        monkeypatch.setattr(leader._raft, "transferLeadership", broken)
+        leader.hand_off()
+        wait_until(lambda: leader.counters["leader_handoff:ERROR"] == 1, 10)
+        done: list[object] = []
+        leader.barrier(lambda result, error: done.append(error))
+        wait_until(lambda: done, 10)
+        assert done == [0] or done == [None]
+        assert leader.counters["status_error"] == 1
+    finally:
         for n in nodes:
             n.destroy()
 
