@@ -51,6 +51,16 @@ def _journals(tmp_path: Path) -> list[ClusterJournal]:
                            timing=timing) for k, a in enumerate(addrs)]
 
 
+def _leader(nodes: list[ClusterJournal]) -> ClusterJournal:
+    """The one leader, once every member knows it and it is connected to every peer."""
+    wait_until(lambda: sum(n.status()["role"] == "leader" for n in nodes) == 1
+               and all(n.status()["leader"] for n in nodes), 30)
+    leader = next(n for n in nodes if n.status()["role"] == "leader")
+    wait_until(lambda: leader.status()["peers"] and all(
+        s == "connected" for s in leader.status()["peers"].values()), 30)
+    return leader
+
+
 def test_a_handoff_goes_through_a_steady_stream_of_entries(tmp_path: Path) -> None:
     """pysyncobj denies a transfer while the follower lacks the leader's last entry; under a
     stream that is most ticks (the replication benchmark saw every try denied). The journal
@@ -58,11 +68,7 @@ def test_a_handoff_goes_through_a_steady_stream_of_entries(tmp_path: Path) -> No
     nodes = _journals(tmp_path)
     stop = threading.Event()
     try:
-        wait_until(lambda: sum(n.status()["role"] == "leader" for n in nodes) == 1
-                   and all(n.status()["leader"] for n in nodes), 30)
-        leader = next(n for n in nodes if n.status()["role"] == "leader")
-        wait_until(lambda: leader.status()["peers"] and all(
-            s == "connected" for s in leader.status()["peers"].values()), 30)
+        leader = _leader(nodes)
 
         def stream() -> None:
             while not stop.is_set():
@@ -85,9 +91,7 @@ def test_a_handoff_that_fails_releases_what_it_held(tmp_path: Path,
     """A handoff holds this node's proposals; one that raises must not hold them for good."""
     nodes = _journals(tmp_path)
     try:
-        wait_until(lambda: sum(n.status()["role"] == "leader" for n in nodes) == 1
-                   and all(n.status()["leader"] for n in nodes), 30)
-        leader = next(n for n in nodes if n.status()["role"] == "leader")
+        leader = _leader(nodes)
 
         def broken(*args: object, **kwargs: object) -> None:
             raise RuntimeError("transfer failed")
@@ -107,19 +111,9 @@ def test_a_handoff_that_fails_releases_what_it_held(tmp_path: Path,
 
 def test_a_journal_asked_to_hand_off_moves_the_leadership_to_another_member(
         tmp_path: Path) -> None:
-    ports = free_ports(3)
-    addrs = [f"127.0.0.1:{p}" for p in ports]
-    keys = derive_keys(bytes(range(32)), "test")
-    timing = RaftTiming(election_min_s=0.3, election_max_s=0.75, heartbeat_s=0.05,
-                        connection_timeout_s=2.0)
-    nodes = [ClusterJournal(f"n{k}", a, [o for o in addrs if o != a], tmp_path / f"n{k}", keys,
-                            timing=timing) for k, a in enumerate(addrs)]
+    nodes = _journals(tmp_path)
     try:
-        wait_until(lambda: sum(n.status()["role"] == "leader" for n in nodes) == 1
-                   and all(n.status()["leader"] for n in nodes), 30)
-        leader = next(n for n in nodes if n.status()["role"] == "leader")
-        wait_until(lambda: leader.status()["peers"] and all(
-            s == "connected" for s in leader.status()["peers"].values()), 30)
+        leader = _leader(nodes)
         leader.hand_off()
         wait_until(lambda: leader.status()["role"] != "leader" and any(
             n.status()["role"] == "leader" for n in nodes if n is not leader), 30)
