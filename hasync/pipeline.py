@@ -19,9 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .journal.machine import APPLIED, DUPLICATE, GAP, OTHER_STREAM
+from .journal.seal import U64_MAX
 from .mirror import MAX_BACKLOG
-
-U64_MAX = (1 << 64) - 1
 
 
 @dataclass

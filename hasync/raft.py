@@ -415,9 +415,10 @@ class ClusterJournal:
         leader. At HANDOFF_TRY_S at most, the held proposals go, in order. Counted once as
         `leader_handoff:<reason>` (SUCCESS: it stepped down; KEPT: it still leads), the
         denied tries as `leader_handoff_tries`."""
+        until = self._hand_off_until or now
         if self._hand_off_sent:
             stepped_down = self._status.get("state") != 2  # pysyncobj _RAFT_STATE.LEADER
-            if stepped_down or now >= self._hand_off_until_or(now):
+            if stepped_down or now >= until:
                 self._end_hand_off("SUCCESS" if stepped_down else "KEPT")
             return
         answer: list[Any] = []
@@ -425,15 +426,11 @@ class ClusterJournal:
         reason = outcome(answer[0]) if answer else FailReason.UNKNOWN_OUTCOME
         if reason is FailReason.SUCCESS:
             self._hand_off_sent = True  # TimeoutNow is on its way: hold until we step down
-        elif reason is FailReason.REQUEST_DENIED and now < self._hand_off_until_or(now):
+        elif reason is FailReason.REQUEST_DENIED and now < until:
             with self.lock:
                 self._counters["leader_handoff_tries"] += 1
         else:
             self._end_hand_off(reason.name)
-
-    def _hand_off_until_or(self, now: float) -> float:
-        """The running handoff's deadline."""
-        return self._hand_off_until if self._hand_off_until is not None else now
 
     def _end_hand_off(self, result: str) -> None:
         """Release the held proposals, in order, and count the handoff's outcome."""

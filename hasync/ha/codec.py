@@ -11,7 +11,7 @@ message `EncodeError`; attribute order and repeats are kept so that
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +51,7 @@ _STEPS: dict[int, dict[int, tuple[str, int, Kind]]] = {
               for n, spec in table.items()}
     for version, table in TABLES.items()
 }
+_ALL_NAMES = {v: frozenset(spec.name for spec in table.values()) for v, table in TABLES.items()}
 SUPPORTED_VERSIONS: tuple[int, ...] = tuple(sorted(TABLES))
 LATEST_VERSION = max(SUPPORTED_VERSIONS)
 _MESSAGE_TYPES = frozenset(int(t) for t in MessageType)
@@ -109,7 +110,7 @@ def decode(data: bytes | bytearray | memoryview) -> HaMessage:
         msg_type = MessageType(buf[1])
     except ValueError:
         raise MalformedMessage(f"unknown message type {buf[1]}", offset=1) from None
-    return HaMessage(buf[0], msg_type, tuple(_decode_attributes(buf, table)))
+    return HaMessage(buf[0], msg_type, tuple(_walk(buf, _ALL_NAMES[buf[0]], None)))
 
 
 def decode_only(data: bytes | bytearray | memoryview,
@@ -161,24 +162,6 @@ def _walk(buf: bytes, keep: frozenset[str], names: list[str] | None) -> list[Att
         except DecodeFailure as exc:
             raise MalformedMessage(exc.reason, attribute=name, offset=exc.offset) from None
     return out
-
-
-def _decode_attributes(buf: bytes, table: dict[int, AttrSpec]) -> Iterable[Attribute]:
-    """Yield the attributes after the header, failing on the first bad byte."""
-    pos = HEADER_SIZE
-    while pos < len(buf):
-        spec = table.get(buf[pos])
-        if spec is None:
-            raise MalformedMessage(
-                f"unknown attribute {buf[pos]} in version {buf[0]}",
-                attribute=buf[pos],
-                offset=pos,
-            )
-        try:
-            value, pos = spec.kind.decode(buf, pos + 1)
-        except DecodeFailure as exc:
-            raise MalformedMessage(exc.reason, attribute=spec.name, offset=exc.offset) from None
-        yield Attribute(spec.name, value)
 
 
 def encode(msg: HaMessage) -> bytes:

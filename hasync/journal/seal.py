@@ -90,7 +90,7 @@ MAX_DATAGRAM = 64 * 1024  # one ha datagram (UDP payload)
 MAX_ORIGIN = 255  # UTF-8 bytes of the origin node's name
 BATCH_FORMAT = 1
 NUMBERED_FORMAT = 2  # a batch with its stream and number (pipeline.py)
-U64_MAX = (1 << 64) - 1
+U64_MAX = (1 << 64) - 1  # as guard/records.py's, which this module cannot import (a cycle)
 
 
 class KeyFileError(ValueError):
