@@ -188,6 +188,7 @@ class ClusterJournal:
         self._raft = SyncObj(bind, peers, conf, consumers=[self._replica],
                              transportClass=guarded_transport(self.raft_port))
         self._raft.addOnTickCallback(self._copy_status)
+        self._enqueue = self._raft.proposer(self._replica, "apply")  # syncobj_compat.py
         self._running = True  # a snapshot loaded from here on may replace a fed state
 
     # ---- what other code reads ----
@@ -294,7 +295,7 @@ class ClusterJournal:
             if self._hand_off_until is not None:  # a handoff is being tried: hold (in order)
                 self._held.append((int(kind), sealed, callback))
                 return
-            self._replica.apply(int(kind), sealed, callback=callback)
+            self._enqueue((int(kind), sealed), callback)
 
     def compact(self) -> None:
         """Snapshot at the next tick (pysyncobj forceLogCompaction)."""
@@ -438,7 +439,7 @@ class ClusterJournal:
             self._hand_off_until, self._hand_off_sent = None, False
             held, self._held = self._held, []
             for kind, sealed, callback in held:  # under the lock: before any newer one
-                self._replica.apply(kind, sealed, callback=callback)
+                self._enqueue((kind, sealed), callback)
         with self.lock:
             self._counters[f"leader_handoff:{result}"] += 1
 

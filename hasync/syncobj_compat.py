@@ -9,7 +9,9 @@ process on Linux ("not_windows() takes 0 positional arguments"); the original is
 
 from __future__ import annotations
 
+import pickle
 import socket
+from collections.abc import Callable
 from enum import IntEnum
 from typing import Any
 
@@ -17,6 +19,7 @@ _inet_ntop, _inet_pton = socket.inet_ntop, socket.inet_pton
 
 from pysyncobj import SyncObj as _PySyncObj  # noqa: E402
 from pysyncobj import SyncObjConf, SyncObjConsumer, replicated  # noqa: E402
+from pysyncobj.syncobj import _COMMAND_TYPE  # noqa: E402
 
 socket.inet_ntop, socket.inet_pton = _inet_ntop, _inet_pton
 
@@ -53,6 +56,19 @@ class SyncObj(_PySyncObj):  # type: ignore[misc]
             # are already in flight (SyncObj.__onMessageReceived, 'next_node_idx'): it would
             # re-send them, or send a snapshot to a follower that is ahead of it
             self._SyncObj__raftNextIndex[node] = ahead
+
+    def proposer(self, consumer: Any, name: str) -> Callable[[tuple[Any, ...], Any], None]:
+        """Propose calls of `consumer`'s @replicated method `name` (code version 0) from any
+        thread. pysyncobj's wrapper looks the method up in a table that every snapshot load
+        empties and refills on the tick thread (SyncObj.__loadDumpFile -> __onSetCodeVersion),
+        so a proposal in that window raised KeyError; the method's id is fixed at construction
+        (SyncObj.__init__ `_methodToID`), so it is read once here. The command is the one the
+        wrapper builds, `(funcID, args)` pickled, put on the thread-safe command queue."""
+        func_id = self._methodToID[(id(consumer), f"{name}_v0")]
+
+        def propose(args: tuple[Any, ...], callback: Any) -> None:
+            self._applyCommand(pickle.dumps((func_id, args)), callback, _COMMAND_TYPE.REGULAR)
+        return propose
 
 
 class FailReason(IntEnum):

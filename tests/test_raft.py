@@ -346,3 +346,28 @@ def test_a_snapshot_installed_over_a_fed_state_announces_the_jump(tmp_path: Path
         assert len(deleted) == 2 and len(node.state.summaries(0.0)) == 3
     finally:
         node.destroy()
+
+
+def test_proposals_go_on_while_a_snapshot_load_resets_pysyncobjs_method_names(
+        leader: ClusterJournal) -> None:
+    """A snapshot load (SyncObj.__loadDumpFile) ends with __onSetCodeVersion(0) on Raft's
+    thread, which empties and refills the table pysyncobj's @replicated wrapper reads on the
+    caller's thread; a proposal in that window raised KeyError((consumer id, 'apply')) from the
+    loop (seen on a restarted gateway loading the leader's snapshot). Proposals must not read it."""
+    stop = threading.Event()
+
+    def reload_names() -> None:
+        while not stop.is_set():
+            leader._raft._SyncObj__onSetCodeVersion(0)  # what every snapshot load ends with
+
+    loader = threading.Thread(target=reload_names)
+    loader.start()
+    done: list[FailReason] = []
+    try:
+        for _ in range(3000):
+            leader.barrier(lambda result, error: done.append(outcome(error)))
+    finally:
+        stop.set()
+        loader.join()
+    _wait(lambda: len(done) == 3000)
+    assert set(done) == {FailReason.SUCCESS}
