@@ -33,7 +33,8 @@ from hasync.ha import (
     decode_only,
     encode,
 )
-from hasync.journal.state import NEEDED, JournalState, StateError
+from hasync.journal.snapshot import StateError
+from hasync.journal.state import NEEDED, JournalState
 from hasync.journal.summary import ChildSummary, IkeSummary
 
 from hastream import golden

@@ -24,7 +24,8 @@ from hasync.journal.seal import (
     pack_batch,
     unpack_batch,
 )
-from hasync.journal.state import JournalState, StateError
+from hasync.journal.snapshot import StateError
+from hasync.journal.state import JournalState
 from hasync.journal.summary import ChildSummary, IkeSummary
 
 __all__ = [

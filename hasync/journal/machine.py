@@ -31,7 +31,8 @@ from hasync.ha import HaMessage, MalformedMessage, MessageType, decode_only
 from ..guard.entries import ACCEPTED, REJECTED, SeqEntry, SeqLog, unpack_seq
 from ..guard.records import U64_MAX
 from .seal import MAX_ENTRY, Batch, EntryError, unpack_batch
-from .state import NEEDED, JournalState, StateError
+from .snapshot import StateError
+from .state import NEEDED, JournalState
 
 
 class Kind(IntEnum):

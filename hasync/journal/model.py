@@ -1,5 +1,5 @@
 """The records the journal keeps per IKE_SA and CHILD_SA, and the IKE_UPDATE arithmetic
-(what an update sets, compaction, folding) that `state.py` and `summary.py` share.
+(what an update sets, compaction, folding) that `state.py`, `dispatch.py` and `summary.py` share.
 
 Rules: pure (no IO, no clocks); internal to hasync.journal; the upstream behaviour each
 function follows is named in its docstring (strongswan 5.9.8, src/libcharon/plugins/ha/
