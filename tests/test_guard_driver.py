@@ -12,7 +12,8 @@ import pytest
 
 from hasync.fence.port import Permit
 from hasync.guard import Guard, Held, KernelSa, MarkFlight, SeqRecord
-from hasync.guard.driver import BEACON_S, STALL_S
+from hasync.guard.driver import STALL_S
+from hasync.guard.marks import BEACON_S
 from hasync.journal.seal import EntryError
 from hasync.syncobj_compat import FailReason
 from hasync.xfrm.errors import XfrmError

@@ -4,8 +4,10 @@ again what the old master accepted (docs/takeover.md argues it).
 Rules: `records` holds the shared record types; `rules`, `pacing`, `promotion` and `permits`
 are pure (time is an argument); `entries` is the journal codec and its sender-only,
 forward-only merge; `ports` the driver's journal port and counters; `kernel` is the only
-module here that touches XFRM; `driver` (`Guard`) is the only one with asyncio, and it takes
-its kernel, send fence (hasync/fence), journal and clocks from its caller.
+module here that touches XFRM; `driver` (`Guard`) and the collaborators it owns (`reads` the
+kernel side, `fencing` the send fence's, `marks` the sender's marks, `promoter` a promotion's
+IO) are the only ones with asyncio, and `Guard` takes its kernel, send fence (hasync/fence),
+journal and clocks from its caller.
 """
 
 from hasync.guard.driver import Guard

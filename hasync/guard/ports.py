@@ -1,7 +1,8 @@
 """What the guard's driver talks to and counts: the journal port, its loop counters and the
 one-submission-at-a-time rule for marks (no IO here).
 
-Rules: plain data and protocols; `MarkFlight` is pure.
+Rules: plain data and protocols; `MarkFlight` is pure; `committed_records` only copies the
+journal's records under its lock.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .entries import SeqEntry, SeqLog
-from .records import SaKey
+from .records import SaKey, SeqRecord
 
 Callback = Callable[[Any, Any], None]  # pysyncobj's callback(result, error)
 
@@ -60,6 +61,12 @@ class GuardStats:
     write_ms: float = 0.0  # the last tick's writes
     read_max_ms: float = 0.0  # the largest of the last READS_KEPT
     master_gap_max_ms: float = 0.0  # the longest a master went between two reads (a stall)
+
+
+def committed_records(journal: JournalPort) -> dict[SaKey, SeqRecord]:
+    """The journal's SA records as committed and applied here (a copy, taken under its lock)."""
+    with journal.lock:
+        return dict(journal.seqs.records)
 
 
 def count(counts: dict[str, int], name: str) -> None:
@@ -136,4 +143,5 @@ class FenceTally:
             self.dropping.discard(key)
 
 
-__all__ = ["Callback", "FenceTally", "GuardStats", "JournalPort", "MarkFlight", "count", "sa_name"]
+__all__ = ["Callback", "FenceTally", "GuardStats", "JournalPort", "MarkFlight", "committed_records",
+           "count", "sa_name"]

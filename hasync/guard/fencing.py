@@ -1,0 +1,135 @@
+"""The guard's side of the send fence: the injected `FencePort` kept in line with this node's
+sender term (`permits.SenderTerm`): revoke, grant, forget, count.
+
+Rules: one `asyncio.Lock` orders the fence's commands. The fence holds a permit only for a mark
+committed and accepted in this node's current epoch; every permit is revoked at start, when the
+node is no longer VRRP master, when another node's claim deposed it, and before it claims
+(`new_term`). The only failure handled is the fence's own (`FenceError`: counted, logged once
+per run, retried every step; earlier permits stay in force). The fence's drop counters are
+read at most every COUNTS_S.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Callable
+
+from ..fence import port as fenceport  # a module: hasync.fence.port imports guard.records
+from .permits import SenderTerm
+from .ports import FenceTally, GuardStats, JournalPort, MarkFlight, sa_name
+from .records import SaKey
+
+log = logging.getLogger("hasync.guard")
+COUNTS_S = 1.0  # the fence's drop counters are read at most this often
+
+
+class FenceSync:
+    """The send fence brought in line with the term, one command at a time."""
+
+    def __init__(self, node: str, journal: JournalPort, fence: fenceport.FencePort,
+                 term: SenderTerm, stats: GuardStats, clock: Callable[[], float]) -> None:
+        self.node, self.journal, self.fence = node, journal, fence
+        self.term, self.stats, self.clock = term, stats, clock
+        self.failing = 0  # fence commands that failed in a row
+        self.deposed_by: tuple[str, int] | None = None  # the claim that ended this node's term
+        self.tally = FenceTally()
+        self._set_up = False
+        self._counts_at = -math.inf
+        self._forget: set[SaKey] = set()
+        self._lock = asyncio.Lock()
+
+    async def sync(self, master: bool) -> None:
+        """Bring the fence in line with this node's term: revoke, grant, forget, count."""
+        async with self._lock:
+            self._check_sender(master)
+            term = self.term
+            try:
+                if not self._set_up:
+                    await self.fence.setup()  # revokes everything: a start grants nothing
+                    self._set_up, term.revoke = True, False
+                if term.revoke:
+                    await self.fence.revoke_all()
+                    term.revoke = False
+                    self.stats.revocations += 1
+                if term.pending:
+                    permits = list(term.pending.values())
+                    await self.fence.grant(permits)
+                    term.granted(permits)
+                if self._forget:
+                    keys = sorted(self._forget)
+                    await self.fence.forget(keys)
+                    self._forget.difference_update(keys)
+                now = self.clock()
+                if now - self._counts_at >= COUNTS_S:
+                    self._counts_at = now
+                    self._note_counts(await self.fence.counts())
+            except fenceport.FenceError as e:
+                self._failed(e)
+                return
+            if self.failing:
+                log.info("the send fence works again, after %d failures", self.failing)
+                self.failing = 0
+
+    async def new_term(self, flight: MarkFlight) -> None:
+        """Before a claim: end the term and revoke every permit the fence holds."""
+        async with self._lock:  # a fresh term: nothing from before stays permitted
+            self.term.drop()
+            flight.expire(math.inf, 0.0)  # an old term's submission: its answer is moot
+            try:
+                await self.fence.revoke_all()
+                self.term.revoke = False
+                self.stats.revocations += 1
+            except fenceport.FenceError as e:  # what stays lies below every new target
+                self._failed(e)
+
+    def forget_gone(self, seen: frozenset[SaKey]) -> None:
+        """Forget the SAs a read no longer found: permits, counts, then (next sync) the fence's."""
+        gone = (set(self.tally.fenced) | set(self.term.held) | set(self.term.pending)) - seen
+        if gone:
+            self.term.forget(gone)
+            self.tally.forget(gone)
+            self._forget |= gone
+
+    def _check_sender(self, master: bool) -> None:
+        """End the term when this node is no longer VRRP master or another claim came."""
+        term = self.term
+        if not master:
+            if term.epoch is not None or term.held or term.pending:
+                log.info("no longer VRRP master: every send permit is revoked")
+                term.drop()
+            return
+        if term.epoch is None:
+            return
+        with self.journal.lock:
+            sender = self.journal.seqs.sender
+        if sender == (self.node, term.epoch):
+            return
+        if sender[0] == self.node and sender[1] > term.epoch:
+            term.start(sender[1])  # a retried claim of ours committed after an earlier one
+            return
+        self.stats.deposed += 1
+        self.deposed_by = sender
+        term.drop()
+        log.warning("deposed: %s claimed sender epoch %d while this node is VRRP master; "
+                    "every send permit is revoked (`hasync health`: not_sender)", *sender)
+
+    def _failed(self, e: fenceport.FenceError) -> None:
+        self.stats.fence_errors += 1
+        self.stats.last_error = str(e)
+        if not self.failing:
+            log.warning("the send fence failed: %s (retried every step; earlier permits stay "
+                        "in force; `hasync status`: takeover.loop.fence_errors)", e)
+        self.failing += 1
+
+    def _note_counts(self, counts: fenceport.FenceCounts) -> None:
+        """Keep the drop counters; one log line per read that finds SAs starting to drop."""
+        started, packets = self.tally.note(counts.per_sa, counts.unknown)
+        if started:
+            log.warning("%d SAs fenced: %d outbound packets dropped above this node's "
+                        "committed marks, or without a permit (first: %s; `hasync status` "
+                        "takeover.fence.fenced)", len(started), packets, sa_name(started[0]))
+
+
+__all__ = ["COUNTS_S", "FenceSync"]

@@ -1,0 +1,131 @@
+"""A promotion's IO, once the guard has started a fresh term: claim the sender epoch through
+Raft, then write every SA's target, then activate charon (`promotion.Promotion` decides).
+
+Rules: every decision is `Promotion`'s; this module sequences the claim (a `JournalPort`), the
+kernel (through `reads.KernelReads`, under its one lock: a tick using the kernel finishes
+first, D182) and charon (`activate`). A claim is retried while the node is VRRP master: one
+not answered within CLAIM_WAIT_S is submitted again, a failed one after CLAIM_RETRY_S, doubling
+up to CLAIM_RETRY_MAX_S. Handled failures are only named ones: a claim that fails
+(`syncobj_compat.FailReason`, counted by name, STALE when the journal rejected it) or times out
+(TIMEOUT), a kernel read or write (`kernel.KERNEL_FAILURES`: the promotion's report keeps it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ..syncobj_compat import FailReason, outcome
+from .entries import REJECTED
+from .kernel import KERNEL_FAILURES
+from .permits import SenderTerm
+from .ports import GuardStats, JournalPort, committed_records, count
+from .promotion import Promotion, PromotionReport
+from .reads import KernelReads
+
+log = logging.getLogger("hasync.guard")
+CLAIM_WAIT_S = 1.0  # a claim not answered this long is submitted again
+CLAIM_RETRY_S = 0.05  # a failed claim is retried after this, doubling up to CLAIM_RETRY_MAX_S
+CLAIM_RETRY_MAX_S = 1.0
+
+
+class PromotionDriver:
+    """Claim, write the targets, activate: a promotion's steps after the term is fresh."""
+
+    def __init__(self, journal: JournalPort, term: SenderTerm, reads: KernelReads,
+                 stats: GuardStats, activate: Callable[[], None],
+                 is_master: Callable[[], bool], clock: Callable[[], float],
+                 sleep: Callable[[float], Awaitable[None]]) -> None:
+        self.journal, self.term, self.reads, self.stats = journal, term, reads, stats
+        self.activate, self.is_master, self.clock, self.sleep = activate, is_master, clock, sleep
+
+    async def run(self, promo: Promotion) -> PromotionReport:
+        """Claim the sender epoch; once it is applied here, write every SA's target and
+        activate charon. Without a committed claim: no writes, no activation, no marks."""
+        try:
+            epoch = await self._claim(promo.report)
+        except asyncio.CancelledError:  # VRRP BACKUP or FAULT (Effects cancels it)
+            promo.claim_done(None, promo.report.claim_attempts, self.clock())
+            raise
+        promo.claim_done(epoch, promo.report.claim_attempts, self.clock())
+        if epoch is None:
+            log.warning("promotion given up: the claim did not commit in %d attempts "
+                        "before the role changed; charon not activated, nothing sent",
+                        promo.report.claim_attempts)
+            return promo.report
+        self.term.start(epoch)
+        async with self.reads.lock:  # a tick using the kernel finishes first
+            await self._xfrm(promo)
+        self.activate()
+        return self._promoted(promo.activated(self.clock()))
+
+    async def _claim(self, report: PromotionReport) -> int | None:
+        """Claims until one is applied here (its epoch) or VRRP leaves MASTER (None)."""
+        backoff = CLAIM_RETRY_S
+        while self.is_master():
+            report.claim_attempts += 1
+            epoch = await self._claim_once(CLAIM_WAIT_S)
+            if epoch is not None:
+                return epoch
+            await self.sleep(backoff)
+            backoff = min(2 * backoff, CLAIM_RETRY_MAX_S)
+        return None
+
+    async def _claim_once(self, within_s: float) -> int | None:
+        """One claim: its epoch once applied here, None if it failed or took `within_s`."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[tuple[FailReason, Any]] = loop.create_future()
+
+        def settle(answer: tuple[FailReason, Any]) -> None:
+            if not fut.done():
+                fut.set_result(answer)
+
+        def done(result: Any, error: Any) -> None:
+            loop.call_soon_threadsafe(settle, (outcome(error), result))
+        self.journal.claim(done)
+        await asyncio.sleep(0)  # an answer given at once is taken before the timer starts
+        if not fut.done():
+            timer = asyncio.ensure_future(self.sleep(within_s))
+            try:
+                await asyncio.wait({fut, timer}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                timer.cancel()
+        if not fut.done():
+            fut.cancel()
+            count(self.stats.claim_failed, "TIMEOUT")
+            return None
+        reason, result = fut.result()
+        if reason is FailReason.SUCCESS and type(result) is int:
+            return result
+        count(self.stats.claim_failed, "STALE" if result == REJECTED else reason.name)
+        return None
+
+    async def _xfrm(self, promo: Promotion) -> None:
+        """Read and write until the promotion leaves its XFRM phase."""
+        again = True
+        while again:
+            try:
+                sas = await self.reads.kernel.snapshot()
+                self.reads.last_read = self.clock()  # a master's staleness counts from this read
+                writes = promo.plan(sas, committed_records(self.journal))
+                res = await self.reads.kernel.write(writes)
+            except KERNEL_FAILURES as e:
+                again = promo.read_failed(str(e), self.clock())
+                continue
+            promo.written(res, self.clock())
+            again = False
+
+    @staticmethod
+    def _promoted(rep: PromotionReport) -> PromotionReport:
+        log.info("promoted: sender epoch %d claimed in %.0f ms (%d attempts), %d of %d SAs "
+                 "written in %.0f ms (largest jump %d), charon activated in %.0f ms",
+                 rep.epoch, rep.wait_ms, rep.claim_attempts, rep.writes, rep.sas, rep.xfrm_ms,
+                 rep.max_jump, rep.activate_ms)
+        for err in rep.errors:
+            log.warning("promotion: %s", err)
+        return rep
+
+
+__all__ = ["CLAIM_RETRY_MAX_S", "CLAIM_RETRY_S", "CLAIM_WAIT_S", "PromotionDriver"]

@@ -1,0 +1,80 @@
+"""The guard's side of the kernel: reads and writes of the XFRM replay state through the
+injected `KernelPort`, what they cost and what the last good read found.
+
+Rules: one `asyncio.Lock` (`lock`) keeps a tick and a promotion from using the kernel at once
+(D182); whoever reads or writes holds it. Only the kernel's named failures
+(`kernel.KERNEL_FAILURES`) are handled, by the caller, through `failed`: counted, logged once
+per run of failures. The injected clock is read once per read and handed back as `now`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from .kernel import KernelPort
+from .pacing import ReadCosts
+from .ports import GuardStats
+from .records import KernelSa, SaKey, Write, WriteResult
+
+log = logging.getLogger("hasync.guard")
+
+
+class KernelReads:
+    """The kernel port behind its lock, the reads' costs and the last good read."""
+
+    def __init__(self, kernel: KernelPort, costs: ReadCosts, stats: GuardStats,
+                 clock: Callable[[], float]) -> None:
+        self.kernel, self.costs, self.stats, self.clock = kernel, costs, stats, clock
+        self.lock = asyncio.Lock()  # a tick and a promotion never use the kernel at once
+        self.failing = 0  # reads that failed in a row
+        self.last_read: float | None = None  # the last successful kernel read (clock)
+        self.spis: frozenset[int] = frozenset()  # the SPIs of that read (charonwatch)
+        self.keys: frozenset[SaKey] = frozenset()  # its SAs (roam.py)
+
+    async def read(self, master: bool) -> tuple[list[KernelSa], float]:
+        """Every SA's replay state, and the clock at the read (a master's gaps are counted)."""
+        sas: list[KernelSa] = await self.kernel.snapshot()
+        now, before = self.clock(), self.last_read
+        self.last_read = now
+        if master and before is not None:
+            gap_ms = round((now - before) * 1000, 1)
+            self.stats.master_gap_max_ms = max(self.stats.master_gap_max_ms, gap_ms)
+        self.stats.ticks += 1
+        if self.failing:
+            log.info("reading the kernel's SAs works again, after %d failures", self.failing)
+            self.failing = 0
+        seen = frozenset(sa.key for sa in sas)
+        self.keys = seen
+        self.spis = frozenset(key[1] for key in seen)
+        return sas, now
+
+    async def write(self, writes: list[Write]) -> tuple[WriteResult, float]:
+        """Write to the kernel (nothing if no writes); what it did and the time it took."""
+        if not writes:
+            return WriteResult(), 0.0
+        wrote = self.clock()
+        res = await self.kernel.write(writes)
+        if res.errors:
+            self.stats.last_error = res.errors[-1]
+        return res, self.clock() - wrote
+
+    def failed(self, e: Exception) -> None:
+        """A read or write failed with one of `kernel.KERNEL_FAILURES`."""
+        self.stats.kernel_errors += 1
+        self.stats.last_error = str(e)
+        if not self.failing:  # once per run of failures: the guard stands still meanwhile
+            log.warning("the sequence guard cannot read or write the kernel's SAs: %s "
+                        "(retried every tick; `hasync status`: takeover.loop.kernel_errors)", e)
+        self.failing += 1
+
+    def done(self, read_s: float, write_s: float) -> None:
+        """A tick ended: keep what its read and its writes cost (pacing.ReadCosts)."""
+        self.costs.note(read_s, write_s)
+        self.stats.read_ms = round(read_s * 1000, 1)
+        self.stats.write_ms = round(write_s * 1000, 1)
+        self.stats.read_max_ms = round(max(self.costs.reads) * 1000, 1)
+
+
+__all__ = ["KernelReads"]
