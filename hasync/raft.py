@@ -23,8 +23,6 @@ Rules:
   `members_view`, `counters`, which copy under it). `raft_status()` returns a copy of
   `getStatus()` taken on the tick thread (getStatus iterates pysyncobj's dicts, unsafe from
   another thread). A snapshot load decodes outside the lock and swaps the machine under it.
-  Proposals go through `LeadershipTransfer` (transfer.py), which holds them while a handoff
-  runs and takes its steps in the status copy's tick callback.
 """
 
 from __future__ import annotations
@@ -59,8 +57,7 @@ from .journal.state import JournalState
 from .raftnet import guarded_transport
 from .raftport import PortCounters
 from .snapwriter import SnapshotWriter, paused_gc
-from .syncobj_compat import FailReason, SyncObj, SyncObjConf, SyncObjConsumer, replicated
-from .transfer import LeadershipTransfer
+from .syncobj_compat import FailReason, SyncObj, SyncObjConf, SyncObjConsumer, outcome, replicated
 
 log = logging.getLogger(__name__)
 durable.install()  # every SyncObj journal syncs before it answers (issue 17 finding 5)
@@ -68,6 +65,10 @@ durable.install()  # every SyncObj journal syncs before it answers (issue 17 fin
 # pickle of (format, JournalState.to_dict(), SeqLog.to_dict(), raft_data); 3: the sender
 SNAPSHOT_FORMAT = 4  # 4: the origins' batch streams (pipeline.py); 3 is still read
 SNAPSHOT_PICKLE_PROTOCOL = 4  # what main wrote (3.11 default), pinned: same state, same bytes
+# A leadership handoff runs this long at most, this node's proposals held meanwhile
+# (_try_hand_off): about an election's length (RaftTiming.election_max_s), which the handoff
+# costs anyway and the guard's reserve covers; one that goes through takes milliseconds
+HANDOFF_TRY_S = 1.5
 AUTO_TICK_MIN_S = 0.05  # pysyncobj's default poll timeout; a slow heartbeat polls less often
 # batch, its datagrams, the refeed, and its number (`ClusterJournal.applied_batches`)
 Applied = Callable[[Batch | None, list[tuple[bytes, HaMessage]], list[bytes], int], None]
@@ -159,6 +160,11 @@ class ClusterJournal:
         self._child_adds = 0
         self._batches = 0  # batches applied; stamped on each under `lock` (applied_batches)
         self._running = False  # SyncObj's constructor loads this node's own snapshot
+        self._hand_off = False  # asked by the loop, done on Raft's thread (handoff.py)
+        self._hand_off_until: float | None = None  # tried at each tick until then
+        self._held: list[tuple[int, bytes, Callback]] = []  # proposals held meanwhile
+        self._held_lock = threading.Lock()  # _held and _hand_off_until
+        self._hand_off_sent = False  # TimeoutNow went: wait to step down
         self._status: dict[str, Any] = {}  # replaced whole on Raft's thread, never mutated
         self._sealer = Sealer(keys, node)  # per-node subkeys (seal.py)
         self._destroyed = False
@@ -182,8 +188,7 @@ class ClusterJournal:
         self._raft = SyncObj(bind, peers, conf, consumers=[self._replica],
                              transportClass=guarded_transport(self.raft_port))
         self._raft.addOnTickCallback(self._copy_status)
-        self._transfer = LeadershipTransfer(  # holds proposals during a handoff
-            self._raft, self._raft.proposer(self._replica, "apply"), self._bump)
+        self._enqueue = self._raft.proposer(self._replica, "apply")  # syncobj_compat.py
         self._running = True  # a snapshot loaded from here on may replace a fed state
 
     # ---- what other code reads ----
@@ -286,7 +291,11 @@ class ClusterJournal:
         if self._destroyed:
             callback(None, int(FailReason.MISSING_LEADER))
             return
-        self._transfer.propose(int(kind), sealed, callback)  # held while a handoff runs
+        with self._held_lock:
+            if self._hand_off_until is not None:  # a handoff is being tried: hold (in order)
+                self._held.append((int(kind), sealed, callback))
+                return
+            self._enqueue((int(kind), sealed), callback)
 
     def compact(self) -> None:
         """Snapshot at the next tick (pysyncobj forceLogCompaction)."""
@@ -295,7 +304,9 @@ class ClusterJournal:
     def destroy(self) -> None:
         """Stop Raft's thread and close its sockets (pysyncobj destroy: asynchronous)."""
         self._destroyed = True
-        for callback in self._transfer.drop():
+        with self._held_lock:
+            held, self._held = self._held, []
+        for _, _, callback in held:
             callback(None, int(FailReason.MISSING_LEADER))
         self._raft.destroy()
 
@@ -377,19 +388,60 @@ class ClusterJournal:
         leadership off if asked (transferLeadership touches Raft's state: this thread only)."""
         try:
             self._status = self._raft.getStatus()
-            self._transfer.tick(time.monotonic(), self._status)  # transfer.py
+            if self._hand_off:
+                self._hand_off = False
+                with self._held_lock:
+                    self._hand_off_until = time.monotonic() + HANDOFF_TRY_S
+            if self._hand_off_until is not None:
+                try:
+                    self._try_hand_off(time.monotonic())
+                except Exception:
+                    self._end_hand_off("ERROR")  # never hold this node's proposals for good
+                    raise
         except Exception as exc:  # an exception here would abort pysyncobj's tick
             self._count("status_error", exc)
 
     def hand_off(self) -> None:
         """Ask Raft to move the leadership to the most caught-up connected follower (Raft's
         TimeoutNow), at its next tick; the outcome is counted (`leader_handoff:<reason>`)."""
-        self._transfer.ask()
+        self._hand_off = True
 
-    def _bump(self, name: str) -> None:
-        """Count `name` once (LeadershipTransfer's outcomes)."""
+    def _try_hand_off(self, now: float) -> None:
+        """One step of a handoff (Raft's thread). pysyncobj denies a transfer while the best
+        follower lacks the leader's last entry (transferLeadership), which under a steady
+        stream is every tick, and the target then loses its election if the leader appended
+        more meanwhile. So while a handoff runs, this node holds its own proposals (the
+        master's batches and marks: most of the stream); a denied try is tried again at the
+        next tick; after TimeoutNow went, the hold lasts until this node is no longer the
+        leader. At HANDOFF_TRY_S at most, the held proposals go, in order. Counted once as
+        `leader_handoff:<reason>` (SUCCESS: it stepped down; KEPT: it still leads), the
+        denied tries as `leader_handoff_tries`."""
+        until = self._hand_off_until or now
+        if self._hand_off_sent:
+            stepped_down = self._status.get("state") != 2  # pysyncobj _RAFT_STATE.LEADER
+            if stepped_down or now >= until:
+                self._end_hand_off("SUCCESS" if stepped_down else "KEPT")
+            return
+        answer: list[Any] = []
+        self._raft.transferLeadership(callback=lambda result, error: answer.append(error))
+        reason = outcome(answer[0]) if answer else FailReason.UNKNOWN_OUTCOME
+        if reason is FailReason.SUCCESS:
+            self._hand_off_sent = True  # TimeoutNow is on its way: hold until we step down
+        elif reason is FailReason.REQUEST_DENIED and now < until:
+            with self.lock:
+                self._counters["leader_handoff_tries"] += 1
+        else:
+            self._end_hand_off(reason.name)
+
+    def _end_hand_off(self, result: str) -> None:
+        """Release the held proposals, in order, and count the handoff's outcome."""
+        with self._held_lock:
+            self._hand_off_until, self._hand_off_sent = None, False
+            held, self._held = self._held, []
+            for kind, sealed, callback in held:  # under the lock: before any newer one
+                self._enqueue((kind, sealed), callback)
         with self.lock:
-            self._counters[name] += 1
+            self._counters[f"leader_handoff:{result}"] += 1
 
     def _save_snapshot(self, filename: str, raft_data: Any) -> None:
         """pysyncobj serializer (tick thread): copy the state under the lock (a structural copy,
