@@ -10,7 +10,7 @@ IKE_UPDATE, CHILD_ADD each) and 2 sequence records per tunnel, then measures:
   longest page (lock held, = longest loop stall), all pages, the largest answer;
 - snapshot_old: the serializer as it was: to_dict of both logs under the lock, then pickle,
   seal and fsync on Raft's thread (lock held, Raft thread busy);
-- snapshot_new: ClusterJournal._save_snapshot now (snapwriter.py): lock held, time on the
+- snapshot_new: SnapshotFiles.save now (raftsnap.py, snapwriter.py): lock held, time on the
   calling (Raft) thread, the worker's time; the state is swapped into a one-node journal;
 - memory: bytes per tunnel of the journal state and per SA of the sequence records and of the
   rate meter (tracemalloc over --mem-tunnels), RSS per tunnel at --tunnels.
@@ -45,7 +45,8 @@ from hasync.ha import decode  # noqa: E402
 from hasync.journal.machine import ApplyMachine  # noqa: E402
 from hasync.journal.seal import Sealer, derive_keys, seal_chunks  # noqa: E402
 from hasync.journal.state import JournalState  # noqa: E402
-from hasync.raft import ClusterJournal, pack_snapshot  # noqa: E402
+from hasync.raft import ClusterJournal  # noqa: E402
+from hasync.raftsnap import pack_snapshot  # noqa: E402
 from hasync.status import SAS_PAGE, Answers, sas_answer  # noqa: E402
 
 import hastream  # noqa: E402
@@ -167,7 +168,8 @@ def snapshot_old(st: JournalState, seqs: SeqLog, d: Path) -> dict[str, Any]:
 
 
 def snapshot_new(st: JournalState, seqs: SeqLog, d: Path) -> dict[str, Any]:
-    """ClusterJournal._save_snapshot now, on this thread as pysyncobj would call it."""
+    """The journal's serializer now (SnapshotFiles.save), on this thread as pysyncobj would
+    call it."""
     (port,) = free_ports(1)
     j = ClusterJournal("n1", f"127.0.0.1:{port}", [], d / "node", KEYS)
     try:
@@ -179,9 +181,9 @@ def snapshot_new(st: JournalState, seqs: SeqLog, d: Path) -> dict[str, Any]:
         final = d / "new.snapshot"
         with Ticker() as ticker:
             t = time.perf_counter()
-            j._save_snapshot(str(final) + ".tmp", None)
+            j._snapshots.save(str(final) + ".tmp", None)
             caller = time.perf_counter() - t
-            j._snap.wait()
+            j._snapshots.writer.wait()
             worker = time.perf_counter() - t
         while not final.exists():  # pysyncobj's tick thread calls the checker
             time.sleep(0.01)

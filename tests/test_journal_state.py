@@ -772,8 +772,8 @@ def test_a_jump_takes_a_charon_fed_an_older_state_to_the_newer_one(
         msgs: list[HaMessage], data: st.DataObject) -> None:
     """A snapshot from the leader installed over a state already fed to charon (a node that
     restarted with its journal on disk, replayed it, then got the leader's snapshot): charon
-    fed the older plan, then the jump, holds what the newer state holds (raft.py
-    `_load_snapshot`; the CI run of 37f02a7 lost a CHILD_SA to this gap)."""
+    fed the older plan, then the jump, holds what the newer state holds (raftsnap.py
+    `SnapshotFiles.load`; the CI run of 37f02a7 lost a CHILD_SA to this gap)."""
     split = data.draw(st.integers(0, len(msgs)))
     older, newer = JournalState(), JournalState()
     for k, msg in enumerate(msgs):

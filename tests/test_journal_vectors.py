@@ -47,7 +47,7 @@ from hasync.journal.seal import (
     seal_chunks,
     unpack_batch,
 )
-from hasync.raft import SNAPSHOT_FORMAT, pack_snapshot, unpack_snapshot
+from hasync.raftsnap import SNAPSHOT_FORMAT, pack_snapshot, unpack_snapshot
 
 import hastream
 

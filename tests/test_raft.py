@@ -261,9 +261,9 @@ def _gated_pack(monkeypatch: pytest.MonkeyPatch, j: ClusterJournal) -> tuple[
         threading.Event, list[tuple[str, bool]]]:
     """Make snapshot packing wait for a gate (30 s at most); record its thread and whether
     the journal lock was free meanwhile."""
-    import hasync.raft as raft
+    import hasync.raftsnap as raftsnap
     gate, seen = threading.Event(), []
-    real = raft.pack_snapshot
+    real = raftsnap.pack_snapshot
 
     def slow_pack(*args: Any) -> bytes:
         free = j.lock.acquire(timeout=5)  # what the event loop would wait for
@@ -273,7 +273,7 @@ def _gated_pack(monkeypatch: pytest.MonkeyPatch, j: ClusterJournal) -> tuple[
         gate.wait(30)
         return real(*args)
 
-    monkeypatch.setattr(raft, "pack_snapshot", slow_pack)
+    monkeypatch.setattr(raftsnap, "pack_snapshot", slow_pack)
     return gate, seen
 
 
@@ -281,7 +281,7 @@ def test_finding6_a_snapshot_is_packed_off_the_lock_and_off_rafts_thread(
         leader: ClusterJournal, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """While a snapshot is being packed, the lock is free and Raft keeps committing; the
     snapshot lands once packed and holds the state as it was copied."""
-    import hasync.raft as raft
+    import hasync.raftsnap as raftsnap
     _fill(leader, 20)
     before = leader.state.to_dict()
     gate, seen = _gated_pack(monkeypatch, leader)
@@ -292,8 +292,8 @@ def test_finding6_a_snapshot_is_packed_off_the_lock_and_off_rafts_thread(
     assert not (tmp_path / "raft.snapshot").exists()  # only a finished snapshot is put in place
     gate.set()
     _wait(lambda: (tmp_path / "raft.snapshot").exists())
-    state, _seqs, _raft_data, _streams = raft.unpack_snapshot(
-        raft.open_chunks(leader._sealer, (tmp_path / "raft.snapshot").read_bytes()))
+    state, _seqs, _raft_data, _streams = raftsnap.unpack_snapshot(
+        raftsnap.open_chunks(leader._sealer, (tmp_path / "raft.snapshot").read_bytes()))
     assert state == before and "snapshot_save_error" not in leader.counters
 
 
@@ -306,9 +306,9 @@ def test_a_local_snapshot_finishing_after_an_installed_one_is_discarded(
     leader.compact()
     _wait(lambda: seen)
     final.write_bytes(b"the leader's snapshot")  # as Serializer.setTransmissionData does
-    leader._snap.installed()  # then _load_snapshot
+    leader._snapshots.writer.installed()  # then SnapshotFiles.load
     gate.set()
-    _wait(lambda: not leader._snap.busy)
+    _wait(lambda: not leader._snapshots.writer.busy)
     assert final.read_bytes() == b"the leader's snapshot"
     assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
 
@@ -337,7 +337,7 @@ def test_a_snapshot_installed_over_a_fed_state_announces_the_jump(tmp_path: Path
         _wait(lambda: heard)
         with node.lock:
             old = JournalState.from_dict(node.state.to_dict())
-        node._load_snapshot(str(tmp_path / "leader" / "raft.snapshot"))
+        node._snapshots.load(str(tmp_path / "leader" / "raft.snapshot"))
         batch, applied, jump, number = heard[-1]
         assert batch is None and applied == [] and number == node.applied_batches == 2
         assert jump == node.state.jump_plan(old) and node.counters["snapshot_jumps"] == 1
