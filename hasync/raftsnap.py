@@ -29,7 +29,7 @@ from .guard.entries import SeqLog
 from .journal import durable
 from .journal.machine import ApplyMachine
 from .journal.seal import Sealer, open_chunks, seal_chunks
-from .journal.state import FrozenState
+from .journal.snapshot import FrozenState
 from .snapwriter import SnapshotWriter, paused_gc
 
 # pickle of (format, JournalState.to_dict(), SeqLog.to_dict(), raft_data); 3: the sender
