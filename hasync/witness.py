@@ -20,9 +20,9 @@ from typing import Any
 
 from .config import Config
 from .control import ControlServer
-from .daemon import quorum_loop
 from .healthfile import shape
 from .journal.seal import Batch, derive_keys, load_cluster_key
+from .journalio import quorum_loop
 from .quorum import QuorumProbe
 from .raft import ClusterJournal, RaftTiming
 from .status import JournalView, members_answer

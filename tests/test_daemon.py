@@ -143,7 +143,9 @@ def test_the_metrics_endpoint_serves_the_daemons_status_when_configured(cfg: Con
         writer.close()
         os.kill(os.getpid(), signal.SIGTERM)
 
-    _run(daemon, 1.5, lambda: asyncio.ensure_future(scrape()))
+    tasks: list[asyncio.Future[None]] = []  # held: the loop keeps only a weak reference,
+    # and a collection while the read waits would end the scrape (GeneratorExit)
+    _run(daemon, 1.5, lambda: tasks.append(asyncio.ensure_future(scrape())))
     assert scraped[0].startswith(b"HTTP/1.1 200 OK")
     assert b'hasync_info{cluster="hasync",node="gw1"} 1.0' in scraped[0]
     assert b'hasync_vrrp_state{state="joining"} 1.0' in scraped[0]

@@ -189,7 +189,7 @@ def test_applies_queued_behind_the_replay_start_are_not_fed_twice(tmp_path: Path
     after the replay started, is in the plan: fed again, its IKE_ADDs would leave charon two
     IKE_SAs with one ID, and a later IKE_DELETE would destroy only one (the CI run of d3be1c0:
     a restored backup kept a deleted lease tunnel and went to FAULT on charon_drift)."""
-    announced: list[tuple[list[bytes], int]] = []  # the loop's queue (daemon._threadsafe)
+    announced: list[tuple[list[bytes], int]] = []  # the loop's queue (Supervisor.threadsafe)
     (port,) = free_ports(1)
     journal = ClusterJournal("n1", f"127.0.0.1:{port}", [], tmp_path / "raft",
                              derive_keys(bytes(range(32)), "test"),

@@ -69,7 +69,7 @@ _NOT_JOURNALED = frozenset(
     {MessageType.SEGMENT_DROP, MessageType.SEGMENT_TAKE, MessageType.STATUS, MessageType.RESYNC}
 )
 
-# What `apply()` and the journal's readers (daemon.py: ike_id and inbound_spi of the MID
+# What `apply()` and the journal's readers (journalio.py: ike_id and inbound_spi of the MID
 # types) read of each message type; hasync.ha.decode_only() skips the rest (nonces, keys,
 # proposals, selectors stay bytes in `raw`; an IKE_UPDATE's fields are read from `raw` when
 # it is kept or folded). A type not named here is decoded whole.
