@@ -21,7 +21,7 @@ import socket
 import time
 import zlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import pysyncobj.pickle as syncobj_pickle
 from cryptography.fernet import InvalidToken
@@ -30,6 +30,8 @@ from pysyncobj.tcp_connection import CONNECTION_STATE, set_keepalive
 
 from .raftport import FRAME_HEADER, MAX_MESSAGE, FrameError, FrameReader, PortCounters
 
+_A = TypeVar("_A")
+_R = TypeVar("_R")
 READ_BATCH = 64  # reads per poll event on one connection
 EV_READ, EV_WRITE, EV_ERROR = POLL_EVENT_TYPE.READ, POLL_EVENT_TYPE.WRITE, POLL_EVENT_TYPE.ERROR
 
@@ -210,19 +212,23 @@ class GuardedConnection:
         if event & EV_READ:
             self._read()
 
+    def _io(self, op: Callable[[_A], _R], arg: _A) -> _R | None:
+        """`op(arg)` on the socket, or None: it would block, or it failed and disconnected."""
+        try:
+            return op(arg)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError:
+            self.disconnect()
+            return None
+
     def _flush(self) -> None:
         """Write what the socket takes; the written head is deleted in place."""
         if self._timed_out() or self._sock is None:
             return
         while self._out:
-            try:
-                sent = self._sock.send(self._out)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                self.disconnect()
-                return
-            if sent <= 0:
+            sent = self._io(self._sock.send, self._out)
+            if sent is None or sent <= 0:
                 return
             del self._out[:sent]
 
@@ -231,12 +237,8 @@ class GuardedConnection:
         for _ in range(READ_BATCH):
             if self._sock is None:
                 return
-            try:
-                chunk = self._sock.recv(self._recv_size)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                self.disconnect()
+            chunk = self._io(self._sock.recv, self._recv_size)
+            if chunk is None:
                 return
             if not chunk:
                 self.disconnect()

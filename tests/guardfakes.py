@@ -104,27 +104,26 @@ class FakeFence:
                     out.append((a, b))
         return sorted(out)
 
-    async def setup(self) -> None:
-        self._call("setup")
+    def _apply(self, name: str, permits: dict[SaKey, Permit]) -> None:
+        """One command, as NftFence._apply runs its plan: recorded (or refused), the kernel's
+        traffic flushed up to now, then `permits` are the ones in force."""
+        self._call(name)
         self.before_change()
-        self.permits.clear()
+        self.permits = permits
+
+    async def setup(self) -> None:
+        self._apply("setup", {})
 
     async def grant(self, permits: Any) -> None:
-        self._call("grant")
-        self.before_change()
-        for p in permits:
-            self.permits[p.key] = p
+        self._apply("grant", {**self.permits, **{p.key: p for p in permits}})
 
     async def revoke_all(self) -> None:
-        self._call("revoke_all")
-        self.before_change()
-        self.permits.clear()
+        self._apply("revoke_all", {})
 
     async def forget(self, keys: Any) -> None:
-        self._call("forget")
-        self.before_change()
-        for key in keys:
-            self.permits.pop(key, None)
+        gone = set(keys)
+        self._apply("forget", {k: p for k, p in self.permits.items() if k not in gone})
+        for key in gone:
             self.dropped.pop(key, None)
 
     async def counts(self) -> FenceCounts:

@@ -1,5 +1,5 @@
 """Running a `hasync lab` command from a lab test, as a user would: one subprocess, its JSON
-result loaded, its output shown when the test fails.
+result loaded, its output shown when the test fails; the lab tests' marks and fixtures.
 
 Rules: test helper only; the command must exit 0 and write the JSON it was asked for.
 """
@@ -7,6 +7,7 @@ Rules: test helper only; the command must exit 0 and write the JSON it was asked
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,10 @@ import pytest
 from hasync_lab.confgen import LAB_BARRIER_MS
 
 ROOT = Path(__file__).resolve().parent.parent
+NEEDS_ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")
+LAB = [pytest.mark.lab, NEEDS_ROOT]  # a module's pytestmark: a lab test of `make test`
+# a module's pytestmark: a longer lab scenario, run by `make test-lab-extended`
+LAB_EXTENDED = [pytest.mark.lab, pytest.mark.lab_extended, NEEDS_ROOT]
 
 
 def run_lab(tmp_path_factory: pytest.TempPathFactory, name: str, args: list[str],
@@ -30,6 +35,14 @@ def run_lab(tmp_path_factory: pytest.TempPathFactory, name: str, args: list[str]
     sys.stdout.write(res.stdout[-6000:])
     assert res.returncode == 0, res.stderr[-4000:]
     return json.loads(path.read_text()), res.stdout
+
+
+def lab_fixture(name: str, args: list[str], timeout: float) -> Any:
+    """A module-scoped fixture: `run_lab(..., name, args, timeout)`'s JSON result, run once."""
+    @pytest.fixture(scope="module")
+    def result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+        return run_lab(tmp_path_factory, name, args, timeout)[0]
+    return result
 
 
 PHASES = ("wait_ms", "xfrm_ms", "activate_ms")

@@ -309,15 +309,21 @@ def test_a_submission_raft_never_answers_is_given_up_after_the_stall_bound() -> 
     assert flight.open
 
 
-def test_an_entry_that_cannot_be_sealed_is_logged_with_its_traceback_and_counted(
-        caplog: Any) -> None:
+def sender_whose_submit_raises(exc: Exception) -> Guard:
+    """The sender gw2 over one SA, its journal's `submit_seq` raising `exc`."""
     journal = FakeJournal()
 
-    def refuse(entry: Any, callback: Any) -> None:
-        raise EntryError("packed entry too large")
-    journal.submit_seq = refuse  # type: ignore[method-assign]
+    def submit_seq(entry: Any, callback: Any) -> None:
+        raise exc
+    journal.submit_seq = submit_seq  # type: ignore[method-assign]
     g = guard(journal, FakeKernel([KernelSa(KEY, False, 100, 0, (0,), 32)]))
     sender(g)
+    return g
+
+
+def test_an_entry_that_cannot_be_sealed_is_logged_with_its_traceback_and_counted(
+        caplog: Any) -> None:
+    g = sender_whose_submit_raises(EntryError("packed entry too large"))
     with caplog.at_level(logging.ERROR, logger="hasync.guard"):
         asyncio.run(g.tick(master=True))
     (record,) = caplog.records
@@ -326,13 +332,7 @@ def test_an_entry_that_cannot_be_sealed_is_logged_with_its_traceback_and_counted
 
 
 def test_any_other_submit_failure_propagates() -> None:
-    journal = FakeJournal()
-
-    def broken(entry: Any, callback: Any) -> None:
-        raise KeyError("a bug")
-    journal.submit_seq = broken  # type: ignore[method-assign]
-    g = guard(journal, FakeKernel([KernelSa(KEY, False, 100, 0, (0,), 32)]))
-    sender(g)
+    g = sender_whose_submit_raises(KeyError("a bug"))
     with pytest.raises(KeyError):
         asyncio.run(g.tick(master=True))
 

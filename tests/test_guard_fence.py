@@ -27,15 +27,26 @@ def accepted_mark(sim: Sim, key: tuple[str, int, int]) -> int:
         return sim.raft.seqs.records[key].mark
 
 
+async def master_sending(sim: Sim, node: str, pps: float, seconds: float) -> None:
+    """`node` becomes VRRP master and its kernel sends K1 at `pps` for `seconds`."""
+    sim.become_master(node)
+    sim.kernels[node].rate(K1, pps)
+    await sim.run(seconds)
+
+
+async def gw1_sending(pps: float, seconds: float, esn: bool = False) -> Sim:
+    """A two-node cluster holding K1, whose master gw1 has sent it at `pps` for `seconds`."""
+    sim = Sim()
+    sim.add_sa(K1, esn=esn)
+    await master_sending(sim, "gw1", pps, seconds)
+    return sim
+
+
 def test_a_raft_that_stalls_forever_stops_the_wire_at_the_last_committed_mark() -> None:
     """(a) Raft stalls forever on the master: the wire never passes the last committed mark;
     the fence drops exactly the packets above it, and the guard shows them per SA."""
     async def scenario() -> None:
-        sim = Sim()
-        sim.add_sa(K1)
-        sim.become_master("gw1")
-        sim.kernels["gw1"].rate(K1, 2000)
-        await sim.run(1.0)
+        sim = await gw1_sending(2000, 1.0)
         assert sim.activated["gw1"] == 1 and sim.kernels["gw1"].top(K1) > 1000
         sim.raft.stalled = True
         await sim.run(0.2)  # an answer already applied is granted; nothing commits after
@@ -95,9 +106,7 @@ def test_a_rate_step_is_fenced_not_sent_twice() -> None:
         assert sim.kernels["gw1"].top(K1) <= accepted_mark(sim, K1)
         sim.kill("gw1")
         await sim.run(0.5)
-        sim.become_master("gw2")
-        sim.kernels["gw2"].rate(K1, 5000)
-        await sim.run(2.0)
+        await master_sending(sim, "gw2", 5000, 2.0)
         assert sim.first("gw2", K1) > sim.kernels["gw1"].top(K1)
         assert sim.fences["gw1"].dropped[K1] > 0  # after the kill at least
         sim.check_wire()
@@ -110,28 +119,20 @@ def test_a_one_and_a_half_second_election_at_5k_never_overlaps(
     """(d) Raft elects for 1.5 s at 5k packets/s (commits wait, then land), with the failover
     after it or in the middle of it (the new master's claim waits for the election too)."""
     async def scenario() -> None:
-        sim = Sim()
-        sim.add_sa(K1)
-        sim.become_master("gw1")
-        sim.kernels["gw1"].rate(K1, 5000)
-        await sim.run(2.0)
+        sim = await gw1_sending(5000, 2.0)
         sim.raft.stalled = True
         if failover_at is None:
             await sim.run(1.5)
         else:
             await sim.run(failover_at)
             sim.kill("gw1")
-            sim.become_master("gw2")
-            sim.kernels["gw2"].rate(K1, 5000)
-            await sim.run(1.5 - failover_at)
+            await master_sending(sim, "gw2", 5000, 1.5 - failover_at)
         sim.raft.resume()
         await sim.run(1.0)
         if failover_at is None:
             assert sim.kernels["gw1"].top(K1) <= accepted_mark(sim, K1)
             sim.kill("gw1")
-            sim.become_master("gw2")
-            sim.kernels["gw2"].rate(K1, 5000)
-            await sim.run(2.0)
+            await master_sending(sim, "gw2", 5000, 2.0)
         assert sim.activated["gw2"] == 1
         assert sim.first("gw2", K1) > sim.kernels["gw1"].top(K1)
         sim.check_wire()
@@ -169,17 +170,11 @@ def test_two_vrrp_masters_on_one_raft_leave_one_sender() -> None:
     """(f) both nodes think they are VRRP master while Raft connects them: after gw2's claim
     gw1's marks are rejected, gw1 is deposed and revokes, its wire stays below gw2's first."""
     async def scenario() -> None:
-        sim = Sim()
-        sim.add_sa(K1)
-        sim.become_master("gw1")
-        sim.kernels["gw1"].rate(K1, 2000)
-        await sim.run(2.0)
+        sim = await gw1_sending(2000, 2.0)
         sim.raft.slow["gw1"] = 0.3  # gw1's renewal in flight lands after gw2's claim
         while not sim.guards["gw1"].flight.open:
             await sim.run(0.01)
-        sim.become_master("gw2")  # gw1 stays VRRP master
-        sim.kernels["gw2"].rate(K1, 2000)
-        await sim.run(3.0)
+        await master_sending(sim, "gw2", 2000, 3.0)  # gw1 stays VRRP master
         g1 = sim.guards["gw1"]
         assert g1.stats.rejected >= 1 and sim.raft.seqs.rejected >= 1
         assert g1.stats.deposed == 1 and g1.term.epoch is None
@@ -195,15 +190,10 @@ def test_a_claim_that_never_commits_activates_nothing_and_permits_nothing() -> N
     """(g) a minority node (cut off from the majority) becomes VRRP master: its claim never
     commits; no activation, no marks, no permits, nothing on its wire; health says so."""
     async def scenario() -> None:
-        sim = Sim()
-        sim.add_sa(K1)
-        sim.become_master("gw1")
-        sim.kernels["gw1"].rate(K1, 1000)
-        await sim.run(1.0)
+        sim = await gw1_sending(1000, 1.0)
         sim.raft.cut.add("gw2")
-        sim.become_master("gw2")
-        sim.kernels["gw2"].rate(K1, 1000)  # traffic reaches it: all of it is fenced
-        await sim.run(STALL_S + 1.0)
+        # traffic reaches it: all of it is fenced
+        await master_sending(sim, "gw2", 1000, STALL_S + 1.0)
         g2 = sim.guards["gw2"]
         assert g2.health(sim.clock.t) == ["not_sender"]
         sim.become_backup("gw2")
@@ -222,12 +212,8 @@ def test_an_esn_sa_fenced_for_2_31_packets_never_wraps_into_its_permit() -> None
     mark would come back into the permit's window; the guard empties the permit at 2^30 past
     it, so the wire still stops at the mark and the next master's numbers never meet it."""
     async def scenario() -> None:
-        sim = Sim()
-        sim.add_sa(K1, esn=True)
-        sim.become_master("gw1")
+        sim = await gw1_sending(2000, 1.0, esn=True)
         gw1 = sim.kernels["gw1"]
-        gw1.rate(K1, 2000)
-        await sim.run(1.0)
         sim.raft.stalled = True
         await sim.run(0.2)
         mark = accepted_mark(sim, K1)
@@ -239,9 +225,7 @@ def test_an_esn_sa_fenced_for_2_31_packets_never_wraps_into_its_permit() -> None
         sim.kill("gw1")
         sim.raft.stalled = False
         sim.raft.resume()
-        sim.become_master("gw2")
-        sim.kernels["gw2"].rate(K1, 2000)
-        await sim.run(2.0)
+        await master_sending(sim, "gw2", 2000, 2.0)
         assert sim.first("gw2", K1) > mark
         sim.check_wire()
     run(scenario)

@@ -6,7 +6,6 @@ every test in this module reads; Ctrl-C is tried on `hasync lab failover` itself
 from __future__ import annotations
 
 import ipaddress
-import os
 import signal
 import subprocess
 import sys
@@ -17,10 +16,9 @@ import pytest
 
 from hasync_lab.topology import POOL
 
-from labrun import ROOT
+from labrun import LAB, ROOT
 
-pytestmark = [pytest.mark.lab,
-              pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")]
+pytestmark = LAB
 
 
 # the baseline run (keepalived alone) comes from the bench smoke, which issue 18 moved to

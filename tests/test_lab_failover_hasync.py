@@ -10,24 +10,17 @@ charon kill onto the restored gateway) is tests/test_lab_takeover.py.
 
 from __future__ import annotations
 
-import os
 from typing import Any
-
-import pytest
 
 from hasync.guard import Reserve
 
-from labrun import check_promotion_phases, run_lab
+from labrun import LAB_EXTENDED, check_promotion_phases, lab_fixture
 
-pytestmark = [pytest.mark.lab, pytest.mark.lab_extended,
-              pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")]
+pytestmark = LAB_EXTENDED
 FLOOR = Reserve().bound(0)  # docs/takeover.md: the most a failover may skip at low rates
 
 
-@pytest.fixture(scope="module")
-def takeover(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """`hasync lab failover` (hasync mode, one kill)."""
-    return run_lab(tmp_path_factory, "hasync", ["failover"], 1800)[0]
+takeover = lab_fixture("hasync", ["failover"], 1800)  # hasync mode, one kill
 
 
 def test_clients_keep_their_tunnels(takeover: dict[str, Any]) -> None:

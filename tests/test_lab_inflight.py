@@ -6,14 +6,13 @@ the new master."""
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import pytest
 
 from hasync_lab import cli, confgen, inflight
 
-from labrun import run_lab
+from labrun import LAB_EXTENDED, NEEDS_ROOT, lab_fixture
 
 CLIENT_LOG = """\
 10:00:01 05[IKE] <home|1> retransmit 1 of request with message ID 7
@@ -76,16 +75,13 @@ def test_inflight_runs_on_strongswans_default_retransmissions() -> None:
                                              "--baseline"]))
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """`hasync lab failover --failovers 1 --inflight child-rekey`."""
-    return run_lab(tmp_path_factory, "inflight", ["failover", "--failovers", "1",
-                                                  "--inflight", "child-rekey"], 3600)[0]
+run = lab_fixture("inflight", ["failover", "--failovers", "1", "--inflight", "child-rekey"],
+                  3600)
 
 
 @pytest.mark.lab
 @pytest.mark.lab_extended  # make test runs it inside the matrix (tests/test_lab_takeover.py)
-@pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")
+@NEEDS_ROOT
 def test_a_child_rekey_in_flight_at_the_fault_completes_on_the_new_master(
         run: dict[str, Any]) -> None:
     (fo,) = run["failovers"]
@@ -101,23 +97,20 @@ def test_a_child_rekey_in_flight_at_the_fault_completes_on_the_new_master(
     assert counted["mid_sync:rewound_at_promotion"] + counted["mid_sync:rewound"] >= 1, counted
 
 
-def _in_flight(factory: pytest.TempPathFactory, kind: str) -> dict[str, Any]:
-    """`hasync lab failover --failovers 1 --inflight KIND`."""
-    return run_lab(factory, f"inflight-{kind}", ["failover", "--failovers", "1",
-                                                 "--inflight", kind], 3600)[0]
+def _in_flight(kind: str) -> Any:
+    """A fixture: `hasync lab failover --failovers 1 --inflight KIND`, run once."""
+    return lab_fixture(f"inflight-{kind}", ["failover", "--failovers", "1", "--inflight", kind],
+                       3600)
 
 
 def extended(test: Any) -> Any:
     """A lab test of `make test-lab-extended` (it needs root)."""
-    for mark in (pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root"),
-                 pytest.mark.lab_extended, pytest.mark.lab):
+    for mark in reversed(LAB_EXTENDED):
         test = mark(test)
     return test
 
 
-@pytest.fixture(scope="module")
-def ike_rekey(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    return _in_flight(tmp_path_factory, "ike-rekey")
+ike_rekey = _in_flight("ike-rekey")
 
 
 @extended
@@ -136,9 +129,7 @@ def test_an_ike_rekey_in_flight_is_not_completed_but_the_tunnels_carry_on(
             assert c["reestablished"] is False and c["ike_sa_init"] == 0, c
 
 
-@pytest.fixture(scope="module")
-def dpd(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    return _in_flight(tmp_path_factory, "dpd")
+dpd = _in_flight("dpd")
 
 
 @extended

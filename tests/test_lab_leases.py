@@ -8,9 +8,7 @@ carry: ip_vti is IPv4 only."""
 
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,10 +16,7 @@ import pytest
 from hasync_lab import confgen, leases
 from hasync_lab.observe import IkeSa
 
-from labrun import run_lab
-
-ROOT = Path(__file__).resolve().parent.parent
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")
+from labrun import NEEDS_ROOT, ROOT, lab_fixture
 
 
 def sa(name: str, spi: str, state: str = "ESTABLISHED", local: tuple[str, ...] = (),
@@ -87,12 +82,8 @@ def test_the_lease_client_carries_extra_psk_connections() -> None:
     assert both.split("l0a {")[1].count("vips = 0.0.0.0, ::") == 1
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """`hasync lab failover --leases --route-based vti`: one failover (the matrix runs lease
-    rounds through three)."""
-    return run_lab(tmp_path_factory, "leases", ["failover", "--leases", "--route-based", "vti"],
-                   3600)[0]
+# one failover (the matrix runs lease rounds through three)
+run = lab_fixture("leases", ["failover", "--leases", "--route-based", "vti"], 3600)
 
 
 def _rounds(run: dict[str, Any]) -> list[dict[str, Any]]:
@@ -108,7 +99,7 @@ def _check_round(r: dict[str, Any]) -> None:
 
 
 @pytest.mark.lab
-@needs_root
+@NEEDS_ROOT
 def test_no_virtual_ip_is_given_twice_after_failovers(run: dict[str, Any]) -> None:
     rounds = _rounds(run)
     assert [r["master"] for r in rounds[1:]] == [fo["to"] for fo in run["failovers"]]
@@ -121,7 +112,7 @@ def test_no_virtual_ip_is_given_twice_after_failovers(run: dict[str, Any]) -> No
 
 
 @pytest.mark.lab
-@needs_root
+@NEEDS_ROOT
 def test_the_lease_rounds_keep_every_client_tunnel(run: dict[str, Any]) -> None:
     for fo in run["failovers"]:
         for c in fo["clients"]:
@@ -129,7 +120,7 @@ def test_the_lease_rounds_keep_every_client_tunnel(run: dict[str, Any]) -> None:
 
 
 @pytest.mark.lab
-@needs_root
+@NEEDS_ROOT
 def test_every_tunnel_of_the_last_master_goes_through_its_vti_device(
         run: dict[str, Any]) -> None:
     master = run["failovers"][-1]["to"]

@@ -6,18 +6,15 @@ twice: the client on the responder's link, and behind a masquerading router (as 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from hasync_lab import libreswan_check
 
-ROOT = Path(__file__).resolve().parent.parent
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")
+from labrun import NEEDS_ROOT, ROOT
 
 
 @pytest.fixture(scope="module", params=["direct", "nat"])
@@ -37,7 +34,7 @@ def run(request: pytest.FixtureRequest,
 
 @pytest.mark.lab
 @pytest.mark.lab_extended
-@needs_root
+@NEEDS_ROOT
 def test_libreswan_gets_a_virtual_ip_and_carries_traffic(run: dict[str, Any]) -> None:
     assert run["up"]["vip"] == "10.3.0.1" and run["up"]["esp_spis"], run["up"]
     assert run["up"]["encap"] is run["up"]["nat"], run["up"]  # behind NAT: ESP in UDP 4500
@@ -46,7 +43,7 @@ def test_libreswan_gets_a_virtual_ip_and_carries_traffic(run: dict[str, Any]) ->
 
 @pytest.mark.lab
 @pytest.mark.lab_extended
-@needs_root
+@NEEDS_ROOT
 def test_libreswan_rekeys_child_and_ike_without_a_new_ike_sa_init(run: dict[str, Any]) -> None:
     assert run["rekey_child"]["ok"] and run["rekey_ike"]["ok"], run
     ev = run["rekey_events"]
@@ -55,7 +52,7 @@ def test_libreswan_rekeys_child_and_ike_without_a_new_ike_sa_init(run: dict[str,
 
 @pytest.mark.lab
 @pytest.mark.lab_extended
-@needs_root
+@NEEDS_ROOT
 def test_libreswan_dpd_is_answered_and_restarts_when_the_peer_is_silent(
         run: dict[str, Any]) -> None:
     assert run["dpd_answered"]["ok"], run["dpd_answered"]

@@ -4,24 +4,17 @@ them; real charon, keepalived and kernel XFRM (in the VM when this kernel has no
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-import pytest
-
-from labrun import run_lab
+from labrun import LAB_EXTENDED, lab_fixture
 
 # The takeover lab (tests/test_lab_takeover.py) restores gateways that must catch up before
 # keepalived starts; this longer scenario (a gateway joining after the clients) runs with
 # `make test-lab-extended`, outside `make test`'s time budget.
-pytestmark = [pytest.mark.lab, pytest.mark.lab_extended,
-              pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")]
+pytestmark = LAB_EXTENDED
 
 
-@pytest.fixture(scope="module")
-def mirror(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """Run `hasync lab mirror` once, as a user would, and load its JSON."""
-    return run_lab(tmp_path_factory, "mirror", ["mirror"], 1200)[0]
+mirror = lab_fixture("mirror", ["mirror"], 1200)  # once, as a user would run it
 
 
 def test_backups_hold_the_masters_sas_passive_with_its_spis(mirror: dict[str, Any]) -> None:

@@ -11,32 +11,22 @@ time in `make test`."""
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import pytest
 
-from labrun import run_lab
+from labrun import LAB, lab_fixture, run_lab
 
-pytestmark = [pytest.mark.lab,
-              pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")]
-
-
-@pytest.fixture(scope="module")
-def three(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """`hasync lab failover --failovers 2 --fault partition,hasync --heal-after 30`."""
-    return run_lab(tmp_path_factory, "partition", [
-        "failover", "--failovers", "2", "--fault", "partition,hasync", "--heal-after", "30",
-        "--restart-after", "3"], 3600)[0]
+pytestmark = LAB
 
 
-@pytest.fixture(scope="module")
-def witness(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """`hasync lab failover --gateways 2 --witness --failovers 2 --fault partition,kill`: the
-    partition first, while every process runs as started; the kill of the new master after."""
-    return run_lab(tmp_path_factory, "witness", [
-        "failover", "--gateways", "2", "--witness", "--failovers", "2", "--fault",
-        "partition,kill", "--heal-after", "20"], 3600)[0]
+three = lab_fixture("partition", [
+    "failover", "--failovers", "2", "--fault", "partition,hasync", "--heal-after", "30",
+    "--restart-after", "3"], 3600)
+# the partition first, while every process runs as started; the kill of the new master after
+witness = lab_fixture("witness", [
+    "failover", "--gateways", "2", "--witness", "--failovers", "2", "--fault",
+    "partition,kill", "--heal-after", "20"], 3600)
 
 
 def _no_reuse(fo: dict[str, Any]) -> None:

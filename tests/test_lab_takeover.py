@@ -13,7 +13,6 @@ run serves every test in this module."""
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import pytest
@@ -22,17 +21,13 @@ from hasync.guard import Reserve
 from hasync_lab.monitor import QUERIES
 from hasync_lab.topology import PUBLIC_VIP6
 
-from labrun import check_promotion_phases, run_lab
+from labrun import LAB, check_promotion_phases, lab_fixture
 
-pytestmark = [pytest.mark.lab,
-              pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")]
+pytestmark = LAB
 FLOOR = Reserve().bound(0)  # docs/takeover.md: the most a failover may skip at low rates
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """`hasync lab failover --matrix` (cli.MATRIX)."""
-    return run_lab(tmp_path_factory, "takeover", ["failover", "--matrix"], 3600)[0]
+run = lab_fixture("takeover", ["failover", "--matrix"], 3600)  # cli.MATRIX
 
 
 @pytest.fixture(scope="module")

@@ -10,22 +10,14 @@ still fails over onto a gateway whose charon was started anew and refilled from 
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-import pytest
+from labrun import LAB_EXTENDED, lab_fixture
 
-from labrun import run_lab
-
-pytestmark = [pytest.mark.lab, pytest.mark.lab_extended,
-              pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")]
+pytestmark = LAB_EXTENDED
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """`hasync lab failover --failovers 1 --fault upgrade`."""
-    return run_lab(tmp_path_factory, "upgrade", ["failover", "--failovers", "1", "--fault",
-                                                 "upgrade"], 3600)[0]
+run = lab_fixture("upgrade", ["failover", "--failovers", "1", "--fault", "upgrade"], 3600)
 
 
 def test_finding3_hasync_refills_a_backups_charon_restarted_as_an_upgrade_would(

@@ -10,21 +10,14 @@ flight at the fault), and `make test` keeps to its 20 minutes.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-import pytest
+from labrun import LAB_EXTENDED, lab_fixture
 
-from labrun import run_lab
-
-pytestmark = [pytest.mark.lab, pytest.mark.lab_extended,
-              pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")]
+pytestmark = LAB_EXTENDED
 
 
-@pytest.fixture(scope="module")
-def check(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """Run `hasync lab xfrm-check` once and load its JSON."""
-    return run_lab(tmp_path_factory, "xfrm", ["xfrm-check"], 900)[0]
+check = lab_fixture("xfrm", ["xfrm-check"], 900)
 
 
 def test_getae_reads_and_newae_jumps_every_outbound_sa(check: dict[str, Any]) -> None:

@@ -3,6 +3,7 @@
 # Rules: assert behaviour, not tight timings; subprocesses are always reaped; one server serves
 # every real run (each run uses its own flow names).
 
+import contextlib
 import errno
 import os
 import signal
@@ -53,6 +54,20 @@ def reap(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.kill()
         proc.wait()
+
+
+@contextlib.contextmanager
+def loopback_client(log: Path, *flows: FlowSpec) -> Iterator[tuple[_Client, socket.socket]]:
+    """A client of `flows` (64-byte datagrams, events to `log`) toward a UDP socket on
+    127.0.0.1 that plays the server "server"; the client is closed, then the socket."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+        peer.bind(("127.0.0.1", 0))
+        client = _Client((socket.AF_INET, peer.getsockname()), "server", list(flows), 64,
+                         str(log))
+        try:
+            yield client, peer
+        finally:
+            client.close()
 
 
 def test_each_flow_gets_the_events_of_its_lines() -> None:
@@ -107,20 +122,14 @@ def test_flow_specs() -> None:
 
 def test_client_sends_and_receives_in_process(tmp_path: Path) -> None:
     log = tmp_path / "flows.log"
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
-        peer.bind(("127.0.0.1", 0))
-        client = _Client((socket.AF_INET, peer.getsockname()), "server",
-                         [FlowSpec("f1", "127.0.0.1")], 64, str(log))
-        try:
-            client.send_round()
-            data, addr = peer.recvfrom(2048)
-            assert len(data) == 64
-            peer.sendto(encode_datagram("server", 5, 1.5), addr)
-            peer.sendto(encode_datagram("other", 6, 2.5), addr)  # not the expected server name
-            peer.sendto(b"not a probe datagram", addr)
-            client.drain()
-        finally:
-            client.close()
+    with loopback_client(log, FlowSpec("f1", "127.0.0.1")) as (client, peer):
+        client.send_round()
+        data, addr = peer.recvfrom(2048)
+        assert len(data) == 64
+        peer.sendto(encode_datagram("server", 5, 1.5), addr)
+        peer.sendto(encode_datagram("other", 6, 2.5), addr)  # not the expected server name
+        peer.sendto(b"not a probe datagram", addr)
+        client.drain()
     flow = parse_logs(log.read_text().splitlines())["f1"]
     assert [seq for seq, _t in flow.peer("server").sent] == [0]
     assert [(seq, t_sent) for seq, t_sent, _t in flow.peer("server").received] == [(5, 1.5)]
@@ -141,14 +150,8 @@ def test_failed_bind_is_retried_after_a_second(
 
     monkeypatch.setattr(_Client, "_open", open_once_missing)
     log = tmp_path / "flows.log"
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sink:
-        sink.bind(("127.0.0.1", 0))
-        client = _Client((socket.AF_INET, sink.getsockname()), "server",
-                         [FlowSpec("late", "127.0.0.1")], 64, str(log))
-        try:
-            _run(client, 20, 1.5, [])
-        finally:
-            client.close()
+    with loopback_client(log, FlowSpec("late", "127.0.0.1")) as (client, _sink):
+        _run(client, 20, 1.5, [])
     late = parse_logs(log.read_text().splitlines())["late"].peer("server")
     assert len(calls) == 2
     assert [errno_ for errno_, _t in late.errors] == [errno.EADDRNOTAVAIL]
@@ -300,22 +303,16 @@ def test_sigterm_ends_it_with_a_final_flush(server: tuple[str, Path], tmp_path: 
 
 def test_reload_rebinds_moved_flows_keeps_their_seq_adds_and_drops(tmp_path: Path) -> None:
     log = tmp_path / "flows.log"
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
-        peer.bind(("127.0.0.1", 0))
-        client = _Client((socket.AF_INET, peer.getsockname()), "server",
-                         [FlowSpec("stay", "127.0.0.1"), FlowSpec("move", "127.0.0.2"),
-                          FlowSpec("gone", "127.0.0.3")], 64, str(log))
-        try:
-            client.send_round()
-            first = {peer.recvfrom(2048)[1][0] for _ in range(3)}
-            client.reload([FlowSpec("stay", "127.0.0.1"), FlowSpec("move", "127.0.0.4"),
-                           FlowSpec("new", "127.0.0.5")], 64, "server")
-            assert client.stats["bound"] == 1 and client.pending
-            client.bind_pending(time.monotonic())
-            client.send_round()
-            second = {peer.recvfrom(2048)[1][0] for _ in range(3)}
-        finally:
-            client.close()
+    with loopback_client(log, FlowSpec("stay", "127.0.0.1"), FlowSpec("move", "127.0.0.2"),
+                         FlowSpec("gone", "127.0.0.3")) as (client, peer):
+        client.send_round()
+        first = {peer.recvfrom(2048)[1][0] for _ in range(3)}
+        client.reload([FlowSpec("stay", "127.0.0.1"), FlowSpec("move", "127.0.0.4"),
+                       FlowSpec("new", "127.0.0.5")], 64, "server")
+        assert client.stats["bound"] == 1 and client.pending
+        client.bind_pending(time.monotonic())
+        client.send_round()
+        second = {peer.recvfrom(2048)[1][0] for _ in range(3)}
     assert first == {"127.0.0.1", "127.0.0.2", "127.0.0.3"}
     assert second == {"127.0.0.1", "127.0.0.4", "127.0.0.5"}
     flows = parse_logs(log.read_text().splitlines())

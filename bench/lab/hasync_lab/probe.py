@@ -40,9 +40,10 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 MAGIC = b"HSP1"
 DEFAULT_RATE = 50.0
@@ -391,6 +392,26 @@ def stats_text(stats: dict[str, int]) -> str:
     return " ".join(f"{key} {value}" for key, value in stats.items())
 
 
+class Runtime(Protocol):
+    """A probe runtime as a main() drives it: counters, and a close that flushes its log."""
+
+    stats: dict[str, int]
+
+    def close(self) -> None:
+        """Final flush, then release what it holds."""
+
+
+def run_and_report(runtime: Runtime, who: str, loop: Callable[[], None]) -> int:
+    """Run `loop`, close `runtime` whatever happens, then print `who: ` and its counters on
+    stderr (its totals, for the process's log); the exit status, 0."""
+    try:
+        loop()
+    finally:
+        runtime.close()
+    print(f"{who}: {stats_text(runtime.stats)}", file=sys.stderr)
+    return 0
+
+
 def socket_memory(sock: socket.socket) -> str:
     """The socket's receive memory, buffer and drops (SO_MEMINFO, linux/sock_diag.h), or ""."""
     try:
@@ -462,12 +483,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sock.bind(addr)
         setup_socket(sock)
         probe = _Server(sock, args.log, args.name, args.size)
-        try:
-            _run(probe, args.rate, args.duration, caught)
-        finally:
-            probe.close()
-    print(f"probe {args.role} {args.name}: {stats_text(probe.stats)}", file=sys.stderr)
-    return 0
+        return run_and_report(probe, f"probe {args.role} {args.name}",
+                              lambda: _run(probe, args.rate, args.duration, caught))
 
 
 if __name__ == "__main__":

@@ -64,8 +64,8 @@ from hasync_lab.probe import (
     kernel_time,
     name_arg,
     parse_endpoint,
+    run_and_report,
     setup_socket,
-    stats_text,
     stop_on_signals,
     valid_name,
 )
@@ -435,13 +435,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return
         client.reload(new, args.size, args.server_name)
 
-    try:
-        _run(client, args.rate, args.duration, caught,
-             reload if args.flows_file else None, hups)
-    finally:
-        client.close()
-    print(f"probeflows client: {stats_text(client.stats)}", file=sys.stderr)
-    return 0
+    return run_and_report(client, "probeflows client", lambda: _run(
+        client, args.rate, args.duration, caught, reload if args.flows_file else None, hups))
 
 
 if __name__ == "__main__":
