@@ -1,5 +1,5 @@
-"""pysyncobj, imported so that it leaves the socket module alone, and whose followers never
-truncate entries they share with the leader.
+"""pysyncobj, imported so that it leaves the socket module alone, whose followers never
+truncate entries they share with the leader, and whose elections start with a pre-vote.
 
 Rules: every hasync import of pysyncobj goes through here. pysyncobj 0.3.17
 (pysyncobj/win_inet_pton.py, imported by tcp_connection.py) assigns its ctypes Windows
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pickle
 import socket
+import time
 from collections.abc import Callable
 from enum import IntEnum
 from typing import Any
@@ -19,11 +20,14 @@ _inet_ntop, _inet_pton = socket.inet_ntop, socket.inet_pton
 
 from pysyncobj import SyncObj as _PySyncObj  # noqa: E402
 from pysyncobj import SyncObjConf, SyncObjConsumer, replicated  # noqa: E402
-from pysyncobj.syncobj import _COMMAND_TYPE  # noqa: E402
+from pysyncobj.syncobj import _COMMAND_TYPE, _RAFT_STATE  # noqa: E402
 
 socket.inet_ntop, socket.inet_pton = _inet_ntop, _inet_pton
 
 from .journal.rewind import rewrite  # noqa: E402
+from .prevote import PreVote  # noqa: E402
+
+PRE_VOTE, PRE_VOTE_ANSWER = "hasync_pre_vote", "hasync_pre_vote_answer"  # pysyncobj ignores them
 
 
 class SyncObj(_PySyncObj):  # type: ignore[misc]
@@ -36,12 +40,66 @@ class SyncObj(_PySyncObj):  # type: ignore[misc]
     SyncObj.__init__ (`setOnMessageReceivedCallback(self.__onMessageReceived)`, looked up on
     the instance, so the override is what the transport calls, with any transport class); it
     runs on pysyncobj's tick thread, where the log and the commit index are read safely.
+    Elections start with a pre-vote (prevote.py): `_onTick` (the tick pysyncobj's thread runs)
+    holds back pysyncobj's election until a majority granted one.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        conf = kwargs.get("conf", args[2] if len(args) > 2 else None) or SyncObjConf()
+        self._pre_vote = PreVote(conf.raftMinTimeout)  # before the transport can deliver
+        super().__init__(*args, **kwargs)
+
+    def _onTick(self, timeToWait: float = 0.0) -> None:
+        """Run a pre-vote round where pysyncobj would start an election, then tick."""
+        self._pre_vote_due(time.monotonic())
+        super()._onTick(timeToWait)
+
+    def _pre_vote_due(self, now: float) -> None:
+        """Where pysyncobj's tick would raise the term (SyncObj._onTick: a follower or
+        candidate whose election deadline passed, connected to anyone), ask first instead,
+        unless a majority already granted or the leader asked for this election
+        (TimeoutNow sets __transferInProgress)."""
+        if (self._SyncObj__raftState == _RAFT_STATE.LEADER or self._SyncObj__selfNode is None
+                or not self._SyncObj__otherNodes or self._SyncObj__raftElectionDeadline >= now
+                or not self._SyncObj__connectedToAnyone()):
+            return
+        if self._pre_vote.cleared or self._SyncObj__transferInProgress:
+            self._pre_vote.cleared = False
+            return  # pysyncobj's tick starts the election
+        self._SyncObj__raftElectionDeadline = now + self._SyncObj__generateRaftTimeout()
+        ask = {"type": PRE_VOTE, "round": self._pre_vote.start(),
+               "term": self._SyncObj__raftCurrentTerm + 1,
+               "last_log_term": self._SyncObj__getCurrentLogTerm(),
+               "last_log_index": self._SyncObj__getCurrentLogIndex()}
+        for node in self._SyncObj__otherNodes:
+            self._SyncObj__transport.send(node, ask)
+
+    def _on_pre_vote(self, node: Any, kind: str, message: dict[str, Any]) -> None:
+        """Answer a pre-vote, or count an answer to ours (prevote.py)."""
+        now = time.monotonic()
+        if kind == PRE_VOTE:
+            granted = self._pre_vote.grant(
+                now, self._SyncObj__raftState == _RAFT_STATE.LEADER,
+                self._SyncObj__raftCurrentTerm,
+                (self._SyncObj__getCurrentLogTerm(), self._SyncObj__getCurrentLogIndex()),
+                int(message.get("term", 0)),
+                (int(message.get("last_log_term", 0)), int(message.get("last_log_index", 0))))
+            self._SyncObj__transport.send(node, {"type": PRE_VOTE_ANSWER, "granted": granted,
+                                                 "round": message.get("round")})
+        elif message.get("granted") is True and self._SyncObj__raftState != _RAFT_STATE.LEADER:
+            voters = len(self._SyncObj__otherNodes) + 1
+            if self._pre_vote.granted(message.get("round"), node, voters):
+                self._SyncObj__raftElectionDeadline = 0  # the next tick starts the election
 
     def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> None:
         """Rewrite a re-sent append_entries (journal/rewind.py), keep a leader's nextIndex from
         moving back on a late success, then let pysyncobj handle the message."""
         kind = message.get("type") if isinstance(message, dict) else None
+        if kind in (PRE_VOTE, PRE_VOTE_ANSWER):
+            self._on_pre_vote(node, kind, message)
+            return
+        if kind == "append_entries" and message.get("term", -1) >= self.raftCurrentTerm:
+            self._pre_vote.leader_heard(time.monotonic())
         if kind == "append_entries":
             # applied implies committed; after a restart the snapshot's index (lastApplied,
             # SyncObj.__loadDumpFile) can be above the commit index stored once a second
