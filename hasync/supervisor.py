@@ -67,8 +67,11 @@ class Supervisor:
         return self._tg.create_task(self._logged(coro))
 
     async def _logged(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        """Run a task; log its failure once, with the traceback (a stop is not a failure)."""
         try:
             return await coro
+        except Stopped:
+            raise
         except Exception:
             log.exception("a task of hasync %s failed: the daemon stops", self.name)
             raise

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import os
 import signal
 import socket
@@ -92,7 +93,9 @@ def test_a_failing_event_stops_the_daemon(cfg: Config) -> None:
     assert [str(e) for e in caught.value.exceptions] == ["core bug"]
 
 
-def test_sigterm_stops_the_daemon_cleanly(cfg: Config) -> None:
+def test_sigterm_stops_the_daemon_cleanly(cfg: Config, caplog: pytest.LogCaptureFixture
+                                          ) -> None:
+    """A stop is not a failure: no "failed" line, no traceback (supervisor.py)."""
     daemon = Daemon(cfg)
     daemon.healthfile.check = lambda path, timeout: ViciAnswer(False, "no charon here")
     seen: list[bool] = []
@@ -101,8 +104,10 @@ def test_sigterm_stops_the_daemon_cleanly(cfg: Config) -> None:
         seen.append(cfg.node.health_file.exists() and cfg.node.control_socket.exists())
         os.kill(os.getpid(), signal.SIGTERM)
 
-    _run(daemon, 1.5, term)  # returns: no error
+    with caplog.at_level(logging.INFO, logger="hasync"):
+        _run(daemon, 1.5, term)  # returns: no error
     assert seen == [True]
+    assert not [r for r in caplog.records if "failed" in r.getMessage() or r.exc_info]
     assert not cfg.node.health_file.exists() and not cfg.node.control_socket.exists()
 
 
