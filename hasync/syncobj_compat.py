@@ -78,12 +78,15 @@ class SyncObj(_PySyncObj):  # type: ignore[misc]
         """Answer a pre-vote, or count an answer to ours (prevote.py)."""
         now = time.monotonic()
         if kind == PRE_VOTE:
+            term, last_term, last_index = (message.get(k) for k in (
+                "term", "last_log_term", "last_log_index"))
+            if not all(type(v) is int for v in (term, last_term, last_index)):
+                return  # not a pre-vote this code sent: no answer, as for a lost message
             granted = self._pre_vote.grant(
                 now, self._SyncObj__raftState == _RAFT_STATE.LEADER,
                 self._SyncObj__raftCurrentTerm,
                 (self._SyncObj__getCurrentLogTerm(), self._SyncObj__getCurrentLogIndex()),
-                int(message.get("term", 0)),
-                (int(message.get("last_log_term", 0)), int(message.get("last_log_index", 0))))
+                term, (last_term, last_index))
             self._SyncObj__transport.send(node, {"type": PRE_VOTE_ANSWER, "granted": granted,
                                                  "round": message.get("round")})
         elif message.get("granted") is True and self._SyncObj__raftState != _RAFT_STATE.LEADER:
@@ -98,7 +101,8 @@ class SyncObj(_PySyncObj):  # type: ignore[misc]
         if kind in (PRE_VOTE, PRE_VOTE_ANSWER):
             self._on_pre_vote(node, kind, message)
             return
-        if kind == "append_entries" and message.get("term", -1) >= self.raftCurrentTerm:
+        term = message.get("term") if kind == "append_entries" else None
+        if type(term) is int and term >= self.raftCurrentTerm:
             self._pre_vote.leader_heard(time.monotonic())
         if kind == "append_entries":
             # applied implies committed; after a restart the snapshot's index (lastApplied,

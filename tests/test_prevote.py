@@ -92,3 +92,25 @@ def test_a_handoff_still_moves_the_leadership_past_the_pre_vote(tmp_path: Path) 
     finally:
         for n in nodes:
             n.destroy()
+
+
+def test_a_malformed_pre_vote_is_dropped_unanswered(tmp_path: Path) -> None:
+    """Fields of the wrong type (not what this code sends) get no answer and raise nothing."""
+    nodes = _journals(tmp_path)
+    try:
+        leader = _leader(nodes)
+        raft = leader._raft
+        sent: list[Any] = []
+        raft._SyncObj__transport.send = lambda node, message: sent.append(message)
+        peer = next(iter(raft._SyncObj__otherNodes))
+        for bad in ({"term": "9", "last_log_term": 1, "last_log_index": 1},
+                    {"term": 9, "last_log_term": None, "last_log_index": 1}, {}):
+            raft._SyncObj__onMessageReceived(peer, {"type": "hasync_pre_vote", **bad})
+        raft._SyncObj__onMessageReceived(peer, {"type": "hasync_pre_vote", "term": 99,
+                                                "last_log_term": 99, "last_log_index": 99,
+                                                "round": 1})
+        answers = [m for m in sent if m.get("type") == "hasync_pre_vote_answer"]
+        assert answers == [{"type": "hasync_pre_vote_answer", "granted": False, "round": 1}]
+    finally:
+        for n in nodes:
+            n.destroy()
