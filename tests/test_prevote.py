@@ -4,9 +4,11 @@ cut off and back does not depose the leader the others still follow."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from test_handoff import _journals, _leader
 
 from hasync.prevote import PreVote
@@ -59,58 +61,57 @@ def _cut(nodes: list[ClusterJournal], gone: ClusterJournal) -> Any:
     return heal
 
 
-def test_a_member_cut_off_and_back_does_not_depose_the_leader(tmp_path: Path) -> None:
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[tuple[list[ClusterJournal], ClusterJournal]]:
+    """Three journals in-process and their leader; destroyed after the test."""
     nodes = _journals(tmp_path)
     try:
-        leader = _leader(nodes)
-        term = leader.status()["term"]
-        gone = next(n for n in nodes if n is not leader)
-        heal = _cut(nodes, gone)
-        time.sleep(3.0)  # several election timeouts (0.3-0.75 s) for the cut member
-        assert gone.status()["term"] == term  # it asked, and raised nothing
-        heal()
-        wait_until(lambda: gone.status()["leader"] == leader._raft.selfNode.address, 10)
-        time.sleep(1.0)
-        assert leader.status()["role"] == "leader" and leader.status()["term"] == term
-        done: list[object] = []
-        leader.barrier(lambda result, error: done.append(error))
-        wait_until(lambda: done, 10)
-        assert done in ([0], [None])
+        yield nodes, _leader(nodes)
     finally:
         for n in nodes:
             n.destroy()
 
 
-def test_a_handoff_still_moves_the_leadership_past_the_pre_vote(tmp_path: Path) -> None:
-    nodes = _journals(tmp_path)
-    try:
-        leader = _leader(nodes)
-        leader.hand_off()
-        wait_until(lambda: leader.counters["leader_handoff:SUCCESS"] == 1, 10)
-        wait_until(lambda: sum(n.status()["role"] == "leader" for n in nodes) == 1
-                   and leader.status()["role"] != "leader", 10)
-    finally:
-        for n in nodes:
-            n.destroy()
+def test_a_member_cut_off_and_back_does_not_depose_the_leader(
+        cluster: tuple[list[ClusterJournal], ClusterJournal]) -> None:
+    nodes, leader = cluster
+    term = leader.status()["term"]
+    gone = next(n for n in nodes if n is not leader)
+    heal = _cut(nodes, gone)
+    time.sleep(3.0)  # several election timeouts (0.3-0.75 s) for the cut member
+    assert gone.status()["term"] == term  # it asked, and raised nothing
+    heal()
+    wait_until(lambda: gone.status()["leader"] == leader._raft.selfNode.address, 10)
+    time.sleep(1.0)
+    assert leader.status()["role"] == "leader" and leader.status()["term"] == term
+    done: list[object] = []
+    leader.barrier(lambda result, error: done.append(error))
+    wait_until(lambda: done, 10)
+    assert done in ([0], [None])
 
 
-def test_a_malformed_pre_vote_is_dropped_unanswered(tmp_path: Path) -> None:
+def test_a_handoff_still_moves_the_leadership_past_the_pre_vote(
+        cluster: tuple[list[ClusterJournal], ClusterJournal]) -> None:
+    nodes, leader = cluster
+    leader.hand_off()
+    wait_until(lambda: leader.counters["leader_handoff:SUCCESS"] == 1, 10)
+    wait_until(lambda: sum(n.status()["role"] == "leader" for n in nodes) == 1
+               and leader.status()["role"] != "leader", 10)
+
+
+def test_a_malformed_pre_vote_is_dropped_unanswered(
+        cluster: tuple[list[ClusterJournal], ClusterJournal]) -> None:
     """Fields of the wrong type (not what this code sends) get no answer and raise nothing."""
-    nodes = _journals(tmp_path)
-    try:
-        leader = _leader(nodes)
-        raft = leader._raft
-        sent: list[Any] = []
-        raft._SyncObj__transport.send = lambda node, message: sent.append(message)
-        peer = next(iter(raft._SyncObj__otherNodes))
-        for bad in ({"term": "9", "last_log_term": 1, "last_log_index": 1},
-                    {"term": 9, "last_log_term": None, "last_log_index": 1}, {}):
-            raft._SyncObj__onMessageReceived(peer, {"type": "hasync_pre_vote", **bad})
-        raft._SyncObj__onMessageReceived(peer, {"type": "hasync_pre_vote", "term": 99,
-                                                "last_log_term": 99, "last_log_index": 99,
-                                                "round": 1})
-        answers = [m for m in sent if m.get("type") == "hasync_pre_vote_answer"]
-        assert answers == [{"type": "hasync_pre_vote_answer", "granted": False, "round": 1}]
-    finally:
-        for n in nodes:
-            n.destroy()
+    _, leader = cluster
+    raft = leader._raft
+    sent: list[Any] = []
+    raft._SyncObj__transport.send = lambda node, message: sent.append(message)
+    peer = next(iter(raft._SyncObj__otherNodes))
+    for bad in ({"term": "9", "last_log_term": 1, "last_log_index": 1},
+                {"term": 9, "last_log_term": None, "last_log_index": 1}, {}):
+        raft._SyncObj__onMessageReceived(peer, {"type": "hasync_pre_vote", **bad})
+    raft._SyncObj__onMessageReceived(peer, {"type": "hasync_pre_vote", "term": 99,
+                                            "last_log_term": 99, "last_log_index": 99,
+                                            "round": 1})
+    answers = [m for m in sent if m.get("type") == "hasync_pre_vote_answer"]
+    assert answers == [{"type": "hasync_pre_vote_answer", "granted": False, "round": 1}]
