@@ -72,6 +72,7 @@ class RaftTiming:
     election_max_s: float = 1.4
     heartbeat_s: float = 0.1
     connection_timeout_s: float = 3.5
+    reconnect_s: float = 0.5  # pysyncobj's 5 s default left a restarted member unheard (D252)
     compaction_min_entries: int = 5000
     compaction_min_s: float = 60.0
 
@@ -121,6 +122,7 @@ class ClusterJournal:
             serializeChecker=self._snapshots.check,  # snapwriter.py
             raftMinTimeout=t.election_min_s, raftMaxTimeout=t.election_max_s,
             appendEntriesPeriod=t.heartbeat_s, connectionTimeout=t.connection_timeout_s,
+            connectionRetryTime=t.reconnect_s,
             logCompactionMinEntries=t.compaction_min_entries,
             logCompactionMinTime=t.compaction_min_s, dynamicMembershipChange=False,
             autoTickPeriod=max(AUTO_TICK_MIN_S, t.heartbeat_s / 4))

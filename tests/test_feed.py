@@ -30,7 +30,7 @@ def test_feed_waits_for_room_and_keeps_order(tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     proc = tmp_path / "udp"
     sent: list[bytes] = []
-    levels = iter([feed.LOW_WATER * 2, feed.LOW_WATER * 2] + [0] * 100)
+    levels = iter([feed.DEFAULT_RCVBUF, feed.DEFAULT_RCVBUF] + [0] * 100)
 
     def send(raw: bytes) -> None:
         sent.append(raw)
@@ -59,12 +59,12 @@ def test_feed_without_proc_file_pauses_and_a_stalled_reader_is_counted(
     monkeypatch.setattr(feed, "STALL_S", 0.01)
     monkeypatch.setattr(feed, "POLL_S", 0.001)
     full = tmp_path / "udp"
-    full.write_text(PROC.replace("00004A00", f"{feed.LOW_WATER:08X}"))
+    full.write_text(PROC.replace("00004A00", f"{feed.DEFAULT_RCVBUF // 2:08X}"))
 
     async def run(path: Path) -> CharonFeed:
-        f = CharonFeed(lambda raw: None, ("127.0.0.1", 4510), path)
+        f = CharonFeed(lambda raw: None, ("127.0.0.1", 4510), path, rcvbuf=feed.DEFAULT_RCVBUF)
         task = asyncio.create_task(f.run())
-        f.put([b"x"] * (feed.CHUNK * 2))
+        f.put([b"x"] * 32)  # MIN_BURST (16 KiB) holds 22 of them: two bursts
         await asyncio.wait_for(f.drained(), 5)
         task.cancel()
         return f
@@ -72,9 +72,44 @@ def test_feed_without_proc_file_pauses_and_a_stalled_reader_is_counted(
     assert asyncio.run(run(full)).counters["stalls"] == 2
 
 
+def test_the_cost_of_a_datagram_bounds_what_the_kernel_queues_for_it() -> None:
+    """The feed's budget holds only if `datagram_cost` is at least the datagram's truesize."""
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for size in [*range(1, 4200, 13), 8000, 16000, 60000]:
+            tx.sendto(b"x" * size, rx.getsockname())
+            queued = udp_rx_queue(Path("/proc/net/udp").read_text(), rx.getsockname())
+            assert queued is not None and 0 < queued <= feed.datagram_cost(b"x" * size), size
+            rx.recv(65535)
+    finally:
+        rx.close()
+        tx.close()
+
+
+def test_a_fast_reader_is_fed_in_bursts_that_fill_its_queue(tmp_path: Path) -> None:
+    """An empty queue takes half the buffer's worth in one burst, read once (not 16 per read)."""
+    proc, reads = tmp_path / "udp", []
+    proc.write_text(PROC.replace("00004A00", "00000000"))
+
+    async def main() -> CharonFeed:
+        f = CharonFeed(lambda raw: None, ("127.0.0.1", 4510), proc, rcvbuf=feed.DEFAULT_RCVBUF)
+        real = f.rx_queue
+        f.rx_queue = lambda: reads.append(1) or real()  # type: ignore[method-assign]
+        task = asyncio.create_task(f.run())
+        f.put([b"y" * 400] * 400)
+        await asyncio.wait_for(f.drained(), 5)
+        task.cancel()
+        return f
+    f = asyncio.run(main())
+    per_burst = -(-(feed.DEFAULT_RCVBUF // 2) // feed.datagram_cost(b"y" * 400))
+    assert f.counters["fed"] == 400 and len(reads) == -(-400 // per_burst) and per_burst > 16
+
+
 def test_a_slow_reader_with_a_small_buffer_loses_nothing() -> None:
-    """Real sockets: 600 datagrams of 700 bytes (about 1.7 KiB each in the socket's
-    accounting) into a 128 KiB receive buffer, read slowly: 1 MiB in all."""
+    """Real sockets: 600 datagrams of 700 bytes (2.25 KiB each in the socket's accounting)
+    into a 128 KiB receive buffer, read slowly: 1.3 MiB in all, none dropped."""
     rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)  # the kernel doubles it
     rx.bind(("127.0.0.1", 0))
@@ -93,7 +128,8 @@ def test_a_slow_reader_with_a_small_buffer_loses_nothing() -> None:
                 await asyncio.sleep(0.001)
 
     async def main() -> CharonFeed:
-        f = CharonFeed(lambda raw: tx.sendto(raw, addr), addr)
+        f = CharonFeed(lambda raw: tx.sendto(raw, addr), addr,
+                       rcvbuf=rx.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
         tasks = [asyncio.create_task(f.run()), asyncio.create_task(reader())]
         f.put([k.to_bytes(2, "big") * 350 for k in range(600)])
         await asyncio.wait_for(f.drained(), 30)

@@ -68,10 +68,7 @@ def load(data: Any,
         counts = {_check(k, str): _check(v, int) for k, v in anomalies.items()}
         for item in _check(data["lineages"], list):
             ikes, children = _typed(item, (list, list))
-            restore(
-                [_Ike(*_typed(i, _IKE_KINDS)) for i in ikes],
-                [_Child(*_typed(c, _CHILD_KINDS)) for c in children],
-            )
+            restore([_ike_from(i) for i in ikes], [_child_from(c) for c in children])
     except (KeyError, TypeError, ValueError) as exc:
         if isinstance(exc, StateError):
             raise
@@ -96,6 +93,15 @@ def _typed(value: Any, kinds: tuple[Any, ...]) -> list[Any]:
     ]
 
 
+def _items(value: Any, n: int) -> list[Any]:
+    """`value` if it is a list of `n` items, else StateError."""
+    if type(value) is not list:
+        raise StateError(f"expected list, got {type(value).__name__}")
+    if len(value) != n:
+        raise StateError(f"expected {n} items, got {len(value)}")
+    return value
+
+
 def _opt_bytes(value: Any) -> bytes | None:
     """A snapshot's optional datagram."""
     return None if value is None else _check(value, bytes)
@@ -103,27 +109,35 @@ def _opt_bytes(value: Any) -> bytes | None:
 
 def _key_from(value: Any) -> Key:
     """A Key from its snapshot list."""
-    version, spi_i, spi_r, initiator = _typed(value, (int, int, int, bool))
-    return (version, spi_i, spi_r, initiator)
+    version, spi_i, spi_r, initiator = _items(value, 4)
+    if type(version) is not int or type(spi_i) is not int or type(spi_r) is not int:
+        raise StateError("expected int in a key")
+    return (version, spi_i, spi_r, _check(initiator, bool))
 
 
-def _updates_from(value: Any) -> list[_Update]:
-    """Kept IKE_UPDATEs from their snapshot lists."""
-    names = lambda v: [_check(n, str) for n in _check(v, list)]  # noqa: E731
-    return [_Update(*_typed(u, (bytes, names, int, bool))) for u in _check(value, list)]
+def _update_from(value: Any) -> _Update:
+    """A kept IKE_UPDATE from its snapshot list."""
+    raw, names, extensions, additive = _items(value, 4)
+    for name in _check(names, list):
+        _check(name, str)
+    return _Update(_check(raw, bytes), list(names), _check(extensions, int),
+                   _check(additive, bool))
 
 
-_IKE_KINDS = (
-    _key_from,
-    bytes,
-    float,
-    _opt_bytes,
-    _updates_from,
-    _opt_bytes,
-    _opt_bytes,
-    _opt_bytes,
-)
-_CHILD_KINDS = (int, _key_from, bytes, float)
+def _ike_from(value: Any) -> _Ike:
+    """One IKE_SA from its snapshot list (`_ike_to_list`); one function, not a table of
+    checkers, because a 100k-tunnel snapshot loads 100k of them (issue 19 catch-up)."""
+    key, add, created, inherited, updates, mid_i, mid_r, iv = _items(value, 8)
+    return _Ike(_key_from(key), _check(add, bytes), _check(created, float),
+                _opt_bytes(inherited), [_update_from(u) for u in _check(updates, list)],
+                _opt_bytes(mid_i), _opt_bytes(mid_r), _opt_bytes(iv))
+
+
+def _child_from(value: Any) -> _Child:
+    """One CHILD_SA from its snapshot list (`_child_to_list`)."""
+    spi, origin, add, created = _items(value, 4)
+    return _Child(_check(spi, int), _key_from(origin), _check(add, bytes),
+                  _check(created, float))
 
 
 def _ike_to_list(ike: tuple[Any, ...]) -> list[Any]:
