@@ -280,3 +280,35 @@ def test_finding5_restart_never_truncates_applied_a_chunked_resend_becomes_a_hea
     out = rewrite(log, 3, msg)
     assert "transmission" not in out and "data" not in out
     assert (out["prevLogIdx"], out["entries"]) == (3, [])
+
+
+def test_the_journal_file_keeps_pysyncobjs_layout_both_ways(tmp_path: Path) -> None:
+    """D254: the journal writes with pwrite, not an mmap; pysyncobj's FileJournal reads its
+    file after appends, a truncation and a compaction, and it reads pysyncobj's."""
+    entries = [(bytes([i]) * (i * 37 % 5000), i, 1 + i // 10) for i in range(1, 31)]
+    ours = str(tmp_path / "ours")
+    j = durable.DurableFileJournal(ours)
+    for e in entries:
+        j.add(*e)
+    j.deleteEntriesFrom(25)
+    j.deleteEntriesTo(4)
+    j.add(b"last", 26, 3)
+    want = [*entries[4:25], (b"last", 26, 3)]
+    assert [j[i] for i in range(len(j))] == want
+    j._destroy()
+    theirs = durable.pj.FileJournal(ours)
+    assert [theirs[i] for i in range(len(theirs))] == want
+    theirs._destroy()
+    again = durable.DurableFileJournal(ours)
+    assert [again[i] for i in range(len(again))] == want
+    again._destroy()
+    legacy = str(tmp_path / "legacy")
+    p = durable.pj.FileJournal(legacy)
+    for e in entries:
+        p.add(*e)
+    p._destroy()
+    read = durable.DurableFileJournal(legacy)
+    assert [read[i] for i in range(len(read))] == entries
+    read.add(b"more", 31, 4)
+    read._destroy()
+    assert durable.pj.FileJournal(legacy)[len(entries)] == (b"more", 31, 4)
