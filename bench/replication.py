@@ -3,11 +3,12 @@
 
 Prints and saves (--json) msgs_per_s (committed HA messages per second at saturation),
 p50_ms/p99_ms (from charon's datagram on the master to the same datagram at a backup's charon,
-at 2,000 messages/s offered), bytes_per_tunnel (resident memory of a backup's daemon per
-IKE_SA with one CHILD_SA, at 10k and 100k tunnels) and catchup_s (a node with an empty state
-directory joining a cluster that holds 100k tunnels, until it has replayed them into charon:
-the cluster as it runs, its leader's log compacted into a snapshot, which it does at the
-latest every 60 s; catchup_log_s is the same join before the first compaction, when the
+at 2,000 messages/s offered), bytes_per_tunnel (resident memory of a backup's daemon per IKE_SA
+with one CHILD_SA, at 10k and 100k tunnels, and at 100k once the node has compacted its log
+into a snapshot, whose transient copies the allocator keeps) and catchup_s (a node with an
+empty state directory joining a cluster that holds 100k tunnels, until it has replayed them
+into charon: the cluster as it runs, its leader's log compacted into a snapshot, which it does
+at the latest every 60 s; catchup_log_s is the same join before the first compaction, when the
 whole log is sent).
 
 Usage: .venv/bin/python bench/replication.py [--tunnels 100000] [--json PATH]
@@ -284,7 +285,11 @@ def run(tunnels: int) -> dict[str, Any]:
         out["catchup_log_parts"] = caught
         leader = c.leader() or leader
         st = c.status(leader, digest=False) or {}
-        compacted(c, leader, (st.get("raft") or {}).get("commit_index", 0))
+        since = (st.get("raft") or {}).get("commit_index", 0)
+        compacted(c, leader, since)
+        compacted(c, backups[0], since)  # the node that just caught up, after its own snapshot
+        out["bytes_per_tunnel"][f"{tunnels // 1000}k_compacted"] = round(
+            (rss_bytes(backups[0]) - rss0) / tunnels)
         caught = catchup(c, backups[0], tunnels, readers[1])  # its snapshot, then the log
         out["catchup_s"] = caught.pop("catchup_s")
         out["catchup_parts"] = caught

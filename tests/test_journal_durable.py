@@ -312,3 +312,29 @@ def test_the_journal_file_keeps_pysyncobjs_layout_both_ways(tmp_path: Path) -> N
     read.add(b"more", 31, 4)
     read._destroy()
     assert durable.pj.FileJournal(legacy)[len(entries)] == (b"more", 31, 4)
+
+
+def test_old_entries_are_read_back_from_the_file_and_slices_are_lazy(tmp_path: Path) -> None:
+    """D254: only the first PINNED and the newest RESIDENT entries stay in memory; the rest
+    read back equal, a slice reads only what is used, and pickles as a plain list."""
+    import pickle
+
+    n = durable.RESIDENT + durable.PINNED + 50
+    entries = [(bytes([i % 256]) * (100 + i), i + 1, 1) for i in range(n)]
+    j = durable.DurableFileJournal(str(tmp_path / "j"))
+    for e in entries:
+        j.add(*e)
+    assert sum(e is not None for e in j._entries) == durable.RESIDENT + durable.PINNED
+    assert [j[i] for i in range(n)] == entries and j[-1] == entries[-1]
+    tail = j[5:]
+    assert len(tail) == n - 5 and tail[0] == entries[5] and tail[:3] == entries[5:8]
+    assert pickle.loads(pickle.dumps(tail)) == entries[5:] and list(tail) == entries[5:]
+    j.deleteEntriesFrom(n - 10)
+    j.add(b"new", n - 9, 2)
+    j.deleteEntriesTo(20)
+    want = [*entries[20:n - 10], (b"new", n - 9, 2)]
+    assert [j[i] for i in range(len(j))] == want
+    j._destroy()
+    again = durable.DurableFileJournal(str(tmp_path / "j"))
+    assert [again[i] for i in range(len(again))] == want
+    again._destroy()

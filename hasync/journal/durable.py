@@ -44,6 +44,7 @@ import logging
 import os
 import struct
 import weakref
+from collections.abc import Sequence
 from typing import Any
 
 from .. import syncobj_compat  # noqa: F401 (first: it guards socket.inet_ntop from pysyncobj)
@@ -58,6 +59,8 @@ _OPEN: weakref.WeakValueDictionary[str, DurableFileJournal] = weakref.WeakValueD
 
 _ORIGINAL_FACTORY = pj.createJournal
 _RECORD_HEAD = 4 + 16  # length prefix, then idx and term (<QQ) before the command
+RESIDENT = 64  # the newest entries kept in memory; older ones are read from the file (D254)
+PINNED = 2  # and the first two, which pysyncobj and rewind.py read at every message and tick
 
 
 def fsync_dir(path: str) -> None:
@@ -155,6 +158,35 @@ def _record(command: Any, idx: int, term: int) -> bytes:
     return size + data + size
 
 
+def _parse(data: bytes, offset: int) -> tuple[bytes, int, int]:
+    """The entry whose record starts at `offset` of `data`."""
+    size = struct.unpack_from("<I", data, offset)[0]
+    idx, term = struct.unpack_from("<QQ", data, offset + 4)
+    return data[offset + 20:offset + 4 + size], idx, term
+
+
+class _Entries(Sequence[Any]):
+    """A slice of the journal, read entry by entry as it is used; a slice of it, or its
+    pickle, is a plain list."""
+
+    def __init__(self, journal: DurableFileJournal, positions: range) -> None:
+        self._journal, self._positions = journal, positions
+
+    def __len__(self) -> int:
+        return len(self._positions)
+
+    def __getitem__(self, item: Any) -> Any:
+        if isinstance(item, slice):
+            return [self._journal[i] for i in self._positions[item]]
+        return self._journal[self._positions[item]]
+
+    def __eq__(self, other: object) -> bool:
+        return list(self) == other if isinstance(other, list | _Entries) else NotImplemented
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (list, (list(self),))
+
+
 class DurableFileJournal(pj.Journal):  # type: ignore[misc]
     """pysyncobj's FileJournal, its file written with pwrite and synced before each change
     returns. The file layout is pysyncobj's, so either reads the other's file; there is no
@@ -178,16 +210,18 @@ class DurableFileJournal(pj.Journal):  # type: ignore[misc]
             os.pwrite(self._fd, _header(), 0)
         data = os.pread(self._fd, os.fstat(self._fd).st_size, 0)
         last = struct.unpack_from("<I", data, pj.LAST_RECORD_OFFSET_OFFSET)[0]
-        self._entries: list[tuple[Any, int, int]] = []
-        self._starts: list[int] = []  # each entry's record offset, for deleteEntriesFrom
+        self._entries: list[tuple[Any, int, int] | None] = []  # None: on disk only
+        self._starts: list[int] = []  # each entry's record offset
         offset = pj.FIRST_RECORD_OFFSET
         while offset < last:
             size = struct.unpack_from("<I", data, offset)[0]
-            idx, term = struct.unpack_from("<QQ", data, offset + 4)
-            self._entries.append((data[offset + 20:offset + 4 + size], idx, term))
+            self._entries.append(None)
             self._starts.append(offset)
             offset += size + 8
         self._end = offset
+        for i in range(len(self._entries)):
+            if i < PINNED or i >= len(self._entries) - RESIDENT:
+                self._entries[i] = _parse(data, self._starts[i])
         self._sync()
 
     def _set_end(self, end: int) -> None:
@@ -206,10 +240,22 @@ class DurableFileJournal(pj.Journal):  # type: ignore[misc]
         os.pwrite(self._fd, record, self._end)
         self._entries.append((command, idx, term))
         self._starts.append(self._end)
+        if len(self._entries) > RESIDENT + PINNED:
+            self._entries[-RESIDENT - 1] = None  # read back from the file if ever needed
         self._set_end(self._end + len(record))
 
     def __getitem__(self, item: Any) -> Any:
-        return self._entries[item]
+        """An entry (command, idx, term), read from the file if not resident; a slice is a
+        lazy `_Entries` view (pysyncobj slices the log from a follower's next index to its end
+        and reads only as far as one message holds, syncobj.py __getEntries)."""
+        if isinstance(item, slice):
+            return _Entries(self, range(len(self._entries))[item])
+        entry = self._entries[item]
+        if entry is not None:
+            return entry
+        start = self._starts[item]
+        size = struct.unpack("<I", os.pread(self._fd, 4, start))[0]
+        return _parse(os.pread(self._fd, size + 4, start), 0)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -235,7 +281,7 @@ class DurableFileJournal(pj.Journal):  # type: ignore[misc]
         directory = os.path.dirname(os.path.abspath(self._path))
         fsync_dir(directory)  # the snapshot's rename first (see the rules)
         tmp = self._path + ".compact"
-        body = b"".join(_record(*entry) for entry in self._entries[entryTo:])
+        body = b"".join(_record(*self[i]) for i in range(entryTo, len(self._entries)))
         head = bytearray(_header())
         struct.pack_into("<I", head, pj.LAST_RECORD_OFFSET_OFFSET,
                          pj.FIRST_RECORD_OFFSET + len(body))
