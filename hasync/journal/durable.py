@@ -162,7 +162,7 @@ def _parse(data: bytes, offset: int) -> tuple[bytes, int, int]:
     """The entry whose record starts at `offset` of `data`."""
     size = struct.unpack_from("<I", data, offset)[0]
     idx, term = struct.unpack_from("<QQ", data, offset + 4)
-    return data[offset + 20:offset + 4 + size], idx, term
+    return data[offset + _RECORD_HEAD:offset + 4 + size], idx, term
 
 
 class _Entries(Sequence[Any]):
@@ -179,9 +179,6 @@ class _Entries(Sequence[Any]):
         if isinstance(item, slice):
             return [self._journal[i] for i in self._positions[item]]
         return self._journal[self._positions[item]]
-
-    def __eq__(self, other: object) -> bool:
-        return list(self) == other if isinstance(other, list | _Entries) else NotImplemented
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (list, (list(self),))
