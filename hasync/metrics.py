@@ -232,6 +232,11 @@ def promotion_families(st: dict[str, Any], history: PromotionHistory) -> Iterato
                    "The last promotion's duration", _num(last.get("total_ms")) / 1000)
         yield _one(GAUGE, "hasync_last_promotion_claimed",
                    "1 when the last promotion's sender claim committed", last.get("claimed"))
+        granted = last.get("granted_ms")
+        yield _one(GAUGE, "hasync_last_promotion_granted_seconds",
+                   "From the last promotion's start until the fence granted its term's first "
+                   "marks, when outbound traffic flows again (-1: not yet)",
+                   -1 if granted is None else _num(granted) / 1000)
     yield history.family()
 
 

@@ -149,7 +149,8 @@ def test_markdown_rendering_and_section_replacement() -> None:
                                   "platform": "Linux-test", "vm": {"cpus": 2, "memory": "3G"}})
     md = failover.render_markdown(s)
     rows = [line for line in md.splitlines() if line.startswith("| hasync |")]
-    assert len(rows) == 2 and rows[1].startswith("| hasync | 30 | 2 | 6 | 1720 | 2600 | 0 | 0 |")
+    assert len(rows) == 2 and rows[1].startswith(
+        "| hasync | 30 | 2 | 6 | 1720 | 2600 | - | 0 | 0 |")  # no canaries: "-"
     assert "runner vm" in md and "kernel 6.1.0-test" in md and "advert_int 0.5 s" in md
     assert "VM 2 vCPUs, 3G" in md and "Test CPU" in md
     assert "FAIL  hasync N=30: p99 outage" in md
@@ -204,6 +205,50 @@ def test_default_rate_shares_a_budget_and_an_explicit_rate_wins() -> None:
     assert failover.rate_for(1000, 5.0) == 5.0
     a = failover.parse_args(["--tunnels", "100,10", "--modes", "hasync"])
     assert a.tunnels == [10, 100] and a.modes == ["hasync"] and a.rate is None
+
+
+def test_canaries_take_their_rate_out_of_the_budget_first() -> None:
+    assert failover.rate_for(10, None, 3) == 20.0  # 140 left for 7: capped at 20
+    assert failover.rate_for(100, None, 3) == round(140 / 97, 2)
+    assert failover.rate_for(1000, None, 3) == round(140 / 997, 2)
+    assert failover.rate_for(3, None, 3) == 20.0  # every tunnel a canary
+    spec = failover.lab_spec("hasync", 1000, 1, None, 3)
+    assert (spec.canaries, spec.canary_rate, spec.rate) == (3, 20.0, 0.14)
+    assert failover.lab_spec("hasync", 2, 1, None, 3).canaries == 2
+    assert failover.parse_args([]).canaries == failover.CANARIES == 3
+    with pytest.raises(SystemExit):
+        failover.parse_args(["--canaries", "10"])  # 10 x 20 leaves nothing for the rest
+
+
+def test_the_canaries_give_the_outage_a_verdict_where_the_slow_probes_cannot() -> None:
+    runs = _runs()
+    res = runs[3]["result"]
+    res["rate_pps"] = 0.2  # the slow tunnels: one probe every 5 s against a 2443 ms limit
+    for fo in res["failovers"]:
+        fo["clients"][0].update(canary=True, probe_pps=20.0)  # one canary per failover
+        for t in fo["clients"][1:]:
+            t["probe_pps"] = 0.2
+    s = stats.summarize(runs)
+    g = _group(s, "hasync", 30)
+    assert g["canaries"]["samples"] == 2 and g["canaries"]["probe_interval_ms"] == 50.0
+    assert g["canaries"]["outage_ms"]["p99"] == 1700.0  # the canaries' worst: 1700, 1690
+    by = {(c["name"], c["tunnels"]): c for c in s["checks"]["items"]}
+    check = by[("p99 outage (canaries) <= 1.5 x measured master-down", 30)]
+    assert check["pass"] is True and check["value"] == 1700.0
+    res["failovers"][1]["clients"][0]["outage_ms"] = 2500.0  # a canary over the 2443 ms limit
+    by = {(c["name"], c["tunnels"]): c for c in stats.summarize(runs)["checks"]["items"]}
+    assert by[("p99 outage (canaries) <= 1.5 x measured master-down", 30)]["pass"] is False
+    md = failover.render_markdown(stats.summarize(runs))
+    assert "| hasync | 30 | 2 | 6 | 1740 | 2600 | 2500 |" in md
+
+
+def test_the_work_after_the_barrier_is_fitted_apart() -> None:
+    sc = stats.summarize(_runs())["promotion_scaling"]
+    after = sc["after_barrier"]["fit"]  # xfrm + activate: half of the total in _result
+    assert after["slope_ms_per_tunnel"] == pytest.approx(105 / 27)
+    assert after["points"] == 4
+    assert any(line.startswith("after the barrier (xfrm + activate): ")
+               for line in failover.check_lines(stats.summarize(_runs())))
 
 
 def test_outage_check_has_no_verdict_when_probes_are_too_sparse() -> None:

@@ -576,3 +576,52 @@ def test_status_shows_the_sender_and_the_fence() -> None:
     assert st["sender"] == {"node": "gw2", "epoch": epoch} and st["epoch"] == epoch
     assert st["fence"] == {"permits": 0, "pending": 0, "fenced": {}, "unknown": 0,
                            "errors": 0, "failing": 0}
+
+
+def test_a_mark_accepted_while_the_loop_rests_is_granted_at_once() -> None:
+    """A slow read makes the loop rest 3 x its time (pacing.REST_K); the fence is what holds
+    a new master's traffic, so the first marks' permits must not wait for the rest's end."""
+    clock = Clock()
+    journal = FakeJournal(clock)
+    journal.hold = True  # the marks commit while the loop rests
+    kernel = FakeKernel([KernelSa(KEY, False, 10, 0, (0,), 32)], read_s=0.5)
+    fence = FakeFence()
+    sleep = FakeSleep(clock, ["pass", "stop"])
+    g = guard(journal, kernel, sleep=sleep, fence=fence)
+    sender(g)
+    real = sleep.__call__
+
+    async def resting(seconds: float) -> None:
+        if seconds == pytest.approx(1.5) and journal.held:  # the rest after the first read
+            clock.t += 0.2
+            journal.answer_held()  # accepted: MarkSender wakes the fence (wake_grant)
+            await asyncio.Event().wait()  # the grant ends the rest's wait, which cancels this
+        await real(seconds)
+    g.sleep = resting  # type: ignore[assignment]
+    with pytest.raises(Stop):  # without the grant mid-rest: a TimeoutError
+        asyncio.run(asyncio.wait_for(g.run(lambda: True, lambda: 0), 5))
+    assert KEY in fence.permits and kernel.reads == 1  # granted mid-rest, no second read
+    assert sleep.calls[0] == pytest.approx(1.3)  # then the rest of the rest
+
+
+def test_a_promotion_notes_when_its_term_was_marked_accepted_and_granted() -> None:
+    clock = Clock()
+    journal = FakeJournal(clock)
+    journal.hold = True
+    kernel = FakeKernel([KernelSa(KEY, False, 10, 0, (0,), 32)])
+    fence = FakeFence()
+    g = guard(journal, kernel, fence=fence)
+
+    async def go() -> None:
+        await g.promote()
+        assert g._wake.is_set()  # the first marks go at once, not a tick later
+        clock.t += 0.05
+        await g.step(master=True, mirrored=0)  # read, marks submitted
+        clock.t += 0.1
+        journal.answer_held()
+        await asyncio.sleep(0)  # the answer reaches the loop
+        await g.step(master=True, mirrored=0)  # accepted, granted
+    asyncio.run(go())
+    rep = g.last_promotion
+    assert rep is not None and KEY in fence.permits
+    assert (rep.marks_ms, rep.accepted_ms, rep.granted_ms) == (50.0, 150.0, 150.0)

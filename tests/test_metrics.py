@@ -65,6 +65,7 @@ def test_a_masters_status_reads_as_the_numbers_an_operator_alerts_on() -> None:
     assert got[("hasync_health_verdicts_total", (("cause", "charon_drift"),))] == 2
     assert got[("hasync_healthy", ())] == 1
     assert got[("hasync_last_promotion_duration_seconds", ())] == pytest.approx(0.8586)
+    assert got[("hasync_last_promotion_granted_seconds", ())] == -1  # a report before D257
     assert got[("hasync_journal_entries_applied_total", (("kind", "batches"),))] == 67
     assert got[("hasync_info", (("cluster", "lab"), ("node", "gw1")))] == 1
 
@@ -174,3 +175,9 @@ def test_per_sa_series_carry_the_exporters_labels_and_say_when_truncated() -> No
     assert dict(next(f for f in sa_families(whole)
                      if f.name == "hasync_sa_series_truncated").samples[0]._asdict())[
         "value"] == 0.0
+
+
+def test_the_grant_after_a_promotion_is_a_gauge() -> None:
+    st = copy.deepcopy(STATUS)
+    st["takeover"]["last_promotion"]["granted_ms"] = 1250.0
+    assert _samples(st)[("hasync_last_promotion_granted_seconds", ())] == 1.25

@@ -80,11 +80,13 @@ class Guard:
         self.reads = KernelReads(self.kernel, self.costs, self.stats, clock)
         self.fencing = FenceSync(node, journal, fence, self.term, self.stats, clock)
         self.marks = MarkSender(node, journal, self.term, self.tracker, self.flight, self.stats,
-                                self.reads.write, self.wake, wall)
+                                self.reads.write, self.wake_grant, wall)
         self.promotion = PromotionDriver(  # asks self.is_master, which run() may replace
             journal, self.term, self.reads, self.stats, activate, lambda: self.is_master(),
             clock, sleep)
         self._wake = asyncio.Event()
+        self._grant = asyncio.Event()  # a mark accepted: the fence grants it even mid-rest
+        self._promoted_at: float | None = None  # the last promotion's start (clock)
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def close(self) -> None:
@@ -100,7 +102,7 @@ class Guard:
             master = is_master()
             rest = await self.step(master, mirrored())
             if rest is not None:
-                await self.sleep(rest)  # reads take at most a quarter CPU (pacing.REST_K)
+                await self._rest(rest)  # reads take at most a quarter CPU (pacing.REST_K)
             # a master reads its counters every tick; a backup moves its kernel when a mark
             # moves, within BACKUP_SEQ_TICK_S of a new SA, and every 10 s (BackupPace)
             await self._wait_wake(self.tick_s if master else max(self.tick_s,
@@ -110,23 +112,45 @@ class Guard:
         """One pass: fence first, then tick if due; the rest to take after it (None: no tick)."""
         woken = self._wake.is_set()
         self._wake.clear()  # a mark applied from here on wakes the next wait
+        self._grant.clear()  # this step's fence sync grants what is accepted
         now = self.clock()
         if master and self.master_since is None:
             self.master_since = now
         elif not master:
             self.master_since, self.fencing.deposed_by = None, None
+        self._note_term()  # accepted meanwhile
         await self.fence_sync(master)
+        self._note_term()  # granted
         with self.journal.lock:
             moves = self.journal.seqs.moves
         due = master or self.pace.due((moves, mirrored), now) or woken
         if self.promoting or not due:
             return None
         await self.tick(master)
+        self._note_term()  # marks submitted
         return self.costs.rest_s()
 
-    async def _wait_wake(self, timeout_s: float) -> None:
-        """Until `wake()`, `wake_threadsafe()` or `timeout_s` (on the injected sleep)."""
-        waiter = asyncio.ensure_future(self._wake.wait())
+    def _note_term(self) -> None:
+        """After a promotion: when its term's first marks went out, were accepted, granted."""
+        rep, t0 = self.last_promotion, self._promoted_at
+        if rep is None or t0 is None or not rep.done or rep.granted_ms is not None:
+            return
+        term = self.term
+        rep.note_term(round((self.clock() - t0) * 1000, 1), self.flight.open,
+                      bool(term.held), bool(term.held) and not term.pending)
+
+    async def _rest(self, rest_s: float) -> None:
+        """Rest after a read; a mark accepted meanwhile is granted at once, since the fence is
+        what holds a new master's traffic (the next read still waits for the rest's end)."""
+        end = self.clock() + rest_s
+        while await self._wait_wake(max(0.0, end - self.clock()), self._grant):
+            self._grant.clear()
+            await self.fence_sync(self.is_master())
+
+    async def _wait_wake(self, timeout_s: float, event: asyncio.Event | None = None) -> bool:
+        """Until `wake()`, `wake_threadsafe()` (or `event`, if given) or `timeout_s` (on the
+        injected sleep); True if woken before the timeout."""
+        waiter = asyncio.ensure_future((event or self._wake).wait())
         sleeper = asyncio.ensure_future(self.sleep(timeout_s))
         try:
             await asyncio.wait({waiter, sleeper}, return_when=asyncio.FIRST_COMPLETED)
@@ -135,9 +159,16 @@ class Guard:
             sleeper.cancel()
         if sleeper.done() and not sleeper.cancelled():
             sleeper.result()  # a failing sleep is a bug: raise it
+            return False
+        return True
 
     def wake(self) -> None:
         """Run the next step now: a commit to grant, a role change, charon's CHILD_ADD."""
+        self._wake.set()
+
+    def wake_grant(self) -> None:
+        """A mark was accepted (or a permit emptied): sync the fence now, rest or not."""
+        self._grant.set()
         self._wake.set()
 
     def wake_threadsafe(self) -> None:
@@ -187,6 +218,7 @@ class Guard:
         self.promoting = True
         try:
             promo = Promotion(self.reserve, started=self.wall(), now=self.clock())
+            self._promoted_at = promo.t0
             self.tracker.restart()
             self.last_promotion = promo.report
             self.fencing.deposed_by = None  # a new claim: whatever deposed the last term is past
@@ -196,6 +228,7 @@ class Guard:
             return await self.promotion.run(promo)
         finally:
             self.promoting = False
+            self.wake()  # the new term's first marks: now, not a tick later
 
     # ---- what others read ----
     @property

@@ -45,6 +45,20 @@ class PromotionReport:
     max_jump: int = 0
     errors: list[str] = field(default_factory=list)
     done: bool = False
+    # after the promotion, from its start: the new term's first marks submitted, accepted,
+    # and granted by the fence (outbound traffic flows from then on; driver.py notes them)
+    marks_ms: float | None = None
+    accepted_ms: float | None = None
+    granted_ms: float | None = None
+
+    def note_term(self, ms: float, submitted: bool, accepted: bool, granted: bool) -> None:
+        """What the new term has reached `ms` after the promotion started (first time only)."""
+        if self.marks_ms is None and (submitted or accepted):
+            self.marks_ms = ms
+        if self.accepted_ms is None and accepted:
+            self.accepted_ms = ms
+        if self.granted_ms is None and granted:
+            self.granted_ms = ms
 
 
 class Phase(Enum):

@@ -45,9 +45,11 @@ TABLES: dict[int, dict[int, AttrSpec]] = {v: _build_table(v) for v in ATTRIBUTES
 _BY_NAME: dict[int, dict[str, AttrSpec]] = {
     version: {spec.name: spec for spec in table.values()} for version, table in TABLES.items()
 }
-# decode_only()'s rows: number -> (name, size of an integer layout or 0, layout).
+_CHUNK = -2  # a _STEPS size: a chunk (u16 length, then that many bytes; ha_message.c chunk_t)
+# decode_only()'s rows: number -> (name, size of an integer layout, _CHUNK, or 0, layout).
 _STEPS: dict[int, dict[int, tuple[str, int, Kind]]] = {
-    version: {n: (spec.name, _INT_SIZES.get(spec.kind.name, 0), spec.kind)
+    version: {n: (spec.name, -2 if spec.kind.name == "chunk" else
+                  _INT_SIZES.get(spec.kind.name, 0), spec.kind)
               for n, spec in table.items()}
     for version, table in TABLES.items()
 }
@@ -150,9 +152,15 @@ def _walk(buf: bytes, keep: frozenset[str], names: list[str] | None) -> list[Att
         name, size, kind = step
         if names is not None:
             names.append(name)
-        if size and name not in keep and pos + 1 + size <= end:
-            pos += 1 + size  # a whole integer: nothing to check
-            continue
+        if size and name not in keep:
+            if size > 0 and pos + 1 + size <= end:
+                pos += 1 + size  # a whole integer: nothing to check
+                continue
+            if size == _CHUNK and pos + 3 <= end:
+                after = pos + 3 + ((buf[pos + 1] << 8) | buf[pos + 2])
+                if after <= end:
+                    pos = after  # a whole chunk: nothing else to check
+                    continue
         try:
             if name in keep:
                 value, pos = kind.decode(buf, pos + 1)

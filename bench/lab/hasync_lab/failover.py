@@ -22,6 +22,7 @@ from hasync.guard import Reserve
 
 from . import (
     aftercheck,
+    canaries,
     cluster,
     confgen,
     hasyncd,
@@ -143,9 +144,11 @@ def _tunnel_result(run: Run, tun: Tunnel, before: dict[str, Any], after: dict[st
     sa_b, sa_a = before["sa_replay"], after["sa_replay"]
     jumps = [cc.jumps[s] for s in sorted(spis) if s in cc.jumps]
     up = tunnels.outbound_spis(ike_b) | tunnels.outbound_spis(ike_a)
-    min_gap = max(3.0 / run.spec.rate, 0.3) if run.spec.rate > 0 else 1.0
+    pps = canaries.rate_of(tun.name, run.canaries, run.spec.rate, run.spec.canary_rate)
+    min_gap = max(3.0 / pps, 0.3) if pps > 0 else 1.0
     return {
         "name": tun.name, "client": tun.client, "nat": node.behind_nat,
+        "canary": tun.name in run.canaries, "probe_pps": pps,
         "impl": "libreswan" if tun.client in run.libreswan else "strongswan",
         "inner": "ipv6" if inner6.is_flow(tun.name) else "ipv4",
         "mobike": tun.client in run.spec.mobike,
@@ -375,6 +378,7 @@ def run_failovers(run: Run) -> dict[str, object]:
             "esn_clients": sorted(names & set(confgen.ESN_CLIENTS)),
             "kernel": kernel_release(), "advert_int": spec.timers.advert_int_s,
             "timers": spec.timers.as_dict(), "rate_pps": spec.rate, "spec": spec_dict(spec),
+            "canaries": sorted(run.canaries), "canary_rate_pps": spec.canary_rate,
             "gateways": [g.name for g in lab.topo.by_role("gateway")], "tunnels": tunnels,
             "tunnel_count": len(run.tunnels),
             "warmup": warmup, "failovers": fos, "duration_s": round(time.monotonic() - t0, 1)}

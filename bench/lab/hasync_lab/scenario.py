@@ -20,6 +20,7 @@ from typing import Any
 from . import (
     adverts,
     aftercheck,
+    canaries,
     cluster,
     confgen,
     hasyncd,
@@ -43,6 +44,7 @@ from .session import LabSpec, Run
 
 log = logging.getLogger("hasync_lab")
 PROBE_PORT = 7000
+CANARY_PORT = PROBE_PORT + 1  # the canary tunnels' probe server (canaries.py)
 ANY_SOURCE = "0.0.0.0"  # a flow bound to it sends from whatever address the kernel picks
 FAULTS = ("kill", "links", "stop", "charon", "upgrade", "partition", "partition-backup", "hasync")
 TWO_SENDER_FAULTS = FAULTS[5:]  # partfault.py runs these (issue 16)
@@ -191,10 +193,15 @@ def start_traffic(run: Run) -> None:
                                       "-w", str(lab.base / "cap" / f"{c.name}.pcap"),
                                       "esp or udp port 4500 or udp port 500"], private_run=False)
     six = any(inner6.is_flow(t.name) for t in run.tunnels)
-    lab.spawn("srv", "probe", [py, "-m", "hasync_lab.probe", "server", "--bind",
-                               inner6.server_bind(PROBE_PORT, six), "--rate",
-                               str(run.spec.rate), "--log",
-                               str(lab.base / "probe" / "srv.log")], env=env, private_run=False)
+    run.canaries = canaries.pick(run.tunnels, run.spec.canaries) if run.spec.tunnels else (
+        frozenset())
+    for stem, port, rate in (("srv", PROBE_PORT, run.spec.rate),
+                             ("srv" + canaries.SUFFIX, CANARY_PORT, run.spec.canary_rate)):
+        if stem == "srv" or run.canaries:
+            lab.spawn("srv", stem.replace("srv", "probe"), [
+                py, "-m", "hasync_lab.probe", "server", "--bind",
+                inner6.server_bind(port, six), "--rate", str(rate), "--log",
+                str(lab.base / "probe" / f"{stem}.log")], env=env, private_run=False)
     server = ["--server", f"{topology.SERVER_IP}:{PROBE_PORT}", "--rate", str(run.spec.rate)]
     for c, ts in tunnels.by_client(run.tunnels).items():
         logf = str(lab.base / "probe" / f"{c}.log")
@@ -208,12 +215,16 @@ def start_traffic(run: Run) -> None:
                     str(lab.base / "probe" / inner6.log_name(t.name))), env=env,
                     private_run=False)
             continue
-        flows = lab.base / "probe" / f"{c}.flows"
-        flows.write_text(tunnels.flows_text(ts, tunnels.all_vips(lab, c, ts)))
-        p = lab.spawn(c, "probe", [py, "-m", "hasync_lab.probeflows", "client", *server,
-                                   "--flows-file", str(flows), "--log", logf],
-                      env=env, private_run=False)
-        run.flows[c] = (p.pid, flows)
+        vips = tunnels.all_vips(lab, c, ts)
+        for stem, canary, mine in canaries.stems(c, ts, run.canaries):
+            flows = lab.base / "probe" / f"{stem}.flows"
+            flows.write_text(tunnels.flows_text(mine, vips))
+            to = ["--server", f"{topology.SERVER_IP}:{CANARY_PORT}", "--rate",
+                  str(run.spec.canary_rate)] if canary else server
+            p = lab.spawn(c, stem.replace(c, "probe"), [
+                py, "-m", "hasync_lab.probeflows", "client", *to, "--flows-file", str(flows),
+                "--log", str(lab.base / "probe" / f"{stem}.log")], env=env, private_run=False)
+            run.flows[stem] = (p.pid, flows)
     run.wall_offset = time.time() - time.monotonic()
 
 
@@ -222,15 +233,19 @@ def read_probes(run: Run) -> dict[str, probe.ProbeLog]:
     the lines added since the last one (the logs grow by 100 lines a second per tunnel, read
     every 0.5 s)."""
     out: dict[str, probe.ProbeLog] = {}
+    groups = {canaries.log_group(stem): logs  # both servers' logs parse as one (canaries.py)
+              for stem, (_, logs, _) in run.probe_logs.items()}
     for f in (run.lab.base / "probe").glob("*.log"):
-        offset, logs, partial = run.probe_logs.get(f.stem, (0, probe.ProbeLogs(), ""))
+        group = canaries.log_group(f.stem)
+        offset, logs, partial = run.probe_logs.get(f.stem) or (
+            0, groups.setdefault(group, probe.ProbeLogs()), "")
         with open(f, "rb") as fh:
             fh.seek(offset)
             data = fh.read()
         lines = (partial + data.decode(errors="replace")).split("\n")
         logs.add_lines(line for line in lines[:-1] if line)
         run.probe_logs[f.stem] = (offset + len(data), logs, lines[-1])
-        if f.stem == "srv":
+        if group == "srv":
             out["srv"] = logs.of(probe.DEFAULT_SERVER_NAME)
         else:
             out.update(logs.logs)
@@ -289,11 +304,12 @@ def wait_flowing(run: Run, t: float, timeout: float) -> set[str]:
 def follow_vips(run: Run, stalled: set[str]) -> None:
     """On each client with a stalled tunnel, point its probe flows at the current VIPs."""
     for c, ts in tunnels.by_client(run.tunnels).items():
-        ready = (run.lab.base / "probe" / f"{c}.log").exists()  # its SIGHUP handler is set
-        if c in run.flows and ready and any(t.name in stalled for t in ts):
-            pid, path = run.flows[c]
-            with contextlib.suppress(OSError, LabError):
-                tunnels.follow_vips(run.lab, c, ts, path, pid)
+        for stem, _, mine in canaries.stems(c, ts, run.canaries):
+            ready = (run.lab.base / "probe" / f"{stem}.log").exists()  # its SIGHUP handler
+            if stem in run.flows and ready and any(t.name in stalled for t in mine):
+                pid, path = run.flows[stem]
+                with contextlib.suppress(OSError, LabError):
+                    tunnels.follow_vips(run.lab, c, mine, path, pid)
 
 
 def client_state(run: Run, name: str) -> dict[str, object]:
@@ -364,7 +380,7 @@ def _links(lab: Lab, node: str, state: str) -> None:
 def signal_probes(run: Run, sig: int) -> None:
     """Send `sig` to every probe (captures keep running)."""
     for _, what, p in run.lab.procs:
-        if what == "probe" and p.poll() is None:
+        if what.startswith("probe") and p.poll() is None:  # probe, probe-canary
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(p.pid, sig)
 

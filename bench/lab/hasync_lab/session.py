@@ -61,6 +61,8 @@ class LabSpec:
     prometheus: bool = False  # a real Prometheus scrapes every gateway (monitor.py)
     client_impl: tuple[str, ...] = ()  # IKE implementation of each client in order
     #                                    (lswclients.IMPLS); () or shorter: strongswan
+    canaries: int = 0  # the benchmark's tunnels probed at canary_rate (canaries.py)
+    canary_rate: float = 20.0  # probe packets/s each way of a canary tunnel
 
     def cipher_of(self, index: int) -> str:
         """The ESP cipher of the client at `index` (0-based, plan order)."""
@@ -79,7 +81,9 @@ class Run:
     wall_offset: float = 0.0  # time.time() - time.monotonic(): maps pcap times to ours
     probe_logs: dict[str, tuple[int, probe.ProbeLogs, str]] = field(default_factory=dict)
     tunnels: list[tunnels.Tunnel] = field(default_factory=list)
-    flows: dict[str, tuple[int, Path]] = field(default_factory=dict)  # client: (pid, file)
+    flows: dict[str, tuple[int, Path]] = field(default_factory=dict)  # probeflows log stem
+    #                                        (canaries.stems): (pid, flows file)
+    canaries: frozenset[str] = frozenset()  # tunnels probed at spec.canary_rate
     adverts: adverts.AdvertLog | None = None  # VRRP as a client on the public LAN hears it
     captures: dict[str, pcap.PcapTail] = field(default_factory=dict)
     vrrp_later: list[str] = field(default_factory=list)  # restored; keepalived still to start
