@@ -36,7 +36,7 @@ from ..fence import port as fenceport  # a module: hasync.fence.port imports gua
 from .fencing import FenceSync
 from .kernel import KERNEL_FAILURES, KernelPort, KernelSas
 from .marks import MarkSender
-from .pacing import BACKUP_SEQ_TICK_S, BackupPace, ReadCosts
+from .pacing import BACKUP_SEQ_TICK_S, REST_K, BackupPace, ReadCosts
 from .permits import SenderTerm
 from .ports import GuardStats, JournalPort, MarkFlight, committed_records, sa_name
 from .promoter import PromotionDriver
@@ -260,7 +260,10 @@ class Guard:
         """Why this node should not hold the VIPs, by name (empty: nothing against it)."""
         reasons = []
         master = self.is_master()
-        limit = self.stall_s if master else self.pace.full_s + self.stall_s
+        # a guard reading as paced is not stale: past the bound, allow its own cycle (a read of
+        # the recent largest cost, the rest after it, a tick), which grows with the SAs (D258)
+        cycle = (1 + REST_K) * max(self.costs.reads, default=0.0) + self.tick_s
+        limit = cycle + (self.stall_s if master else self.pace.full_s + self.stall_s)
         since = self.last_read if self.last_read is not None else self.started
         if now - since > limit and not self.promoting:
             reasons.append("guard_kernel_stale")
