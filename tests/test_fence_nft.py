@@ -174,3 +174,30 @@ def test_nft_s_stderr_is_in_the_error(tmp_path: Path) -> None:
     with pytest.raises(FenceError):
         asyncio.run(f.counts())
     assert f.stats == {"revoke": 1, "counts": 1}
+
+
+
+def test_an_nft_gone_when_its_timeout_fires_is_a_fence_error(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process ended as its timeout fired, so kill() found none: the ProcessLookupError
+    stopped the guard and the daemon (lab, 1000 tunnels under QEMU/TCG)."""
+    class Gone:
+        returncode = 0
+
+        async def communicate(self, data: bytes | None) -> tuple[bytes, bytes]:
+            await asyncio.Event().wait()  # never answers within the timeout
+            return b"", b""
+
+        def kill(self) -> None:
+            raise ProcessLookupError
+
+        async def wait(self) -> int:
+            return 0
+
+    async def spawn(*argv: str, **kw: object) -> Gone:
+        return Gone()
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", spawn)
+    f = NftFence("nft", timeout_s=0.05)
+    with pytest.raises(FenceError, match="timed out"):
+        asyncio.run(f.revoke_all())
+    assert f.stats == {"revoke": 1}

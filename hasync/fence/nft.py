@@ -13,6 +13,7 @@ nft's stderr, counted in `stats` under the operation's name (`hasync status` sho
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Iterable
@@ -71,7 +72,8 @@ class NftFence:
             out, err = await asyncio.wait_for(
                 proc.communicate(stdin.encode() if stdin is not None else None), self.timeout_s)
         except TimeoutError as e:
-            proc.kill()
+            with contextlib.suppress(ProcessLookupError):  # it ended as the timeout fired
+                proc.kill()
             await proc.wait()
             raise FenceError(f"{' '.join(argv)} timed out after {self.timeout_s} s") from e
         if proc.returncode != 0:
