@@ -502,19 +502,23 @@ def test_fenced_counts_are_read_at_most_every_second_and_logged_once_per_onset(
         caplog: Any) -> None:
     journal, fence = FakeJournal(), FakeFence()
     g = guard(journal, FakeKernel([KernelSa(KEY, False, 0, 0, (0,), 32)]), fence=fence)
+
+    async def sync_and_count() -> None:  # as each step does: the counts after the marks
+        await g.fence_sync(master=False)
+        await g.fencing.count()
     with caplog.at_level(logging.WARNING, logger="hasync.guard"):
         fence.dropped[KEY] = 5
-        asyncio.run(g.fence_sync(master=False))
+        asyncio.run(sync_and_count())
         fence.dropped[KEY] = 9
-        asyncio.run(g.fence_sync(master=False))  # too soon: not read
+        asyncio.run(sync_and_count())  # too soon: not read
         assert g.status()["fence"]["fenced"] == {"c0ffee01@192.0.2.101": 5}
         journal.clock.t += 1.0
-        asyncio.run(g.fence_sync(master=False))  # still dropping: no new line
+        asyncio.run(sync_and_count())  # still dropping: no new line
         journal.clock.t += 1.0
-        asyncio.run(g.fence_sync(master=False))  # stopped dropping
+        asyncio.run(sync_and_count())  # stopped dropping
         fence.dropped[KEY] = 10
         journal.clock.t += 1.0
-        asyncio.run(g.fence_sync(master=False))  # a new onset
+        asyncio.run(sync_and_count())  # a new onset
     assert fence.calls.count("counts") == 4
     assert g.status()["fence"]["fenced"] == {"c0ffee01@192.0.2.101": 10}
     assert sum("SAs fenced" in r.getMessage() for r in caplog.records) == 2
@@ -640,3 +644,31 @@ def test_a_promotion_notes_when_its_term_was_marked_accepted_and_granted() -> No
     rep = g.last_promotion
     assert rep is not None and KEY in fence.permits
     assert (rep.marks_ms, rep.accepted_ms, rep.granted_ms) == (50.0, 150.0, 150.0)
+
+
+def test_the_first_marks_after_a_promotion_start_from_its_read() -> None:
+    """No second dump before the new term's first marks (seconds at 1000 SAs under TCG):
+    the promotion's read, its writes taken as done, and not when it is old or on a backup."""
+    journal = FakeJournal()
+    journal.seqs.records[KEY] = SeqRecord(KEY, 5000, 0, (0,), 50.0, "gw1", 1.0)
+    kernel = FakeKernel([KernelSa(KEY, False, 0, 0, (0,), 32)])
+    g = guard(journal, kernel)
+    asyncio.run(g.promote())
+    assert kernel.reads == 1 and [w.oseq for w in kernel.writes] == [5577]
+    asyncio.run(g.step(master=True, mirrored=0))
+    assert kernel.reads == 1 and g.stats.fresh_reads == 1  # the promotion's read served
+    assert len(kernel.writes) == 1  # taken as written: no second jump
+    (rec,) = journal.entries[-1].records
+    assert rec.mark > 5577 and g.term.planned[KEY][0] == 5577  # the permit starts there
+    asyncio.run(g.step(master=True, mirrored=0))
+    assert kernel.reads == 2  # once only
+
+    late = guard(FakeJournal(), kernel)
+    asyncio.run(late.promote())
+    late.clock.t += 1.5  # older than FRESH_S: read again
+    asyncio.run(late.step(master=True, mirrored=0))
+    assert kernel.reads == 4 and late.stats.fresh_reads == 0
+    backup = guard(FakeJournal(), kernel)
+    asyncio.run(backup.promote())
+    asyncio.run(backup.step(master=False, mirrored=0))
+    assert kernel.reads == 6 and backup.stats.fresh_reads == 0

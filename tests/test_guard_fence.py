@@ -58,7 +58,7 @@ def test_a_raft_that_stalls_forever_stops_the_wire_at_the_last_committed_mark() 
         assert accepted_mark(sim, K1) == mark
         assert kernel.top(K1) == mark  # the wire reached the mark and stopped there
         attempted_above = kernel.sas[K1].oseq - mark
-        assert attempted_above > 5000 and oseq <= mark
+        assert attempted_above > 4000 and oseq <= mark  # 3 s at 2000/s, less a renewal's lead
         assert fence.dropped[K1] - dropped == attempted_above
         status = sim.guards["gw1"].status()
         assert status["fence"]["fenced"]["c0ffee01@192.0.2.101"] >= dropped + attempted_above \

@@ -118,17 +118,15 @@ class Guard:
             self.master_since = now
         elif not master:
             self.master_since, self.fencing.deposed_by = None, None
-        self._note_term()  # accepted meanwhile
         await self.fence_sync(master)
-        self._note_term()  # granted
         with self.journal.lock:
             moves = self.journal.seqs.moves
         due = master or self.pace.due((moves, mirrored), now) or woken
-        if self.promoting or not due:
-            return None
-        await self.tick(master)
-        self._note_term()  # marks submitted
-        return self.costs.rest_s()
+        if not self.promoting and due:
+            await self.tick(master)
+            self._note_term()  # marks submitted
+        await self.fencing.count()  # the drop counters: after the marks, not before them
+        return None if self.promoting or not due else self.costs.rest_s()
 
     def _note_term(self) -> None:
         """After a promotion: when its term's first marks went out, were accepted, granted."""
@@ -168,6 +166,7 @@ class Guard:
 
     def wake_grant(self) -> None:
         """A mark was accepted (or a permit emptied): sync the fence now, rest or not."""
+        self._note_term()  # accepted
         self._grant.set()
         self._wake.set()
 
@@ -184,8 +183,9 @@ class Guard:
             log.debug("a mark moved while the daemon stops: nothing to wake")
 
     async def fence_sync(self, master: bool) -> None:
-        """Bring the fence in line with this node's term: revoke, grant, forget, count."""
+        """Bring the fence in line with this node's term: revoke, grant, forget."""
         await self.fencing.sync(master)
+        self._note_term()  # granted
 
     # ---- every tick ----
     async def tick(self, master: bool) -> None:

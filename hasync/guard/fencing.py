@@ -1,5 +1,5 @@
 """The guard's side of the send fence: the injected `FencePort` kept in line with this node's
-sender term (`permits.SenderTerm`): revoke, grant, forget, count.
+sender term (`permits.SenderTerm`): revoke, grant, forget (`sync`), and count (`count`).
 
 Rules: one `asyncio.Lock` orders the fence's commands. The fence holds a permit only for a mark
 committed and accepted in this node's current epoch; every permit is revoked at start, when the
@@ -61,16 +61,30 @@ class FenceSync:
                     keys = sorted(self._forget)
                     await self.fence.forget(keys)
                     self._forget.difference_update(keys)
-                now = self.clock()
-                if now - self._counts_at >= COUNTS_S:
-                    self._counts_at = now
-                    self._note_counts(await self.fence.counts())
             except fenceport.FenceError as e:
                 self._failed(e)
                 return
-            if self.failing:
-                log.info("the send fence works again, after %d failures", self.failing)
-                self.failing = 0
+            self._works()
+
+    async def count(self) -> None:
+        """Read the fence's drop counters, at most every COUNTS_S (the guard does it after a
+        tick's marks: two nft runs that a new master's first permits should not wait for)."""
+        now = self.clock()
+        if now - self._counts_at < COUNTS_S or self.failing or not self._set_up:
+            return  # a failing fence is retried by `sync`, every step
+        async with self._lock:
+            self._counts_at = now
+            try:
+                self._note_counts(await self.fence.counts())
+            except fenceport.FenceError as e:
+                self._failed(e)
+                return
+            self._works()
+
+    def _works(self) -> None:
+        if self.failing:
+            log.info("the send fence works again, after %d failures", self.failing)
+            self.failing = 0
 
     async def new_term(self, flight: MarkFlight) -> None:
         """Before a claim: end the term and revoke every permit the fence holds."""

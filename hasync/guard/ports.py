@@ -53,6 +53,7 @@ class GuardStats:
     prejumps: int = 0
     prejump_errors: int = 0
     jumps: int = 0  # a term's first-mark writes (master)
+    fresh_reads: int = 0  # a master's first marks planned from its promotion's read
     kernel_errors: int = 0
     fence_errors: int = 0
     esn_stops: int = 0  # ESN permits emptied: the counter ran 2^30 past them (permits.py)

@@ -114,6 +114,7 @@ class PromotionDriver:
             except KERNEL_FAILURES as e:
                 again = promo.read_failed(str(e), self.clock())
                 continue
+            self.reads.keep(sas, writes)  # the first marks start from it: no second dump
             promo.written(res, self.clock())
             again = False
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 
 from .kernel import KernelPort
 from .pacing import ReadCosts
@@ -19,6 +20,7 @@ from .ports import GuardStats
 from .records import KernelSa, SaKey, Write, WriteResult
 
 log = logging.getLogger("hasync.guard")
+FRESH_S = 1.0  # a promotion's read serves the new term's first marks if at most this old
 
 
 class KernelReads:
@@ -32,10 +34,25 @@ class KernelReads:
         self.last_read: float | None = None  # the last successful kernel read (clock)
         self.spis: frozenset[int] = frozenset()  # the SPIs of that read (charonwatch)
         self.keys: frozenset[SaKey] = frozenset()  # its SAs (roam.py)
+        self.fresh: tuple[list[KernelSa], float] | None = None  # a promotion's read (clock)
+
+    def keep(self, sas: list[KernelSa], writes: list[Write]) -> None:
+        """A promotion read `sas` and wrote `writes`: the new term's first marks may start
+        from it (`read`), its planned counters taken as written. A write that failed leaves
+        the kernel below the mark's lo, where the fence drops it (rules.py)."""
+        planned = {w.sa.key: w for w in writes}
+        self.fresh = ([replace(sa, oseq=max(sa.oseq, w.oseq)) if (w := planned.get(sa.key))
+                       else sa for sa in sas], self.clock())
 
     async def read(self, master: bool) -> tuple[list[KernelSa], float]:
-        """Every SA's replay state, and the clock at the read (a master's gaps are counted)."""
-        sas: list[KernelSa] = await self.kernel.snapshot()
+        """Every SA's replay state, and the clock at the read (a master's gaps are counted);
+        a master's first read after its promotion is the promotion's, if at most FRESH_S old."""
+        fresh, self.fresh = self.fresh, None
+        if master and fresh is not None and self.clock() - fresh[1] <= FRESH_S:
+            sas = fresh[0]
+            self.stats.fresh_reads += 1
+        else:
+            sas = await self.kernel.snapshot()
         now, before = self.clock(), self.last_read
         self.last_read = now
         if master and before is not None:
