@@ -430,12 +430,12 @@ def test_the_first_step_sets_the_fence_up_and_grants_what_was_accepted() -> None
 
     async def steps() -> None:
         await g.step(master=True, mirrored=0)  # setup; the tick submits the first mark
-        assert fence.calls == ["setup", "counts"] and not fence.permits
+        assert fence.calls == ["setup"] and not fence.permits  # no counts before the grant
         await asyncio.sleep(0)  # the commit: accepted, the step is woken
         assert g._wake.is_set()
         await g.step(master=True, mirrored=0)
     asyncio.run(steps())
-    assert fence.calls == ["setup", "counts", "grant"]  # counts again only after 1 s
+    assert fence.calls == ["setup", "grant", "counts"]  # counts once the term holds permits
     assert fence.permits == {KEY: Permit(KEY, 100, 868, False)} and not g.term.pending
     assert g.status()["fence"]["permits"] == 1
 
@@ -672,3 +672,30 @@ def test_the_first_marks_after_a_promotion_start_from_its_read() -> None:
     asyncio.run(backup.promote())
     asyncio.run(backup.step(master=False, mirrored=0))
     assert kernel.reads == 6 and backup.stats.fresh_reads == 0
+
+
+def test_a_promotion_that_ends_while_the_loop_rests_ends_the_rest() -> None:
+    """VRRP makes a backup master while its guard rests after a slow read (3 x the read,
+    seconds at 1000 SAs under TCG): the first marks must not wait for the rest's end."""
+    clock = Clock()
+    journal = FakeJournal(clock)
+    kernel = FakeKernel([KernelSa(KEY, False, 10, 0, (0,), 32)], read_s=0.5)
+    g = guard(journal, kernel)
+    master = [False]
+    resting: list[float] = []
+    real = FakeSleep(clock)
+
+    async def sleep(seconds: float) -> None:
+        if seconds == pytest.approx(1.5) and not resting:  # the rest after the backup's read
+            resting.append(seconds)
+            master[0] = True
+            await g.promote()  # VRRP MASTER: Effects runs it beside the loop
+            await asyncio.Event().wait()  # the promotion's end cancels this rest
+        if len(real.calls) > 3:
+            raise Stop
+        await real(seconds)
+    g.sleep = sleep  # type: ignore[assignment]
+    with pytest.raises(Stop):  # without: a TimeoutError
+        asyncio.run(asyncio.wait_for(g.run(lambda: master[0], lambda: 0), 5))
+    assert resting and journal.entries and journal.entries[0].records  # marks went out
+    assert g.stats.fresh_reads == 1  # from the promotion's read, taken at once

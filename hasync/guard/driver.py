@@ -87,6 +87,7 @@ class Guard:
         self._wake = asyncio.Event()
         self._grant = asyncio.Event()  # a mark accepted: the fence grants it even mid-rest
         self._promoted_at: float | None = None  # the last promotion's start (clock)
+        self._promoted = False  # a promotion ended since the last step began: no rest
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def close(self) -> None:
@@ -113,6 +114,7 @@ class Guard:
         woken = self._wake.is_set()
         self._wake.clear()  # a mark applied from here on wakes the next wait
         self._grant.clear()  # this step's fence sync grants what is accepted
+        self._promoted = False  # this step's tick makes the first marks
         now = self.clock()
         if master and self.master_since is None:
             self.master_since = now
@@ -125,7 +127,9 @@ class Guard:
         if not self.promoting and due:
             await self.tick(master)
             self._note_term()  # marks submitted
-        await self.fencing.count()  # the drop counters: after the marks, not before them
+        if not (master and self.term.epoch is not None and not self.term.held):
+            await self.fencing.count()  # the drop counters (three nft runs), but not while a
+            #                             new term waits for its first grant (D260)
         return None if self.promoting or not due else self.costs.rest_s()
 
     def _note_term(self) -> None:
@@ -139,10 +143,13 @@ class Guard:
 
     async def _rest(self, rest_s: float) -> None:
         """Rest after a read; a mark accepted meanwhile is granted at once, since the fence is
-        what holds a new master's traffic (the next read still waits for the rest's end)."""
+        what holds a new master's traffic (the next read still waits for the rest's end), and
+        a promotion that ended meanwhile ends the rest (its term's first marks are due)."""
         end = self.clock() + rest_s
         while await self._wait_wake(max(0.0, end - self.clock()), self._grant):
             self._grant.clear()
+            if self._promoted:
+                return
             await self.fence_sync(self.is_master())
 
     async def _wait_wake(self, timeout_s: float, event: asyncio.Event | None = None) -> bool:
@@ -228,7 +235,8 @@ class Guard:
             return await self.promotion.run(promo)
         finally:
             self.promoting = False
-            self.wake()  # the new term's first marks: now, not a tick later
+            self._promoted = True  # the new term's first marks: now, not after a rest
+            self.wake_grant()
 
     # ---- what others read ----
     @property
