@@ -668,10 +668,12 @@ def test_the_first_marks_after_a_promotion_start_from_its_read() -> None:
     late.clock.t += 1.5  # older than FRESH_S: read again
     asyncio.run(late.step(master=True, mirrored=0))
     assert kernel.reads == 4 and late.stats.fresh_reads == 0
-    backup = guard(FakeJournal(), kernel)
-    asyncio.run(backup.promote())
-    asyncio.run(backup.step(master=False, mirrored=0))
-    assert kernel.reads == 6 and backup.stats.fresh_reads == 0
+    queued = guard(FakeJournal(), kernel)  # a backup tick queued behind the promotion
+    asyncio.run(queued.promote())
+    asyncio.run(queued.tick(master=False))
+    assert kernel.reads == 6 and queued.stats.fresh_reads == 0  # it reads the kernel
+    asyncio.run(queued.step(master=True, mirrored=0))
+    assert kernel.reads == 6 and queued.stats.fresh_reads == 1  # and leaves it to the master
 
 
 def test_a_promotion_that_ends_while_the_loop_rests_ends_the_rest() -> None:

@@ -47,7 +47,9 @@ class KernelReads:
     async def read(self, master: bool) -> tuple[list[KernelSa], float]:
         """Every SA's replay state, and the clock at the read (a master's gaps are counted);
         a master's first read after its promotion is the promotion's, if at most FRESH_S old."""
-        fresh, self.fresh = self.fresh, None
+        fresh = self.fresh
+        if master:  # a backup's tick queued behind the promotion's (the lock) leaves it
+            self.fresh = None
         if master and fresh is not None and self.clock() - fresh[1] <= FRESH_S:
             sas = fresh[0]
             self.stats.fresh_reads += 1
