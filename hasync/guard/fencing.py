@@ -68,7 +68,7 @@ class FenceSync:
 
     async def count(self) -> None:
         """Read the fence's drop counters, at most every COUNTS_S (the guard does it after a
-        tick's marks: two nft runs that a new master's first permits should not wait for)."""
+        tick's marks: three nft runs that a new master's first permits should not wait for)."""
         now = self.clock()
         if now - self._counts_at < COUNTS_S or self.failing or not self._set_up:
             return  # a failing fence is retried by `sync`, every step

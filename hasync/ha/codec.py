@@ -48,7 +48,7 @@ _BY_NAME: dict[int, dict[str, AttrSpec]] = {
 _CHUNK = -2  # a _STEPS size: a chunk (u16 length, then that many bytes; ha_message.c chunk_t)
 # decode_only()'s rows: number -> (name, size of an integer layout, _CHUNK, or 0, layout).
 _STEPS: dict[int, dict[int, tuple[str, int, Kind]]] = {
-    version: {n: (spec.name, -2 if spec.kind.name == "chunk" else
+    version: {n: (spec.name, _CHUNK if spec.kind.name == "chunk" else
                   _INT_SIZES.get(spec.kind.name, 0), spec.kind)
               for n, spec in table.items()}
     for version, table in TABLES.items()
