@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from .guard.entries import SeqEntry, SeqLog, pack_seq
+from .guard.rules import Reserve
 from .ha import HaMessage
 from .journal import durable
 from .journal.machine import ApplyMachine, Change, Kind, open_entry, pack_claim, pack_member
@@ -200,13 +201,14 @@ class ClusterJournal:
         """Seal replay-state records and hand them to Raft."""
         self._propose(Kind.SEQ, pack_seq(entry), callback)
 
-    def claim(self, callback: Callback) -> None:
-        """Make this node the sender of ESP marks; `callback(result, error)` gets the new
-        epoch once the claim is applied here, or REJECTED if the sender moved or committed since
-        this node's view of it (journal/machine.py, Kind.CLAIM)."""
+    def claim(self, callback: Callback, grant: Reserve | None = None) -> None:
+        """Make this node the sender of ESP marks (with `grant`, its term's first marks too,
+        D261); `callback(result, error)` gets the new epoch once the claim is applied here, or
+        REJECTED if the sender moved or committed since this node's view of it
+        (journal/machine.py, Kind.CLAIM)."""
         with self.lock:
             seen = self.seqs.view()
-        self._propose(Kind.CLAIM, pack_claim(self.node, seen), callback)
+        self._propose(Kind.CLAIM, pack_claim(self.node, seen, grant), callback)
 
     def barrier(self, callback: Callback) -> None:
         """Commit an empty entry; when `callback` runs without error, this node has applied

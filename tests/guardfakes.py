@@ -63,11 +63,12 @@ class FakeJournal:
             self.entries.append(entry)
             callback(ACCEPTED if self.seqs.apply(entry).accepted else REJECTED, None)
 
-    def claim(self, callback: Callable[[Any, Any], None], node: str = "gw2") -> None:
+    def claim(self, callback: Callable[[Any, Any], None], grant: Any = None,
+              node: str = "gw2") -> None:
         self.claims += 1
         self.clock.t += self.claim_s
         if self.claim_answer is FailReason.SUCCESS:
-            callback(self.seqs.claim(node, self.seqs.view()), None)
+            callback(self.seqs.claim(node, self.seqs.view(), grant), None)
         elif self.claim_answer is not None:
             callback(None, int(self.claim_answer))
 

@@ -184,7 +184,7 @@ class SimRaft:
             _, node, kind, payload, callback = self.queue.pop(0)
             with self.lock:
                 if kind == "claim":
-                    epoch = self.seqs.claim(node, payload)
+                    epoch = self.seqs.claim(node, *payload)
                     result: Any = REJECTED if epoch is None else epoch
                 else:
                     result = ACCEPTED if self.seqs.apply(payload).accepted else REJECTED
@@ -204,10 +204,10 @@ class SimJournal:
     def submit_seq(self, entry: SeqEntry, callback: Callback) -> None:
         self.raft.submit(self.node, "seq", entry, callback)
 
-    def claim(self, callback: Callback) -> None:
+    def claim(self, callback: Callback, grant: Reserve | None = None) -> None:
         with self.lock:  # as raft.py: the claim carries this node's view of the sender
             seen = self.raft.seqs.view()
-        self.raft.submit(self.node, "claim", seen, callback)
+        self.raft.submit(self.node, "claim", (seen, grant), callback)
 
 
 class SimSleep:

@@ -71,11 +71,11 @@ def test_a_claim_is_retried_with_backoff_until_it_commits() -> None:
     calls: list[int] = []
     real = journal.claim
 
-    def claim(callback: Any) -> None:
+    def claim(callback: Any, grant: Any = None) -> None:
         calls.append(1)
         if len(calls) == 4:
             journal.claim_answer = FailReason.SUCCESS
-        real(callback)
+        real(callback, grant)
     journal.claim = claim  # type: ignore[method-assign]
     rep = asyncio.run(g.promote())
     assert rep.claimed and rep.claim_attempts == 4 and activated == [1]
@@ -123,7 +123,7 @@ def test_a_cancelled_promotion_reports_its_claim_unfinished() -> None:
 def test_a_bug_in_the_claim_propagates() -> None:
     journal, activated = FakeJournal(), []
 
-    def broken(callback: Any) -> None:
+    def broken(callback: Any, grant: Any = None) -> None:
         raise AttributeError("a bug in the journal")
     journal.claim = broken  # type: ignore[method-assign]
     kernel = FakeKernel([KernelSa(KEY, False, 0, 0, (0,), 32)])
@@ -463,7 +463,9 @@ def test_a_node_deposed_by_another_claim_revokes_and_health_says_not_sender(
     journal, fence = FakeJournal(), FakeFence()
     g = guard(journal, FakeKernel([KernelSa(KEY, False, 100, 0, (0,), 32)]), fence=fence)
     sender(g)
-    asyncio.run(g.step(master=True, mirrored=0))  # the fence is set up
+    asyncio.run(g.step(master=True, mirrored=0))  # the fence is set up, the first mark made
+    asyncio.run(g.step(master=True, mirrored=0))  # and granted
+    assert KEY in fence.permits and "revoke_all" not in fence.calls
     journal.seqs.claim("gw1", journal.seqs.view())
     with caplog.at_level(logging.WARNING, logger="hasync.guard"):
         asyncio.run(g.step(master=True, mirrored=0))
@@ -505,7 +507,7 @@ def test_fenced_counts_are_read_at_most_every_second_and_logged_once_per_onset(
 
     async def sync_and_count() -> None:  # as each step does: the counts after the marks
         await g.fence_sync(master=False)
-        await g.fencing.count()
+        await g.fencing.count(master=True)
     with caplog.at_level(logging.WARNING, logger="hasync.guard"):
         fence.dropped[KEY] = 5
         asyncio.run(sync_and_count())
@@ -658,8 +660,8 @@ def test_the_first_marks_after_a_promotion_start_from_its_read() -> None:
     asyncio.run(g.step(master=True, mirrored=0))
     assert kernel.reads == 1 and g.stats.fresh_reads == 1  # the promotion's read served
     assert len(kernel.writes) == 1  # taken as written: no second jump
-    (rec,) = journal.entries[-1].records
-    assert rec.mark > 5577 and g.term.planned[KEY][0] == 5577  # the permit starts there
+    assert g.term.held[KEY].lo == 5577  # the claim's permit starts there (D261): nothing due
+    assert all(not e.records for e in journal.entries)  # but the term's beacon
     asyncio.run(g.step(master=True, mirrored=0))
     assert kernel.reads == 2  # once only
 
@@ -701,3 +703,59 @@ def test_a_promotion_that_ends_while_the_loop_rests_ends_the_rest() -> None:
         asyncio.run(asyncio.wait_for(g.run(lambda: master[0], lambda: 0), 5))
     assert resting and journal.entries and journal.entries[0].records  # marks went out
     assert g.stats.fresh_reads == 1  # from the promotion's read, taken at once
+
+
+def test_a_promotion_holds_the_claims_own_permits_and_the_next_step_grants_them() -> None:
+    """D261: the claim commits the term's first marks, so the fence grants them at the step
+    after the promotion with no mark committed; the kernel is written before any is held."""
+    clock = Clock()
+    journal = FakeJournal(clock)
+    journal.seqs.records[KEY] = SeqRecord(KEY, 5000, 40, (7,), 50.0, "gw1", 1.0)
+    journal.hold = True  # no SEQ entry commits in this test
+    fence = FakeFence()
+    kernel = FakeKernel([KernelSa(KEY, False, 10, 0, (0,), 32)])
+    g = guard(journal, kernel, fence=fence)
+    held_at_write: list[dict[Any, Held]] = []
+    real_write = kernel.write
+
+    async def write(writes: Any) -> Any:
+        held_at_write.append({**g.term.held, **g.term.pending})
+        return await real_write(writes)
+    kernel.write = write  # type: ignore[method-assign]
+
+    async def go() -> None:
+        await g.promote()
+        clock.t += 0.05
+        await g.step(master=True, mirrored=0)
+    asyncio.run(go())
+    lo = 5000 + 1 + 576
+    assert held_at_write == [{}] and [w.oseq for w in kernel.writes] == [lo]
+    assert fence.permits[KEY] == Permit(KEY, lo, lo + 768, False)
+    assert all(not entry.records for entry, _ in journal.held)  # only the term's beacon
+    rep = g.last_promotion
+    assert rep is not None and rep.granted_ms == 50.0 and rep.accepted_ms is not None
+
+
+def test_a_revoke_runs_no_command_on_a_fence_that_surely_holds_nothing() -> None:
+    journal, fence = FakeJournal(), FakeFence()
+    g = guard(journal, FakeKernel([KernelSa(KEY, False, 100, 0, (0,), 32)]), fence=fence)
+    asyncio.run(g.fence_sync(master=False))  # set up: empty
+    asyncio.run(g.fencing.new_term(g.flight))
+    assert "revoke_all" not in fence.calls and g.stats.revocations == 0
+    sender(g)
+    fence.fail = True  # a grant that fails may still have landed in the kernel
+    g.term.pending[KEY] = Permit(KEY, 0, 10, False)
+    asyncio.run(g.fence_sync(master=True))
+    fence.fail = False
+    asyncio.run(g.fencing.new_term(g.flight))
+    assert fence.calls[-1] == "revoke_all" and g.stats.revocations == 1
+
+
+def test_a_backup_reads_the_fences_counters_ten_times_less_often() -> None:
+    journal, fence = FakeJournal(), FakeFence()
+    g = guard(journal, FakeKernel([]), fence=fence)
+    asyncio.run(g.fence_sync(master=False))
+    for _ in range(12):
+        asyncio.run(g.fencing.count(master=False))
+        journal.clock.t += 1.0
+    assert fence.calls.count("counts") == 2  # at 0 s and 10 s

@@ -16,6 +16,8 @@ from hasync.guard.rules import (
     RateMeter,
     Reserve,
     SeqTracker,
+    claim_lows,
+    claim_marks,
     plan_writes,
     stretch,
     target_oseq,
@@ -336,3 +338,48 @@ def test_the_jump_after_a_move_does_not_count_as_traffic() -> None:
     held = {MOVED: Held(w.oseq, plan.records[0].mark)}
     observe(t, [after], {KEY: rec(5000)}, held=held, now=0.1)
     assert t._rate(after, 0.2) == pytest.approx(20.0)
+
+
+def test_a_claims_marks_lie_past_every_mark_of_their_spi_and_invert_to_their_lows() -> None:
+    """D261: the claim's first permit of an SA starts at its target (the highest mark of its
+    (SPI, protocol) under any destination, + 1 + takeover floor) and reaches ahead(its rate);
+    none near 2^32, where the record cannot say whether the SA has ESN."""
+    moved = ("198.51.100.7", KEY[1], KEY[2])  # the same SA after MOBIKE, journaled higher
+    high = ("192.0.2.102", 7, 50)
+    records = {KEY: rec(1000, rate=2000.0), moved: SeqRecord(moved, 4000, 0, (0,), 0.0, "gw1", 1.0),
+               high: SeqRecord(high, U32_MAX - 1000, 0, (0,), 0.0, "gw1", 1.0)}
+    marks = claim_marks(records, R)
+    lo = 4000 + 1 + R.takeover_floor
+    assert marks == {KEY: (lo, lo + R.ahead(2000.0)), moved: (lo, lo + R.ahead(0.0))}
+    log = SeqLog(records=dict(records))
+    assert log.claim("gw2", log.view(), R) == 1
+    assert log.records[high] == records[high]  # left for the term's first read
+    assert (log.records[KEY].mark, log.records[KEY].node, log.records[KEY].epoch) == (
+        lo + 1600, "gw2", 1)
+    assert claim_lows(log.records, "gw2", 1, R) == {
+        KEY: Held(lo, lo + 1600, claimed=True), moved: Held(lo, lo + 768, claimed=True)}
+    assert claim_lows(log.records, "gw3", 1, R) == {} == claim_lows(log.records, "gw2", 2, R)
+    assert claim_marks({KEY: rec(10, rate=1e308)}, R) == {}  # no overflow, no permit
+
+
+def test_a_claimed_permit_that_misses_the_counter_makes_a_first_mark_not_a_violation() -> None:
+    t = SeqTracker("gw2", R)
+    committed = {KEY: rec(5000, node="gw2")}
+    for oseq in (100, 9000):  # below the permit (a write that failed), above it (a counter
+        held = {KEY: Held(2000, 5000, claimed=True)}  # fenced while this node was a backup)
+        plan = t.observe([sa(oseq=oseq)], committed, held, 2, float(oseq), 1000.0)
+        target = 5000 + 1 + R.takeover_floor
+        assert plan.lows == {KEY: max(oseq, target)}
+    assert t.stats.violations == 0 and t.stats.recreated == 0 and t.stats.first_marks == 2
+    plan = t.observe([sa(oseq=2100)], committed, {KEY: Held(2000, 5000, claimed=True)}, 2,
+                     20.0, 1000.0)
+    assert plan.records == [] and t.stats.first_marks == 2  # within it: nothing due yet
+
+
+def test_a_claimants_promotion_writes_up_to_its_permits_lo_not_past_its_own_marks() -> None:
+    committed = {KEY: rec(9000, node="gw2")}  # the claim's own mark
+    held = {KEY: Held(5577, 9000, claimed=True)}
+    (w,) = plan_writes([sa(oseq=10)], committed, R, held=held)
+    assert w.oseq == 5577
+    (w,) = plan_writes([sa(oseq=10)], committed, R)  # a backup: past the mark
+    assert w.oseq == 9000 + 1 + R.takeover_floor

@@ -9,6 +9,7 @@ import pytest
 
 from hasync.guard.entries import ACCEPTED, REJECTED, SeqEntry, pack_seq
 from hasync.guard.records import SeqRecord
+from hasync.guard.rules import Reserve
 from hasync.ha import MessageType, decode
 from hasync.journal.machine import (
     MAX_MEMBER_FIELDS,
@@ -19,6 +20,7 @@ from hasync.journal.machine import (
     open_entry,
     pack_claim,
     pack_member,
+    unpack_claim,
     unpack_member,
 )
 from hasync.journal.seal import EntryError, pack_batch
@@ -115,6 +117,32 @@ def test_a_claim_is_accepted_only_on_the_sender_its_claimant_saw() -> None:
 def test_a_bad_claim_is_refused(payload: bytes) -> None:
     with pytest.raises(EntryError):
         open_entry(Kind.CLAIM, payload)
+
+
+def test_a_claim_with_a_reserve_commits_the_terms_first_marks() -> None:
+    """D261: format 3 carries the reserve; applied, every record's mark moves past its target
+    to the claimant in the new epoch; a stale one changes nothing; format 2 still reads."""
+    m = ApplyMachine()
+    assert m.apply(open_entry(Kind.CLAIM, pack_claim("gw1", (0, 0)))).result == 1
+    assert m.apply(_seq(1.0, _rec(5000, 7))).result == ACCEPTED
+    grant = Reserve(floor=100, horizon_s=0.25, takeover_floor=10)
+    raw = pack_claim("gw2", (1, 1), grant)
+    assert unpack_claim(raw) == ("gw2", (1, 1), grant)
+    assert unpack_claim(pack_claim("gw2", (1, 1))) == ("gw2", (1, 1), None)
+    stale = m.apply(open_entry(Kind.CLAIM, pack_claim("gw3", (1, 0), grant)))
+    assert stale.result == REJECTED and m.seqs.records[KEY].mark == 5000
+    assert m.apply(open_entry(Kind.CLAIM, raw)).result == 2
+    rec = m.seqs.records[KEY]
+    assert (rec.mark, rec.seq, rec.node, rec.epoch) == (5000 + 1 + 10 + 100, 7, "gw2", 2)
+
+
+@pytest.mark.parametrize("tail", [[-1, 800, 576], [768, 800, 1 << 31 + 1], [768, 0.8, 576],
+                                  [768, 3_600_001, 576], [768, 800], [768, 800, 576, 0]])
+def test_a_claim_with_a_bad_reserve_is_refused(tail: list[Any]) -> None:
+    with pytest.raises(EntryError):
+        open_entry(Kind.CLAIM, msgpack.packb([3, "gw2", 1, 1, *tail]))
+    with pytest.raises(EntryError):  # a reserve under format 2
+        open_entry(Kind.CLAIM, msgpack.packb([2, "gw2", 1, 1, 768, 800, 576]))
 
 
 def test_barriers_and_member_reports() -> None:

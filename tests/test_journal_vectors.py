@@ -117,7 +117,7 @@ def _values() -> dict[str, Any]:
         "member_report": ("gw1", {"vrrp": "MASTER", "raft": "leader", "applied": 42,
                                   "ts": 1700000000.75}),
         "barrier_entry": b"",
-        "claim_entry": ("gw1", (0, 0)),
+        "claim_entry": ("gw1", (0, 0), None),
         "snapshot_chunks": bytes(range(200)),  # 64-byte chunks: four of them
         "snapshot_file": _snapshot_state(),
     }

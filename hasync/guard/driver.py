@@ -82,7 +82,7 @@ class Guard:
         self.marks = MarkSender(node, journal, self.term, self.tracker, self.flight, self.stats,
                                 self.reads.write, self.wake_grant, wall)
         self.promotion = PromotionDriver(  # asks self.is_master, which run() may replace
-            journal, self.term, self.reads, self.stats, activate, lambda: self.is_master(),
+            node, journal, self.term, self.reads, self.stats, activate, lambda: self.is_master(),
             clock, sleep)
         self._wake = asyncio.Event()
         self._grant = asyncio.Event()  # a mark accepted: the fence grants it even mid-rest
@@ -127,9 +127,10 @@ class Guard:
         if not self.promoting and due:
             await self.tick(master)
             self._note_term()  # marks submitted
-        if not (master and self.term.epoch is not None and not self.term.held):
-            await self.fencing.count()  # the drop counters (three nft runs), but not while a
-            #                             new term waits for its first grant (D260)
+        term = self.term
+        if not (master and (term.pending or (term.epoch is not None and not term.held))):
+            await self.fencing.count(master)  # the drop counters (three nft runs), but not
+            #                   while a new term's permits wait for the fence (D260, D261)
         return None if self.promoting or not due else self.costs.rest_s()
 
     def _note_term(self) -> None:

@@ -8,8 +8,10 @@ A claim (`SeqLog.claim(node, seen)`, a CLAIM entry) makes `node` the sender at t
 only if the sender is still as the claimant saw it, `seen = (epoch, life)`: no claim since, and
 no accepted entry from the sender since (`life` counts them; a master sends an empty entry at
 least every BEACON_S). A claim that waited out a partition in a queue thus cannot depose a
-sender that kept committing (D207). `SeqLog.apply()` accepts an entry only if its (origin,
-epoch) is the current sender, else it changes nothing and is counted as rejected. It never
+sender that kept committing (D207). A claim that carries a reserve also raises every record's
+mark to the new term's first (D261): those marks are the claimant's, accepted with the claim.
+`SeqLog.apply()` accepts an entry only if its (origin, epoch) is the current sender, else it
+changes nothing and is counted as rejected. It never
 raises on a valid entry; marks and inbound counters only move forward per SA, so an entry
 applied twice or late changes nothing. Pure: no IO, no clocks.
 """
@@ -25,6 +27,7 @@ import msgpack
 
 from ..journal.seal import MAX_ENTRY, MAX_ORIGIN, EntryError
 from .records import U64_MAX, SaKey, SeqRecord
+from .rules import Reserve, claim_marks
 
 SEQ_FORMAT = 2  # 2: the entry carries its sender epoch (issue 16)
 MAX_EPOCH = U64_MAX
@@ -153,15 +156,23 @@ class SeqLog:
         """What a claim made now is based on: (the sender's epoch, its signs of life)."""
         return self.sender[1], self.life
 
-    def claim(self, node: str, seen: tuple[int, int]) -> int | None:
+    def claim(self, node: str, seen: tuple[int, int],
+              grant: Reserve | None = None) -> int | None:
         """`node` becomes the sender at the next epoch if the sender is as `seen`; the epoch,
-        or None for a stale claim."""
+        or None for a stale claim. With `grant`, the claim also commits the new term's first
+        marks (`rules.claim_marks`: past every mark journaled before it), so the claimant
+        holds permits from the claim alone (D261)."""
         if tuple(seen) != self.view():
             return None
         self.life = 0
         epoch = min(self.sender[1] + 1, MAX_EPOCH)
         self.sender = (node, epoch)
         self.moves += 1  # a new term: every node re-reads what it holds against the sender
+        if grant is not None:
+            for key, (_, hi) in claim_marks(self.records, grant).items():
+                rec = self.records[key]
+                self.records[key] = SeqRecord(key, hi, rec.seq, rec.bitmap, rec.rate, node,
+                                              rec.ts, epoch)
         return epoch
 
     def apply(self, entry: SeqEntry) -> SeqApplied:

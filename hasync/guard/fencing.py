@@ -4,9 +4,10 @@ sender term (`permits.SenderTerm`): revoke, grant, forget (`sync`), and count (`
 Rules: one `asyncio.Lock` orders the fence's commands. The fence holds a permit only for a mark
 committed and accepted in this node's current epoch; every permit is revoked at start, when the
 node is no longer VRRP master, when another node's claim deposed it, and before it claims
-(`new_term`). The only failure handled is the fence's own (`FenceError`: counted, logged once
-per run, retried every step; earlier permits stay in force). The fence's drop counters are
-read at most every COUNTS_S.
+(`new_term`); a revoke is skipped when the fence surely holds nothing (set up or revoked since
+the last grant was tried). The only failure handled is the fence's own (`FenceError`: counted,
+logged once per run, retried every step; earlier permits stay in force). The fence's drop
+counters are read at most every COUNTS_S on the VRRP master, COUNTS_BACKUP_S elsewhere.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from .ports import FenceTally, GuardStats, JournalPort, MarkFlight, sa_name
 from .records import SaKey
 
 log = logging.getLogger("hasync.guard")
-COUNTS_S = 1.0  # the fence's drop counters are read at most this often
+COUNTS_S = 1.0  # the fence's drop counters are read at most this often on the VRRP master
+COUNTS_BACKUP_S = 10.0  # and this often elsewhere (no permits: every ESP packet is dropped)
 
 
 class FenceSync:
@@ -36,6 +38,8 @@ class FenceSync:
         self.deposed_by: tuple[str, int] | None = None  # the claim that ended this node's term
         self.tally = FenceTally()
         self._set_up = False
+        self._empty = False  # the fence holds no permit for sure: set up or revoked since the
+        #                      last grant was tried (a grant that failed may have landed)
         self._counts_at = -math.inf
         self._forget: set[SaKey] = set()
         self._lock = asyncio.Lock()
@@ -48,13 +52,12 @@ class FenceSync:
             try:
                 if not self._set_up:
                     await self.fence.setup()  # revokes everything: a start grants nothing
-                    self._set_up, term.revoke = True, False
+                    self._set_up, term.revoke, self._empty = True, False, True
                 if term.revoke:
-                    await self.fence.revoke_all()
-                    term.revoke = False
-                    self.stats.revocations += 1
+                    await self._revoke()
                 if term.pending:
                     permits = list(term.pending.values())
+                    self._empty = False
                     await self.fence.grant(permits)
                     term.granted(permits)
                 if self._forget:
@@ -66,11 +69,21 @@ class FenceSync:
                 return
             self._works()
 
-    async def count(self) -> None:
-        """Read the fence's drop counters, at most every COUNTS_S (the guard does it after a
-        tick's marks: three nft runs that a new master's first permits should not wait for)."""
+    async def _revoke(self) -> None:
+        """Unlink every permit (skipped when the fence holds none for sure)."""
+        if not self._empty:
+            await self.fence.revoke_all()
+            self._empty = True
+            self.stats.revocations += 1
+        self.term.revoke = False
+
+    async def count(self, master: bool) -> None:
+        """Read the fence's drop counters, at most every COUNTS_S on the master and every
+        COUNTS_BACKUP_S elsewhere (the guard does it after a tick's marks: three nft runs that
+        a new master's first permits should not wait for)."""
         now = self.clock()
-        if now - self._counts_at < COUNTS_S or self.failing or not self._set_up:
+        every = COUNTS_S if master else COUNTS_BACKUP_S
+        if now - self._counts_at < every or self.failing or not self._set_up:
             return  # a failing fence is retried by `sync`, every step
         async with self._lock:
             self._counts_at = now
@@ -92,9 +105,7 @@ class FenceSync:
             self.term.drop()
             flight.expire(math.inf, 0.0)  # an old term's submission: its answer is moot
             try:
-                await self.fence.revoke_all()
-                self.term.revoke = False
-                self.stats.revocations += 1
+                await self._revoke()  # a backup's fence is empty already: no nft run
             except fenceport.FenceError as e:  # what stays lies below every new target
                 self._failed(e)
 
@@ -146,4 +157,4 @@ class FenceSync:
                         "takeover.fence.fenced)", len(started), packets, sa_name(started[0]))
 
 
-__all__ = ["COUNTS_S", "FenceSync"]
+__all__ = ["COUNTS_BACKUP_S", "COUNTS_S", "FenceSync"]

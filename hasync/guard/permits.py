@@ -57,6 +57,13 @@ class SenderTerm:
         for key, lo in lows.items():
             self.planned[key] = (lo, esn.get(key, False))
 
+    def hold(self, held: dict[SaKey, Held]) -> None:
+        """The claim's own marks (D261): permits held from the claim, pending for the fence
+        (non-ESN form: `rules.claim_marks` grants none past 2^32 - 1, where both match alike)."""
+        for key, h in held.items():
+            self.held[key] = h
+            self.pending[key] = fenceport.Permit(key, h.lo, h.hi, False)
+
     def accepted(self, entry: SeqEntry) -> list[fenceport.Permit]:
         """A committed entry was accepted: the permits it makes (none from another epoch)."""
         if self.epoch is None or entry.epoch != self.epoch:

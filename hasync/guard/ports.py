@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from .entries import SeqEntry, SeqLog
 from .records import SaKey, SeqRecord
+from .rules import Reserve
 
 Callback = Callable[[Any, Any], None]  # pysyncobj's callback(result, error)
 
@@ -29,8 +30,9 @@ class JournalPort(Protocol):
         (result: `entries.ACCEPTED` or `entries.REJECTED`) or failed."""
         ...
 
-    def claim(self, callback: Callback) -> None:
-        """Replicate a CLAIM for this node; `callback(result, error)` gets the new epoch."""
+    def claim(self, callback: Callback, grant: Reserve | None = None) -> None:
+        """Replicate a CLAIM for this node (with `grant`, the reserve of its term's first
+        marks, made by the claim itself); `callback(result, error)` gets the new epoch."""
         ...
 
 

@@ -1,5 +1,6 @@
 """A promotion's IO, once the guard has started a fresh term: claim the sender epoch through
-Raft, then write every SA's target, then activate charon (`promotion.Promotion` decides).
+Raft (the claim also commits the term's first marks, D261), then write every SA's target, then
+hold the claim's permits and activate charon (`promotion.Promotion` decides).
 
 Rules: every decision is `Promotion`'s; this module sequences the claim (a `JournalPort`), the
 kernel (through `reads.KernelReads`, under its one lock: a tick using the kernel finishes
@@ -24,6 +25,8 @@ from .permits import SenderTerm
 from .ports import GuardStats, JournalPort, committed_records, count
 from .promotion import Promotion, PromotionReport
 from .reads import KernelReads
+from .records import SaKey
+from .rules import Held, Reserve, claim_lows
 
 log = logging.getLogger("hasync.guard")
 CLAIM_WAIT_S = 1.0  # a claim not answered this long is submitted again
@@ -34,18 +37,19 @@ CLAIM_RETRY_MAX_S = 1.0
 class PromotionDriver:
     """Claim, write the targets, activate: a promotion's steps after the term is fresh."""
 
-    def __init__(self, journal: JournalPort, term: SenderTerm, reads: KernelReads,
+    def __init__(self, node: str, journal: JournalPort, term: SenderTerm, reads: KernelReads,
                  stats: GuardStats, activate: Callable[[], None],
                  is_master: Callable[[], bool], clock: Callable[[], float],
                  sleep: Callable[[float], Awaitable[None]]) -> None:
-        self.journal, self.term, self.reads, self.stats = journal, term, reads, stats
+        self.node, self.journal, self.term, self.reads, self.stats = (
+            node, journal, term, reads, stats)
         self.activate, self.is_master, self.clock, self.sleep = activate, is_master, clock, sleep
 
     async def run(self, promo: Promotion) -> PromotionReport:
         """Claim the sender epoch; once it is applied here, write every SA's target and
         activate charon. Without a committed claim: no writes, no activation, no marks."""
         try:
-            epoch = await self._claim(promo.report)
+            epoch = await self._claim(promo.report, promo.reserve)
         except asyncio.CancelledError:  # VRRP BACKUP or FAULT (Effects cancels it)
             promo.claim_done(None, promo.report.claim_attempts, self.clock())
             raise
@@ -57,23 +61,27 @@ class PromotionDriver:
             return promo.report
         self.term.start(epoch)
         async with self.reads.lock:  # a tick using the kernel finishes first
-            await self._xfrm(promo)
+            with self.journal.lock:  # the claim's own marks: this term's first permits
+                held = claim_lows(self.journal.seqs.records, self.node, epoch, promo.reserve)
+            await self._xfrm(promo, held)
+        self.term.hold(held)  # after the writes: no permit is in force while they land
         self.activate()
         return self._promoted(promo.activated(self.clock()))
 
-    async def _claim(self, report: PromotionReport) -> int | None:
-        """Claims until one is applied here (its epoch) or VRRP leaves MASTER (None)."""
+    async def _claim(self, report: PromotionReport, reserve: Reserve) -> int | None:
+        """Claims until one is applied here (its epoch) or VRRP leaves MASTER (None); each
+        asks for the term's first marks at `reserve` (D261)."""
         backoff = CLAIM_RETRY_S
         while self.is_master():
             report.claim_attempts += 1
-            epoch = await self._claim_once(CLAIM_WAIT_S)
+            epoch = await self._claim_once(CLAIM_WAIT_S, reserve)
             if epoch is not None:
                 return epoch
             await self.sleep(backoff)
             backoff = min(2 * backoff, CLAIM_RETRY_MAX_S)
         return None
 
-    async def _claim_once(self, within_s: float) -> int | None:
+    async def _claim_once(self, within_s: float, grant: Reserve) -> int | None:
         """One claim: its epoch once applied here, None if it failed or took `within_s`."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[tuple[FailReason, Any]] = loop.create_future()
@@ -84,7 +92,7 @@ class PromotionDriver:
 
         def done(result: Any, error: Any) -> None:
             loop.call_soon_threadsafe(settle, (outcome(error), result))
-        self.journal.claim(done)
+        self.journal.claim(done, grant)
         await asyncio.sleep(0)  # an answer given at once is taken before the timer starts
         if not fut.done():
             timer = asyncio.ensure_future(self.sleep(within_s))
@@ -102,14 +110,15 @@ class PromotionDriver:
         count(self.stats.claim_failed, "STALE" if result == REJECTED else reason.name)
         return None
 
-    async def _xfrm(self, promo: Promotion) -> None:
-        """Read and write until the promotion leaves its XFRM phase."""
+    async def _xfrm(self, promo: Promotion, held: dict[SaKey, Held]) -> None:
+        """Read and write until the promotion leaves its XFRM phase (an SA the claim granted
+        goes to its permit's lo, the target the claim's marks were made from)."""
         again = True
         while again:
             try:
                 sas = await self.reads.kernel.snapshot()
                 self.reads.last_read = self.clock()  # a master's staleness counts from this read
-                writes = promo.plan(sas, committed_records(self.journal))
+                writes = promo.plan(sas, committed_records(self.journal), held)
                 res = await self.reads.kernel.write(writes)
             except KERNEL_FAILURES as e:
                 again = promo.read_failed(str(e), self.clock())

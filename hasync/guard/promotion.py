@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from .records import KernelSa, SaKey, SeqRecord, Write, WriteResult
-from .rules import Reserve, plan_writes
+from .rules import Held, Reserve, plan_writes
 
 PROMOTION_READS = 3  # a promotion reads the kernel again after an error, this many times
 REPORTED_WRITE_ERRORS = 20  # a report keeps this many of the kernel's write refusals
@@ -122,11 +122,13 @@ class Promotion:
         rep.claimed = rep.quorum = True
         rep.epoch = epoch
 
-    def plan(self, sas: Iterable[KernelSa], records: Mapping[SaKey, SeqRecord]) -> list[Write]:
-        """The kernel was read: the writes that move every SA to its target."""
+    def plan(self, sas: Iterable[KernelSa], records: Mapping[SaKey, SeqRecord],
+             held: Mapping[SaKey, Held] | None = None) -> list[Write]:
+        """The kernel was read: the writes that move every SA to its target (an SA the claim
+        granted, `held`: to its permit's lo)."""
         self._expect(Phase.XFRM, "plan writes")
         sas = list(sas)
-        writes = plan_writes(sas, records, self.reserve)
+        writes = plan_writes(sas, records, self.reserve, held=held)
         self._planned = (len(sas), writes)
         return writes
 

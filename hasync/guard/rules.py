@@ -145,10 +145,12 @@ class TrackerStats:
 
 @dataclass(frozen=True, slots=True)
 class Held:
-    """What this node may send on an SA in its current epoch: (lo, hi], hi its accepted mark."""
+    """What this node may send on an SA in its current epoch: (lo, hi], hi its accepted mark;
+    `claimed`: granted by the claim itself (`claim_marks`), before any read of the term."""
 
     lo: int
     hi: int
+    claimed: bool = False
 
 
 @dataclass
@@ -243,6 +245,9 @@ class SeqTracker:
         wall, epoch, extra = at
         rec, peak = recs
         ahead = self.reserve.ahead(rate, extra)
+        if held is not None and held.claimed and not held.lo <= sa.oseq <= held.hi:
+            held = None  # the claim's permit missed this kernel's counter: a first mark, as
+            #              if the claim had granted nothing (it only ever lies past targets)
         if held is not None and sa.oseq > held.hi:
             self.stats.violations += 1
             self.stats.max_overrun = max(self.stats.max_overrun, sa.oseq - held.hi)
@@ -293,6 +298,32 @@ def spi_peaks(records: Mapping[SaKey, SeqRecord]) -> dict[tuple[int, int], SeqRe
     return peaks
 
 
+def claim_marks(records: Mapping[SaKey, SeqRecord],
+                reserve: Reserve) -> dict[SaKey, tuple[int, int]]:
+    """The first permits a claim grants, per journaled SA: (lo, hi] with lo its target (past
+    every mark of its (SPI, protocol): `spi_peaks`, plus the takeover floor) and hi = lo +
+    ahead(its journaled rate); none where hi would pass 2^32 - 1 (a record does not say if
+    its SA has ESN: such SAs wait for the term's first read, as before claims granted)."""
+    peaks = spi_peaks(records)
+    out = {}
+    for key, rec in records.items():
+        if rec.rate * reserve.horizon_s > U32_MAX:
+            continue  # a rate no counter can hold for long (and no float overflow)
+        lo = peaks[key[1:]].mark + 1 + reserve.takeover_floor
+        hi = lo + reserve.ahead(rec.rate)
+        if hi <= U32_MAX:
+            out[key] = (lo, hi)
+    return out
+
+
+def claim_lows(records: Mapping[SaKey, SeqRecord], node: str, epoch: int,
+               reserve: Reserve) -> dict[SaKey, Held]:
+    """What the claimant holds once its claim is applied: the records the claim made for
+    (`node`, `epoch`), each (hi - ahead(rate), hi] (`claim_marks` inverted: hi = lo + ahead)."""
+    return {key: Held(rec.mark - reserve.ahead(rec.rate), rec.mark, claimed=True)
+            for key, rec in records.items() if rec.epoch == epoch and rec.node == node}
+
+
 def target_oseq(sa: KernelSa, rec: SeqRecord | None, reserve: Reserve) -> int:
     """The outbound counter a non-master keeps (and a new term starts from) for `sa`: past
     every number any node can have been permitted (journaled mark + 1, plus the constant
@@ -303,16 +334,21 @@ def target_oseq(sa: KernelSa, rec: SeqRecord | None, reserve: Reserve) -> int:
 
 
 def plan_writes(sas: Iterable[KernelSa], records: Mapping[SaKey, SeqRecord],
-                reserve: Reserve, inbound: bool = True) -> list[Write]:
+                reserve: Reserve, inbound: bool = True,
+                held: Mapping[SaKey, Held] | None = None) -> list[Write]:
     """Writes that move every SA's counters up to the journal's targets (outbound: its
-    (SPI, protocol)'s highest mark, `spi_peaks`); never down. Those
+    (SPI, protocol)'s highest mark, `spi_peaks`; for an SA in `held`, a claimant's, its
+    permit's lo: the target the claim's own marks were made from); never down. Those
     that move an outbound counter come first; without `inbound`, only those (a write still
     carries the journaled inbound state of its SA: a backup's steady state)."""
     writes = []
     peaks = spi_peaks(records)
+    held = held or {}
     for sa in sas:
         rec, peak = records.get(sa.key), peaks.get(sa.key[1:])
-        oseq = max(sa.oseq, target_oseq(sa, peak, reserve))
+        hold = held.get(sa.key)
+        target = hold.lo if hold is not None else target_oseq(sa, peak, reserve)
+        oseq = max(sa.oseq, target)
         if oseq > sa.oseq:  # the kernel may send between our read and this write
             margin = max(RACE_MARGIN, math.ceil((peak.rate if peak else 0.0) * RACE_S))
             oseq = min(max(oseq, sa.oseq + margin), U64_MAX if sa.esn else U32_MAX)

@@ -30,6 +30,7 @@ from hasync.ha import HaMessage, MalformedMessage, MessageType, decode_only
 
 from ..guard.entries import ACCEPTED, REJECTED, SeqEntry, SeqLog, unpack_seq
 from ..guard.records import U64_MAX
+from ..guard.rules import Reserve
 from .seal import MAX_ENTRY, Batch, EntryError, unpack_batch
 from .snapshot import StateError
 from .state import NEEDED, JournalState
@@ -47,6 +48,7 @@ class Kind(IntEnum):
 
 MEMBER_FORMAT = 1
 CLAIM_FORMAT = 2  # 2: the claimant's view of the sender, [format, node, epoch, life] (D207)
+CLAIM_GRANT_FORMAT = 3  # 3: and the reserve of the term's first marks, granted with it (D261)
 MAX_MEMBER_FIELDS = 16
 MAX_NODE_NAME = 64  # characters
 MAX_MEMBER_STR = 64  # characters of a field name or string value
@@ -103,36 +105,59 @@ def unpack_member(raw: bytes) -> MemberReport:
     return MemberReport(node, info)
 
 
-def pack_claim(node: str, seen: tuple[int, int]) -> bytes:
-    """Pack a claim payload: msgpack [format, node, epoch, life]; `seen` is the claimant's
-    view of the sender (its epoch, its signs of life: SeqLog.life)."""
+MAX_GRANT = 1 << 31  # packets: a claim's reserve floors are at most this
+MAX_HORIZON_MS = 3_600_000
+
+
+def pack_claim(node: str, seen: tuple[int, int], grant: Reserve | None = None) -> bytes:
+    """Pack a claim payload: msgpack [format, node, epoch, life] (format 2), or with `grant`
+    (format 3, D261) [format, node, epoch, life, floor, horizon_ms, takeover_floor], the
+    reserve the claim's own marks are made with; `seen` is the claimant's view of the sender
+    (its epoch, its signs of life: SeqLog.life)."""
     if not isinstance(node, str) or not 0 < len(node) <= MAX_NODE_NAME:
         raise EntryError(f"a claimant's name must be 1 to {MAX_NODE_NAME} characters")
     if len(seen) != 2 or not all(type(v) is int and 0 <= v <= U64_MAX for v in seen):
         raise EntryError("a claim's view is two u64: (epoch, life)")
-    return msgpack.packb([CLAIM_FORMAT, node, *seen], use_bin_type=True)
+    if grant is None:
+        return msgpack.packb([CLAIM_FORMAT, node, *seen], use_bin_type=True)
+    raw = msgpack.packb([CLAIM_GRANT_FORMAT, node, *seen, grant.floor,
+                         round(grant.horizon_s * 1000), grant.takeover_floor],
+                        use_bin_type=True)
+    unpack_claim(raw)  # what we cannot read back we do not journal
+    return raw
 
 
-def unpack_claim(raw: bytes) -> tuple[str, tuple[int, int]]:
-    """The claimant and its view of the sender; raise EntryError on any violation."""
+def _grant(floor: Any, horizon_ms: Any, takeover_floor: Any) -> Reserve:
+    """Check a claim's reserve: floors in packets, the horizon in whole milliseconds."""
+    if not all(type(v) is int and 0 <= v <= MAX_GRANT for v in (floor, takeover_floor)):
+        raise EntryError(f"a claim's floors must be integers in 0..{MAX_GRANT}")
+    if type(horizon_ms) is not int or not 0 <= horizon_ms <= MAX_HORIZON_MS:
+        raise EntryError(f"a claim's horizon must be 0..{MAX_HORIZON_MS} ms")
+    return Reserve(floor=floor, horizon_s=horizon_ms / 1000, takeover_floor=takeover_floor)
+
+
+def unpack_claim(raw: bytes) -> tuple[str, tuple[int, int], Reserve | None]:
+    """The claimant, its view of the sender and the reserve of the marks it asks with its
+    claim (None: format 2, no marks); raise EntryError on any violation."""
     if not isinstance(raw, bytes | bytearray) or len(raw) > MAX_ENTRY:
         raise EntryError("payload must be bytes within the entry limit")
     try:
         data = msgpack.unpackb(raw, raw=False, use_list=True, max_bin_len=0,
-                               max_str_len=MAX_NODE_NAME * 4, max_array_len=4, max_map_len=0,
+                               max_str_len=MAX_NODE_NAME * 4, max_array_len=7, max_map_len=0,
                                max_ext_len=0)
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise EntryError(f"payload is not a valid claim: {exc}") from None
-    if not isinstance(data, list) or len(data) != 4:
-        raise EntryError("payload must be [format, node, epoch, life]")
-    fmt, node, epoch, life = data
-    if type(fmt) is not int or fmt != CLAIM_FORMAT:
-        raise EntryError(f"unknown claim format {fmt!r}")
+    if not isinstance(data, list) or len(data) not in (4, 7):
+        raise EntryError("payload must be [format, node, epoch, life] or with a reserve")
+    fmt, node, epoch, life, *rest = data
+    if type(fmt) is not int or (fmt, len(data)) not in ((CLAIM_FORMAT, 4),
+                                                        (CLAIM_GRANT_FORMAT, 7)):
+        raise EntryError(f"unknown claim format {fmt!r} of {len(data)} fields")
     if not isinstance(node, str) or not 0 < len(node) <= MAX_NODE_NAME:
         raise EntryError(f"a claimant's name must be 1 to {MAX_NODE_NAME} characters")
     if not all(type(v) is int and 0 <= v <= U64_MAX for v in (epoch, life)):
         raise EntryError("a claim's epoch and life must be u64")
-    return node, (epoch, life)
+    return node, (epoch, life), _grant(*rest) if rest else None
 
 
 Errors = tuple[tuple[str, Exception], ...]
@@ -155,6 +180,7 @@ class Entry:
     member: MemberReport | None = None
     claimant: str = ""
     seen: tuple[int, int] = (0, 0)  # a claim's view of the sender: (epoch, life)
+    grant: Reserve | None = None  # a claim's reserve for the term's first marks (D261)
     errors: Errors = ()  # unexpected decode errors, per datagram
 
 
@@ -187,8 +213,8 @@ def open_entry(kind: int, payload: bytes) -> Entry:
     if k is Kind.MEMBER:
         return Entry(k, member=unpack_member(payload))
     if k is Kind.CLAIM:
-        claimant, seen = unpack_claim(payload)
-        return Entry(k, claimant=claimant, seen=seen)
+        claimant, seen, grant = unpack_claim(payload)
+        return Entry(k, claimant=claimant, seen=seen, grant=grant)
     if payload:
         raise EntryError("a barrier carries no payload")
     return Entry(k)
@@ -229,7 +255,7 @@ class ApplyMachine:
         if entry.kind is Kind.SEQ:
             return self._apply_seq(entry)
         if entry.kind is Kind.CLAIM and entry.claimant:
-            epoch = self.seqs.claim(entry.claimant, entry.seen)
+            epoch = self.seqs.claim(entry.claimant, entry.seen, entry.grant)
             if epoch is None:
                 return Change(entry.kind, counts={"claims_rejected:stale": 1}, result=REJECTED)
             return Change(entry.kind, moved=True, counts={"claims_applied": 1}, result=epoch)
