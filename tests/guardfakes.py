@@ -81,6 +81,7 @@ class FakeFence:
         self.dropped: dict[SaKey, int] = {}
         self.unknown = 0
         self.calls: list[str] = []
+        self.prepared: dict[SaKey, Permit] = {}  # standby permits (D262): in force never
         self.fail = False
         self.closed = False
         self.before_change: Callable[[], None] = lambda: None  # a kernel flushes its traffic
@@ -117,6 +118,10 @@ class FakeFence:
 
     async def grant(self, permits: Any) -> None:
         self._apply("grant", {**self.permits, **{p.key: p for p in permits}})
+
+    async def prepare(self, permits: Any) -> None:
+        self._call("prepare")  # permits nothing: only `grant` changes what is in force
+        self.prepared.update({p.key: p for p in permits if p.key not in self.permits})
 
     async def revoke_all(self) -> None:
         self._apply("revoke_all", {})

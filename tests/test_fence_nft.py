@@ -67,6 +67,18 @@ def test_a_higher_grant_lets_the_next_numbers_pass(net: FenceNet, fence: NftFenc
     assert asyncio.run(fence.counts()).per_sa == {SA: 3}
 
 
+def test_a_prepared_permit_passes_nothing_until_its_grant_links_it(
+        net: FenceNet, fence: NftFence) -> None:
+    """D262: a backup's standby permit is in the kernel but unreachable; its grant only links."""
+    asyncio.run(fence.prepare([Permit(SA, 0, 3, False)]))
+    assert esp_got(net.exchange([esp(DST, 0x1000, 1)])) == []
+    assert asyncio.run(fence.counts()).unknown == 1  # no permit: not even a counter of its own
+    asyncio.run(fence.grant([Permit(SA, 0, 3, False)]))
+    got = net.exchange([esp(DST, 0x1000, s) for s in (1, 4)])
+    assert esp_got(got) == [(0x1000, 1)]
+    assert asyncio.run(fence.counts()).per_sa == {SA: 1}
+
+
 def test_revoke_all_drops_everything(net: FenceNet, fence: NftFence) -> None:
     asyncio.run(fence.grant([Permit(SA, 0, 100, False), Permit(SA_NATT, 0, 100, False)]))
     asyncio.run(fence.revoke_all())

@@ -21,6 +21,7 @@ from hasync.fence.rules import (
     permitted,
     plan_forget,
     plan_grant,
+    plan_prepare,
     plan_revoke,
     setup_script,
 )
@@ -143,7 +144,24 @@ def test_after_a_revoke_the_same_permit_is_linked_again() -> None:
     revoke = plan_revoke(book)
     assert revoke.script == "".join(f"flush map {T} {m}\n" for m in ("go4", "ugo4", "go6", "ugo6"))
     assert revoke.book == FenceBook({K4: ((1, 10),)}, set(), {K4})
-    assert plan_grant(revoke.book, [Permit(K4, 0, 10, False)]).script == grant_text([(1, 10)])
+    links = "".join(grant_text([(1, 10)]).splitlines(keepends=True)[-3:])
+    assert plan_grant(revoke.book, [Permit(K4, 0, 10, False)]).script == links  # chains kept
+    assert plan_grant(revoke.book, [Permit(K4, 0, 11, False)]).script == grant_text([(1, 11)])
+
+
+def test_a_prepared_permit_is_filled_in_but_linked_only_by_its_grant() -> None:
+    """D262: a backup's standby permit fills the SA's chains and links nothing; the grant of
+    the same permit only links; a different one rewrites; a linked SA is never prepared."""
+    prep = plan_prepare(FenceBook(), [Permit(K4, 0, 10, False), Permit(K6, 0, 3, False)])
+    assert prep.script.startswith("".join(grant_text([(1, 10)]).splitlines(keepends=True)[:6]))
+    assert "element" not in prep.script and prep.keys == {K4, K6}
+    assert prep.book == FenceBook({K4: ((1, 10),), K6: ((1, 3),)}, set(), set())
+    assert plan_prepare(prep.book, [Permit(K4, 0, 10, False)]).script == ""  # unchanged
+    links = "".join(grant_text([(1, 10)]).splitlines(keepends=True)[-3:])
+    grant = plan_grant(prep.book, [Permit(K4, 0, 10, False)])
+    assert grant.script == links and grant.keys == {K4} and grant.book.linked == {K4}
+    assert plan_grant(prep.book, [Permit(K4, 0, 12, False)]).script == grant_text([(1, 12)])
+    assert plan_prepare(grant.book, [Permit(K4, 0, 99, False)]).script == ""  # linked: kept
 
 
 def test_an_unsure_book_rewrites_what_a_failed_script_touched() -> None:

@@ -454,8 +454,8 @@ def test_a_node_that_stops_being_master_revokes_every_permit() -> None:
         role[0] = False
         await g.step(master=False, mirrored=0)
     asyncio.run(steps())
-    assert fence.permits == {} and fence.calls[-1] == "revoke_all" and g.term.epoch is None
-    assert g.stats.revocations == 1
+    assert fence.permits == {} and fence.calls[-2:] == ["revoke_all", "prepare"]
+    assert g.term.epoch is None and g.stats.revocations == 1
 
 
 def test_a_node_deposed_by_another_claim_revokes_and_health_says_not_sender(
@@ -759,3 +759,24 @@ def test_a_backup_reads_the_fences_counters_ten_times_less_often() -> None:
         asyncio.run(g.fencing.count(master=False))
         journal.clock.t += 1.0
     assert fence.calls.count("counts") == 2  # at 0 s and 10 s
+
+
+def test_a_backup_prepares_what_its_claim_would_grant_and_the_promotion_only_links_it() -> None:
+    """D262: after a backup's tick the fence holds, unlinked, each SA's permit as the claim
+    would make it now; the promotion's grant of that same permit finds it ready."""
+    journal, fence, role = FakeJournal(), FakeFence(), [False]
+    journal.seqs.records[KEY] = SeqRecord(KEY, 5000, 0, (0,), 50.0, "gw1", 1.0)
+    g = guard(journal, FakeKernel([KernelSa(KEY, False, 10, 0, (0,), 32)]), fence=fence,
+              master=role)
+    asyncio.run(g.step(master=False, mirrored=0))
+    lo = 5000 + 1 + 576
+    assert fence.prepared == {KEY: Permit(KEY, lo, lo + 768, False)} and fence.permits == {}
+    role[0] = True
+
+    async def promote() -> None:
+        await g.promote()
+        await g.step(master=True, mirrored=0)
+    asyncio.run(promote())
+    assert fence.permits == fence.prepared
+    sender_calls = fence.calls[fence.calls.index("prepare") + 1:]
+    assert "prepare" not in sender_calls  # the sender's grants own its chains

@@ -104,6 +104,11 @@ class NftFence:
         async with self._lock:
             await self._apply("grant", rules.plan_grant(self.book, permits))
 
+    async def prepare(self, permits: Iterable[Permit]) -> None:
+        """Fill unlinked SAs' chains with these permits, linking none (rules.plan_prepare)."""
+        async with self._lock:
+            await self._apply("prepare", rules.plan_prepare(self.book, permits))
+
     async def revoke_all(self) -> None:
         """Flush every permit."""
         async with self._lock:

@@ -50,6 +50,11 @@ class FencePort(Protocol):
         """Replace each SA's permit with the given one, all in one kernel transaction."""
         ...
 
+    async def prepare(self, permits: Iterable[Permit]) -> None:
+        """Make these permits ready for SAs not permitted now, permitting nothing: a later
+        grant of the same permit only links it (a backup's standby, D262)."""
+        ...
+
     async def revoke_all(self) -> None:
         """Leave no SA permitted (this node is not, or no longer, the sender)."""
         ...

@@ -146,8 +146,8 @@ def _sa_elements(key: SaKey) -> list[tuple[str, str]]:
     return [(f"go{f}", f"{item} : jump {p}"), (f"ugo{f}", f"{item} : jump {u}"), (f"sa{f}", item)]
 
 
-def _grant_one(key: SaKey, ivs: tuple[Interval, ...]) -> str:
-    """Create-if-missing, flush and refill the SA's chains, then link it and count it."""
+def _chains(key: SaKey, ivs: tuple[Interval, ...]) -> list[str]:
+    """Create-if-missing, flush and refill the SA's chains (unreachable until linked)."""
     t = f"{FAMILY} {TABLE}"
     p, u = chain_names(key)
     out = [f"add chain {t} {p}", f"add chain {t} {u}", f"flush chain {t} {p}",
@@ -155,8 +155,19 @@ def _grant_one(key: SaKey, ivs: tuple[Interval, ...]) -> str:
     for a, b in ivs:
         out += [f"add rule {t} {p} @th,32,32 {a}-{b} accept",
                 f"add rule {t} {u} @th,96,32 {a}-{b} accept"]
-    out += [f"add element {t} {name} {{ {item} }}" for name, item in _sa_elements(key)]
-    return "\n".join(out) + "\n"
+    return out
+
+
+def _links(keys: Iterable[SaKey]) -> list[str]:
+    """Link the SAs' chains in the verdict maps and count them: one command per map or set
+    (nft parses one long element list far faster than a command per element)."""
+    t = f"{FAMILY} {TABLE}"
+    by_set: dict[str, list[str]] = {}
+    for key in keys:
+        for name, item in _sa_elements(key):
+            by_set.setdefault(name, []).append(item)
+    return [f"add element {t} {name} {{ {', '.join(items)} }}"
+            for name, items in by_set.items()]
 
 
 @dataclass
@@ -186,14 +197,28 @@ class Plan:
 
 
 def plan_grant(book: FenceBook, permits: Iterable[Permit]) -> Plan:
-    """Rewrite the chains of each permitted SA whose permit changed or is not linked."""
+    """Rewrite the chains of each permitted SA whose permit changed, and link those not
+    linked (an SA whose chains already hold the permit, `plan_prepare`, is only linked)."""
     wanted = {p.key: intervals(p) for p in permits if p.key[2] == IPPROTO_ESP}
-    todo = {k: v for k, v in wanted.items()
-            if book.installed.get(k) != v or k not in book.linked}
-    script = "".join(_grant_one(k, v) for k, v in todo.items())
+    rewrite = {k: v for k, v in wanted.items() if book.installed.get(k) != v}
+    link = [k for k in wanted if k not in rewrite and k not in book.linked]
+    lines = [line for k, v in rewrite.items() for line in _chains(k, v)]
+    lines += _links([*rewrite, *link])
+    script = "\n".join(lines) + "\n" if lines else ""
     installed = {**book.installed, **wanted}
     return Plan(script, FenceBook(installed, book.linked | set(wanted),
-                                  book.counted | set(wanted)), frozenset(todo))
+                                  book.counted | set(wanted)), frozenset({*rewrite, *link}))
+
+
+def plan_prepare(book: FenceBook, permits: Iterable[Permit]) -> Plan:
+    """Fill the chains of SAs not linked with the permits given, linking none: what a backup
+    would be granted if it claimed now (D262), so that grant only links them. A linked SA's
+    chains are never touched here."""
+    todo = {p.key: iv for p in permits if p.key[2] == IPPROTO_ESP and p.key not in book.linked
+            and book.installed.get(p.key) != (iv := intervals(p))}
+    script = "".join("\n".join(_chains(k, v)) + "\n" for k, v in todo.items())
+    return Plan(script, FenceBook({**book.installed, **todo}, set(book.linked),
+                                  set(book.counted)), frozenset(todo))
 
 
 def plan_revoke(book: FenceBook) -> Plan:

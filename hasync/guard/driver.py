@@ -43,7 +43,7 @@ from .promoter import PromotionDriver
 from .promotion import Promotion, PromotionReport
 from .reads import KernelReads
 from .records import SaKey
-from .rules import Reserve, SeqTracker, plan_writes
+from .rules import Reserve, SeqTracker, claim_marks, plan_writes
 
 log = logging.getLogger("hasync.guard")
 STALL_S = 4.0  # default stall bound: VRRP master this long without being the sender, or a
@@ -127,6 +127,8 @@ class Guard:
         if not self.promoting and due:
             await self.tick(master)
             self._note_term()  # marks submitted
+            if not master and not self.promoting:
+                await self.fencing.prepare(self._standby())
         term = self.term
         if not (master and (term.pending or (term.epoch is not None and not term.held))):
             await self.fencing.count(master)  # the drop counters (three nft runs), but not
@@ -194,6 +196,13 @@ class Guard:
         """Bring the fence in line with this node's term: revoke, grant, forget."""
         await self.fencing.sync(master)
         self._note_term()  # granted
+
+    def _standby(self) -> list[fenceport.Permit]:
+        """The permits this node's claim would grant now (`rules.claim_marks`), for the SAs
+        of its last read: the fence makes them ready on a backup (D262)."""
+        marks = claim_marks(committed_records(self.journal), self.reserve)  # a copy: no lock
+        keys = self.reads.keys
+        return [fenceport.Permit(k, lo, hi, False) for k, (lo, hi) in marks.items() if k in keys]
 
     # ---- every tick ----
     async def tick(self, master: bool) -> None:

@@ -42,6 +42,7 @@ class FenceSync:
         #                      last grant was tried (a grant that failed may have landed)
         self._counts_at = -math.inf
         self._forget: set[SaKey] = set()
+        self._prepared: set[SaKey] = set()  # SAs whose chains hold a standby permit (D262)
         self._lock = asyncio.Lock()
 
     async def sync(self, master: bool) -> None:
@@ -99,8 +100,30 @@ class FenceSync:
             log.info("the send fence works again, after %d failures", self.failing)
             self.failing = 0
 
+    async def prepare(self, permits: list[fenceport.Permit]) -> None:
+        """Not the sender: make ready the permits this node's claim would grant now (D262),
+        permitting nothing, so a promotion's grant only links them."""
+        if self.failing or not self._set_up or self.term.epoch is not None:
+            return  # a failing fence is retried by `sync`; a sender's grants own its chains
+        async with self._lock:
+            if self.term.epoch is not None:
+                return
+            try:
+                await self.fence.prepare(permits)
+            except fenceport.FenceError as e:
+                self._failed(e)
+                return
+            self._prepared.update(p.key for p in permits)
+            self._works()
+
     async def new_term(self, flight: MarkFlight) -> None:
-        """Before a claim: end the term and revoke every permit the fence holds."""
+        """Before a claim: end the term and revoke every permit the fence holds (without
+        waiting for the fence's lock when it surely holds none: a backup's common case)."""
+        if self._empty:
+            self.term.drop()
+            flight.expire(math.inf, 0.0)
+            self.term.revoke = False
+            return
         async with self._lock:  # a fresh term: nothing from before stays permitted
             self.term.drop()
             flight.expire(math.inf, 0.0)  # an old term's submission: its answer is moot
@@ -111,8 +134,10 @@ class FenceSync:
 
     def forget_gone(self, seen: frozenset[SaKey]) -> None:
         """Forget the SAs a read no longer found: permits, counts, then (next sync) the fence's."""
-        gone = (set(self.tally.fenced) | set(self.term.held) | set(self.term.pending)) - seen
+        gone = (set(self.tally.fenced) | set(self.term.held) | set(self.term.pending)
+                | self._prepared) - seen
         if gone:
+            self._prepared -= gone
             self.term.forget(gone)
             self.tally.forget(gone)
             self._forget |= gone
