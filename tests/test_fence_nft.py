@@ -7,6 +7,7 @@ import asyncio
 import os
 import shutil
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -174,6 +175,37 @@ def test_an_nft_that_hangs_is_killed_and_the_book_forgets_what_it_touched(
         asyncio.run(f.grant([Permit(SA, 5, 9, False)]))
     assert f.stats == {"grant": 1}
     assert SA not in f.book.installed and SA not in f.book.linked
+
+
+def test_a_cancelled_prepare_kills_nft_and_the_book_forgets_what_it_touched(
+        tmp_path: Path) -> None:
+    """D263: a promotion preempts a backup's chore; what its script may have done is unsure."""
+    hang = tmp_path / "nft"
+    pidfile = tmp_path / "pid"
+    hang.write_text(f"#!/bin/sh\necho $$ > {pidfile}\nexec sleep 30\n")
+    hang.chmod(0o755)
+    f = NftFence(str(hang), timeout_s=30.0)
+    f.book.installed[SA] = ((1, 5),)
+
+    async def go() -> None:
+        task = asyncio.ensure_future(f.prepare([Permit(SA, 5, 9, False)]))
+        while not pidfile.exists() or not pidfile.read_text().strip():
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    asyncio.run(go())
+    pid = int(pidfile.read_text())
+    for _ in range(100):  # killed (a zombie until reaped, or gone)
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
+                break
+        except FileNotFoundError:
+            break
+        time.sleep(0.01)
+    else:
+        raise AssertionError("nft still runs")
+    assert SA not in f.book.installed
 
 
 def test_nft_s_stderr_is_in_the_error(tmp_path: Path) -> None:

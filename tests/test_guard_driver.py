@@ -780,3 +780,50 @@ def test_a_backup_prepares_what_its_claim_would_grant_and_the_promotion_only_lin
     assert fence.permits == fence.prepared
     sender_calls = fence.calls[fence.calls.index("prepare") + 1:]
     assert "prepare" not in sender_calls  # the sender's grants own its chains
+
+
+def test_a_promotion_restores_inbound_state_after_the_others_permits_and_before_its_own(
+) -> None:
+    """D263: the writes that move no outbound counter (inbound replay state) wait until the
+    other SAs' permits are held and charon is active; their own SAs' permits come after."""
+    journal, fence, activated = FakeJournal(), FakeFence(), []
+    inbound = ("192.0.2.1", 0xBEEF, 50)
+    journal.seqs.records[KEY] = SeqRecord(KEY, 5000, 0, (0,), 0.0, "gw1", 1.0)
+    journal.seqs.records[inbound] = SeqRecord(inbound, 5000, 90, (1,), 0.0, "gw1", 1.0)
+    lo = 5000 + 1 + 576
+    kernel = FakeKernel([KernelSa(KEY, False, 10, 0, (0,), 32),
+                         KernelSa(inbound, False, lo + 64, 0, (0,), 32)])
+    g = guard(journal, kernel, activated, fence=fence)
+    seen: list[tuple[list[Any], set[Any], int]] = []
+    real_write = kernel.write
+
+    async def write(writes: Any) -> Any:
+        seen.append(([w.sa.key for w in writes], set(g.term.held), len(activated)))
+        return await real_write(writes)
+    kernel.write = write  # type: ignore[method-assign]
+    rep = asyncio.run(g.promote())
+    assert seen == [([KEY], set(), 0), ([inbound], {KEY}, 1)]
+    assert set(g.term.held) == {KEY, inbound} and rep.writes == 2 and rep.inbound_ms == 0.0
+
+
+def test_a_promotion_preempts_a_backups_fence_chore() -> None:
+    """D263: a backup's counts (or standby permits) running when the promotion starts end
+    there, so the new term's grant does not wait behind three nft runs."""
+    journal, fence = FakeJournal(), FakeFence()
+    g = guard(journal, FakeKernel([]), fence=fence)
+    hang = asyncio.Event()
+
+    async def counts() -> Any:
+        await hang.wait()  # an nft that takes seconds under TCG
+    fence.counts = counts  # type: ignore[method-assign]
+
+    async def go() -> None:
+        await g.fence_sync(master=False)
+        chore = asyncio.ensure_future(g.fencing.count(master=False))
+        await asyncio.sleep(0)
+        await g.fencing.new_term(g.flight)
+        await asyncio.wait_for(chore, 1.0)  # ended, not hung
+        async with g.fencing._lock:  # and the fence is free
+            pass
+    asyncio.run(go())
+    assert g.stats.fence_preempted == 1

@@ -76,6 +76,11 @@ class NftFence:
                 proc.kill()
             await proc.wait()
             raise FenceError(f"{' '.join(argv)} timed out after {self.timeout_s} s") from e
+        except asyncio.CancelledError:  # a promotion preempts a backup's chore (D263)
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()  # reaped at once (SIGKILL), not left to the loop's end
+            raise
         if proc.returncode != 0:
             raise FenceError(f"{' '.join(argv)} exited {proc.returncode}: "
                              f"{err.decode(errors='replace').strip()}")
@@ -88,7 +93,7 @@ class NftFence:
             return
         try:
             await self._run(op, ["-f", "-"], plan.script)
-        except FenceError:
+        except BaseException:  # failed, timed out or cancelled: it may have landed
             self.book.unsure(plan.keys)
             raise
         self.book = plan.book

@@ -83,7 +83,7 @@ class Guard:
                                 self.reads.write, self.wake_grant, wall)
         self.promotion = PromotionDriver(  # asks self.is_master, which run() may replace
             node, journal, self.term, self.reads, self.stats, activate, lambda: self.is_master(),
-            clock, sleep)
+            clock, sleep, self.wake_grant)
         self._wake = asyncio.Event()
         self._grant = asyncio.Event()  # a mark accepted: the fence grants it even mid-rest
         self._promoted_at: float | None = None  # the last promotion's start (clock)
@@ -130,7 +130,8 @@ class Guard:
             if not master and not self.promoting:
                 await self.fencing.prepare(self._standby())
         term = self.term
-        if not (master and (term.pending or (term.epoch is not None and not term.held))):
+        if not self.promoting and not (master and (
+                term.pending or (term.epoch is not None and not term.held))):
             await self.fencing.count(master)  # the drop counters (three nft runs), but not
             #                   while a new term's permits wait for the fence (D260, D261)
         return None if self.promoting or not due else self.costs.rest_s()

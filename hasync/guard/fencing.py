@@ -7,7 +7,8 @@ node is no longer VRRP master, when another node's claim deposed it, and before 
 (`new_term`); a revoke is skipped when the fence surely holds nothing (set up or revoked since
 the last grant was tried). The only failure handled is the fence's own (`FenceError`: counted,
 logged once per run, retried every step; earlier permits stay in force). The fence's drop
-counters are read at most every COUNTS_S on the VRRP master, COUNTS_BACKUP_S elsewhere.
+counters are read at most every COUNTS_S on the VRRP master, COUNTS_BACKUP_S elsewhere; the
+counts and a backup's standby permits are chores that a promotion preempts (D263).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from ..fence import port as fenceport  # a module: hasync.fence.port imports guard.records
 from .permits import SenderTerm
@@ -43,6 +44,7 @@ class FenceSync:
         self._counts_at = -math.inf
         self._forget: set[SaKey] = set()
         self._prepared: set[SaKey] = set()  # SAs whose chains hold a standby permit (D262)
+        self._chore_task: asyncio.Future[None] | None = None  # counts or standby (D263)
         self._lock = asyncio.Lock()
 
     async def sync(self, master: bool) -> None:
@@ -78,6 +80,25 @@ class FenceSync:
             self.stats.revocations += 1
         self.term.revoke = False
 
+    async def _chore(self, work: Callable[[], Awaitable[None]]) -> None:
+        """Run a chore (counts, a backup's standby permits) that a promotion may preempt
+        (`preempt`, D263): it then ends here, and its nft run is killed (fence/nft.py)."""
+        task = asyncio.ensure_future(work())
+        self._chore_task = task
+        try:
+            await asyncio.wait({task})
+        finally:
+            self._chore_task = None
+            task.cancel()  # only if this step itself was cancelled: the task ended otherwise
+        if not task.cancelled():
+            task.result()
+
+    def preempt(self) -> None:
+        """A promotion starts: a running chore ends now instead of holding the fence."""
+        if self._chore_task is not None and not self._chore_task.done():
+            self._chore_task.cancel()
+            self.stats.fence_preempted += 1
+
     async def count(self, master: bool) -> None:
         """Read the fence's drop counters, at most every COUNTS_S on the master and every
         COUNTS_BACKUP_S elsewhere (the guard does it after a tick's marks: three nft runs that
@@ -86,8 +107,11 @@ class FenceSync:
         every = COUNTS_S if master else COUNTS_BACKUP_S
         if now - self._counts_at < every or self.failing or not self._set_up:
             return  # a failing fence is retried by `sync`, every step
+        self._counts_at = now
+        await self._chore(self._count)
+
+    async def _count(self) -> None:
         async with self._lock:
-            self._counts_at = now
             try:
                 self._note_counts(await self.fence.counts())
             except fenceport.FenceError as e:
@@ -105,20 +129,24 @@ class FenceSync:
         permitting nothing, so a promotion's grant only links them."""
         if self.failing or not self._set_up or self.term.epoch is not None:
             return  # a failing fence is retried by `sync`; a sender's grants own its chains
+        await self._chore(lambda: self._prepare(permits))
+
+    async def _prepare(self, permits: list[fenceport.Permit]) -> None:
         async with self._lock:
             if self.term.epoch is not None:
                 return
-            try:
+            self._prepared.update(p.key for p in permits)  # forgotten when gone, even if
+            try:  #                                           this run is cut short
                 await self.fence.prepare(permits)
             except fenceport.FenceError as e:
                 self._failed(e)
                 return
-            self._prepared.update(p.key for p in permits)
             self._works()
 
     async def new_term(self, flight: MarkFlight) -> None:
         """Before a claim: end the term and revoke every permit the fence holds (without
         waiting for the fence's lock when it surely holds none: a backup's common case)."""
+        self.preempt()
         if self._empty:
             self.term.drop()
             flight.expire(math.inf, 0.0)

@@ -52,6 +52,7 @@ class GuardStats:
     claim_failed: dict[str, int] = field(default_factory=dict)  # reason name or TIMEOUT
     deposed: int = 0  # times another node's claim ended this node's term
     revocations: int = 0  # revoke_all() done by the fence
+    fence_preempted: int = 0  # a backup's fence chore cut short by a promotion (D263)
     prejumps: int = 0
     prejump_errors: int = 0
     jumps: int = 0  # a term's first-mark writes (master)

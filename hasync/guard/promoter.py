@@ -23,9 +23,9 @@ from .entries import REJECTED
 from .kernel import KERNEL_FAILURES
 from .permits import SenderTerm
 from .ports import GuardStats, JournalPort, committed_records, count
-from .promotion import Promotion, PromotionReport
+from .promotion import REPORTED_WRITE_ERRORS, Promotion, PromotionReport
 from .reads import KernelReads
-from .records import SaKey
+from .records import SaKey, Write
 from .rules import Held, Reserve, claim_lows
 
 log = logging.getLogger("hasync.guard")
@@ -40,10 +40,12 @@ class PromotionDriver:
     def __init__(self, node: str, journal: JournalPort, term: SenderTerm, reads: KernelReads,
                  stats: GuardStats, activate: Callable[[], None],
                  is_master: Callable[[], bool], clock: Callable[[], float],
-                 sleep: Callable[[float], Awaitable[None]]) -> None:
+                 sleep: Callable[[float], Awaitable[None]],
+                 granting: Callable[[], None] = lambda: None) -> None:
         self.node, self.journal, self.term, self.reads, self.stats = (
             node, journal, term, reads, stats)
         self.activate, self.is_master, self.clock, self.sleep = activate, is_master, clock, sleep
+        self.granting = granting  # permits held: the guard's loop grants them now
 
     async def run(self, promo: Promotion) -> PromotionReport:
         """Claim the sender epoch; once it is applied here, write every SA's target and
@@ -63,10 +65,36 @@ class PromotionDriver:
         async with self.reads.lock:  # a tick using the kernel finishes first
             with self.journal.lock:  # the claim's own marks: this term's first permits
                 held = claim_lows(self.journal.seqs.records, self.node, epoch, promo.reserve)
-            await self._xfrm(promo, held)
-        self.term.hold(held)  # after the writes: no permit is in force while they land
-        self.activate()
-        return self._promoted(promo.activated(self.clock()))
+            later = await self._xfrm(promo, held)
+            self._hold({k: h for k, h in held.items() if k not in later})
+            self.activate()
+            rep = promo.activated(self.clock())
+            await self._restore(promo, later)  # inbound replay state, after the grant starts
+        self._hold({k: h for k, h in held.items() if k in later})
+        return self._promoted(rep)
+
+    def _hold(self, held: dict[SaKey, Held]) -> None:
+        """Hold the claim's permits of SAs no write is planned for: no NEWAE lands while a
+        permit is in force (a write is not compare-and-set); the loop grants them now."""
+        if held:
+            self.term.hold(held)
+            self.granting()
+
+    async def _restore(self, promo: Promotion, later: dict[SaKey, Write]) -> None:
+        """Write the inbound replay state the XFRM phase left for after the outbound writes
+        (D263): restored before any permit of those SAs is held."""
+        if not later:
+            return
+        t0 = self.clock()
+        try:
+            res = await self.reads.kernel.write(list(later.values()))
+        except KERNEL_FAILURES as e:
+            promo.report.errors.append(f"inbound restore: {e}")
+            return
+        finally:
+            promo.report.inbound_ms = round((self.clock() - t0) * 1000, 1)
+        promo.report.writes += res.done
+        promo.report.errors += res.errors[:REPORTED_WRITE_ERRORS]
 
     async def _claim(self, report: PromotionReport, reserve: Reserve) -> int | None:
         """Claims until one is applied here (its epoch) or VRRP leaves MASTER (None); each
@@ -110,22 +138,24 @@ class PromotionDriver:
         count(self.stats.claim_failed, "STALE" if result == REJECTED else reason.name)
         return None
 
-    async def _xfrm(self, promo: Promotion, held: dict[SaKey, Held]) -> None:
+    async def _xfrm(self, promo: Promotion, held: dict[SaKey, Held]) -> dict[SaKey, Write]:
         """Read and write until the promotion leaves its XFRM phase (an SA the claim granted
-        goes to its permit's lo, the target the claim's marks were made from)."""
-        again = True
-        while again:
+        goes to its permit's lo, the target the claim's marks were made from); the writes
+        that move no outbound counter (inbound replay state) are left for `_restore`."""
+        while True:
             try:
                 sas = await self.reads.kernel.snapshot()
                 self.reads.last_read = self.clock()  # a master's staleness counts from this read
                 writes = promo.plan(sas, committed_records(self.journal), held)
-                res = await self.reads.kernel.write(writes)
+                later = {w.sa.key: w for w in writes if w.oseq == w.sa.oseq}
+                res = await self.reads.kernel.write([w for w in writes if w.oseq != w.sa.oseq])
             except KERNEL_FAILURES as e:
-                again = promo.read_failed(str(e), self.clock())
-                continue
+                if promo.read_failed(str(e), self.clock()):
+                    continue
+                return {}  # out of reads: no permit waits for a write that will not come
             self.reads.keep(sas, writes)  # the first marks start from it: no second dump
             promo.written(res, self.clock())
-            again = False
+            return later
 
     @staticmethod
     def _promoted(rep: PromotionReport) -> PromotionReport:

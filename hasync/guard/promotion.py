@@ -39,6 +39,7 @@ class PromotionReport:
     wait_ms: float = 0.0  # the claim: submitted until committed and applied here
     xfrm_ms: float = 0.0  # read replay state and write the targets
     activate_ms: float = 0.0  # charon's segments activated
+    inbound_ms: float = 0.0  # inbound replay state restored, after activation (D263)
     total_ms: float = 0.0
     sas: int = 0
     writes: int = 0
