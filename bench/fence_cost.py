@@ -52,9 +52,10 @@ def ms(coro_factory, repeats: int) -> float:  # type: ignore[no-untyped-def]
     return statistics.median(runs)
 
 
-def grant_costs(net: FenceNet, n: int, repeats: int) -> dict[str, float]:
-    """Milliseconds of a first grant, a grant moving all N, one moving one SA, counts()."""
-    fence = NftFence(netns=net.sender, timeout_s=120.0)
+def grant_costs(net: FenceNet, n: int, repeats: int, library: bool) -> dict[str, float]:
+    """Milliseconds of a first grant, a grant moving all N, one moving one SA, counts(), and
+    a grant of prepared permits; through the nft command or libnftables in-process."""
+    fence = NftFence(netns=net.sender, timeout_s=120.0, library=library)
     firsts = []
     for _ in range(repeats):
         asyncio.run(fence.setup())
@@ -115,17 +116,18 @@ def main() -> int:
     sizes = sorted(int(x) for x in a.sas.split(","))
     net = FenceNet().open()
     try:
-        grants = [{"sas": n, **grant_costs(net, n, a.repeats)} for n in sizes]
+        grants = [{"backend": b, "sas": n, **grant_costs(net, n, a.repeats, b == "library")}
+                  for b in ("process", "library") for n in sizes]
         flows = [{"sas": None, **throughput(net, None, a.packets)}]
         flows += [{"sas": n, **throughput(net, n, a.packets)} for n in sizes]
         flows.append({"sas": sizes[-1], **throughput(net, sizes[-1], a.packets, above=True)})
         exec_ms = netns_exec_ms(net, a.repeats)
     finally:
         net.close()
-    print(f"{'SAs':>7} {'first ms':>9} {'all ms':>9} {'one ms':>8} {'counts ms':>10} "
-          f"{'prepared ms':>12}")
+    print(f"{'backend':>8} {'SAs':>7} {'first ms':>9} {'all ms':>9} {'one ms':>8} "
+          f"{'counts ms':>10} {'prepared ms':>12}")
     for g in grants:
-        print(f"{g['sas']:>7} {g['first_grant_ms']:>9} {g['grant_all_ms']:>9} "
+        print(f"{g['backend']:>8} {g['sas']:>7} {g['first_grant_ms']:>9} {g['grant_all_ms']:>9} "
               f"{g['grant_one_ms']:>8} {g['counts_ms']:>10} {g['grant_prepared_ms']:>12}")
     print(f"(each nft command here includes `ip netns exec`: {exec_ms} ms)")
     print(f"\n{'permits':>8} {'sent pkt/s':>11} {'received':>9} {'seq':>10}")

@@ -134,7 +134,7 @@ class Daemon:
         return Guard(self.cfg.node.name, journal, Reserve(
             floor=t.reserve_floor, horizon_s=t.reserve_horizon_ms / 1000,
             takeover_floor=t.takeover_floor), self._activate,
-            NftFence(nft="/usr/sbin/nft", natt_port=self.cfg.fence.natt_port),
+            NftFence(nft="/usr/sbin/nft", natt_port=self.cfg.fence.natt_port, library=True),
             tick_s=t.tick_ms / 1000, is_master=lambda: self.core.role.role is Role.MASTER,
             stall_s=self.cfg.cluster.quorum_timeout_ms / 1000)
 

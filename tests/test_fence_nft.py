@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
 from fence_net import V4, V6, FenceNet, esp, natt, udp_payload
 
+from hasync.fence.libnft import LibNft
 from hasync.fence.nft import NftFence
 from hasync.fence.port import FenceError, Permit
 
@@ -38,11 +39,14 @@ def net() -> Iterator[FenceNet]:
         net.close()
 
 
-@pytest.fixture
-def fence(net: FenceNet) -> NftFence:
-    f = NftFence(NFT, netns=net.sender)
+@pytest.fixture(params=["process", "library"])
+def fence(net: FenceNet, request: pytest.FixtureRequest) -> Iterator[NftFence]:
+    """The fence on the nft command, and in-process on libnftables (D264): same results."""
+    f = NftFence(NFT, netns=net.sender, library=request.param == "library")
+    assert (f.lib is not None) == (request.param == "library")
     asyncio.run(f.setup())
-    return f
+    yield f
+    f.close()
 
 
 def esp_got(got: list[list[object]]) -> list[tuple[object, ...]]:
@@ -135,12 +139,21 @@ def test_setup_is_idempotent_and_starts_with_nothing_permitted(
 def test_a_failed_grant_keeps_the_old_permits_and_the_next_one_rewrites(
         net: FenceNet, fence: NftFence) -> None:
     asyncio.run(fence.grant([Permit(SA, 0, 5, False)]))
-    fence.nft = "/bin/false"  # nft exits 1: the transaction never reaches the kernel
-    with pytest.raises(FenceError, match="exited 1"):
+    fence.nft, lib = "/bin/false", fence.lib  # nft exits 1: nothing reaches the kernel
+    if lib is not None:  # the library refuses a script the kernel never sees
+        fence.lib = LibNft(net.sender, library=lib.library)
+        with pytest.raises(FenceError, match="refused"):
+            asyncio.run(fence.lib.run("add rule inet no_such_table c accept"))
+        real = fence.lib.run
+        fence.lib.run = lambda command, json_out=False: real(  # type: ignore[method-assign]
+            "add rule inet no_such_table c accept")
+    with pytest.raises(FenceError, match="exited 1" if lib is None else "refused"):
         asyncio.run(fence.grant([Permit(SA, 5, 9, False)]))
     assert fence.stats == {"grant": 1} and SA not in fence.book.installed
     assert esp_got(net.exchange([esp(DST, 0x1000, s) for s in (5, 6)])) == [(0x1000, 5)]
-    fence.nft = NFT
+    if fence.lib is not None:
+        fence.lib.close()
+    fence.nft, fence.lib = NFT, lib
     asyncio.run(fence.grant([Permit(SA, 5, 9, False)]))
     assert esp_got(net.exchange([esp(DST, 0x1000, s) for s in (5, 6)])) == [(0x1000, 6)]
 

@@ -7,7 +7,10 @@ module runs them one at a time (a lock), and updates its book of what is install
 nft succeeded. After a failed or timed-out change the book forgets what it said of the SAs the
 change touched, so the next grant rewrites them. Every failure is a `FenceError` carrying
 nft's stderr, counted in `stats` under the operation's name (`hasync status` shows it). With
-`netns`, nft runs through `ip netns exec <netns>` (tests and the bench use that).
+`netns`, nft runs through `ip netns exec <netns>` (tests and the bench use that). With
+`library`, the commands run in this process through libnftables (`libnft.py`, D264), the same
+scripts and output, without a process each; a library that cannot be loaded is logged, and
+the nft command is used.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from collections.abc import Iterable
 
 from ..guard.records import SaKey
 from . import rules
+from .libnft import LibNft
 from .port import FenceCounts, FenceError, Permit
 
 log = logging.getLogger(__name__)
@@ -31,8 +35,15 @@ class NftFence:
     """`FencePort` on the nftables table `inet hasync_fence` (see rules.py for the rules)."""
 
     def __init__(self, nft: str = "/usr/sbin/nft", natt_port: int = rules.NATT_PORT,
-                 timeout_s: float = 5.0, netns: str | None = None) -> None:
+                 timeout_s: float = 5.0, netns: str | None = None,
+                 library: bool = False) -> None:
         self.nft = nft
+        self.lib: LibNft | None = None  # libnftables in-process (D264), else a process each
+        if library:
+            try:
+                self.lib = LibNft(netns)
+            except FenceError as e:
+                log.warning("the send fence runs %s per command instead: %s", nft, e)
         self.natt_port = natt_port
         self.timeout_s = timeout_s
         self.netns = netns
@@ -56,6 +67,19 @@ class NftFence:
             raise
 
     async def _exec(self, args: list[str], stdin: str | None) -> str:
+        """One nft command: in-process (`lib`) or one nft process, bounded by `timeout_s`."""
+        if self.lib is not None:
+            json_out = args[0] == "-j"
+            command = stdin if args == ["-f", "-"] else " ".join(args[json_out:])
+            try:
+                return await asyncio.wait_for(self.lib.run(command or "", json_out),
+                                              self.timeout_s)
+            except TimeoutError as e:  # it runs on; the next command waits behind it
+                raise FenceError(f"libnftables: {args[0]} timed out after {self.timeout_s} "
+                                 "s") from e
+        return await self._process(args, stdin)
+
+    async def _process(self, args: list[str], stdin: str | None) -> str:
         """One nft process, bounded by `timeout_s`."""
         if os.sep in self.nft and not os.access(self.nft, os.X_OK):
             raise FenceError(f"{self.nft} is missing: {INSTALL_HINT}")
@@ -139,4 +163,6 @@ class NftFence:
             raise FenceError(str(e)) from e
 
     def close(self) -> None:
-        """Nothing is held in this process (the kernel's table stays, fail-closed)."""
+        """Free the library's context if any (the kernel's table stays, fail-closed)."""
+        if self.lib is not None:
+            self.lib.close()
