@@ -34,7 +34,7 @@ from prometheus_client.registry import Collector
 log = logging.getLogger(__name__)
 
 VRRP_STATES = ("joining", "backup", "master", "fault")  # role.Role values
-PHASES = ("wait", "xfrm", "activate", "total")  # guard promotion report: <phase>_ms
+PHASES = ("wait", "xfrm", "activate", "inbound", "total")  # promotion report: <phase>_ms
 # Promotion phases run from ms (a backup already at its targets) to tens of seconds (a claim
 # waiting for an election under load): buckets in seconds over that range
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
