@@ -827,3 +827,20 @@ def test_a_promotion_preempts_a_backups_fence_chore() -> None:
             pass
     asyncio.run(go())
     assert g.stats.fence_preempted == 1
+
+
+def test_a_promotion_deposed_during_its_writes_holds_none_of_its_claims_permits() -> None:
+    journal, fence = FakeJournal(), FakeFence()
+    journal.seqs.records[KEY] = SeqRecord(KEY, 5000, 0, (0,), 0.0, "gw1", 1.0)
+    kernel = FakeKernel([KernelSa(KEY, False, 10, 0, (0,), 32)])
+    g = guard(journal, kernel, fence=fence)
+    real_snapshot = kernel.snapshot
+
+    async def snapshot() -> Any:
+        journal.seqs.claim("gw1", journal.seqs.view())  # another node's claim is applied
+        await g.fence_sync(master=True)  # and the loop sees it: the term ends
+        return await real_snapshot()
+    kernel.snapshot = snapshot  # type: ignore[method-assign]
+    asyncio.run(g.promote())
+    assert g.term.epoch is None and not g.term.held and not g.term.pending
+    assert g.stats.deposed == 1 and fence.permits == {}

@@ -57,9 +57,12 @@ class SenderTerm:
         for key, lo in lows.items():
             self.planned[key] = (lo, esn.get(key, False))
 
-    def hold(self, held: dict[SaKey, Held]) -> None:
-        """The claim's own marks (D261): permits held from the claim, pending for the fence
-        (non-ESN form: `rules.claim_marks` grants none past 2^32 - 1, where both match alike)."""
+    def hold(self, held: dict[SaKey, Held], epoch: int) -> None:
+        """The claim's own marks (D261): permits held from the claim of `epoch`, pending for
+        the fence (non-ESN form: `rules.claim_marks` grants none past 2^32 - 1, where both
+        match alike); none once the term has ended or moved on (deposed meanwhile)."""
+        if self.epoch != epoch:
+            return
         for key, h in held.items():
             self.held[key] = h
             self.pending[key] = fenceport.Permit(key, h.lo, h.hi, False)

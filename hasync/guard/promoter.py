@@ -63,21 +63,21 @@ class PromotionDriver:
             return promo.report
         self.term.start(epoch)
         async with self.reads.lock:  # a tick using the kernel finishes first
-            with self.journal.lock:  # the claim's own marks: this term's first permits
-                held = claim_lows(self.journal.seqs.records, self.node, epoch, promo.reserve)
+            held = claim_lows(committed_records(self.journal), self.node, epoch,
+                              promo.reserve)  # the claim's own marks: this term's first permits
             later = await self._xfrm(promo, held)
-            self._hold({k: h for k, h in held.items() if k not in later})
+            self._hold({k: h for k, h in held.items() if k not in later}, epoch)
             self.activate()
             rep = promo.activated(self.clock())
             await self._restore(promo, later)  # inbound replay state, after the grant starts
-        self._hold({k: h for k, h in held.items() if k in later})
+        self._hold({k: h for k, h in held.items() if k in later}, epoch)
         return self._promoted(rep)
 
-    def _hold(self, held: dict[SaKey, Held]) -> None:
+    def _hold(self, held: dict[SaKey, Held], epoch: int) -> None:
         """Hold the claim's permits of SAs no write is planned for: no NEWAE lands while a
         permit is in force (a write is not compare-and-set); the loop grants them now."""
         if held:
-            self.term.hold(held)
+            self.term.hold(held, epoch)
             self.granting()
 
     async def _restore(self, promo: Promotion, later: dict[SaKey, Write]) -> None:
