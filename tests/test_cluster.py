@@ -116,12 +116,24 @@ def test_no_secret_reaches_disk_or_the_raft_wire(cluster: LocalCluster, tmp_path
         cap.wait(timeout=10)
     wire = pcap.read_bytes()
     assert len(wire) > 10_000, "the capture saw no Raft traffic"
-    files = [p for n in c.nodes for p in (n.dir / "state").rglob("*") if p.is_file()]
+    files = _state_files(c)
     assert any("journal" in p.name for p in files)
     for secret in s.secrets:
         assert secret not in wire, "a nonce or DH secret crossed the Raft port in clear"
-        for p in files:
-            assert secret not in p.read_bytes(), f"a secret is in clear in {p}"
+        for p, data in files.items():
+            assert secret not in data, f"a secret is in clear in {p}"
+
+
+def _state_files(c: LocalCluster) -> dict[Path, bytes]:
+    """Every node's state files and their bytes, read in one pass while the daemons run: a
+    temporary file renamed into place between the listing and its read makes a fresh pass."""
+    for _ in range(10):
+        try:
+            return {p: p.read_bytes() for n in c.nodes
+                    for p in (n.dir / "state").rglob("*") if p.is_file()}
+        except FileNotFoundError:
+            time.sleep(0.05)
+    raise AssertionError("the state directories kept changing under 10 readings")
 
 
 def test_garbage_and_strangers_do_not_stop_a_node(cluster: LocalCluster) -> None:
