@@ -72,16 +72,34 @@ def test_a_higher_grant_lets_the_next_numbers_pass(net: FenceNet, fence: NftFenc
     assert asyncio.run(fence.counts()).per_sa == {SA: 3}
 
 
-def test_a_prepared_permit_passes_nothing_until_its_grant_links_it(
+def test_a_prepared_permit_passes_nothing_until_a_grant_opens_the_gate(
         net: FenceNet, fence: NftFence) -> None:
-    """D262: a backup's standby permit is in the kernel but unreachable; its grant only links."""
+    """D262, D265: a backup's standby permit is linked behind the shut gate; its grant only
+    opens the gate."""
     asyncio.run(fence.prepare([Permit(SA, 0, 3, False)]))
+    assert fence.book.linked == {SA}
     assert esp_got(net.exchange([esp(DST, 0x1000, 1)])) == []
     assert asyncio.run(fence.counts()).unknown == 1  # no permit: not even a counter of its own
     asyncio.run(fence.grant([Permit(SA, 0, 3, False)]))
     got = net.exchange([esp(DST, 0x1000, s) for s in (1, 4)])
     assert esp_got(got) == [(0x1000, 1)]
     assert asyncio.run(fence.counts()).per_sa == {SA: 1}
+
+
+def test_the_opening_grant_leaves_nothing_else_in_force(net: FenceNet, fence: NftFence) -> None:
+    """D265: links kept behind the shut gate, and links the book doubts, are gone once the next
+    grant opens it: exactly that grant's permits pass."""
+    other = (DST, 0x3000, 50)
+    asyncio.run(fence.grant([Permit(SA, 0, 100, False), Permit(SA_NATT, 0, 100, False)]))
+    asyncio.run(fence.revoke_all())
+    asyncio.run(fence.prepare([Permit(other, 0, 100, False)]))
+    fence.book.unsure([other], gate=True)  # a script about it failed: linked or not
+    asyncio.run(fence.grant([Permit(SA_NATT, 0, 100, False)]))
+    got = net.exchange([esp(DST, 0x1000, 5), esp(DST, 0x3000, 5), natt(DST, SPI_NATT, 5)])
+    assert [g[0] for g in got] == ["udp"]
+    assert fence.book.linked == {SA_NATT} and fence.book.doubt == set()
+    asyncio.run(fence.grant([Permit(SA, 0, 100, False)]))  # the gate is open: added
+    assert esp_got(net.exchange([esp(DST, 0x1000, 6)])) == [(0x1000, 6)]
 
 
 def test_revoke_all_drops_everything(net: FenceNet, fence: NftFence) -> None:
@@ -187,7 +205,8 @@ def test_an_nft_that_hangs_is_killed_and_the_book_forgets_what_it_touched(
     with pytest.raises(FenceError, match="timed out"):
         asyncio.run(f.grant([Permit(SA, 5, 9, False)]))
     assert f.stats == {"grant": 1}
-    assert SA not in f.book.installed and SA not in f.book.linked
+    assert SA not in f.book.installed and SA not in f.book.linked and SA in f.book.doubt
+    assert f.book.opened is None  # an opening grant: the gate is unknown now
 
 
 def test_a_cancelled_prepare_kills_nft_and_the_book_forgets_what_it_touched(
@@ -199,6 +218,7 @@ def test_a_cancelled_prepare_kills_nft_and_the_book_forgets_what_it_touched(
     hang.chmod(0o755)
     f = NftFence(str(hang), timeout_s=30.0)
     f.book.installed[SA] = ((1, 5),)
+    f.book.opened = False  # set up: the gate is shut, so a backup prepares
 
     async def go() -> None:
         task = asyncio.ensure_future(f.prepare([Permit(SA, 5, 9, False)]))

@@ -19,6 +19,7 @@ from hasync.fence.rules import (
     counts_from_json,
     intervals,
     permitted,
+    plan_count,
     plan_forget,
     plan_grant,
     plan_prepare,
@@ -83,19 +84,54 @@ def test_the_setup_script_replaces_the_table_whole_and_checks_the_port() -> None
 
 T = "inet hasync_fence"
 P4, U4 = "p_c0000207_00001000", "u_c0000207_00001000"
+SHUT = [f"flush chain {T} gate_plain", f"flush chain {T} gate_udp",
+        f"add rule {T} gate_plain ip daddr . @th,0,32 @sa4 drop",
+        f"add rule {T} gate_plain ip6 daddr . @th,0,32 @sa6 drop",
+        f"add rule {T} gate_plain counter name unknown drop",
+        f"add rule {T} gate_udp ip daddr . @th,64,32 @sa4 drop",
+        f"add rule {T} gate_udp ip6 daddr . @th,64,32 @sa6 drop",
+        f"add rule {T} gate_udp counter name unknown drop"]
+OPEN = SHUT[:2]
+LINKS4 = [f"add element {T} go4 {{ 192.0.2.7 . 4096 : jump {P4} }}",
+          f"add element {T} ugo4 {{ 192.0.2.7 . 4096 : jump {U4} }}"]
+UNLINKS4 = [f"delete element {T} go4 {{ 192.0.2.7 . 4096 }}",
+            f"delete element {T} ugo4 {{ 192.0.2.7 . 4096 }}"]
 
 
-def grant_text(ivs: list[tuple[int, int]]) -> str:
-    """What a grant writes for K4 with these intervals."""
+def opened(book: FenceBook | None = None) -> FenceBook:
+    """A book whose gate is open (a sender's, after its first grant)."""
+    book = book or FenceBook()
+    book.opened = True
+    return book
+
+
+def chain_lines(ivs: list[tuple[int, int]]) -> list[str]:
+    """What a grant writes of K4's chains with these intervals."""
     out = [f"add chain {T} {P4}", f"add chain {T} {U4}", f"flush chain {T} {P4}",
            f"flush chain {T} {U4}"]
     for a, b in ivs:
         out += [f"add rule {T} {P4} @th,32,32 {a}-{b} accept",
                 f"add rule {T} {U4} @th,96,32 {a}-{b} accept"]
-    out += [f"add element {T} go4 {{ 192.0.2.7 . 4096 : jump {P4} }}",
-            f"add element {T} ugo4 {{ 192.0.2.7 . 4096 : jump {U4} }}",
-            f"add element {T} sa4 {{ 192.0.2.7 . 4096 }}"]
-    return "\n".join(out) + "\n"
+    return out
+
+
+def grant_text(ivs: list[tuple[int, int]]) -> str:
+    """What a grant on an open gate writes for K4 with these intervals."""
+    return "\n".join(chain_lines(ivs) + LINKS4) + "\n"
+
+
+def test_every_esp_packet_meets_the_gate_before_the_maps_and_setup_shuts_it() -> None:
+    text = setup_script()
+    for chain, gate, spi in (("esp_plain", "gate_plain", "@th,0,32"),
+                             ("esp_udp", "gate_udp", "@th,64,32")):
+        body = text.split(f"chain {chain} {{")[1].split("}")[0].split("\n")
+        assert body[1].strip() == f"jump {gate}"
+        assert body[2].strip() == f"ip daddr . {spi} vmap @{'u' * (chain == 'esp_udp')}go4"
+        shut = text.split(f"chain {gate} {{")[1].split("}")[0]
+        assert [r.strip() for r in shut.strip().split("\n")] == [
+            f"ip daddr . {spi} @sa4 drop", f"ip6 daddr . {spi} @sa6 drop",
+            "counter name unknown drop"]
+    assert text.index("chain gate_plain") < text.index("chain esp_plain")
 
 
 def test_chains_are_named_by_address_and_spi() -> None:
@@ -104,87 +140,119 @@ def test_chains_are_named_by_address_and_spi() -> None:
                                "u_20010db8000000000000000000000007_00002000")
 
 
-def test_a_grant_rewrites_the_sas_chains_and_links_and_counts_it() -> None:
-    plan = plan_grant(FenceBook(), [Permit(K4, 0, 10, False)])
+def test_a_grant_rewrites_the_sas_chains_and_links_it_and_the_count_adds_its_counter() -> None:
+    plan = plan_grant(opened(), [Permit(K4, 0, 10, False)])
     assert plan.script == grant_text([(1, 10)])
-    assert plan.book == FenceBook({K4: ((1, 10),)}, {K4}, {K4})
-    assert plan.keys == {K4}
+    assert plan.book == opened(FenceBook({K4: ((1, 10),)}, {K4}, set()))
+    assert plan.keys == {K4} and not plan.gate
+    count = plan_count(plan.book)
+    assert count.script == f"add element {T} sa4 {{ 192.0.2.7 . 4096 }}\n"
+    assert count.book.counted == {K4} and plan_count(count.book).script == ""
 
 
 def test_an_esn_grant_across_the_wrap_has_two_rules_per_chain() -> None:
-    plan = plan_grant(FenceBook(), [Permit(K4, U32 - 3, U32 + 2, True)])
+    plan = plan_grant(opened(), [Permit(K4, U32 - 3, U32 + 2, True)])
     assert plan.script == grant_text([(U32 - 2, U32 - 1), (0, 2)])
 
 
 def test_an_ipv6_sa_uses_the_v6_maps() -> None:
-    script = plan_grant(FenceBook(), [Permit(K6, 0, 3, False)]).script
-    assert "add element inet hasync_fence go6 { 2001:db8::7 . 8192 : jump p_2001" in script
-    assert "add element inet hasync_fence sa6 { 2001:db8::7 . 8192 }" in script
+    book = plan_grant(opened(), [Permit(K6, 0, 3, False)]).book
+    assert "add element inet hasync_fence go6 { 2001:db8::7 . 8192 : jump p_2001" in plan_grant(
+        opened(), [Permit(K6, 0, 3, False)]).script
+    assert plan_count(book).script == "add element inet hasync_fence sa6 { 2001:db8::7 . 8192 }\n"
 
 
 def test_a_grant_of_an_unchanged_linked_permit_is_no_script() -> None:
-    book = plan_grant(FenceBook(), [Permit(K4, 0, 10, False)]).book
+    book = plan_grant(opened(), [Permit(K4, 0, 10, False)]).book
     plan = plan_grant(book, [Permit(K4, 0, 10, False), Permit(K4, 0, 10, False)])
     assert plan.script == "" and plan.keys == frozenset()
 
 
 def test_an_empty_permit_leaves_the_sa_linked_with_empty_chains() -> None:
-    book = plan_grant(FenceBook(), [Permit(K4, 0, 10, False)]).book
+    book = plan_grant(opened(), [Permit(K4, 0, 10, False)]).book
     plan = plan_grant(book, [Permit(K4, 10, 10, False)])
     assert plan.script == grant_text([])
     assert plan.book.installed == {K4: ()}
 
 
 def test_a_permit_for_a_non_esp_sa_is_not_installed() -> None:
-    assert plan_grant(FenceBook(), [Permit(("192.0.2.7", 5, 51), 0, 9, False)]).script == ""
+    assert plan_grant(opened(), [Permit(("192.0.2.7", 5, 51), 0, 9, False)]).script == ""
 
 
-def test_after_a_revoke_the_same_permit_is_linked_again() -> None:
-    book = plan_grant(FenceBook(), [Permit(K4, 0, 10, False)]).book
+def test_a_revoke_only_shuts_the_gate_and_the_grant_of_the_same_permit_only_opens_it() -> None:
+    book = plan_grant(opened(), [Permit(K4, 0, 10, False)]).book
     revoke = plan_revoke(book)
-    assert revoke.script == "".join(f"flush map {T} {m}\n" for m in ("go4", "ugo4", "go6", "ugo6"))
-    assert revoke.book == FenceBook({K4: ((1, 10),)}, set(), {K4})
-    links = "".join(grant_text([(1, 10)]).splitlines(keepends=True)[-3:])
-    assert plan_grant(revoke.book, [Permit(K4, 0, 10, False)]).script == links  # chains kept
-    assert plan_grant(revoke.book, [Permit(K4, 0, 11, False)]).script == grant_text([(1, 11)])
+    assert revoke.script == "\n".join(SHUT) + "\n" and revoke.gate
+    assert revoke.book == FenceBook({K4: ((1, 10),)}, {K4}, set(), set(), False)
+    again = plan_grant(revoke.book, [Permit(K4, 0, 10, False)])
+    assert again.script == "\n".join(OPEN) + "\n" and again.gate  # chains and links kept
+    assert again.book.opened is True
+    moved = plan_grant(revoke.book, [Permit(K4, 0, 11, False)]).script
+    assert moved == "\n".join(chain_lines([(1, 11)]) + LINKS4 + OPEN) + "\n"
 
 
-def test_a_prepared_permit_is_filled_in_but_linked_only_by_its_grant() -> None:
-    """D262: a backup's standby permit fills the SA's chains and links nothing; the grant of
-    the same permit only links; a different one rewrites; a linked SA is never prepared."""
+def test_the_grant_that_opens_the_gate_unlinks_every_sa_it_does_not_permit() -> None:
+    """D265: once the gate opens, exactly the opening grant's permits are in force."""
+    book = plan_revoke(plan_grant(opened(), [Permit(K4, 0, 10, False)]).book).book
+    plan = plan_grant(book, [Permit(K6, 0, 3, False)])
+    lines = plan.script.splitlines()
+    assert lines[:2] == UNLINKS4 and lines[-2:] == OPEN
+    assert f"add element {T} go6 {{ 2001:db8::7 . 8192 : jump p_20010db8" in plan.script
+    assert plan.book.linked == {K6} and plan.book.opened is True and plan.keys == {K4, K6}
+    assert plan.book.installed[K4] == ((1, 10),)  # its chains stay, unreachable
+
+
+def test_a_prepared_permit_is_linked_behind_the_shut_gate_and_its_grant_only_opens_it() -> None:
+    """D262 and D265: a backup's standby permit fills and links the SA's chains, with no
+    counter element, only while the gate is surely shut; the grant of the same permit only
+    opens the gate, and a different one rewrites the chains as it opens it."""
     prep = plan_prepare(FenceBook(), [Permit(K4, 0, 10, False), Permit(K6, 0, 3, False)])
-    assert prep.script.startswith("".join(grant_text([(1, 10)]).splitlines(keepends=True)[:6]))
-    assert "element" not in prep.script and prep.keys == {K4, K6}
-    assert prep.book == FenceBook({K4: ((1, 10),), K6: ((1, 3),)}, set(), set())
+    assert prep.script.startswith("\n".join(chain_lines([(1, 10)])))
+    assert "sa4" not in prep.script and "sa6" not in prep.script and "gate" not in prep.script
+    assert "\n".join(LINKS4) in prep.script and prep.keys == {K4, K6}
+    assert prep.book == FenceBook({K4: ((1, 10),), K6: ((1, 3),)}, {K4, K6}, set())
     assert plan_prepare(prep.book, [Permit(K4, 0, 10, False)]).script == ""  # unchanged
-    links = "".join(grant_text([(1, 10)]).splitlines(keepends=True)[-3:])
-    grant = plan_grant(prep.book, [Permit(K4, 0, 10, False)])
-    assert grant.script == links and grant.keys == {K4} and grant.book.linked == {K4}
-    assert plan_grant(prep.book, [Permit(K4, 0, 12, False)]).script == grant_text([(1, 12)])
-    assert plan_prepare(grant.book, [Permit(K4, 0, 99, False)]).script == ""  # linked: kept
+    grant = plan_grant(prep.book, [Permit(K4, 0, 10, False), Permit(K6, 0, 3, False)])
+    assert grant.script == "\n".join(OPEN) + "\n" and grant.book.linked == {K4, K6}
+    moved = plan_grant(prep.book, [Permit(K4, 0, 12, False), Permit(K6, 0, 3, False)])
+    assert moved.script == "\n".join(chain_lines([(1, 12)]) + LINKS4 + OPEN) + "\n"
+    for book in (grant.book, FenceBook(opened=None)):  # open, or not known to be shut
+        assert plan_prepare(book, [Permit(K4, 0, 99, False)]).script == ""
 
 
 def test_an_unsure_book_rewrites_what_a_failed_script_touched() -> None:
-    book = plan_grant(FenceBook(), [Permit(K4, 0, 10, False), Permit(K6, 0, 3, False)]).book
+    book = plan_grant(opened(), [Permit(K4, 0, 10, False), Permit(K6, 0, 3, False)]).book
     book.unsure([K4])
-    assert plan_grant(book, [Permit(K4, 0, 10, False)]).script == grant_text([(1, 10)])
+    assert book.doubt == {K4} and book.opened is True
+    plan = plan_grant(book, [Permit(K4, 0, 10, False)])
+    assert plan.script == grant_text([(1, 10)]) and plan.book.doubt == set()
     assert plan_grant(book, [Permit(K6, 0, 3, False)]).script == ""
 
 
+def test_an_opening_grant_adds_then_deletes_the_links_of_an_sa_in_doubt() -> None:
+    """A failed script may or may not have linked K4: the grant that opens the gate unlinks it
+    without relying on either (a delete of a missing element would fail the transaction)."""
+    book = plan_prepare(FenceBook(), [Permit(K4, 0, 10, False)]).book
+    book.unsure([K4], gate=True)
+    assert book.opened is None and plan_prepare(book, [Permit(K4, 0, 10, False)]).script == ""
+    plan = plan_grant(book, [Permit(K6, 0, 3, False)])
+    lines = plan.script.splitlines()
+    assert lines[:6] == [f"add chain {T} {P4}", f"add chain {T} {U4}", *LINKS4, *UNLINKS4]
+    assert lines[-2:] == OPEN and plan.book.doubt == set() and plan.book.linked == {K6}
+
+
 def test_forget_adds_then_deletes_so_it_cannot_fail_on_what_is_gone() -> None:
-    book = plan_grant(FenceBook(), [Permit(K4, 0, 10, False), Permit(K6, 4, 8, False)]).book
+    book = plan_count(plan_grant(opened(), [Permit(K4, 0, 10, False),
+                                            Permit(K6, 4, 8, False)]).book).book
+    book.doubt.add(K4)
     plan = plan_forget(book, [K4])
     lines = plan.script.splitlines()
-    assert lines[:5] == [f"add chain {T} {P4}", f"add chain {T} {U4}",
-                         f"add element {T} go4 {{ 192.0.2.7 . 4096 : jump {P4} }}",
-                         f"add element {T} ugo4 {{ 192.0.2.7 . 4096 : jump {U4} }}",
+    assert lines[:5] == [f"add chain {T} {P4}", f"add chain {T} {U4}", *LINKS4,
                          f"add element {T} sa4 {{ 192.0.2.7 . 4096 }}"]
-    assert lines[5:] == [f"delete element {T} go4 {{ 192.0.2.7 . 4096 }}",
-                         f"delete element {T} ugo4 {{ 192.0.2.7 . 4096 }}",
-                         f"delete element {T} sa4 {{ 192.0.2.7 . 4096 }}",
+    assert lines[5:] == [*UNLINKS4, f"delete element {T} sa4 {{ 192.0.2.7 . 4096 }}",
                          f"flush chain {T} {P4}", f"flush chain {T} {U4}",
                          f"delete chain {T} {P4}", f"delete chain {T} {U4}"]
-    assert plan.book == FenceBook({K6: ((5, 8),)}, {K6}, {K6})
+    assert plan.book == opened(FenceBook({K6: ((5, 8),)}, {K6}, {K6}))
     assert plan_forget(book, []).script == ""
 
 

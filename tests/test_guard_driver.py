@@ -844,3 +844,47 @@ def test_a_promotion_deposed_during_its_writes_holds_none_of_its_claims_permits(
     asyncio.run(g.promote())
     assert g.term.epoch is None and not g.term.held and not g.term.pending
     assert g.stats.deposed == 1 and fence.permits == {}
+
+
+def _backup_then_promote(kernel_after: list[KernelSa]) -> tuple[Guard, FakeKernel, FakeFence,
+                                                                list[dict[Any, Permit]]]:
+    """A backup's tick reads KEY, the kernel then holds `kernel_after`, and the node promotes;
+    what the fence had in force at each of the promotion's reads."""
+    journal, fence, role = FakeJournal(), FakeFence(), [False]
+    journal.seqs.records[KEY] = SeqRecord(KEY, 5000, 0, (0,), 50.0, "gw1", 1.0)
+    kernel = FakeKernel([KernelSa(KEY, False, 10, 0, (0,), 32)])
+    g = guard(journal, kernel, fence=fence, master=role)
+    asyncio.run(g.step(master=False, mirrored=0))
+    kernel.sas, kernel.writes, role[0] = kernel_after, [], True
+    at_read: list[dict[Any, Permit]] = []
+    real_snapshot = kernel.snapshot
+
+    async def snapshot() -> Any:
+        at_read.append(dict(fence.permits))
+        return await real_snapshot()
+    kernel.snapshot = snapshot  # type: ignore[method-assign]
+    asyncio.run(g.promote())
+    return g, kernel, fence, at_read
+
+
+LO = 5000 + 1 + 576  # the claim's permit of KEY: (LO, LO + 768]
+
+
+def test_a_promotion_grants_the_sas_of_its_last_read_before_it_reads_the_kernel() -> None:
+    """D265: the claim's permits of the SAs the backup last read are in force before the
+    promotion reads the kernel; the backup kept their counters at lo: nothing is written."""
+    g, kernel, _, at_read = _backup_then_promote([KernelSa(KEY, False, LO, 0, (0,), 32)])
+    assert at_read == [{KEY: Permit(KEY, LO, LO + 768, False)}]
+    assert kernel.writes == [] and g.term.held[KEY] == Held(LO, LO + 768, claimed=True)
+    rep = g.last_promotion
+    assert rep is not None and rep.granted_ms == rep.wait_ms  # no read before it (fake clock)
+
+
+def test_a_promotion_writes_an_sa_whose_permit_is_in_force_past_that_permit() -> None:
+    """D265: an SA re-created since the backup's read (its counter below the permit's lo) is
+    written past the permit's hi: the write re-exposes nothing the permit let out."""
+    _, kernel, fence, at_read = _backup_then_promote([KernelSa(KEY, False, 10, 0, (0,), 32)])
+    assert at_read == [{KEY: Permit(KEY, LO, LO + 768, False)}]
+    assert [w.sa.key for w in kernel.writes] == [KEY]
+    assert kernel.writes[0].oseq > LO + 768
+    assert fence.permits[KEY] == Permit(KEY, LO, LO + 768, False)

@@ -383,3 +383,20 @@ def test_a_claimants_promotion_writes_up_to_its_permits_lo_not_past_its_own_mark
     assert w.oseq == 5577
     (w,) = plan_writes([sa(oseq=10)], committed, R)  # a backup: past the mark
     assert w.oseq == 9000 + 1 + R.takeover_floor
+
+
+def test_an_sa_whose_permit_is_in_force_is_written_past_it_or_only_its_inbound_state() -> None:
+    """D265: with the claim's permit of KEY already granted (`live`), a counter found below
+    lo goes past hi (not to lo: the kernel may have sent into the permit since the read); one
+    at or past lo is not moved; an inbound restore writes back the counter read."""
+    committed = {KEY: rec(9000, seq=70, node="gw2")}  # the claim's own mark
+    held = {KEY: Held(5577, 9000, claimed=True)}
+    live = frozenset({KEY})
+    (w,) = plan_writes([sa(oseq=10)], committed, R, held=held, live=live)
+    assert w.oseq == 9000 + 1 + R.takeover_floor
+    (w,) = plan_writes([sa(oseq=5577, seq=3)], committed, R, held=held, live=live)
+    assert w.oseq == 5577 and w.seq == 70  # inbound only
+    assert plan_writes([sa(oseq=6000, seq=70)], committed, R, held=held, live=live) == []
+    gone = {("192.0.2.9", 1, 50): rec(1)}  # its record gone from the journal: still past hi
+    (w,) = plan_writes([sa(oseq=10)], gone, R, held=held, live=live)
+    assert w.oseq > 9000

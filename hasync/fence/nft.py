@@ -47,7 +47,7 @@ class NftFence:
         self.natt_port = natt_port
         self.timeout_s = timeout_s
         self.netns = netns
-        self.book = rules.FenceBook()
+        self.book = rules.FenceBook(opened=None)  # the gate is unknown until `setup`
         self.stats: dict[str, int] = {}  # failures by operation, e.g. "grant": 2
         self.last_error = ""
         self._lock = asyncio.Lock()
@@ -118,7 +118,7 @@ class NftFence:
         try:
             await self._run(op, ["-f", "-"], plan.script)
         except BaseException:  # failed, timed out or cancelled: it may have landed
-            self.book.unsure(plan.keys)
+            self.book.unsure(plan.keys, plan.gate)
             raise
         self.book = plan.book
 
@@ -126,20 +126,22 @@ class NftFence:
         """Create the table afresh (rules, no permits, zeroed counters)."""
         async with self._lock:
             await self._apply("setup", rules.Plan(rules.setup_script(self.natt_port),
-                                                  rules.FenceBook()))
+                                                  rules.FenceBook(), gate=True))
 
     async def grant(self, permits: Iterable[Permit]) -> None:
-        """Replace each SA's permit with the given one, in one transaction."""
+        """Replace each SA's permit with the given one, in one transaction (the first after a
+        revoke opens the gate: exactly these are in force); then count the SAs linked."""
         async with self._lock:
             await self._apply("grant", rules.plan_grant(self.book, permits))
+            await self._apply("count", rules.plan_count(self.book))
 
     async def prepare(self, permits: Iterable[Permit]) -> None:
-        """Fill unlinked SAs' chains with these permits, linking none (rules.plan_prepare)."""
+        """Behind the shut gate, fill and link these permits (rules.plan_prepare)."""
         async with self._lock:
             await self._apply("prepare", rules.plan_prepare(self.book, permits))
 
     async def revoke_all(self) -> None:
-        """Flush every permit."""
+        """Shut the gate: nothing is permitted (rules.plan_revoke)."""
         async with self._lock:
             await self._apply("revoke", rules.plan_revoke(self.book))
 

@@ -26,8 +26,16 @@ Rules:
   depend on the book being right: chains and elements are added before they are flushed or
   deleted (`add` of what exists is no error). The book only lets a grant skip an SA whose
   permit is unchanged and linked; what a failed script touched is dropped from the book.
-- `revoke_all` flushes the four verdict maps: one short transaction whatever the SA count; the
-  SAs' chains and counters stay, so their packets are still counted per SA.
+- A gate stands in front of the verdict maps (D265): both ESP chains first jump to `gate_plain`
+  / `gate_udp`, which, shut, drop and count every ESP packet (per SA as above) and, open, are
+  empty. Setup and `revoke_all` only shut it: one short transaction whatever the SA count;
+  links, chains and counters stay. While the book knows the gate is shut (`FenceBook.opened`
+  False), a backup fills and links its standby permits behind it (`plan_prepare`). The grant
+  that opens the gate unlinks, in the same transaction, every SA the book has linked or
+  doubts (a script about it failed) that it does not permit, rewrites the chains whose
+  permit moved and opens the gate: once open, exactly that grant's permits are in force.
+- Standby links and the opening grant add no counter elements (a backup's counts would list
+  them all); `plan_count` adds those of linked SAs in the grant's next transaction.
 
 Why per-SA chains and not one interval set keyed (daddr, SPI, seq) (tried first): nft's
 concatenated interval sets (pipapo, net/netfilter/nft_set_pipapo.c) rebuild their lookup
@@ -58,6 +66,8 @@ IPPROTO_ESP = 50
 U32 = 1 << 32
 ESN_WIDTH = 1 << 31
 NATT_PORT = 4500
+GATES = {"gate_plain": "@th,0,32", "gate_udp": "@th,64,32"}  # gate chain -> where its SPI is
+CHAINS = (("esp_plain", "go"), ("esp_udp", "ugo"))  # ESP chain -> its verdict maps' prefix
 
 Interval = tuple[int, int]  # inclusive low-32 sequence numbers
 
@@ -115,15 +125,32 @@ def _table_block(natt_port: int) -> str:
               "    meta l4proto esp jump esp_plain",
               f"    meta l4proto udp udp sport {natt_port} @th,64,32 != 0 jump esp_udp",
               "  }"]
-    for chain, go, spi in (("esp_plain", "go", "@th,0,32"), ("esp_udp", "ugo", "@th,64,32")):
+    for gate, spi in GATES.items():
+        lines += [f"  chain {gate} {{", *(f"    {rule}" for rule in _drops(spi)), "  }"]
+    for (chain, go), (gate, spi) in zip(CHAINS, GATES.items(), strict=True):
         lines += [f"  chain {chain} {{",
+                  f"    jump {gate}",
                   f"    ip daddr . {spi} vmap @{go}4",
                   f"    ip6 daddr . {spi} vmap @{go}6",
-                  f"    ip daddr . {spi} @sa4 drop",
-                  f"    ip6 daddr . {spi} @sa6 drop",
-                  "    counter name unknown drop",
+                  *(f"    {rule}" for rule in _drops(spi)),
                   "  }"]
     return "\n".join([*lines, "}", ""])
+
+
+def _drops(spi: str) -> list[str]:
+    """Drop an ESP packet, counted by its SA's element if it has one, else as `unknown`."""
+    return [f"ip daddr . {spi} @sa4 drop", f"ip6 daddr . {spi} @sa6 drop",
+            "counter name unknown drop"]
+
+
+def gate_lines(shut: bool) -> list[str]:
+    """Commands that shut the gate (every ESP packet dropped before the maps) or open it."""
+    t = f"{FAMILY} {TABLE}"
+    out = [f"flush chain {t} {gate}" for gate in GATES]
+    if shut:
+        out += [f"add rule {t} {gate} {rule}" for gate, spi in GATES.items()
+                for rule in _drops(spi)]
+    return out
 
 
 def setup_script(natt_port: int = NATT_PORT) -> str:
@@ -135,8 +162,8 @@ def setup_script(natt_port: int = NATT_PORT) -> str:
 
 
 def revoke_script() -> str:
-    """Flush the four verdict maps: no SA reaches its chain (the counters stay)."""
-    return "".join(f"flush map {FAMILY} {TABLE} {m}{f}\n" for f in (4, 6) for m in ("go", "ugo"))
+    """Shut the gate: no SA reaches its chain (links, chains and counters stay)."""
+    return "\n".join(gate_lines(shut=True)) + "\n"
 
 
 def _sa_elements(key: SaKey) -> list[tuple[str, str]]:
@@ -158,73 +185,139 @@ def _chains(key: SaKey, ivs: tuple[Interval, ...]) -> list[str]:
     return out
 
 
-def _links(keys: Iterable[SaKey]) -> list[str]:
-    """Link the SAs' chains in the verdict maps and count them: one command per map or set
-    (nft parses one long element list far faster than a command per element)."""
+def _grouped(verb: str, elements: Iterable[tuple[str, str]]) -> list[str]:
+    """One `verb element` command per map or set (nft parses one long element list far faster
+    than a command per element)."""
     t = f"{FAMILY} {TABLE}"
     by_set: dict[str, list[str]] = {}
-    for key in keys:
-        for name, item in _sa_elements(key):
-            by_set.setdefault(name, []).append(item)
-    return [f"add element {t} {name} {{ {', '.join(items)} }}"
+    for name, item in elements:
+        by_set.setdefault(name, []).append(item)
+    return [f"{verb} element {t} {name} {{ {', '.join(items)} }}"
             for name, items in by_set.items()]
+
+
+def _links(keys: Iterable[SaKey], counts: bool = False) -> list[str]:
+    """Link the SAs' chains in the verdict maps (with `counts`: their counter elements only)."""
+    return _grouped("add", [(n, i) for key in keys for n, i in _sa_elements(key)
+                            if n.startswith("sa") == counts])
+
+
+def _unlinks(keys: Iterable[SaKey], sure: bool) -> list[str]:
+    """Delete the SAs' links; those not `sure`ly linked are added first (with their chains),
+    so that the delete cannot fail on a missing element."""
+    keys = list(keys)
+    links = [(n, i) for key in keys for n, i in _sa_elements(key) if not n.startswith("sa")]
+    t = f"{FAMILY} {TABLE}"
+    out = [] if sure else [f"add chain {t} {c}" for key in keys for c in chain_names(key)]
+    out += [] if sure else _grouped("add", links)
+    return out + _grouped("delete", [(n, i.split(" : ")[0]) for n, i in links])
+
+
+def _esp(permits: Iterable[Permit]) -> dict[SaKey, tuple[Interval, ...]]:
+    """The intervals of each ESP SA's permit (other protocols are not fenced)."""
+    return {p.key: intervals(p) for p in permits if p.key[2] == IPPROTO_ESP}
+
+
+def _script(lines: list[str]) -> str:
+    return "\n".join(lines) + "\n" if lines else ""
 
 
 @dataclass
 class FenceBook:
     """What this process knows the kernel holds: intervals per SA chain, SAs linked in the
-    verdict maps, SAs with a counter element (a key missing from `installed` or `linked` is
-    unknown, and a grant rewrites it)."""
+    verdict maps, SAs with a counter element, SAs a failed script touched (`doubt`: maybe
+    linked, chains unknown) and whether the gate is open (None: unknown). A key missing from
+    `installed` or `linked` is unknown, and a grant rewrites it."""
 
     installed: dict[SaKey, tuple[Interval, ...]] = field(default_factory=dict)
     linked: set[SaKey] = field(default_factory=set)
     counted: set[SaKey] = field(default_factory=set)
+    doubt: set[SaKey] = field(default_factory=set)
+    opened: bool | None = False
 
-    def unsure(self, keys: Iterable[SaKey]) -> None:
-        """A script about `keys` failed or timed out: forget what the book says of them."""
+    def unsure(self, keys: Iterable[SaKey], gate: bool = False) -> None:
+        """A script about `keys` (and the gate, if `gate`) failed or timed out: forget what the
+        book says of them."""
         for key in keys:
             self.installed.pop(key, None)
             self.linked.discard(key)
+            self.doubt.add(key)
+        if gate:
+            self.opened = None
+
+    def copy(self) -> FenceBook:
+        return FenceBook(dict(self.installed), set(self.linked), set(self.counted),
+                         set(self.doubt), self.opened)
 
 
 @dataclass(frozen=True)
 class Plan:
-    """A script, the SAs it touches and the book as it will be once the kernel took it."""
+    """A script, the SAs it touches, whether it touches the gate, and the book as it will be
+    once the kernel took it."""
 
     script: str
     book: FenceBook
     keys: frozenset[SaKey] = frozenset()
+    gate: bool = False
+
+
+def _fill(book: FenceBook, wanted: dict[SaKey, tuple[Interval, ...]]
+          ) -> tuple[list[str], list[SaKey]]:
+    """Lines rewriting the chains whose permit moved or is unknown, and the SAs to link: those
+    and the SAs not surely linked (every SA the lines touch)."""
+    rewrite = {k: v for k, v in wanted.items() if book.installed.get(k) != v}
+    link = [k for k in wanted if k in rewrite or k not in book.linked]
+    return [line for k, v in rewrite.items() for line in _chains(k, v)], link
 
 
 def plan_grant(book: FenceBook, permits: Iterable[Permit]) -> Plan:
-    """Rewrite the chains of each permitted SA whose permit changed, and link those not
-    linked (an SA whose chains already hold the permit, `plan_prepare`, is only linked)."""
-    wanted = {p.key: intervals(p) for p in permits if p.key[2] == IPPROTO_ESP}
-    rewrite = {k: v for k, v in wanted.items() if book.installed.get(k) != v}
-    link = [k for k in wanted if k not in rewrite and k not in book.linked]
-    lines = [line for k, v in rewrite.items() for line in _chains(k, v)]
-    lines += _links([*rewrite, *link])
-    script = "\n".join(lines) + "\n" if lines else ""
-    installed = {**book.installed, **wanted}
-    return Plan(script, FenceBook(installed, book.linked | set(wanted),
-                                  book.counted | set(wanted)), frozenset({*rewrite, *link}))
+    """Rewrite the chains of each permitted SA whose permit changed and link those not linked.
+    With the gate not surely open, this grant opens it, in the same transaction unlinking
+    every other SA linked or in doubt: then exactly these permits are in force (D265)."""
+    wanted = _esp(permits)
+    lines, link = _fill(book, wanted)
+    new = book.copy()
+    new.installed.update(wanted)
+    new.doubt -= set(wanted)
+    if book.opened is True:
+        new.linked |= set(wanted)
+        return Plan(_script(lines + _links(link)), new, frozenset(link))
+    sure = sorted(book.linked - set(wanted))
+    doubted = sorted(book.doubt - set(wanted) - book.linked)
+    lines = [*_unlinks(sure, True), *_unlinks(doubted, False), *lines, *_links(link),
+             *gate_lines(shut=False)]
+    new.linked, new.doubt, new.opened = set(wanted), set(), True
+    return Plan(_script(lines), new, frozenset({*link, *sure, *doubted}), gate=True)
+
+
+def plan_count(book: FenceBook) -> Plan:
+    """Add the counter elements of linked SAs that have none (after a grant: D265)."""
+    missing = sorted(book.linked - book.counted)
+    new = book.copy()
+    new.counted |= set(missing)
+    return Plan(_script(_links(missing, counts=True)), new)
 
 
 def plan_prepare(book: FenceBook, permits: Iterable[Permit]) -> Plan:
-    """Fill the chains of SAs not linked with the permits given, linking none: what a backup
-    would be granted if it claimed now (D262), so that grant only links them. A linked SA's
-    chains are never touched here."""
-    todo = {p.key: iv for p in permits if p.key[2] == IPPROTO_ESP and p.key not in book.linked
-            and book.installed.get(p.key) != (iv := intervals(p))}
-    script = "".join("\n".join(_chains(k, v)) + "\n" for k, v in todo.items())
-    return Plan(script, FenceBook({**book.installed, **todo}, set(book.linked),
-                                  set(book.counted)), frozenset(todo))
+    """Behind the gate the book knows is shut, fill and link the SAs' chains with the permits
+    given: what a backup would be granted if it claimed now (D262), so that grant only opens
+    the gate. Nothing while the gate is open or unknown."""
+    if book.opened is not False:
+        return Plan("", book.copy())
+    wanted = _esp(permits)
+    lines, link = _fill(book, wanted)
+    new = book.copy()
+    new.installed.update(wanted)
+    new.linked |= set(wanted)
+    new.doubt -= set(wanted)
+    return Plan(_script(lines + _links(link)), new, frozenset(link))
 
 
 def plan_revoke(book: FenceBook) -> Plan:
-    """Unlink every SA; chains, counters and the book's intervals stay."""
-    return Plan(revoke_script(), FenceBook(dict(book.installed), set(), set(book.counted)),
-                frozenset(book.linked))
+    """Shut the gate; links, chains, counters and the book's intervals stay."""
+    new = book.copy()
+    new.opened = False
+    return Plan(revoke_script(), new, gate=True)
 
 
 def plan_forget(book: FenceBook, keys: Iterable[SaKey]) -> Plan:
@@ -242,8 +335,8 @@ def plan_forget(book: FenceBook, keys: Iterable[SaKey]) -> Plan:
                 f"delete chain {t} {p}", f"delete chain {t} {u}"]
     drop = set(gone)
     new = FenceBook({k: v for k, v in book.installed.items() if k not in drop},
-                    book.linked - drop, book.counted - drop)
-    return Plan("\n".join(out) + "\n" if out else "", new, frozenset(drop))
+                    book.linked - drop, book.counted - drop, book.doubt - drop, book.opened)
+    return Plan(_script(out), new, frozenset(drop))
 
 
 def counts_from_json(docs: Iterable[str], known: Mapping[tuple[str, int], SaKey]) -> FenceCounts:

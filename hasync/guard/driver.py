@@ -83,7 +83,7 @@ class Guard:
                                 self.reads.write, self.wake_grant, wall)
         self.promotion = PromotionDriver(  # asks self.is_master, which run() may replace
             node, journal, self.term, self.reads, self.stats, activate, lambda: self.is_master(),
-            clock, sleep, self.wake_grant)
+            clock, sleep, self.wake_grant, lambda: self.fence_sync(self.is_master()))
         self._wake = asyncio.Event()
         self._grant = asyncio.Event()  # a mark accepted: the fence grants it even mid-rest
         self._promoted_at: float | None = None  # the last promotion's start (clock)

@@ -1,6 +1,7 @@
 """A promotion's IO, once the guard has started a fresh term: claim the sender epoch through
-Raft (the claim also commits the term's first marks, D261), then write every SA's target, then
-hold the claim's permits and activate charon (`promotion.Promotion` decides).
+Raft (the claim also commits the term's first marks, D261), grant the claim's permits of the
+SAs of the last read (D265), then write every SA's target, hold the claim's other permits and
+activate charon (`promotion.Promotion` decides).
 
 Rules: every decision is `Promotion`'s; this module sequences the claim (a `JournalPort`), the
 kernel (through `reads.KernelReads`, under its one lock: a tick using the kernel finishes
@@ -9,6 +10,9 @@ not answered within CLAIM_WAIT_S is submitted again, a failed one after CLAIM_RE
 up to CLAIM_RETRY_MAX_S. Handled failures are only named ones: a claim that fails
 (`syncobj_compat.FailReason`, counted by name, STALE when the journal rejected it) or times out
 (TIMEOUT), a kernel read or write (`kernel.KERNEL_FAILURES`: the promotion's report keeps it).
+The early grant needs no read: a permit's numbers lie past every mark accepted before the
+claim, and while it is in force the promotion writes an SA only past its hi or, restoring
+inbound state, back the outbound counter it read (`rules.plan_writes`, `live`).
 """
 
 from __future__ import annotations
@@ -41,11 +45,13 @@ class PromotionDriver:
                  stats: GuardStats, activate: Callable[[], None],
                  is_master: Callable[[], bool], clock: Callable[[], float],
                  sleep: Callable[[float], Awaitable[None]],
-                 granting: Callable[[], None] = lambda: None) -> None:
+                 granting: Callable[[], None] = lambda: None,
+                 grant: Callable[[], Awaitable[None]] | None = None) -> None:
         self.node, self.journal, self.term, self.reads, self.stats = (
             node, journal, term, reads, stats)
         self.activate, self.is_master, self.clock, self.sleep = activate, is_master, clock, sleep
         self.granting = granting  # permits held: the guard's loop grants them now
+        self.grant = grant  # the fence grants what is held, now (the guard's fence sync)
 
     async def run(self, promo: Promotion) -> PromotionReport:
         """Claim the sender epoch; once it is applied here, write every SA's target and
@@ -62,16 +68,30 @@ class PromotionDriver:
                         promo.report.claim_attempts)
             return promo.report
         self.term.start(epoch)
+        held = claim_lows(committed_records(self.journal), self.node, epoch,
+                          promo.reserve)  # the claim's own marks: this term's first permits
+        early = {k: h for k, h in held.items() if k in self.reads.keys}
+        await self._early(promo, early, epoch)
+        rest = {k: h for k, h in held.items() if k not in early}
         async with self.reads.lock:  # a tick using the kernel finishes first
-            held = claim_lows(committed_records(self.journal), self.node, epoch,
-                              promo.reserve)  # the claim's own marks: this term's first permits
-            later = await self._xfrm(promo, held)
-            self._hold({k: h for k, h in held.items() if k not in later}, epoch)
+            later = await self._xfrm(promo, held, frozenset(early))
+            self._hold({k: h for k, h in rest.items() if k not in later}, epoch)
             self.activate()
             rep = promo.activated(self.clock())
             await self._restore(promo, later)  # inbound replay state, after the grant starts
-        self._hold({k: h for k, h in held.items() if k in later}, epoch)
+        self._hold({k: h for k, h in rest.items() if k in later}, epoch)
         return self._promoted(rep)
+
+    async def _early(self, promo: Promotion, early: dict[SaKey, Held], epoch: int) -> None:
+        """Hold and grant the claim's permits of the SAs of the last read before reading the
+        kernel (D265): a backup kept their counters at the permits' lo."""
+        if not early or self.grant is None:
+            return
+        self.term.hold(early, epoch)
+        await self.grant()
+        term = self.term
+        if term.epoch == epoch and not any(k in term.pending for k in early):
+            promo.report.granted_ms = round((self.clock() - promo.t0) * 1000, 1)
 
     def _hold(self, held: dict[SaKey, Held], epoch: int) -> None:
         """Hold the claim's permits of SAs no write is planned for: no NEWAE lands while a
@@ -138,15 +158,17 @@ class PromotionDriver:
         count(self.stats.claim_failed, "STALE" if result == REJECTED else reason.name)
         return None
 
-    async def _xfrm(self, promo: Promotion, held: dict[SaKey, Held]) -> dict[SaKey, Write]:
+    async def _xfrm(self, promo: Promotion, held: dict[SaKey, Held],
+                    live: frozenset[SaKey]) -> dict[SaKey, Write]:
         """Read and write until the promotion leaves its XFRM phase (an SA the claim granted
-        goes to its permit's lo, the target the claim's marks were made from); the writes
-        that move no outbound counter (inbound replay state) are left for `_restore`."""
+        goes to its permit's lo, the target the claim's marks were made from; one whose
+        permit is in force, `live`, below it goes past its hi); the writes that move no
+        outbound counter (inbound replay state) are left for `_restore`."""
         while True:
             try:
                 sas = await self.reads.kernel.snapshot()
                 self.reads.last_read = self.clock()  # a master's staleness counts from this read
-                writes = promo.plan(sas, committed_records(self.journal), held)
+                writes = promo.plan(sas, committed_records(self.journal), held, live)
                 later = {w.sa.key: w for w in writes if w.oseq == w.sa.oseq}
                 res = await self.reads.kernel.write([w for w in writes if w.oseq != w.sa.oseq])
             except KERNEL_FAILURES as e:

@@ -124,12 +124,14 @@ class Promotion:
         rep.epoch = epoch
 
     def plan(self, sas: Iterable[KernelSa], records: Mapping[SaKey, SeqRecord],
-             held: Mapping[SaKey, Held] | None = None) -> list[Write]:
+             held: Mapping[SaKey, Held] | None = None,
+             live: frozenset[SaKey] = frozenset()) -> list[Write]:
         """The kernel was read: the writes that move every SA to its target (an SA the claim
-        granted, `held`: to its permit's lo)."""
+        granted, `held`: to its permit's lo; one whose permit is in force, `live`, found
+        below lo: past its hi)."""
         self._expect(Phase.XFRM, "plan writes")
         sas = list(sas)
-        writes = plan_writes(sas, records, self.reserve, held=held)
+        writes = plan_writes(sas, records, self.reserve, held=held, live=live)
         self._planned = (len(sas), writes)
         return writes
 

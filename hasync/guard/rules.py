@@ -335,12 +335,17 @@ def target_oseq(sa: KernelSa, rec: SeqRecord | None, reserve: Reserve) -> int:
 
 def plan_writes(sas: Iterable[KernelSa], records: Mapping[SaKey, SeqRecord],
                 reserve: Reserve, inbound: bool = True,
-                held: Mapping[SaKey, Held] | None = None) -> list[Write]:
+                held: Mapping[SaKey, Held] | None = None,
+                live: frozenset[SaKey] = frozenset()) -> list[Write]:
     """Writes that move every SA's counters up to the journal's targets (outbound: its
     (SPI, protocol)'s highest mark, `spi_peaks`; for an SA in `held`, a claimant's, its
-    permit's lo: the target the claim's own marks were made from); never down. Those
-    that move an outbound counter come first; without `inbound`, only those (a write still
-    carries the journaled inbound state of its SA: a backup's steady state)."""
+    permit's lo: the target the claim's own marks were made from); never down. An SA in
+    `live` has its held permit in force already (D265): found below lo, it goes past the
+    permit's hi, so the write re-exposes nothing the permit let out. Those that move an
+    outbound counter come first; without `inbound`, only those (a write still carries the
+    journaled inbound state of its SA: a backup's steady state). A write that moves only
+    inbound state writes back the outbound counter read, which only output moves
+    (torvalds/linux net/xfrm/xfrm_replay.c): an SA that receives does not send."""
     writes = []
     peaks = spi_peaks(records)
     held = held or {}
@@ -348,6 +353,8 @@ def plan_writes(sas: Iterable[KernelSa], records: Mapping[SaKey, SeqRecord],
         rec, peak = records.get(sa.key), peaks.get(sa.key[1:])
         hold = held.get(sa.key)
         target = hold.lo if hold is not None else target_oseq(sa, peak, reserve)
+        if hold is not None and sa.key in live and sa.oseq < hold.lo:
+            target = max(target_oseq(sa, peak, reserve), hold.hi + 1)
         oseq = max(sa.oseq, target)
         if oseq > sa.oseq:  # the kernel may send between our read and this write
             margin = max(RACE_MARGIN, math.ceil((peak.rate if peak else 0.0) * RACE_S))
