@@ -53,8 +53,9 @@ def ms(coro_factory, repeats: int) -> float:  # type: ignore[no-untyped-def]
 
 
 def grant_costs(net: FenceNet, n: int, repeats: int, library: bool) -> dict[str, float]:
-    """Milliseconds of a first grant, a grant moving all N, one moving one SA, counts(), and
-    a grant of prepared permits; through the nft command or libnftables in-process."""
+    """Milliseconds of a first grant, a grant moving all N, one moving one SA, counts(), a
+    grant of prepared permits and a backup's counts() with them; through the nft command or
+    libnftables in-process."""
     fence = NftFence(netns=net.sender, timeout_s=120.0, library=library)
     firsts = []
     for _ in range(repeats):
@@ -67,17 +68,19 @@ def grant_costs(net: FenceNet, n: int, repeats: int, library: bool) -> dict[str,
     one = iter(range(1 << 30, 1 << 31, 1000))
     one_ms = ms(lambda: fence.grant([Permit((DST, SPI, 50), 0, next(one), False)]), repeats)
     counts_ms = ms(fence.counts, repeats)
-    prepared = []  # a promotion's grant when a backup prepared the same permits (D262)
-    for _ in range(repeats):
+    prepared, standby = [], []  # a promotion's grant when a backup prepared the same
+    for _ in range(repeats):  #    permits behind the shut gate (D262, D265), and its counts
         asyncio.run(fence.setup())
         asyncio.run(fence.prepare(permits(n, 1 << 21)))
+        standby.append(ms(fence.counts, 1))
         t = time.perf_counter()
-        asyncio.run(fence.grant(permits(n, 1 << 21)))
+        asyncio.run(fence.grant(permits(n, 1 << 21)))  # opens the gate, then adds counters
         prepared.append((time.perf_counter() - t) * 1000)
     return {"first_grant_ms": round(statistics.median(firsts), 1),
             "grant_all_ms": round(all_ms, 1), "grant_one_ms": round(one_ms, 1),
             "counts_ms": round(counts_ms, 1),
-            "grant_prepared_ms": round(statistics.median(prepared), 1)}
+            "grant_prepared_ms": round(statistics.median(prepared), 1),
+            "standby_counts_ms": round(statistics.median(standby), 1)}
 
 
 def throughput(net: FenceNet, n: int | None, packets: int, above: bool = False
@@ -125,10 +128,11 @@ def main() -> int:
     finally:
         net.close()
     print(f"{'backend':>8} {'SAs':>7} {'first ms':>9} {'all ms':>9} {'one ms':>8} "
-          f"{'counts ms':>10} {'prepared ms':>12}")
+          f"{'counts ms':>10} {'prepared ms':>12} {'standby counts':>15}")
     for g in grants:
         print(f"{g['backend']:>8} {g['sas']:>7} {g['first_grant_ms']:>9} {g['grant_all_ms']:>9} "
-              f"{g['grant_one_ms']:>8} {g['counts_ms']:>10} {g['grant_prepared_ms']:>12}")
+              f"{g['grant_one_ms']:>8} {g['counts_ms']:>10} {g['grant_prepared_ms']:>12} "
+              f"{g['standby_counts_ms']:>15}")
     print(f"(each nft command here includes `ip netns exec`: {exec_ms} ms)")
     print(f"\n{'permits':>8} {'sent pkt/s':>11} {'received':>9} {'seq':>10}")
     for f in flows:

@@ -191,8 +191,9 @@ def test_finding4_raft_port_exhaustion_by_idle_connections_and_junk(tmp_path: Pa
             _member_dials_in(cluster, 2)
             counts = target.raft_port.snapshot()
             assert counts["rejected_not_member"] >= outsider["opened"]
-            assert counts["evicted_peer_cap"] + counts["handshake_timeout"] >= (
-                member["opened"] - PER_PEER)
+            # a snapshot names only the counters that counted: one of these two may be absent
+            shed = counts.get("evicted_peer_cap", 0) + counts.get("handshake_timeout", 0)
+            assert shed >= member["opened"] - PER_PEER, counts
             assert counts["oversize"] >= 1 and counts["bad_token"] >= 1
             assert target.status()["leader"] is not None
             assert "raft port: {" in views.status_text({"raft_port": counts})
