@@ -116,8 +116,9 @@ class FakeFence:
     async def setup(self) -> None:
         self._apply("setup", {})
 
-    async def grant(self, permits: Any) -> None:
-        self._apply("grant", {**self.permits, **{p.key: p for p in permits}})
+    async def grant(self, permits: Any, counters: bool = True) -> None:
+        self._apply("grant" if counters else "grant_uncounted",
+                    {**self.permits, **{p.key: p for p in permits}})
 
     async def prepare(self, permits: Any) -> None:
         self._call("prepare")  # permits nothing: only `grant` changes what is in force

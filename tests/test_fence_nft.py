@@ -102,6 +102,17 @@ def test_the_opening_grant_leaves_nothing_else_in_force(net: FenceNet, fence: Nf
     assert esp_got(net.exchange([esp(DST, 0x1000, 6)])) == [(0x1000, 6)]
 
 
+def test_drops_after_a_grant_without_counters_are_unknown_until_counts_adds_them(
+        net: FenceNet, fence: NftFence) -> None:
+    """D266: a promotion's first grant leaves the counter elements out; `counts` adds them."""
+    asyncio.run(fence.grant([Permit(SA, 0, 3, False)], counters=False))
+    assert esp_got(net.exchange([esp(DST, 0x1000, s) for s in (1, 4)])) == [(0x1000, 1)]
+    counts = asyncio.run(fence.counts())
+    assert counts.per_sa == {SA: 0} and counts.unknown == 1
+    net.exchange([esp(DST, 0x1000, 5)])
+    assert asyncio.run(fence.counts()).per_sa == {SA: 1}
+
+
 def test_revoke_all_drops_everything(net: FenceNet, fence: NftFence) -> None:
     asyncio.run(fence.grant([Permit(SA, 0, 100, False), Permit(SA_NATT, 0, 100, False)]))
     asyncio.run(fence.revoke_all())

@@ -148,6 +148,8 @@ def test_a_grant_rewrites_the_sas_chains_and_links_it_and_the_count_adds_its_cou
     count = plan_count(plan.book)
     assert count.script == f"add element {T} sa4 {{ 192.0.2.7 . 4096 }}\n"
     assert count.book.counted == {K4} and plan_count(count.book).script == ""
+    shut = plan_prepare(FenceBook(), [Permit(K6, 0, 3, False)]).book
+    assert plan_count(shut).script == ""  # a backup's standby links get no counter
 
 
 def test_an_esn_grant_across_the_wrap_has_two_rules_per_chain() -> None:

@@ -873,9 +873,10 @@ LO = 5000 + 1 + 576  # the claim's permit of KEY: (LO, LO + 768]
 def test_a_promotion_grants_the_sas_of_its_last_read_before_it_reads_the_kernel() -> None:
     """D265: the claim's permits of the SAs the backup last read are in force before the
     promotion reads the kernel; the backup kept their counters at lo: nothing is written."""
-    g, kernel, _, at_read = _backup_then_promote([KernelSa(KEY, False, LO, 0, (0,), 32)])
+    g, kernel, fence, at_read = _backup_then_promote([KernelSa(KEY, False, LO, 0, (0,), 32)])
     assert at_read == [{KEY: Permit(KEY, LO, LO + 768, False)}]
     assert kernel.writes == [] and g.term.held[KEY] == Held(LO, LO + 768, claimed=True)
+    assert "grant_uncounted" in fence.calls  # its counters wait (D266)
     rep = g.last_promotion
     assert rep is not None and rep.granted_ms == rep.wait_ms  # no read before it (fake clock)
 

@@ -128,12 +128,14 @@ class NftFence:
             await self._apply("setup", rules.Plan(rules.setup_script(self.natt_port),
                                                   rules.FenceBook(), gate=True))
 
-    async def grant(self, permits: Iterable[Permit]) -> None:
+    async def grant(self, permits: Iterable[Permit], counters: bool = True) -> None:
         """Replace each SA's permit with the given one, in one transaction (the first after a
-        revoke opens the gate: exactly these are in force); then count the SAs linked."""
+        revoke opens the gate: exactly these are in force); then, with `counters`, give every
+        SA linked a drop counter of its own (without: at the next grant or `counts`, D266)."""
         async with self._lock:
             await self._apply("grant", rules.plan_grant(self.book, permits))
-            await self._apply("count", rules.plan_count(self.book))
+            if counters:
+                await self._apply("count", rules.plan_count(self.book))
 
     async def prepare(self, permits: Iterable[Permit]) -> None:
         """Behind the shut gate, fill and link these permits (rules.plan_prepare)."""
@@ -151,7 +153,9 @@ class NftFence:
             await self._apply("forget", rules.plan_forget(self.book, keys))
 
     async def counts(self) -> FenceCounts:
-        """The drop counters, per SA and `unknown`."""
+        """The drop counters, per SA and `unknown` (first the counters a grant left out)."""
+        async with self._lock:
+            await self._apply("count", rules.plan_count(self.book))
         t = f"{rules.FAMILY} {rules.TABLE}"
         docs = [await self._run("counts", ["-j", "list", *f"set {t} {name}".split()])
                 for name in ("sa4", "sa6")]

@@ -46,13 +46,14 @@ class FencePort(Protocol):
         """Create the fence if missing and revoke every permit (a start grants nothing)."""
         ...
 
-    async def grant(self, permits: Iterable[Permit]) -> None:
-        """Replace each SA's permit with the given one, all in one kernel transaction."""
+    async def grant(self, permits: Iterable[Permit], counters: bool = True) -> None:
+        """Replace each SA's permit with the given one, all in one kernel transaction; without
+        `counters`, the SAs' drop counters wait for the next grant or `counts()` (D266)."""
         ...
 
     async def prepare(self, permits: Iterable[Permit]) -> None:
-        """Make these permits ready for SAs not permitted now, permitting nothing: a later
-        grant of the same permit only links it (a backup's standby, D262)."""
+        """Make these permits ready, permitting nothing: a later grant of the same permit has
+        nothing left to write for it (a backup's standby, D262, D265)."""
         ...
 
     async def revoke_all(self) -> None:

@@ -291,8 +291,9 @@ def plan_grant(book: FenceBook, permits: Iterable[Permit]) -> Plan:
 
 
 def plan_count(book: FenceBook) -> Plan:
-    """Add the counter elements of linked SAs that have none (after a grant: D265)."""
-    missing = sorted(book.linked - book.counted)
+    """Add the counter elements of linked SAs that have none, while the gate is open (after a
+    grant, D265; a backup's standby links get none)."""
+    missing = sorted(book.linked - book.counted) if book.opened is True else []
     new = book.copy()
     new.counted |= set(missing)
     return Plan(_script(_links(missing, counts=True)), new)

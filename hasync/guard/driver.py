@@ -83,7 +83,8 @@ class Guard:
                                 self.reads.write, self.wake_grant, wall)
         self.promotion = PromotionDriver(  # asks self.is_master, which run() may replace
             node, journal, self.term, self.reads, self.stats, activate, lambda: self.is_master(),
-            clock, sleep, self.wake_grant, lambda: self.fence_sync(self.is_master()))
+            clock, sleep, self.wake_grant,
+            lambda: self.fence_sync(self.is_master(), counters=False))  # D265, D266
         self._wake = asyncio.Event()
         self._grant = asyncio.Event()  # a mark accepted: the fence grants it even mid-rest
         self._promoted_at: float | None = None  # the last promotion's start (clock)
@@ -193,9 +194,9 @@ class Guard:
                 raise
             log.debug("a mark moved while the daemon stops: nothing to wake")
 
-    async def fence_sync(self, master: bool) -> None:
+    async def fence_sync(self, master: bool, counters: bool = True) -> None:
         """Bring the fence in line with this node's term: revoke, grant, forget."""
-        await self.fencing.sync(master)
+        await self.fencing.sync(master, counters)
         self._note_term()  # granted
 
     def _standby(self) -> list[fenceport.Permit]:

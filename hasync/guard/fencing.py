@@ -47,8 +47,9 @@ class FenceSync:
         self._chore_task: asyncio.Future[None] | None = None  # counts or standby (D263)
         self._lock = asyncio.Lock()
 
-    async def sync(self, master: bool) -> None:
-        """Bring the fence in line with this node's term: revoke, grant, forget, count."""
+    async def sync(self, master: bool, counters: bool = True) -> None:
+        """Bring the fence in line with this node's term: revoke, grant (without `counters`:
+        no drop counters yet, D266), forget."""
         async with self._lock:
             self._check_sender(master)
             term = self.term
@@ -61,7 +62,7 @@ class FenceSync:
                 if term.pending:
                     permits = list(term.pending.values())
                     self._empty = False
-                    await self.fence.grant(permits)
+                    await self.fence.grant(permits, counters)
                     term.granted(permits)
                 if self._forget:
                     keys = sorted(self._forget)
