@@ -35,7 +35,8 @@ Rules:
   doubts (a script about it failed) that it does not permit, rewrites the chains whose
   permit moved and opens the gate: once open, exactly that grant's permits are in force.
 - Standby links and the opening grant add no counter elements (a backup's counts would list
-  them all); `plan_count` adds those of linked SAs in the grant's next transaction.
+  them all); `plan_count` adds those of linked SAs, while the gate is open, in the grant's
+  next transaction, or (a promotion's first grant, D266) at the next grant or count.
 
 Why per-SA chains and not one interval set keyed (daddr, SPI, seq) (tried first): nft's
 concatenated interval sets (pipapo, net/netfilter/nft_set_pipapo.c) rebuild their lookup
