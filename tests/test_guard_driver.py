@@ -889,3 +889,38 @@ def test_a_promotion_writes_an_sa_whose_permit_is_in_force_past_that_permit() ->
     assert [w.sa.key for w in kernel.writes] == [KEY]
     assert kernel.writes[0].oseq > LO + 768
     assert fence.permits[KEY] == Permit(KEY, LO, LO + 768, False)
+
+
+def test_a_promotion_grants_nothing_while_a_backup_tick_may_still_write() -> None:
+    """D265: a backup's write planned before the claim could set a counter back below numbers
+    a permit in force let out; the early grant waits for that tick to finish."""
+    journal, role = FakeJournal(), [False]
+    journal.seqs.records[KEY] = SeqRecord(KEY, 5000, 0, (0,), 50.0, "gw1", 1.0)
+    kernel = FakeKernel([KernelSa(KEY, False, 10, 0, (0,), 32)])
+    fence = FakeFence()
+    g = guard(journal, kernel, fence=fence, master=role)
+    asyncio.run(g.step(master=False, mirrored=0))  # KEY is in the last read
+    kernel.sas = [KernelSa(KEY, False, 10, 0, (0,), 32)]
+    permits_at_write: list[dict[Any, Permit]] = []
+    release = asyncio.Event()
+    real_write = kernel.write
+
+    async def write(writes: Any) -> Any:
+        await release.wait()  # the backup's pre-jump, planned before the claim, is slow
+        permits_at_write.append(dict(fence.permits))
+        return await real_write(writes)
+    kernel.write = write  # type: ignore[method-assign]
+
+    async def go() -> None:
+        tick = asyncio.ensure_future(g.tick(master=False))
+        await asyncio.sleep(0)
+        role[0] = True
+        promotion = asyncio.ensure_future(g.promote())
+        for _ in range(10):
+            await asyncio.sleep(0)
+        release.set()
+        await tick
+        await promotion
+    asyncio.run(go())
+    assert permits_at_write[0] == {}  # the tick's write landed before any permit
+    assert fence.permits[KEY] == Permit(KEY, LO, LO + 768, False)

@@ -68,12 +68,13 @@ class PromotionDriver:
                         promo.report.claim_attempts)
             return promo.report
         self.term.start(epoch)
-        held = claim_lows(committed_records(self.journal), self.node, epoch,
-                          promo.reserve)  # the claim's own marks: this term's first permits
-        early = {k: h for k, h in held.items() if k in self.reads.keys}
-        await self._early(promo, early, epoch)
-        rest = {k: h for k, h in held.items() if k not in early}
-        async with self.reads.lock:  # a tick using the kernel finishes first
+        async with self.reads.lock:  # a tick using the kernel finishes first: a backup's
+            #                         write planned before the claim lands before any permit
+            held = claim_lows(committed_records(self.journal), self.node, epoch,
+                              promo.reserve)  # the claim's own marks: this term's first permits
+            early = {k: h for k, h in held.items() if k in self.reads.keys}
+            await self._early(promo, early, epoch)
+            rest = {k: h for k, h in held.items() if k not in early}
             later = await self._xfrm(promo, held, frozenset(early))
             self._hold({k: h for k, h in rest.items() if k not in later}, epoch)
             self.activate()
