@@ -115,6 +115,7 @@ class KeepalivedConfig:
 
     instance: str = "VI_1"
     notify_fifo: Path = Path("/run/hasync/vrrp.fifo")
+    fault_within_ms: int = 10_000  # keepalived's check faults a failing node within this
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,7 +361,8 @@ SCHEMA: dict[str, tuple[type, dict[str, Check]]] = {
         "control_fifo": _path, "segments": _integer(1, SEGMENTS_MAX),
         "protocol_version": _version,
     }),
-    "keepalived": (KeepalivedConfig, {"instance": _instance, "notify_fifo": _path}),
+    "keepalived": (KeepalivedConfig, {"instance": _instance, "notify_fifo": _path,
+                                      "fault_within_ms": _integer(1000, 600_000)}),
     "takeover": (TakeoverConfig, {
         "reserve_floor": _integer(64, 1 << 30),
         "reserve_horizon_ms": _timing("takeover.reserve_horizon_ms", 60_000),

@@ -57,10 +57,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hasync")
 REPORT_S = 5.0  # how often a node tells the cluster its VRRP role and applied index
+VRRP_UNKNOWN = "vrrp_unknown: keepalived has not said this node's VRRP state since hasync started"
 RESYNC_MIN_S = 60.0  # a RESYNC rekeys every CHILD_SA (mirror.resync_message): not in a loop
 COUNTED = ("mirrored", "replays", "replay_covered", "leader_handoffs", "batches",
            "batch_messages", "commit_retries", "batches_dropped", "messages_dropped",
-           "messages_dropped:backlog_full", "resyncs_requested", "vrrp_illegal", *MID_COUNTED,
+           "messages_dropped:backlog_full", "resyncs_requested", "vrrp_illegal",
+           "vrrp_assumed_fault", *MID_COUNTED,
            *ROAM_COUNTED)  # shown from the start
 
 
@@ -148,13 +150,14 @@ class Settings:
     batch_max_delay_s: float = 0.005
     batch_window: int = 4  # batches in flight at once (pipeline.py)
     stream: int = 0  # the first batch stream: the adapter seeds it from the wall clock
+    fault_within_s: float = 10.0  # keepalived faults a failing node within this (role.py)
 
     @classmethod
     def of(cls, cfg: Config, stream: int = 0) -> Settings:
         """From the daemon's configuration."""
         return cls(cfg.keepalived.instance, cfg.charon.protocol_version, cfg.charon.segments,
                    cfg.cluster.batch_max_messages, cfg.cluster.batch_max_delay_ms / 1000,
-                   cfg.cluster.batch_window, stream)
+                   cfg.cluster.batch_window, stream, cfg.keepalived.fault_within_ms / 1000)
 
 
 @dataclass(frozen=True)
@@ -433,6 +436,11 @@ class NodeCore:
     def tick(self, now: float, wall: float, raft: RaftView) -> list[Command]:
         """The periodic event: due batch, heartbeat, report, replay start, resync."""
         out = self._submit(now) + self._resync(now)
+        if self.role.settle_silence(now, self.settings.fault_within_s):
+            self.counters["vrrp_assumed_fault"] += 1
+            self.last_report = None
+            log.warning("keepalived silent for %.0f s while health failed (vrrp_unknown): it "
+                        "was in FAULT already; going on as FAULT", self.settings.fault_within_s)
         if self.heartbeat.due(self.role.mirrors, now):
             out.append(SendToCharon(status_message(self.settings.protocol_version,
                                                    self.settings.segments)))
@@ -461,13 +469,14 @@ class NodeCore:
         """This core's part of `hasync status`."""
         return {"role": self.role.role.value, "role_since_s": round(now - self.role.since, 1),
                 "synced": self.sync.state is SyncState.SYNCED, "sync": self.sync.state.value,
-                "charon_ready": self.charon_ready,
-                "charon_segments": sorted(self.charon_segments),
+                "charon_ready": self.charon_ready, "charon_segments": sorted(self.charon_segments),
                 "backlog": self.batcher.backlog, "commit_ms": round(self.commit_ms, 2)}
 
     def problems(self) -> list[str]:
         """The core's health problems (the daemon adds them to `hasync health`)."""
         out = []
+        if self.role.role is Role.JOINING:  # e.g. restarted on the master: it must not stay so
+            out.append(VRRP_UNKNOWN)
         if self.master_lost_charon:
             out.append("charon_restarted_on_master: its SAs are gone; a backup holds them")
         if self.journal_gap:

@@ -71,6 +71,7 @@ class RoleState:
     role: Role = Role.JOINING
     since: float = 0.0
     history: list[tuple[float, Role, Role]] = field(default_factory=list)
+    waited_from: float | None = None  # a JOINING node's first `settle_silence` call
 
     def move(self, to: Role, now: float) -> bool:
         """Move to `to`: True if the role changed, False on a repeat; else IllegalTransition."""
@@ -88,6 +89,17 @@ class RoleState:
         if event.instance != instance or event.state not in VRRP_STATES:
             return False
         return self.move(VRRP_STATES[event.state], now)
+
+    def settle_silence(self, now: float, limit_s: float) -> bool:
+        """Move a JOINING node to FAULT once keepalived has said nothing for `limit_s` since the
+        first call, and return True. A JOINING node fails health (node.py), and keepalived
+        says FAULT within its check's fall x interval + timeout from BACKUP or MASTER; silence
+        past that means it was in FAULT already, its word read by an earlier hasync."""
+        if self.role is not Role.JOINING:
+            return False
+        if self.waited_from is None:
+            self.waited_from = now
+        return now - self.waited_from >= limit_s and self.move(Role.FAULT, now)
 
     @property
     def mirrors(self) -> bool:

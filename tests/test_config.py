@@ -86,6 +86,7 @@ def test_defaults() -> None:
     assert (config.charon.segments, config.charon.protocol_version) == (1, 3)
     assert config.keepalived.instance == "VI_1"
     assert config.keepalived.notify_fifo == Path("/run/hasync/vrrp.fifo")
+    assert config.keepalived.fault_within_ms == 10_000
 
 
 def test_config_is_frozen() -> None:
@@ -258,6 +259,8 @@ def test_protocol_versions(version: int) -> None:
     ("keepalived", "notify_fifo = 'fifo'", "keepalived.notify_fifo: must be an absolute path"),
     ("keepalived", 'instance = "VI 1"', "keepalived.instance: must be 1 to 64 printable"),
     ("keepalived", "instance = 'VI\"1'", "keepalived.instance: must be 1 to 64 printable"),
+    ("keepalived", "fault_within_ms = 999",
+     "keepalived.fault_within_ms: must be between 1000 and 600000, got 999"),
     ("cluster", 'key_file = "/etc/\\u0000key"', "cluster.key_file: path contains a NUL"),
     ("charon", 'ha_remote = "127.0.0.1:4510"', "charon.ha_remote: must differ from"),
     ("charon", 'ha_remote = "[::1]:4510"', "charon.ha_remote: must be the same IP version"),

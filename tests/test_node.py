@@ -342,3 +342,27 @@ def _hosts() -> tuple[object, object]:
 
     from hasync.ha import Host
     return Host(IPv4Address("192.0.2.121"), 4500), Host(IPv4Address("192.0.2.101"), 4500)
+
+
+def test_a_node_that_does_not_know_its_vrrp_state_fails_health_until_keepalived_says() -> None:
+    core = _core(Role.JOINING)  # e.g. hasync restarted while keepalived holds the VIP here
+    assert [p.split(":")[0] for p in core.problems()] == ["vrrp_unknown"]
+    core.tick(1.0, 0.0, CAUGHT_UP)
+    assert _vrrp(core, "FAULT", 3.0) == [] and core.problems() == []  # the VIP is given up
+    core.tick(50.0, 0.0, CAUGHT_UP)
+    assert core.role.role is Role.FAULT and core.counters["vrrp_assumed_fault"] == 0
+
+
+def test_keepalived_silent_past_fault_within_means_fault_and_is_counted(
+        caplog: pytest.LogCaptureFixture) -> None:
+    core = _core(Role.JOINING, fault_within_s=10.0)
+    assert core.counters["vrrp_assumed_fault"] == 0  # shown from the start
+    core.tick(1.0, 0.0, BEHIND)
+    core.tick(10.9, 0.0, BEHIND)
+    assert core.role.role is Role.JOINING and core.problems()
+    with caplog.at_level(logging.WARNING, logger="hasync"):
+        out = core.tick(11.0, 0.0, BEHIND)
+    assert core.role.role is Role.FAULT and core.problems() == []
+    assert core.counters["vrrp_assumed_fault"] == 1 and "FAULT already" in caplog.text
+    assert [c.info["vrrp"] for c in out if isinstance(c, Report)] == ["fault"]
+    assert _vrrp(core, "BACKUP", 12.0) == [] and core.role.role is Role.BACKUP

@@ -65,3 +65,20 @@ def test_every_keepalived_word_is_followed_from_every_role() -> None:
             st = RoleState(role=start)
             st.on_vrrp(VrrpEvent("VI_1", word, 100), "VI_1", 1.0)
             assert st.role is VRRP_STATES[word]
+
+
+def test_a_joining_node_keepalived_leaves_silent_past_the_limit_is_in_fault() -> None:
+    st = RoleState()
+    assert not st.settle_silence(100.0, 10.0) and st.waited_from == 100.0
+    assert not st.settle_silence(109.9, 10.0) and st.role is Role.JOINING
+    assert st.settle_silence(110.0, 10.0) and st.role is Role.FAULT and st.since == 110.0
+    assert not st.settle_silence(200.0, 10.0) and st.role is Role.FAULT
+    assert st.on_vrrp(VrrpEvent("VI_1", "BACKUP", 1), "VI_1", 201.0)  # keepalived goes on
+
+
+@pytest.mark.parametrize("word", ["BACKUP", "MASTER", "FAULT"])
+def test_a_word_before_the_limit_ends_the_wait(word: str) -> None:
+    st = RoleState()
+    st.settle_silence(100.0, 10.0)
+    assert st.on_vrrp(VrrpEvent("VI_1", word, 1), "VI_1", 105.0)
+    assert not st.settle_silence(120.0, 10.0) and st.role is VRRP_STATES[word]

@@ -82,7 +82,9 @@ def _failover_parser(lsub: argparse._SubParsersAction) -> None:  # type: ignore[
                          "package upgrade would, then kill; partition: the master cut off "
                          "from every other "
                          "cluster node; partition-backup: the last backup cut off; hasync: "
-                         "kill -9 of the master's hasync), or a comma-separated list, one per "
+                         "kill -9 of the master's hasync; restart: that kill, then a start "
+                         "1 s later, as systemd's Restart=always does), or a "
+                         "comma-separated list, one per "
                          "failover")
     fo.add_argument("--heal-after", type=float, default=None, metavar="S",
                     help="partition faults: lift the cut S seconds after it (default: hold it "

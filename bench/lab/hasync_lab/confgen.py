@@ -184,6 +184,7 @@ control_fifo = "/var/run/charon.ha"
 [keepalived]
 instance = "VI_1"
 notify_fifo = "{vrrp_fifo}"
+fault_within_ms = {LAB_FAULT_WITHIN_MS}
 
 [takeover]
 tick_ms = {LAB_TICK_MS}
@@ -276,6 +277,8 @@ HA_HEARTBEAT_TIMEOUT_MS = 10000  # charon's plugins.ha.heartbeat_timeout with ha
 LAB_HEALTH_TIMING = (1, 10, 3, 2)
 LAB_HEALTH_MAX_AGE_S = 10  # the verdict's age the lab's check accepts (deploy/: 3 s): the
 #                           check's own sh took seconds to start while 1000 tunnels came up
+LAB_FAULT_WITHIN_MS = 30000  # the lab's check faults within 3 x 1 s + a 10 s timeout; waits
+#                              for a CPU under TCG took seconds more (deploy/: 10000)
 LAB_RAFT = (500, 2500, 7000)  # heartbeat, election, connection timeout (ms): emulated CPUs
 #                               stall for a second at times, and elections must not flap then
 LAB_QUORUM_MS = 12000  # no majority heard this long fails health: must outlast an election

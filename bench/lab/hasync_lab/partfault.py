@@ -1,5 +1,6 @@
 """The faults that must not make two senders (issue 16): a partitioned master, a partitioned
-backup, kill -9 of the master's hasync; each under forced traffic through the failing node's
+backup, kill -9 of the master's hasync (started again after --restart-after, or, `restart`,
+after 1 s as systemd would); each under forced traffic through the failing node's
 own address, then healed (or restarted), and measured over the whole window.
 
 Rules: like failover.py, the result holds only measured values: VRRP events as keepalived's
@@ -36,12 +37,14 @@ from .scenario import (
 from .session import Run
 
 log = logging.getLogger("hasync_lab")
-FAULTS = ("partition", "partition-backup", "hasync")
+FAULTS = ("partition", "partition-backup", "hasync", "restart")
+KILLS = ("hasync", "restart")  # kill -9 of the master's hasync, then a start
 QUORUM_TIMEOUT_MS = confgen.LAB_QUORUM_MS  # hasync's [cluster] quorum_timeout_ms in the lab
 FORCE_LEAD_S = 2.0  # forced traffic runs this long before the fault
 CONVERGE_TIMEOUT_S = 120.0  # Raft re-election and catch-up under TCG took tens of seconds
 PARTITION_HOLD_S = 30.0  # a partition without --heal-after still ends before the window does
 RESTART_READ_S = 1.0  # the kernel fence read before a restart: an nft process under TCG
+RESTART_SEC_S = 1.0  # the `restart` fault: deploy/hasync.service's RestartSec
 EVENTS_BEFORE_S = 10.0  # VRRP events this long before the fault are reported with it
 
 
@@ -132,9 +135,10 @@ def fence_section(st: dict[str, Any] | None) -> Any:
 
 def converge(run: Run, nodes: list[str], struck: str, demote: bool,
              timeout: float) -> dict[str, object]:
-    """Wait until one gateway is VRRP master (not `struck` when `demote`) and every cluster
-    node answers with the same applied index and journal digest; say how it ended."""
-    t0, digests, st_master = time.monotonic(), {}, None
+    """Wait until one gateway is VRRP master (not `struck` when `demote`), its hasync is
+    master and the sender, and every cluster node answers with the same applied index and
+    journal digest; say how it ended."""
+    t0, digests, st_master, sends = time.monotonic(), {}, None, False
     ok, settled = False, False
     while time.monotonic() < t0 + timeout:
         st_master = run.vrrp.current_master()
@@ -142,17 +146,28 @@ def converge(run: Run, nodes: list[str], struck: str, demote: bool,
         digests = {n: (st or {}).get("journal", {}).get("digest") for n, st in sts.items()}
         settled = all(sts.values()) and hasyncd.settled(sts)
         one = st_master is not None and (not demote or st_master != struck)
-        ok = one and settled and len(set(digests.values())) == 1 and None not in digests.values()
+        sends = one and sends_as_master(sts.get(st_master or ""))
+        ok = sends and settled and len(set(digests.values())) == 1 and \
+            None not in digests.values()
         if ok:
             break
         time.sleep(1.0)
     return {"converged": ok, "after_s": round(time.monotonic() - t0, 1), "master": st_master,
-            "struck_state": latest_state(run, struck), "settled": settled, "digests": digests}
+            "master_sends": sends, "struck_state": latest_state(run, struck),
+            "settled": settled, "digests": digests}
+
+
+def sends_as_master(st: dict[str, Any] | None) -> bool:
+    """Whether a `hasync status` says master and holding a sender epoch (its promotion's
+    claim): a VRRP master without it drops every tunnel's traffic."""
+    if not st:
+        return False
+    return st.get("role") == "master" and (st.get("takeover") or {}).get("epoch") is not None
 
 
 def strike(run: Run, fault: str, node: str) -> tuple[float, float]:
     """Apply `fault` to `node`; (time before, time after) the action."""
-    if fault == "hasync":
+    if fault in KILLS:
         t = time.monotonic()
         for n, what, p in run.lab.procs:
             if n == node and what == "hasync" and p.poll() is None:
@@ -164,7 +179,7 @@ def strike(run: Run, fault: str, node: str) -> tuple[float, float]:
 def undo(run: Run, fault: str, node: str) -> tuple[float, float, list[int]]:
     """Lift the partition, or start the killed hasync again; (time before, after, what the
     cut dropped per rule)."""
-    if fault == "hasync":
+    if fault in KILLS:
         t = time.monotonic()
         hasyncd.start(run.lab, node)
         return t, time.monotonic(), []
@@ -197,7 +212,8 @@ def one_partition(run: Run, master: str, wall_start: float, fault: str) -> dict[
     time.sleep(FORCE_LEAD_S)
     t_fault, t_struck = strike(run, fault, node)
     log.info("%s: %s struck (%.1f s to apply)", fault, node, t_struck - t_fault)
-    hold = spec.restart_after_s if fault == "hasync" else (spec.heal_after_s or PARTITION_HOLD_S)
+    hold = {"hasync": spec.restart_after_s, "restart": RESTART_SEC_S}.get(
+        fault, spec.heal_after_s or PARTITION_HOLD_S)
     at_undo = None
     if fault == "hasync":  # read the dead hasync's fence just before the restart resets it
         time.sleep(max(0.0, t_fault + hold - RESTART_READ_S - time.monotonic()))

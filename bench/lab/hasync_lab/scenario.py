@@ -46,7 +46,8 @@ log = logging.getLogger("hasync_lab")
 PROBE_PORT = 7000
 CANARY_PORT = PROBE_PORT + 1  # the canary tunnels' probe server (canaries.py)
 ANY_SOURCE = "0.0.0.0"  # a flow bound to it sends from whatever address the kernel picks
-FAULTS = ("kill", "links", "stop", "charon", "upgrade", "partition", "partition-backup", "hasync")
+FAULTS = ("kill", "links", "stop", "charon", "upgrade", "partition", "partition-backup", "hasync",
+          "restart")
 TWO_SENDER_FAULTS = FAULTS[5:]  # partfault.py runs these (issue 16)
 
 
