@@ -891,6 +891,55 @@ def test_a_promotion_writes_an_sa_whose_permit_is_in_force_past_that_permit() ->
     assert fence.permits[KEY] == Permit(KEY, LO, LO + 768, False)
 
 
+def test_an_sa_the_last_read_left_below_lo_is_written_to_lo_before_its_permit() -> None:
+    """D269: the old master moved the mark after the backup's last tick, so the counter lags
+    the claim's lo. Its permit waits for the write to lo; granted early, it would make the
+    write go past hi and drop the SA's traffic until its first mark."""
+    journal, fence, role = FakeJournal(), FakeFence(), [False]
+    journal.seqs.records[KEY] = SeqRecord(KEY, 5000, 0, (0,), 50.0, "gw1", 1.0)
+    kernel = FakeKernel([KernelSa(KEY, False, 10, 0, (0,), 32)])
+    g = guard(journal, kernel, fence=fence, master=role)
+    asyncio.run(g.step(master=False, mirrored=0))
+    (jump,) = kernel.writes
+    assert jump.oseq >= LO  # the backup's write left it at the old claim's lo
+    journal.seqs.records[KEY] = SeqRecord(KEY, 9000, 0, (0,), 50.0, "gw1", 1.0)
+    kernel.sas, kernel.writes, role[0] = [KernelSa(KEY, False, jump.oseq, 0, (0,), 32)], [], True
+    at_read: list[dict[Any, Permit]] = []
+    real_snapshot = kernel.snapshot
+
+    async def snapshot() -> Any:
+        at_read.append(dict(fence.permits))
+        return await real_snapshot()
+    kernel.snapshot = snapshot  # type: ignore[method-assign]
+    asyncio.run(g.promote())
+    lo = LO + 4000
+    assert at_read == [{}]
+    assert [w.sa.key for w in kernel.writes] == [KEY] and lo <= kernel.writes[0].oseq < lo + 768
+    assert g.term.held[KEY] == Held(lo, lo + 768, claimed=True)  # the loop grants it next
+    asyncio.run(g.fence_sync(master=True))
+    assert fence.permits[KEY] == Permit(KEY, lo, lo + 768, False)
+
+
+def test_a_backup_write_that_was_refused_counts_for_no_sa() -> None:
+    """D269: a refusal does not name its SA: after one, the last read's counters stand."""
+    journal, fence, role = FakeJournal(), FakeFence(), [False]
+    journal.seqs.records[KEY] = SeqRecord(KEY, 5000, 0, (0,), 50.0, "gw1", 1.0)
+    kernel = FakeKernel([KernelSa(KEY, False, 10, 0, (0,), 32)])
+    g = guard(journal, kernel, fence=fence, master=role)
+    real_write = kernel.write
+
+    async def refused(writes: Any) -> Any:
+        res = await real_write(writes)
+        res.errors.append("ESRCH")
+        return res
+    kernel.write = refused  # type: ignore[method-assign]
+    asyncio.run(g.step(master=False, mirrored=0))
+    assert kernel.writes and g.reads.floors() == {KEY: 10}
+    kernel.write = real_write  # type: ignore[method-assign]
+    asyncio.run(g.tick(master=False))
+    assert g.reads.floors()[KEY] >= LO
+
+
 def test_a_promotion_grants_nothing_while_a_backup_tick_may_still_write() -> None:
     """D265: a backup's write planned before the claim could set a counter back below numbers
     a permit in force let out; the early grant waits for that tick to finish."""

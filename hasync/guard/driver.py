@@ -224,8 +224,9 @@ class Guard:
         self.fencing.forget_gone(self.reads.keys)
         if master:
             return await self.marks.journal_due(sas, now, self.stall_s)
-        res, write_s = await self.reads.write(plan_writes(
-            sas, committed_records(self.journal), self.reserve, inbound=False))
+        writes = plan_writes(sas, committed_records(self.journal), self.reserve, inbound=False)
+        res, write_s = await self.reads.write(writes)
+        self.reads.prejumped(writes, res)
         self.stats.prejumps += res.done
         self.stats.prejump_errors += len(res.errors)
         return write_s

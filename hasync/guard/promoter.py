@@ -1,7 +1,7 @@
 """A promotion's IO, once the guard has started a fresh term: claim the sender epoch through
 Raft (the claim also commits the term's first marks, D261), grant the claim's permits of the
-SAs of the last read (D265), then write every SA's target, hold the claim's other permits and
-activate charon (`promotion.Promotion` decides).
+SAs the last read left at or past their lo (D265, D269), then write every SA's target, hold
+the claim's other permits and activate charon (`promotion.Promotion` decides).
 
 Rules: every decision is `Promotion`'s; this module sequences the claim (a `JournalPort`), the
 kernel (through `reads.KernelReads`, under its one lock: a tick using the kernel finishes
@@ -72,7 +72,8 @@ class PromotionDriver:
             #                         write planned before the claim lands before any permit
             held = claim_lows(committed_records(self.journal), self.node, epoch,
                               promo.reserve)  # the claim's own marks: this term's first permits
-            early = {k: h for k, h in held.items() if k in self.reads.keys}
+            floors = self.reads.floors()  # below lo, an SA's write would go past hi (D269)
+            early = {k: h for k, h in held.items() if floors.get(k, -1) >= h.lo}
             await self._early(promo, early, epoch)
             rest = {k: h for k, h in held.items() if k not in early}
             later = await self._xfrm(promo, held, frozenset(early))
@@ -84,8 +85,8 @@ class PromotionDriver:
         return self._promoted(rep)
 
     async def _early(self, promo: Promotion, early: dict[SaKey, Held], epoch: int) -> None:
-        """Hold and grant the claim's permits of the SAs of the last read before reading the
-        kernel (D265): a backup kept their counters at the permits' lo."""
+        """Hold and grant the claim's permits of the SAs the last read (or the backup's writes
+        after it) left at or past lo, before reading the kernel (D265, D269)."""
         if not early or self.grant is None:
             return
         self.term.hold(early, epoch)

@@ -35,6 +35,8 @@ class KernelReads:
         self.spis: frozenset[int] = frozenset()  # the SPIs of that read (charonwatch)
         self.keys: frozenset[SaKey] = frozenset()  # its SAs (roam.py)
         self.fresh: tuple[list[KernelSa], float] | None = None  # a promotion's read (clock)
+        self.last_sas: list[KernelSa] = []  # the last read's SAs
+        self.landed: list[Write] = []  # a backup tick's writes after it, if all of them landed
 
     def keep(self, sas: list[KernelSa], writes: list[Write]) -> None:
         """A promotion read `sas` and wrote `writes`: the new term's first marks may start
@@ -65,7 +67,7 @@ class KernelReads:
             log.info("reading the kernel's SAs works again, after %d failures", self.failing)
             self.failing = 0
         seen = frozenset(sa.key for sa in sas)
-        self.keys = seen
+        self.keys, self.last_sas, self.landed = seen, sas, []
         self.spis = frozenset(key[1] for key in seen)
         return sas, now
 
@@ -78,6 +80,22 @@ class KernelReads:
         if res.errors:
             self.stats.last_error = res.errors[-1]
         return res, self.clock() - wrote
+
+    def prejumped(self, writes: list[Write], res: WriteResult) -> None:
+        """A backup tick's `writes` after the last read did `res`: kept if all landed (a
+        refusal does not name its SA, so then none is counted)."""
+        self.landed = [] if res.errors else writes
+
+    def floors(self) -> dict[SaKey, int]:
+        """Each SA of the last read: the least its outbound counter can be now, the read's
+        or a landed write's. Only output and such writes move it, and only up
+        (torvalds/linux net/xfrm/xfrm_replay.c); an SA created again since is not this one
+        to the promotion's write (`rules.plan_writes`, `live`)."""
+        out = {sa.key: sa.oseq for sa in self.last_sas}
+        for w in self.landed:
+            if w.sa.key in out:
+                out[w.sa.key] = max(out[w.sa.key], w.oseq)
+        return out
 
     def failed(self, e: Exception) -> None:
         """A read or write failed with one of `kernel.KERNEL_FAILURES`."""
