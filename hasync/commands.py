@@ -57,6 +57,7 @@ class StartReplay:
     """Queue the journal's whole replay plan for charon; answer with `on_replayed`."""
 
     generation: int = 0  # which replay: one that charon's restart abandoned is ignored
+    clean: bool = True  # charon may hold some of it: delete each IKE_SA first (plans.py)
 
 
 @dataclass(frozen=True)

@@ -72,8 +72,8 @@ class Effects:
                     if self.promotion is not None:
                         self.promotion.cancel()
                     self.guard.wake()  # its step sees the role and revokes every permit
-                case node.StartReplay(generation=generation):
-                    self.replay(generation)
+                case node.StartReplay(generation=generation, clean=clean):
+                    self.replay(generation, clean)
                 case node.ClearFeed():
                     self.feed.clear()
                 case node.Report(info=info):
@@ -110,10 +110,11 @@ class Effects:
             self.counters["report_errors"] += 1
             log.exception("replicating this node's report failed")
 
-    def replay(self, generation: int = 0) -> None:
-        """Queue the journal's whole state for charon, in dependency order (feed.py's pace)."""
+    def replay(self, generation: int = 0, clean: bool = True) -> None:
+        """Queue the journal's whole state for charon, in dependency order (feed.py's pace);
+        `clean`: each IKE_SA deleted first, charon may hold it (plans.py)."""
         with self.journal.lock:
-            plan = self.journal.state.replay_plan()
+            plan = self.journal.state.replay_plan(clean)
             self.feed.put(plan, replay=True)  # under the lock: later applies queue behind it
             # applies announced to the loop but not yet handled are in the plan: not again
             self.core.on_replay_planned(self.journal.applied_batches)

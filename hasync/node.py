@@ -115,14 +115,19 @@ class Sync:
     state: SyncState = SyncState.UNSYNCED
     generation: int = 0  # counts replays started: a replay's answer names its own
     covered: int = 0  # the last batch number the latest replay's plan holds (raft.py)
+    emptied: bool = False  # charon restarted since the last replay began: it holds nothing
+    clean: bool = True  # the latest replay deletes each IKE_SA first: charon may hold it
 
     def move(self, event: SyncEvent) -> SyncState:
         """Apply `event`; raises IllegalSyncMove naming the state and the event."""
         to = SYNC_MOVES.get((self.state, event))
         if to is None:
             raise IllegalSyncMove(f"sync state {self.state.value} cannot take {event.value}")
-        if event is SyncEvent.REPLAY:
-            self.generation += 1
+        if event is SyncEvent.REPLAY:  # into a charon this process has not seen empty, the
+            #                           replay may meet what an earlier hasync fed it
+            self.generation, self.clean, self.emptied = self.generation + 1, not self.emptied, False
+        elif event is SyncEvent.RESTART:  # a new incarnation (charonwatch.py)
+            self.emptied = True
         self.state = to
         return to
 
@@ -457,7 +462,7 @@ class NodeCore:
             if self.role.mirrors and self.sync.state is SyncState.UNSYNCED and self.charon_ready:
                 self.sync.move(SyncEvent.REPLAY)
                 self.replay_started = now
-                out.append(StartReplay(self.sync.generation))
+                out.append(StartReplay(self.sync.generation, self.sync.clean))
         return out
 
     def wake_at(self) -> float | None:

@@ -790,3 +790,22 @@ def test_a_jump_takes_a_charon_fed_an_older_state_to_the_newer_one(
 
     assert held(charon) == held(newer)
     assert newer.jump_plan(newer) == [] and older.jump_plan(older) == []
+
+
+def test_a_clean_replay_deletes_each_ike_sa_as_charon_does_before_rebuilding_it() -> None:
+    """A charon an earlier hasync fed holds the IKE_SAs: each goes first (plans.py). The
+    delete is byte for byte the IKE_DELETE charon itself sent for that IKE_SA."""
+    vectors = json.loads(LIFECYCLE.read_text())["vectors"]
+    state = JournalState()
+    for name, h in vectors:
+        if name == "terminate_ike_delete_1":
+            charons = bytes.fromhex(h)
+            break
+        raw = bytes.fromhex(h)
+        state.apply(raw, decode(raw), 100.0)
+    plan, clean = state.replay_plan(), state.replay_plan(clean=True)
+    deletes = [raw for raw in clean if decode(raw).type is T.IKE_DELETE]
+    assert charons in deletes and [raw for raw in clean if raw not in deletes] == plan
+    assert clean.index(charons) < clean.index(plan[0])
+    empty = JournalState()
+    assert empty.replay_plan(clean=True) == []

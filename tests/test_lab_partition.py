@@ -77,6 +77,10 @@ def _gave_up_the_vips(fo: dict[str, Any]) -> None:
     assert fo["converged"] and fo["converge"]["master"] != fo["from"], fo["converge"]
     for c in fo["clients"]:
         assert c["reestablished"] is False and c["ike_sa_init"] == 0, c["name"]
+    # the started hasync's replay left its charon and kernel as the journal: fit to take over
+    held = fo["struck_holdings"]
+    assert held["charon_ike_sas"] == held["journal_ike_sas"] and not held["children_missing"], \
+        held
 
 
 def test_a_killed_hasync_on_the_master_causes_no_reuse(three: dict[str, Any]) -> None:

@@ -264,7 +264,8 @@ def test_finding3_a_charon_restart_replays_again_once_its_connections_are_loaded
     assert not _replays(core.tick(3.1, 0.0, CAUGHT_UP))  # its connections are not loaded yet
     assert core.on_charon_ready(True) == []
     out = core.tick(3.2, 0.0, CAUGHT_UP)
-    assert out[-1] == StartReplay(first + 1) and core.sync.state is SyncState.REPLAYING
+    # charon holds nothing: no IKE_SA to delete first (a hasync's first replay does)
+    assert out[-1] == StartReplay(first + 1, clean=False) and core.sync.state is SyncState.REPLAYING
     core.on_replayed(3, 4.0, first + 1)
     assert core.sync.synced and core.counters["replays"] == 2
 
@@ -366,3 +367,22 @@ def test_keepalived_silent_past_fault_within_means_fault_and_is_counted(
     assert core.counters["vrrp_assumed_fault"] == 1 and "FAULT already" in caplog.text
     assert [c.info["vrrp"] for c in out if isinstance(c, Report)] == ["fault"]
     assert _vrrp(core, "BACKUP", 12.0) == [] and core.role.role is Role.BACKUP
+
+
+def test_a_replay_deletes_each_ike_sa_first_unless_charon_restarted_since_the_last() -> None:
+    """An earlier hasync (or this one, before the feed overflowed) may have fed charon: an
+    IKE_ADD over a held IKE_SA makes a second one. A charon seen restarting holds nothing."""
+    core = _core(Role.BACKUP)
+    (first,) = [c for c in core.tick(1.0, 0.0, CAUGHT_UP) if isinstance(c, StartReplay)]
+    assert first.clean  # this process's first replay: charon may hold an earlier feed
+    core.on_replayed(3, 2.0, first.generation)
+    core.on_feed_overflow(3.0)
+    (again,) = [c for c in core.tick(3.1, 0.0, CAUGHT_UP) if isinstance(c, StartReplay)]
+    assert again.clean
+    core.on_charon_restart(4.0)
+    core.on_charon_ready(True)  # its connections loaded again
+    (fresh,) = [c for c in core.tick(4.1, 0.0, CAUGHT_UP) if isinstance(c, StartReplay)]
+    assert not fresh.clean
+    core.on_feed_overflow(5.0)  # part of that replay reached charon
+    (last,) = [c for c in core.tick(5.1, 0.0, CAUGHT_UP) if isinstance(c, StartReplay)]
+    assert last.clean

@@ -11,18 +11,35 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from hasync.ha import MessageType
+from hasync.ha import Attribute, EncodeError, HaMessage, IkeSaId, MessageType, encode
 
 from . import rehome
-from .model import Key, _Lineage
+from .model import Key, _Ike, _Lineage
 
 
-def replay_plan(lineages: Iterable[_Lineage]) -> list[bytes]:
-    """Datagrams that rebuild every live IKE_SA and CHILD_SA in a fresh charon, in order."""
+def replay_plan(lineages: Iterable[_Lineage], clean: bool = False) -> list[bytes]:
+    """Datagrams that rebuild every live IKE_SA and CHILD_SA in a fresh charon, in order;
+    `clean`: for a charon that may hold some of them (a restarted hasync, an overflowed feed),
+    each lineage's IKE_SAs are deleted first. Fed over a held IKE_SA, an IKE_ADD makes a second
+    one with its ID (ha_dispatcher.c process_ike_add, checkout_new) and each CHILD_ADD fails on
+    the kernel's SA (ALREADY_DONE), which the lab saw go with it; process_ike_delete() of an
+    IKE_SA charon lacks does nothing."""
     plan: list[bytes] = []
     for lineage in lineages:
+        if clean:
+            plan.extend(raw for ike in lineage.ikes if (raw := ike_delete(ike)) is not None)
         plan.extend(lineage_plan(lineage))
     return plan
+
+
+def ike_delete(ike: _Ike) -> bytes | None:
+    """The IKE_DELETE of `ike`, built from its key and its IKE_ADD's version byte (no decode);
+    None if it does not encode."""
+    try:
+        return encode(HaMessage(ike.add[0], MessageType.IKE_DELETE,
+                                (Attribute("ike_id", IkeSaId(*ike.key)),)))
+    except EncodeError:
+        return None
 
 
 def lineage_plan(lineage: _Lineage) -> list[bytes]:

@@ -124,9 +124,10 @@ class JournalState:
             return
         handler(self, bytes(raw), msg)
 
-    def replay_plan(self) -> list[bytes]:
-        """Datagrams that rebuild every live IKE_SA and CHILD_SA in a fresh charon, in order."""
-        return plans.replay_plan(self.sas.lineages.values())
+    def replay_plan(self, clean: bool = False) -> list[bytes]:
+        """Datagrams that rebuild every live IKE_SA and CHILD_SA in a fresh charon, in order
+        (`clean`: each lineage's IKE_SAs deleted first, plans.py)."""
+        return plans.replay_plan(self.sas.lineages.values(), clean)
 
     def lineage_plan(self, lineage: _Lineage) -> list[bytes]:
         """One lineage's part of `replay_plan()` (plans.py)."""

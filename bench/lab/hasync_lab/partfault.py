@@ -25,7 +25,7 @@ from typing import Any
 from hasync.fence import rules as fence_rules
 from hasync.healthfile import VERDICT_PERIOD_S
 
-from . import confgen, hasyncd, partition
+from . import cluster, confgen, hasyncd, observe, partition
 from .failover import ClientCapture, GatewayDrops, Window, _tunnel_result, client_capture
 from .scenario import (
     client_state,
@@ -232,6 +232,7 @@ def one_partition(run: Run, master: str, wall_start: float, fault: str) -> dict[
     w = Window(t_fault, t_end, wall_start)
     caps = {c: client_capture(run, c, w) for c in clients}
     sts = {n: hasyncd.status(lab, n) for n in nodes}
+    held = holdings(run, node, sts.get(node)) if fault in KILLS else None
     gw = GatewayDrops(gw_before.get(new, {}), gateway_counters(run, new))
     t_left = left_master_at(run, node, t_fault) if node == master else None
     return {
@@ -243,13 +244,25 @@ def one_partition(run: Run, master: str, wall_start: float, fault: str) -> dict[
         "vip_release_bound_s": release_bound_s() if node == master else None,
         "cut_drops": drops, "forced": forced_out, "converge": conv,
         "vrrp_events": events_since(run, min(t_look, t_fault - EVENTS_BEFORE_S), t_fault),
-        "fence_at_undo": at_undo,
+        "fence_at_undo": at_undo, "struck_holdings": held,
         "converged": conv["converged"], "flowing_after_undo": sorted(ok),
         "window_s": round(t_end - t_fault, 2), "gateway_xfrm_stat": gw.stat(),
         "struck_status": _brief(sts.get(node)), "statuses": {n: _brief(s) for n, s in
                                                                sts.items()},
         "clients": [_client(run, t, before[t.client], after[t.client], caps[t.client], w, gw,
                             sts.get(node), fc, at_undo) for t in run.tunnels]}
+
+
+def holdings(run: Run, node: str, st: dict[str, Any] | None) -> dict[str, object]:
+    """What `node`'s charon holds once its hasync was started again: its IKE_SAs, each
+    counted (a replay over a charon that held them made a second one per ID), against its
+    journal's, and its CHILD_SAs' SPIs that are not in the kernel."""
+    sas = observe.list_sas(str(cluster.vici_path(run.lab, node)))
+    kernel = {f"{x.spi:08x}" for x in observe.xfrm_states(run.lab, node)}
+    children = {spi for s in sas for pair in s.child_spis for spi in pair}
+    return {"charon_ike_sas": len(sas),
+            "journal_ike_sas": ((st or {}).get("journal") or {}).get("ike_sas"),
+            "children_missing": sorted(children - kernel)}
 
 
 def _client(run: Run, tun: Any, before: dict[str, Any], after: dict[str, Any],
