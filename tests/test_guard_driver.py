@@ -846,16 +846,21 @@ def test_a_promotion_deposed_during_its_writes_holds_none_of_its_claims_permits(
     assert g.stats.deposed == 1 and fence.permits == {}
 
 
-def _backup_then_promote(kernel_after: list[KernelSa]) -> tuple[Guard, FakeKernel, FakeFence,
-                                                                list[dict[Any, Permit]]]:
-    """A backup's tick reads KEY, the kernel then holds `kernel_after`, and the node promotes;
-    what the fence had in force at each of the promotion's reads."""
+def _backup_then_promote(kernel_after: list[KernelSa] | None, mark_after: int = 5000
+                         ) -> tuple[Guard, FakeKernel, FakeFence, list[dict[Any, Permit]]]:
+    """A backup's tick reads KEY at 10 and jumps it; the old master's mark is then
+    `mark_after`, the kernel holds `kernel_after` (None: KEY where the jump left it), and the
+    node promotes; what the fence had in force at each of the promotion's reads."""
     journal, fence, role = FakeJournal(), FakeFence(), [False]
     journal.seqs.records[KEY] = SeqRecord(KEY, 5000, 0, (0,), 50.0, "gw1", 1.0)
     kernel = FakeKernel([KernelSa(KEY, False, 10, 0, (0,), 32)])
     g = guard(journal, kernel, fence=fence, master=role)
     asyncio.run(g.step(master=False, mirrored=0))
-    kernel.sas, kernel.writes, role[0] = kernel_after, [], True
+    (jump,) = kernel.writes
+    journal.seqs.records[KEY] = SeqRecord(KEY, mark_after, 0, (0,), 50.0, "gw1", 1.0)
+    kernel.sas = [KernelSa(KEY, False, jump.oseq, 0, (0,), 32)] if kernel_after is None \
+        else kernel_after
+    kernel.writes, role[0] = [], True
     at_read: list[dict[Any, Permit]] = []
     real_snapshot = kernel.snapshot
 
@@ -895,23 +900,7 @@ def test_an_sa_the_last_read_left_below_lo_is_written_to_lo_before_its_permit() 
     """D269: the old master moved the mark after the backup's last tick, so the counter lags
     the claim's lo. Its permit waits for the write to lo; granted early, it would make the
     write go past hi and drop the SA's traffic until its first mark."""
-    journal, fence, role = FakeJournal(), FakeFence(), [False]
-    journal.seqs.records[KEY] = SeqRecord(KEY, 5000, 0, (0,), 50.0, "gw1", 1.0)
-    kernel = FakeKernel([KernelSa(KEY, False, 10, 0, (0,), 32)])
-    g = guard(journal, kernel, fence=fence, master=role)
-    asyncio.run(g.step(master=False, mirrored=0))
-    (jump,) = kernel.writes
-    assert jump.oseq >= LO  # the backup's write left it at the old claim's lo
-    journal.seqs.records[KEY] = SeqRecord(KEY, 9000, 0, (0,), 50.0, "gw1", 1.0)
-    kernel.sas, kernel.writes, role[0] = [KernelSa(KEY, False, jump.oseq, 0, (0,), 32)], [], True
-    at_read: list[dict[Any, Permit]] = []
-    real_snapshot = kernel.snapshot
-
-    async def snapshot() -> Any:
-        at_read.append(dict(fence.permits))
-        return await real_snapshot()
-    kernel.snapshot = snapshot  # type: ignore[method-assign]
-    asyncio.run(g.promote())
+    g, kernel, fence, at_read = _backup_then_promote(None, mark_after=9000)
     lo = LO + 4000
     assert at_read == [{}]
     assert [w.sa.key for w in kernel.writes] == [KEY] and lo <= kernel.writes[0].oseq < lo + 768
