@@ -22,6 +22,7 @@ import signal
 import time
 from typing import Any
 
+from hasync.charonwatch import DRIFT_S
 from hasync.fence import rules as fence_rules
 from hasync.healthfile import VERDICT_PERIOD_S
 
@@ -45,6 +46,8 @@ CONVERGE_TIMEOUT_S = 120.0  # Raft re-election and catch-up under TCG took tens 
 PARTITION_HOLD_S = 30.0  # a partition without --heal-after still ends before the window does
 RESTART_READ_S = 1.0  # the kernel fence read before a restart: an nft process under TCG
 RESTART_SEC_S = 1.0  # the `restart` fault: deploy/hasync.service's RestartSec
+HOLDINGS_WAIT_S = DRIFT_S + 5.0  # a struck node's charon may differ from its journal this long
+HOLDINGS_EVERY_S = 2.0  # (hasync's health fails after DRIFT_S)
 EVENTS_BEFORE_S = 10.0  # VRRP events this long before the fault are reported with it
 
 
@@ -232,7 +235,7 @@ def one_partition(run: Run, master: str, wall_start: float, fault: str) -> dict[
     w = Window(t_fault, t_end, wall_start)
     caps = {c: client_capture(run, c, w) for c in clients}
     sts = {n: hasyncd.status(lab, n) for n in nodes}
-    held = holdings(run, node, sts.get(node)) if fault in KILLS else None
+    held = holdings(run, node) if fault in KILLS else None
     gw = GatewayDrops(gw_before.get(new, {}), gateway_counters(run, new))
     t_left = left_master_at(run, node, t_fault) if node == master else None
     return {
@@ -253,16 +256,25 @@ def one_partition(run: Run, master: str, wall_start: float, fault: str) -> dict[
                             sts.get(node), fc, at_undo) for t in run.tunnels]}
 
 
-def holdings(run: Run, node: str, st: dict[str, Any] | None) -> dict[str, object]:
+def holdings(run: Run, node: str) -> dict[str, object]:
     """What `node`'s charon holds once its hasync was started again: its IKE_SAs, each
     counted (a replay over a charon that held them made a second one per ID), against its
-    journal's, and its CHILD_SAs' SPIs that are not in the kernel."""
-    sas = observe.list_sas(str(cluster.vici_path(run.lab, node)))
-    kernel = {f"{x.spi:08x}" for x in observe.xfrm_states(run.lab, node)}
-    children = {spi for s in sas for pair in s.child_spis for spi in pair}
-    return {"charon_ike_sas": len(sas),
-            "journal_ike_sas": ((st or {}).get("journal") or {}).get("ike_sas"),
-            "children_missing": sorted(children - kernel)}
+    journal's, and its CHILD_SAs' SPIs that are not in the kernel. Read again, up to
+    HOLDINGS_WAIT_S, until they agree: a journaled update in flight rebuilds an IKE_SA (the
+    kernel between its delete and its install), as hasync's own drift check allows."""
+    deadline, tries = time.monotonic() + HOLDINGS_WAIT_S, 0
+    while True:
+        tries += 1
+        st = hasyncd.status(run.lab, node) or {}
+        sas = observe.list_sas(str(cluster.vici_path(run.lab, node)))
+        kernel = {f"{x.spi:08x}" for x in observe.xfrm_states(run.lab, node)}
+        children = {spi for s in sas for pair in s.child_spis for spi in pair}
+        out = {"charon_ike_sas": len(sas), "journal_ike_sas": (st.get("journal") or {}).get(
+            "ike_sas"), "children_missing": sorted(children - kernel), "reads": tries}
+        agree = out["charon_ike_sas"] == out["journal_ike_sas"] and not out["children_missing"]
+        if agree or time.monotonic() > deadline:
+            return out
+        time.sleep(HOLDINGS_EVERY_S)
 
 
 def _client(run: Run, tun: Any, before: dict[str, Any], after: dict[str, Any],
