@@ -4,7 +4,8 @@ server forces traffic to one client through its own address, healed after 30 s; 
 of the new master's hasync under the same forced traffic, started again 3 s later; then the
 same kill of the next master's hasync with a start 1 s later, as systemd restarts it (a fresh
 hasync does not know it is on the VRRP master, so it must fail health until keepalived gives
-the VIP away and says so). 2 gateways
+the VIP away and says so); then a restart of the next master's keepalived (stopped, started
+1 s later). 2 gateways
 and a witness: the master cut off from the other gateway and the witness, healed after 20 s,
 then a kill of the new master (the other promotes with the witness's vote). And a backup cut
 off for 20 s, which must not promote nor, once healed, depose the master. Real charon,
@@ -24,8 +25,8 @@ pytestmark = LAB
 
 
 three = lab_fixture("partition", [
-    "failover", "--failovers", "3", "--fault", "partition,hasync,restart", "--heal-after", "30",
-    "--restart-after", "3"], 3600)
+    "failover", "--failovers", "4", "--fault", "partition,hasync,restart,keepalived",
+    "--heal-after", "30", "--restart-after", "3"], 3600)
 # the partition first, while every process runs as started; the kills of the new masters after
 witness = lab_fixture("witness", [
     "failover", "--gateways", "2", "--witness", "--failovers", "2", "--fault",
@@ -97,6 +98,19 @@ def test_a_hasync_restarted_at_once_on_the_master_gives_up_the_vips(
     assert fo["fault"] == "restart" and fo["undo_at_s"] < 3, fo
     _no_reuse(fo)
     _gave_up_the_vips(fo)
+
+
+def test_a_restarted_keepalived_on_the_master_moves_the_vips_and_keeps_every_tunnel(
+        three: dict[str, Any]) -> None:
+    fo = three["failovers"][3]
+    assert fo["fault"] == "keepalived" and fo["undo_at_s"] < 3, fo
+    _no_reuse(fo)
+    assert fo["vip_release_s"] is not None and fo["vip_release_s"] < 3, fo["vrrp_events"]
+    assert fo["converged"] and fo["converge"]["master"] != fo["from"], fo["converge"]
+    for c in fo["clients"]:
+        assert c["reestablished"] is False and c["ike_sa_init"] == 0, c["name"]
+    st = fo["statuses"][fo["from"]] or {}
+    assert not (st.get("health") or {}).get("reasons"), st.get("health")
 
 
 @pytest.mark.lab_extended

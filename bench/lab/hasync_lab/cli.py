@@ -83,7 +83,8 @@ def _failover_parser(lsub: argparse._SubParsersAction) -> None:  # type: ignore[
                          "from every other "
                          "cluster node; partition-backup: the last backup cut off; hasync: "
                          "kill -9 of the master's hasync; restart: that kill, then a start "
-                         "1 s later, as systemd's Restart=always does), or a "
+                         "1 s later, as systemd's Restart=always does; keepalived: the master's "
+                         "keepalived stopped and started 1 s later), or a "
                          "comma-separated list, one per "
                          "failover")
     fo.add_argument("--heal-after", type=float, default=None, metavar="S",

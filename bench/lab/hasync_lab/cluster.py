@@ -162,9 +162,15 @@ class VrrpWatch:
     events: list[VrrpEvent] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     fds: list[int] = field(default_factory=list)
+    fifos: set[Path] = field(default_factory=set)
 
     def watch(self, node: str, fifo: Path) -> None:
-        """Create `fifo` if needed and read it; O_RDWR so the writer never sees no reader."""
+        """Create `fifo` if needed and read it; O_RDWR so the writer never sees no reader. A
+        FIFO already read (keepalived started again) keeps its one reader: two would split
+        its lines between them."""
+        if fifo in self.fifos:
+            return
+        self.fifos.add(fifo)
         if not fifo.exists():
             os.mkfifo(fifo, 0o600)
         fd = os.open(fifo, os.O_RDWR)

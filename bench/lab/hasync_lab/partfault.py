@@ -1,6 +1,7 @@
 """The faults that must not make two senders (issue 16): a partitioned master, a partitioned
 backup, kill -9 of the master's hasync (started again after --restart-after, or, `restart`,
-after 1 s as systemd would); each under forced traffic through the failing node's
+after 1 s as systemd would), a restart of the master's keepalived (`keepalived`: stopped, then
+started 1 s later); each under forced traffic through the failing node's
 own address, then healed (or restarted), and measured over the whole window.
 
 Rules: like failover.py, the result holds only measured values: VRRP events as keepalived's
@@ -32,20 +33,22 @@ from .scenario import (
     client_state,
     gateway_counters,
     read_probes,
+    start_vrrp,
     steady_master,
     wait_flowing,
 )
 from .session import Run
 
 log = logging.getLogger("hasync_lab")
-FAULTS = ("partition", "partition-backup", "hasync", "restart")
+FAULTS = ("partition", "partition-backup", "hasync", "restart", "keepalived")
 KILLS = ("hasync", "restart")  # kill -9 of the master's hasync, then a start
 QUORUM_TIMEOUT_MS = confgen.LAB_QUORUM_MS  # hasync's [cluster] quorum_timeout_ms in the lab
 FORCE_LEAD_S = 2.0  # forced traffic runs this long before the fault
 CONVERGE_TIMEOUT_S = 120.0  # Raft re-election and catch-up under TCG took tens of seconds
 PARTITION_HOLD_S = 30.0  # a partition without --heal-after still ends before the window does
 RESTART_READ_S = 1.0  # the kernel fence read before a restart: an nft process under TCG
-RESTART_SEC_S = 1.0  # the `restart` fault: deploy/hasync.service's RestartSec
+RESTART_SEC_S = 1.0  # `restart` and `keepalived`: hasync.service's RestartSec; a quick restart
+STOP_WAIT_S = 30.0  # a process stopped by a fault must be gone within this
 HOLDINGS_WAIT_S = DRIFT_S + 5.0  # a struck node's charon may differ from its journal this long
 HOLDINGS_EVERY_S = 2.0  # (hasync's health fails after DRIFT_S)
 EVENTS_BEFORE_S = 10.0  # VRRP events this long before the fault are reported with it
@@ -170,21 +173,27 @@ def sends_as_master(st: dict[str, Any] | None) -> bool:
 
 def strike(run: Run, fault: str, node: str) -> tuple[float, float]:
     """Apply `fault` to `node`; (time before, time after) the action."""
-    if fault in KILLS:
+    if fault in KILLS or fault == "keepalived":  # kill -9 of hasync; a clean stop of keepalived
+        what, sig = ("hasync", signal.SIGKILL) if fault in KILLS else ("keepalived",
+                                                                        signal.SIGTERM)
         t = time.monotonic()
-        for n, what, p in run.lab.procs:
-            if n == node and what == "hasync" and p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
+        for n, w, p in run.lab.procs:
+            if n == node and w == what and p.poll() is None:
+                os.killpg(p.pid, sig)
+                p.wait(STOP_WAIT_S)  # keepalived gives the VIPs up as it stops
         return t, time.monotonic()
     return partition.cut(run.lab, node)
 
 
 def undo(run: Run, fault: str, node: str) -> tuple[float, float, list[int]]:
-    """Lift the partition, or start the killed hasync again; (time before, after, what the
+    """Lift the partition, or start the stopped process again; (time before, after, what the
     cut dropped per rule)."""
-    if fault in KILLS:
+    if fault in KILLS or fault == "keepalived":
         t = time.monotonic()
-        hasyncd.start(run.lab, node)
+        if fault in KILLS:
+            hasyncd.start(run.lab, node)
+        else:
+            start_vrrp(run, node)
         return t, time.monotonic(), []
     return partition.heal(run.lab)
 
@@ -215,7 +224,8 @@ def one_partition(run: Run, master: str, wall_start: float, fault: str) -> dict[
     time.sleep(FORCE_LEAD_S)
     t_fault, t_struck = strike(run, fault, node)
     log.info("%s: %s struck (%.1f s to apply)", fault, node, t_struck - t_fault)
-    hold = {"hasync": spec.restart_after_s, "restart": RESTART_SEC_S}.get(
+    hold = {"hasync": spec.restart_after_s, "restart": RESTART_SEC_S,
+            "keepalived": RESTART_SEC_S}.get(
         fault, spec.heal_after_s or PARTITION_HOLD_S)
     at_undo = None
     if fault == "hasync":  # read the dead hasync's fence just before the restart resets it

@@ -47,7 +47,7 @@ PROBE_PORT = 7000
 CANARY_PORT = PROBE_PORT + 1  # the canary tunnels' probe server (canaries.py)
 ANY_SOURCE = "0.0.0.0"  # a flow bound to it sends from whatever address the kernel picks
 FAULTS = ("kill", "links", "stop", "charon", "upgrade", "partition", "partition-backup", "hasync",
-          "restart")
+          "restart", "keepalived")
 TWO_SENDER_FAULTS = FAULTS[5:]  # partfault.py runs these (issue 16)
 
 
@@ -77,7 +77,7 @@ def start_gateways(run: Run, gws: list[str]) -> None:
     for gw in gws:
         run.priorities[gw] = priority(int(gw[2:]), len(gws))
         t0 = time.monotonic()
-        _keepalived(run, gw)
+        start_vrrp(run, gw)
         if not run.vrrp.events:  # one master first: two starting together were both MASTER
             run.vrrp.wait_master(t0, 30)
     log.info("gateways up: %s (%s)", ", ".join(gws), spec.mode)
@@ -434,11 +434,11 @@ def join_vrrp(run: Run) -> None:
     jitter overturns. One candidate at a time keeps the ring gw1 -> gw2 -> gw3 -> gw1.
     """
     for node in run.vrrp_later:
-        _keepalived(run, node)
+        start_vrrp(run, node)
     run.vrrp_later.clear()
 
 
-def _keepalived(run: Run, gw: str) -> None:
+def start_vrrp(run: Run, gw: str) -> None:
     """Start keepalived on `gw`; in hasync mode it feeds hasync and tracks `hasync health`."""
     hasync = run.spec.mode == "hasync"
     cluster.start_keepalived(run.lab, gw, run.priorities[gw], run.spec.timers.advert_int_s,
