@@ -18,6 +18,10 @@ charon has not moved since the promotion (it then holds the response itself):
   that request created CHILD_SAs (a CHILD rekey or creation): those wait for the client;
 - later, a request the client sends with J - 1 or J (seen by ikesniff.py) sets charon to that
   value if it is not already there: a wrong guess costs the client one retransmission. A
+  request up to AHEAD past J does too: the old master answered the requests before it while
+  their IKE_MID_RESPONDERs never reached the journal (its hasync was down: charon's datagrams
+  went nowhere), and charon would ignore it as a retransmit ("received message ID 5, expected
+  4, ignored" in the lab's `restart` fault) until the client gives up. A
   retransmit of J - 1 first deletes the CHILD_SAs the lost request created on the old master
   (an HA CHILD_DELETE to charon, and the same datagram journaled), then rewinds: the retransmission
   carries the client's SPI again, and a CHILD_SA re-created beside the orphan would collide
@@ -43,8 +47,9 @@ Key = tuple[int, int, int, bool]  # journal/model.py's key: version, SPIs, our r
 RECENT_S = 2.0  # applied this close to the old master's last MID: maybe in flight
 RECENT_MAX = 200_000  # keys remembered at most within RECENT_S (memory bound; oldest go first)
 MIN_MID = 2  # never rewind to 1 (IKE_AUTH)
+AHEAD = 4  # a request this far past the journal's MID is followed (a bound on a forged one)
 COUNTED = ("mid_sync:rewound_at_promotion", "mid_sync:rewound", "mid_sync:restored",
-           "mid_sync:orphans_deleted")
+           "mid_sync:advanced", "mid_sync:orphans_deleted")
 
 
 def key_of(ike_id: object) -> Key | None:
@@ -172,7 +177,7 @@ class MidSync:
         if not self.active or journal_raw is None or key in self.touched:
             return [], None
         found = mid_of(journal_raw)
-        if found is None or mid not in (found[1] - 1, found[1]) or mid < MIN_MID:
+        if found is None or not found[1] - 1 <= mid <= found[1] + AHEAD or mid < MIN_MID:
             return [], None
         lost = mid < found[1]
         gone = self.orphans.pop(key, [])
@@ -181,5 +186,6 @@ class MidSync:
         if self.told.get(key, found[1]) == mid:
             return deletes, None
         self.told[key] = mid
-        self.counters["mid_sync:rewound" if lost else "mid_sync:restored"] += 1
+        self.counters["mid_sync:" + ("rewound" if lost else "restored" if mid == found[1]
+                                     else "advanced")] += 1
         return deletes, with_mid(found[2], mid)

@@ -7,6 +7,7 @@ import dataclasses
 
 from hasync.ha import Attribute, IkeSaId, MessageType, decode, encode
 from hasync.midsync import (
+    AHEAD,
     RECENT_S,
     MidSync,
     child_delete,
@@ -74,8 +75,21 @@ def test_a_retransmit_of_the_old_masters_last_request_rewinds_then_a_new_one_res
     assert told(m.request(KEY, 6, J)) == 6  # the response was lost: process 6 again
     assert m.request(KEY, 6, J) == NOTHING  # charon already expects 6
     assert told(m.request(KEY, 7, J)) == 7  # the client had it after all: 7 is next
-    assert m.request(KEY, 5, J) == NOTHING and m.request(KEY, 9, J) == NOTHING  # out of range
+    assert m.request(KEY, 5, J) == NOTHING and m.request(KEY, 7 + AHEAD + 1, J) == NOTHING
     assert m.counters["mid_sync:rewound"] == 1 and m.counters["mid_sync:restored"] == 1
+
+
+def test_a_request_past_the_journal_advances_charon_to_it() -> None:
+    """The old master answered request 7 while its hasync was down: 7's IKE_MID_RESPONDER
+    never reached the journal, and the client's 8 would be ignored as a retransmit."""
+    m = MidSync()
+    m.promoted()
+    assert told(m.request(KEY, 8, J)) == 8
+    assert m.request(KEY, 8, J) == NOTHING  # charon already expects 8
+    assert m.counters["mid_sync:advanced"] == 1 and m.counters["mid_sync:rewound"] == 0
+    far = MidSync()
+    far.promoted()
+    assert told(far.request(KEY, 7 + AHEAD, J)) == 7 + AHEAD
 
 
 def test_never_back_to_ike_auth() -> None:
