@@ -70,14 +70,20 @@ def test_a_partitioned_master_is_fenced_releases_the_vips_and_the_cluster_conver
     _partitioned_master(three["failovers"][0])
 
 
-def _gave_up_the_vips(fo: dict[str, Any]) -> None:
-    """A master whose hasync was killed left MASTER in time; another node is master and
-    sender; every tunnel kept its IKE_SA."""
-    assert fo["vip_release_s"] is not None, fo["vrrp_events"]
-    assert fo["vip_release_s"] <= fo["vip_release_bound_s"], fo["vrrp_events"]
+def _moved(fo: dict[str, Any], bound_s: float) -> None:
+    """The struck master left MASTER within `bound_s`; another node is master and sender;
+    every tunnel kept its IKE_SA."""
+    assert fo["vip_release_s"] is not None and fo["vip_release_s"] <= bound_s, \
+        fo["vrrp_events"]
     assert fo["converged"] and fo["converge"]["master"] != fo["from"], fo["converge"]
     for c in fo["clients"]:
         assert c["reestablished"] is False and c["ike_sa_init"] == 0, c["name"]
+
+
+def _gave_up_the_vips(fo: dict[str, Any]) -> None:
+    """A master whose hasync was killed moved the VIPs in time (`_moved`), and its started
+    hasync left charon and the kernel as its journal."""
+    _moved(fo, fo["vip_release_bound_s"])
     # the started hasync's replay left its charon and kernel as the journal: fit to take over
     held = fo["struck_holdings"]
     assert held["charon_ike_sas"] == held["journal_ike_sas"] and not held["children_missing"], \
@@ -92,23 +98,22 @@ def test_a_killed_hasync_on_the_master_causes_no_reuse(three: dict[str, Any]) ->
     _gave_up_the_vips(fo)
 
 
+def _restarted(fo: dict[str, Any], fault: str) -> dict[str, Any]:
+    """A failover whose `fault` restarted a process at once (1 s), with no reuse."""
+    assert fo["fault"] == fault and fo["undo_at_s"] < 3, fo
+    _no_reuse(fo)
+    return fo
+
+
 def test_a_hasync_restarted_at_once_on_the_master_gives_up_the_vips(
         three: dict[str, Any]) -> None:
-    fo = three["failovers"][2]
-    assert fo["fault"] == "restart" and fo["undo_at_s"] < 3, fo
-    _no_reuse(fo)
-    _gave_up_the_vips(fo)
+    _gave_up_the_vips(_restarted(three["failovers"][2], "restart"))
 
 
 def test_a_restarted_keepalived_on_the_master_moves_the_vips_and_keeps_every_tunnel(
         three: dict[str, Any]) -> None:
-    fo = three["failovers"][3]
-    assert fo["fault"] == "keepalived" and fo["undo_at_s"] < 3, fo
-    _no_reuse(fo)
-    assert fo["vip_release_s"] is not None and fo["vip_release_s"] < 3, fo["vrrp_events"]
-    assert fo["converged"] and fo["converge"]["master"] != fo["from"], fo["converge"]
-    for c in fo["clients"]:
-        assert c["reestablished"] is False and c["ike_sa_init"] == 0, c["name"]
+    fo = _restarted(three["failovers"][3], "keepalived")
+    _moved(fo, 3.0)  # a stopping keepalived gives the VIPs up at once
     st = fo["statuses"][fo["from"]] or {}
     assert not (st.get("health") or {}).get("reasons"), st.get("health")
 
