@@ -33,8 +33,9 @@ def replay_plan(lineages: Iterable[_Lineage], clean: bool = False) -> list[bytes
 
 
 def ike_delete(ike: _Ike) -> bytes | None:
-    """The IKE_DELETE of `ike`, built from its key and its IKE_ADD's version byte (no decode);
-    None if it does not encode."""
+    """The IKE_DELETE of `ike`, built from its key and its IKE_ADD's version byte (no decode:
+    a plan deletes every IKE_SA of the journal); None if it does not encode. The key keeps
+    an IKEv1 SA's role as false, which charon's match ignores (ike_sa_id.c equals())."""
     try:
         return encode(HaMessage(ike.add[0], MessageType.IKE_DELETE,
                                 (Attribute("ike_id", IkeSaId(*ike.key)),)))
@@ -67,7 +68,6 @@ def jump_plan(before: dict[Key, _Lineage], after: dict[Key, _Lineage]) -> list[b
     was = {key: lineage_plan(lineage) for key, lineage in before.items()}
     now = {key: lineage_plan(lineage) for key, lineage in after.items()}
     deletes = [raw for key, lineage in before.items() if now.get(key) != was[key]
-               for ike in lineage.ikes
-               if (raw := rehome._message(ike, MessageType.IKE_DELETE)) is not None]
+               for ike in lineage.ikes if (raw := ike_delete(ike)) is not None]
     return deletes + [raw for key, plan in now.items() if was.get(key) != plan
                       for raw in plan]

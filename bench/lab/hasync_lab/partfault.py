@@ -42,6 +42,8 @@ from .session import Run
 log = logging.getLogger("hasync_lab")
 FAULTS = ("partition", "partition-backup", "hasync", "restart", "keepalived")
 KILLS = ("hasync", "restart")  # kill -9 of the master's hasync, then a start
+STOPS = {"hasync": ("hasync", signal.SIGKILL), "restart": ("hasync", signal.SIGKILL),
+         "keepalived": ("keepalived", signal.SIGTERM)}  # fault -> the process stopped, how
 QUORUM_TIMEOUT_MS = confgen.LAB_QUORUM_MS  # hasync's [cluster] quorum_timeout_ms in the lab
 FORCE_LEAD_S = 2.0  # forced traffic runs this long before the fault
 CONVERGE_TIMEOUT_S = 120.0  # Raft re-election and catch-up under TCG took tens of seconds
@@ -173,9 +175,8 @@ def sends_as_master(st: dict[str, Any] | None) -> bool:
 
 def strike(run: Run, fault: str, node: str) -> tuple[float, float]:
     """Apply `fault` to `node`; (time before, time after) the action."""
-    if fault in KILLS or fault == "keepalived":  # kill -9 of hasync; a clean stop of keepalived
-        what, sig = ("hasync", signal.SIGKILL) if fault in KILLS else ("keepalived",
-                                                                        signal.SIGTERM)
+    if fault in STOPS:
+        what, sig = STOPS[fault]
         t = time.monotonic()
         for n, w, p in run.lab.procs:
             if n == node and w == what and p.poll() is None:
@@ -188,9 +189,9 @@ def strike(run: Run, fault: str, node: str) -> tuple[float, float]:
 def undo(run: Run, fault: str, node: str) -> tuple[float, float, list[int]]:
     """Lift the partition, or start the stopped process again; (time before, after, what the
     cut dropped per rule)."""
-    if fault in KILLS or fault == "keepalived":
+    if fault in STOPS:
         t = time.monotonic()
-        if fault in KILLS:
+        if STOPS[fault][0] == "hasync":
             hasyncd.start(run.lab, node)
         else:
             start_vrrp(run, node)
