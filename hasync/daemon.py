@@ -35,9 +35,9 @@ from .ha import HaMessage, MessageType
 from .healthfile import HealthWriter
 from .ikesniff import open_sniffer
 from .journal.seal import Batch
+from .journal.state import NEEDED
 from .journalio import applied_event, open_journal, quorum_loop
 from .memguard import protect
-from .mirror import READ_ON_HA
 from .node import Command, NodeCore, RaftView, Settings
 from .quorum import QuorumProbe
 from .raft import ClusterJournal
@@ -110,8 +110,10 @@ class Daemon:
         self.seq = guard = self._guard(journal)
         journal.on_seq = guard.wake_threadsafe
         opened.callback(guard.close)
+        # the endpoint decodes what the journal reads (NEEDED holds all READ_ON_HA does), so
+        # the apply of this node's own batches takes that decode (journal/decoded.py, D272)
         endpoint = open_endpoint(cfg.charon.ha_remote.sockaddr, cfg.charon.ha_local.sockaddr,
-                                 self._on_ha, wanted=READ_ON_HA)
+                                 self._on_ha, wanted=NEEDED)
         opened.callback(endpoint.close)
         self.fx = fx = Effects(self.core, journal, endpoint,
                                CharonFeed(endpoint.send, cfg.charon.ha_local.sockaddr), guard,
@@ -146,7 +148,9 @@ class Daemon:
 
     def _on_ha(self, raw: bytes, msg: HaMessage, now: float) -> None:
         """charon's datagram (endpoint.py logs and counts what raises here)."""
-        assert self.fx is not None
+        assert self.fx is not None and self.journal is not None
+        if msg.type in NEEDED:  # a journaled type, decoded as the apply would (D272)
+            self.journal.decoded.put(raw, msg)
         if msg.type == MessageType.CHILD_ADD and self.seq is not None:
             self.seq.wake()  # a new SA is fenced on the master until its first mark commits
         self.fx.do(self.core.on_ha(raw, msg, now))

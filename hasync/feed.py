@@ -72,7 +72,8 @@ class CharonFeed:
     def __init__(self, send: Callable[[bytes], object], charon: Address,
                  proc_udp: Path = PROC_UDP, max_bytes: int = MAX_FEED_BYTES,
                  rcvbuf: int | None = None) -> None:
-        self._send, self._charon, self._proc = send, charon, proc_udp
+        self._send, self._charon = send, charon
+        self._proc = procudp.ProcFile(proc_udp)  # kept open: read on every burst (D272)
         # what a burst fills charon's queue to (bytes, kernel accounting; see the rules)
         self.high_water = max(2 * MIN_BURST, (rcvbuf or default_rcvbuf()) // 2)
         self._queue: deque[bytes] = deque()
@@ -145,7 +146,7 @@ class CharonFeed:
     def rx_queue(self) -> int | None:
         """Bytes waiting on charon's socket now (None: not readable here)."""
         try:
-            return udp_rx_queue(self._proc.read_text(), self._charon)
+            return udp_rx_queue(self._proc.read(), self._charon)
         except OSError:
             return None
 

@@ -51,7 +51,9 @@ class Pipeline:
 
     def add(self, raw: bytes, now: float) -> bool:
         """Queue one datagram; False (not queued) once `max_backlog` are waiting."""
-        if self.backlog >= self.max_backlog:
+        # a flight holds at most max_messages: the exact count only near the bound
+        if (len(self.pending) + len(self.flights) * self.max_messages >= self.max_backlog
+                and self.backlog >= self.max_backlog):
             return False
         if not self.pending:
             self.first_at = now

@@ -44,6 +44,7 @@ from .guard.entries import SeqEntry, SeqLog, pack_seq
 from .guard.rules import Reserve
 from .ha import HaMessage
 from .journal import durable
+from .journal.decoded import DecodedCache
 from .journal.machine import ApplyMachine, Change, Kind, open_entry, pack_claim, pack_member
 from .journal.seal import Batch, EntryError, Keys, Sealer, SealError, pack_batch
 from .journal.state import JournalState
@@ -104,6 +105,7 @@ class ClusterJournal:
         self.on_applied = on_applied
         self.on_seq: Callable[[], None] | None = None  # an applied entry moved a mark
         self._machine = ApplyMachine()
+        self.decoded = DecodedCache()  # the master's own decodes of charon's datagrams (D272)
         self._counters: Counter[str] = Counter()
         self._logged: set[str] = set()
         self._child_adds = 0
@@ -249,7 +251,7 @@ class ClusterJournal:
         prefix = _REJECTED.get(kind, "entry_rejected") if isinstance(kind, int) else (
             "entry_rejected")  # a hostile log could hold any picklable kind, even unhashable
         try:
-            entry = open_entry(kind, self._sealer.open(sealed, kind))
+            entry = open_entry(kind, self._sealer.open(sealed, kind), self.decoded)
             with self.lock:
                 change = self._machine.apply(entry)
                 self._counters.update(change.counts)

@@ -63,6 +63,11 @@ def test_stream_is_journaled_everywhere_and_mirrored_into_backups(cluster: Local
     assert not set(s.datagrams) & set(master), "the master's own charon was fed its stream"
     st = c.status(c.nodes[0])
     assert st is not None and st["journal"]["child_sas"] == N_TUNNELS and st["lag"] == 0
+    # the master applied its own batches with the decodes its endpoint made (D272); the
+    # backups decoded them: all they hold came over Raft
+    assert st["raft_apply"]["decodes_reused"] == len(s.datagrams)
+    assert all("decodes_reused" not in (c.status(b) or {"raft_apply": {"x": 1}})["raft_apply"]
+               for b in c.nodes[1:])
     def members_known() -> bool:
         st = c.status(c.nodes[1])
         return st is not None and {k: m["vrrp"] for k, m in st["members"].items()} == {

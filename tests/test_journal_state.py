@@ -809,3 +809,24 @@ def test_a_clean_replay_deletes_each_ike_sa_as_charon_does_before_rebuilding_it(
     assert clean.index(charons) < clean.index(plan[0])
     empty = JournalState()
     assert empty.replay_plan(clean=True) == []
+
+
+def walked_counts(state: JournalState) -> tuple[int, int]:
+    """(IKE_SAs, CHILD_SAs) counted by walking every lineage."""
+    lineages = state.sas.lineages.values()
+    return len(lineages), sum(len(x.children) for x in lineages)
+
+
+@PROPERTY
+@given(streams(), st.data())
+def test_the_kept_counts_are_what_a_walk_of_the_lineages_counts(
+    msgs: list[HaMessage], data: st.DataObject
+) -> None:
+    split = data.draw(st.integers(0, len(msgs)))
+    state = JournalState()
+    for i, msg in enumerate(msgs):
+        if i == split:
+            state = through_msgpack(state)
+        state.apply(encode(msg), msg, float(i))
+        assert state.counts() == walked_counts(state)
+    assert through_msgpack(state).counts() == walked_counts(state)

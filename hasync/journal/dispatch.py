@@ -213,7 +213,7 @@ def on_child_add(state: JournalState, raw: bytes, msg: HaMessage) -> None:
     elif any(child.spi == spi for child in lineage.children):
         state.count("duplicate_child_sa")  # the kernel refuses the second SA
     else:
-        lineage.children.append(_Child(spi, ike.key, raw, state.last_ts))
+        state.sas.add_child(lineage, _Child(spi, ike.key, raw, state.last_ts))
 
 
 def on_child_delete(state: JournalState, raw: bytes, msg: HaMessage) -> None:
@@ -227,7 +227,7 @@ def on_child_delete(state: JournalState, raw: bytes, msg: HaMessage) -> None:
     if len(kept) == len(lineage.children):
         state.count("unknown_child_sa")
         return
-    lineage.children = kept
+    state.sas.set_children(lineage, kept)
     _prune(state, lineage)
 
 

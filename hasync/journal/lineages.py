@@ -4,7 +4,9 @@ Rules: pure (no IO, no clocks); internal to hasync.journal, owned by one `Journa
 `lineages` and `owner` are read by the state and its helpers but changed only through the
 methods here, which keep them consistent: every IKE_SA of a lineage is in `owner`, mapped to
 the lineage's live (last) IKE_SA, the key of that lineage in `lineages`. The remote-host cache
-is emptied for every IKE_SA whose lineage changes.
+is emptied for every IKE_SA whose lineage changes. A kept lineage's CHILD_SAs change only
+through `add_child` and `set_children`, so `children` (their number over every kept lineage)
+is kept without a walk: `hasync status` and every scrape read it (D272).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ class Lineages:
         self.lineages: dict[Key, _Lineage] = {}  # by live IKE_SA, in creation order
         self.owner: dict[Key, Key] = {}  # every kept IKE_SA -> the live IKE_SA of its lineage
         self._hosts: dict[Key, Host | None] = {}  # remote_host() cache, by live IKE_SA
+        self.children = 0  # CHILD_SAs of the lineages in `lineages`
 
     def find(self, key: Key, wildcard: bool) -> Key | None:
         """The kept IKE_SA a lookup finds (ike_sa_manager.c entry_match_by_id())."""
@@ -40,20 +43,34 @@ class Lineages:
     def adopt(self, key: Key, lineage: _Lineage) -> None:
         """Keep `lineage` under its live IKE_SA `key`, last in creation order."""
         self.lineages[key] = lineage
+        self.children += len(lineage.children)
         for member in lineage.ikes:
             self.owner[member.key] = key
             self._hosts.pop(member.key, None)
 
     def take(self, key: Key) -> _Lineage:
         """Remove live IKE_SA `key`'s lineage from the order (its IKE_SAs stay owned)."""
-        return self.lineages.pop(key)
+        lineage = self.lineages.pop(key)
+        self.children -= len(lineage.children)
+        return lineage
 
     def drop(self, key: Key) -> None:
         """Forget live IKE_SA `key`'s lineage and every IKE_SA in it."""
         lineage = self.lineages.pop(key)
+        self.children -= len(lineage.children)
         for member in lineage.ikes:
             del self.owner[member.key]
             self._hosts.pop(member.key, None)
+
+    def add_child(self, lineage: _Lineage, child: _Child) -> None:
+        """Add a CHILD_SA to kept `lineage`."""
+        lineage.children.append(child)
+        self.children += 1
+
+    def set_children(self, lineage: _Lineage, children: list[_Child]) -> None:
+        """Replace kept `lineage`'s CHILD_SAs."""
+        self.children += len(children) - len(lineage.children)
+        lineage.children = children
 
     def prune(self, lineage: _Lineage) -> bool:
         """Drop retired IKE_SAs older than the oldest one a live CHILD_SA was created under;
@@ -73,6 +90,7 @@ class Lineages:
         if any(child.origin not in keys for child in children):
             raise StateError("snapshot CHILD_SA created under an IKE_SA not in its lineage")
         self.lineages[keys[-1]] = _Lineage(ikes, children)
+        self.children += len(children)
         self.owner.update(dict.fromkeys(keys, keys[-1]))
 
     def forget_host(self, key: Key) -> None:

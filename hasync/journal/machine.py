@@ -31,6 +31,7 @@ from hasync.ha import HaMessage, MalformedMessage, MessageType, decode_only
 from ..guard.entries import ACCEPTED, REJECTED, SeqEntry, SeqLog, unpack_seq
 from ..guard.records import U64_MAX
 from ..guard.rules import Reserve
+from .decoded import DecodedCache
 from .seal import MAX_ENTRY, Batch, EntryError, unpack_batch
 from .snapshot import StateError
 from .state import NEEDED, JournalState
@@ -182,14 +183,21 @@ class Entry:
     seen: tuple[int, int] = (0, 0)  # a claim's view of the sender: (epoch, life)
     grant: Reserve | None = None  # a claim's reserve for the term's first marks (D261)
     errors: Errors = ()  # unexpected decode errors, per datagram
+    reused: int = 0  # datagrams whose decode was this node's own, from charon (decoded.py)
 
 
-def _open_batch(payload: bytes) -> Entry:
-    """Unpack a batch and decode its datagrams; one bad datagram does not spoil the others."""
+def _open_batch(payload: bytes, known: DecodedCache | None = None) -> Entry:
+    """Unpack a batch and decode its datagrams (or take this node's decode of the same
+    bytes from `known`); one bad datagram does not spoil the others."""
     batch = unpack_batch(payload)
     messages: list[tuple[bytes, HaMessage]] = []
-    malformed, errors = 0, []
-    for raw in batch.items:
+    malformed, errors, reused = 0, [], 0
+    kept = known.take(batch.items) if known is not None else [None] * len(batch.items)
+    for raw, msg in zip(batch.items, kept, strict=True):
+        if msg is not None:
+            messages.append((raw, msg))
+            reused += 1
+            continue
         try:
             messages.append((raw, decode_only(raw, NEEDED)))
         except MalformedMessage:
@@ -197,17 +205,18 @@ def _open_batch(payload: bytes) -> Entry:
         except Exception as exc:  # a decoder bug: the journal logs it with its traceback
             errors.append(("apply_error", exc))
     return Entry(Kind.BATCH, batch=batch, messages=tuple(messages), malformed=malformed,
-                 errors=tuple(errors))
+                 errors=tuple(errors), reused=reused)
 
 
-def open_entry(kind: int, payload: bytes) -> Entry:
-    """Decode an unsealed payload of `kind`; raise EntryError if the entry is unusable."""
+def open_entry(kind: int, payload: bytes, known: DecodedCache | None = None) -> Entry:
+    """Decode an unsealed payload of `kind` (a batch's datagrams found in `known` are not
+    decoded again); raise EntryError if the entry is unusable."""
     try:
         k = Kind(kind)
     except ValueError:
         raise EntryError(f"unknown entry kind {kind!r}") from None
     if k is Kind.BATCH:
-        return _open_batch(payload)
+        return _open_batch(payload, known)
     if k is Kind.SEQ:
         return Entry(k, seq=unpack_seq(payload))
     if k is Kind.MEMBER:
@@ -304,6 +313,7 @@ class ApplyMachine:
             errors.append(("rehome_error", exc))
         counts = Counter({"batches_applied": 1, "messages_applied": len(applied),
                           "datagram_rejected": entry.malformed,
+                          "decodes_reused": entry.reused,
                           "peers_moved": sum(d[1] == MessageType.IKE_DELETE for d in refeed)})
         b = entry.batch
         return Change(entry.kind, batch=b, applied=tuple(applied), refeed=tuple(refeed),

@@ -200,9 +200,8 @@ class JournalState:
         return h.hexdigest()[:16]
 
     def counts(self) -> tuple[int, int]:
-        """(live IKE_SAs, live CHILD_SAs), without building summaries."""
-        lineages = self.sas.lineages.values()
-        return len(lineages), sum(len(x.children) for x in lineages)
+        """(live IKE_SAs, live CHILD_SAs), kept as they change (Lineages.children)."""
+        return len(self.sas.lineages), self.sas.children
 
     def responder_mid(self, key: Key) -> bytes | None:
         """The latest IKE_MID_RESPONDER datagram of live IKE_SA `key`, if any (midsync.py)."""
