@@ -113,13 +113,18 @@ def _takeover_lines(tk: dict[str, Any] | None, health: dict[str, Any] | None) ->
         lines.append(f"last promotion NOT CLAIMED after {lp.get('claim_attempts')} attempts "
                      f"({lp.get('wait_ms')} ms): charon not activated, nothing sent")
     elif lp:
+        read = {"notices": f"planned from the last read and {lp.get('changed')} SA "
+                           "notices; ", "dump": "every SA read; "}.get(lp.get("read"), "")
         lines.append(f"last promotion claimed epoch {lp.get('epoch')}: claim "
                      f"{lp.get('wait_ms')} ms, XFRM "
-                     f"{lp.get('xfrm_ms')} ms ({lp.get('writes')} of {lp.get('sas')} SAs "
-                     f"written, largest jump {lp.get('max_jump')}), charon activated in "
+                     f"{lp.get('xfrm_ms')} ms ({read}{lp.get('writes')} of {lp.get('sas')} "
+                     f"SAs written, largest jump {lp.get('max_jump')}), charon activated in "
                      f"{lp.get('activate_ms')} ms, {lp.get('total_ms')} ms in all")
         for err in lp.get("errors") or []:
             lines.append(f"  promotion error: {err}")
+    notices = tk.get("notices")
+    if notices and any(k != "notices" for k in notices):  # open_failed, unknown:*
+        lines.append(f"SA notices: {notices}")
     return lines
 
 

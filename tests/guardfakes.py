@@ -178,6 +178,34 @@ class FakeKernel:
         self.closed = True
 
 
+class FakeWatch:
+    """The kernel's SA notices as a test sets them: `now` is what changed since the last read
+    began (None: unknown); a read that begins clears it, as `SaWatch` does."""
+
+    def __init__(self, now: dict[SaKey, Any] | None = None) -> None:
+        self.now = now
+        self.then: list[dict[SaKey, Any]] = []  # each `changes` call after the first adds one
+        self.calls = 0
+        self.begun = 0
+        self.closed = False
+
+    def begin(self) -> None:
+        self.begun += 1
+        self.now, self.calls = {}, 0
+
+    def end(self, ok: bool) -> None:
+        pass
+
+    def changes(self) -> dict[SaKey, Any] | None:
+        self.calls += 1
+        if self.calls > 1 and self.then and self.now is not None:
+            self.now.update(self.then.pop(0))
+        return None if self.now is None else dict(self.now)
+
+    def close(self) -> None:
+        self.closed = True
+
+
 class Stop(Exception):
     """Ends a fake sleep's script (and so the guard's loop)."""
 
@@ -207,7 +235,7 @@ class FakeSleep:
 
 def guard(journal: FakeJournal, kernel: FakeKernel, activated: list[int] | None = None,
           sleep: FakeSleep | None = None, tick_s: float = 0.1, fence: FakeFence | None = None,
-          master: list[bool] | None = None) -> Guard:
+          master: list[bool] | None = None, watch: FakeWatch | None = None) -> Guard:
     """A guard on gw2 with the fakes, sharing the journal's clock; VRRP master while
     `master[0]` (default: always)."""
     clock = journal.clock
@@ -216,7 +244,8 @@ def guard(journal: FakeJournal, kernel: FakeKernel, activated: list[int] | None 
     role = master if master is not None else [True]
     g = Guard("gw2", journal, Reserve(), lambda: acts.append(1), fence or FakeFence(), tick_s,
               kernel=kernel, clock=clock, wall=lambda: 1_000_000.0 + clock.t,
-              sleep=sleep or FakeSleep(clock), is_master=lambda: role[0])
+              sleep=sleep or FakeSleep(clock), is_master=lambda: role[0],
+              watch=watch)  # type: ignore[arg-type]
     if sleep is not None:
         sleep.guard = g
     return g

@@ -17,8 +17,19 @@ from hasync.guard.marks import BEACON_S
 from hasync.journal.seal import EntryError
 from hasync.syncobj_compat import FailReason
 from hasync.xfrm.errors import XfrmError
+from hasync.xfrm.replayrows import ReplayRow
 
-from guardfakes import KEY, Clock, FakeFence, FakeJournal, FakeKernel, FakeSleep, Stop, guard
+from guardfakes import (
+    KEY,
+    Clock,
+    FakeFence,
+    FakeJournal,
+    FakeKernel,
+    FakeSleep,
+    FakeWatch,
+    Stop,
+    guard,
+)
 
 
 def _timeout() -> XfrmError:
@@ -962,3 +973,99 @@ def test_a_promotion_grants_nothing_while_a_backup_tick_may_still_write() -> Non
     asyncio.run(go())
     assert permits_at_write[0] == {}  # the tick's write landed before any permit
     assert fence.permits[KEY] == Permit(KEY, LO, LO + 768, False)
+
+
+def _promote_on_notices(changes: dict[Any, Any] | None, then: dict[Any, Any] | None = None
+                        ) -> tuple[Guard, FakeKernel, FakeFence, list[dict[Any, Permit]]]:
+    """As `_backup_then_promote(None)`, with the kernel's SA notices since the backup's read
+    set to `changes` (None: unknown) and, from the promotion's second look on, `then` too."""
+    journal, fence, role, watch = FakeJournal(), FakeFence(), [False], FakeWatch()
+    journal.seqs.records[KEY] = SeqRecord(KEY, 5000, 0, (0,), 50.0, "gw1", 1.0)
+    kernel = FakeKernel([KernelSa(KEY, False, 10, 0, (0,), 32)])
+    g = guard(journal, kernel, fence=fence, master=role, watch=watch)
+    asyncio.run(g.step(master=False, mirrored=0))
+    assert watch.begun == 1
+    (jump,) = kernel.writes
+    kernel.sas = [KernelSa(KEY, False, jump.oseq, 0, (0,), 32)]
+    kernel.writes, role[0], watch.now = [], True, changes
+    watch.then = [then] if then else []
+    at_read: list[dict[Any, Permit]] = []
+    real_snapshot = kernel.snapshot
+
+    async def snapshot() -> Any:
+        at_read.append(dict(fence.permits))
+        return await real_snapshot()
+    kernel.snapshot = snapshot  # type: ignore[method-assign]
+    asyncio.run(g.promote())
+    return g, kernel, fence, at_read
+
+
+def _row(oseq: int) -> ReplayRow:
+    """KEY's new instance as its NEWSA notice shows it."""
+    return ReplayRow(KEY[0], KEY[1], KEY[2], 1, 32, False, oseq, 0, (0,))
+
+
+def test_a_promotion_without_sa_notices_since_the_last_read_reads_no_sa() -> None:
+    """D273: nothing changed since the backup's read: the promotion plans from that read and
+    its jump, reads nothing, writes nothing, and the claim's permit was granted early."""
+    g, kernel, fence, at_read = _promote_on_notices({})
+    assert at_read == [] and kernel.writes == []
+    assert fence.permits[KEY] == Permit(KEY, LO, LO + 768, False)
+    rep = g.last_promotion
+    assert rep is not None and (rep.read, rep.changed, rep.sas) == ("notices", 0, 1)
+
+
+def test_an_sa_the_notices_name_is_planned_from_its_new_instance_after_the_grant() -> None:
+    """D273: KEY was created again since the read: its permit is not granted early, and its
+    new instance (at 10) is written to the permit's lo, without a read."""
+    g, kernel, _fence, at_read = _promote_on_notices({KEY: _row(10)})
+    assert at_read == []
+    assert [w.sa.key for w in kernel.writes] == [KEY]
+    assert LO <= kernel.writes[0].oseq < LO + 768
+    assert g.term.held[KEY] == Held(LO, LO + 768, claimed=True)
+    rep = g.last_promotion
+    assert rep is not None and (rep.read, rep.changed) == ("notices", 1)
+
+
+def test_an_sa_created_again_after_its_early_grant_is_written_past_its_permit() -> None:
+    """D273 with D265: the notice comes after the early grant; the XFRM phase sees the new
+    instance below lo under a permit in force and writes it past hi."""
+    _, kernel, fence, at_read = _promote_on_notices({}, then={KEY: _row(10)})
+    assert at_read == []
+    assert [w.sa.key for w in kernel.writes] == [KEY] and kernel.writes[0].oseq > LO + 768
+    assert fence.permits[KEY] == Permit(KEY, LO, LO + 768, False)
+
+
+def test_an_sa_gone_since_the_read_is_not_written() -> None:
+    _, kernel, _, at_read = _promote_on_notices({KEY: None})
+    assert at_read == [] and kernel.writes == []
+
+
+def test_a_promotion_reads_every_sa_when_the_notices_do_not_account_for_all() -> None:
+    """D273: notices lost (ENOBUFS) or not placed: the promotion reads the kernel, as before."""
+    g, _kernel, _fence, at_read = _promote_on_notices(None)
+    assert len(at_read) == 1
+    rep = g.last_promotion
+    assert rep is not None and rep.read == "dump"
+
+
+@pytest.mark.parametrize(("kernel_seq", "written"), [(50, True), (200, False)])
+def test_inbound_state_planned_from_the_notices_is_restored_forward_only(
+        kernel_seq: int, written: bool) -> None:
+    """D273: the backup's read saw the inbound SA at 5 and the journal holds 90; the client
+    then sent to the new master. The restore reads the kernel again: at 50 it writes 90,
+    at 200 (past the journal) it writes nothing, where the older read would have set the
+    window back to 90."""
+    journal, fence, role, watch = FakeJournal(), FakeFence(), [False], FakeWatch()
+    inbound = ("192.0.2.1", 0xBEEF, 50)
+    journal.seqs.records[inbound] = SeqRecord(inbound, 0, 90, (1,), 0.0, "gw1", 1.0)
+    kernel = FakeKernel([KernelSa(inbound, False, 10_000, 5, (1,), 32)])  # past any target
+    g = guard(journal, kernel, fence=fence, master=role, watch=watch)
+    asyncio.run(g.step(master=False, mirrored=0))
+    assert kernel.writes == []  # no outbound move, so no inbound state either (D61)
+    kernel.sas = [KernelSa(inbound, False, 10_000, kernel_seq, (1,), 32)]
+    role[0] = True
+    rep = asyncio.run(g.promote())
+    assert rep.read == "notices" and kernel.reads == 2  # the backup's, then the restore's
+    inbound_only = [(w.sa.key, w.seq) for w in kernel.writes if w.oseq == w.sa.oseq]
+    assert inbound_only == ([(inbound, 90)] if written else [])

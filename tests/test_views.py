@@ -22,6 +22,15 @@ def test_status_shows_the_last_promotion_and_its_phases() -> None:
     assert "charon activated in 40.0 ms" in text and "promotion error: NEWAE" in text
 
 
+def test_status_says_how_the_promotion_read_the_kernel_and_what_the_notices_lost() -> None:
+    text = status_text({"node": "gw2", "takeover": {
+        "records": 6, "tracker": {}, "notices": {"notices": 9, "unknown:overflow": 1},
+        "last_promotion": {**PROMOTION, "read": "notices", "changed": 2}}})
+    assert "XFRM 80.5 ms (planned from the last read and 2 SA notices; 6 of 6 SAs written" \
+        in text
+    assert "SA notices: {'notices': 9, 'unknown:overflow': 1}" in text
+
+
 def test_status_shows_an_unclaimed_promotion_and_the_fence() -> None:
     text = status_text({"node": "gw2", "takeover": {
         "records": 1, "tracker": {}, "epoch": None,

@@ -44,6 +44,7 @@ from .promotion import Promotion, PromotionReport
 from .reads import KernelReads
 from .records import SaKey
 from .rules import Reserve, SeqTracker, claim_marks, plan_writes
+from .watch import SaWatch
 
 log = logging.getLogger("hasync.guard")
 STALL_S = 4.0  # default stall bound: VRRP master this long without being the sender, or a
@@ -60,11 +61,13 @@ class Guard:
                  wall: Callable[[], float] = time.time,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  is_master: Callable[[], bool] = lambda: False,
-                 stall_s: float = STALL_S) -> None:
+                 stall_s: float = STALL_S, watch: SaWatch | None = None) -> None:
         self.node, self.journal, self.reserve = node, journal, reserve
         self.stall_s = stall_s  # the daemon passes [cluster] quorum_timeout_ms (D206)
         self.activate, self.fence, self.tick_s = activate, fence, tick_s
         self.kernel: KernelPort = kernel if kernel is not None else KernelSas()
+        # the kernel's SA notices, for the kernel's own SAs (a test's fake kernel has none)
+        self.watch = watch if watch is not None or kernel is not None else SaWatch()
         self.clock, self.wall, self.sleep = clock, wall, sleep
         self.is_master = is_master
         self.tracker = SeqTracker(node, reserve, tick_s=tick_s)
@@ -77,7 +80,7 @@ class Guard:
         self.promoting = False
         self.started = clock()
         self.master_since: float | None = None
-        self.reads = KernelReads(self.kernel, self.costs, self.stats, clock)
+        self.reads = KernelReads(self.kernel, self.costs, self.stats, clock, self.watch)
         self.fencing = FenceSync(node, journal, fence, self.term, self.stats, clock)
         self.marks = MarkSender(node, journal, self.term, self.tracker, self.flight, self.stats,
                                 self.reads.write, self.wake_grant, wall)
@@ -95,6 +98,8 @@ class Guard:
         """Release the kernel port and the fence's process resources (the rules stay)."""
         self.kernel.close()
         self.fence.close()
+        if self.watch is not None:
+            self.watch.close()
 
     # ---- the loop ----
     async def run(self, is_master: Callable[[], bool], mirrored: Callable[[], int]) -> None:
@@ -311,6 +316,7 @@ class Guard:
                 "fenced": {sa_name(k): n for k, n in sorted(tally.fenced.items()) if n},
                 "unknown": tally.unknown, "errors": self.stats.fence_errors,
                 "failing": self.fencing.failing},
+            "notices": dict(self.watch.counters) if self.watch is not None else None,
             "last_promotion": asdict(self.last_promotion) if self.last_promotion else None}
 
 

@@ -29,8 +29,8 @@ from .permits import SenderTerm
 from .ports import GuardStats, JournalPort, committed_records, count
 from .promotion import REPORTED_WRITE_ERRORS, Promotion, PromotionReport
 from .reads import KernelReads
-from .records import SaKey, Write
-from .rules import Held, Reserve, claim_lows
+from .records import KernelSa, SaKey, Write
+from .rules import Held, Reserve, claim_lows, plan_writes
 
 log = logging.getLogger("hasync.guard")
 CLAIM_WAIT_S = 1.0  # a claim not answered this long is submitted again
@@ -72,7 +72,9 @@ class PromotionDriver:
             #                         write planned before the claim lands before any permit
             held = claim_lows(committed_records(self.journal), self.node, epoch,
                               promo.reserve)  # the claim's own marks: this term's first permits
-            floors = self.reads.floors()  # below lo, an SA's write would go past hi (D269)
+            # below lo, an SA's write would go past hi (D269); one the kernel's notices name
+            # is left for the XFRM phase, which sees its new instance (D273)
+            floors = self.reads.floors(self.reads.changes())
             early = {k: h for k, h in held.items() if floors.get(k, -1) >= h.lo}
             await self._early(promo, early, epoch)
             rest = {k: h for k, h in held.items() if k not in early}
@@ -80,7 +82,8 @@ class PromotionDriver:
             self._hold({k: h for k, h in rest.items() if k not in later}, epoch)
             self.activate()
             rep = promo.activated(self.clock())
-            await self._restore(promo, later)  # inbound replay state, after the grant starts
+            # inbound replay state, after the grant starts
+            await self._restore(promo, later, held, frozenset(early))
         self._hold({k: h for k, h in rest.items() if k in later}, epoch)
         return self._promoted(rep)
 
@@ -102,14 +105,23 @@ class PromotionDriver:
             self.term.hold(held, epoch)
             self.granting()
 
-    async def _restore(self, promo: Promotion, later: dict[SaKey, Write]) -> None:
+    async def _restore(self, promo: Promotion, later: dict[SaKey, Write],
+                       held: dict[SaKey, Held], live: frozenset[SaKey]) -> None:
         """Write the inbound replay state the XFRM phase left for after the outbound writes
-        (D263): restored before any permit of those SAs is held."""
+        (D263): restored before any permit of those SAs is held. Restored forward only: if
+        the XFRM phase planned from an older read (D273), the kernel is read first, and an
+        SA that received past the journal since is left alone."""
         if not later:
             return
         t0 = self.clock()
         try:
-            res = await self.reads.kernel.write(list(later.values()))
+            writes = list(later.values())
+            if promo.report.read == "notices":
+                fresh = await self.reads.kernel.snapshot()
+                writes = [w for w in plan_writes(fresh, committed_records(self.journal),
+                                                 promo.reserve, held=held, live=live)
+                          if w.oseq == w.sa.oseq and w.sa.key in later]
+            res = await self.reads.kernel.write(writes)
         except KERNEL_FAILURES as e:
             promo.report.errors.append(f"inbound restore: {e}")
             return
@@ -166,9 +178,11 @@ class PromotionDriver:
         goes to its permit's lo, the target the claim's marks were made from; one whose
         permit is in force, `live`, below it goes past its hi); the writes that move no
         outbound counter (inbound replay state) are left for `_restore`."""
+        first = True
         while True:
             try:
-                sas = await self.reads.kernel.snapshot()
+                sas = await self._read(promo.report, first)
+                first = False
                 self.reads.last_read = self.clock()  # a master's staleness counts from this read
                 writes = promo.plan(sas, committed_records(self.journal), held, live)
                 later = {w.sa.key: w for w in writes if w.oseq == w.sa.oseq}
@@ -181,12 +195,24 @@ class PromotionDriver:
             promo.written(res, self.clock())
             return later
 
+    async def _read(self, report: PromotionReport, first: bool) -> list[KernelSa]:
+        """The SAs to plan from: the last read as the kernel's SA notices since leave it, if
+        they account for every change (D273: nothing read per SA); otherwise, and after a
+        failure, every SA read."""
+        changes = self.reads.changes() if first else None
+        if changes is not None:
+            report.read, report.changed = "notices", len(changes)
+            return self.reads.view(changes)
+        report.read = "dump"
+        return await self.reads.kernel.snapshot()
+
     @staticmethod
     def _promoted(rep: PromotionReport) -> PromotionReport:
         log.info("promoted: sender epoch %d claimed in %.0f ms (%d attempts), %d of %d SAs "
-                 "written in %.0f ms (largest jump %d), charon activated in %.0f ms",
-                 rep.epoch, rep.wait_ms, rep.claim_attempts, rep.writes, rep.sas, rep.xfrm_ms,
-                 rep.max_jump, rep.activate_ms)
+                 "written in %.0f ms (largest jump %d; read: %s, %d changed), charon "
+                 "activated in %.0f ms", rep.epoch, rep.wait_ms, rep.claim_attempts,
+                 rep.writes, rep.sas, rep.xfrm_ms, rep.max_jump, rep.read, rep.changed,
+                 rep.activate_ms)
         for err in rep.errors:
             log.warning("promotion: %s", err)
         return rep

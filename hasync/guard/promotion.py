@@ -38,6 +38,9 @@ class PromotionReport:
     claim_attempts: int = 0
     wait_ms: float = 0.0  # the claim: submitted until committed and applied here
     xfrm_ms: float = 0.0  # read replay state and write the targets
+    read: str = ""  # how: "dump" (every SA) or "notices" (the last read and the SA notices
+    #                 since, D273)
+    changed: int = 0  # SAs the notices named since the last read ("notices" only)
     activate_ms: float = 0.0  # charon's segments activated
     inbound_ms: float = 0.0  # inbound replay state restored, after activation (D263)
     total_ms: float = 0.0

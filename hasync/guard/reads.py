@@ -2,7 +2,9 @@
 injected `KernelPort`, what they cost and what the last good read found.
 
 Rules: one `asyncio.Lock` (`lock`) keeps a tick and a promotion from using the kernel at once
-(D182); whoever reads or writes holds it. Only the kernel's named failures
+(D182); whoever reads or writes holds it. With a `watch` (watch.py), each read of every SA
+begins and ends an account of the SA notices since, so `view` can give the SAs as they stand
+now without a read, when the notices say what changed (D273). Only the kernel's named failures
 (`kernel.KERNEL_FAILURES`) are handled, by the caller, through `failed`: counted, logged once
 per run of failures. The injected clock is read once per read and handed back as `now`.
 """
@@ -14,10 +16,11 @@ import logging
 from collections.abc import Callable
 from dataclasses import replace
 
-from .kernel import KernelPort
+from .kernel import KernelPort, row_sa
 from .pacing import ReadCosts
 from .ports import GuardStats
 from .records import KernelSa, SaKey, Write, WriteResult
+from .watch import Changes, SaWatch
 
 log = logging.getLogger("hasync.guard")
 FRESH_S = 1.0  # a promotion's read serves the new term's first marks if at most this old
@@ -27,8 +30,9 @@ class KernelReads:
     """The kernel port behind its lock, the reads' costs and the last good read."""
 
     def __init__(self, kernel: KernelPort, costs: ReadCosts, stats: GuardStats,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], watch: SaWatch | None = None) -> None:
         self.kernel, self.costs, self.stats, self.clock = kernel, costs, stats, clock
+        self.watch = watch  # the SA notices since the last read began (None: not watched)
         self.lock = asyncio.Lock()  # a tick and a promotion never use the kernel at once
         self.failing = 0  # reads that failed in a row
         self.last_read: float | None = None  # the last successful kernel read (clock)
@@ -56,7 +60,7 @@ class KernelReads:
             sas = fresh[0]
             self.stats.fresh_reads += 1
         else:
-            sas = await self.kernel.snapshot()
+            sas = await self._snapshot()
         now, before = self.clock(), self.last_read
         self.last_read = now
         if master and before is not None:
@@ -70,6 +74,42 @@ class KernelReads:
         self.keys, self.last_sas, self.landed = seen, sas, []
         self.spis = frozenset(key[1] for key in seen)
         return sas, now
+
+    async def _snapshot(self) -> list[KernelSa]:
+        """Every SA, the watch's account starting with the read."""
+        if self.watch is None:
+            return await self.kernel.snapshot()
+        self.watch.begin()
+        ok = False
+        try:
+            sas = await self.kernel.snapshot()
+            ok = True
+        finally:
+            self.watch.end(ok)
+        return sas
+
+    def changes(self) -> Changes | None:
+        """The SAs changed since the last read began, by the kernel's notices (None:
+        unknown, or no read yet)."""
+        if self.watch is None or self.last_read is None:
+            return None
+        return self.watch.changes()
+
+    def view(self, changes: Changes) -> list[KernelSa]:
+        """The SAs as they stand now, if `changes` is all that changed since the last read
+        began: that read's SAs with a backup tick's landed writes after it, less the changed
+        ones, and each new instance as its notice showed it. Counters only rise within an
+        instance (torvalds/linux net/xfrm/xfrm_replay.c), so each is at least what it says."""
+        landed = {w.sa.key: w for w in self.landed}
+        out = []
+        for sa in self.last_sas:
+            if sa.key in changes:
+                continue
+            w = landed.get(sa.key)
+            out.append(sa if w is None else replace(sa, oseq=max(sa.oseq, w.oseq), seq=w.seq,
+                                                    bitmap=w.bitmap))
+        out.extend(row_sa(row) for row in changes.values() if row is not None)
+        return out
 
     async def write(self, writes: list[Write]) -> tuple[WriteResult, float]:
         """Write to the kernel (nothing if no writes); what it did and the time it took."""
@@ -86,12 +126,13 @@ class KernelReads:
         refusal does not name its SA, so then none is counted)."""
         self.landed = [] if res.errors else writes
 
-    def floors(self) -> dict[SaKey, int]:
-        """Each SA of the last read: the least its outbound counter can be now, the read's
-        or a landed write's. Only output and such writes move it, and only up
-        (torvalds/linux net/xfrm/xfrm_replay.c); an SA created again since is not this one
-        to the promotion's write (`rules.plan_writes`, `live`)."""
-        out = {sa.key: sa.oseq for sa in self.last_sas}
+    def floors(self, changed: Changes | None = None) -> dict[SaKey, int]:
+        """Each SA of the last read not `changed` since: the least its outbound counter can
+        be now, the read's or a landed write's. Only output and such writes move it, and
+        only up (torvalds/linux net/xfrm/xfrm_replay.c); an SA created again since, unseen,
+        is not this one to the promotion's write (`rules.plan_writes`, `live`)."""
+        changed = changed or {}
+        out = {sa.key: sa.oseq for sa in self.last_sas if sa.key not in changed}
         for w in self.landed:
             if w.sa.key in out:
                 out[w.sa.key] = max(out[w.sa.key], w.oseq)

@@ -26,7 +26,11 @@ PROTO_NAMES = {IPPROTO_ESP: "esp", IPPROTO_AH: "ah", IPPROTO_COMP: "comp"}
 XFRM_INF = (1 << 64) - 1  # XFRM_INF: "no limit" in struct xfrm_lifetime_cfg
 XFRMA_REPLAY_ESN_MAX = 4096  # bits; so at most 128 bitmap words (verify_replay())
 XFRM_REPLAY_ESN_MAX_WORDS = XFRMA_REPLAY_ESN_MAX // 32
-XFRMNLGRP_AEVENTS = 5  # enum xfrm_nlgroups: XFRMNLGRP_AEVENTS (multicast group number)
+# enum xfrm_nlgroups (multicast group numbers), the ones hasync joins
+XFRMNLGRP_EXPIRE = 2  # XFRM_MSG_EXPIRE: struct xfrm_user_expire
+XFRMNLGRP_SA = 3  # XFRM_MSG_NEWSA, UPDSA, DELSA, FLUSHSA (xfrm_user.c xfrm_notify_sa())
+XFRMNLGRP_AEVENTS = 5  # XFRM_MSG_NEWAE: struct xfrm_aevent_id
+XFRMNLGRP_MIGRATE = 7  # XFRM_MSG_MIGRATE
 
 # struct xfrm_usersa_info.flags: the one flag hasync reads
 XFRM_STATE_ESN = 128

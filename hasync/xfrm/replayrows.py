@@ -134,6 +134,12 @@ def _state(buf: bytes, offset: int, length: int, kind: int,
     return True, oseq_hi << 32 | oseq, seq_hi << 32 | seq, bmp, esn_window
 
 
+def sa_row(buf: bytes, start: int, end: int) -> ReplayRow | None:
+    """The row of one xfrm_usersa_info body and its attributes, buf[start:end] (a dump's
+    NEWSA or a NEWSA notice, events.py); None without replay state."""
+    return _row(buf, start, end)
+
+
 def parse_replay_rows(data: bytes, seq: int) -> DumpPart:
     """The part of dump `seq` that one datagram carries; other sequence numbers are skipped
     (answers to an earlier request that timed out), as `XfrmSocket` skips them."""
