@@ -857,21 +857,24 @@ def test_a_promotion_deposed_during_its_writes_holds_none_of_its_claims_permits(
     assert g.stats.deposed == 1 and fence.permits == {}
 
 
-def _backup_then_promote(kernel_after: list[KernelSa] | None, mark_after: int = 5000
+def _backup_then_promote(kernel_after: list[KernelSa] | None, mark_after: int = 5000,
+                         watch: FakeWatch | None = None, before: Any = lambda: None
                          ) -> tuple[Guard, FakeKernel, FakeFence, list[dict[Any, Permit]]]:
     """A backup's tick reads KEY at 10 and jumps it; the old master's mark is then
-    `mark_after`, the kernel holds `kernel_after` (None: KEY where the jump left it), and the
-    node promotes; what the fence had in force at each of the promotion's reads."""
+    `mark_after`, the kernel holds `kernel_after` (None: KEY where the jump left it), `before`
+    runs and the node promotes; what the fence had in force at each of the promotion's
+    reads."""
     journal, fence, role = FakeJournal(), FakeFence(), [False]
     journal.seqs.records[KEY] = SeqRecord(KEY, 5000, 0, (0,), 50.0, "gw1", 1.0)
     kernel = FakeKernel([KernelSa(KEY, False, 10, 0, (0,), 32)])
-    g = guard(journal, kernel, fence=fence, master=role)
+    g = guard(journal, kernel, fence=fence, master=role, watch=watch)
     asyncio.run(g.step(master=False, mirrored=0))
     (jump,) = kernel.writes
     journal.seqs.records[KEY] = SeqRecord(KEY, mark_after, 0, (0,), 50.0, "gw1", 1.0)
     kernel.sas = [KernelSa(KEY, False, jump.oseq, 0, (0,), 32)] if kernel_after is None \
         else kernel_after
     kernel.writes, role[0] = [], True
+    before()
     at_read: list[dict[Any, Permit]] = []
     real_snapshot = kernel.snapshot
 
@@ -979,25 +982,12 @@ def _promote_on_notices(changes: dict[Any, Any] | None, then: dict[Any, Any] | N
                         ) -> tuple[Guard, FakeKernel, FakeFence, list[dict[Any, Permit]]]:
     """As `_backup_then_promote(None)`, with the kernel's SA notices since the backup's read
     set to `changes` (None: unknown) and, from the promotion's second look on, `then` too."""
-    journal, fence, role, watch = FakeJournal(), FakeFence(), [False], FakeWatch()
-    journal.seqs.records[KEY] = SeqRecord(KEY, 5000, 0, (0,), 50.0, "gw1", 1.0)
-    kernel = FakeKernel([KernelSa(KEY, False, 10, 0, (0,), 32)])
-    g = guard(journal, kernel, fence=fence, master=role, watch=watch)
-    asyncio.run(g.step(master=False, mirrored=0))
-    assert watch.begun == 1
-    (jump,) = kernel.writes
-    kernel.sas = [KernelSa(KEY, False, jump.oseq, 0, (0,), 32)]
-    kernel.writes, role[0], watch.now = [], True, changes
-    watch.then = [then] if then else []
-    at_read: list[dict[Any, Permit]] = []
-    real_snapshot = kernel.snapshot
+    watch = FakeWatch()
 
-    async def snapshot() -> Any:
-        at_read.append(dict(fence.permits))
-        return await real_snapshot()
-    kernel.snapshot = snapshot  # type: ignore[method-assign]
-    asyncio.run(g.promote())
-    return g, kernel, fence, at_read
+    def notices() -> None:
+        assert watch.begun == 1  # the backup's read began the account
+        watch.now, watch.then = changes, [then] if then else []
+    return _backup_then_promote(None, watch=watch, before=notices)
 
 
 def _row(oseq: int) -> ReplayRow:
