@@ -62,7 +62,8 @@ def test_the_private_vip_gets_link_scope_only_when_hidden() -> None:
     vips = [("192.0.2.1/24", "e0"), ("10.1.0.1/24", "e1")]
     hidden = confgen.keepalived_conf("gw1", 200, 0.5, "/f", vips, "e0",
                                      link_scope=("10.1.0.1/24",))
-    assert "    10.1.0.1/24 dev e1 scope link\n" in hidden
+    # a /32: a link-scoped secondary in the node's own global /24 is refused (D274)
+    assert "    10.1.0.1/32 dev e1 scope link\n" in hidden
     assert "    192.0.2.1/24 dev e0\n" in hidden
     assert "scope" not in confgen.keepalived_conf("gw1", 200, 0.5, "/f", vips, "e0")
 

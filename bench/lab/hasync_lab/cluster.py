@@ -276,6 +276,8 @@ def start_keepalived(lab: Lab, node: str, priority: int, advert_int: float,
 
 
 def holds_vip(lab: Lab, node: str) -> bool:
-    """Whether `node` has the public virtual IP configured."""
-    out = lab.run(node, ["ip", "-o", "-4", "addr", "show", "dev", "e0"], check=False)
-    return f" {PUBLIC_VIP}/" in out
+    """Whether `node` has both IPv4 virtual IPs configured: keepalived runs master without
+    one the kernel refused, and logs only a Netlink error (D274)."""
+    public = lab.run(node, ["ip", "-o", "-4", "addr", "show", "dev", "e0"], check=False)
+    private = lab.run(node, ["ip", "-o", "-4", "addr", "show", "dev", "e1"], check=False)
+    return f" {PUBLIC_VIP}/" in public and f" {PRIVATE_VIP}/" in private

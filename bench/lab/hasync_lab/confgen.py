@@ -312,11 +312,19 @@ def health_check(health_cmd: str | None,
     return script, "  track_script {\n    chk_hasync\n  }\n"
 
 
-def _hidden(addr: str, hide: tuple[str, ...]) -> str:
-    """keepalived's option that keeps charon from offering `addr` if it is in `hide`."""
+def _vip_line(addr: str, dev: str, hide: tuple[str, ...]) -> str:
+    """One keepalived VIP line; one in `hide` carries what keeps charon from offering it.
+
+    An IPv4 one is a link-scoped /32: the kernel refuses a secondary address whose scope
+    differs from its subnet's primary (net/ipv4/devinet.c __inet_insert_ifa(): EINVAL,
+    "ipv4: Invalid scope value"), and the node's own address in the same /24 is global.
+    keepalived then logs a Netlink error and runs master without the VIP (D274).
+    """
     if addr not in hide:
-        return ""
-    return " preferred_lft 0" if ":" in addr else " scope link"
+        return f"    {addr} dev {dev}"
+    if ":" in addr:
+        return f"    {addr} dev {dev} preferred_lft 0"
+    return f"    {addr.split('/')[0]}/32 dev {dev} scope link"
 
 
 def keepalived_conf(node: str, priority: int, advert_int: float, fifo: str,
@@ -333,14 +341,12 @@ def keepalived_conf(node: str, priority: int, advert_int: float, fifo: str,
     and deprecated addresses (kernel_netlink_net.c filter_addresses(); mobike.py): an IPv4
     one gets `scope link`, an IPv6 one `preferred_lft 0` (the kernel derives an IPv6
     address's scope from the address and ignores the one asked for: the lab saw fd00:1::1
-    offered with `scope link`).
+    offered with `scope link`); an IPv4 one is then a /32 (`_vip_line`).
     """
-    vip_lines = "\n".join(f"    {addr} dev {dev}" + _hidden(addr, link_scope)
-                          for addr, dev in vips)
+    vip_lines = "\n".join(_vip_line(addr, dev, link_scope) for addr, dev in vips)
     # an IPv6 VIP beside IPv4 ones: VRRPv3 carries one family per instance, the excluded
     # addresses move with it all the same (keepalived.conf(5))
-    six = "\n".join(f"    {addr} dev {dev}" + _hidden(addr, link_scope)
-                    for addr, dev in excluded or [])
+    six = "\n".join(_vip_line(addr, dev, link_scope) for addr, dev in excluded or [])
     six_block = f"  virtual_ipaddress_excluded {{\n{six}\n  }}\n" if six else ""
     hasync = f"\n  vrrp_notify_fifo {hasync_fifo}" if hasync_fifo else ""
     script, track = health_check(health_cmd, LAB_HEALTH_TIMING)

@@ -131,7 +131,8 @@ def bring_up(run: Run) -> None:
         cluster.load_config(lab, n)
     first = steady_master(run, gateways(run)[0])
     if not cluster.holds_vip(lab, first):
-        raise LabError(f"{first} is VRRP master but does not hold {topology.PUBLIC_VIP}")
+        raise LabError(f"{first} is VRRP master but does not hold {topology.PUBLIC_VIP} and "
+                       f"{topology.PRIVATE_VIP} (its keepalived log says why)")
     if spec.tunnels:
         tunnels.initiate(lab, run.tunnels)
     else:
@@ -407,7 +408,7 @@ def _restore(run: Run, node: str) -> None:
     six = ((f"{topology.PUBLIC_VIP6}/64", "e0"), (f"{topology.PRIVATE_VIP6}/64", "e1")) \
         if lab.topo.node(node).address6 else ()
     for addr, dev in ((f"{topology.PUBLIC_VIP}/24", "e0"), (f"{topology.PRIVATE_VIP}/24", "e1"),
-                      *six):
+                      (f"{topology.PRIVATE_VIP}/32", "e1"), *six):  # /32: hidden (D274)
         lab.run(node, ["ip", "addr", "del", addr, "dev", dev], check=False)
     _links(lab, node, "up")
     for what in ("state", "policy"):  # a rebooted kernel holds no SAs (deploy/: on a restart)
