@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from hasync_lab import confgen
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "keepalived-hasync.conf"
