@@ -66,6 +66,19 @@ def test_traffic_never_resumes() -> None:
     assert stats.longest_gap_ms == pytest.approx((12.0 - stats.last_before) * 1000)
 
 
+def test_a_short_silence_at_the_window_end_is_no_gap_within_the_grace() -> None:
+    """A stream that never stopped, its window ending in a 0.15 s stall of the VM: resumed
+    with a 0.3 s grace (the longest gap is then an inner 20 ms one); without it, the trailing
+    silence is the longest gap, as it stays for a stream that stopped longer than the grace."""
+    sent, received = stream(10.0, 100)
+    end = received[-1][2] + 0.15
+    assert stream_stats(sent, received, 10.0, end).resumed_at is None
+    graced = stream_stats(sent, received, 10.0, end, tail_grace_s=0.3)
+    assert graced.resumed_at is not None and graced.longest_gap_ms == pytest.approx(20.0, abs=0.01)
+    stopped = stream_stats(sent, received, 10.0, end + 0.5, tail_grace_s=0.3)
+    assert stopped.resumed_at is None and stopped.longest_gap_ms == pytest.approx(650.0, abs=1)
+
+
 def test_nothing_received() -> None:
     sent, _ = stream(10.0, 50)
     assert stream_stats(sent, [], 10.0, 11.0) == StreamStats(50, 0, 50, 1000.0, None, None)

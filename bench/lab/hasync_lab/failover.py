@@ -132,8 +132,10 @@ def _tunnel_result(run: Run, tun: Tunnel, before: dict[str, Any], after: dict[st
     to_c, from_c = srv.peer(tun.name), mine.peer(probe.DEFAULT_SERVER_NAME)
     w0, t_end = w.t_kill - 1.0, w.t_end
     rx_c, rx_s = from_c_rx(mine), to_c_rx(srv, tun.name)
-    gap_to = probe.stream_stats(to_c.sent, rx_c, w0, t_end)
-    gap_from = probe.stream_stats(from_c.sent, rx_s, w0, t_end)
+    pps = canaries.rate_of(tun.name, run.canaries, run.spec.rate, run.spec.canary_rate)
+    min_gap = max(3.0 / pps, 0.3) if pps > 0 else 1.0  # a shorter silence is no outage
+    gap_to = probe.stream_stats(to_c.sent, rx_c, w0, t_end, min_gap)
+    gap_from = probe.stream_stats(from_c.sent, rx_s, w0, t_end, min_gap)
     loss_to = probe.stream_stats(to_c.sent, rx_c, w0, t_end - LOSS_GRACE_S)
     loss_from = probe.stream_stats(from_c.sent, rx_s, w0, t_end - LOSS_GRACE_S)
     node = run.lab.topo.node(tun.client)
@@ -144,8 +146,6 @@ def _tunnel_result(run: Run, tun: Tunnel, before: dict[str, Any], after: dict[st
     sa_b, sa_a = before["sa_replay"], after["sa_replay"]
     jumps = [cc.jumps[s] for s in sorted(spis) if s in cc.jumps]
     up = tunnels.outbound_spis(ike_b) | tunnels.outbound_spis(ike_a)
-    pps = canaries.rate_of(tun.name, run.canaries, run.spec.rate, run.spec.canary_rate)
-    min_gap = max(3.0 / pps, 0.3) if pps > 0 else 1.0
     return {
         "name": tun.name, "client": tun.client, "nat": node.behind_nat,
         "canary": tun.name in run.canaries, "probe_pps": pps,

@@ -213,29 +213,34 @@ def stream_stats(
     received: Sequence[tuple[int, float, float]],
     start: float,
     end: float,
+    tail_grace_s: float = 0.0,
 ) -> StreamStats:
-    """Loss and the longest receive gap of a stream over [start, end]."""
+    """Loss and the longest receive gap of a stream over [start, end]. The silence from the
+    last packet to `end` is a gap only past `tail_grace_s`: the lab's VM stalls every process
+    for a few hundred ms now and then, and a window ending in one made a stream that never
+    stopped look as if it had not resumed (its trailing 0.15 s longer than any 50 ms gap)."""
     if end < start:
         raise ValueError(f"window ends ({end}) before it starts ({start})")
     window = {seq for seq, t_sent in sent if start <= t_sent < end}
     got = {seq for seq, _t_sent, _t_recv in received if seq in window}
     times = sorted(t_recv for _seq, _t_sent, t_recv in received if start <= t_recv <= end)
-    gap, last_before, resumed_at = _longest_gap(times, start, end)
+    gap, last_before, resumed_at = _longest_gap(times, start, end, tail_grace_s)
     lost = len(window) - len(got)
     return StreamStats(len(window), len(got), lost, gap * 1000.0, resumed_at, last_before)
 
 
 def _longest_gap(
-    times: list[float], start: float, end: float
+    times: list[float], start: float, end: float, tail_grace_s: float = 0.0
 ) -> tuple[float, float | None, float | None]:
-    """Return (length, time before, time after) of the longest gap; the first one on ties."""
+    """Return (length, time before, time after) of the longest gap; the first one on ties; the
+    trailing silence counts only past `tail_grace_s`."""
     if not times:
         return end - start, None, None
     best: tuple[float, float | None, float | None] = (times[0] - start, None, times[0])
     for before, after in itertools.pairwise(times):
         if after - before > best[0]:
             best = (after - before, before, after)
-    if end - times[-1] > best[0]:
+    if end - times[-1] > max(best[0], tail_grace_s):
         best = (end - times[-1], times[-1], None)
     return best
 
