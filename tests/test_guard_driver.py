@@ -996,11 +996,14 @@ def _row(oseq: int) -> ReplayRow:
 
 
 def test_a_promotion_without_sa_notices_since_the_last_read_reads_no_sa() -> None:
-    """D273: nothing changed since the backup's read: the promotion plans from that read and
-    its jump, reads nothing, writes nothing, and the claim's permit was granted early."""
+    """D273, D275: nothing changed since the backup's read: the promotion plans from that
+    read and its jump, passes over KEY (granted early at lo), writes nothing and activates
+    charon; only then does the inbound restore read the kernel, with the permit in force."""
     g, kernel, fence, at_read = _promote_on_notices({})
-    assert at_read == [] and kernel.writes == []
-    assert fence.permits[KEY] == Permit(KEY, LO, LO + 768, False)
+    permit = Permit(KEY, LO, LO + 768, False)
+    assert at_read == [{KEY: permit}] and kernel.writes == []
+    assert kernel.calls[-1] == "read"  # the restore's, after activation: nothing after it
+    assert fence.permits[KEY] == permit
     rep = g.last_promotion
     assert rep is not None and (rep.read, rep.changed, rep.sas) == ("notices", 0, 1)
 

@@ -63,9 +63,9 @@ class SenderTerm:
         match alike); none once the term has ended or moved on (deposed meanwhile)."""
         if self.epoch != epoch:
             return
-        for key, h in held.items():
-            self.held[key] = h
-            self.pending[key] = fenceport.Permit(key, h.lo, h.hi, False)
+        self.held.update(held)
+        permit = fenceport.Permit
+        self.pending.update({key: permit(key, h.lo, h.hi, False) for key, h in held.items()})
 
     def accepted(self, entry: SeqEntry) -> list[fenceport.Permit]:
         """A committed entry was accepted: the permits it makes (none from another epoch)."""
@@ -106,9 +106,11 @@ class SenderTerm:
 
     def granted(self, permits: Iterable[fenceport.Permit]) -> None:
         """The fence holds these permits now (later ones for the same SA stay pending)."""
+        pending = self.pending
         for p in permits:
-            if self.pending.get(p.key) == p:
-                del self.pending[p.key]
+            q = pending.get(p.key)
+            if q is p or q == p:  # the same object, as a grant of `pending` hands them back
+                del pending[p.key]
 
     def forget(self, keys: Iterable[SaKey]) -> None:
         """SAs gone: nothing held or planned for them."""

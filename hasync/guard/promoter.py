@@ -74,16 +74,15 @@ class PromotionDriver:
                               promo.reserve)  # the claim's own marks: this term's first permits
             # below lo, an SA's write would go past hi (D269); one the kernel's notices name
             # is left for the XFRM phase, which sees its new instance (D273)
-            floors = self.reads.floors(self.reads.changes())
-            early = {k: h for k, h in held.items() if floors.get(k, -1) >= h.lo}
+            early = self.reads.at_lo(held, self.reads.changes())
             await self._early(promo, early, epoch)
             rest = {k: h for k, h in held.items() if k not in early}
-            later = await self._xfrm(promo, held, frozenset(early))
+            later, vouched = await self._xfrm(promo, held, frozenset(early))
             self._hold({k: h for k, h in rest.items() if k not in later}, epoch)
             self.activate()
             rep = promo.activated(self.clock())
             # inbound replay state, after the grant starts
-            await self._restore(promo, later, held, frozenset(early))
+            await self._restore(promo, later, vouched, held, frozenset(early))
         self._hold({k: h for k, h in rest.items() if k in later}, epoch)
         return self._promoted(rep)
 
@@ -106,12 +105,14 @@ class PromotionDriver:
             self.granting()
 
     async def _restore(self, promo: Promotion, later: dict[SaKey, Write],
-                       held: dict[SaKey, Held], live: frozenset[SaKey]) -> None:
+                       vouched: frozenset[SaKey], held: dict[SaKey, Held],
+                       live: frozenset[SaKey]) -> None:
         """Write the inbound replay state the XFRM phase left for after the outbound writes
-        (D263): restored before any permit of those SAs is held. Restored forward only: if
-        the XFRM phase planned from an older read (D273), the kernel is read first, and an
-        SA that received past the journal since is left alone."""
-        if not later:
+        (D263), `later`, or passed over, `vouched`: restored before any permit of `later` is
+        held. Restored forward only: if the XFRM phase planned from an older read (D273),
+        the kernel is read first, and an SA that received past the journal since is left
+        alone."""
+        if not later and not vouched:
             return
         t0 = self.clock()
         try:
@@ -120,8 +121,8 @@ class PromotionDriver:
                 fresh = await self.reads.kernel.snapshot()
                 writes = [w for w in plan_writes(fresh, committed_records(self.journal),
                                                  promo.reserve, held=held, live=live)
-                          if w.oseq == w.sa.oseq and w.sa.key in later]
-            res = await self.reads.kernel.write(writes)
+                          if w.oseq == w.sa.oseq and (w.sa.key in later or w.sa.key in vouched)]
+            res, _ = await self.reads.write(writes)  # none: no kernel call
         except KERNEL_FAILURES as e:
             promo.report.errors.append(f"inbound restore: {e}")
             return
@@ -172,39 +173,46 @@ class PromotionDriver:
         count(self.stats.claim_failed, "STALE" if result == REJECTED else reason.name)
         return None
 
-    async def _xfrm(self, promo: Promotion, held: dict[SaKey, Held],
-                    live: frozenset[SaKey]) -> dict[SaKey, Write]:
+    async def _xfrm(self, promo: Promotion, held: dict[SaKey, Held], live: frozenset[SaKey]
+                    ) -> tuple[dict[SaKey, Write], frozenset[SaKey]]:
         """Read and write until the promotion leaves its XFRM phase (an SA the claim granted
         goes to its permit's lo, the target the claim's marks were made from; one whose
         permit is in force, `live`, below it goes past its hi); the writes that move no
-        outbound counter (inbound replay state) are left for `_restore`."""
+        outbound counter (inbound replay state), and the SAs passed over (`_read`), are
+        left for `_restore`."""
         first = True
         while True:
             try:
-                sas = await self._read(promo.report, first)
+                sas, vouched = await self._read(promo.report, first, live)
                 first = False
                 self.reads.last_read = self.clock()  # a master's staleness counts from this read
-                writes = promo.plan(sas, committed_records(self.journal), held, live)
+                plan = [sa for sa in sas if sa.key not in vouched] if vouched else sas
+                writes = promo.plan(plan, committed_records(self.journal), held, live,
+                                    vouched=len(sas) - len(plan))
                 later = {w.sa.key: w for w in writes if w.oseq == w.sa.oseq}
                 res = await self.reads.kernel.write([w for w in writes if w.oseq != w.sa.oseq])
             except KERNEL_FAILURES as e:
                 if promo.read_failed(str(e), self.clock()):
                     continue
-                return {}  # out of reads: no permit waits for a write that will not come
+                return {}, frozenset()  # out of reads: no permit waits for a write
             self.reads.keep(sas, writes)  # the first marks start from it: no second dump
             promo.written(res, self.clock())
-            return later
+            return later, vouched
 
-    async def _read(self, report: PromotionReport, first: bool) -> list[KernelSa]:
-        """The SAs to plan from: the last read as the kernel's SA notices since leave it, if
-        they account for every change (D273: nothing read per SA); otherwise, and after a
-        failure, every SA read."""
+    async def _read(self, report: PromotionReport, first: bool, live: frozenset[SaKey]
+                    ) -> tuple[list[KernelSa], frozenset[SaKey]]:
+        """The SAs as they stand, and those of them the plan may pass over: from the last read
+        as the kernel's SA notices since leave it, if they account for every change (D273:
+        nothing read per SA), the `live` SAs not changed since the early grant (at or past
+        lo then, and each counter only rises: nothing to write; their inbound state waits
+        for `_restore`'s fresh read); otherwise, and after a failure, every SA read, none
+        passed over."""
         changes = self.reads.changes() if first else None
         if changes is not None:
             report.read, report.changed = "notices", len(changes)
-            return self.reads.view(changes)
+            return self.reads.view(changes), live - changes.keys()
         report.read = "dump"
-        return await self.reads.kernel.snapshot()
+        return await self.reads.kernel.snapshot(), frozenset()
 
     @staticmethod
     def _promoted(rep: PromotionReport) -> PromotionReport:

@@ -128,14 +128,14 @@ class Promotion:
 
     def plan(self, sas: Iterable[KernelSa], records: Mapping[SaKey, SeqRecord],
              held: Mapping[SaKey, Held] | None = None,
-             live: frozenset[SaKey] = frozenset()) -> list[Write]:
+             live: frozenset[SaKey] = frozenset(), vouched: int = 0) -> list[Write]:
         """The kernel was read: the writes that move every SA to its target (an SA the claim
         granted, `held`: to its permit's lo; one whose permit is in force, `live`, found
-        below lo: past its hi)."""
+        below lo: past its hi); `vouched` more SAs are known to need none."""
         self._expect(Phase.XFRM, "plan writes")
         sas = list(sas)
         writes = plan_writes(sas, records, self.reserve, held=held, live=live)
-        self._planned = (len(sas), writes)
+        self._planned = (len(sas) + vouched, writes)
         return writes
 
     def written(self, result: WriteResult, now: float) -> None:

@@ -20,6 +20,7 @@ from .kernel import KernelPort, row_sa
 from .pacing import ReadCosts
 from .ports import GuardStats
 from .records import KernelSa, SaKey, Write, WriteResult
+from .rules import Held
 from .watch import Changes, SaWatch
 
 log = logging.getLogger("hasync.guard")
@@ -39,8 +40,9 @@ class KernelReads:
         self.spis: frozenset[int] = frozenset()  # the SPIs of that read (charonwatch)
         self.keys: frozenset[SaKey] = frozenset()  # its SAs (roam.py)
         self.fresh: tuple[list[KernelSa], float] | None = None  # a promotion's read (clock)
-        self.last_sas: list[KernelSa] = []  # the last read's SAs
-        self.landed: list[Write] = []  # a backup tick's writes after it, if all of them landed
+        # the last read's SAs, each raised by a backup tick's writes after it if all of them
+        # landed: kept as ticks go, so a promotion plans from it without a pass over every SA
+        self.standing: dict[SaKey, KernelSa] = {}
 
     def keep(self, sas: list[KernelSa], writes: list[Write]) -> None:
         """A promotion read `sas` and wrote `writes`: the new term's first marks may start
@@ -71,7 +73,7 @@ class KernelReads:
             log.info("reading the kernel's SAs works again, after %d failures", self.failing)
             self.failing = 0
         seen = frozenset(sa.key for sa in sas)
-        self.keys, self.last_sas, self.landed = seen, sas, []
+        self.keys, self.standing = seen, {sa.key: sa for sa in sas}
         self.spis = frozenset(key[1] for key in seen)
         return sas, now
 
@@ -97,17 +99,12 @@ class KernelReads:
 
     def view(self, changes: Changes) -> list[KernelSa]:
         """The SAs as they stand now, if `changes` is all that changed since the last read
-        began: that read's SAs with a backup tick's landed writes after it, less the changed
-        ones, and each new instance as its notice showed it. Counters only rise within an
-        instance (torvalds/linux net/xfrm/xfrm_replay.c), so each is at least what it says."""
-        landed = {w.sa.key: w for w in self.landed}
-        out = []
-        for sa in self.last_sas:
-            if sa.key in changes:
-                continue
-            w = landed.get(sa.key)
-            out.append(sa if w is None else replace(sa, oseq=max(sa.oseq, w.oseq), seq=w.seq,
-                                                    bitmap=w.bitmap))
+        began: that read's SAs with a backup tick's landed writes after it (`standing`), less
+        the changed ones, and each new instance as its notice showed it. Counters only rise
+        within an instance (torvalds/linux net/xfrm/xfrm_replay.c), so each is at least what
+        it says."""
+        out = [sa for key, sa in self.standing.items() if key not in changes] if changes \
+            else list(self.standing.values())
         out.extend(row_sa(row) for row in changes.values() if row is not None)
         return out
 
@@ -122,9 +119,16 @@ class KernelReads:
         return res, self.clock() - wrote
 
     def prejumped(self, writes: list[Write], res: WriteResult) -> None:
-        """A backup tick's `writes` after the last read did `res`: kept if all landed (a
-        refusal does not name its SA, so then none is counted)."""
-        self.landed = [] if res.errors else writes
+        """A backup tick's `writes` after the last read did `res`: taken into `standing` if
+        all landed (a refusal does not name its SA, so then none is)."""
+        if res.errors:
+            return
+        standing = self.standing
+        for w in writes:
+            sa = standing.get(w.sa.key)
+            if sa is not None:  # the constructor: dataclasses.replace costs 5 us an SA
+                standing[sa.key] = KernelSa(sa.key, sa.esn, max(sa.oseq, w.oseq), w.seq,
+                                            w.bitmap, sa.window, sa.reqid, sa.xfrm_mark)
 
     def floors(self, changed: Changes | None = None) -> dict[SaKey, int]:
         """Each SA of the last read not `changed` since: the least its outbound counter can
@@ -132,11 +136,16 @@ class KernelReads:
         only up (torvalds/linux net/xfrm/xfrm_replay.c); an SA created again since, unseen,
         is not this one to the promotion's write (`rules.plan_writes`, `live`)."""
         changed = changed or {}
-        out = {sa.key: sa.oseq for sa in self.last_sas if sa.key not in changed}
-        for w in self.landed:
-            if w.sa.key in out:
-                out[w.sa.key] = max(out[w.sa.key], w.oseq)
-        return out
+        return {key: sa.oseq for key, sa in self.standing.items() if key not in changed}
+
+    def at_lo(self, held: dict[SaKey, Held], changed: Changes | None) -> dict[SaKey, Held]:
+        """The permits in `held` whose SA's floor (`floors`) is at or past the permit's lo:
+        one pass over `held`, none over the other SAs."""
+        changed = changed or {}
+        standing = self.standing
+        return {key: h for key, h in held.items()
+                if (sa := standing.get(key)) is not None and sa.oseq >= h.lo
+                and key not in changed}
 
     def failed(self, e: Exception) -> None:
         """A read or write failed with one of `kernel.KERNEL_FAILURES`."""

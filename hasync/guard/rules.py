@@ -320,8 +320,15 @@ def claim_lows(records: Mapping[SaKey, SeqRecord], node: str, epoch: int,
                reserve: Reserve) -> dict[SaKey, Held]:
     """What the claimant holds once its claim is applied: the records the claim made for
     (`node`, `epoch`), each (hi - ahead(rate), hi] (`claim_marks` inverted: hi = lo + ahead)."""
-    return {key: Held(rec.mark - reserve.ahead(rec.rate), rec.mark, claimed=True)
-            for key, rec in records.items() if rec.epoch == epoch and rec.node == node}
+    aheads: dict[float, int] = {}  # one `ahead` per rate: a promotion's pass over every SA
+    out = {}
+    for key, rec in records.items():
+        if rec.epoch == epoch and rec.node == node:
+            ahead = aheads.get(rec.rate)
+            if ahead is None:
+                ahead = aheads[rec.rate] = reserve.ahead(rec.rate)
+            out[key] = Held(rec.mark - ahead, rec.mark, claimed=True)
+    return out
 
 
 def target_oseq(sa: KernelSa, rec: SeqRecord | None, reserve: Reserve) -> int:
@@ -346,6 +353,9 @@ def plan_writes(sas: Iterable[KernelSa], records: Mapping[SaKey, SeqRecord],
     journaled inbound state of its SA: a backup's steady state). A write that moves only
     inbound state writes back the outbound counter read, which only output moves
     (torvalds/linux net/xfrm/xfrm_replay.c): an SA that receives does not send."""
+    sas = list(sas)
+    if not sas:  # nothing to plan: no pass over the records (`spi_peaks`)
+        return []
     writes = []
     peaks = spi_peaks(records)
     held = held or {}
