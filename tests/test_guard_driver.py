@@ -5,6 +5,7 @@ every failure loud. Traffic through the fence: tests/test_guard_fence.py."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from typing import Any
 
@@ -1062,3 +1063,26 @@ def test_inbound_state_planned_from_the_notices_is_restored_forward_only(
     assert rep.read == "notices" and kernel.reads == 2  # the backup's, then the restore's
     inbound_only = [(w.sa.key, w.seq) for w in kernel.writes if w.oseq == w.sa.oseq]
     assert inbound_only == ([(inbound, 90)] if written else [])
+
+
+class _GcAtActivation(list):  # type: ignore[type-arg]
+    """The guard's activation list: records whether the cyclic collector ran then."""
+
+    def append(self, _: object) -> None:
+        super().append(gc.isenabled())
+
+
+def test_the_collector_is_paused_from_the_claim_to_activation_and_resumed_after() -> None:
+    """D275: no collection walks the daemon's heap on the promotion's critical path; the
+    collector is on again once charon is active (and stays off if it was off before)."""
+    for before in (True, False):
+        (gc.enable if before else gc.disable)()
+        try:
+            journal, kernel = FakeJournal(), FakeKernel([KernelSa(KEY, False, 10, 0, (0,), 32)])
+            journal.seqs.records[KEY] = SeqRecord(KEY, 5000, 0, (0,), 50.0, "gw1", 1.0)
+            at_activation = _GcAtActivation()
+            g = guard(journal, kernel, activated=at_activation)
+            asyncio.run(g.promote())
+            assert at_activation == [False] and gc.isenabled() is before
+        finally:
+            gc.enable()

@@ -12,7 +12,9 @@ up to CLAIM_RETRY_MAX_S. Handled failures are only named ones: a claim that fail
 (TIMEOUT), a kernel read or write (`kernel.KERNEL_FAILURES`: the promotion's report keeps it).
 The early grant needs no read: a permit's numbers lie past every mark accepted before the
 claim, and while it is in force the promotion writes an SA only past its hi or, restoring
-inbound state, back the outbound counter it read (`rules.plan_writes`, `live`).
+inbound state, back the outbound counter it read (`rules.plan_writes`, `live`). From the
+claim to charon's activation the cyclic garbage collector is paused (snapwriter.paused_gc,
+D275): the promotion allocates per SA, and a collection walks every object the daemon holds.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ..snapwriter import paused_gc
 from ..syncobj_compat import FailReason, outcome
 from .entries import REJECTED
 from .kernel import KERNEL_FAILURES
@@ -70,17 +73,18 @@ class PromotionDriver:
         self.term.start(epoch)
         async with self.reads.lock:  # a tick using the kernel finishes first: a backup's
             #                         write planned before the claim lands before any permit
-            held = claim_lows(committed_records(self.journal), self.node, epoch,
-                              promo.reserve)  # the claim's own marks: this term's first permits
-            # below lo, an SA's write would go past hi (D269); one the kernel's notices name
-            # is left for the XFRM phase, which sees its new instance (D273)
-            early = self.reads.at_lo(held, self.reads.changes())
-            await self._early(promo, early, epoch)
-            rest = {k: h for k, h in held.items() if k not in early}
-            later, vouched = await self._xfrm(promo, held, frozenset(early))
-            self._hold({k: h for k, h in rest.items() if k not in later}, epoch)
-            self.activate()
-            rep = promo.activated(self.clock())
+            with paused_gc():  # no collection walks the daemon's heap before activation
+                held = claim_lows(committed_records(self.journal), self.node, epoch,
+                                  promo.reserve)  # the claim's marks: this term's first permits
+                # below lo, an SA's write would go past hi (D269); one the kernel's notices
+                # name is left for the XFRM phase, which sees its new instance (D273)
+                early = self.reads.at_lo(held, self.reads.changes())
+                await self._early(promo, early, epoch)
+                rest = {k: h for k, h in held.items() if k not in early}
+                later, vouched = await self._xfrm(promo, held, frozenset(early))
+                self._hold({k: h for k, h in rest.items() if k not in later}, epoch)
+                self.activate()
+                rep = promo.activated(self.clock())
             # inbound replay state, after the grant starts
             await self._restore(promo, later, vouched, held, frozenset(early))
         self._hold({k: h for k, h in rest.items() if k in later}, epoch)
