@@ -34,6 +34,7 @@ from collections.abc import Callable, Mapping
 
 from . import procudp
 from .ha import HaMessage, MalformedMessage, decode_only
+from .sockbuf import grow_rcvbuf
 
 log = logging.getLogger("hasync.ha")
 Address = tuple[str, int]
@@ -44,7 +45,6 @@ LOG_FIRST = 10  # per reason: log the first few drops, then every LOG_EVERY-th
 LOG_EVERY = 1000
 RCVBUF = 8 * 1024 * 1024
 BATCH_MAX = 512  # datagrams read per readable event before the loop runs others
-SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux socket(7)
 SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)  # Linux asm-generic/socket.h
 CMSG_SPACE = socket.CMSG_SPACE(4)
 ROOT = 0
@@ -222,9 +222,4 @@ def open_endpoint(bind: Address, charon: Address, handler: Handler,
 
 def _grow_rcvbuf(sock: socket.socket) -> None:
     """Room for a burst from charon (a resync, a mass rekey) while the loop is busy."""
-    for opt in (SO_RCVBUFFORCE, socket.SO_RCVBUF):  # FORCE passes rmem_max, as root
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, opt, RCVBUF)
-            return
-        except OSError:
-            continue
+    grow_rcvbuf(sock, RCVBUF)

@@ -20,6 +20,7 @@ import socket
 from collections import Counter
 from collections.abc import Callable
 
+from ..sockbuf import grow_rcvbuf
 from ..xfrm.enums import (
     NETLINK_ADD_MEMBERSHIP,
     NETLINK_XFRM,
@@ -35,7 +36,6 @@ from .records import SaKey
 log = logging.getLogger("hasync.guard")
 GROUPS = (XFRMNLGRP_SA, XFRMNLGRP_EXPIRE, XFRMNLGRP_MIGRATE)
 RCVBUF = 4 << 20  # notices of a mass install (about 700 bytes each) before the next drain
-SO_RCVBUFFORCE = 33  # asm-generic/socket.h: like SO_RCVBUF, past rmem_max (CAP_NET_ADMIN)
 RECV_SIZE = 1 << 16
 Changes = dict[SaKey, ReplayRow | None]  # per SA key: its new instance's row, or GONE
 
@@ -48,12 +48,7 @@ def open_notices() -> socket.socket:
         sock.bind((0, 0))
         for group in GROUPS:
             sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group)
-        for opt in (SO_RCVBUFFORCE, socket.SO_RCVBUF):  # FORCE passes rmem_max, as root
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, opt, RCVBUF)
-                break
-            except OSError:
-                continue
+        grow_rcvbuf(sock, RCVBUF)
     except OSError:
         sock.close()
         raise

@@ -47,9 +47,10 @@ from hasync.xfrm.netlink import Done, NetlinkError
 from hasync.xfrm.replayrows import ReplayRow, parse_replay_rows
 from hasync.xfrm.structs import Mark, ReplayState, ReplayStateEsn, SaId, family_of
 
+from ..sockbuf import grow_rcvbuf
+
 RECV_SIZE = 1 << 16  # af_netlink caps a dump skb near 32 KiB; MSG_TRUNC is checked anyway
 EVENT_RCVBUF = 4 << 20  # receive queue asked for by subscribe_aevents()
-SO_RCVBUFFORCE = 33  # asm-generic/socket.h: like SO_RCVBUF, past rmem_max (CAP_NET_ADMIN)
 DUMP_ATTEMPTS = 3  # a dump answered with NLM_F_DUMP_INTR is retried this often
 
 Address = IPv4Address | IPv6Address | str
@@ -177,11 +178,7 @@ class XfrmSocket:
             self._sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, XFRMNLGRP_AEVENTS)
         except OSError as exc:
             raise XfrmError(exc.errno or errno.EIO, "subscribe to XFRMNLGRP_AEVENTS") from exc
-        try:  # past net.core.rmem_max as root, else as much as rmem_max allows
-            self._sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
-        except OSError:
-            with contextlib.suppress(OSError):
-                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        grow_rcvbuf(self._sock, rcvbuf)  # past net.core.rmem_max as root, else up to it
         self.subscribed = True
 
     def read_events(self, timeout: float) -> list[Aevent]:
