@@ -2,14 +2,15 @@
 being applied to charon's activation (`xfrm_ms` + `activate_ms` of its report), at N tunnels.
 
 This host has no ESP, so bench/failover.py measures it in the VM under TCG only. Here the
-guard's real code runs with the real send fence (nft through libnftables, in a network
-namespace of its own: bench/fence_net.py) and a stand-in for the XFRM port (tests/guardfakes.py,
-an in-memory kernel): on the promotion's common path (D273: the kernel's SA notices say
-nothing changed since the backup's last read) the promotion reads no SA and writes none, so
-the stand-in is not touched after the backup's tick. Each run: a backup holding 2N SAs with
-journaled marks ticks once (its read, its pre-jumps, its standby permits behind the shut
-gate), then promotes; the median of `--repeats` per N, and a least-squares fit over N.
-Needs root and nft. Prints a table and saves bench/results/promotion_cost.json.
+guard's real code runs with the real send fence (libnftables in-process, as the daemon runs
+it, D278; in a network namespace of its own: bench/fence_net.py) and a stand-in for the XFRM
+port (tests/guardfakes.py, an in-memory kernel): on the promotion's common path (D273: the
+kernel's SA notices say nothing changed since the backup's last read) the promotion reads no
+SA and writes none, so the stand-in is not touched after the backup's tick. Each run: a
+backup holding 2N SAs with journaled marks ticks once (its read, its pre-jumps, its standby
+permits behind the shut gate), then promotes; the median of `--repeats` per N, and a
+least-squares fit over N. Needs root and nft. Prints a table and saves
+bench/results/promotion_cost.json.
 
     .venv/bin/python bench/promotion_cost.py [--tunnels 100,1000,10000] [--repeats 3]
 """
@@ -56,7 +57,7 @@ async def _promote(n: int, net: FenceNet) -> dict[str, float]:
             journal.seqs.records[key] = SeqRecord(key, 5000, 0, (0,), 50.0, "gw1", 1.0)
             sas.append(KernelSa(key, False, 10, 0, (0,), 32))
     kernel = FakeKernel(sas)
-    fence = NftFence(netns=net.sender, timeout_s=300.0)
+    fence = NftFence(netns=net.sender, timeout_s=300.0, library=True)  # as the daemon
     acts: list[float] = []
     g = Guard("gw2", journal, Reserve(), lambda: acts.append(time.monotonic()), fence, 0.1,
               kernel=kernel, clock=time.monotonic, wall=time.time, sleep=asyncio.sleep,

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from hasync.fence import rules
 from hasync.fence.port import Permit
 from hasync.fence.rules import (
     ESN_WIDTH,
@@ -87,10 +88,10 @@ P4, U4 = "p_c0000207_00001000", "u_c0000207_00001000"
 SHUT = [f"flush chain {T} gate_plain", f"flush chain {T} gate_udp",
         f"add rule {T} gate_plain ip daddr . @th,0,32 @sa4 drop",
         f"add rule {T} gate_plain ip6 daddr . @th,0,32 @sa6 drop",
-        f"add rule {T} gate_plain counter name unknown drop",
+        f"add rule {T} gate_plain meta l4proto @unknown drop", f"add rule {T} gate_plain drop",
         f"add rule {T} gate_udp ip daddr . @th,64,32 @sa4 drop",
         f"add rule {T} gate_udp ip6 daddr . @th,64,32 @sa6 drop",
-        f"add rule {T} gate_udp counter name unknown drop"]
+        f"add rule {T} gate_udp meta l4proto @unknown drop", f"add rule {T} gate_udp drop"]
 OPEN = SHUT[:2]
 LINKS4 = [f"add element {T} go4 {{ 192.0.2.7 . 4096 : jump {P4} }}",
           f"add element {T} ugo4 {{ 192.0.2.7 . 4096 : jump {U4} }}"]
@@ -130,7 +131,7 @@ def test_every_esp_packet_meets_the_gate_before_the_maps_and_setup_shuts_it() ->
         shut = text.split(f"chain {gate} {{")[1].split("}")[0]
         assert [r.strip() for r in shut.strip().split("\n")] == [
             f"ip daddr . {spi} @sa4 drop", f"ip6 daddr . {spi} @sa6 drop",
-            "counter name unknown drop"]
+            "meta l4proto @unknown drop", "drop"]
     assert text.index("chain gate_plain") < text.index("chain esp_plain")
 
 
@@ -267,8 +268,10 @@ def _set_doc(name: str, elems: list[tuple[str, int, int]]) -> str:
                           for a, s, p in elems]}}]})
 
 
-UNKNOWN = json.dumps({"nftables": [{"metainfo": {}}, {"counter": {
-    "family": "inet", "name": "unknown", "table": "hasync_fence", "packets": 7, "bytes": 9}}]})
+UNKNOWN = json.dumps({"nftables": [{"metainfo": {}}, {"set": {
+    "family": "inet", "name": "unknown", "table": "hasync_fence", "type": "inet_proto",
+    "elem": [{"elem": {"val": "udp", "counter": {"packets": 3, "bytes": 9}}},
+             {"elem": {"val": "esp", "counter": {"packets": 4, "bytes": 9}}}]}}]})
 
 
 def test_counts_map_elements_to_the_guards_keys() -> None:
@@ -281,10 +284,20 @@ def test_counts_map_elements_to_the_guards_keys() -> None:
 
 @pytest.mark.parametrize("docs", [
     ["not json", UNKNOWN],
-    [_set_doc("sa4", [])],  # no unknown counter
+    [_set_doc("sa4", [])],  # no unknown set
+    [json.dumps({"nftables": [{"set": {"name": "unknown", "elem": [{"elem": "esp"}]}}]})],
     [_set_doc("sa4", [("192.0.2.7", 4096, -1)]), UNKNOWN],
     [json.dumps({"nftables": [{"set": {"name": "sa4", "elem": [{"elem": "x"}]}}]}), UNKNOWN],
 ])
 def test_counts_refuse_what_they_do_not_understand(docs: list[str]) -> None:
     with pytest.raises(FenceParseError):
         counts_from_json(docs, {})
+
+
+@given(st.integers(-5, 2 * U32), st.integers(-5, 2 * U32), st.booleans(),
+       st.sampled_from([50, 51]))
+def test_the_grants_inline_intervals_are_those_of_intervals(lo: int, hi: int, esn: bool,
+                                                            proto: int) -> None:
+    """D278: the grant computes the common permit's intervals inline; always `intervals`."""
+    p = Permit(("192.0.2.7", 4096, proto), lo, hi, esn)
+    assert rules._esp([p]) == ({p.key: intervals(p)} if proto == 50 else {})

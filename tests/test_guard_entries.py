@@ -107,7 +107,8 @@ _keys = st.tuples(st.sampled_from(["192.0.2.1", "2001:db8::7", "10.0.0.255"]),
                   st.integers(0, U32_MAX), st.integers(0, 255))
 _records = st.builds(SeqRecord, _keys, st.integers(0, U64_MAX), st.integers(0, U64_MAX),
                      st.lists(st.integers(0, U32_MAX), max_size=4).map(tuple),
-                     st.floats(0, 1e9), st.just("gw1"), st.floats(0, 2e9))
+                     st.floats(0, 1e9), st.just("gw1"), st.floats(0, 2e9),
+                     st.just(0))  # a record carries its entry's epoch (0 here)
 _entries = st.builds(SeqEntry, st.just("gw1"), st.floats(0, 2e9),
                      st.lists(_records, min_size=1, max_size=5).map(tuple),
                      st.lists(_keys, max_size=3).map(tuple))

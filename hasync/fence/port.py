@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from ..guard.records import SaKey
 
@@ -21,9 +21,9 @@ class FenceError(RuntimeError):
     """The fence could not be read or changed (nft missing, refused, or timed out)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Permit:
-    """SA `key` may send sequence numbers in (lo, hi]; 64-bit values for ESN SAs."""
+class Permit(NamedTuple):
+    """SA `key` may send sequence numbers in (lo, hi]; 64-bit values for ESN SAs. A named
+    tuple: made, compared and hashed in C, a promotion makes one per SA (D278)."""
 
     key: SaKey
     lo: int

@@ -13,7 +13,10 @@ Rules:
   own chain (`p_<addr>_<spi>`, `u_<addr>_<spi>`), which accepts only the permitted low-32
   sequence numbers (one `@th,32,32 a-b accept` rule per interval). Every other such packet is
   dropped, counted by its (daddr, SPI) element in `sa4`/`sa6` (a per-element counter) when this
-  process ever granted that SA a permit, else by the named counter `unknown`.
+  process ever granted that SA a permit, else by its protocol's element (esp, udp) of the set
+  `unknown`, then dropped whatever it is. `unknown` is a counter set, not a named counter
+  (D278): nft lists a set from a small cache, but any counter object only after loading every
+  chain and rule of the table (0.6 s at 10k SAs, each time the counts are read).
 - UDP from the NAT-T port with a zero marker (IKE, RFC 3948 section 2.2) or shorter than the
   marker (a 1-byte NAT keepalive, section 2.3: nft_payload_eval breaks the rule when the load
   runs past the packet, net/netfilter/nft_payload.c) is left alone.
@@ -115,8 +118,9 @@ def chain_names(key: SaKey) -> tuple[str, str]:
 
 
 def _table_block(natt_port: int) -> str:
-    """The whole table: maps, counter sets, the `unknown` counter and the chains."""
-    lines = [f"table {FAMILY} {TABLE} {{", "  counter unknown { }"]
+    """The whole table: maps, counter sets (`unknown` among them) and the chains."""
+    lines = [f"table {FAMILY} {TABLE} {{",
+             "  set unknown { type inet_proto; counter; elements = { esp, udp }; }"]
     for f, ip in ((4, "ip"), (6, "ip6")):
         lines += [f"  map go{f} {{ typeof {ip} daddr . @th,0,32 : verdict; }}",
                   f"  map ugo{f} {{ typeof {ip} daddr . @th,64,32 : verdict; }}",
@@ -139,9 +143,10 @@ def _table_block(natt_port: int) -> str:
 
 
 def _drops(spi: str) -> list[str]:
-    """Drop an ESP packet, counted by its SA's element if it has one, else as `unknown`."""
+    """Drop an ESP packet, counted by its SA's element if it has one, else in `unknown` by its
+    protocol (the chains see only ESP and UDP); the last rule drops whatever is left."""
     return [f"ip daddr . {spi} @sa4 drop", f"ip6 daddr . {spi} @sa6 drop",
-            "counter name unknown drop"]
+            "meta l4proto @unknown drop", "drop"]
 
 
 def gate_lines(shut: bool) -> list[str]:
@@ -215,8 +220,18 @@ def _unlinks(keys: Iterable[SaKey], sure: bool) -> list[str]:
 
 
 def _esp(permits: Iterable[Permit]) -> dict[SaKey, tuple[Interval, ...]]:
-    """The intervals of each ESP SA's permit (other protocols are not fenced)."""
-    return {p.key: intervals(p) for p in permits if p.key[2] == IPPROTO_ESP}
+    """The intervals of each ESP SA's permit (other protocols are not fenced): `intervals`,
+    its common case inline (a promotion's grant passes over every SA, D278)."""
+    out = {}
+    for p in permits:
+        key, lo, hi, esn = p
+        if key[2] != IPPROTO_ESP:
+            continue
+        if esn or lo < 0 or hi >= U32:
+            out[key] = intervals(p)
+        else:  # non-ESN within 32 bits: (lo, hi] is the one interval lo+1..hi, or none
+            out[key] = ((lo + 1, hi),) if lo < hi else ()
+    return out
 
 
 def _script(lines: list[str]) -> str:
@@ -266,8 +281,9 @@ def _fill(book: FenceBook, wanted: dict[SaKey, tuple[Interval, ...]]
           ) -> tuple[list[str], list[SaKey]]:
     """Lines rewriting the chains whose permit moved or is unknown, and the SAs to link: those
     and the SAs not surely linked (every SA the lines touch)."""
-    rewrite = {k: v for k, v in wanted.items() if book.installed.get(k) != v}
-    link = [k for k in wanted if k in rewrite or k not in book.linked]
+    installed, linked = book.installed, book.linked
+    rewrite = {k: v for k, v in wanted.items() if installed.get(k) != v}
+    link = [k for k in wanted if k in rewrite or k not in linked]
     return [line for k, v in rewrite.items() for line in _chains(k, v)], link
 
 
@@ -276,18 +292,19 @@ def plan_grant(book: FenceBook, permits: Iterable[Permit]) -> Plan:
     With the gate not surely open, this grant opens it, in the same transaction unlinking
     every other SA linked or in doubt: then exactly these permits are in force (D265)."""
     wanted = _esp(permits)
+    keys = wanted.keys()  # a set view: no copy of the keys per use
     lines, link = _fill(book, wanted)
     new = book.copy()
     new.installed.update(wanted)
-    new.doubt -= set(wanted)
+    new.doubt.difference_update(keys)
     if book.opened is True:
-        new.linked |= set(wanted)
+        new.linked.update(keys)
         return Plan(_script(lines + _links(link)), new, frozenset(link))
-    sure = sorted(book.linked - set(wanted))
-    doubted = sorted(book.doubt - set(wanted) - book.linked)
+    sure = sorted(book.linked - keys)
+    doubted = sorted(book.doubt - keys - book.linked)
     lines = [*_unlinks(sure, True), *_unlinks(doubted, False), *lines, *_links(link),
              *gate_lines(shut=False)]
-    new.linked, new.doubt, new.opened = set(wanted), set(), True
+    new.linked, new.doubt, new.opened = set(keys), set(), True
     return Plan(_script(lines), new, frozenset({*link, *sure, *doubted}), gate=True)
 
 
@@ -342,7 +359,7 @@ def plan_forget(book: FenceBook, keys: Iterable[SaKey]) -> Plan:
 
 
 def counts_from_json(docs: Iterable[str], known: Mapping[tuple[str, int], SaKey]) -> FenceCounts:
-    """FenceCounts from `nft -j list set` (sa4, sa6) and `nft -j list counter` (unknown) output.
+    """FenceCounts from `nft -j list set` output (sa4, sa6 and unknown, whose elements add up).
 
     `known` maps (canonical address, SPI) to the key the guard uses; others get a key built
     from nft's address and IPPROTO_ESP."""
@@ -356,15 +373,16 @@ def counts_from_json(docs: Iterable[str], known: Mapping[tuple[str, int], SaKey]
         for item in items:
             if not isinstance(item, dict):
                 raise FenceParseError(f"nft -j item is not an object: {item!r}")
-            if "counter" in item and item["counter"].get("name") == "unknown":
-                unknown = _int(item["counter"].get("packets"))
+            if "set" in item and item["set"].get("name") == "unknown":
+                unknown = (unknown or 0) + sum(_elem_packets(e) for e in
+                                               item["set"].get("elem", []))
             elif "set" in item and item["set"].get("name") in ("sa4", "sa6"):
                 for elem in item["set"].get("elem", []):
                     addr, spi, packets = _set_counter(elem)
                     canon = (str(ip_address(addr)), spi)
                     per_sa[known.get(canon, (canon[0], spi, IPPROTO_ESP))] = packets
     if unknown is None:
-        raise FenceParseError("nft -j output has no counter 'unknown'")
+        raise FenceParseError("nft -j output has no set 'unknown'")
     return FenceCounts(per_sa, unknown)
 
 
@@ -375,6 +393,14 @@ def _set_counter(elem: object) -> tuple[str, int, int]:
         addr, spi = body["val"]["concat"]
         return str(addr), _int(spi), _int(body["counter"]["packets"])
     except (KeyError, TypeError, ValueError) as e:
+        raise FenceParseError(f"nft -j set element not understood: {elem!r}") from e
+
+
+def _elem_packets(elem: object) -> int:
+    """The packets of one `unknown` element."""
+    try:
+        return _int(elem["elem"]["counter"]["packets"])  # type: ignore[index]
+    except (KeyError, TypeError) as e:
         raise FenceParseError(f"nft -j set element not understood: {elem!r}") from e
 
 

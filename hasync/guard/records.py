@@ -12,6 +12,7 @@ every NEWAE for it must carry: net/xfrm/xfrm_state.c __xfrm_state_lookup() skips
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from ..xfrm.structs import Mark
 
@@ -34,9 +35,9 @@ class KernelSa:
     xfrm_mark: Mark | None = None  # XFRMA_MARK (value, mask); not the journal's outbound mark
 
 
-@dataclass(frozen=True, slots=True)
-class SeqRecord:
-    """What the journal holds per SA; no key material."""
+class SeqRecord(NamedTuple):
+    """What the journal holds per SA; no key material. A named tuple: a claim makes one per
+    SA in its apply, on every node, inside the promotion's barrier (D278)."""
 
     key: SaKey
     mark: int  # outbound: `node` sends nothing above this before a higher mark commits

@@ -45,6 +45,7 @@ from array import array
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .records import U32_MAX, U64_MAX, KernelSa, SaKey, SeqRecord, Write
 
@@ -143,10 +144,10 @@ class TrackerStats:
     stretch_ms: float = 0.0  # how much longer marks reach for it (`stretch()`)
 
 
-@dataclass(frozen=True, slots=True)
-class Held:
+class Held(NamedTuple):
     """What this node may send on an SA in its current epoch: (lo, hi], hi its accepted mark;
-    `claimed`: granted by the claim itself (`claim_marks`), before any read of the term."""
+    `claimed`: granted by the claim itself (`claim_marks`), before any read of the term. A
+    named tuple: a promotion makes one per SA (D278)."""
 
     lo: int
     hi: int
@@ -305,12 +306,18 @@ def claim_marks(records: Mapping[SaKey, SeqRecord],
     ahead(its journaled rate); none where hi would pass 2^32 - 1 (a record does not say if
     its SA has ESN: such SAs wait for the term's first read, as before claims granted)."""
     peaks = spi_peaks(records)
+    aheads: dict[float, int] = {}  # one `ahead` per rate: a claim's apply passes every SA
+    floor, horizon = 1 + reserve.takeover_floor, reserve.horizon_s
     out = {}
     for key, rec in records.items():
-        if rec.rate * reserve.horizon_s > U32_MAX:
+        rate = rec.rate
+        if rate * horizon > U32_MAX:
             continue  # a rate no counter can hold for long (and no float overflow)
-        lo = peaks[key[1:]].mark + 1 + reserve.takeover_floor
-        hi = lo + reserve.ahead(rec.rate)
+        ahead = aheads.get(rate)
+        if ahead is None:
+            ahead = aheads[rate] = reserve.ahead(rate)
+        lo = peaks[key[1:]].mark + floor
+        hi = lo + ahead
         if hi <= U32_MAX:
             out[key] = (lo, hi)
     return out
@@ -324,10 +331,11 @@ def claim_lows(records: Mapping[SaKey, SeqRecord], node: str, epoch: int,
     out = {}
     for key, rec in records.items():
         if rec.epoch == epoch and rec.node == node:
-            ahead = aheads.get(rec.rate)
+            rate, mark = rec.rate, rec.mark
+            ahead = aheads.get(rate)
             if ahead is None:
-                ahead = aheads[rec.rate] = reserve.ahead(rec.rate)
-            out[key] = Held(rec.mark - ahead, rec.mark, claimed=True)
+                ahead = aheads[rate] = reserve.ahead(rate)
+            out[key] = Held(mark - ahead, mark, True)  # claimed
     return out
 
 
