@@ -841,6 +841,30 @@ def test_a_promotion_preempts_a_backups_fence_chore() -> None:
     assert g.stats.fence_preempted == 1
 
 
+def test_the_drop_counters_wait_ten_times_their_last_reads_duration() -> None:
+    """D279: a read of the fence's counters grows with the SAs and holds the fence and the
+    guard's loop; the next waits COUNTS_DUTY times as long as it took, past COUNTS_S."""
+    journal, fence = FakeJournal(), FakeFence()
+    clock = journal.clock
+    g = guard(journal, FakeKernel([]), fence=fence)
+    real = fence.counts
+
+    async def slow() -> Any:
+        clock.t += 0.5  # the counters of many SAs
+        return await real()
+    fence.counts = slow  # type: ignore[method-assign]
+
+    async def go() -> list[int]:
+        await g.fence_sync(master=True)
+        seen = []
+        for step in (0.0, 1.5, 3.5):  # the first read; 2 s after it began; 5.5 s after
+            clock.t += step
+            await g.fencing.count(master=True)
+            seen.append(fence.calls.count("counts"))
+        return seen
+    assert asyncio.run(go()) == [1, 1, 2]
+
+
 def test_a_promotion_deposed_during_its_writes_holds_none_of_its_claims_permits() -> None:
     journal, fence = FakeJournal(), FakeFence()
     journal.seqs.records[KEY] = SeqRecord(KEY, 5000, 0, (0,), 0.0, "gw1", 1.0)
