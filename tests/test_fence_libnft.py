@@ -33,7 +33,7 @@ def test_a_command_past_its_timeout_is_a_fence_error_and_the_next_waits_behind_i
         pytest.skip("libnftables is not installed")
     done: list[str] = []
 
-    def slow(command: str, json_out: bool, channel: str) -> str:
+    def slow(command: str, json_out: bool) -> str:
         time.sleep(0.3 if command == "slow" else 0.0)
         done.append(command)
         return ""
@@ -45,7 +45,7 @@ def test_a_command_past_its_timeout_is_a_fence_error_and_the_next_waits_behind_i
         with pytest.raises(FenceError, match="timed out"):
             await f._run("grant", ["-f", "-"], "slow")
         f.timeout_s = 5.0
-        await f._run("grant", ["-f", "-"], "next", "gate")  # another context, one worker
+        await f._run("grant", ["-f", "-"], "next")
     asyncio.run(go())
     assert done == ["slow", "next"] and f.stats == {"grant": 1}
     lib.close()

@@ -174,7 +174,7 @@ def test_a_failed_grant_keeps_the_old_permits_and_the_next_one_rewrites(
         with pytest.raises(FenceError, match="refused"):
             asyncio.run(fence.lib.run("add rule inet no_such_table c accept"))
         real = fence.lib.run
-        fence.lib.run = lambda command, json_out=False, channel="main": real(  # type: ignore
+        fence.lib.run = lambda command, json_out=False: real(  # type: ignore[method-assign]
             "add rule inet no_such_table c accept")
     with pytest.raises(FenceError, match="exited 1" if lib is None else "refused"):
         asyncio.run(fence.grant([Permit(SA, 5, 9, False)]))
@@ -299,34 +299,3 @@ def test_unknown_counts_plain_and_udp_esp_of_sas_never_permitted(
     asyncio.run(fence.grant([Permit(SA, 0, 3, False)]))  # the gate opens: the maps' drops
     net.exchange([esp(DST, 0x7777, 2), natt(DST, 0x7778, 3)])
     assert asyncio.run(fence.counts()).unknown == 5
-
-
-def test_gate_only_transactions_run_in_the_gate_context(net: FenceNet) -> None:
-    """D278: a revoke, and a grant whose permits stand prepared, touch only the gate: they run
-    in a libnftables context of their own (no cache of the counts' listings to reload);
-    everything else in `main`."""
-    f = NftFence(NFT, netns=net.sender, library=True)
-    if f.lib is None:
-        pytest.skip("libnftables is not installed")
-    seen: list[tuple[str, str]] = []
-    real = f.lib.run
-
-    async def spy(command: str, json_out: bool = False, channel: str = "main") -> str:
-        seen.append((channel, command.split("\n")[0]))
-        return await real(command, json_out, channel)
-    f.lib.run = spy  # type: ignore[method-assign]
-    try:
-        asyncio.run(f.setup())
-        asyncio.run(f.prepare([Permit(SA, 0, 3, False)]))
-        seen.clear()
-        asyncio.run(f.grant([Permit(SA, 0, 3, False)], counters=False))  # only opens
-        asyncio.run(f.revoke_all())
-        assert [c for c, _ in seen] == ["gate", "gate"]
-        seen.clear()
-        asyncio.run(f.grant([Permit(SA, 3, 9, False)]))  # rewrites the chains: main
-        asyncio.run(f.counts())
-        assert {c for c, _ in seen} == {"main"}
-        got = net.exchange([esp(DST, 0x1000, s) for s in (3, 4)])
-        assert esp_got(got) == [(0x1000, 4)]  # the gate context's open took effect
-    finally:
-        f.close()

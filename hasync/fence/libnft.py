@@ -8,11 +8,7 @@ per-thread): the daemon's event loop never blocks on netlink, and the context is
 by two threads. A command either succeeds (its output, JSON when asked) or raises
 `FenceError` with the library's error text; a command that outlives the caller's timeout
 keeps running on the worker, and the next one waits behind it (one worker: commands stay in
-order). The worker holds one context per `channel` (D278): nft keeps a cache per context and
-reloads it whole after any commit, and a context that ran a full listing (the fence's counts)
-spends tens of ms at 10k SAs releasing it, so the gate's tiny transactions run in a context of
-their own; one worker keeps every channel's commands in order. The API is nftables'
-include/nftables/libnftables.h: nft_ctx_new(NFT_CTX_DEFAULT),
+order). The API is nftables' include/nftables/libnftables.h: nft_ctx_new(NFT_CTX_DEFAULT),
 nft_ctx_buffer_output/error, nft_ctx_output_set_flags (NFT_CTX_OUTPUT_JSON = 1 << 4),
 nft_run_cmd_from_buffer, nft_ctx_get_output_buffer/get_error_buffer.
 """
@@ -60,18 +56,15 @@ class LibNft:
         except (OSError, AttributeError) as e:
             raise FenceError(f"{library} cannot be loaded ({INSTALL_HINT}): {e}") from e
         self.netns, self.library = netns, library
-        self._ctxs: dict[str, int] = {}  # channel -> context, opened on the worker
-        self._entered = False  # the worker is in `netns` (setns(2) is per thread)
+        self._ctx: int | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hasync-nft")
         self._closed = threading.Event()
 
-    def _open(self, channel: str) -> int:
-        """On the worker: enter the namespace, then open the channel's context (its netlink
-        socket)."""
-        ctx = self._ctxs.get(channel)
-        if ctx is not None:
-            return ctx
-        if self.netns is not None and not self._entered:
+    def _open(self) -> int:
+        """On the worker: enter the namespace, then open the context (its netlink socket)."""
+        if self._ctx is not None:
+            return self._ctx
+        if self.netns is not None:
             fd = os.open(f"/run/netns/{self.netns}", os.O_RDONLY | os.O_CLOEXEC)
             try:
                 libc = ctypes.CDLL(None, use_errno=True)
@@ -80,20 +73,19 @@ class LibNft:
                     raise FenceError(f"setns into {self.netns}: {os.strerror(err)}")
             finally:
                 os.close(fd)
-            self._entered = True
         ctx = self._lib.nft_ctx_new(NFT_CTX_DEFAULT)
         if not ctx:
             raise FenceError("nft_ctx_new failed")
         self._lib.nft_ctx_buffer_output(ctx)
         self._lib.nft_ctx_buffer_error(ctx)
-        self._ctxs[channel] = ctx
+        self._ctx = ctx
         return ctx
 
-    def _run(self, command: str, json_out: bool, channel: str) -> str:
+    def _run(self, command: str, json_out: bool) -> str:
         """On the worker: one command (a whole script is one transaction, as `nft -f`)."""
         if self._closed.is_set():
             raise FenceError("the nft context is closed")
-        ctx = self._open(channel)
+        ctx = self._open()
         self._lib.nft_ctx_output_set_flags(ctx, NFT_CTX_OUTPUT_JSON if json_out else 0)
         rc = self._lib.nft_run_cmd_from_buffer(ctx, command.encode())
         out = (self._lib.nft_ctx_get_output_buffer(ctx) or b"").decode(errors="replace")
@@ -102,20 +94,19 @@ class LibNft:
             raise FenceError(f"libnftables refused the command: {err.strip()}")
         return out
 
-    async def run(self, command: str, json_out: bool = False, channel: str = "main") -> str:
-        """Run `command` on the worker, in `channel`'s context; its output (FenceError if
-        refused)."""
+    async def run(self, command: str, json_out: bool = False) -> str:
+        """Run `command` on the worker; its output (FenceError if refused)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._run, command, json_out, channel)
+        return await loop.run_in_executor(self._pool, self._run, command, json_out)
 
     def close(self) -> None:
         """Free the context once the worker is idle; later commands fail."""
         self._closed.set()
 
         def free() -> None:
-            for ctx in self._ctxs.values():
-                self._lib.nft_ctx_free(ctx)
-            self._ctxs.clear()
+            if self._ctx is not None:
+                self._lib.nft_ctx_free(self._ctx)
+                self._ctx = None
         self._pool.submit(free)
         self._pool.shutdown(wait=False)
 

@@ -10,10 +10,7 @@ nft's stderr, counted in `stats` under the operation's name (`hasync status` sho
 `netns`, nft runs through `ip netns exec <netns>` (tests and the bench use that). With
 `library`, the commands run in this process through libnftables (`libnft.py`, D264), the same
 scripts and output, without a process each; a library that cannot be loaded is logged, and
-the nft command is used. A change that touches only the gate (a revoke, the grant of a
-promotion whose standby permits are in place) runs in the library's `gate` context, the rest
-in `main` (D278: the gate's transaction does not pay for the cache the counts' listings
-left in `main`).
+the nft command is used.
 """
 
 from __future__ import annotations
@@ -60,24 +57,22 @@ class NftFence:
         prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
         return [*prefix, self.nft, *args]
 
-    async def _run(self, op: str, args: list[str], stdin: str | None = None,
-                   channel: str = "main") -> str:
+    async def _run(self, op: str, args: list[str], stdin: str | None = None) -> str:
         """Run nft; its stdout, or a FenceError (counted under `op`) with its stderr."""
         try:
-            return await self._exec(args, stdin, channel)
+            return await self._exec(args, stdin)
         except FenceError as e:
             self.stats[op] = self.stats.get(op, 0) + 1
             self.last_error = f"{op}: {e}"
             raise
 
-    async def _exec(self, args: list[str], stdin: str | None, channel: str) -> str:
-        """One nft command: in-process (`lib`, in `channel`'s context) or one nft process,
-        bounded by `timeout_s`."""
+    async def _exec(self, args: list[str], stdin: str | None) -> str:
+        """One nft command: in-process (`lib`) or one nft process, bounded by `timeout_s`."""
         if self.lib is not None:
             json_out = args[0] == "-j"
             command = stdin if args == ["-f", "-"] else " ".join(args[json_out:])
             try:
-                return await asyncio.wait_for(self.lib.run(command or "", json_out, channel),
+                return await asyncio.wait_for(self.lib.run(command or "", json_out),
                                               self.timeout_s)
             except TimeoutError as e:  # it runs on; the next command waits behind it
                 raise FenceError(f"libnftables: {args[0]} timed out after {self.timeout_s} "
@@ -120,9 +115,8 @@ class NftFence:
         if not plan.script:
             self.book = plan.book
             return
-        channel = "gate" if plan.gate and not plan.keys else "main"  # only the gate: D278
         try:
-            await self._run(op, ["-f", "-"], plan.script, channel)
+            await self._run(op, ["-f", "-"], plan.script)
         except BaseException:  # failed, timed out or cancelled: it may have landed
             self.book.unsure(plan.keys, plan.gate)
             raise
