@@ -114,8 +114,7 @@ def build(n: int) -> tuple[JournalState, SeqLog]:
     seqs = SeqLog(sender=("gw1", 1))
     for spi in s.child_spis:
         for k in (("192.0.2.1", spi, 50), ("198.51.100.1", spi ^ 0xFFFF, 50)):
-            seqs.records[k] = SeqRecord(k, 1 << 20, 123456, (0xFFFFFFFF,), 1500.0, "gw1",
-                                        1.7e9, 1)
+            seqs.put(SeqRecord(k, 1 << 20, 123456, (0xFFFFFFFF,), 1500.0, "gw1", 1.7e9, 1))
     return st, seqs
 
 

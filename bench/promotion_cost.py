@@ -54,7 +54,7 @@ async def _promote(n: int, net: FenceNet) -> dict[str, float]:
     for i in range(n):
         for out in (True, False):
             key = _key(i, out)
-            journal.seqs.records[key] = SeqRecord(key, 5000, 0, (0,), 50.0, "gw1", 1.0)
+            journal.seqs.put(SeqRecord(key, 5000, 0, (0,), 50.0, "gw1", 1.0))
             sas.append(KernelSa(key, False, 10, 0, (0,), 32))
     kernel = FakeKernel(sas)
     fence = NftFence(netns=net.sender, timeout_s=300.0, library=True)  # as the daemon

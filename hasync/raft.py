@@ -30,7 +30,6 @@ Rules:
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
@@ -338,8 +337,7 @@ class ClusterJournal:
         """What a snapshot holds (raftsnap.py), copied under the lock (JournalState.freeze)."""
         with self.lock:
             state = self._machine.state.freeze()
-            seqs = dataclasses.replace(self._machine.seqs,
-                                       records=dict(self._machine.seqs.records))
+            seqs = self._machine.seqs.copy()
             return state, seqs, self._machine.streams_data()
 
     def _install(self, machine: ApplyMachine) -> None:

@@ -48,7 +48,7 @@ def sender(g: Guard) -> int:
 def test_promotion_claims_jumps_restores_and_then_activates_with_timings_from_the_clock(
 ) -> None:
     journal, activated, fence = FakeJournal(), [], FakeFence()
-    journal.seqs.records[KEY] = SeqRecord(KEY, 5000, 40, (7,), 50.0, "gw1", 1.0)
+    journal.seqs.put(SeqRecord(KEY, 5000, 40, (7,), 50.0, "gw1", 1.0))
     journal.claim_s = 0.2
     kernel = FakeKernel([KernelSa(KEY, False, 0, 0, (0,), 32)], read_s=0.05, write_s=0.1)
     g = guard(journal, kernel, activated, fence=fence)
@@ -147,7 +147,7 @@ def test_a_bug_in_the_claim_propagates() -> None:
 
 def test_promotion_reads_the_kernel_again_after_an_error() -> None:
     journal, activated = FakeJournal(), []
-    journal.seqs.records[KEY] = SeqRecord(KEY, 5000, 0, (0,), 0.0, "gw1", 1.0)
+    journal.seqs.put(SeqRecord(KEY, 5000, 0, (0,), 0.0, "gw1", 1.0))
     kernel = FakeKernel([KernelSa(KEY, False, 0, 0, (0,), 32)])
     kernel.fail_reads, kernel.error = 1, _timeout
     rep = asyncio.run(guard(journal, kernel, activated).promote())
@@ -362,7 +362,7 @@ def test_a_bug_in_a_tick_propagates_out_of_the_loop() -> None:
 
 def test_a_slow_read_makes_the_loop_rest() -> None:
     journal = FakeJournal()
-    journal.seqs.records[KEY] = SeqRecord(KEY, 5000, 0, (0,), 1000.0, "gw1", 1.0)
+    journal.seqs.put(SeqRecord(KEY, 5000, 0, (0,), 1000.0, "gw1", 1.0))
     kernel = FakeKernel([KernelSa(KEY, False, 0, 0, (0,), 32)], read_s=0.6)
     g = guard(journal, kernel)
     assert g.costs.rest_s() == 0.0
@@ -375,8 +375,8 @@ def test_a_slow_read_makes_the_loop_rest() -> None:
 def test_a_backup_writes_outbound_moves_only_and_rests_for_its_read_alone() -> None:
     key_in = ("192.0.2.1", 0xC0FFEE02, 50)
     journal = FakeJournal()
-    journal.seqs.records[KEY] = SeqRecord(KEY, 5000, 0, (0,), 0.0, "gw1", 1.0)
-    journal.seqs.records[key_in] = SeqRecord(key_in, 0, 900, (0xFF,), 0.0, "gw1", 1.0)
+    journal.seqs.put(SeqRecord(KEY, 5000, 0, (0,), 0.0, "gw1", 1.0))
+    journal.seqs.put(SeqRecord(key_in, 0, 900, (0xFF,), 0.0, "gw1", 1.0))
     kernel = FakeKernel([KernelSa(KEY, False, 0, 0, (0,), 32),
                          KernelSa(key_in, False, 10_000, 10, (0,), 32)], write_s=0.3)
     g = guard(journal, kernel)  # 2000 NEWAE under QEMU/TCG: 46 s
@@ -664,7 +664,7 @@ def test_the_first_marks_after_a_promotion_start_from_its_read() -> None:
     """No second dump before the new term's first marks (seconds at 1000 SAs under TCG):
     the promotion's read, its writes taken as done, and not when it is old or on a backup."""
     journal = FakeJournal()
-    journal.seqs.records[KEY] = SeqRecord(KEY, 5000, 0, (0,), 50.0, "gw1", 1.0)
+    journal.seqs.put(SeqRecord(KEY, 5000, 0, (0,), 50.0, "gw1", 1.0))
     kernel = FakeKernel([KernelSa(KEY, False, 0, 0, (0,), 32)])
     g = guard(journal, kernel)
     asyncio.run(g.promote())
@@ -722,7 +722,7 @@ def test_a_promotion_holds_the_claims_own_permits_and_the_next_step_grants_them(
     after the promotion with no mark committed; the kernel is written before any is held."""
     clock = Clock()
     journal = FakeJournal(clock)
-    journal.seqs.records[KEY] = SeqRecord(KEY, 5000, 40, (7,), 50.0, "gw1", 1.0)
+    journal.seqs.put(SeqRecord(KEY, 5000, 40, (7,), 50.0, "gw1", 1.0))
     journal.hold = True  # no SEQ entry commits in this test
     fence = FakeFence()
     kernel = FakeKernel([KernelSa(KEY, False, 10, 0, (0,), 32)])
@@ -777,7 +777,7 @@ def test_a_backup_prepares_what_its_claim_would_grant_and_the_promotion_only_lin
     """D262: after a backup's tick the fence holds, unlinked, each SA's permit as the claim
     would make it now; the promotion's grant of that same permit finds it ready."""
     journal, fence, role = FakeJournal(), FakeFence(), [False]
-    journal.seqs.records[KEY] = SeqRecord(KEY, 5000, 0, (0,), 50.0, "gw1", 1.0)
+    journal.seqs.put(SeqRecord(KEY, 5000, 0, (0,), 50.0, "gw1", 1.0))
     g = guard(journal, FakeKernel([KernelSa(KEY, False, 10, 0, (0,), 32)]), fence=fence,
               master=role)
     asyncio.run(g.step(master=False, mirrored=0))
@@ -800,8 +800,8 @@ def test_a_promotion_restores_inbound_state_after_the_others_permits_and_before_
     other SAs' permits are held and charon is active; their own SAs' permits come after."""
     journal, fence, activated = FakeJournal(), FakeFence(), []
     inbound = ("192.0.2.1", 0xBEEF, 50)
-    journal.seqs.records[KEY] = SeqRecord(KEY, 5000, 0, (0,), 0.0, "gw1", 1.0)
-    journal.seqs.records[inbound] = SeqRecord(inbound, 5000, 90, (1,), 0.0, "gw1", 1.0)
+    journal.seqs.put(SeqRecord(KEY, 5000, 0, (0,), 0.0, "gw1", 1.0))
+    journal.seqs.put(SeqRecord(inbound, 5000, 90, (1,), 0.0, "gw1", 1.0))
     lo = 5000 + 1 + 576
     kernel = FakeKernel([KernelSa(KEY, False, 10, 0, (0,), 32),
                          KernelSa(inbound, False, lo + 64, 0, (0,), 32)])
@@ -867,7 +867,7 @@ def test_the_drop_counters_wait_ten_times_their_last_reads_duration() -> None:
 
 def test_a_promotion_deposed_during_its_writes_holds_none_of_its_claims_permits() -> None:
     journal, fence = FakeJournal(), FakeFence()
-    journal.seqs.records[KEY] = SeqRecord(KEY, 5000, 0, (0,), 0.0, "gw1", 1.0)
+    journal.seqs.put(SeqRecord(KEY, 5000, 0, (0,), 0.0, "gw1", 1.0))
     kernel = FakeKernel([KernelSa(KEY, False, 10, 0, (0,), 32)])
     g = guard(journal, kernel, fence=fence)
     real_snapshot = kernel.snapshot
@@ -882,20 +882,21 @@ def test_a_promotion_deposed_during_its_writes_holds_none_of_its_claims_permits(
     assert g.stats.deposed == 1 and fence.permits == {}
 
 
-def _backup_then_promote(kernel_after: list[KernelSa] | None, mark_after: int = 5000,
+def _backup_then_promote(kernel_after: list[KernelSa] | None, mark_after: int | None = 5000,
                          watch: FakeWatch | None = None, before: Any = lambda: None
                          ) -> tuple[Guard, FakeKernel, FakeFence, list[dict[Any, Permit]]]:
     """A backup's tick reads KEY at 10 and jumps it; the old master's mark is then
-    `mark_after`, the kernel holds `kernel_after` (None: KEY where the jump left it), `before`
-    runs and the node promotes; what the fence had in force at each of the promotion's
-    reads."""
+    `mark_after` (journaled again; None: no entry since the tick), the kernel holds
+    `kernel_after` (None: KEY where the jump left it), `before` runs and the node promotes;
+    what the fence had in force at each of the promotion's reads."""
     journal, fence, role = FakeJournal(), FakeFence(), [False]
-    journal.seqs.records[KEY] = SeqRecord(KEY, 5000, 0, (0,), 50.0, "gw1", 1.0)
+    journal.seqs.put(SeqRecord(KEY, 5000, 0, (0,), 50.0, "gw1", 1.0))
     kernel = FakeKernel([KernelSa(KEY, False, 10, 0, (0,), 32)])
     g = guard(journal, kernel, fence=fence, master=role, watch=watch)
     asyncio.run(g.step(master=False, mirrored=0))
     (jump,) = kernel.writes
-    journal.seqs.records[KEY] = SeqRecord(KEY, mark_after, 0, (0,), 50.0, "gw1", 1.0)
+    if mark_after is not None:
+        journal.seqs.put(SeqRecord(KEY, mark_after, 0, (0,), 50.0, "gw1", 1.0))
     kernel.sas = [KernelSa(KEY, False, jump.oseq, 0, (0,), 32)] if kernel_after is None \
         else kernel_after
     kernel.writes, role[0] = [], True
@@ -935,12 +936,26 @@ def test_a_promotion_writes_an_sa_whose_permit_is_in_force_past_that_permit() ->
     assert fence.permits[KEY] == Permit(KEY, LO, LO + 768, False)
 
 
+def test_a_claim_that_found_the_backups_records_holds_the_permits_the_backup_prepared(
+) -> None:
+    """D281: nothing journaled since the backup's tick, so the claim's marks are the ones the
+    tick prepared: the promotion takes them whole, with no pass over the records."""
+    g, kernel, fence, at_read = _backup_then_promote(None, mark_after=None)
+    rep = g.last_promotion
+    assert rep is not None and rep.held_from == "prepared" and kernel.writes == []
+    assert g.term.held[KEY] == Held(LO, LO + 768, claimed=True)
+    assert fence.permits[KEY] == Permit(KEY, LO, LO + 768, False)
+    assert all(p == {KEY: Permit(KEY, LO, LO + 768, False)} for p in at_read)  # before reads
+    assert g.journal.seqs.records[KEY].mark == LO + 768  # the claim's mark, made on the look
+
+
 def test_an_sa_the_last_read_left_below_lo_is_written_to_lo_before_its_permit() -> None:
     """D269: the old master moved the mark after the backup's last tick, so the counter lags
     the claim's lo. Its permit waits for the write to lo; granted early, it would make the
     write go past hi and drop the SA's traffic until its first mark."""
     g, kernel, fence, at_read = _backup_then_promote(None, mark_after=9000)
     lo = LO + 4000
+    assert g.last_promotion is not None and g.last_promotion.held_from == "records"  # D281
     assert at_read == [{}]
     assert [w.sa.key for w in kernel.writes] == [KEY] and lo <= kernel.writes[0].oseq < lo + 768
     assert g.term.held[KEY] == Held(lo, lo + 768, claimed=True)  # the loop grants it next
@@ -951,7 +966,7 @@ def test_an_sa_the_last_read_left_below_lo_is_written_to_lo_before_its_permit() 
 def test_a_backup_write_that_was_refused_counts_for_no_sa() -> None:
     """D269: a refusal does not name its SA: after one, the last read's counters stand."""
     journal, fence, role = FakeJournal(), FakeFence(), [False]
-    journal.seqs.records[KEY] = SeqRecord(KEY, 5000, 0, (0,), 50.0, "gw1", 1.0)
+    journal.seqs.put(SeqRecord(KEY, 5000, 0, (0,), 50.0, "gw1", 1.0))
     kernel = FakeKernel([KernelSa(KEY, False, 10, 0, (0,), 32)])
     g = guard(journal, kernel, fence=fence, master=role)
     real_write = kernel.write
@@ -972,7 +987,7 @@ def test_a_promotion_grants_nothing_while_a_backup_tick_may_still_write() -> Non
     """D265: a backup's write planned before the claim could set a counter back below numbers
     a permit in force let out; the early grant waits for that tick to finish."""
     journal, role = FakeJournal(), [False]
-    journal.seqs.records[KEY] = SeqRecord(KEY, 5000, 0, (0,), 50.0, "gw1", 1.0)
+    journal.seqs.put(SeqRecord(KEY, 5000, 0, (0,), 50.0, "gw1", 1.0))
     kernel = FakeKernel([KernelSa(KEY, False, 10, 0, (0,), 32)])
     fence = FakeFence()
     g = guard(journal, kernel, fence=fence, master=role)
@@ -1076,7 +1091,7 @@ def test_inbound_state_planned_from_the_notices_is_restored_forward_only(
     window back to 90."""
     journal, fence, role, watch = FakeJournal(), FakeFence(), [False], FakeWatch()
     inbound = ("192.0.2.1", 0xBEEF, 50)
-    journal.seqs.records[inbound] = SeqRecord(inbound, 0, 90, (1,), 0.0, "gw1", 1.0)
+    journal.seqs.put(SeqRecord(inbound, 0, 90, (1,), 0.0, "gw1", 1.0))
     kernel = FakeKernel([KernelSa(inbound, False, 10_000, 5, (1,), 32)])  # past any target
     g = guard(journal, kernel, fence=fence, master=role, watch=watch)
     asyncio.run(g.step(master=False, mirrored=0))
@@ -1103,7 +1118,7 @@ def test_the_collector_is_paused_from_the_claim_to_activation_and_resumed_after(
         (gc.enable if before else gc.disable)()
         try:
             journal, kernel = FakeJournal(), FakeKernel([KernelSa(KEY, False, 10, 0, (0,), 32)])
-            journal.seqs.records[KEY] = SeqRecord(KEY, 5000, 0, (0,), 50.0, "gw1", 1.0)
+            journal.seqs.put(SeqRecord(KEY, 5000, 0, (0,), 50.0, "gw1", 1.0))
             at_activation = _GcAtActivation()
             g = guard(journal, kernel, activated=at_activation)
             asyncio.run(g.promote())

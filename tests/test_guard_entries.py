@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from hasync.guard import entries
 from hasync.guard.entries import (
     MAX_BITMAP_WORDS,
     MAX_RECORDS,
@@ -19,6 +20,7 @@ from hasync.guard.entries import (
     unpack_seq,
 )
 from hasync.guard.records import U32_MAX, U64_MAX, SeqRecord
+from hasync.guard.rules import Held, Reserve, claim_lows, claim_marks
 from hasync.journal.seal import EntryError
 
 KEY = ("192.0.2.101", 0xC0FFEE01, 50)
@@ -174,3 +176,119 @@ def test_a_snapshot_restores_the_same_records_and_sender() -> None:
                        epoch=1))
     again = SeqLog.from_dict(log.to_dict())
     assert again == log and again.sender == ("gw1", 1)
+
+
+# ---- a claim's marks, made on the next look (D281) ----
+
+_KEYS = [(d, spi, 50) for d in ("192.0.2.1", "198.51.100.7") for spi in (1, 2, 0xFFFFFFFF)]
+_GRANTS = [Reserve(), Reserve(floor=1, horizon_s=0.5, takeover_floor=0),
+           Reserve(floor=1 << 20, horizon_s=60.0, takeover_floor=1 << 10)]
+_records = st.lists(st.tuples(st.sampled_from(_KEYS),
+                              st.sampled_from([0, 5, 5000, U32_MAX - 600, U32_MAX, 1 << 40]),
+                              st.integers(0, 1 << 20),
+                              st.sampled_from([0.0, 50.0, 1e6, 1e12])), max_size=6)
+_ops = st.lists(st.one_of(
+    st.tuples(st.just("claim"), st.sampled_from(["gw1", "gw2", "gw3"]),
+              st.sampled_from(range(len(_GRANTS)))),
+    st.tuples(st.just("seq"), _records, st.lists(st.sampled_from(_KEYS), max_size=2)),
+    st.tuples(st.just("look")), st.tuples(st.just("prepare"), st.sampled_from(range(3))),
+    st.tuples(st.just("snapshot"))), max_size=25)
+
+
+def _eager(records: dict, node: str, epoch: int, grant: Reserve) -> dict:
+    """What a claim's apply did before D281: every record's claim mark at once."""
+    out = dict(records)
+    for key, (_, hi) in claim_marks(records, grant).items():
+        r = out[key]
+        out[key] = SeqRecord(key, hi, r.seq, r.bitmap, r.rate, node, r.ts, epoch)
+    return out
+
+
+@given(_ops)
+def test_a_claims_marks_made_late_equal_the_marks_made_at_once(ops: list) -> None:
+    """Whatever comes between a claim and the first look at the records (entries, claims,
+    snapshots), they end as an apply that made every mark at once (the code before D281)
+    leaves them; and marks prepared at the version a claim found are the claim's own."""
+    lazy, ref = SeqLog(), SeqLog()
+    ref_records: dict = {}
+    prepared: dict[int, tuple[int, dict]] = {}
+    for op in ops:
+        if op[0] == "claim":
+            grant = _GRANTS[op[2]]
+            epoch = lazy.claim(op[1], lazy.view(), grant)
+            assert epoch == ref.claim(op[1], ref.view(), grant) and epoch is not None
+            ref.records  # noqa: B018 -- looked at at once: as if made in the apply
+            ref_records = _eager(ref_records, op[1], epoch, grant)
+            mine = prepared.get(op[2])
+            if mine is not None and lazy.claimed.version == mine[0]:
+                assert claim_lows(lazy.records, op[1], epoch, grant) == {
+                    k: Held(lo, hi, True) for k, (lo, hi) in mine[1].items()}
+        elif op[0] == "seq":
+            node, epoch = lazy.sender
+            recs = tuple(SeqRecord(k, m, s, (s & 0xFF,), r, node, 1.0, epoch)
+                         for k, m, s, r in op[1] if m <= U64_MAX)
+            entry = SeqEntry(node, 1.0, recs, tuple(op[2]), epoch)
+            assert lazy.apply(entry) == ref.apply(entry)
+            ref_records = _merge(ref_records, entry)
+        elif op[0] == "look":
+            assert dict(lazy.records) == ref_records
+        elif op[0] == "prepare":
+            records = dict(lazy.records)
+            prepared[op[1]] = (lazy.version, claim_marks(records, _GRANTS[op[1]]))
+        else:
+            lazy = SeqLog.from_dict(lazy.to_dict())
+    assert lazy == ref and dict(ref.records) == ref_records
+
+
+def _merge(records: dict, entry: SeqEntry) -> dict:
+    """Forward-only merge, as SeqLog.apply documents it."""
+    out = dict(records)
+    for r in entry.records:
+        old = out.get(r.key)
+        if old is not None and (r.seq < old.seq or r.mark < old.mark):
+            seq, bitmap = (r.seq, r.bitmap) if r.seq >= old.seq else (old.seq, old.bitmap)
+            r = SeqRecord(r.key, max(r.mark, old.mark), seq, bitmap, r.rate, r.node, r.ts,
+                          r.epoch)
+        out[r.key] = r
+    for k in entry.gone:
+        out.pop(k, None)
+    return out
+
+
+def test_a_claims_apply_makes_no_mark_until_the_records_are_looked_at(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The claim is the promotion's barrier: its apply, on every node, does nothing per SA."""
+    log = SeqLog()
+    log.claim("gw1", log.view())
+    log.apply(SeqEntry("gw1", 1.0, tuple(rec(100, key=k) for k in _KEYS), epoch=1))
+    calls = []
+    real = entries.claim_marks
+    monkeypatch.setattr(entries, "claim_marks", lambda *a: calls.append(1) or real(*a))
+    version = log.version
+    assert log.claim("gw2", log.view(), Reserve()) == 2 and calls == []
+    assert log.claimed == ("gw2", 2, Reserve(), version) and log.version == version
+    assert {r.node for r in log.records.values()} == {"gw2"} and calls == [1]
+    assert log.version != version
+    log.records  # noqa: B018 -- made once
+    assert calls == [1]
+
+
+def test_records_are_read_only_and_their_version_follows_what_a_claim_reads() -> None:
+    log = SeqLog()
+    with pytest.raises(TypeError):
+        log.records[KEY] = rec(1)  # type: ignore[index]
+    log.claim("gw1", log.view())
+    versions = [log.version]
+
+    def apply(*recs: SeqRecord, gone: tuple = ()) -> int:
+        log.apply(SeqEntry("gw1", 1.0, recs, gone, epoch=1))
+        versions.append(log.version)
+        return versions[-1] != versions[-2]
+    assert apply(rec(100, 5))  # a new SA
+    assert not apply(rec(100, 9))  # inbound state only: no claim mark depends on it
+    assert not apply(rec(50, 12))  # a stale mark: merged forward, the mark stays
+    assert apply(SeqRecord(KEY, 100, 12, (0,), 900.0, "gw1", 1.0, 1))  # a new rate
+    assert apply(rec(200, 12))
+    assert not apply(gone=(("192.0.2.9", 1, 50),))  # not held
+    assert apply(gone=(KEY,))
+    assert SeqLog.from_dict(log.to_dict()).version not in versions

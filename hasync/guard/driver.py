@@ -38,12 +38,20 @@ from .kernel import KERNEL_FAILURES, KernelPort, KernelSas
 from .marks import MarkSender
 from .pacing import BACKUP_SEQ_TICK_S, REST_K, BackupPace, ReadCosts
 from .permits import SenderTerm
-from .ports import GuardStats, JournalPort, MarkFlight, committed_records, sa_name
+from .ports import (
+    GuardStats,
+    JournalPort,
+    MarkFlight,
+    Prepared,
+    committed_records,
+    prepare_claim,
+    sa_name,
+)
 from .promoter import PromotionDriver
 from .promotion import Promotion, PromotionReport
 from .reads import KernelReads
 from .records import SaKey
-from .rules import Reserve, SeqTracker, claim_marks, plan_writes
+from .rules import Reserve, SeqTracker, plan_writes
 from .watch import SaWatch
 
 log = logging.getLogger("hasync.guard")
@@ -87,7 +95,9 @@ class Guard:
         self.promotion = PromotionDriver(  # asks self.is_master, which run() may replace
             node, journal, self.term, self.reads, self.stats, activate, lambda: self.is_master(),
             clock, sleep, self.wake_grant,
-            lambda: self.fence_sync(self.is_master(), counters=False))  # D265, D266
+            lambda: self.fence_sync(self.is_master(), counters=False),  # D265, D266
+            lambda: self.prepared)  # D281
+        self.prepared: Prepared | None = None  # this backup's claim, made at its last tick
         self._wake = asyncio.Event()
         self._grant = asyncio.Event()  # a mark accepted: the fence grants it even mid-rest
         self._promoted_at: float | None = None  # the last promotion's start (clock)
@@ -206,10 +216,12 @@ class Guard:
 
     def _standby(self) -> list[fenceport.Permit]:
         """The permits this node's claim would grant now (`rules.claim_marks`), for the SAs
-        of its last read: the fence makes them ready on a backup (D262)."""
-        marks = claim_marks(committed_records(self.journal), self.reserve)  # a copy: no lock
+        of its last read: the fence makes them ready on a backup (D262); the whole claim is
+        kept for a promotion to take if the records do not change before it (D281)."""
+        self.prepared = prepare_claim(self.journal, self.reserve)
         keys = self.reads.keys
-        return [fenceport.Permit(k, lo, hi, False) for k, (lo, hi) in marks.items() if k in keys]
+        return [fenceport.Permit(k, h.lo, h.hi, False) for k, h in self.prepared.held.items()
+                if k in keys]
 
     # ---- every tick ----
     async def tick(self, master: bool) -> None:

@@ -9,19 +9,23 @@ only if the sender is still as the claimant saw it, `seen = (epoch, life)`: no c
 no accepted entry from the sender since (`life` counts them; a master sends an empty entry at
 least every BEACON_S). A claim that waited out a partition in a queue thus cannot depose a
 sender that kept committing (D207). A claim that carries a reserve also raises every record's
-mark to the new term's first (D261): those marks are the claimant's, accepted with the claim.
-`SeqLog.apply()` accepts an entry only if its (origin, epoch) is the current sender, else it
-changes nothing and is counted as rejected. It never
-raises on a valid entry; marks and inbound counters only move forward per SA, so an entry
+mark to the new term's first (D261): those marks are the claimant's, accepted with the claim;
+they are made on the first look at the records after the claim (D281), so the claim's apply,
+the promotion's barrier, does no work per SA. `SeqLog.apply()` accepts an entry only if its
+(origin, epoch) is the current sender, else it changes nothing and is counted as rejected.
+It never raises on a valid entry; marks and inbound counters only move forward per SA, so an entry
 applied twice or late changes nothing. Pure: no IO, no clocks.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import math
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -141,16 +145,100 @@ def unpack_seq(raw: bytes) -> SeqEntry:
                     tuple(_key(k) for k in gone), epoch)
 
 
-@dataclass
-class SeqLog:
-    """The committed per-SA records and the sender, applied in commit order on every node."""
+class Claimed(NamedTuple):
+    """A claim with a reserve, as applied: who, its epoch, the reserve, and the version of
+    the records it found (its marks are `claim_marks` of those records, D281)."""
 
-    records: dict[SaKey, SeqRecord] = field(default_factory=dict)
-    applied: int = 0
-    moves: int = field(default=0, compare=False)  # entries that moved a mark or brought an SA
-    sender: tuple[str, int] = ("", 0)  # (node, epoch): whose marks are accepted; "" none yet
-    rejected: int = 0  # entries not from the sender (seq_rejected:not_sender)
-    life: int = 0  # entries accepted from the current sender (its signs of life)
+    node: str
+    epoch: int
+    grant: Reserve
+    version: int
+
+
+_VERSIONS = itertools.count(1)  # process-wide: a version names one content of one SeqLog
+
+
+class SeqLog:
+    """The committed per-SA records and the sender, applied in commit order on every node.
+
+    A claim with a reserve applies in O(1) (D281): it keeps what it needs (`claimed`) and the
+    first look at `records` afterwards makes its marks, from the records as the claim found
+    them. Nothing can change them in between: callers get a read-only view (`put` is for
+    tests and benches, and looks first), and `apply` and `to_dict` look first. `version`
+    changes whenever a record's mark or rate changes or a record comes or goes (what
+    `claim_marks` reads), to a value no other content of any SeqLog in this process had, so
+    marks a backup prepared from the records at `version` v are the claim's own if the claim
+    found v (`claimed.version`)."""
+
+    __slots__ = (
+        "_pending",
+        "_records",
+        "_view",
+        "applied",
+        "claimed",
+        "life",
+        "moves",
+        "rejected",
+        "sender",
+        "version",
+    )
+
+    def __init__(self, records: Mapping[SaKey, SeqRecord] | None = None, applied: int = 0,
+                 sender: tuple[str, int] = ("", 0), rejected: int = 0, life: int = 0) -> None:
+        self._records: dict[SaKey, SeqRecord] = dict(records or {})
+        self._view = MappingProxyType(self._records)
+        self._pending = False  # `claimed`'s marks are not in the records yet
+        self.claimed: Claimed | None = None  # the last claim with a reserve applied
+        self.version = next(_VERSIONS)
+        self.applied = applied
+        self.moves = 0  # entries that moved a mark or brought an SA (not compared)
+        self.sender = sender  # (node, epoch): whose marks are accepted; "" none yet
+        self.rejected = rejected  # entries not from the sender (seq_rejected:not_sender)
+        self.life = life  # entries accepted from the current sender (its signs of life)
+
+    @property
+    def records(self) -> Mapping[SaKey, SeqRecord]:
+        """The records, a read-only view (a pending claim's marks made first)."""
+        if self._pending:
+            self._settle()
+        return self._view
+
+    def _settle(self) -> None:
+        """Make the pending claim's marks (`rules.claim_marks`): past every mark journaled
+        before it, the claimant's, accepted with the claim (D261)."""
+        assert self.claimed is not None
+        node, epoch, grant, _ = self.claimed
+        self._pending = False
+        records = self._records
+        for key, (_, hi) in claim_marks(records, grant).items():
+            rec = records[key]
+            records[key] = SeqRecord(key, hi, rec.seq, rec.bitmap, rec.rate, node, rec.ts, epoch)
+        self.version = next(_VERSIONS)
+
+    def put(self, rec: SeqRecord) -> None:
+        """Set one record as it is (tests and benches: the journal changes records only by
+        `apply`)."""
+        self.records  # noqa: B018 -- a pending claim's marks first
+        self._records[rec.key] = rec
+        self.version = next(_VERSIONS)
+
+    def copy(self) -> SeqLog:
+        """An independent copy (a snapshot's), with any pending claim's marks made."""
+        out = SeqLog(self.records, self.applied, self.sender, self.rejected, self.life)
+        out.moves, out.claimed = self.moves, self.claimed
+        return out
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SeqLog):
+            return NotImplemented
+        return (self.records, self.applied, self.sender, self.rejected, self.life) == (
+            other.records, other.applied, other.sender, other.rejected, other.life)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (f"SeqLog({len(self.records)} records, sender={self.sender}, "
+                f"applied={self.applied}, life={self.life}, rejected={self.rejected})")
 
     def view(self) -> tuple[int, int]:
         """What a claim made now is based on: (the sender's epoch, its signs of life)."""
@@ -161,7 +249,8 @@ class SeqLog:
         """`node` becomes the sender at the next epoch if the sender is as `seen`; the epoch,
         or None for a stale claim. With `grant`, the claim also commits the new term's first
         marks (`rules.claim_marks`: past every mark journaled before it), so the claimant
-        holds permits from the claim alone (D261)."""
+        holds permits from the claim alone (D261); they are made on the next look at the
+        records (D281), so the claim's apply does no work per SA."""
         if tuple(seen) != self.view():
             return None
         self.life = 0
@@ -169,10 +258,10 @@ class SeqLog:
         self.sender = (node, epoch)
         self.moves += 1  # a new term: every node re-reads what it holds against the sender
         if grant is not None:
-            for key, (_, hi) in claim_marks(self.records, grant).items():
-                rec = self.records[key]
-                self.records[key] = SeqRecord(key, hi, rec.seq, rec.bitmap, rec.rate, node,
-                                              rec.ts, epoch)
+            if self._pending:
+                self._settle()  # two claims with no look between: the first's marks first
+            self.claimed = Claimed(node, epoch, grant, self.version)
+            self._pending = True
         return epoch
 
     def apply(self, entry: SeqEntry) -> SeqApplied:
@@ -181,18 +270,23 @@ class SeqLog:
         if (entry.origin, entry.epoch) != self.sender:
             self.rejected += 1
             return SeqApplied(accepted=False)
-        moved = False
+        self.records  # noqa: B018 -- a pending claim's marks first
+        records = self._records
+        moved = changed = False
         for rec in entry.records:
-            old = self.records.get(rec.key)
+            old = records.get(rec.key)
             moved = moved or old is None or rec.mark > old.mark
             if old is not None and (rec.seq < old.seq or rec.mark < old.mark):
                 seq, bitmap = (rec.seq, rec.bitmap) if rec.seq >= old.seq else (
                     old.seq, old.bitmap)
                 rec = SeqRecord(rec.key, max(rec.mark, old.mark), seq, bitmap, rec.rate,
                                 rec.node, rec.ts, rec.epoch)
-            self.records[rec.key] = rec
+            changed = changed or old is None or rec.mark != old.mark or rec.rate != old.rate
+            records[rec.key] = rec
         for key in entry.gone:
-            self.records.pop(key, None)
+            changed = records.pop(key, None) is not None or changed
+        if changed:
+            self.version = next(_VERSIONS)
         self.applied += 1
         self.life += 1
         self.moves += moved
@@ -209,9 +303,9 @@ class SeqLog:
     def from_dict(cls, data: dict[str, Any]) -> SeqLog:
         """Rebuild from `to_dict()` output."""
         node, epoch = data.get("sender", ("", 0))
-        log = cls(applied=int(data.get("applied", 0)), sender=(str(node), int(epoch)),
-                  rejected=int(data.get("rejected", 0)), life=int(data.get("life", 0)))
+        records = {}
         for key, mark, seq, bitmap, rate, node_, ts, ep in data.get("records", []):
             k = (str(key[0]), int(key[1]), int(key[2]))
-            log.records[k] = SeqRecord(k, mark, seq, tuple(bitmap), rate, node_, ts, int(ep))
-        return log
+            records[k] = SeqRecord(k, mark, seq, tuple(bitmap), rate, node_, ts, int(ep))
+        return cls(records, applied=int(data.get("applied", 0)), sender=(str(node), int(epoch)),
+                   rejected=int(data.get("rejected", 0)), life=int(data.get("life", 0)))

@@ -2,7 +2,8 @@
 one-submission-at-a-time rule for marks (no IO here).
 
 Rules: plain data and protocols; `MarkFlight` is pure; `committed_records` only copies the
-journal's records under its lock.
+journal's records under its lock; `prepare_claim` and `claimed_held` read the journal only
+under it (D281).
 """
 
 from __future__ import annotations
@@ -10,11 +11,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from .entries import SeqEntry, SeqLog
 from .records import SaKey, SeqRecord
-from .rules import Reserve
+from .rules import Held, Reserve, claim_marks
 
 Callback = Callable[[Any, Any], None]  # pysyncobj's callback(result, error)
 
@@ -71,6 +72,38 @@ def committed_records(journal: JournalPort) -> dict[SaKey, SeqRecord]:
     """The journal's SA records as committed and applied here (a copy, taken under its lock)."""
     with journal.lock:
         return dict(journal.seqs.records)
+
+
+class Prepared(NamedTuple):
+    """A backup's claim made before the fault (D281): the permits its claim would hold
+    (`rules.claim_marks` at `reserve`) of the records at `version` (`SeqLog.version`)."""
+
+    version: int
+    reserve: Reserve
+    held: dict[SaKey, Held]
+
+
+def prepare_claim(journal: JournalPort, reserve: Reserve) -> Prepared:
+    """The permits a claim at `reserve` would hold now, with the records' version."""
+    with journal.lock:
+        records = dict(journal.seqs.records)  # first: a pending claim's marks change it
+        version = journal.seqs.version
+    marks = claim_marks(records, reserve)
+    return Prepared(version, reserve, {k: Held(lo, hi, True) for k, (lo, hi) in marks.items()})
+
+
+def claimed_held(journal: JournalPort, prepared: Prepared | None, node: str, epoch: int,
+                 reserve: Reserve) -> dict[SaKey, Held] | None:
+    """The permits this node's claim at `epoch` holds, from `prepared` if that claim found
+    the records at `prepared.version` with the same reserve (then its marks are the prepared
+    ones: `claim_marks` is a pure function of both); None otherwise."""
+    if prepared is None or prepared.reserve != reserve:
+        return None
+    with journal.lock:
+        claimed = journal.seqs.claimed
+    if claimed != (node, epoch, reserve, prepared.version):
+        return None
+    return prepared.held
 
 
 def count(counts: dict[str, int], name: str) -> None:
@@ -147,5 +180,16 @@ class FenceTally:
             self.dropping.discard(key)
 
 
-__all__ = ["Callback", "FenceTally", "GuardStats", "JournalPort", "MarkFlight", "committed_records",
-           "count", "sa_name"]
+__all__ = [
+    "Callback",
+    "FenceTally",
+    "GuardStats",
+    "JournalPort",
+    "MarkFlight",
+    "Prepared",
+    "claimed_held",
+    "committed_records",
+    "count",
+    "prepare_claim",
+    "sa_name",
+]

@@ -29,7 +29,7 @@ from ..syncobj_compat import FailReason, outcome
 from .entries import REJECTED
 from .kernel import KERNEL_FAILURES
 from .permits import SenderTerm
-from .ports import GuardStats, JournalPort, committed_records, count
+from .ports import GuardStats, JournalPort, Prepared, claimed_held, committed_records, count
 from .promotion import REPORTED_WRITE_ERRORS, Promotion, PromotionReport
 from .reads import KernelReads
 from .records import KernelSa, SaKey, Write
@@ -49,12 +49,14 @@ class PromotionDriver:
                  is_master: Callable[[], bool], clock: Callable[[], float],
                  sleep: Callable[[float], Awaitable[None]],
                  granting: Callable[[], None] = lambda: None,
-                 grant: Callable[[], Awaitable[None]] | None = None) -> None:
+                 grant: Callable[[], Awaitable[None]] | None = None,
+                 prepared: Callable[[], Prepared | None] = lambda: None) -> None:
         self.node, self.journal, self.term, self.reads, self.stats = (
             node, journal, term, reads, stats)
         self.activate, self.is_master, self.clock, self.sleep = activate, is_master, clock, sleep
         self.granting = granting  # permits held: the guard's loop grants them now
         self.grant = grant  # the fence grants what is held, now (the guard's fence sync)
+        self.prepared = prepared  # the claim this backup made at its last tick (D281)
 
     async def run(self, promo: Promotion) -> PromotionReport:
         """Claim the sender epoch; once it is applied here, write every SA's target and
@@ -74,8 +76,7 @@ class PromotionDriver:
         async with self.reads.lock:  # a tick using the kernel finishes first: a backup's
             #                         write planned before the claim lands before any permit
             with paused_gc():  # no collection walks the daemon's heap before activation
-                held = claim_lows(committed_records(self.journal), self.node, epoch,
-                                  promo.reserve)  # the claim's marks: this term's first permits
+                held = self._held(promo, epoch)  # the claim's marks: this term's first permits
                 # below lo, an SA's write would go past hi (D269); one the kernel's notices
                 # name is left for the XFRM phase, which sees its new instance (D273)
                 early = self.reads.at_lo(held, self.reads.changes())
@@ -89,6 +90,15 @@ class PromotionDriver:
             await self._restore(promo, later, vouched, held, frozenset(early))
         self._hold({k: h for k, h in rest.items() if k in later}, epoch)
         return self._promoted(rep)
+
+    def _held(self, promo: Promotion, epoch: int) -> dict[SaKey, Held]:
+        """The permits the claim holds: as this backup prepared them if the claim found the
+        records unchanged since (D281: nothing per SA here), else from the records."""
+        held = claimed_held(self.journal, self.prepared(), self.node, epoch, promo.reserve)
+        promo.report.held_from = "prepared" if held is not None else "records"
+        if held is None:
+            held = claim_lows(committed_records(self.journal), self.node, epoch, promo.reserve)
+        return held
 
     async def _early(self, promo: Promotion, early: dict[SaKey, Held], epoch: int) -> None:
         """Hold and grant the claim's permits of the SAs the last read (or the backup's writes
@@ -191,8 +201,8 @@ class PromotionDriver:
                 first = False
                 self.reads.last_read = self.clock()  # a master's staleness counts from this read
                 plan = [sa for sa in sas if sa.key not in vouched] if vouched else sas
-                writes = promo.plan(plan, committed_records(self.journal), held, live,
-                                    vouched=len(sas) - len(plan))
+                records = committed_records(self.journal) if plan else {}  # D281: lazily
+                writes = promo.plan(plan, records, held, live, vouched=len(sas) - len(plan))
                 later = {w.sa.key: w for w in writes if w.oseq == w.sa.oseq}
                 res = await self.reads.kernel.write([w for w in writes if w.oseq != w.sa.oseq])
             except KERNEL_FAILURES as e:

@@ -41,6 +41,7 @@ class PromotionReport:
     read: str = ""  # how: "dump" (every SA) or "notices" (the last read and the SA notices
     #                 since, D273)
     changed: int = 0  # SAs the notices named since the last read ("notices" only)
+    held_from: str = ""  # the claim's permits: "prepared" at the backup's tick, or "records"
     activate_ms: float = 0.0  # charon's segments activated
     inbound_ms: float = 0.0  # inbound replay state restored, after activation (D263)
     total_ms: float = 0.0
