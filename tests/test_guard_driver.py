@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 
 from hasync.fence.port import Permit
-from hasync.guard import Guard, Held, KernelSa, MarkFlight, SeqRecord
+from hasync.guard import Guard, Held, KernelSa, MarkFlight, Reserve, SeqEntry, SeqRecord
 from hasync.guard.driver import STALL_S
 from hasync.guard.marks import BEACON_S
+from hasync.guard.ports import claimed_held, prepare_claim
 from hasync.journal.seal import EntryError
 from hasync.syncobj_compat import FailReason
 from hasync.xfrm.errors import XfrmError
@@ -1125,3 +1126,26 @@ def test_the_collector_is_paused_from_the_claim_to_activation_and_resumed_after(
             assert at_activation == [False] and gc.isenabled() is before
         finally:
             gc.enable()
+
+
+def test_prepared_permits_stand_for_a_claim_only_at_its_version_epoch_and_terms() -> None:
+    """D281: a backup's prepared claim is the claim's own only if the claim found the same
+    records version, is this node's at that epoch, and granted with the same terms (the
+    reserve's other fields, such as its inbound interval, do not change a claim's marks)."""
+    journal = FakeJournal()
+    journal.seqs.claim("gw1", journal.seqs.view())
+    journal.seqs.apply(SeqEntry("gw1", 1.0, (SeqRecord(KEY, 5000, 0, (0,), 50.0, "gw1", 1.0,
+                                                       1),), epoch=1))
+    prepared = prepare_claim(journal, Reserve(inbound_interval_s=2.0))
+    assert prepared.held == {KEY: Held(LO, LO + 768, claimed=True)}
+    epoch = journal.seqs.claim("gw2", journal.seqs.view(), Reserve())
+    assert claimed_held(journal, prepared, "gw2", epoch) is prepared.held
+    assert claimed_held(journal, prepared, "gw3", epoch) is None
+    assert claimed_held(journal, prepared, "gw2", epoch + 1) is None
+    assert claimed_held(journal, prepare_claim(journal, Reserve(floor=1000)), "gw2", epoch) is None
+    journal.seqs.apply(SeqEntry("gw2", 2.0, (SeqRecord(KEY, 9000, 0, (0,), 50.0, "gw2", 2.0,
+                                                       epoch),), epoch=epoch))
+    again = prepare_claim(journal, Reserve())
+    epoch = journal.seqs.claim("gw2", journal.seqs.view(), Reserve())
+    assert claimed_held(journal, again, "gw2", epoch) is again.held
+    assert claimed_held(journal, prepared, "gw2", epoch) is None  # older records

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple, Protocol
 
 from .entries import SeqEntry, SeqLog
 from .records import SaKey, SeqRecord
-from .rules import Held, Reserve, claim_marks
+from .rules import Held, Reserve, claim_marks, claim_terms
 
 Callback = Callable[[Any, Any], None]  # pysyncobj's callback(result, error)
 
@@ -92,16 +92,19 @@ def prepare_claim(journal: JournalPort, reserve: Reserve) -> Prepared:
     return Prepared(version, reserve, {k: Held(lo, hi, True) for k, (lo, hi) in marks.items()})
 
 
-def claimed_held(journal: JournalPort, prepared: Prepared | None, node: str, epoch: int,
-                 reserve: Reserve) -> dict[SaKey, Held] | None:
+def claimed_held(journal: JournalPort, prepared: Prepared | None, node: str,
+                 epoch: int) -> dict[SaKey, Held] | None:
     """The permits this node's claim at `epoch` holds, from `prepared` if that claim found
-    the records at `prepared.version` with the same reserve (then its marks are the prepared
-    ones: `claim_marks` is a pure function of both); None otherwise."""
-    if prepared is None or prepared.reserve != reserve:
+    the records at `prepared.version` and granted with the same terms (then its marks are the
+    prepared ones: `claim_marks` is a pure function of both); None otherwise."""
+    if prepared is None:
         return None
     with journal.lock:
         claimed = journal.seqs.claimed
-    if claimed != (node, epoch, reserve, prepared.version):
+    if claimed is None or (claimed.node, claimed.epoch, claimed.version) != (
+            node, epoch, prepared.version):
+        return None
+    if claim_terms(claimed.grant) != claim_terms(prepared.reserve):
         return None
     return prepared.held
 

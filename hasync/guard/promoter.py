@@ -94,7 +94,7 @@ class PromotionDriver:
     def _held(self, promo: Promotion, epoch: int) -> dict[SaKey, Held]:
         """The permits the claim holds: as this backup prepared them if the claim found the
         records unchanged since (D281: nothing per SA here), else from the records."""
-        held = claimed_held(self.journal, self.prepared(), self.node, epoch, promo.reserve)
+        held = claimed_held(self.journal, self.prepared(), self.node, epoch)
         promo.report.held_from = "prepared" if held is not None else "records"
         if held is None:
             held = claim_lows(committed_records(self.journal), self.node, epoch, promo.reserve)

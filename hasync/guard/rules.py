@@ -299,6 +299,11 @@ def spi_peaks(records: Mapping[SaKey, SeqRecord]) -> dict[tuple[int, int], SeqRe
     return peaks
 
 
+def claim_terms(reserve: Reserve) -> tuple[int, float, int]:
+    """What `claim_marks` reads of a reserve: equal terms, equal marks (D281)."""
+    return reserve.floor, reserve.horizon_s, reserve.takeover_floor
+
+
 def claim_marks(records: Mapping[SaKey, SeqRecord],
                 reserve: Reserve) -> dict[SaKey, tuple[int, int]]:
     """The first permits a claim grants, per journaled SA: (lo, hi] with lo its target (past
