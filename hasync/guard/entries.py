@@ -185,7 +185,7 @@ class SeqLog:
 
     def __init__(self, records: Mapping[SaKey, SeqRecord] | None = None, applied: int = 0,
                  sender: tuple[str, int] = ("", 0), rejected: int = 0, life: int = 0) -> None:
-        self._records: dict[SaKey, SeqRecord] = dict(records or {})
+        self._records: dict[SaKey, SeqRecord] = dict(records) if records else {}
         self._view = MappingProxyType(self._records)
         self._pending = False  # `claimed`'s marks are not in the records yet
         self.claimed: Claimed | None = None  # the last claim with a reserve applied
@@ -197,7 +197,7 @@ class SeqLog:
         self.life = life  # entries accepted from the current sender (its signs of life)
 
     @property
-    def records(self) -> Mapping[SaKey, SeqRecord]:
+    def records(self) -> MappingProxyType[SaKey, SeqRecord]:
         """The records, a read-only view (a pending claim's marks made first)."""
         if self._pending:
             self._settle()
@@ -224,7 +224,7 @@ class SeqLog:
 
     def copy(self) -> SeqLog:
         """An independent copy (a snapshot's), with any pending claim's marks made."""
-        out = SeqLog(self.records, self.applied, self.sender, self.rejected, self.life)
+        out = SeqLog(self.records.copy(), self.applied, self.sender, self.rejected, self.life)
         out.moves, out.claimed = self.moves, self.claimed
         return out
 
