@@ -78,7 +78,7 @@ def stage_costs(n: int = 2500) -> dict[str, float]:
     from hasync.journal.decoded import DecodedCache
     from hasync.journal.machine import ApplyMachine, open_entry
     from hasync.journal.seal import Sealer, derive_keys, pack_batch
-    from hasync.journal.state import NEEDED
+    from hasync.journal.state import NAMED, NEEDED
     d = hastream.tunnels(n, seed=3).datagrams
     sealer = Sealer(derive_keys(bytes(32), "bench"), "n1")
     batches = [d[i:i + 256] for i in range(0, len(d), 256)]
@@ -93,7 +93,7 @@ def stage_costs(n: int = 2500) -> dict[str, float]:
     timed("decode_whole", lambda: [decode(x) for x in d])
     kept = DecodedCache(limit=len(d))
     # the master's endpoint decodes what the journal reads and keeps it for its own apply
-    mine = timed("decode_endpoint", lambda: [decode_only(x, NEEDED) for x in d])
+    mine = timed("decode_endpoint", lambda: [decode_only(x, NEEDED, NAMED) for x in d])
     timed("keep_and_take", lambda: ([kept.put(x, m) for x, m in zip(d, mine, strict=True)],
                                     [kept.take(b) for b in batches]))
     packed = timed("pack", lambda: [pack_batch(b, "n1", 1.0, 1, i + 1)

@@ -35,7 +35,7 @@ from .ha import HaMessage, MessageType
 from .healthfile import HealthWriter
 from .ikesniff import open_sniffer
 from .journal.seal import Batch
-from .journal.state import NEEDED
+from .journal.state import NAMED, NEEDED
 from .journalio import applied_event, open_journal, quorum_loop
 from .memguard import protect
 from .node import Command, NodeCore, RaftView, Settings
@@ -110,10 +110,11 @@ class Daemon:
         self.seq = guard = self._guard(journal)
         journal.on_seq = guard.wake_threadsafe
         opened.callback(guard.close)
-        # the endpoint decodes what the journal reads (NEEDED holds all READ_ON_HA does), so
-        # the apply of this node's own batches takes that decode (journal/decoded.py, D272)
+        # the endpoint decodes what the journal reads (NEEDED holds all READ_ON_HA does, with
+        # NAMED's names), so the apply of this node's own batches takes that decode
+        # (journal/decoded.py, D272)
         endpoint = open_endpoint(cfg.charon.ha_remote.sockaddr, cfg.charon.ha_local.sockaddr,
-                                 self._on_ha, wanted=NEEDED)
+                                 self._on_ha, wanted=NEEDED, named=NAMED)
         opened.callback(endpoint.close)
         self.fx = fx = Effects(self.core, journal, endpoint,
                                CharonFeed(endpoint.send, cfg.charon.ha_local.sockaddr), guard,

@@ -73,9 +73,11 @@ class HaEndpoint:
 
     def __init__(self, sock: socket.socket, charon: Address, handler: Handler,
                  lookup: Lookup, clock: Callable[[], float] = time.monotonic,
-                 wanted: Mapping[int, frozenset[str]] | None = None) -> None:
+                 wanted: Mapping[int, frozenset[str]] | None = None,
+                 named: frozenset[int] = frozenset()) -> None:
         self.sock, self.charon, self.handler, self.clock = sock, charon, handler, clock
         self.wanted = wanted or {}  # attributes the handler reads, by type (decode_only)
+        self.named = named  # types whose every attribute name the handler reads (decode_only)
         self.lookup = lookup
         self.counters: Counter[str] = Counter(kernel_drops=0)
         self.last_rx: float | None = None  # when charon was last heard
@@ -137,7 +139,7 @@ class HaEndpoint:
 
     def _accept(self, data: bytes) -> None:
         try:
-            msg = decode_only(data, self.wanted)  # checks all of it, builds what is wanted
+            msg = decode_only(data, self.wanted, self.named)  # checks all, builds what is wanted
         except MalformedMessage as e:
             self._drop(drop_reason(e), str(e))
             return
@@ -202,7 +204,8 @@ class HaEndpoint:
 
 def open_endpoint(bind: Address, charon: Address, handler: Handler,
                   lookup: Lookup | None = None,
-                  wanted: Mapping[int, frozenset[str]] | None = None) -> HaEndpoint:
+                  wanted: Mapping[int, frozenset[str]] | None = None,
+                  named: frozenset[int] = frozenset()) -> HaEndpoint:
     """Bind and connect the HA socket, start reading it on the running loop."""
     sock = socket.socket(procudp.family(bind), socket.SOCK_DGRAM)
     try:
@@ -215,7 +218,7 @@ def open_endpoint(bind: Address, charon: Address, handler: Handler,
         sock.close()
         raise
     ep = HaEndpoint(sock, charon, handler, lookup or (lambda: procudp.sockets_at(charon)),
-                    wanted=wanted)
+                    wanted=wanted, named=named)
     ep.start(asyncio.get_running_loop())
     return ep
 

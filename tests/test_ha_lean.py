@@ -3,9 +3,9 @@ and attribute_names, which builds none.
 
 Rules: for any bytes and any wanted table, decode_only and attribute_names raise
 MalformedMessage exactly when decode does (same attribute, same offset); otherwise
-decode_only gives decode's message with only the wanted attributes, in wire order, and
-attribute_names every name. Checked on charon's golden datagrams, their truncations and
-mutations, and random valid messages.
+decode_only gives decode's message with only the wanted attributes, in wire order (with
+`named` types, every name as `wire`), and attribute_names every name. Checked on charon's
+golden datagrams, their truncations and mutations, and random valid messages.
 """
 
 from __future__ import annotations
@@ -44,10 +44,12 @@ def wanted_tables() -> st.SearchStrategy[dict[int, frozenset[str]]]:
 
 def same_as_decode(data: bytes, wanted: Mapping[int, frozenset[str]]) -> None:
     """decode_only(data, wanted) agrees with decode(data) as the module rules say."""
+    every = frozenset(int(t) for t in MessageType)
     try:
         full = decode(data)
     except MalformedMessage as exc:
-        for fn in (lambda: decode_only(data, wanted), lambda: attribute_names(data)):
+        for fn in (lambda: decode_only(data, wanted), lambda: attribute_names(data),
+                   lambda: decode_only(data, wanted, every)):
             with pytest.raises(MalformedMessage) as lean:
                 fn()
             assert (lean.value.attribute, lean.value.offset, str(lean.value)) == (
@@ -58,7 +60,9 @@ def same_as_decode(data: bytes, wanted: Mapping[int, frozenset[str]]) -> None:
     keep = wanted.get(full.type)
     kept = full.attributes if keep is None else tuple(
         a for a in full.attributes if a.name in keep)
-    assert lean_msg == HaMessage(full.version, full.type, kept)
+    assert lean_msg == HaMessage(full.version, full.type, kept) and lean_msg.wire is None
+    named = decode_only(data, wanted, every)  # names from the same walk (NAMED, D283)
+    assert named == lean_msg and named.wire == (None if keep is None else full.names())
 
 
 @pytest.mark.parametrize("name", sorted(GOLDEN))

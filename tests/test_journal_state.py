@@ -34,7 +34,7 @@ from hasync.ha import (
     encode,
 )
 from hasync.journal.snapshot import StateError
-from hasync.journal.state import NEEDED, JournalState
+from hasync.journal.state import NAMED, NEEDED, JournalState
 from hasync.journal.summary import ChildSummary, IkeSummary
 
 from hastream import golden
@@ -661,13 +661,35 @@ def test_snapshot_mid_stream_equals_whole_stream(
 def test_the_journal_s_lean_decode_gives_the_state_a_full_decode_gives(
     msgs: list[HaMessage]
 ) -> None:
-    full, lean = JournalState(), JournalState()
+    full, lean, named = JournalState(), JournalState(), JournalState()
     for i, msg in enumerate(msgs):
         raw = encode(msg)
         full.apply(raw, decode(raw), float(i))
         lean.apply(raw, decode_only(raw, NEEDED), float(i))
-        assert lean.to_dict() == full.to_dict()
-        assert lean.take_rehomed() == full.take_rehomed()
+        named.apply(raw, decode_only(raw, NEEDED, NAMED), float(i))  # IKE_UPDATE's names kept
+        assert lean.to_dict() == full.to_dict() == named.to_dict()
+        assert lean.take_rehomed() == full.take_rehomed() == named.take_rehomed()
+
+
+def test_an_ike_update_decoded_with_its_names_is_not_walked_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """D283: the journal's decode gives an IKE_UPDATE's names from its one walk (NAMED); the
+    apply walks the datagram again only for a decode made without them."""
+    from hasync.journal import dispatch
+
+    import hastream
+    walked: list[bytes] = []
+    real = dispatch.attribute_names
+    monkeypatch.setattr(dispatch, "attribute_names", lambda raw: walked.append(raw) or real(raw))
+    stream = hastream.tunnels(3).datagrams
+    updates = [raw for raw in stream if raw[1] == MessageType.IKE_UPDATE]
+    named, lean = JournalState(), JournalState()
+    for i, raw in enumerate(stream):
+        named.apply(raw, decode_only(raw, NEEDED, NAMED), float(i))
+    assert walked == [] and updates
+    for i, raw in enumerate(stream):
+        lean.apply(raw, decode_only(raw, NEEDED), float(i))
+    assert walked == updates and named.to_dict() == lean.to_dict()
 
 
 @settings(PROPERTY, max_examples=200)

@@ -12,7 +12,7 @@ message `EncodeError`; attribute order and repeats are kept so that
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from hasync.ha.attrs import KIND_BY_NAME, DecodeFailure, Kind, Value
@@ -74,6 +74,9 @@ class HaMessage:
     version: int
     type: MessageType
     attributes: tuple[Attribute, ...] = ()
+    # every attribute name of the datagram in wire order, when a lean decode was asked for
+    # them (`decode_only(..., named)`); not part of the message's value
+    wire: tuple[str, ...] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.attributes, tuple):
@@ -116,15 +119,21 @@ def decode(data: bytes | bytearray | memoryview) -> HaMessage:
 
 
 def decode_only(data: bytes | bytearray | memoryview,
-                wanted: Mapping[int, frozenset[str]]) -> HaMessage:
+                wanted: Mapping[int, frozenset[str]],
+                named: frozenset[int] = frozenset()) -> HaMessage:
     """Decode one datagram keeping only the attributes `wanted[type]` names (all of them for
     a type not in `wanted`); the others are checked as `decode` checks them and skipped, so
     this raises exactly when `decode` does, and its attributes are the wanted subsequence of
-    `decode`'s."""
+    `decode`'s. For a type in `named` the message's `wire` holds every attribute name, as
+    `attribute_names` gives them, from the same walk."""
     buf = bytes(data)
     if len(buf) < HEADER_SIZE or buf[0] not in TABLES or buf[1] not in wanted:
         return decode(buf)
-    return HaMessage(buf[0], MessageType(buf[1]), tuple(_walk(buf, wanted[buf[1]], None)))
+    if buf[1] not in named:
+        return HaMessage(buf[0], MessageType(buf[1]), tuple(_walk(buf, wanted[buf[1]], None)))
+    names: list[str] = []
+    kept = tuple(_walk(buf, wanted[buf[1]], names))
+    return HaMessage(buf[0], MessageType(buf[1]), kept, tuple(names))
 
 
 def attribute_names(data: bytes | bytearray | memoryview) -> tuple[str, ...]:

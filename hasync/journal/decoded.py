@@ -2,12 +2,12 @@
 committed batch that carries the same bytes, so that node does not decode them twice (D272).
 
 Rules: a datagram's journal decode is a pure function of its bytes (`decode_only(raw,
-NEEDED)`, journal/state.py), so the key is the bytes themselves: equal bytes, equal decode,
-whatever path the batch took through Raft. Only decodes made with exactly NEEDED go in (the
-caller's rule: the endpoint decodes with NEEDED, daemon.py). Bounded at `limit`, the oldest
-dropped first: a batch that never commits costs memory only until newer ones push it out, and
-a datagram not found is decoded again, as on every other node. One lock: the event loop puts,
-Raft's thread takes, a batch at a time.
+NEEDED, NAMED)`, journal/state.py), so the key is the bytes themselves: equal bytes, equal
+decode, whatever path the batch took through Raft. Only decodes made with exactly NEEDED and
+NAMED go in (the caller's rule: the endpoint decodes with them, daemon.py). Bounded at
+`limit`, the oldest dropped first: a batch that never commits costs memory only until newer
+ones push it out, and a datagram not found is decoded again, as on every other node. One
+lock: the event loop puts, Raft's thread takes, a batch at a time.
 """
 
 from __future__ import annotations

@@ -144,11 +144,14 @@ def _strip_rekey(state: JournalState, raw: bytes) -> bytes:
 def on_ike_update(state: JournalState, raw: bytes, msg: HaMessage) -> None:
     """IKE_UPDATE: fields of the IKE_SA (process_ike_update(): ike_id must come first).
     The fields' names come from the datagram (`msg` may hold only the ike_id and the
-    extensions: NEEDED), or from `msg` if the datagram does not decode."""
-    try:
-        names = attribute_names(raw)
-    except MalformedMessage:
-        names = msg.names()
+    extensions: NEEDED): as its decode walked them (`msg.wire`, NAMED), else walked again,
+    or from `msg` if the datagram does not decode."""
+    names = msg.wire
+    if names is None:
+        try:
+            names = attribute_names(raw)
+        except MalformedMessage:
+            names = msg.names()
     found = _live(state, msg, first=names[0] if names else "")
     if found is None:
         return

@@ -34,7 +34,7 @@ from ..guard.rules import Reserve
 from .decoded import DecodedCache
 from .seal import MAX_ENTRY, Batch, EntryError, unpack_batch
 from .snapshot import StateError
-from .state import NEEDED, JournalState
+from .state import NAMED, NEEDED, JournalState
 
 
 class Kind(IntEnum):
@@ -199,7 +199,7 @@ def _open_batch(payload: bytes, known: DecodedCache | None = None) -> Entry:
             reused += 1
             continue
         try:
-            messages.append((raw, decode_only(raw, NEEDED)))
+            messages.append((raw, decode_only(raw, NEEDED, NAMED)))
         except MalformedMessage:
             malformed += 1
         except Exception as exc:  # a decoder bug: the journal logs it with its traceback

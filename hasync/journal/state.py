@@ -83,6 +83,9 @@ NEEDED: dict[int, frozenset[str]] = {
     MessageType.CHILD_ADD: frozenset({"ike_id", "inbound_spi"}),
     MessageType.CHILD_DELETE: frozenset({"ike_id", "inbound_spi"}),
 }
+# Types whose every attribute name the apply reads (an IKE_UPDATE's fields): a journal decode
+# gives them with its one walk (`HaMessage.wire`), so the apply does not walk the datagram again.
+NAMED: frozenset[int] = frozenset({MessageType.IKE_UPDATE})
 
 
 class JournalState:
