@@ -38,6 +38,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+from promotion_cost import sa_key  # noqa: E402  (the same tunnels' SAs)
+
 from hasync.guard.entries import SeqEntry  # noqa: E402
 from hasync.guard.records import SeqRecord  # noqa: E402
 from hasync.guard.rules import Reserve  # noqa: E402
@@ -48,12 +50,6 @@ from netutil import free_ports  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "barrier.json"
 PER_ENTRY = 512  # records per SEQ entry (entries.MAX_RECORDS)
-
-
-def _key(i: int, out: bool) -> tuple[str, int, int]:
-    """Tunnel i's outbound SA (to its client) or inbound SA (to the VIP)."""
-    dst = f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}" if out else "192.0.2.1"
-    return dst, 0x100000 + 2 * i + (0 if out else 1), 50
 
 
 def _wait(submit: Any, timeout: float = 20.0) -> tuple[float, Any]:
@@ -74,7 +70,7 @@ def _wait(submit: Any, timeout: float = 20.0) -> tuple[float, Any]:
 def _seed(j: ClusterJournal, n: int) -> int:
     """Become the sender and journal 2n records; the number of records held."""
     _, epoch = _wait(lambda cb: j.claim(cb))
-    recs = [SeqRecord(_key(i, out), 5000, 0, (0,), 50.0, j.node, time.time(), epoch)
+    recs = [SeqRecord(sa_key(i, out), 5000, 0, (0,), 50.0, j.node, time.time(), epoch)
             for i in range(n) for out in (True, False)]
     pending = []
     for at in range(0, len(recs), PER_ENTRY):

@@ -41,7 +41,7 @@ from guardfakes import FakeJournal, FakeKernel, FakeWatch  # noqa: E402
 RESULTS = ROOT / "results" / "promotion_cost.json"
 
 
-def _key(i: int, out: bool) -> tuple[str, int, int]:
+def sa_key(i: int, out: bool) -> tuple[str, int, int]:
     """Tunnel i's outbound SA (to its client) or inbound SA (to the VIP)."""
     dst = f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}" if out else "192.0.2.1"
     return dst, 0x100000 + 2 * i + (0 if out else 1), 50
@@ -53,7 +53,7 @@ async def _promote(n: int, net: FenceNet) -> dict[str, float]:
     sas = []
     for i in range(n):
         for out in (True, False):
-            key = _key(i, out)
+            key = sa_key(i, out)
             journal.seqs.put(SeqRecord(key, 5000, 0, (0,), 50.0, "gw1", 1.0))
             sas.append(KernelSa(key, False, 10, 0, (0,), 32))
     kernel = FakeKernel(sas)
