@@ -16,8 +16,10 @@ The streams clone a tunnel captured from the real charon (tests/data/ha) with fr
 nonces and DH secrets; the stand-in charons are UDP sockets, read as fast as they fill (as
 charon's HA thread reads), so this measures hasync alone. Also saved: cpu_us_per_msg (each
 daemon's CPU time per datagram while saturated, with its part: VRRP master, Raft leader,
-follower), stage_us_per_msg (each step of the path timed in this process) and catchup_parts
-(journal_s: the snapshot and log in; the rest of catchup_s: the replay into charon).
+follower; cpu_us_per_msg_100k the same over the 100k ramp), gc (each daemon's collections
+and pauses per generation until the end of that ramp, gcwatch.py), stage_us_per_msg (each
+step of the path timed in this process) and catchup_parts (journal_s: the snapshot and log
+in; the rest of catchup_s: the replay into charon).
 """
 
 from __future__ import annotations
@@ -287,10 +289,17 @@ def run(tunnels: int) -> dict[str, Any]:
             for n in c.nodes}
         out["bytes_per_tunnel"] = {"10k": round((rss_bytes(backups[0]) - rss0) / 10000)}
         big = hastream.tunnels(tunnels - 10000, seed=2)
+        cpu0 = {n.name: cpu_seconds(n) for n in c.nodes}
         secs = feed_saturated(c, master, big.datagrams, tunnels)
         out["msgs_per_s_100k"] = round(len(big.datagrams) / secs)
+        out["cpu_us_per_msg_100k"] = {
+            f"{n.name} ({part[n.name]})": round(
+                (cpu_seconds(n) - cpu0[n.name]) / len(big.datagrams) * 1e6, 1)
+            for n in c.nodes}
         out["bytes_per_tunnel"][f"{tunnels // 1000}k"] = round(
             (rss_bytes(backups[0]) - rss0) / tunnels)
+        out["gc"] = {f"{n.name} ({part[n.name]})": (c.status(n, digest=False) or {}).get("gc")
+                     for n in c.nodes}  # the collector's pauses so far (gcwatch.py)
         caught = catchup(c, backups[0], tunnels, readers[1])  # the leader's whole log
         out["catchup_log_s"] = caught.pop("catchup_s")
         out["catchup_log_parts"] = caught
@@ -322,7 +331,7 @@ def main() -> int:
     res = run(a.tunnels)
     for k in ("msgs_per_s", "msgs_per_s_100k", "p50_ms", "p99_ms", "bytes_per_tunnel",
               "catchup_s", "catchup_parts", "catchup_log_s", "catchup_log_parts",
-              "cpu_us_per_msg", "stage_us_per_msg"):
+              "cpu_us_per_msg", "cpu_us_per_msg_100k", "gc", "stage_us_per_msg"):
         print(f"{k:>18}: {res[k]}   (target {TARGETS.get(k.split('_100k')[0], '-')})")
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,7 @@ from .effects import Effects
 from .endpoint import open_endpoint
 from .feed import CharonFeed
 from .fifos import LineBuffer, open_notify_fifo, read_available
+from .gcwatch import GcWatch, tune
 from .guard import Guard, Reserve
 from .ha import HaMessage, MessageType
 from .healthfile import HealthWriter
@@ -70,6 +71,7 @@ class Daemon:
         self.clients: ClientRequests | None = None
         self._wake = asyncio.Event()
         self.quorum = QuorumProbe(cfg.cluster.quorum_timeout_ms / 1000, self.started)
+        self.gc = GcWatch()
 
     # ---- wiring ----
     async def run(self) -> None:
@@ -78,6 +80,8 @@ class Daemon:
         loop = self.tasks.attach()
         async with contextlib.AsyncExitStack() as opened:
             opened.callback(log.info, "hasync %s stopped", self.cfg.node.name)
+            self.gc.install()
+            opened.callback(self.gc.remove)
             fx, answers, poll = await self._open(opened)
             await open_control(self.cfg, answers, opened)
             await open_metrics(self.cfg, answers, opened)
@@ -124,7 +128,7 @@ class Daemon:
                                lambda: {**guard.status(), "charon": self.charon.status()},
                                self.started, problems=Problems(self.core, self.quorum,
                                                                self.charon, guard),
-                               quorum=self.quorum.status)
+                               quorum=self.quorum.status, gc=self.gc.as_dict)
         self.clients = ClientRequests(self.core, journal, guard)
         poll = CharonPoll(cfg.charon.vici_socket, self.charon, self.core, journal, fx.feed,
                           guard, self.tasks.event)
@@ -208,6 +212,7 @@ def run_daemon(cfg: Config) -> None:
         from .witness import Witness
         asyncio.run(Witness(cfg).run())
         return
+    tune()  # the collector for a heap of 100k tunnels (gcwatch.py, D284)
     daemon = Daemon(cfg)
     daemon.core.counters.update(protection.counters)  # `hasync status` counters
     asyncio.run(daemon.run())

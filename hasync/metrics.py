@@ -220,6 +220,22 @@ def counted_families(st: dict[str, Any]) -> Iterator[Metric]:
                     sorted((health.get("verdicts") or {}).items()))
 
 
+def gc_families(st: dict[str, Any]) -> Iterator[Metric]:
+    """The cyclic collector's work, per generation (gcwatch.py): a long pause holds the Raft
+    thread too, and Raft's election timeout is counted in hundreds of milliseconds."""
+    gc = st.get("gc") or {}
+    for kind, name, doc, key, scale in (
+            (COUNTER, "hasync_gc_collections", "Garbage collections, by generation",
+             "collections", 1),
+            (COUNTER, "hasync_gc_pause_seconds", "Time in garbage collections, by generation",
+             "pause_s", 1),
+            (GAUGE, "hasync_gc_pause_max_seconds", "The longest garbage collection pause so far, "
+             "by generation", "max_pause_ms", 1e-3)):
+        values = gc.get(key) or []
+        yield _labelled(kind, name, doc, "generation",
+                        ((str(g), _num(v) * scale) for g, v in enumerate(values)))
+
+
 def promotion_families(st: dict[str, Any], history: PromotionHistory) -> Iterator[Metric]:
     """The last promotion and the histogram of every promotion's phases."""
     last = _at(st, ("takeover", "last_promotion"))
@@ -280,6 +296,7 @@ def families(st: dict[str, Any], history: PromotionHistory) -> Iterator[Metric]:
         yield _one(kind, name, doc, _num(_at(st, path)) * scale)
     yield from node_families(st)
     yield from counted_families(st)
+    yield from gc_families(st)
     yield from promotion_families(st, history)
 
 

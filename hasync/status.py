@@ -140,6 +140,7 @@ class Answers:
     metrics: Callable[[], dict[str, int]] = dict  # the metrics endpoint's, if it runs
     problems: Callable[[float], list[str]] = _no_problems  # quorum, guard, fence, sender
     quorum: Callable[[float], dict[str, Any]] = lambda now: {}  # the probe's status
+    gc: Callable[[], dict[str, Any]] = dict  # the collector's pauses (gcwatch.py)
 
     def handlers(self) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
         """For ControlServer."""
@@ -157,7 +158,7 @@ class Answers:
                     "raft_port": j.raft_port.snapshot(), "raft_files": j.disk_bytes(),
                     "takeover": self.takeover(), "control": self.control(),
                     "metrics": self.metrics(),
-                    "quorum": self.quorum(now),
+                    "quorum": self.quorum(now), "gc": self.gc(),
                     "health": health_section(
                         h.healthy, h.vici_busy, h.counters, h.verdicts,
                         None if h.judged_at is None else now - h.judged_at)}

@@ -69,6 +69,10 @@ def status_text(st: dict[str, Any]) -> str:
         lines.append(f"raft apply: {st['raft_apply']}")
     if st.get("raft_port"):
         lines.append(f"raft port: {st['raft_port']}")
+    if gc := st.get("gc"):
+        lines.append(f"garbage collector: {gc.get('collections')} collections by generation, "
+                     f"{gc.get('pause_s')} s paused, longest {gc.get('max_pause_ms')} ms, "
+                     f"threshold {gc.get('threshold')}")
     errors = _errors(st)
     if errors:
         lines.append(f"errors: {errors}")

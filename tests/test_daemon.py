@@ -129,9 +129,10 @@ def test_finding8_run_daemon_protects_memory_first_and_counts_failures(
         order.append(("run", self.core.counters["memguard_mlock_failed"]))
 
     monkeypatch.setattr(daemon_module, "protect", fake_protect)
+    monkeypatch.setattr(daemon_module, "tune", lambda: order.append("tune"))
     monkeypatch.setattr(Daemon, "run", fake_run)
     daemon_module.run_daemon(cfg)
-    assert order == ["protect", ("run", 1)]
+    assert order == ["protect", "tune", ("run", 1)]  # the collector tuned (gcwatch.py, D284)
 
 
 def test_the_metrics_endpoint_serves_the_daemons_status_when_configured(cfg: Config) -> None:
@@ -154,6 +155,7 @@ def test_the_metrics_endpoint_serves_the_daemons_status_when_configured(cfg: Con
     assert scraped[0].startswith(b"HTTP/1.1 200 OK")
     assert b'hasync_info{cluster="hasync",node="gw1"} 1.0' in scraped[0]
     assert b'hasync_vrrp_state{state="joining"} 1.0' in scraped[0]
+    assert b'hasync_gc_collections_total{generation="0"}' in scraped[0]  # GcWatch installed
     with socket.socket() as s:  # closed with the daemon
         assert s.connect_ex(("127.0.0.1", port)) != 0
 

@@ -181,3 +181,14 @@ def test_the_grant_after_a_promotion_is_a_gauge() -> None:
     st = copy.deepcopy(STATUS)
     st["takeover"]["last_promotion"]["granted_ms"] = 1250.0
     assert _samples(st)[("hasync_last_promotion_granted_seconds", ())] == 1.25
+
+
+def test_the_collectors_pauses_are_exported_per_generation() -> None:
+    st = copy.deepcopy(STATUS)
+    st["gc"] = {"collections": [120, 11, 2], "pause_s": [0.05, 0.02, 0.31],
+                "max_pause_ms": [1.5, 4.0, 180.0]}
+    got = _samples(st)
+    assert got[("hasync_gc_collections_total", (("generation", "2"),))] == 2
+    assert got[("hasync_gc_pause_seconds_total", (("generation", "0"),))] == pytest.approx(0.05)
+    assert got[("hasync_gc_pause_max_seconds", (("generation", "2"),))] == pytest.approx(0.18)
+    assert not any(name.startswith("hasync_gc_") for name, _ in _samples(STATUS))  # no section

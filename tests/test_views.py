@@ -112,3 +112,10 @@ def test_finding3_status_shows_charons_incarnation_readiness_and_drift() -> None
     assert "'send_refused:not_root': 1" in text
     assert ("charon: up, connections missing ['rw'], 1 restarts seen; holds 0 of the journal's "
             "3 IKE_SAs, 3 CHILD_SAs missing in the kernel") in text
+
+
+def test_status_shows_the_collectors_pauses() -> None:
+    text = status_text({"gc": {"collections": [3, 1, 0], "pause_s": [0.01, 0.0, 0.0],
+                               "max_pause_ms": [4.0, 1.0, 0.0], "threshold": [10000, 10, 10]}})
+    assert "garbage collector: [3, 1, 0] collections" in text and "longest [4.0, 1.0, 0.0]" in text
+    assert "garbage collector" not in status_text({})
